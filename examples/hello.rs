@@ -1,0 +1,64 @@
+//! The seed example: a server whose `hello(first, last)` replies
+//! `"Hello <first> <last>, how are you?"` and the number 1234.
+//!
+//! ```text
+//! cargo run --example hello                 # start the server, call it, print, stop it
+//! cargo run --example hello -- --serve-fd 3 # serve on an inherited socket (fd 3)
+//! ```
+//!
+//! With `--serve-fd N` the program serves on socket N, handed over by another program that
+//! talks Passenger's MessageChannel: send `["hello", "Joe", "Dalton"]`, read
+//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`.
+
+use fdserver::{Channel, Context, Message, RemoteError, Server, ServerHandle};
+
+struct MyServer;
+
+impl Server for MyServer {
+    type Client = ServerHandle;
+
+    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        match msg.name() {
+            b"hello" => {
+                if msg.len() != 3 {
+                    return Err(RemoteError::bad_arguments(format!(
+                        "hello takes 2 arguments (first_name, last_name), got {}",
+                        msg.len() - 1
+                    )));
+                }
+                let reply = format!("Hello {} {}, how are you?", msg.str(1)?, msg.str(2)?);
+                ctx.reply([reply.as_str(), "1234"])?;
+                Ok(())
+            }
+            other => Err(RemoteError::unknown_message(other)),
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, fd] if flag == "--serve-fd" => {
+            let fd: i32 = fd
+                .parse()
+                .map_err(|_| format!("--serve-fd: not a number: {fd}"))?;
+            // SAFETY: the descriptor was handed to this process by its parent, and nothing else
+            // in this process owns it.
+            let channel = unsafe { Channel::from_inherited_fd(fd) }
+                .map_err(|e| format!("--serve-fd {fd}: {e}"))?;
+            let end = fdserver::serve(&mut MyServer, channel)?;
+            std::process::exit(end.exit_code());
+        }
+        [] => {
+            let mut server = MyServer.start()?;
+            let reply = server.call(["hello", "Joe", "Dalton"])?;
+            let (greeting, pointless_number) = (&reply[0], &reply[1]);
+            println!("{greeting}");
+            println!("{pointless_number}");
+            let stopped = server.stop()?;
+            println!("{stopped}");
+            Ok(())
+        }
+        _ => Err("usage: hello [--serve-fd N]".into()),
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the `#[fdserver]` macro lands with issue 3.

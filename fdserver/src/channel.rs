@@ -1,0 +1,589 @@
+//! [`Channel`]: array messages, scalar messages and file descriptors over one UNIX stream socket,
+//! byte-compatible with Phusion Passenger's `MessageChannel`.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
+use crate::sys;
+use crate::wire::{self, Message, MessageBuf};
+
+/// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
+pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
+
+/// One end of a MessageChannel: a connected `SOCK_STREAM` UNIX socket that carries
+/// array messages, scalar messages and file descriptors, in any order both sides agree on.
+///
+/// Reads never take more bytes from the socket than the message being read still lacks, so
+/// descriptors sent between messages are never swallowed, and a socket can be handed on mid-stream.
+///
+/// ```
+/// use fdserver::Channel;
+/// let (mut a, mut b) = Channel::pair()?;
+/// a.write_array(["hello", "world !!"])?;
+/// assert_eq!(b.read_strings()?, Some(vec!["hello".to_string(), "world !!".to_string()]));
+///
+/// a.write_scalar(b"\x00any bytes\xff")?;
+/// assert_eq!(b.read_scalar()?.as_deref(), Some(&b"\x00any bytes\xff"[..]));
+///
+/// drop(a);
+/// assert_eq!(b.read_array()?, None); // end of stream at a message boundary
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    max_scalar: u64,
+    broken: bool,
+    wbuf: Vec<u8>,
+    writes: u64,
+}
+
+/// An element that is either a fixed prefix or one of the caller's elements.
+enum Elem<'a, T> {
+    Fixed(&'a [u8]),
+    User(T),
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Elem<'_, T> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Elem::Fixed(b) => b,
+            Elem::User(t) => t.as_ref(),
+        }
+    }
+}
+
+impl Channel {
+    /// Wraps a connected UNIX stream socket. Blocking and non-blocking (`O_NONBLOCK`) sockets both
+    /// work: a non-blocking one is waited on with `poll` instead of busy-looping.
+    pub fn new(fd: impl Into<OwnedFd>) -> Channel {
+        Channel {
+            fd: fd.into(),
+            read_timeout: None,
+            write_timeout: None,
+            max_scalar: DEFAULT_MAX_SCALAR,
+            broken: false,
+            wbuf: Vec::with_capacity(256),
+            writes: 0,
+        }
+    }
+
+    /// A connected pair of channels (close-on-exec), e.g. to hand one end to another process.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = sys::socketpair()?;
+        Ok((Channel::new(a), Channel::new(b)))
+    }
+
+    /// Takes ownership of a descriptor inherited from the parent process (for example fd 3 given
+    /// to a server binary by a Ruby or C++ program), and marks it close-on-exec.
+    ///
+    /// # Safety
+    /// `fd` must be an open descriptor that nothing else in this process owns or will close;
+    /// call this once per descriptor, typically at the start of `main`.
+    ///
+    /// # Errors
+    /// `EBADF` if `fd` is not open.
+    pub unsafe fn from_inherited_fd(fd: RawFd) -> io::Result<Channel> {
+        if !sys::fd_is_open(fd) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // SAFETY: the caller guarantees the descriptor is open and unowned.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        sys::set_cloexec(owned.as_fd())?;
+        Ok(Channel::new(owned))
+    }
+
+    /// Reserves write-buffer capacity so that writing messages up to `bytes` long allocates nothing.
+    pub(crate) fn reserve_write(&mut self, bytes: usize) {
+        self.wbuf.reserve(bytes);
+    }
+
+    /// Sets a deadline for each read operation (one message, scalar or descriptor), or `None` to
+    /// wait forever (the default).
+    ///
+    /// A read that times out before any byte of its message arrived leaves the channel usable; one
+    /// that times out part-way marks it broken.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// Sets a deadline for each write operation, or `None` to wait forever (the default).
+    /// A write that times out part-way marks the channel broken.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.write_timeout = timeout;
+    }
+
+    /// Sets both deadlines.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+        self.write_timeout = timeout;
+    }
+
+    /// The read deadline in force.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout
+    }
+
+    /// The write deadline in force.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout
+    }
+
+    /// Sets the largest scalar [`read_scalar`](Self::read_scalar) accepts (default 64 MiB).
+    pub fn set_max_scalar_size(&mut self, max: u64) {
+        self.max_scalar = max;
+    }
+
+    /// The largest scalar a read accepts.
+    pub fn max_scalar_size(&self) -> u64 {
+        self.max_scalar
+    }
+
+    /// Whether an earlier error left the channel mid-message; if so every operation fails with
+    /// [`Error::Broken`] and the channel should be dropped.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// How many write operations have started on this channel (lets a server tell whether a
+    /// handler began its reply).
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Gives back the socket.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.broken {
+            Err(Error::Broken)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn read_deadline(&self) -> Option<Instant> {
+        self.read_timeout.map(|t| Instant::now() + t)
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        self.write_timeout.map(|t| Instant::now() + t)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Raw reading and writing
+    // ----------------------------------------------------------------------------------------
+
+    /// Fills `buf` completely. `Ok(false)`: clean end of stream before the first byte, allowed only
+    /// when `at_boundary` (this is the first read of a message). Never reads past `buf`.
+    fn fill(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+        at_boundary: bool,
+    ) -> Result<bool, Error> {
+        let mut got = 0;
+        while got < buf.len() {
+            match sys::recv(self.fd.as_fd(), &mut buf[got..], deadline.is_some()) {
+                Ok(r) => {
+                    if r.fd_count() > 0 || r.truncated {
+                        let clean = at_boundary && got == 0 && r.n == 1 && buf[0] == 0;
+                        drop(r); // closes every descriptor that arrived
+                        if !clean {
+                            self.broken = true;
+                        }
+                        return Err(Error::Protocol(ProtocolError::UnexpectedFd));
+                    }
+                    if r.n == 0 {
+                        if got == 0 && at_boundary {
+                            return Ok(false);
+                        }
+                        self.broken = true;
+                        return Err(Error::Protocol(ProtocolError::UnexpectedEof));
+                    }
+                    got += r.n;
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLIN, got == 0 && at_boundary)?,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decides what a failed syscall means: retry (`Ok`), or a final error. `clean` says whether
+    /// the operation has not yet moved any byte (so that failing leaves the channel in sync).
+    fn on_io_error(
+        &mut self,
+        e: io::Error,
+        deadline: Option<Instant>,
+        events: libc::c_short,
+        clean: bool,
+    ) -> Result<(), Error> {
+        match e.raw_os_error() {
+            Some(libc::EINTR) => Ok(()),
+            Some(libc::EAGAIN) => {
+                if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
+                    Ok(())
+                } else {
+                    if !clean {
+                        self.broken = true;
+                    }
+                    Err(Error::TimedOut)
+                }
+            }
+            Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
+                // A reset reads as end of stream, like Passenger.
+                self.broken = true;
+                if clean {
+                    Err(Error::Disconnected)
+                } else {
+                    Err(Error::Protocol(ProtocolError::UnexpectedEof))
+                }
+            }
+            Some(libc::ECONNRESET) | Some(libc::EPIPE) => {
+                self.broken = true;
+                Err(Error::Disconnected)
+            }
+            _ => {
+                if !clean {
+                    self.broken = true;
+                }
+                Err(Error::Io(e))
+            }
+        }
+    }
+
+    /// Writes all of `iov`, optionally attaching one descriptor to the first byte.
+    fn send_all(
+        &mut self,
+        iov: &mut [IoSlice<'_>],
+        mut fd: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        self.writes += 1;
+        let mut iov = iov;
+        let mut sent_any = false;
+        while !iov.is_empty() {
+            match sys::send(self.fd.as_fd(), iov, fd, deadline.is_some()) {
+                Ok(n) => {
+                    if n > 0 {
+                        sent_any = true;
+                        fd = None; // the descriptor went with the first byte
+                    }
+                    IoSlice::advance_slices(&mut iov, n);
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLOUT, !sent_any)?,
+            }
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Array messages
+    // ----------------------------------------------------------------------------------------
+
+    /// Writes an array message. An element containing NUL, or a body over 65535 bytes, is an
+    /// error and nothing is written.
+    ///
+    /// ```
+    /// # let (mut a, mut b) = fdserver::Channel::pair()?;
+    /// a.write_array(["hello", "Joe", "Dalton"])?;
+    /// a.write_array(&[b"bytes\xff".as_slice()])?;
+    /// assert!(matches!(a.write_array(["a\0b"]), Err(fdserver::Error::ElementContainsNul { index: 0 })));
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn write_array<I, T>(&mut self, elements: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.write_array_prefixed(None, elements)
+    }
+
+    /// Writes `[prefix, elements...]` without collecting the elements first.
+    pub(crate) fn write_array_prefixed<I, T>(
+        &mut self,
+        prefix: Option<&[u8]>,
+        elements: I,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.check()?;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        let encoded = wire::encode_array(
+            &mut buf,
+            prefix
+                .into_iter()
+                .map(Elem::Fixed)
+                .chain(elements.into_iter().map(Elem::User)),
+        );
+        let result = encoded.and_then(|()| {
+            let deadline = self.write_deadline();
+            self.send_all(&mut [IoSlice::new(&buf)], None, deadline)
+        });
+        self.wbuf = buf;
+        result.map_err(|e| match e {
+            // Report the caller's element index, not ours.
+            Error::ElementContainsNul { index } if prefix.is_some() => {
+                Error::ElementContainsNul { index: index - 1 }
+            }
+            other => other,
+        })
+    }
+
+    /// Reads one array message into `buf`, allocating nothing once `buf` has grown to fit.
+    /// `Ok(false)` is a clean end of stream at a message boundary.
+    ///
+    /// A body that does not end in NUL, or a descriptor where a message was expected, is a
+    /// [`ProtocolError`]; the channel stays usable (the whole frame was consumed).
+    pub fn read_into(&mut self, buf: &mut MessageBuf) -> Result<bool, Error> {
+        self.check()?;
+        let deadline = self.read_deadline();
+        let mut hdr = [0u8; 2];
+        if !self.fill(&mut hdr, deadline, true)? {
+            return Ok(false);
+        }
+        let len = u16::from_be_bytes(hdr) as usize;
+        buf.body.clear();
+        buf.body.resize(len, 0);
+        self.fill(&mut buf.body, deadline, false)?;
+        buf.index()?;
+        Ok(true)
+    }
+
+    /// Reads one array message as owned byte strings; `None` at end of stream.
+    pub fn read_array(&mut self) -> Result<Option<Vec<Vec<u8>>>, Error> {
+        let mut buf = MessageBuf::new();
+        Ok(self.read_into(&mut buf)?.then(|| buf.message().to_vec()))
+    }
+
+    /// Reads one array message as strings, naming the first element that is not valid UTF-8;
+    /// `None` at end of stream.
+    pub fn read_strings(&mut self) -> Result<Option<Vec<String>>, Error> {
+        let mut buf = MessageBuf::new();
+        if !self.read_into(&mut buf)? {
+            return Ok(None);
+        }
+        buf.message().to_strings().map(Some)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Replies (the fdserver convention on top of array messages)
+    // ----------------------------------------------------------------------------------------
+
+    /// Writes a success reply: `["ok", values...]`.
+    pub fn write_ok<I, T>(&mut self, values: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.write_array_prefixed(Some(b"ok"), values)
+    }
+
+    /// Writes an error reply: `["error", kind, message]`. NUL bytes in the message are replaced
+    /// and an over-long message is cut, so that the reply itself cannot fail to encode.
+    pub fn write_error(&mut self, error: &RemoteError) -> Result<(), Error> {
+        let mut msg = error.message().replace('\0', "\u{FFFD}");
+        if msg.len() > 60_000 {
+            let mut cut = 60_000;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+        }
+        let kind = error.kind().as_str().replace('\0', "\u{FFFD}");
+        self.write_array([&b"error"[..], kind.as_bytes(), msg.as_bytes()])
+    }
+
+    /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`),
+    /// [`Error::Remote`] for `["error", kind, message]`, [`Error::Disconnected`] at end of stream.
+    pub fn read_reply<'b>(&mut self, buf: &'b mut MessageBuf) -> Result<Message<'b>, Error> {
+        if !self.read_into(buf)? {
+            return Err(Error::Disconnected);
+        }
+        let msg = buf.message();
+        check_reply(msg)?;
+        Ok(msg)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Scalar messages
+    // ----------------------------------------------------------------------------------------
+
+    /// Writes a scalar message: a `u32` big-endian length and the bytes, in one `sendmsg`
+    /// without copying them.
+    pub fn write_scalar(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.check()?;
+        let hdr = wire::scalar_header(data.len())?;
+        let deadline = self.write_deadline();
+        self.send_all(
+            &mut [IoSlice::new(&hdr), IoSlice::new(data)],
+            None,
+            deadline,
+        )
+    }
+
+    /// Reads a scalar message; `None` at end of stream. A length above the limit
+    /// ([`set_max_scalar_size`](Self::set_max_scalar_size)) is [`Error::ScalarTooLarge`] and
+    /// breaks the channel.
+    pub fn read_scalar(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        let mut out = Vec::new();
+        Ok(self.read_scalar_into(&mut out)?.then_some(out))
+    }
+
+    /// Reads a scalar message into `out` (replacing its contents); `Ok(false)` at end of stream.
+    /// Memory grows with the bytes that actually arrive, never with the announced length alone.
+    pub fn read_scalar_into(&mut self, out: &mut Vec<u8>) -> Result<bool, Error> {
+        self.check()?;
+        let deadline = self.read_deadline();
+        let mut hdr = [0u8; 4];
+        if !self.fill(&mut hdr, deadline, true)? {
+            return Ok(false);
+        }
+        let len = u32::from_be_bytes(hdr) as u64;
+        if len > self.max_scalar {
+            self.broken = true;
+            return Err(Error::ScalarTooLarge {
+                len,
+                max: self.max_scalar,
+            });
+        }
+        let len = len as usize;
+        let mut filled = 0;
+        while filled < len {
+            let want = len.min(filled.saturating_mul(2).max(1 << 16));
+            if out.len() < want {
+                out.resize(want, 0);
+            }
+            self.fill(&mut out[filled..want], deadline, false)?;
+            filled = want;
+        }
+        out.truncate(len);
+        Ok(true)
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // File descriptors
+    // ----------------------------------------------------------------------------------------
+
+    /// Sends one file descriptor (`File`, `UnixStream`, a pipe end, a socket...): one data byte
+    /// `00` with an `SCM_RIGHTS` control message. The caller keeps its own copy.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// let (mut a, mut b) = fdserver::Channel::pair()?;
+    /// let (mut mine, theirs) = UnixStream::pair()?;
+    /// a.send_fd(&theirs)?;
+    /// drop(theirs);
+    /// let mut got = UnixStream::from(b.recv_fd()?.expect("a descriptor"));
+    /// got.write_all(b"hi")?;
+    /// let mut buf = [0; 2];
+    /// mine.read_exact(&mut buf)?;
+    /// assert_eq!(&buf, b"hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_fd(&mut self, fd: impl AsFd) -> Result<(), Error> {
+        self.check()?;
+        let deadline = self.write_deadline();
+        self.send_all(&mut [IoSlice::new(&[0])], Some(fd.as_fd()), deadline)
+    }
+
+    /// Receives one file descriptor (close-on-exec); `None` at end of stream.
+    ///
+    /// More than one descriptor, or a truncated control message, is
+    /// [`ProtocolError::TooManyFds`]: every descriptor that arrived is closed. Plain data where a
+    /// descriptor was expected is [`ProtocolError::ExpectedFd`] and breaks the channel.
+    pub fn recv_fd(&mut self) -> Result<Option<OwnedFd>, Error> {
+        self.check()?;
+        let deadline = self.read_deadline();
+        loop {
+            let mut byte = [0u8; 1];
+            match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
+                Ok(r) => {
+                    if r.n == 0 {
+                        return Ok(None);
+                    }
+                    if r.truncated || r.fd_count() > 1 {
+                        return Err(Error::Protocol(ProtocolError::TooManyFds));
+                    }
+                    let mut fds = r.fds;
+                    return match fds[0].take() {
+                        Some(fd) if byte[0] == 0 => Ok(Some(fd)),
+                        _ => {
+                            // Plain data: we just ate a byte of some other message.
+                            self.broken = true;
+                            Err(Error::Protocol(ProtocolError::ExpectedFd))
+                        }
+                    };
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLIN, true)?,
+            }
+        }
+    }
+}
+
+/// `Ok` for an `["ok", ...]` reply, [`Error::Remote`] for `["error", kind, message]`, a protocol
+/// error for anything else.
+pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
+    match msg.name() {
+        b"ok" => Ok(()),
+        b"error" => {
+            let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
+            let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
+            Err(Error::Remote(RemoteError::new(
+                RemoteErrorKind::from_wire(&kind),
+                text,
+            )))
+        }
+        other => Err(Error::Protocol(ProtocolError::BadReply(format!(
+            "expected \"ok\" or \"error\", got {:?}",
+            String::from_utf8_lossy(other)
+        )))),
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for Channel {
+    fn into_raw_fd(self) -> RawFd {
+        self.fd.into_raw_fd()
+    }
+}
+
+impl From<Channel> for OwnedFd {
+    fn from(c: Channel) -> OwnedFd {
+        c.fd
+    }
+}
+
+impl From<OwnedFd> for Channel {
+    fn from(fd: OwnedFd) -> Channel {
+        Channel::new(fd)
+    }
+}
+
+impl From<UnixStream> for Channel {
+    fn from(s: UnixStream) -> Channel {
+        Channel::new(s)
+    }
+}

@@ -1,0 +1,347 @@
+//! The client side of a forked server: [`ServerHandle`].
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use crate::channel::Channel;
+use crate::error::{Error, ProtocolError};
+use crate::server::Signal;
+use crate::sys;
+use crate::wire::MessageBuf;
+
+/// How long a call that hit end of stream waits for the server process to finish exiting, so
+/// that it can report the exit status instead of a bare "disconnected". The kernel closes a dying
+/// process's sockets moments before it becomes a zombie; this only covers that gap.
+const EXIT_SETTLE: Duration = Duration::from_secs(1);
+
+/// Grace periods for [`ServerHandle::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopOptions {
+    /// How long to wait for the server to exit after closing its connection, before SIGTERM.
+    pub after_close: Duration,
+    /// How long to wait after SIGTERM before SIGKILL.
+    pub after_term: Duration,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        StopOptions {
+            after_close: Duration::from_secs(3),
+            after_term: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What it took to stop a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// It had already exited before `stop` (crash, `quit`, kill).
+    AlreadyExited,
+    /// It exited by itself once its connection was closed.
+    Graceful,
+    /// It needed SIGTERM.
+    Terminated,
+    /// It ignored SIGTERM and was killed with SIGKILL.
+    Killed,
+}
+
+/// How a server ended: returned by [`ServerHandle::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// The exit status the server was reaped with.
+    pub status: ExitStatus,
+    /// What `stop` had to do.
+    pub how: Shutdown,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match self.how {
+            Shutdown::AlreadyExited => "had already exited",
+            Shutdown::Graceful => "exited after its connection closed",
+            Shutdown::Terminated => "exited after SIGTERM",
+            Shutdown::Killed => "was killed with SIGKILL after ignoring SIGTERM",
+        };
+        write!(f, "server {how} ({})", self.status)
+    }
+}
+
+/// The parent's handle on a forked server: its pid, its connection, and how to stop it.
+///
+/// A handle always refers to a started server ("not started" and "already started" cannot be
+/// expressed), and [`stop`](Self::stop) consumes it. Dropping the handle stops the server the same
+/// way, ignoring errors. The server is always reaped: no zombie is left behind.
+///
+/// When the server has died, the next call fails within milliseconds with
+/// [`Error::ServerExited`] carrying its exit status, rather than hanging.
+pub struct ServerHandle {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    channel: Option<Channel>,
+    status: Option<ExitStatus>,
+    stop: StopOptions,
+    reply: MessageBuf,
+}
+
+impl ServerHandle {
+    pub(crate) fn new(
+        pid: libc::pid_t,
+        channel: Channel,
+        stop: StopOptions,
+    ) -> Result<Self, Error> {
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Without a pidfd we cannot supervise the child safely: end it now.
+                // SAFETY: `pid` is our unreaped child, so the number cannot have been recycled.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = sys::reap(pid);
+                return Err(Error::Io(e));
+            }
+        };
+        Ok(ServerHandle {
+            pid,
+            pidfd,
+            channel: Some(channel),
+            status: None,
+            stop,
+            reply: MessageBuf::new(),
+        })
+    }
+
+    /// Waits for the child's `["ready"]` (or its initialisation error).
+    pub(crate) fn await_ready(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        let channel = self.channel.as_mut().expect("channel present until stop");
+        let saved = channel.read_timeout();
+        channel.set_read_timeout(timeout);
+        let mut buf = MessageBuf::new();
+        let r = channel.read_into(&mut buf);
+        channel.set_read_timeout(saved);
+        let result = match r {
+            Ok(true) if buf.message().name() == b"ready" => return Ok(()),
+            Ok(true) => match crate::channel::check_reply(buf.message()) {
+                Err(e) => e,
+                Ok(()) => Error::Protocol(ProtocolError::BadReply("expected \"ready\"".into())),
+            },
+            Ok(false) => Error::Disconnected,
+            Err(e) => e,
+        };
+        // Failed start: make sure the child is gone and reaped, then report.
+        let err = self.exit_error(result);
+        if self.status.is_none() {
+            let _ = self.kill_and_reap();
+        }
+        Err(err)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The server's pidfd (readable once it has exited), e.g. to wait on it in an event loop.
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The raw channel to the server, for messages, scalars and descriptors the typed API does
+    /// not cover. Prefer [`with_channel`](Self::with_channel), which turns a dead server into
+    /// [`Error::ServerExited`].
+    pub fn channel(&mut self) -> &mut Channel {
+        self.channel.as_mut().expect("channel present until stop")
+    }
+
+    /// Sets a deadline for each read and write on the channel (`None`: wait forever).
+    /// A call that times out waiting for its reply leaves the reply in flight, so the channel is
+    /// then marked broken: stop the server and start a new one.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.channel().set_timeout(timeout);
+    }
+
+    /// Runs `f` on the channel; if it fails because the server went away, the error becomes
+    /// [`Error::ServerExited`] with the server's exit status. Once the server is known to have
+    /// exited, `f` is not run at all.
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = Echo.start()?;
+    /// let reply = server.with_channel(|ch| {
+    ///     ch.write_array(["echo", "a", "b"])?;
+    ///     let mut buf = fdserver::MessageBuf::new();
+    ///     Ok(ch.read_reply(&mut buf)?.to_strings()?)
+    /// })?;
+    /// assert_eq!(reply, ["ok", "a", "b"]);
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn with_channel<R>(
+        &mut self,
+        f: impl FnOnce(&mut Channel) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        if let Some(status) = self.status {
+            return Err(Error::ServerExited(status));
+        }
+        let r = f(self.channel());
+        r.map_err(|e| self.exit_error(e))
+    }
+
+    /// Sends `request` (`[name, args...]`) and returns the values of the `["ok", values...]`
+    /// reply as strings; an error reply becomes [`Error::Remote`].
+    pub fn call<I, T>(&mut self, request: I) -> Result<Vec<String>, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        if let Some(status) = self.status {
+            return Err(Error::ServerExited(status));
+        }
+        let mut buf = std::mem::take(&mut self.reply);
+        let channel = self.channel.as_mut().expect("channel present until stop");
+        let r = channel.write_array(request).and_then(|()| {
+            let msg = channel.read_reply(&mut buf)?;
+            let strings = msg.to_strings()?;
+            Ok(strings.into_iter().skip(1).collect())
+        });
+        self.reply = buf;
+        r.map_err(|e| self.exit_error(e))
+    }
+
+    /// Sends a signal to the server (through its pidfd, so a recycled pid is never hit).
+    pub fn signal(&self, signal: Signal) -> Result<(), Error> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        sys::pidfd_kill(self.pidfd.as_fd(), signal as i32).map_err(Error::Io)
+    }
+
+    /// If the server has exited, reaps it and returns its status; never blocks.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
+        if self.status.is_none() {
+            if let Some(raw) = sys::try_reap(self.pid)? {
+                self.status = Some(ExitStatus::from_raw(raw));
+            }
+        }
+        Ok(self.status)
+    }
+
+    /// Turns a disconnect into `ServerExited` when the server is (about to be) dead.
+    fn exit_error(&mut self, e: Error) -> Error {
+        if !e.is_disconnect() && !matches!(e, Error::Broken) {
+            return e;
+        }
+        if let Some(status) = self.status {
+            return Error::ServerExited(status);
+        }
+        if matches!(e, Error::Broken) {
+            return e;
+        }
+        match self.wait_exit(Some(Instant::now() + EXIT_SETTLE)) {
+            Ok(Some(status)) => Error::ServerExited(status),
+            _ => e,
+        }
+    }
+
+    /// Waits (on the pidfd, without polling loops) until the server exits or the deadline passes,
+    /// and reaps it.
+    fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>, Error> {
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        if sys::wait_fd(self.pidfd.as_fd(), libc::POLLIN, deadline)? {
+            let raw = sys::reap(self.pid)?;
+            self.status = Some(ExitStatus::from_raw(raw));
+        }
+        Ok(self.status)
+    }
+
+    fn kill_and_reap(&mut self) -> Result<ExitStatus, Error> {
+        sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL)?;
+        Ok(self.wait_exit(None)?.expect("waited without deadline"))
+    }
+
+    /// Stops the server: closes the connection (the server sees end of stream and exits), waits
+    /// up to the first grace period, sends SIGTERM, waits up to the second, sends SIGKILL, and
+    /// reaps it. Returns how it ended.
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle, Shutdown};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let server = Echo.start()?;
+    /// let stopped = server.stop()?;
+    /// assert_eq!(stopped.how, Shutdown::Graceful);
+    /// assert_eq!(stopped.status.code(), Some(0));
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn stop(mut self) -> Result<Stopped, Error> {
+        self.stop_inner()
+    }
+
+    /// [`stop`](Self::stop) with other grace periods.
+    pub fn stop_with(mut self, options: StopOptions) -> Result<Stopped, Error> {
+        self.stop = options;
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<Stopped, Error> {
+        let already = self.status.is_some() || self.try_wait()?.is_some();
+        self.channel = None; // close: the server sees end of stream
+        if already {
+            return Ok(Stopped {
+                status: self.status.expect("checked"),
+                how: Shutdown::AlreadyExited,
+            });
+        }
+        let now = Instant::now();
+        if let Some(status) = self.wait_exit(Some(now + self.stop.after_close))? {
+            return Ok(Stopped {
+                status,
+                how: Shutdown::Graceful,
+            });
+        }
+        sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGTERM)?;
+        if let Some(status) = self.wait_exit(Some(Instant::now() + self.stop.after_term))? {
+            return Ok(Stopped {
+                status,
+                how: Shutdown::Terminated,
+            });
+        }
+        let status = self.kill_and_reap()?;
+        Ok(Stopped {
+            status,
+            how: Shutdown::Killed,
+        })
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        // Last resort on failure, so that no process is left behind.
+        if self.status.is_none() && self.stop_inner().is_err() {
+            let _ = self.kill_and_reap();
+        }
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("pid", &self.pid)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,322 @@
+//! Errors: one type, [`Error`], for everything a channel, a server or a client can report.
+
+use std::fmt;
+use std::io;
+use std::process::ExitStatus;
+use std::str::Utf8Error;
+
+/// Everything that can go wrong talking to a server or a peer.
+///
+/// Errors that leave the channel mid-message (a time-out after part of a message was read, an
+/// oversized scalar, a malformed stream) also mark it *broken*; every later operation on it then
+/// returns [`Error::Broken`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error.
+    Io(io::Error),
+    /// The peer closed the connection where a message, a scalar or a descriptor was required.
+    Disconnected,
+    /// The server process has exited; carries how it ended (`exit status: 1`, `signal: 9`, ...).
+    ServerExited(ExitStatus),
+    /// The bytes on the wire do not follow the MessageChannel format.
+    Protocol(ProtocolError),
+    /// A read or write deadline passed.
+    TimedOut,
+    /// The channel was left mid-message by an earlier error and can no longer be used.
+    Broken,
+    /// An element to write contains a NUL byte; nothing was written.
+    ElementContainsNul {
+        /// Index of the offending element in the message.
+        index: usize,
+    },
+    /// The message body would exceed 65535 bytes; nothing was written.
+    MessageTooLarge {
+        /// The body length the message would have had.
+        len: usize,
+    },
+    /// A scalar is longer than the channel's limit ([`Channel::set_max_scalar_size`]).
+    ///
+    /// [`Channel::set_max_scalar_size`]: crate::Channel::set_max_scalar_size
+    ScalarTooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit in force.
+        max: u64,
+    },
+    /// An element is not valid UTF-8 where a string was required.
+    InvalidUtf8 {
+        /// Index of the offending element in the message.
+        index: usize,
+        /// What was wrong with it.
+        error: Utf8Error,
+    },
+    /// The server answered with an error reply.
+    Remote(RemoteError),
+}
+
+impl Error {
+    /// Whether this error means the other side is gone (EOF, reset, broken pipe, exited).
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            Error::Disconnected | Error::ServerExited(_) => true,
+            Error::Protocol(ProtocolError::UnexpectedEof) => true,
+            Error::Io(e) => matches!(
+                e.raw_os_error(),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+            ),
+            _ => false,
+        }
+    }
+
+    /// The remote error, if the server replied with one.
+    pub fn as_remote(&self) -> Option<&RemoteError> {
+        match self {
+            Error::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Disconnected => f.write_str("the peer closed the connection"),
+            Error::ServerExited(s) => write!(f, "server exited ({s})"),
+            Error::Protocol(p) => write!(f, "protocol error: {p}"),
+            Error::TimedOut => f.write_str("timed out"),
+            Error::Broken => f.write_str(
+                "the channel is broken by an earlier error (it was left mid-message) and must be closed",
+            ),
+            Error::ElementContainsNul { index } => {
+                write!(f, "element {index} contains a NUL byte, which the wire format cannot carry")
+            }
+            Error::MessageTooLarge { len } => write!(
+                f,
+                "message body of {len} bytes exceeds the 65535-byte limit (send large data as a scalar)"
+            ),
+            Error::ScalarTooLarge { len, max } => {
+                write!(f, "scalar of {len} bytes exceeds the limit of {max} bytes")
+            }
+            Error::InvalidUtf8 { index, error } => {
+                write!(f, "element {index} is not valid UTF-8: {error}")
+            }
+            Error::Remote(r) => write!(f, "server error: {r}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Protocol(p) => Some(p),
+            Error::InvalidUtf8 { error, .. } => Some(error),
+            Error::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Self {
+        Error::Remote(e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) => e,
+            Error::TimedOut => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::Disconnected | Error::ServerExited(_) => {
+                io::Error::new(io::ErrorKind::UnexpectedEof, e)
+            }
+            other => io::Error::other(other),
+        }
+    }
+}
+
+/// A violation of the wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The stream ended in the middle of a message.
+    UnexpectedEof,
+    /// An array body did not end with a NUL byte (Passenger silently dropped such trailing bytes;
+    /// fdserver refuses the message).
+    MissingTerminator,
+    /// A file descriptor arrived where a message was expected; it was closed.
+    UnexpectedFd,
+    /// A descriptor was expected but plain data arrived.
+    ExpectedFd,
+    /// More descriptors arrived than fit (`MSG_CTRUNC`), or more than one where one was expected;
+    /// all of them were closed.
+    TooManyFds,
+    /// A reply did not start with `ok` or `error`, or did not have the shape the caller expected.
+    BadReply(String),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::UnexpectedEof => f.write_str("connection closed in the middle of a message"),
+            ProtocolError::MissingTerminator => {
+                f.write_str("array message body does not end with a NUL byte")
+            }
+            ProtocolError::UnexpectedFd => {
+                f.write_str("a file descriptor arrived where a message was expected (it was closed)")
+            }
+            ProtocolError::ExpectedFd => {
+                f.write_str("expected a file descriptor but plain data arrived")
+            }
+            ProtocolError::TooManyFds => f.write_str(
+                "more file descriptors arrived than expected (control message truncated; all were closed)",
+            ),
+            ProtocolError::BadReply(s) => write!(f, "malformed reply: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// What kind of failure a server reported. On the wire this is the second element of an error
+/// reply (see the crate docs, "Replies and errors").
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// `unknown_message`: no handler for that message name. The server keeps serving.
+    UnknownMessage,
+    /// `bad_arguments`: wrong number of arguments, or one could not be parsed. The server keeps serving.
+    BadArguments,
+    /// `failed`: the handler returned an error. The server keeps serving.
+    Failed,
+    /// `panicked`: the handler panicked. The server keeps serving if the panic happened before it
+    /// wrote any part of its reply; otherwise it closes the connection and exits.
+    Panicked,
+    /// `protocol`: the request itself was malformed (see [`ProtocolError`]).
+    Protocol,
+    /// `initialize`: the server's `initialize_server` failed; it exits.
+    Initialize,
+    /// Any other kind string, kept verbatim.
+    Other(String),
+}
+
+impl RemoteErrorKind {
+    /// The kind as it travels on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RemoteErrorKind::UnknownMessage => "unknown_message",
+            RemoteErrorKind::BadArguments => "bad_arguments",
+            RemoteErrorKind::Failed => "failed",
+            RemoteErrorKind::Panicked => "panicked",
+            RemoteErrorKind::Protocol => "protocol",
+            RemoteErrorKind::Initialize => "initialize",
+            RemoteErrorKind::Other(s) => s,
+        }
+    }
+
+    /// Parses a wire kind string.
+    pub fn from_wire(s: &str) -> Self {
+        match s {
+            "unknown_message" => RemoteErrorKind::UnknownMessage,
+            "bad_arguments" => RemoteErrorKind::BadArguments,
+            "failed" => RemoteErrorKind::Failed,
+            "panicked" => RemoteErrorKind::Panicked,
+            "protocol" => RemoteErrorKind::Protocol,
+            "initialize" => RemoteErrorKind::Initialize,
+            other => RemoteErrorKind::Other(other.to_owned()),
+        }
+    }
+}
+
+/// An error reply from a server: `["error", kind, message]` on the wire.
+///
+/// Handlers return it to report a failure to the client:
+///
+/// ```
+/// use fdserver::{RemoteError, RemoteErrorKind};
+/// let e = RemoteError::failed("disk full");
+/// assert_eq!(e.kind(), &RemoteErrorKind::Failed);
+/// assert_eq!(e.to_string(), "failed: disk full");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    kind: RemoteErrorKind,
+    message: String,
+}
+
+impl RemoteError {
+    /// An error of any kind.
+    pub fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The handler failed (kind `failed`).
+    pub fn failed(message: impl fmt::Display) -> Self {
+        Self::new(RemoteErrorKind::Failed, message.to_string())
+    }
+
+    /// The arguments were wrong (kind `bad_arguments`).
+    pub fn bad_arguments(message: impl fmt::Display) -> Self {
+        Self::new(RemoteErrorKind::BadArguments, message.to_string())
+    }
+
+    /// No handler for `name` (kind `unknown_message`).
+    pub fn unknown_message(name: &[u8]) -> Self {
+        Self::new(
+            RemoteErrorKind::UnknownMessage,
+            format!("unknown message {:?}", String::from_utf8_lossy(name)),
+        )
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> &RemoteErrorKind {
+        &self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl From<Error> for RemoteError {
+    /// Lets handlers use `?` on channel operations: the failure reaches the client as `failed`.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Remote(r) => r,
+            other => RemoteError::failed(other),
+        }
+    }
+}
+
+impl From<io::Error> for RemoteError {
+    fn from(e: io::Error) -> Self {
+        RemoteError::failed(e)
+    }
+}

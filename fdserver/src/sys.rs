@@ -1,0 +1,528 @@
+//! The operating-system layer: every raw syscall the runtime makes lives here, each behind a small
+//! function, so that a second platform only has to provide this module.
+//!
+//! Everything in this module that the forked child calls before its server loop
+//! (`reset_signal_dispositions`, `close_fds_except`, `install_flag_handler`, `set_sigmask`, `_exit`)
+//! is async-signal-safe: no allocation, no locks.
+
+use std::io::{self, IoSlice};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How many descriptors one `recvmsg` accepts before the control message counts as truncated.
+pub(crate) const MAX_FDS_PER_RECV: usize = 4;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// A connected `SOCK_STREAM` UNIX socket pair, both ends close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Aligned storage for a control message holding up to `MAX_FDS_PER_RECV` descriptors.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+const _: () = {
+    // CMSG_SPACE(4 * sizeof(int)) = 16 (header) + 16 = 32 on 64-bit Linux; keep room to spare.
+    assert!(size_of::<CmsgBuf>() >= 16 + MAX_FDS_PER_RECV * size_of::<RawFd>() + 8);
+};
+
+/// Sends `iov` (all of it or a prefix: the return value says how much) with `MSG_NOSIGNAL`.
+/// With `fd`, attaches it as one `SCM_RIGHTS` descriptor.
+pub(crate) fn send(
+    sock: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    fd: Option<BorrowedFd<'_>>,
+    dontwait: bool,
+) -> io::Result<usize> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    // SAFETY: an all-zero msghdr is a valid "empty" value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec; // IoSlice is ABI-compatible with iovec
+    msg.msg_iovlen = iov.len() as _;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR
+        // returns a valid header pointer and CMSG_DATA has room for one int.
+        unsafe {
+            let hdr = libc::CMSG_FIRSTHDR(&msg);
+            (*hdr).cmsg_level = libc::SOL_SOCKET;
+            (*hdr).cmsg_type = libc::SCM_RIGHTS;
+            (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+            ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
+        }
+    }
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msg describes live buffers (iov, cmsg) for the duration of the call.
+    cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })
+}
+
+/// What one `recvmsg` brought.
+pub(crate) struct Received {
+    /// Data bytes read (0 = end of stream).
+    pub n: usize,
+    /// Descriptors that arrived, already owned (so dropping closes them).
+    pub fds: [Option<OwnedFd>; MAX_FDS_PER_RECV],
+    /// The kernel had more descriptors than fitted (`MSG_CTRUNC`); it closed the rest.
+    pub truncated: bool,
+}
+
+impl Received {
+    pub fn fd_count(&self) -> usize {
+        self.fds.iter().filter(|f| f.is_some()).count()
+    }
+}
+
+/// One `recvmsg` into `buf` with `MSG_CMSG_CLOEXEC`; every descriptor that arrives is wrapped in
+/// an `OwnedFd` at once.
+pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid "empty" value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE((MAX_FDS_PER_RECV * size_of::<RawFd>()) as u32) } as _;
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msg describes live, writable buffers (buf, cmsg) for the duration of the call.
+    let n = cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
+    let mut out = Received {
+        n,
+        fds: Default::default(),
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    let mut slot = 0;
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
+    // range, and each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) fds that
+    // the kernel just installed in this process and that nothing else owns yet.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(hdr);
+                let bytes = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let fd = ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    let owned = OwnedFd::from_raw_fd(fd);
+                    if slot < MAX_FDS_PER_RECV {
+                        out.fds[slot] = Some(owned);
+                        slot += 1;
+                    } else {
+                        out.truncated = true; // dropped (closed) right here
+                    }
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `fd` is ready for `events` or the deadline passes. Returns `false` on time-out.
+/// `EINTR` is retried with the remaining time.
+pub(crate) fn wait_fd(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    0
+                } else {
+                    // Round up so that we never wake before the deadline and spin.
+                    left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+                }
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        match cvt(unsafe { libc::poll(&mut pfd, 1, timeout) }) {
+            Ok(0) => {
+                if timeout == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Remaining time until `deadline`, for callers that need a `Duration`.
+#[allow(dead_code)]
+pub(crate) fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when the process exits. Close-on-exec.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes (pid, flags) and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh fd (pidfds are always close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Non-blocking reap of `pid`: `Some(raw wait status)` if it has exited.
+pub(crate) fn try_reap(pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => return Ok(None),
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            _ => return Ok(Some(status)),
+        }
+    }
+}
+
+/// Blocking reap of `pid` (call only once its pidfd is readable, or to finish a SIGKILL).
+pub(crate) fn reap(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r != -1 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Sends `sig` through the pidfd, so that a recycled pid is never signalled.
+pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal(pidfd, sig, NULL, 0) is the documented "like kill(2)" form.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ESRCH: it already exited (a zombie we have yet to reap). That is what we wanted.
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `fork(2)`. Returns 0 in the child, the child's pid in the parent.
+///
+/// # Safety
+/// The child of a multi-threaded process may only call async-signal-safe functions until it
+/// execs or reaches code whose author accepted that risk (see the crate docs on fork safety).
+pub(crate) unsafe fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: forwarded to the caller's contract.
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// `_exit(2)`: ends the process without running atexit handlers or destructors.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and always allowed.
+    unsafe { libc::_exit(code) }
+}
+
+/// Closes every descriptor `>= 3` except those in `keep` (sorted ascending, deduplicated).
+/// Async-signal-safe: uses `close_range(2)`, and falls back to closing one by one up to the
+/// descriptor limit on kernels that lack it.
+pub(crate) fn close_fds_except(keep: &[RawFd]) {
+    let mut from: u32 = 3;
+    for &k in keep {
+        if k < 3 {
+            continue;
+        }
+        let k = k as u32;
+        if k > from {
+            close_range(from, k - 1);
+        }
+        from = from.max(k + 1);
+    }
+    close_range(from, u32::MAX);
+}
+
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range takes (first, last, flags) and only closes descriptors.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // ENOSYS (kernel < 5.9) or EINVAL: close one by one, up to the soft descriptor limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as u32
+    } else {
+        1024
+    };
+    let mut fd = first;
+    while fd <= last && fd < max {
+        // SAFETY: closing a descriptor number; EBADF for unused numbers is harmless.
+        unsafe { libc::close(fd as RawFd) };
+        fd += 1;
+    }
+}
+
+/// Sets `O_NONBLOCK` off or on. Used nowhere on the hot path.
+#[allow(dead_code)]
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a valid descriptor.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        let new = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if new != flags {
+            cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets close-on-exec on a descriptor (used for inherited descriptors).
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on a valid descriptor.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+        if flags & libc::FD_CLOEXEC == 0 {
+            cvt(libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_SETFD,
+                flags | libc::FD_CLOEXEC,
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `fd` is an open descriptor.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries; EBADF means "not open".
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+/// Bit `n` set = signal `n` arrived and has not been handled yet. Written only by
+/// [`flag_handler`], which is async-signal-safe because it does nothing but an atomic `or`.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn flag_handler(sig: libc::c_int) {
+    if (0..64).contains(&sig) {
+        PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
+    }
+}
+
+/// Takes (and clears) the set of signals that arrived since the last call.
+pub(crate) fn take_pending() -> u64 {
+    PENDING.swap(0, Ordering::SeqCst)
+}
+
+/// Highest signal number on this system.
+pub(crate) fn sigmax() -> libc::c_int {
+    libc::SIGRTMAX()
+}
+
+/// An empty or full signal set.
+pub(crate) fn sigset(full: bool) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset/sigfillset initialise the whole set.
+    unsafe {
+        if full {
+            libc::sigfillset(set.as_mut_ptr());
+        } else {
+            libc::sigemptyset(set.as_mut_ptr());
+        }
+        set.assume_init()
+    }
+}
+
+pub(crate) fn sigset_add(set: &mut libc::sigset_t, sig: libc::c_int) {
+    // SAFETY: set is initialised; invalid numbers only make sigaddset return EINVAL.
+    unsafe { libc::sigaddset(set, sig) };
+}
+
+pub(crate) fn sigset_del(set: &mut libc::sigset_t, sig: libc::c_int) {
+    // SAFETY: as above.
+    unsafe { libc::sigdelset(set, sig) };
+}
+
+/// `pthread_sigmask(SIG_SETMASK)`; returns the previous mask.
+pub(crate) fn set_sigmask(set: &libc::sigset_t) -> libc::sigset_t {
+    let mut old = sigset(false);
+    // SAFETY: both pointers are valid sigsets; SIG_SETMASK cannot fail with valid arguments.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set, &mut old) };
+    old
+}
+
+/// The calling thread's signal mask.
+pub(crate) fn get_sigmask() -> libc::sigset_t {
+    let empty = sys_empty();
+    let mut old = sigset(false);
+    // SAFETY: SIG_BLOCK with an empty set changes nothing and reports the current mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &empty, &mut old) };
+    old
+}
+
+fn sys_empty() -> libc::sigset_t {
+    sigset(false)
+}
+
+/// A saved disposition, to restore after serving in the current process.
+pub(crate) type SavedAction = libc::sigaction;
+
+/// Sets `sig` to the default action, to ignore, or to the runtime's flag handler.
+/// Returns the previous disposition.
+pub(crate) fn set_disposition(sig: libc::c_int, how: Disposition) -> io::Result<SavedAction> {
+    // SAFETY: an all-zero sigaction is valid (empty mask, no flags); we fill in the handler.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = match how {
+        Disposition::Default => libc::SIG_DFL,
+        Disposition::Ignore => libc::SIG_IGN,
+        Disposition::Flag => flag_handler as *const () as usize,
+    };
+    // No SA_RESTART: the only place our signals are unblocked is ppoll, which reports EINTR.
+    act.sa_flags = 0;
+    // SAFETY: act.sa_mask must be initialised; sigemptyset does that.
+    unsafe { libc::sigemptyset(&mut act.sa_mask) };
+    // SAFETY: an all-zero sigaction is a valid out-value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; sigaction is async-signal-safe.
+    cvt(unsafe { libc::sigaction(sig, &act, &mut old) })?;
+    Ok(old)
+}
+
+/// Restores a disposition saved by [`set_disposition`].
+pub(crate) fn restore_disposition(sig: libc::c_int, old: &SavedAction) {
+    // SAFETY: `old` came from sigaction(2).
+    unsafe { libc::sigaction(sig, old, ptr::null_mut()) };
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Disposition {
+    Default,
+    Ignore,
+    Flag,
+}
+
+/// Resets every catchable signal to its default action (the first step of a forked server).
+pub(crate) fn reset_signal_dispositions() {
+    for sig in 1..=sigmax() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // Signals reserved by the C library (32, 33 on glibc) answer EINVAL: fine.
+        let _ = set_disposition(sig, Disposition::Default);
+    }
+}
+
+/// Waits until `sock` is readable or one of the signals unblocked by `mask` arrives, atomically
+/// (`ppoll`), so that a signal can never slip in between a check and the wait.
+/// Returns `true` if readable, `false` if interrupted by a signal.
+pub(crate) fn wait_readable_or_signal(
+    sock: BorrowedFd<'_>,
+    mask: &libc::sigset_t,
+) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout, a valid signal mask.
+    match cvt(unsafe { libc::ppoll(&mut pfd, 1, ptr::null(), mask) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The calling process's pid.
+pub(crate) fn getpid() -> u32 {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() as u32 }
+}
