@@ -39,6 +39,7 @@ pub struct Channel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    peer_gone: bool,
     wbuf: Vec<u8>,
     writes: u64,
 }
@@ -68,6 +69,7 @@ impl Channel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            peer_gone: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
         }
@@ -150,6 +152,16 @@ impl Channel {
         self.broken
     }
 
+    /// Whether an operation found the peer gone (end of stream, reset, broken pipe).
+    pub(crate) fn peer_gone(&self) -> bool {
+        self.peer_gone
+    }
+
+    /// Marks the channel unusable (e.g. a call timed out with its reply still in flight).
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
     /// How many write operations have started on this channel (lets a server tell whether a
     /// handler began its reply).
     pub(crate) fn writes(&self) -> u64 {
@@ -202,6 +214,7 @@ impl Channel {
                         return Err(Error::Protocol(ProtocolError::UnexpectedFd));
                     }
                     if r.n == 0 {
+                        self.peer_gone = true;
                         if got == 0 && at_boundary {
                             return Ok(false);
                         }
@@ -240,6 +253,7 @@ impl Channel {
             Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
                 // A reset reads as end of stream, like Passenger.
                 self.broken = true;
+                self.peer_gone = true;
                 if clean {
                     Err(Error::Disconnected)
                 } else {
@@ -248,6 +262,7 @@ impl Channel {
             }
             Some(libc::ECONNRESET) | Some(libc::EPIPE) => {
                 self.broken = true;
+                self.peer_gone = true;
                 Err(Error::Disconnected)
             }
             _ => {
@@ -511,6 +526,7 @@ impl Channel {
             match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
                 Ok(r) => {
                     if r.n == 0 {
+                        self.peer_gone = true;
                         return Ok(None);
                     }
                     if r.truncated || r.fd_count() > 1 {

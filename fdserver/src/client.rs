@@ -162,7 +162,8 @@ impl ServerHandle {
     }
 
     /// Runs `f` on the channel; if it fails because the server went away, the error becomes
-    /// [`Error::ServerExited`] with the server's exit status. Once the server is known to have
+    /// [`Error::ServerExited`] with the server's exit status. If it times out, the channel is
+    /// marked broken, since the reply may still arrive and would be read by the next call. Once the server is known to have
     /// exited, `f` is not run at all.
     ///
     /// ```
@@ -191,6 +192,10 @@ impl ServerHandle {
             return Err(Error::ServerExited(status));
         }
         let r = f(self.channel());
+        if matches!(r, Err(Error::TimedOut)) {
+            // The reply may still come: the next call would read it as its own.
+            self.channel().mark_broken();
+        }
         r.map_err(|e| self.exit_error(e))
     }
 
@@ -212,6 +217,9 @@ impl ServerHandle {
             Ok(strings.into_iter().skip(1).collect())
         });
         self.reply = buf;
+        if matches!(r, Err(Error::TimedOut)) {
+            channel.mark_broken();
+        }
         r.map_err(|e| self.exit_error(e))
     }
 

@@ -44,6 +44,13 @@ pub enum Error {
         /// The limit in force.
         max: u64,
     },
+    /// A message has fewer elements than the reader needed.
+    MissingElement {
+        /// Index of the element that was asked for.
+        index: usize,
+        /// How many elements the message has.
+        len: usize,
+    },
     /// An element is not valid UTF-8 where a string was required.
     InvalidUtf8 {
         /// Index of the offending element in the message.
@@ -98,6 +105,9 @@ impl fmt::Display for Error {
             ),
             Error::ScalarTooLarge { len, max } => {
                 write!(f, "scalar of {len} bytes exceeds the limit of {max} bytes")
+            }
+            Error::MissingElement { index, len } => {
+                write!(f, "element {index} is missing (the message has {len})")
             }
             Error::InvalidUtf8 { index, error } => {
                 write!(f, "element {index} is not valid UTF-8: {error}")
@@ -306,10 +316,15 @@ impl fmt::Display for RemoteError {
 impl std::error::Error for RemoteError {}
 
 impl From<Error> for RemoteError {
-    /// Lets handlers use `?` on channel operations: the failure reaches the client as `failed`.
+    /// Lets handlers use `?` on channel operations: the failure reaches the client as `failed`,
+    /// except a missing or non-UTF-8 element of the request, which is `bad_arguments`.
     fn from(e: Error) -> Self {
         match e {
             Error::Remote(r) => r,
+            // Reading the request's own elements: the client sent bad arguments.
+            e @ (Error::MissingElement { .. } | Error::InvalidUtf8 { .. }) => {
+                RemoteError::bad_arguments(e)
+            }
             other => RemoteError::failed(other),
         }
     }

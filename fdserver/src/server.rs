@@ -212,8 +212,8 @@ impl Builder {
 
     /// Keeps `fd` open (under the same number) in the server; every other inherited descriptor
     /// but 0, 1, 2 and the server's socket is closed.
-    pub fn keep_fd(mut self, fd: impl AsRawFd) -> Self {
-        self.keep_fds.push(fd.as_raw_fd());
+    pub fn keep_fd(mut self, fd: &impl AsFd) -> Self {
+        self.keep_fds.push(fd.as_fd().as_raw_fd());
         self
     }
 
@@ -252,7 +252,19 @@ impl Builder {
     }
 
     /// Forks the server and returns the untyped handle.
+    ///
+    /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
+    /// the kernel would then reap the server itself, and neither `stop` nor a failing call could
+    /// learn how it ended. Restore SIGCHLD's default disposition first.
     pub fn start_handle<S: Server>(mut self, server: &mut S) -> Result<ServerHandle, Error> {
+        if sys::children_autoreaped() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so the kernel would \
+                 reap the server and its exit status would be lost; restore SIGCHLD's default \
+                 disposition before starting servers",
+            )));
+        }
         server.before_fork();
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
@@ -270,12 +282,23 @@ impl Builder {
         let plan = SignalPlan::new(S::SIGNALS);
         let parent_raw = parent_end.as_raw_fd();
 
+        // Hold the standard streams' locks across the fork: a lock another thread held at that
+        // moment would stay locked forever in the child, which flushes stdout and stderr at
+        // exit (and prints panic messages). The locks are reentrant and the child's only thread
+        // is their owner, so it can still use them.
+        let mut stdio_locks = (std::io::stdout().lock(), std::io::stderr().lock());
+        // Empty stdout's buffer first: the child flushes it at exit, and would otherwise write
+        // the parent's pending output a second time.
+        let _ = stdio_locks.0.flush();
         let all = sys::sigset(true);
         let old_mask = sys::set_sigmask(&all);
         // SAFETY: the child branch below only makes async-signal-safe calls (close, sigaction,
         // close_range, pthread_sigmask) before handing control to the user's server, and never
         // returns: it ends in `_exit`.
         let pid = unsafe { sys::fork() };
+        if !matches!(pid, Ok(0)) {
+            drop(stdio_locks);
+        }
         match pid {
             Ok(0) => {
                 // Child. Never returns.
@@ -364,6 +387,11 @@ fn child_main<S: Server>(
     sys::reset_signal_dispositions();
     if !plan.declares(libc::SIGHUP) {
         let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
+    }
+    // As in every Rust program (std ignores it before `main`): writing to a closed pipe or
+    // socket is an EPIPE error for the handler, not death by SIGPIPE.
+    if !plan.declares(libc::SIGPIPE) {
+        let _ = sys::set_disposition(libc::SIGPIPE, sys::Disposition::Ignore);
     }
     // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
     sys::close_fds_except(keep);
@@ -529,7 +557,16 @@ fn run_loop<S: Server>(
         }
 
         match sys::wait_readable_or_signal(channel.as_fd(), &plan.wait_mask) {
-            Ok(true) => {}
+            Ok(true) => {
+                // ppoll reports readiness before a pending signal and re-blocks it, so a signal
+                // that arrived during the last handler would wait until the socket runs dry.
+                // Deliver pending ones to the flag handler and handle them first.
+                if sys::any_pending(&plan.caught) {
+                    sys::set_sigmask(&plan.wait_mask);
+                    sys::set_sigmask(&plan.run_mask);
+                    continue;
+                }
+            }
             Ok(false) => continue, // a signal: handled at the top of the loop
             Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
         }
@@ -560,6 +597,9 @@ fn run_loop<S: Server>(
         let quit = match outcome {
             Ok((Ok(()), quit)) => quit,
             Ok((Err(err), quit)) => {
+                if channel.peer_gone() {
+                    return LoopEnd::Disconnected;
+                }
                 if channel.is_broken() {
                     return LoopEnd::ChannelFailed(err.to_string());
                 }
@@ -588,6 +628,9 @@ fn run_loop<S: Server>(
         };
         if quit {
             return LoopEnd::Quit;
+        }
+        if channel.peer_gone() {
+            return LoopEnd::Disconnected;
         }
         if channel.is_broken() {
             return LoopEnd::ChannelFailed("channel broken by a handler".into());

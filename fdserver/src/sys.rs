@@ -440,6 +440,17 @@ pub(crate) fn set_sigmask(set: &libc::sigset_t) -> libc::sigset_t {
     old
 }
 
+/// Whether any signal of `set` is pending (raised while blocked) for this thread or process.
+pub(crate) fn any_pending(set: &libc::sigset_t) -> bool {
+    let mut pending = sigset(false);
+    // SAFETY: `pending` is a valid, initialised out-set.
+    unsafe { libc::sigpending(&mut pending) };
+    (1..64).any(|sig| {
+        // SAFETY: sigismember only reads initialised sets; out-of-range numbers return -1.
+        unsafe { libc::sigismember(set, sig) == 1 && libc::sigismember(&pending, sig) == 1 }
+    })
+}
+
 /// The calling thread's signal mask.
 pub(crate) fn get_sigmask() -> libc::sigset_t {
     let empty = sys_empty();
@@ -475,6 +486,18 @@ pub(crate) fn set_disposition(sig: libc::c_int, how: Disposition) -> io::Result<
     // SAFETY: valid pointers; sigaction is async-signal-safe.
     cvt(unsafe { libc::sigaction(sig, &act, &mut old) })?;
     Ok(old)
+}
+
+/// Whether SIGCHLD is ignored (`SIG_IGN`) or set with `SA_NOCLDWAIT`: then the kernel reaps
+/// children itself and their exit status is lost.
+pub(crate) fn children_autoreaped() -> bool {
+    // SAFETY: an all-zero sigaction is a valid out-value; a null `act` only queries.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: querying the disposition of SIGCHLD.
+    if unsafe { libc::sigaction(libc::SIGCHLD, ptr::null(), &mut old) } != 0 {
+        return false;
+    }
+    old.sa_sigaction == libc::SIG_IGN || old.sa_flags & libc::SA_NOCLDWAIT != 0
 }
 
 /// Restores a disposition saved by [`set_disposition`].
@@ -525,4 +548,228 @@ pub(crate) fn wait_readable_or_signal(
 pub(crate) fn getpid() -> u32 {
     // SAFETY: getpid cannot fail.
     unsafe { libc::getpid() as u32 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Used by the preloader
+// ---------------------------------------------------------------------------------------------
+
+/// Writes all of `data` to a raw descriptor without taking any lock (std's stdout/stderr locks
+/// may be held by another thread at a `fork`). Errors are ignored: this is for logs.
+pub(crate) fn write_raw(fd: RawFd, data: &[u8]) {
+    let mut off = 0;
+    while off < data.len() {
+        // SAFETY: the pointer and length describe live bytes of `data`.
+        let r = unsafe { libc::write(fd, data[off..].as_ptr().cast(), data.len() - off) };
+        if r > 0 {
+            off += r as usize;
+        } else if r == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// A `signalfd(2)` (close-on-exec, non-blocking) for the signals in `set`, which the caller must
+/// keep blocked.
+pub(crate) fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: -1 asks for a new descriptor; `set` is an initialised sigset.
+    let fd = cvt(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: signalfd returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal number from a signalfd, if any.
+pub(crate) fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: reading exactly one signalfd_siginfo into a valid buffer.
+        let r = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size_of::<libc::signalfd_siginfo>(),
+            )
+        };
+        if r == size_of::<libc::signalfd_siginfo>() as isize {
+            return Ok(Some(info.ssi_signo as i32));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `flock(2)`; `Ok(false)` when `nonblocking` and the lock is held elsewhere.
+pub(crate) fn flock(fd: BorrowedFd<'_>, exclusive: bool, nonblocking: bool) -> io::Result<bool> {
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    if nonblocking {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a valid descriptor.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if nonblocking => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The uid of the process at the other end of a connected UNIX socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// The effective uid of this process.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `setsid(2)`: a new session and process group led by the caller.
+pub(crate) fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Sends `sig` to a process group.
+pub(crate) fn kill_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill with a negative pid signals the group; no memory is involved.
+    cvt(unsafe { libc::kill(-pgid, sig) }).map(drop)
+}
+
+/// Sends `sig` to a process.
+pub(crate) fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: as above.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `dup2(2)` onto a fixed descriptor number (the copy is not close-on-exec).
+pub(crate) fn dup2(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: dup2 on a valid source descriptor.
+        match cvt(unsafe { libc::dup2(from.as_raw_fd(), to) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Closes a descriptor number owned by no Rust value (after `dup2` games in a child).
+pub(crate) fn close_raw(fd: RawFd) {
+    // SAFETY: closing a number; the caller guarantees no Rust value owns it.
+    unsafe { libc::close(fd) };
+}
+
+/// Asks for SIGIO when `fd` becomes readable or hangs up (`O_ASYNC` + `F_SETOWN`).
+pub(crate) fn set_async_owner(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor with integer arguments.
+    unsafe {
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, libc::getpid()))?;
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_ASYNC,
+        ))?;
+    }
+    Ok(())
+}
+
+/// Whether `fd` is readable or hung up right now (no waiting).
+pub(crate) fn poll_now(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0
+}
+
+/// Waits on several descriptors for `POLLIN`; returns which ones are ready (hang-ups count).
+pub(crate) fn poll_in(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as libc::c_int,
+        };
+        // SAFETY: pfds is a valid array of pollfd of the given length.
+        match cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, timeout) }) {
+            Ok(_) => return Ok(pfds.iter().map(|p| p.revents != 0).collect()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Blocking reap of any child (`waitpid(-1, WNOHANG)`): `Some((pid, raw status))`.
+pub(crate) fn reap_any() -> Option<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r > 0 {
+            return Some((r, status));
+        }
+        if r == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// A pipe, both ends close-on-exec: `(read, write)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded: two fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets the process umask, returning the old one.
+pub(crate) fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }

@@ -153,13 +153,12 @@ impl<'a> Message<'a> {
         self.get(0).unwrap_or(b"")
     }
 
-    /// Element `i` as UTF-8. A missing element is reported as a `bad_arguments`-style protocol error.
+    /// Element `i` as UTF-8: [`Error::MissingElement`] or [`Error::InvalidUtf8`] otherwise (both
+    /// reach a client as `bad_arguments` when a handler returns them with `?`).
     pub fn str(&self, i: usize) -> Result<&'a str, Error> {
-        let bytes = self.get(i).ok_or_else(|| {
-            Error::Protocol(ProtocolError::BadReply(format!(
-                "element {i} missing (message has {})",
-                self.len()
-            )))
+        let bytes = self.get(i).ok_or(Error::MissingElement {
+            index: i,
+            len: self.len(),
         })?;
         std::str::from_utf8(bytes).map_err(|error| Error::InvalidUtf8 { index: i, error })
     }

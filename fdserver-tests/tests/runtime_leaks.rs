@@ -1,0 +1,295 @@
+//! Descriptors and processes (issue 2, Acceptance): a fresh server holds only 0, 1, 2 and its
+//! socket (plus what `Builder::keep_fd` keeps); the parent leaks no descriptor over 1,000
+//! start/stop cycles; no zombie after `stop`, drop, a crash or a failed start; descriptors that
+//! arrive where they do not belong are closed.
+//!
+//! Every test here counts this process's descriptors or children, so every test takes
+//! `serial()` and nothing else in this binary runs concurrently.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use fdserver::{Builder, Channel, Error, ProtocolError, Server, ServerHandle, Shutdown, Signal};
+use fdserver_tests::{
+    child_pids, fd_open, is_unreaped_child, is_zombie, open_fds, pipe, pipe_inheritable, read_n,
+    send_with_fds, serial, watchdog, Probe, ProbeState, SECS,
+};
+
+/// What a server's `fds` request reports: its socket and every descriptor open in it.
+fn server_fds(s: &mut ServerHandle) -> (RawFd, Vec<RawFd>) {
+    let reply = s.call(["fds"]).unwrap();
+    let nums: Vec<RawFd> = reply.iter().map(|x| x.parse().unwrap()).collect();
+    (nums[0], nums[1..].to_vec())
+}
+
+fn std_fds_open_here() -> Vec<RawFd> {
+    (0..3).filter(|&fd| fd_open(fd)).collect()
+}
+
+/// A descriptor that is *not* close-on-exec, as a careless program leaves them.
+fn inheritable_dup(fd: RawFd, min: RawFd) -> OwnedFd {
+    // SAFETY: F_DUPFD (without CLOEXEC) on an open descriptor returns a new one or -1.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD, min) };
+    assert!(n >= min, "F_DUPFD: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(n) }
+}
+
+fn assert_no_children() {
+    assert_eq!(
+        child_pids(),
+        Vec::<u32>::new(),
+        "child processes left behind"
+    );
+}
+
+#[test]
+fn a_fresh_server_has_only_0_1_2_and_its_socket() {
+    let _s = serial();
+    let _wd = watchdog("fresh_server_fds", SECS(30));
+    // Extra inheritable descriptors in the parent: a pipe, a file, and one far up the table.
+    let (pr, pw) = pipe_inheritable();
+    let path = std::ffi::CString::new("/proc/self/status").unwrap();
+    // SAFETY: open(2) with a valid C string, without O_CLOEXEC on purpose.
+    let file = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(file >= 0);
+    // SAFETY: a fresh descriptor nobody else owns.
+    let file = unsafe { OwnedFd::from_raw_fd(file) };
+    let high = inheritable_dup(pr.as_raw_fd(), 900);
+    let (sock_a, _sock_b) = UnixStream::pair().unwrap(); // close-on-exec, but fork keeps it
+
+    let mut s = Probe::default().start().unwrap();
+    let (sock, fds) = server_fds(&mut s);
+    let mut expected = std_fds_open_here();
+    expected.push(sock);
+    expected.sort_unstable();
+    assert_eq!(fds, expected, "descriptors open in a fresh server");
+    for extra in [
+        pr.as_raw_fd(),
+        pw.as_raw_fd(),
+        file.as_raw_fd(),
+        high.as_raw_fd(),
+    ] {
+        assert!(!fds.contains(&extra), "{extra} leaked into the server");
+    }
+    assert!(!fds.contains(&sock_a.as_raw_fd()));
+    assert_eq!(s.stop().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn keep_fd_keeps_exactly_the_requested_descriptors() {
+    let _s = serial();
+    let _wd = watchdog("keep_fd", SECS(30));
+    let (r, w) = pipe(); // close-on-exec does not matter to fork
+    let (_other_r, other_w) = pipe_inheritable();
+    let high = inheritable_dup(w.as_raw_fd(), 700);
+    let mut s = Builder::new()
+        .keep_fd(&w)
+        .keep_fd(&high)
+        .keep_fd(&w) // twice is fine
+        .start_handle(&mut Probe::default())
+        .unwrap();
+    let (sock, fds) = server_fds(&mut s);
+    let mut expected = std_fds_open_here();
+    expected.extend([sock, w.as_raw_fd(), high.as_raw_fd()]);
+    expected.sort_unstable();
+    assert_eq!(fds, expected);
+    assert!(!fds.contains(&other_w.as_raw_fd()));
+    // Kept under the same number, and usable.
+    s.call(["write_kept", &w.as_raw_fd().to_string(), "low"])
+        .unwrap();
+    s.call(["write_kept", &high.as_raw_fd().to_string(), "high"])
+        .unwrap();
+    assert_eq!(read_n(r.as_fd(), 7), b"lowhigh");
+    s.stop().unwrap();
+}
+
+#[test]
+fn no_descriptor_or_process_leaks_after_1000_start_stop_cycles() {
+    let _s = serial();
+    let _wd = watchdog("thousand_cycles", SECS(60));
+    // Warm up whatever the runtime or std initialise lazily once.
+    Probe::default().start().unwrap().stop().unwrap();
+    let before = open_fds();
+    for i in 0..1000 {
+        let mut s = Probe::default().start().unwrap();
+        if i % 100 == 0 {
+            assert_eq!(s.call(["echo", "x"]).unwrap(), ["x"]);
+        }
+        match i % 4 {
+            0 | 1 => assert_eq!(s.stop().unwrap().how, Shutdown::Graceful),
+            2 => drop(s),
+            _ => {
+                s.signal(Signal::SIGKILL).unwrap();
+                assert!(s.call(["echo"]).is_err());
+                assert_eq!(s.stop().unwrap().how, Shutdown::AlreadyExited);
+            }
+        }
+    }
+    assert_eq!(open_fds(), before, "descriptors leaked in the parent");
+    assert_no_children();
+}
+
+#[test]
+fn no_zombie_after_stop_drop_crash_quit_or_failed_start() {
+    let _s = serial();
+    let _wd = watchdog("no_zombie", SECS(30));
+
+    let s = Probe::default().start().unwrap();
+    let pid = s.pid();
+    assert!(
+        !is_zombie(pid) && is_unreaped_child(pid),
+        "running, our child"
+    );
+    s.stop().unwrap();
+    assert!(!is_zombie(pid), "zombie after stop");
+    assert!(!is_unreaped_child(pid));
+    assert_no_children();
+
+    let s = Probe::default().start().unwrap();
+    let pid = s.pid();
+    drop(s);
+    assert!(!is_zombie(pid), "zombie after drop");
+    assert!(!is_unreaped_child(pid));
+    assert_no_children();
+
+    // Crashed, and the handle dropped without a call noticing.
+    let s = Probe::default().start().unwrap();
+    let pid = s.pid();
+    s.signal(Signal::SIGKILL).unwrap();
+    assert!(fdserver_tests::poll_readable(s.pidfd(), Some(SECS(10))));
+    assert!(is_unreaped_child(pid), "exited, not yet reaped");
+    drop(s);
+    assert!(!is_unreaped_child(pid), "zombie after a crash and drop");
+    assert_no_children();
+
+    // Quit, then stop.
+    let mut s = Probe::default().start().unwrap();
+    let pid = s.pid();
+    s.call(["quit"]).unwrap();
+    s.stop().unwrap();
+    assert!(!is_unreaped_child(pid));
+    assert_no_children();
+
+    // Killed by stop's escalation.
+    let mut s = Builder::new()
+        .stop_timeouts(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(50),
+        )
+        .start_handle(&mut Probe::default())
+        .unwrap();
+    s.call(["hang"]).unwrap();
+    assert_eq!(s.stop().unwrap().how, Shutdown::Killed);
+    assert_no_children();
+
+    // initialize_server failed: start reaped the child before returning the error.
+    let mut failing = Probe(ProbeState {
+        fail_init: Some("nope"),
+        ..Default::default()
+    });
+    let before = open_fds();
+    assert!(failing.start().is_err());
+    assert_no_children();
+    assert_eq!(open_fds(), before, "a failed start leaked descriptors");
+}
+
+#[test]
+fn failed_calls_leak_nothing() {
+    let _s = serial();
+    let _wd = watchdog("failed_calls_leak_nothing", SECS(30));
+    let mut s = Probe::default().start().unwrap();
+    let before = open_fds();
+    for _ in 0..20 {
+        assert!(s.call(["fail", "x"]).is_err());
+        assert!(s.call(["panic"]).is_err());
+        assert!(s.call(["nope"]).is_err());
+        let fd = s
+            .with_channel(|ch| {
+                ch.write_array(["fd_back", "x"])?;
+                let mut buf = fdserver::MessageBuf::new();
+                ch.read_reply(&mut buf)?;
+                ch.recv_fd()
+            })
+            .unwrap();
+        drop(fd);
+    }
+    assert_eq!(open_fds(), before);
+    s.stop().unwrap();
+}
+
+#[test]
+fn unexpected_and_surplus_descriptors_are_closed() {
+    let _s = serial();
+    let _wd = watchdog("surplus_fds_closed", SECS(30));
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut ch = Channel::from(a);
+    let (_r, w) = pipe();
+    let before = open_fds();
+    for round in 0..10 {
+        // A descriptor where a message is expected.
+        send_with_fds(b.as_fd(), &[0], &[w.as_raw_fd()]);
+        assert!(matches!(
+            ch.read_array(),
+            Err(Error::Protocol(ProtocolError::UnexpectedFd))
+        ));
+        // Two, and then twelve, in one sendmsg where one is expected.
+        let many = vec![w.as_raw_fd(); 2 + round];
+        send_with_fds(b.as_fd(), &[0], &many);
+        assert!(matches!(
+            ch.recv_fd(),
+            Err(Error::Protocol(ProtocolError::TooManyFds))
+        ));
+        let many = vec![w.as_raw_fd(); 12];
+        send_with_fds(b.as_fd(), &[0], &many);
+        assert!(matches!(
+            ch.recv_fd(),
+            Err(Error::Protocol(ProtocolError::TooManyFds))
+        ));
+        assert_eq!(open_fds(), before, "round {round}");
+    }
+    // And the channel is still in sync.
+    send_with_fds(b.as_fd(), &[0], &[w.as_raw_fd()]);
+    let got = ch.recv_fd().unwrap().unwrap();
+    assert_eq!(open_fds().len(), before.len() + 1);
+    drop(got);
+    assert_eq!(open_fds(), before);
+}
+
+#[test]
+fn a_server_started_from_a_server_handler_inherits_nothing_of_its_parent() {
+    let _s = serial();
+    let _wd = watchdog("nested_server", SECS(30));
+    // A server whose handler starts a nested server: the nested one must not hold the outer
+    // server's socket (or the outer one would never see end of stream).
+    struct Outer;
+    impl Server for Outer {
+        type Client = ServerHandle;
+        fn handle(
+            &mut self,
+            ctx: &mut fdserver::Context<'_>,
+            _msg: fdserver::Message<'_>,
+        ) -> Result<(), fdserver::RemoteError> {
+            let outer_sock = ctx.channel().as_raw_fd();
+            let mut inner = Probe::default().start()?;
+            let reply = inner.call(["fds"])?;
+            inner.stop()?;
+            let mut out = vec![outer_sock.to_string()];
+            out.extend(reply);
+            ctx.reply(&out)?;
+            Ok(())
+        }
+    }
+    let mut s = Outer.start().unwrap();
+    let reply = s.call(["nested"]).unwrap();
+    let outer_sock: RawFd = reply[0].parse().unwrap();
+    let inner_sock: RawFd = reply[1].parse().unwrap();
+    let inner_fds: Vec<RawFd> = reply[2..].iter().map(|x| x.parse().unwrap()).collect();
+    let mut expected = std_fds_open_here();
+    expected.push(inner_sock);
+    expected.sort_unstable();
+    assert_eq!(inner_fds, expected);
+    assert!(outer_sock == inner_sock || !inner_fds.contains(&outer_sock));
+    assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
+    assert_no_children();
+}

@@ -1,0 +1,609 @@
+//! The server lifecycle (issue 2, "Server lifecycle"): Passenger's AbstractServer test cases
+//! against a forked server (`Server::start`), error replies, `stop` and its escalation, server
+//! death and client death.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use fdserver::{
+    Builder, Context, Error, Message, MessageBuf, RemoteError, RemoteErrorKind, Server,
+    ServerHandle, Shutdown, Signal,
+};
+use fdserver_tests::{
+    fork_child, pipe, pseudo_random_bytes, read_n, wait_child, wait_pid_gone, watchdog, Probe,
+    ProbeState, SECS,
+};
+
+fn start() -> ServerHandle {
+    Probe::default().start().expect("start")
+}
+
+fn remote_kind(e: &Error) -> &RemoteErrorKind {
+    e.as_remote()
+        .unwrap_or_else(|| panic!("expected an error reply, got {e:?}"))
+        .kind()
+}
+
+fn read_to_eof(fd: OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut out).unwrap();
+    out
+}
+
+fn exited_by_signal(e: &Error, sig: i32) -> bool {
+    matches!(e, Error::ServerExited(st) if st.signal() == Some(sig))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passenger's cases against a forked server
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn round_trip_with_a_forked_server() {
+    let _wd = watchdog("round_trip_with_a_forked_server", SECS(30));
+    let mut s = start();
+    assert_eq!(
+        s.call(["echo", "hello", "world !!"]).unwrap(),
+        ["hello", "world !!"]
+    );
+    let pid = s.call(["pid"]).unwrap();
+    assert_eq!(pid, [s.pid().to_string()]);
+    // SAFETY: getpid cannot fail.
+    assert_ne!(s.pid(), unsafe { libc::getpid() } as u32);
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::Graceful);
+    assert_eq!(st.status.code(), Some(0), "a clean shutdown exits 0");
+}
+
+#[test]
+fn arrays_with_spaces_only_empty_and_empty_elements_through_a_server() {
+    let _wd = watchdog("arrays_through_a_server", SECS(30));
+    let mut s = start();
+    let cases: &[&[&str]] = &[
+        &["hello world", " a b ", "  "],
+        &[""],
+        &["", ""],
+        &["", "foo", "", "bar", ""],
+        &[],
+    ];
+    for case in cases {
+        let req: Vec<&str> = std::iter::once("echo")
+            .chain(case.iter().copied())
+            .collect();
+        assert_eq!(s.call(&req).unwrap(), *case);
+    }
+    s.stop().unwrap();
+}
+
+#[test]
+fn scalars_empty_and_binary_through_a_server() {
+    let _wd = watchdog("scalars_through_a_server", SECS(30));
+    let mut s = start();
+    let payloads = [
+        Vec::new(),
+        pseudo_random_bytes(11, 4 << 10),
+        pseudo_random_bytes(12, 32 << 10),
+        pseudo_random_bytes(13, 7 << 10),
+    ];
+    for p in &payloads {
+        let back = s
+            .with_channel(|ch| {
+                ch.write_array(["scalar_echo"])?;
+                ch.write_scalar(p)?;
+                let mut buf = MessageBuf::new();
+                ch.read_reply(&mut buf)?;
+                ch.read_scalar()
+            })
+            .unwrap();
+        assert_eq!(back.as_ref(), Some(p));
+    }
+    s.stop().unwrap();
+}
+
+#[test]
+fn scalar_over_the_servers_maximum_is_refused() {
+    let _wd = watchdog("scalar_over_the_servers_maximum", SECS(30));
+    let mut s = Builder::new()
+        .max_scalar_size(1000)
+        .start_handle(&mut Probe::default())
+        .unwrap();
+    let err = s
+        .with_channel(|ch| {
+            ch.write_array(["scalar_echo"])?;
+            ch.write_scalar(&[0u8; 1001])?;
+            let mut buf = MessageBuf::new();
+            ch.read_reply(&mut buf)?;
+            Ok(())
+        })
+        .unwrap_err();
+    // The server refused the scalar and, its channel broken, closed the connection and exited.
+    match &err {
+        Error::Remote(r) => assert_eq!(r.kind(), &RemoteErrorKind::Failed, "{r}"),
+        Error::ServerExited(st) => assert_eq!(st.code(), Some(1), "{st}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let st = s.stop().unwrap();
+    assert_eq!(st.status.code(), Some(1), "broken channel: non-zero exit");
+}
+
+#[test]
+fn fd_passing_to_and_from_a_server() {
+    let _wd = watchdog("fd_passing_to_and_from_a_server", SECS(30));
+    let mut s = start();
+    // The parent passes a pipe's write end; the server writes into it.
+    let (r, w) = pipe();
+    s.with_channel(|ch| {
+        ch.write_array(["fd_write", "written by the server"])?;
+        ch.send_fd(&w)?;
+        let mut buf = MessageBuf::new();
+        ch.read_reply(&mut buf)?;
+        Ok(())
+    })
+    .unwrap();
+    drop(w);
+    assert_eq!(read_to_eof(r), b"written by the server");
+
+    // The server passes one back.
+    let fd = s
+        .with_channel(|ch| {
+            ch.write_array(["fd_back", "from the server's pipe"])?;
+            let mut buf = MessageBuf::new();
+            ch.read_reply(&mut buf)?;
+            ch.recv_fd()
+        })
+        .unwrap()
+        .expect("a descriptor");
+    assert_eq!(read_to_eof(fd), b"from the server's pipe");
+    // And the server still serves.
+    assert_eq!(s.call(["echo", "still"]).unwrap(), ["still"]);
+    s.stop().unwrap();
+}
+
+#[test]
+fn a_thousand_calls_of_3k_through_a_server() {
+    let _wd = watchdog("a_thousand_calls_of_3k", SECS(30));
+    let mut s = start();
+    for i in 0..1000 {
+        let mut arg = format!("{i}-");
+        arg += &"x".repeat(3072 - arg.len());
+        let back = s.call(["echo", arg.as_str()]).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0], arg);
+    }
+    s.stop().unwrap();
+}
+
+#[test]
+fn mixed_stream_from_a_server_in_order() {
+    let _wd = watchdog("mixed_stream_from_a_server", SECS(30));
+    let mut s = start();
+    let (array, one, fd, two) = s
+        .with_channel(|ch| {
+            ch.write_array(["mixed"])?;
+            let mut buf = MessageBuf::new();
+            ch.read_reply(&mut buf)?;
+            Ok((
+                ch.read_strings()?,
+                ch.read_scalar()?,
+                ch.recv_fd()?,
+                ch.read_scalar()?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(array.unwrap(), ["array"]);
+    assert_eq!(one.unwrap(), b"one");
+    assert_eq!(read_to_eof(fd.unwrap()), b"fd");
+    assert_eq!(two.unwrap(), b"two");
+    assert_eq!(s.call(["echo", "in sync"]).unwrap(), ["in sync"]);
+    s.stop().unwrap();
+}
+
+#[test]
+fn start_and_stop_many_times() {
+    let _wd = watchdog("start_and_stop_many_times", SECS(30));
+    let mut pids = Vec::new();
+    for i in 0..50 {
+        let mut s = start();
+        assert_eq!(s.call(["echo", &i.to_string()]).unwrap(), [i.to_string()]);
+        pids.push(s.pid());
+        if i % 2 == 0 {
+            let st = s.stop().unwrap();
+            assert_eq!((st.how, st.status.code()), (Shutdown::Graceful, Some(0)));
+        } else {
+            drop(s);
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert!(pids.len() > 1, "each start forks a new process");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server death
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn server_killed_by_a_signal_makes_the_next_call_fail_with_the_signal() {
+    let _wd = watchdog("server_killed_by_a_signal", SECS(30));
+    for sig in [Signal::SIGKILL, Signal::SIGUSR2, Signal::SIGALRM] {
+        let mut s = start();
+        assert_eq!(s.call(["echo", "alive"]).unwrap(), ["alive"]);
+        s.signal(sig).unwrap();
+        let err = s.call(["echo", "anyone?"]).unwrap_err();
+        assert!(exited_by_signal(&err, sig as i32), "{sig:?}: {err:?}");
+        assert!(err.to_string().contains("server exited"), "{err}");
+        // Every later call says the same, at once.
+        let err = s.call(["echo"]).unwrap_err();
+        assert!(exited_by_signal(&err, sig as i32), "{err:?}");
+        let err = s.with_channel(|ch| ch.write_array(["x"])).unwrap_err();
+        assert!(exited_by_signal(&err, sig as i32), "{err:?}");
+        let st = s.stop().unwrap();
+        assert_eq!(st.how, Shutdown::AlreadyExited);
+        assert_eq!(st.status.signal(), Some(sig as i32));
+    }
+    // Works again after a fresh start.
+    let mut s = start();
+    assert_eq!(s.call(["echo", "again"]).unwrap(), ["again"]);
+    s.stop().unwrap();
+}
+
+#[test]
+fn server_dying_in_a_call_fails_that_call_with_its_exit_status() {
+    let _wd = watchdog("server_dying_in_a_call", SECS(30));
+    let mut s = start();
+    let err = s.call(["exit", "3"]).unwrap_err();
+    match err {
+        Error::ServerExited(st) => assert_eq!(st.code(), Some(3)),
+        other => panic!("expected ServerExited, got {other:?}"),
+    }
+    assert_eq!(s.try_wait().unwrap().and_then(|st| st.code()), Some(3));
+    assert_eq!(s.stop().unwrap().how, Shutdown::AlreadyExited);
+}
+
+#[test]
+fn server_death_is_seen_on_the_raw_channel_too() {
+    let _wd = watchdog("server_death_on_the_raw_channel", SECS(30));
+    let mut s = start();
+    s.signal(Signal::SIGKILL).unwrap();
+    // Waiting on the pidfd: the death is observable without a call.
+    assert!(fdserver_tests::poll_readable(s.pidfd(), Some(SECS(10))));
+    let err = s
+        .with_channel(|ch| {
+            ch.write_array(["echo"])?;
+            let mut buf = MessageBuf::new();
+            ch.read_reply(&mut buf).map(|_| ())
+        })
+        .unwrap_err();
+    assert!(exited_by_signal(&err, libc::SIGKILL), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors from handlers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_message_is_a_typed_error_and_the_server_keeps_serving() {
+    let _wd = watchdog("unknown_message", SECS(30));
+    let mut s = start();
+    let err = s.call(["no_such_message", "arg"]).unwrap_err();
+    assert_eq!(remote_kind(&err), &RemoteErrorKind::UnknownMessage);
+    assert!(err.to_string().contains("no_such_message"), "{err}");
+    // The empty message has no name: also unknown, not fatal.
+    let err = s.call([""; 0]).unwrap_err();
+    assert_eq!(remote_kind(&err), &RemoteErrorKind::UnknownMessage);
+    assert_eq!(s.call(["echo", "still here"]).unwrap(), ["still here"]);
+    assert_eq!(s.stop().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn malformed_request_is_a_protocol_error_reply_and_the_server_keeps_serving() {
+    let _wd = watchdog("malformed_request", SECS(30));
+    let mut s = start();
+    let dup = s.channel().as_fd().try_clone_to_owned().unwrap();
+    let mut raw = std::os::unix::net::UnixStream::from(dup);
+    raw.write_all(b"\x00\x05echo!").unwrap(); // no terminating NUL
+    let mut buf = MessageBuf::new();
+    let err = s.channel().read_reply(&mut buf).unwrap_err();
+    assert_eq!(remote_kind(&err), &RemoteErrorKind::Protocol);
+    drop(raw);
+    assert_eq!(s.call(["echo", "ok"]).unwrap(), ["ok"]);
+    s.stop().unwrap();
+}
+
+#[test]
+fn handler_error_and_panic_are_typed_errors_and_the_server_keeps_serving() {
+    let _wd = watchdog("handler_error_and_panic", SECS(30));
+    let mut s = start();
+    let err = s.call(["fail", "disk full"]).unwrap_err();
+    assert_eq!(remote_kind(&err), &RemoteErrorKind::Failed);
+    assert_eq!(err.as_remote().unwrap().message(), "disk full");
+    assert_eq!(s.call(["echo", "1"]).unwrap(), ["1"]);
+
+    let err = s.call(["panic"]).unwrap_err();
+    assert_eq!(remote_kind(&err), &RemoteErrorKind::Panicked);
+    let text = err.as_remote().unwrap().message();
+    assert!(text.contains("probe panics on request"), "{text}");
+    assert!(text.contains("panic"), "{text}");
+    assert_eq!(s.call(["echo", "2"]).unwrap(), ["2"]);
+
+    // Bad arguments reported by a handler (`?` on a missing element).
+    let err = s.call(["fail"]).unwrap_err();
+    assert!(err.as_remote().is_some(), "{err:?}");
+    assert_eq!(s.call(["echo", "3"]).unwrap(), ["3"]);
+    assert_eq!(s.stop().unwrap().status.code(), Some(0));
+}
+
+#[test]
+fn panic_after_a_partial_reply_ends_the_server_with_101() {
+    let _wd = watchdog("panic_after_a_partial_reply", SECS(30));
+    let mut s = start();
+    // The reply had already been written when the handler panicked: the client got it, and
+    // then the stream cannot be trusted, so the server closes it and exits.
+    assert_eq!(s.call(["partial_panic"]).unwrap(), ["partial"]);
+    let err = s.call(["echo", "x"]).unwrap_err();
+    match err {
+        Error::ServerExited(st) => assert_eq!(st.code(), Some(101)),
+        other => panic!("expected ServerExited(101), got {other:?}"),
+    }
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::AlreadyExited);
+    assert_eq!(st.status.code(), Some(101));
+}
+
+#[test]
+fn initialize_server_error_is_returned_by_start() {
+    let _wd = watchdog("initialize_server_error", SECS(30));
+    let mut p = Probe(ProbeState {
+        fail_init: Some("no database"),
+        ..Default::default()
+    });
+    let err = p.start().unwrap_err();
+    let r = err
+        .as_remote()
+        .unwrap_or_else(|| panic!("expected Remote, got {err:?}"));
+    assert_eq!(r.kind(), &RemoteErrorKind::Initialize);
+    assert!(r.message().contains("no database"), "{r}");
+
+    struct PanicsInInit;
+    impl Server for PanicsInInit {
+        type Client = ServerHandle;
+        fn handle(&mut self, _: &mut Context<'_>, _: Message<'_>) -> Result<(), RemoteError> {
+            Ok(())
+        }
+        fn initialize_server(&mut self) -> Result<(), fdserver::BoxError> {
+            panic!("init exploded")
+        }
+    }
+    let err = PanicsInInit.start().unwrap_err();
+    let r = err.as_remote().expect("Remote");
+    assert_eq!(r.kind(), &RemoteErrorKind::Initialize);
+    assert!(r.message().contains("init exploded"), "{r}");
+}
+
+#[test]
+fn before_fork_runs_in_the_parent() {
+    let _wd = watchdog("before_fork_runs_in_the_parent", SECS(30));
+    struct Hooks {
+        before_fork_pid: u32,
+    }
+    impl Server for Hooks {
+        type Client = ServerHandle;
+        fn handle(&mut self, ctx: &mut Context<'_>, _: Message<'_>) -> Result<(), RemoteError> {
+            ctx.reply([self.before_fork_pid.to_string()])?;
+            Ok(())
+        }
+        fn before_fork(&mut self) {
+            // SAFETY: getpid cannot fail.
+            self.before_fork_pid = unsafe { libc::getpid() } as u32;
+        }
+    }
+    let mut h = Hooks { before_fork_pid: 0 };
+    let mut s = h.start().unwrap();
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() } as u32;
+    assert_eq!(
+        h.before_fork_pid, me,
+        "ran in the parent, on the parent's value"
+    );
+    assert_eq!(
+        s.call(["x"]).unwrap(),
+        [me.to_string()],
+        "and before the fork"
+    );
+    s.stop().unwrap();
+}
+
+#[test]
+fn quit_ends_the_loop_and_stop_reports_a_clean_exit() {
+    let _wd = watchdog("quit_ends_the_loop", SECS(30));
+    let (r, w) = pipe();
+    let mut p = Probe(ProbeState {
+        report: Some(w.as_raw_fd()),
+        ..Default::default()
+    });
+    let mut s = Builder::new().keep_fd(&w).start_handle(&mut p).unwrap();
+    drop(w);
+    assert_eq!(s.call(["quit"]).unwrap(), Vec::<String>::new());
+    // finalize_server ran after the loop ended.
+    assert_eq!(read_to_eof(r), b"F");
+    let st = s.stop().unwrap();
+    assert!(
+        matches!(st.how, Shutdown::AlreadyExited | Shutdown::Graceful),
+        "{st}"
+    );
+    assert_eq!(st.status.code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// stop
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn stop_kills_a_server_that_ignores_sigterm_and_never_reads() {
+    let _wd = watchdog("stop_kills_a_stuck_server", SECS(30));
+    let mut s = Builder::new()
+        .stop_timeouts(Duration::from_millis(100), Duration::from_millis(100))
+        .start_handle(&mut Probe::default())
+        .unwrap();
+    assert_eq!(s.call(["hang"]).unwrap(), Vec::<String>::new());
+    let pid = s.pid();
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::Killed, "{st}");
+    assert_eq!(st.status.signal(), Some(libc::SIGKILL));
+    assert!(!fdserver_tests::is_unreaped_child(pid));
+    assert!(st.to_string().contains("SIGKILL"), "{st}");
+}
+
+#[test]
+fn stop_terminates_a_server_that_does_not_see_the_close() {
+    let _wd = watchdog("stop_terminates", SECS(30));
+    let (r, w) = pipe();
+    let mut p = Probe(ProbeState {
+        report: Some(w.as_raw_fd()),
+        ..Default::default()
+    });
+    let mut s = Builder::new()
+        .keep_fd(&w)
+        .stop_timeouts(Duration::from_millis(100), SECS(20))
+        .start_handle(&mut p)
+        .unwrap();
+    drop(w);
+    // Another copy of our end (as a forked worker would hold): closing ours is not end of
+    // stream for the server, so stop has to send SIGTERM, which ends the loop cleanly.
+    let extra = s.channel().as_fd().try_clone_to_owned().unwrap();
+    let st = s.stop_with(fdserver::StopOptions {
+        after_close: Duration::from_millis(100),
+        after_term: SECS(20),
+    });
+    let st = st.unwrap();
+    assert_eq!(st.how, Shutdown::Terminated, "{st}");
+    assert_eq!(st.status.code(), Some(0), "SIGTERM is a clean exit");
+    assert_eq!(read_to_eof(r), b"F", "finalize_server ran");
+    drop(extra);
+}
+
+#[test]
+fn drop_stops_the_server() {
+    let _wd = watchdog("drop_stops_the_server", SECS(30));
+    let (r, w) = pipe();
+    let mut p = Probe(ProbeState {
+        report: Some(w.as_raw_fd()),
+        ..Default::default()
+    });
+    let s = Builder::new().keep_fd(&w).start_handle(&mut p).unwrap();
+    drop(w);
+    let pidfd = s.pidfd().try_clone_to_owned().unwrap();
+    drop(s);
+    assert!(fdserver_tests::poll_readable(
+        pidfd.as_fd(),
+        Some(Duration::ZERO)
+    ));
+    assert_eq!(read_to_eof(r), b"F");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client death
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn client_death_makes_the_server_exit() {
+    let _wd = watchdog("client_death_makes_the_server_exit", SECS(30));
+    // An intermediate process starts a server, reports its pid, and is killed without stopping
+    // it. The server is not our child: wait for it with a pidfd.
+    let (r, w) = pipe();
+    let w_raw = w.as_raw_fd();
+    let client = fork_child(&[w_raw], move || {
+        let Ok(server) = Probe::default().start() else {
+            return 1;
+        };
+        fdserver_tests::write_raw(w_raw, &server.pid().to_le_bytes());
+        std::mem::forget(server); // no stop, no drop: the process just dies
+                                  // SAFETY: kill/getpid on ourselves: the intermediate client dies by SIGKILL.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        2
+    });
+    drop(w);
+    let pid = u32::from_le_bytes(read_n(r.as_fd(), 4).try_into().unwrap());
+    let st = wait_child(client);
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+    assert!(
+        wait_pid_gone(pid, SECS(20)),
+        "server {pid} outlived its client"
+    );
+}
+
+#[test]
+fn client_death_in_the_middle_of_a_call_makes_the_server_exit() {
+    let _wd = watchdog("client_death_mid_call", SECS(30));
+    let (r, w) = pipe();
+    let w_raw = w.as_raw_fd();
+    let client = fork_child(&[w_raw], move || {
+        let Ok(mut server) = Probe::default().start() else {
+            return 1;
+        };
+        // The server's handler is now blocked reading the channel for the next message.
+        if server.call(["wait_for_next"]).is_err() {
+            return 3;
+        }
+        fdserver_tests::write_raw(w_raw, &server.pid().to_le_bytes());
+        std::mem::forget(server);
+        0 // _exit(0) without stopping
+    });
+    drop(w);
+    let pid = u32::from_le_bytes(read_n(r.as_fd(), 4).try_into().unwrap());
+    assert_eq!(wait_child(client).code(), Some(0));
+    assert!(
+        wait_pid_gone(pid, SECS(20)),
+        "server {pid} outlived its client"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines on calls
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn call_timeout_fails_instead_of_hanging_on_a_wedged_server() {
+    let _wd = watchdog("call_timeout", SECS(30));
+    let mut s = Builder::new()
+        .timeout(Some(Duration::from_millis(100)))
+        .stop_timeouts(Duration::from_millis(50), Duration::from_millis(50))
+        .start_handle(&mut Probe::default())
+        .unwrap();
+    assert_eq!(s.call(["echo", "quick"]).unwrap(), ["quick"]);
+    assert_eq!(s.call(["hang"]).unwrap(), Vec::<String>::new());
+    let err = s.call(["echo", "stuck"]).unwrap_err();
+    assert!(matches!(err, Error::TimedOut), "{err:?}");
+    assert_eq!(s.stop().unwrap().how, Shutdown::Killed);
+}
+
+/// With SIGCHLD ignored the kernel would reap the server itself and its status would be lost:
+/// `start` refuses with a clear error instead of failing later with ECHILD; with the default
+/// disposition restored, servers work again.
+#[test]
+fn start_refuses_when_the_parent_ignores_sigchld() {
+    let _wd = watchdog("start_refuses_when_the_parent_ignores_sigchld", SECS(30));
+    // Ignoring SIGCHLD is process-wide: do it in a (single-threaded) child process.
+    let pid = fork_child(&[], || {
+        // SAFETY: setting SIGCHLD's disposition in this single-threaded child.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        match Probe::default().start() {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+            _ => return 1,
+        }
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+        let Ok(mut s) = Probe::default().start() else {
+            return 2;
+        };
+        let _ = s.signal(Signal::SIGKILL);
+        match s.call(["echo"]) {
+            Err(Error::ServerExited(_)) => 0,
+            _ => 3,
+        }
+    });
+    let st = wait_child(pid);
+    assert_eq!(st.code(), Some(0), "{st}");
+}

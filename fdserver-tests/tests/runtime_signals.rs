@@ -1,0 +1,326 @@
+//! Signals in a forked server (issue 2, "Server lifecycle" / Acceptance): SIGTERM and SIGINT run
+//! `finalize_server`, declared handlers (SIGUSR1, and SIGHUP: Passenger's bug) run on the loop
+//! with `&mut self`, undeclared SIGHUP is ignored, other dispositions are reset to default, and
+//! `EINTR` never surfaces.
+//!
+//! Every observation goes through a pipe the server writes to (kept with `Builder::keep_fd`), or a
+//! following call: no sleeps.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fdserver::{
+    Builder, Context, Error, Message, RemoteError, Server, ServerHandle, Shutdown, Signal,
+};
+use fdserver_tests::{pipe, probe_handle, read_n, watchdog, Probe, ProbeState, SECS};
+
+/// Declares a probe server type whose `SIGNALS` are `$sigs`; `$quit` says whether its signal
+/// handler also ends the loop.
+macro_rules! signal_server {
+    ($name:ident, [$($sig:ident),*], quit = $quit:expr) => {
+        #[derive(Default)]
+        struct $name(ProbeState);
+        impl Server for $name {
+            type Client = ServerHandle;
+            const SIGNALS: &'static [Signal] = &[$(Signal::$sig),*];
+            fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+                probe_handle(&mut self.0, ctx, msg)
+            }
+            fn handle_signal(&mut self, ctx: &mut Context<'_>, signal: Signal) {
+                self.0.on_signal(signal);
+                if $quit {
+                    ctx.quit();
+                }
+            }
+            fn finalize_server(&mut self) {
+                self.0.on_finalize();
+            }
+        }
+    };
+}
+
+signal_server!(Usr1Server, [SIGUSR1], quit = false);
+signal_server!(HupServer, [SIGHUP], quit = false);
+signal_server!(TermServer, [SIGTERM], quit = false);
+signal_server!(QuitOnUsr1, [SIGUSR1], quit = true);
+
+/// Starts `server` with a report pipe kept open in it; returns the handle and the read end.
+fn start_reporting<S: Server>(make: impl FnOnce(ProbeState) -> S) -> (ServerHandle, OwnedFd) {
+    let (r, w) = pipe();
+    let mut server = make(ProbeState {
+        report: Some(w.as_raw_fd()),
+        ..Default::default()
+    });
+    let handle = Builder::new()
+        .keep_fd(&w)
+        .start_handle(&mut server)
+        .expect("start");
+    (handle, r)
+}
+
+fn report(r: &OwnedFd, expected: &str) {
+    let got = read_n(r.as_fd(), expected.len());
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+fn count(s: &mut ServerHandle) -> u32 {
+    s.call(["count"]).unwrap()[0].parse().unwrap()
+}
+
+/// Writes several requests in a single `write`, so that all of them are in the server's socket
+/// buffer at once.
+fn write_at_once(s: &mut ServerHandle, requests: &[&[&str]]) {
+    let mut bytes = Vec::new();
+    for r in requests {
+        fdserver::wire::encode_array(&mut bytes, r.iter()).unwrap();
+    }
+    let mut raw = UnixStream::from(s.channel().as_fd().try_clone_to_owned().unwrap());
+    raw.write_all(&bytes).unwrap();
+}
+
+fn assert_clean_exit(s: ServerHandle) {
+    let st = s.stop().unwrap();
+    assert!(
+        matches!(st.how, Shutdown::AlreadyExited | Shutdown::Graceful),
+        "{st}"
+    );
+    assert_eq!(st.status.code(), Some(0), "{st}");
+}
+
+#[test]
+fn sigterm_ends_the_loop_and_runs_finalize_server() {
+    let _wd = watchdog("sigterm_runs_finalize_server", SECS(30));
+    let (mut s, r) = start_reporting(Probe);
+    assert_eq!(s.call(["echo", "up"]).unwrap(), ["up"]);
+    s.signal(Signal::SIGTERM).unwrap();
+    report(&r, "F");
+    assert_clean_exit(s);
+}
+
+#[test]
+fn sigint_ends_the_loop_and_runs_finalize_server() {
+    let _wd = watchdog("sigint_runs_finalize_server", SECS(30));
+    let (s, r) = start_reporting(Probe);
+    s.signal(Signal::SIGINT).unwrap();
+    report(&r, "F");
+    assert_clean_exit(s);
+}
+
+#[test]
+fn declared_sigusr1_handler_runs_on_the_loop_with_mut_self() {
+    let _wd = watchdog("declared_sigusr1_handler", SECS(30));
+    let (mut s, r) = start_reporting(Usr1Server);
+    assert_eq!(count(&mut s), 0);
+    for n in 1..=3 {
+        s.signal(Signal::SIGUSR1).unwrap();
+        report(&r, &format!("S{};", libc::SIGUSR1));
+        // The handler mutated the server's state; the next handler sees it.
+        assert_eq!(count(&mut s), n);
+    }
+    // SIGUSR1 did not kill it (the default action would have).
+    assert_eq!(s.call(["echo", "alive"]).unwrap(), ["alive"]);
+    assert_clean_exit(s);
+    report(&r, "F");
+}
+
+#[test]
+fn declared_sighup_handler_runs_passengers_bug_fixed() {
+    let _wd = watchdog("declared_sighup_handler", SECS(30));
+    let (mut s, r) = start_reporting(HupServer);
+    s.signal(Signal::SIGHUP).unwrap();
+    report(&r, &format!("S{};", libc::SIGHUP));
+    assert_eq!(count(&mut s), 1);
+    assert_clean_exit(s);
+}
+
+#[test]
+fn undeclared_sighup_is_ignored() {
+    let _wd = watchdog("undeclared_sighup_is_ignored", SECS(30));
+    let (mut s, r) = start_reporting(Probe);
+    // SIGHUP is not blocked in the server, so an ignored one is discarded when sent; had it
+    // its default action, the server would be dead before the call below.
+    for _ in 0..3 {
+        s.signal(Signal::SIGHUP).unwrap();
+        assert_eq!(s.call(["echo", "still here"]).unwrap(), ["still here"]);
+    }
+    assert_eq!(s.try_wait().unwrap(), None);
+    assert_eq!(count(&mut s), 0);
+    assert_clean_exit(s);
+    report(&r, "F");
+}
+
+#[test]
+fn declared_sigterm_handler_wins_over_the_default() {
+    let _wd = watchdog("declared_sigterm_handler", SECS(30));
+    let (mut s, r) = start_reporting(TermServer);
+    s.signal(Signal::SIGTERM).unwrap();
+    report(&r, &format!("S{};", libc::SIGTERM));
+    assert_eq!(s.call(["echo", "kept serving"]).unwrap(), ["kept serving"]);
+    assert_clean_exit(s);
+    report(&r, "F");
+}
+
+#[test]
+fn signal_handler_can_quit_the_loop() {
+    let _wd = watchdog("signal_handler_can_quit", SECS(30));
+    let (s, r) = start_reporting(QuitOnUsr1);
+    s.signal(Signal::SIGUSR1).unwrap();
+    report(&r, &format!("S{};F", libc::SIGUSR1));
+    assert_clean_exit(s);
+}
+
+#[test]
+fn other_dispositions_are_reset_to_default_in_the_server() {
+    let _wd = watchdog("dispositions_reset", SECS(30));
+    // The parent ignores SIGUSR2; the server must not inherit that (SIG_IGN survives fork).
+    // SAFETY: changing SIGUSR2's disposition in this test process; nothing here uses SIGUSR2.
+    let old = unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+    let started = Probe::default().start();
+    // SAFETY: restores the disposition saved above.
+    unsafe { libc::signal(libc::SIGUSR2, old) };
+    let mut s = started.unwrap();
+    s.signal(Signal::SIGUSR2).unwrap();
+    let err = s.call(["echo"]).unwrap_err();
+    assert!(
+        matches!(err, Error::ServerExited(st) if st.signal() == Some(libc::SIGUSR2)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_signal_during_a_handler_is_handled_once_the_handler_returns() {
+    let _wd = watchdog("signal_during_a_handler", SECS(30));
+    let (mut s, r) = start_reporting(Usr1Server);
+    // The handler now blocks reading the next message from the channel.
+    assert_eq!(s.call(["wait_for_next"]).unwrap(), ["waiting"]);
+    s.signal(Signal::SIGUSR1).unwrap();
+    // Never in signal context, never in the middle of the handler: the handler's read is not
+    // interrupted, and it finishes normally once "go" arrives.
+    s.channel().write_array(["go"]).unwrap();
+    report(&r, &format!("S{};", libc::SIGUSR1));
+    assert_eq!(count(&mut s), 1);
+    assert_clean_exit(s);
+}
+
+#[test]
+fn a_signal_that_arrived_during_a_handler_is_handled_before_the_next_message() {
+    let _wd = watchdog("signal_before_next_message", SECS(30));
+    let (mut s, r) = start_reporting(Usr1Server);
+    assert_eq!(s.call(["wait_for_next"]).unwrap(), ["waiting"]);
+    s.signal(Signal::SIGUSR1).unwrap();
+    // "go" ends the blocked handler; "count" is already queued behind it. The signal arrived
+    // before "count" was sent, so its handler must run first.
+    write_at_once(&mut s, &[&["go"], &["count"]]);
+    let mut buf = fdserver::MessageBuf::new();
+    let reply = s
+        .channel()
+        .read_reply(&mut buf)
+        .unwrap()
+        .to_strings()
+        .unwrap();
+    assert_eq!(
+        reply,
+        ["ok", "1"],
+        "count was answered before the pending SIGUSR1 ran"
+    );
+    report(&r, &format!("S{};", libc::SIGUSR1));
+    assert_clean_exit(s);
+}
+
+#[test]
+fn a_sigterm_that_arrived_during_a_handler_ends_the_loop_before_the_next_message() {
+    let _wd = watchdog("sigterm_before_next_message", SECS(30));
+    let (mut s, r) = start_reporting(Probe);
+    assert_eq!(s.call(["wait_for_next"]).unwrap(), ["waiting"]);
+    s.signal(Signal::SIGTERM).unwrap();
+    write_at_once(&mut s, &[&["go"], &["echo", "after SIGTERM"]]);
+    let mut buf = fdserver::MessageBuf::new();
+    let r1 = s.channel().read_reply(&mut buf).map(|m| m.to_vec());
+    assert!(
+        r1.is_err(),
+        "a request queued after SIGTERM was served: {r1:?}"
+    );
+    report(&r, "F");
+    assert_clean_exit(s);
+}
+
+#[test]
+fn signals_while_calling_never_surface_as_eintr() {
+    let _wd = watchdog("signals_never_surface_as_eintr", SECS(30));
+    extern "C" fn nothing(_: libc::c_int) {}
+    // A handler without SA_RESTART makes every blocking syscall of the target thread fail with
+    // EINTR; SIGURG is otherwise ignored, so stray deliveries are harmless.
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = nothing as *const () as usize;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(libc::SIGURG, &act, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let spammer = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            // SAFETY: `me` is the test thread, alive until it sets `stop` and joins us.
+            unsafe { libc::pthread_kill(me, libc::SIGURG) };
+            sent += 1;
+            std::thread::yield_now();
+        }
+        sent
+    });
+    let (mut s, r) = start_reporting(Usr1Server);
+    let big = vec![9u8; 1 << 20];
+    for i in 0..300 {
+        assert_eq!(s.call(["echo", &i.to_string()]).unwrap(), [i.to_string()]);
+        if i % 30 == 0 {
+            s.signal(Signal::SIGUSR1).unwrap();
+            report(&r, &format!("S{};", libc::SIGUSR1));
+            let back = s
+                .with_channel(|ch| {
+                    ch.write_array(["scalar_echo"])?;
+                    ch.write_scalar(&big)?;
+                    let mut buf = fdserver::MessageBuf::new();
+                    ch.read_reply(&mut buf)?;
+                    ch.read_scalar()
+                })
+                .unwrap();
+            assert_eq!(back.as_deref(), Some(&big[..]));
+        }
+    }
+    assert_eq!(count(&mut s), 10);
+    stop.store(true, Ordering::Relaxed);
+    let sent = spammer.join().unwrap();
+    assert!(sent > 0);
+    assert_clean_exit(s);
+}
+
+#[test]
+fn a_handler_writing_to_a_closed_pipe_gets_an_error_not_sigpipe() {
+    let _wd = watchdog("handler_sigpipe", SECS(30));
+    let mut s = Probe::default().start().unwrap();
+    let (r, w) = pipe();
+    drop(r); // nobody will ever read this pipe
+    let res = s.with_channel(|ch| {
+        ch.write_array(["fd_write", "into the void"])?;
+        ch.send_fd(&w)?;
+        let mut buf = fdserver::MessageBuf::new();
+        ch.read_reply(&mut buf).map(|m| m.to_vec())
+    });
+    // Rust code expects EPIPE (std ignores SIGPIPE before main): the handler's `?` turns it
+    // into a `failed` reply, and the server keeps serving.
+    let err = res.unwrap_err();
+    assert_eq!(
+        err.as_remote().map(|r| r.kind().clone()),
+        Some(fdserver::RemoteErrorKind::Failed),
+        "{err:?}"
+    );
+    assert_eq!(s.call(["echo", "alive"]).unwrap(), ["alive"]);
+    assert_clean_exit(s);
+}
