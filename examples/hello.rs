@@ -1,4 +1,4 @@
-//! The seed example: a server whose `hello(first, last)` replies
+//! The seed example: a server whose `hello(first_name, last_name)` replies
 //! `"Hello <first> <last>, how are you?"` and the number 1234.
 //!
 //! ```text
@@ -10,28 +10,18 @@
 //! talks Passenger's MessageChannel: send `["hello", "Joe", "Dalton"]`, read
 //! `["ok", "Hello Joe Dalton, how are you?", "1234"]`.
 
-use fdserver::{Channel, Context, Message, RemoteError, Server, ServerHandle};
+use fdserver::Channel;
 
 struct MyServer;
 
-impl Server for MyServer {
-    type Client = ServerHandle;
-
-    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
-        match msg.name() {
-            b"hello" => {
-                if msg.len() != 3 {
-                    return Err(RemoteError::bad_arguments(format!(
-                        "hello takes 2 arguments (first_name, last_name), got {}",
-                        msg.len() - 1
-                    )));
-                }
-                let reply = format!("Hello {} {}, how are you?", msg.str(1)?, msg.str(2)?);
-                ctx.reply([reply.as_str(), "1234"])?;
-                Ok(())
-            }
-            other => Err(RemoteError::unknown_message(other)),
-        }
+#[fdserver::fdserver]
+impl MyServer {
+    /// Greets someone, with a pointless number.
+    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+        (
+            format!("Hello {first_name} {last_name}, how are you?"),
+            1234,
+        )
     }
 }
 
@@ -50,10 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(end.exit_code());
         }
         [] => {
-            let mut server = MyServer.start()?;
-            let reply = server.call(["hello", "Joe", "Dalton"])?;
-            let (greeting, pointless_number) = (&reply[0], &reply[1]);
-            println!("{greeting}");
+            let mut server = MyServer.start()?; // forks; returns the generated MyServerClient
+            let (reply, pointless_number) = server.hello("Joe", "Dalton")?;
+            println!("{reply}");
             println!("{pointless_number}");
             let stopped = server.stop()?;
             println!("{stopped}");

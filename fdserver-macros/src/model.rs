@@ -1,0 +1,765 @@
+//! The model: what the impl block declares (handlers, signal handlers, hooks), built from the
+//! syntax with every per-method rule checked here. Cross-method rules live in `check.rs`.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{quote, ToTokens};
+use syn::ext::IdentExt;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Pat, PathArguments,
+    ReturnType, Signature, Type, Visibility,
+};
+
+use crate::attr::{self, HookKind, ImplArgs, SignalSpec};
+use crate::errors::Errors;
+
+pub struct Server {
+    /// The type the impl block is for.
+    pub self_ty: Type,
+    /// Its name (last path segment), for messages and docs.
+    pub self_name: Ident,
+    pub client: Ident,
+    pub client_vis: Visibility,
+    pub handlers: Vec<Handler>,
+    pub signal_handlers: Vec<SignalHandler>,
+    pub hooks: Vec<Hook>,
+    /// Every method name in the impl block (to detect a clash with the generated `start`).
+    pub method_names: Vec<Ident>,
+    /// Whether to generate the inherent `start` (not when the user has one).
+    pub gen_start: bool,
+}
+
+pub struct Handler {
+    pub ident: Ident,
+    /// The message name on the wire.
+    pub wire: String,
+    /// Where the message name comes from (the `name = "..."` literal or the method name).
+    pub wire_span: Span,
+    pub cfgs: Vec<Attribute>,
+    pub docs: Vec<Attribute>,
+    pub args: Vec<HandlerArg>,
+    /// The handler's return type (`()` when it has none).
+    pub ret: Type,
+    /// What the client stub returns inside `Result<_, fdserver::Error>`.
+    pub client_ret: Type,
+    /// Set by `check` when a cross-method rule fails; such handlers are not generated.
+    pub valid: bool,
+}
+
+impl Handler {
+    /// The parameters the client sends (all but the context), in order.
+    pub fn values(&self) -> impl Iterator<Item = &ValueParam> {
+        self.args.iter().filter_map(|a| match a {
+            HandlerArg::Value(v) => Some(&**v),
+            HandlerArg::Ctx => None,
+        })
+    }
+}
+
+pub enum HandlerArg {
+    /// `&mut fdserver::Context<'_>`: passed by the server, not sent by the client.
+    Ctx,
+    Value(Box<ValueParam>),
+}
+
+pub struct ValueParam {
+    pub ident: Ident,
+    pub ty: Type,
+    pub client: ClientTy,
+}
+
+/// What a client stub takes for a parameter.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ClientTy {
+    /// The handler's own type, by value.
+    Same,
+    /// `&str` for `String`.
+    Str,
+    /// `&[u8]` for `Vec<u8>`.
+    Bytes,
+    /// `impl AsRef<Path>` for `PathBuf`.
+    Path,
+    /// `impl AsRef<OsStr>` for `OsString`.
+    OsStr,
+    /// `impl AsFd` for descriptor types.
+    Fd,
+    /// `Option<&str>` for `Option<String>`.
+    OptStr,
+    /// `Option<&Path>` for `Option<PathBuf>`.
+    OptPath,
+    /// `Option<&OsStr>` for `Option<OsString>`.
+    OptOsStr,
+}
+
+pub struct SignalHandler {
+    pub ident: Ident,
+    pub cfgs: Vec<Attribute>,
+    pub signals: Vec<SignalSpec>,
+    /// Resolved by `check`: the `nix` variant names.
+    pub variants: Vec<Ident>,
+    pub args: Vec<SignalArg>,
+    pub valid: bool,
+}
+
+pub enum SignalArg {
+    Ctx,
+    Signal,
+}
+
+pub struct Hook {
+    pub kind: HookKind,
+    pub ident: Ident,
+    pub attr_span: Span,
+    pub cfgs: Vec<Attribute>,
+    /// The return type (for `initialize`, whose result is converted).
+    pub ret: Type,
+    pub valid: bool,
+}
+
+/// Descriptor types the client stub takes as `impl AsFd`.
+pub const FD_TYPES: &[&str] = &[
+    "OwnedFd",
+    "File",
+    "UnixStream",
+    "UnixListener",
+    "UnixDatagram",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+];
+
+/// Builds the model, stripping the helper attributes from `item`. Returns `None` when the impl
+/// block itself cannot carry a server (the errors say why).
+pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<Server> {
+    // Strip helper attributes first, whatever else is wrong, so the impl can always be re-emitted.
+    let mut methods = Vec::new();
+    for impl_item in &mut item.items {
+        match impl_item {
+            ImplItem::Fn(f) => {
+                let attrs = attr::take_method_attrs(&mut f.attrs, errs);
+                methods.push((attrs, f.clone()));
+            }
+            ImplItem::Const(c) => attr::reject_on_item(&mut c.attrs, errs),
+            ImplItem::Type(t) => attr::reject_on_item(&mut t.attrs, errs),
+            ImplItem::Macro(m) => attr::reject_on_item(&mut m.attrs, errs),
+            _ => {}
+        }
+    }
+
+    if let Some((_, path, _)) = &item.trait_ {
+        errs.spanned(
+            path,
+            "`#[fdserver]` goes on an inherent impl block (`impl MyServer { ... }`), not on a trait impl",
+        );
+        return None;
+    }
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errs.spanned(
+            &item.generics,
+            "`#[fdserver]` does not support generic impl blocks: the generated client and \
+             `Server` impl need one concrete server type (wrap it, or write `impl Server` by hand)",
+        );
+        return None;
+    }
+    let self_name = match &*item.self_ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last()?.ident.clone(),
+        other => {
+            errs.spanned(
+                other,
+                "`#[fdserver]` needs a named server type (`impl MyServer { ... }`)",
+            );
+            return None;
+        }
+    };
+
+    let client = args
+        .client
+        .unwrap_or_else(|| Ident::new(&format!("{}Client", self_name.unraw()), Span::call_site()));
+    let client_vis = args.client_vis.unwrap_or_else(|| syn::parse_quote!(pub));
+
+    let mut server = Server {
+        self_ty: (*item.self_ty).clone(),
+        self_name,
+        client,
+        client_vis,
+        handlers: Vec::new(),
+        signal_handlers: Vec::new(),
+        hooks: Vec::new(),
+        method_names: Vec::new(),
+        gen_start: true,
+    };
+
+    for (attrs, f) in methods {
+        server.method_names.push(f.sig.ident.clone());
+        if attrs.skip.is_some() {
+            continue;
+        }
+        if !attrs.signals.is_empty() {
+            if let Some(s) = signal_handler(&f, attrs.signals, errs) {
+                server.signal_handlers.push(s);
+            }
+        } else if let Some((kind, span)) = attrs.hook {
+            if let Some(h) = hook(&f, kind, span, errs) {
+                server.hooks.push(h);
+            }
+        } else if f.sig.receiver().is_some() {
+            if let Some(h) = handler(&f, attrs.name, errs) {
+                server.handlers.push(h);
+            }
+        } else if attrs.first.is_some() {
+            errs.at(
+                f.sig.ident.span(),
+                format_args!(
+                    "`{}` has no `self` receiver, so it is not a handler: give it `&mut self` or \
+                     `&self`, or remove the `#[fdserver]` attribute",
+                    f.sig.ident
+                ),
+            );
+        }
+    }
+    Some(server)
+}
+
+fn cfgs(f: &ImplItemFn) -> Vec<Attribute> {
+    f.attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .cloned()
+        .collect()
+}
+
+/// Attributes copied onto the client stub: docs, `deprecated` (callers of the stub are warned),
+/// and `allow`s (a lint the user allowed on a handler, like `clippy::too_many_arguments`,
+/// applies to its stub too).
+fn docs(f: &ImplItemFn) -> Vec<Attribute> {
+    f.attrs
+        .iter()
+        .filter(|a| {
+            let p = a.path();
+            p.is_ident("doc") || p.is_ident("allow") || p.is_ident("deprecated")
+        })
+        .cloned()
+        .collect()
+}
+
+/// Rules shared by handlers, signal handlers and hooks: a plain, non-generic, synchronous
+/// method with a `&mut self` or `&self` receiver.
+fn check_shape(sig: &Signature, what: &str, errs: &mut Errors) -> bool {
+    let mut ok = true;
+    let name = &sig.ident;
+    if let Some(token) = &sig.asyncness {
+        errs.spanned(
+            token,
+            format_args!(
+                "{what} `{name}` cannot be `async`: the server loop runs one handler at a time, \
+                 to completion; make it a plain `fn` (start threads in an `initialize` hook if \
+                 you need concurrency)"
+            ),
+        );
+        ok = false;
+    }
+    if let Some(token) = &sig.unsafety {
+        errs.spanned(
+            token,
+            format_args!("{what} `{name}` cannot be `unsafe`: the generated code calls it"),
+        );
+        ok = false;
+    }
+    if let Some(abi) = &sig.abi {
+        errs.spanned(
+            abi,
+            format_args!("{what} `{name}` cannot have an `extern` ABI"),
+        );
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        let tokens = if sig.generics.params.is_empty() {
+            sig.generics.where_clause.to_token_stream()
+        } else {
+            sig.generics.to_token_stream()
+        };
+        errs.spanned(
+            tokens,
+            format_args!(
+                "{what} `{name}` cannot be generic: every parameter needs one concrete type, \
+                 which decides how it travels on the wire and what the client stub takes"
+            ),
+        );
+        ok = false;
+    }
+    if let Some(v) = &sig.variadic {
+        errs.spanned(v, format_args!("{what} `{name}` cannot be variadic"));
+        ok = false;
+    }
+    match sig.receiver() {
+        None => {
+            errs.spanned(
+                name,
+                format_args!("{what} `{name}` needs a `&mut self` or `&self` receiver"),
+            );
+            ok = false;
+        }
+        Some(r) => {
+            let by_ref = if r.colon_token.is_some() {
+                matches!(&*r.ty, Type::Reference(t) if is_self(&t.elem))
+            } else {
+                r.reference.is_some()
+            };
+            if !by_ref {
+                let how = if r.colon_token.is_some() {
+                    format!("`self: {}`", pretty(&r.ty))
+                } else {
+                    "`self` by value".to_owned()
+                };
+                errs.spanned(
+                    r,
+                    format_args!(
+                        "{what} `{name}` takes {how}; it must take `&mut self` or `&self`, \
+                         because the server lives on after each call (mark the method \
+                         `#[fdserver(skip)]` if it is not meant to be a handler)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// A type as a person would write it (token streams print `Box < Self >`).
+fn pretty(ty: &Type) -> String {
+    let text = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' {
+            let prev = out.chars().last();
+            let next = chars.peek().copied();
+            let tight_after = matches!(prev, Some('<' | '&' | '(' | '[' | '\''));
+            let tight_before = matches!(next, Some('<' | '>' | ',' | ')' | ']'));
+            if tight_after || tight_before {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn is_self(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p.qself.is_none() && p.path.is_ident("Self"),
+        Type::Paren(p) => is_self(&p.elem),
+        Type::Group(g) => is_self(&g.elem),
+        _ => false,
+    }
+}
+
+fn strip(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(p) => strip(&p.elem),
+        Type::Group(g) => strip(&g.elem),
+        other => other,
+    }
+}
+
+/// The last segment of a plain path type.
+fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+    match strip(ty) {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
+        _ => None,
+    }
+}
+
+/// The type arguments of a path segment.
+fn type_args(seg: &syn::PathSegment) -> Vec<&Type> {
+    match &seg.arguments {
+        PathArguments::AngleBracketed(a) => a
+            .args
+            .iter()
+            .filter_map(|g| match g {
+                GenericArgument::Type(t) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `&mut Context<'_>` (any path ending in `Context`): `Some(true)`; `&Context`: `Some(false)`.
+fn context_param(ty: &Type) -> Option<bool> {
+    match strip(ty) {
+        Type::Reference(r) => {
+            let seg = last_segment(&r.elem)?;
+            (seg.ident == "Context").then_some(r.mutability.is_some())
+        }
+        _ => None,
+    }
+}
+
+fn find_self(tokens: TokenStream) -> Option<Span> {
+    for tt in tokens {
+        match tt {
+            TokenTree::Ident(i) if i == "Self" => return Some(i.span()),
+            TokenTree::Group(g) => {
+                if let Some(s) = find_self(g.stream()) {
+                    return Some(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Param,
+    Return,
+}
+
+/// Rejects types that can never travel, with a message saying what to use instead. Types that
+/// pass may still lack the traits; the compiler reports those on the type.
+fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
+    if let Some(span) = find_self(ty.to_token_stream()) {
+        return Err(syn::Error::new(
+            span,
+            "`Self` cannot appear in a handler's parameter or return types: the client stub is \
+             generated on another type, where `Self` means the client; write the type's name",
+        ));
+    }
+    let (what, owned_hint) = match role {
+        Role::Param => (
+            "a handler parameter",
+            "handler parameters must be owned: take `String` instead of `&str`, `Vec<u8>` \
+             instead of `&[u8]`, `PathBuf` instead of `&Path`, `File` or `OwnedFd` instead of a \
+             borrowed descriptor",
+        ),
+        Role::Return => (
+            "a handler's return value",
+            "handlers must return owned values: `String` instead of `&str`, `Vec<u8>` instead \
+             of `&[u8]`, `PathBuf` instead of `&Path`",
+        ),
+    };
+    match strip(ty) {
+        Type::Path(p) => {
+            if let Some(seg) = p.path.segments.last() {
+                let args = type_args(seg);
+                if seg.ident == "Option" && args.len() == 1 {
+                    let inner = match client_ty(args[0]) {
+                        ClientTy::Fd => Some("a descriptor"),
+                        ClientTy::Bytes => Some("a byte payload (`Vec<u8>`)"),
+                        _ => None,
+                    };
+                    if let Some(inner) = inner {
+                        return Err(syn::Error::new_spanned(
+                            ty,
+                            format_args!(
+                                "`Option` cannot hold {inner}: only values that travel as one \
+                                 array element can be optional (send an empty `Vec<u8>`, or use \
+                                 two handlers)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            for seg in &p.path.segments {
+                let args = type_args(seg);
+                if role == Role::Return && seg.ident == "Result" {
+                    // Only the `T` of `Result<T, E>` travels; `E` is displayed.
+                    if let Some(ok) = args.first() {
+                        check_type(ok, role, tuple_ok)?;
+                    }
+                } else {
+                    for arg in args {
+                        check_type(arg, role, false)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Type::Tuple(t) if role == Role::Return && tuple_ok => {
+            for elem in &t.elems {
+                check_type(elem, role, false)?;
+            }
+            Ok(())
+        }
+        Type::Tuple(t) if role == Role::Return => Err(syn::Error::new_spanned(
+            t,
+            "tuples cannot be nested in a handler's return value: flatten them into one tuple",
+        )),
+        Type::Tuple(t) => Err(syn::Error::new_spanned(
+            t,
+            "a tuple cannot be a handler parameter: take one parameter per value",
+        )),
+        Type::Reference(r) => Err(syn::Error::new_spanned(r, owned_hint)),
+        Type::ImplTrait(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!(
+                "`impl Trait` cannot be {what}: the wire form is decided by a concrete type"
+            ),
+        )),
+        Type::TraitObject(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!("a trait object cannot be {what}: use a concrete type"),
+        )),
+        Type::Slice(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!("a slice cannot be {what}: use `Vec<u8>` for bytes"),
+        )),
+        Type::Array(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!(
+                "an array cannot be {what}: use `Vec<u8>` for bytes, or one value per parameter"
+            ),
+        )),
+        Type::Ptr(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!("a raw pointer cannot be {what}: it means nothing in another process"),
+        )),
+        Type::BareFn(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!(
+                "a function pointer cannot be {what}: it means nothing in another process"
+            ),
+        )),
+        Type::Never(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!("`!` cannot be {what}: a handler must return to reply"),
+        )),
+        Type::Infer(t) => Err(syn::Error::new_spanned(
+            t,
+            format_args!("`_` cannot be {what}: write the type"),
+        )),
+        Type::Macro(_) => Ok(()),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format_args!("this type cannot be {what}"),
+        )),
+    }
+}
+
+fn client_ty(ty: &Type) -> ClientTy {
+    let Some(seg) = last_segment(ty) else {
+        return ClientTy::Same;
+    };
+    let args = type_args(seg);
+    let bare = matches!(seg.arguments, PathArguments::None);
+    let name = seg.ident.to_string();
+    match name.as_str() {
+        "String" if bare => ClientTy::Str,
+        "PathBuf" if bare => ClientTy::Path,
+        "OsString" if bare => ClientTy::OsStr,
+        n if bare && FD_TYPES.contains(&n) => ClientTy::Fd,
+        "Vec" if args.len() == 1 && last_segment(args[0]).is_some_and(|s| s.ident == "u8") => {
+            ClientTy::Bytes
+        }
+        "Option" if args.len() == 1 => match client_ty(args[0]) {
+            ClientTy::Str => ClientTy::OptStr,
+            ClientTy::Path => ClientTy::OptPath,
+            ClientTy::OsStr => ClientTy::OptOsStr,
+            _ => ClientTy::Same,
+        },
+        _ => ClientTy::Same,
+    }
+}
+
+fn return_type(ret: &ReturnType) -> Type {
+    match ret {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    }
+}
+
+/// What the client stub returns for a handler returning `ret`: the `Ok` type of a `Result`
+/// (including aliases named `Result`, such as `io::Result<T>`), else the type itself.
+fn client_ret(ret: &Type) -> Type {
+    if let Some(seg) = last_segment(ret) {
+        if seg.ident == "Result" {
+            return match type_args(seg).first() {
+                Some(ok) => (*ok).clone(),
+                None => syn::parse_quote!(<#ret as ::fdserver::args::Reply>::Ok),
+            };
+        }
+    }
+    ret.clone()
+}
+
+fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Option<Handler> {
+    let mut ok = check_shape(&f.sig, "handler", errs);
+    let mut args = Vec::new();
+    let mut ctx_seen = false;
+    for input in f.sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pt) = input else { continue };
+        match context_param(&pt.ty) {
+            Some(true) => {
+                if ctx_seen {
+                    errs.spanned(&pt.ty, "a handler takes at most one context parameter");
+                    ok = false;
+                }
+                ctx_seen = true;
+                args.push(HandlerArg::Ctx);
+                continue;
+            }
+            Some(false) => {
+                errs.spanned(&pt.ty, "take the context as `&mut fdserver::Context<'_>`");
+                ok = false;
+                continue;
+            }
+            None => {}
+        }
+        let ident = match &*pt.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+            other => {
+                errs.spanned(
+                    other,
+                    "handler parameters must be plain names (`name: Type`): the name is used \
+                     for the client stub's parameter and in error messages",
+                );
+                ok = false;
+                continue;
+            }
+        };
+        if let Err(e) = check_type(&pt.ty, Role::Param, false) {
+            errs.push(e);
+            ok = false;
+            continue;
+        }
+        args.push(HandlerArg::Value(Box::new(ValueParam {
+            ident,
+            client: client_ty(&pt.ty),
+            ty: (*pt.ty).clone(),
+        })));
+    }
+    let ret = return_type(&f.sig.output);
+    if let Err(e) = check_type(&ret, Role::Return, true) {
+        errs.push(e);
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    let (wire, wire_span) = match name {
+        Some(lit) => (lit.value(), lit.span()),
+        None => (f.sig.ident.unraw().to_string(), f.sig.ident.span()),
+    };
+    Some(Handler {
+        ident: f.sig.ident.clone(),
+        wire,
+        wire_span,
+        cfgs: cfgs(f),
+        docs: docs(f),
+        args,
+        client_ret: client_ret(&ret),
+        ret,
+        valid: true,
+    })
+}
+
+fn signal_handler(
+    f: &ImplItemFn,
+    signals: Vec<SignalSpec>,
+    errs: &mut Errors,
+) -> Option<SignalHandler> {
+    let mut ok = check_shape(&f.sig, "signal handler", errs);
+    let mut args = Vec::new();
+    for input in f.sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pt) = input else { continue };
+        if context_param(&pt.ty) == Some(true) {
+            args.push(SignalArg::Ctx);
+        } else if last_segment(&pt.ty).is_some_and(|s| s.ident == "Signal") {
+            args.push(SignalArg::Signal);
+        } else {
+            errs.spanned(
+                &pt.ty,
+                "a signal handler takes `&mut self` and, optionally, \
+                 `&mut fdserver::Context<'_>` and/or `fdserver::Signal`",
+            );
+            ok = false;
+        }
+    }
+    if let ReturnType::Type(_, ty) = &f.sig.output {
+        if !matches!(strip(ty), Type::Tuple(t) if t.elems.is_empty()) {
+            errs.spanned(
+                ty,
+                "a signal handler returns nothing: there is no one to reply to (handle errors \
+                 inside it, or remember them for a later message)",
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| SignalHandler {
+        ident: f.sig.ident.clone(),
+        cfgs: cfgs(f),
+        signals,
+        variants: Vec::new(),
+        args,
+        valid: true,
+    })
+}
+
+fn hook(f: &ImplItemFn, kind: HookKind, attr_span: Span, errs: &mut Errors) -> Option<Hook> {
+    let what = format!("`{}` hook", kind.key());
+    let mut ok = check_shape(&f.sig, &what, errs);
+    if let Some(extra) = f.sig.inputs.iter().nth(1) {
+        errs.spanned(
+            extra,
+            format_args!("the {what} takes no parameters besides `&mut self`"),
+        );
+        ok = false;
+    }
+    let ret = return_type(&f.sig.output);
+    if kind != HookKind::Initialize && !matches!(strip(&ret), Type::Tuple(t) if t.elems.is_empty())
+    {
+        errs.spanned(
+            &ret,
+            format_args!(
+                "the {what} returns nothing (only `initialize` may fail, by returning \
+                 `Result<(), E>`)"
+            ),
+        );
+        ok = false;
+    }
+    ok.then(|| Hook {
+        kind,
+        ident: f.sig.ident.clone(),
+        attr_span,
+        cfgs: cfgs(f),
+        ret,
+        valid: true,
+    })
+}
+
+impl ClientTy {
+    /// The stub's parameter type.
+    pub fn stub_type(self, ty: &Type) -> TokenStream {
+        match self {
+            ClientTy::Same => ty.to_token_stream(),
+            ClientTy::Str => quote!(&str),
+            ClientTy::Bytes => quote!(&[u8]),
+            ClientTy::Path => quote!(impl ::core::convert::AsRef<::std::path::Path>),
+            ClientTy::OsStr => quote!(impl ::core::convert::AsRef<::std::ffi::OsStr>),
+            ClientTy::Fd => quote!(impl ::std::os::fd::AsFd),
+            ClientTy::OptStr => quote!(::core::option::Option<&str>),
+            ClientTy::OptPath => quote!(::core::option::Option<&::std::path::Path>),
+            ClientTy::OptOsStr => quote!(::core::option::Option<&::std::ffi::OsStr>),
+        }
+    }
+
+    /// A statement turning the stub's parameter into something that implements `ToArg`.
+    pub fn conversion(self, ident: &Ident) -> TokenStream {
+        match self {
+            ClientTy::Path => quote! {
+                let #ident: &::std::path::Path =
+                    ::core::convert::AsRef::<::std::path::Path>::as_ref(&#ident);
+            },
+            ClientTy::OsStr => quote! {
+                let #ident: &::std::ffi::OsStr =
+                    ::core::convert::AsRef::<::std::ffi::OsStr>::as_ref(&#ident);
+            },
+            ClientTy::Fd => quote! {
+                let #ident: ::std::os::fd::BorrowedFd<'_> = ::std::os::fd::AsFd::as_fd(&#ident);
+            },
+            _ => TokenStream::new(),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `#[fdserver]` descriptors both ways: parameters and results of type `File`, `OwnedFd`,
+//! `UnixStream` and a user `From<OwnedFd>` type, alone and mixed with other values.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use fdserver::{fdserver, Error, MessageBuf, RemoteErrorKind};
+use fdserver_tests::{watchdog, SECS};
+
+/// A pipe: (read end, write end), close-on-exec.
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 just opened both; nothing else owns them.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// A descriptor type of the user's own.
+struct Pipe(OwnedFd);
+
+impl From<OwnedFd> for Pipe {
+    fn from(fd: OwnedFd) -> Self {
+        Pipe(fd)
+    }
+}
+
+impl AsFd for Pipe {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+fdserver::fd_arg!(Pipe);
+
+#[derive(Default)]
+struct Files {
+    dir: PathBuf,
+    peer: Option<UnixStream>,
+    kept: Option<OwnedFd>,
+}
+
+#[fdserver]
+impl Files {
+    /// Creates `name` in the server's directory and hands it over, open for writing.
+    fn open_log(&mut self, name: String) -> io::Result<File> {
+        File::create(self.dir.join(name))
+    }
+
+    fn read_file(&mut self, name: String) -> io::Result<String> {
+        std::fs::read_to_string(self.dir.join(name))
+    }
+
+    /// Writes `text` into a descriptor the client passes.
+    fn write_to(&mut self, mut out: File, text: String) -> io::Result<usize> {
+        out.write_all(text.as_bytes())?;
+        Ok(text.len())
+    }
+
+    /// Two descriptors around inline values: read everything from `input`, write it to `output`.
+    fn copy(
+        &mut self,
+        prefix: String,
+        mut input: File,
+        mut output: UnixStream,
+        suffix: String,
+    ) -> io::Result<u64> {
+        output.write_all(prefix.as_bytes())?;
+        let n = io::copy(&mut input, &mut output)?;
+        output.write_all(suffix.as_bytes())?;
+        Ok(n)
+    }
+
+    fn keep(&mut self, fd: OwnedFd) {
+        self.kept = Some(fd);
+    }
+
+    /// Gives back a duplicate of the kept descriptor.
+    fn give_back(&mut self) -> Result<OwnedFd, String> {
+        match &self.kept {
+            Some(fd) => fd.try_clone().map_err(|e| e.to_string()),
+            None => Err("nothing kept".into()),
+        }
+    }
+
+    /// A socket pair: the server keeps one end and returns the other, with other values around it.
+    fn connect(&mut self, greeting: String) -> io::Result<(String, UnixStream, Vec<u8>, u32)> {
+        let (mine, theirs) = UnixStream::pair()?;
+        self.peer = Some(mine);
+        Ok((greeting, theirs, b"\0payload\xff".to_vec(), 77))
+    }
+
+    /// Reads a line from the kept end of `connect`'s pair.
+    fn read_peer(&mut self) -> io::Result<String> {
+        let peer = self
+            .peer
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not connected"))?;
+        let mut line = String::new();
+        BufReader::new(peer).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    fn user_fd(&mut self, p: Pipe, text: String) -> io::Result<Pipe> {
+        File::from(p.0.try_clone()?).write_all(text.as_bytes())?;
+        Ok(p)
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fdserver-macro-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn descriptor_results() {
+    let _wd = watchdog("descriptor_results", SECS(30));
+    let dir = temp_dir("results");
+    let mut c = Files {
+        dir: dir.clone(),
+        ..Files::default()
+    }
+    .start()
+    .unwrap();
+
+    // `io::Result<File>`: the client gets the file the server opened.
+    let mut log = c.open_log("a.log").unwrap();
+    log.write_all(b"written by the client\n").unwrap();
+    drop(log);
+    assert_eq!(c.read_file("a.log").unwrap(), "written by the client\n");
+
+    // The error side of `io::Result<File>`: no descriptor follows, the stream stays in step.
+    let e = c.open_log("no/such/dir/x").unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Failed),
+        "{e:?}"
+    );
+
+    // A tuple with a descriptor between inline values and a scalar.
+    let (greeting, mut stream, payload, n) = c.connect("hi").unwrap();
+    assert_eq!(
+        (greeting.as_str(), payload.as_slice(), n),
+        ("hi", &b"\0payload\xff"[..], 77)
+    );
+    stream.write_all(b"over the passed socket\n").unwrap();
+    assert_eq!(c.read_peer().unwrap(), "over the passed socket\n");
+
+    // `Result<OwnedFd, String>` both ways.
+    let e = c.give_back().unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(r) if r.message() == "nothing kept"),
+        "{e:?}"
+    );
+    let (mut r, w) = pipe();
+    c.keep(w.as_fd()).unwrap();
+    drop(w);
+    let back = c.give_back().unwrap();
+    File::from(back).write_all(b"via the returned fd").unwrap();
+    assert!(c.stop().unwrap().status.success());
+    // Every write end is closed now (ours, the server's): read to the end.
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "via the returned fd");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn descriptor_parameters() {
+    let _wd = watchdog("descriptor_parameters", SECS(30));
+    let mut c = Files::default().start().unwrap();
+
+    // `impl AsFd`: by reference, by value.
+    let (mut r, w) = pipe();
+    assert_eq!(c.write_to(&w, "by reference|").unwrap(), 13);
+    assert_eq!(c.write_to(w, "by value").unwrap(), 8);
+    let mut got = vec![0; 21];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(got, b"by reference|by value");
+
+    // Two descriptors of different types between inline values.
+    let (input_r, mut input_w) = pipe();
+    input_w.write_all(b"[data]").unwrap();
+    drop(input_w);
+    let (mut out_mine, out_theirs) = UnixStream::pair().unwrap();
+    assert_eq!(c.copy("<", input_r, out_theirs, ">").unwrap(), 6);
+    let mut got = String::new();
+    out_mine.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "<[data]>");
+
+    // A user `From<OwnedFd>` type, as parameter and result.
+    let (mut r, w) = pipe();
+    let back = c.user_fd(Pipe(w.into()), "user type").unwrap();
+    assert_ne!(back.0.as_raw_fd(), -1);
+    drop(back);
+    let mut got = String::new();
+    assert!(c.stop().unwrap().status.success());
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "user type");
+}
+
+#[test]
+fn missing_and_superfluous_descriptors_from_raw_clients() {
+    let _wd = watchdog("raw_descriptors", SECS(30));
+    let mut c = Files::default().start().unwrap();
+    let mut buf = MessageBuf::new();
+    let (mut r, w) = pipe();
+
+    // Wrong inline count: the descriptor is still consumed, then the error comes back.
+    let ch = c.channel();
+    ch.write_array(["write_to"]).unwrap();
+    ch.send_fd(&w).unwrap();
+    let e = ch.read_reply(&mut buf).unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(re) if re.message() == "write_to: expected 1 argument (text), got 0"),
+        "{e:?}"
+    );
+
+    // A raw, correct request: array then descriptor.
+    ch.write_array(["write_to", "raw"]).unwrap();
+    ch.send_fd(&w).unwrap();
+    assert_eq!(
+        ch.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok", "3"]
+    );
+    let mut got = [0; 3];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"raw");
+
+    // Data where a descriptor was expected: the server cannot resynchronise the stream, so it
+    // closes the connection and exits with status 1.
+    ch.write_array(["write_to", "x"]).unwrap();
+    ch.write_array(["not a descriptor"]).unwrap();
+    let e = c
+        .handle_mut()
+        .with_channel(|ch| ch.read_reply(&mut buf).map(|_| ()))
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::ServerExited(s) if s.code() == Some(1)),
+        "{e:?}"
+    );
+    let stopped = c.stop().unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{stopped}");
+}

@@ -1,0 +1,13 @@
+//! Compile-time behaviour of `#[fdserver]`: misuse is an error with a precise span and a message
+//! that says what to do (`ui/fail`, each with its expected `.stderr`), and correct servers
+//! compile in awkward surroundings (`ui/pass`).
+//!
+//! After changing a message, regenerate the `.stderr` files with
+//! `TRYBUILD=overwrite cargo test -p fdserver-tests --test ui`, then read them.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/fail/*.rs");
+    t.pass("tests/ui/pass/*.rs");
+}

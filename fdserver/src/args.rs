@@ -1,0 +1,1016 @@
+//! Typed arguments and results: how the values of an [`#[fdserver]`](crate::fdserver) handler's
+//! parameters and return type travel on the wire.
+//!
+//! A request is an array message `[name, arguments...]`; the reply is `["ok", values...]`. Each
+//! parameter and each reply value has a [`Form`]:
+//!
+//! * [`Form::Inline`]: one element of the array message (strings, numbers, paths, ...).
+//! * [`Form::Scalar`]: a scalar message (byte payloads of any size, `Vec<u8>`).
+//! * [`Form::Fd`]: a file descriptor passed with `SCM_RIGHTS` (`File`, `OwnedFd`, sockets).
+//!
+//! Inline values go into the array, in order; **out-of-band** values (scalars and descriptors)
+//! follow the array on the stream, in parameter order (or tuple order for replies). A request
+//! for `fn put(&mut self, key: String, data: Vec<u8>, log: File, n: u32)` is the array
+//! `["put", key, n]`, then the scalar `data`, then the descriptor `log`.
+//!
+//! ## Wire mapping
+//!
+//! | Rust type (handler side) | Client stub takes | Form | On the wire |
+//! |---|---|---|---|
+//! | `String` | `&str` | inline | the UTF-8 bytes |
+//! | `bool` | `bool` | inline | `true` / `false` (`1` / `0` accepted) |
+//! | `i8` ... `i128`, `u8` ... `u128`, `isize`, `usize` | same | inline | decimal (`Display` / `FromStr`) |
+//! | `f32`, `f64` | same | inline | `Display` (shortest exact round trip), `NaN`, `inf`, `-inf` |
+//! | `NonZeroU32` etc., `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, `SocketAddr` | same | inline | `Display` / `FromStr` |
+//! | `char` | `char` | inline | the character's UTF-8 bytes |
+//! | `PathBuf` | `impl AsRef<Path>` | inline | the path's bytes (need not be UTF-8) |
+//! | `OsString` | `impl AsRef<OsStr>` | inline | the bytes (need not be UTF-8) |
+//! | `Option<T>` (`T` inline) | `Option<T>` (`Option<&str>` for `Option<String>`, ...) | inline | see below |
+//! | your type, after [`display_fromstr_arg!`](crate::display_fromstr_arg) | same | inline | `Display` / `FromStr` |
+//! | `Vec<u8>` | `&[u8]` | scalar | a scalar message with the bytes |
+//! | `OwnedFd`, `File`, `UnixStream`, `UnixListener`, `UnixDatagram`, `TcpStream`, `TcpListener`, `UdpSocket` | `impl AsFd` | fd | one descriptor (`SCM_RIGHTS`) |
+//! | your `From<OwnedFd> + AsFd` type, after [`fd_arg!`](crate::fd_arg) | same | fd | one descriptor |
+//!
+//! Replies use the same forms (see [`Reply`]): `()` is `["ok"]`, a value `v` is `["ok", v]`, a
+//! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array, and `Result<T, E>`
+//! sends `T` on `Ok` and the error reply `["error", "failed", e.to_string()]` on `Err`.
+//!
+//! **`Option<T>`** is one element: `None` is the empty element `""`; `Some(v)` is `v`'s element,
+//! except that when that element is empty or starts with the byte `0x01`, a `0x01` byte is put
+//! in front of it. So `None`, `Some("")` and `Some("\u{1}x")` all round-trip, and a client in
+//! another language sends `""` for "nothing" and a value's plain text for "something". Only inline
+//! types can be optional.
+//!
+//! **Strings** cannot contain NUL bytes (the array format cannot carry them): sending one is
+//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing. Send
+//! arbitrary bytes as `Vec<u8>`. An array message (name plus inline values) is at most 65535
+//! bytes.
+//!
+//! ## Keeping the stream in sync
+//!
+//! A server always reads every out-of-band item that a message's handler declares, in order,
+//! even when the inline arguments are wrong (bad count, unparsable value), before it replies with
+//! the error. A client in another language that omits them leaves the server waiting for them,
+//! and one that sends extra ones breaks the connection. Messages with an unknown name are answered
+//! with `unknown_message` without reading anything further, so do not send out-of-band items
+//! with a message the server does not know.
+//!
+//! ## Your own types
+//!
+//! ```
+//! use std::fmt;
+//! use std::str::FromStr;
+//!
+//! #[derive(Debug, PartialEq)]
+//! enum Level { Low, High }
+//!
+//! impl fmt::Display for Level {
+//!     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+//!         f.write_str(match self { Level::Low => "low", Level::High => "high" })
+//!     }
+//! }
+//! impl FromStr for Level {
+//!     type Err = String;
+//!     fn from_str(s: &str) -> Result<Self, String> {
+//!         match s { "low" => Ok(Level::Low), "high" => Ok(Level::High), _ => Err(format!("no level {s:?}")) }
+//!     }
+//! }
+//! fdserver::display_fromstr_arg!(Level);
+//!
+//! struct Thermostat { level: Level }
+//!
+//! #[fdserver::fdserver]
+//! impl Thermostat {
+//!     fn set(&mut self, level: Level) -> Level {
+//!         std::mem::replace(&mut self.level, level)
+//!     }
+//! }
+//!
+//! let mut client = Thermostat { level: Level::Low }.start()?;
+//! assert_eq!(client.set(Level::High)?, Level::Low);
+//! assert_eq!(client.set(Level::Low)?, Level::High);
+//! // A bad value from a raw client names the message, the parameter and the reason:
+//! let err = client.handle_mut().call(["set", "medium"]).unwrap_err();
+//! assert_eq!(err.to_string(), r#"server error: bad_arguments: set: parameter `level`: no level "medium" (got "medium")"#);
+//! # Ok::<(), fdserver::Error>(())
+//! ```
+//!
+//! Anything else implements [`FromArg`] (to be received) and [`ToArg`] (to be sent) by hand;
+//! both must agree on the [`Form`].
+
+use std::ffi::{OsStr, OsString};
+use std::fmt::{self, Display};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::num::{
+    NonZeroI128, NonZeroI16, NonZeroI32, NonZeroI64, NonZeroI8, NonZeroIsize, NonZeroU128,
+    NonZeroU16, NonZeroU32, NonZeroU64, NonZeroU8, NonZeroUsize,
+};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::__private::Decoder;
+use crate::error::RemoteError;
+
+/// How a value travels (see the [module docs](self)).
+///
+/// ```
+/// use fdserver::args::{Form, FromArg, ToArg};
+/// assert_eq!(<u32 as FromArg>::FORM, Form::Inline);
+/// assert_eq!(<Vec<u8> as FromArg>::FORM, Form::Scalar);
+/// assert_eq!(<std::fs::File as ToArg>::FORM, Form::Fd);
+/// assert_eq!(<&str as ToArg>::FORM, Form::Inline);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// One element of the array message.
+    Inline,
+    /// A scalar message after the array.
+    Scalar,
+    /// A file descriptor after the array.
+    Fd,
+}
+
+/// The byte prefix that marks an escaped `Some` in an `Option<T>` element (see the module docs).
+///
+/// ```
+/// use fdserver::args::{Encoded, FromArg, Received, ToArg};
+/// let bytes = |v: Option<&str>| match v.to_arg() {
+///     Encoded::Element(e) => e.as_bytes().to_vec(),
+///     _ => unreachable!(),
+/// };
+/// assert_eq!(bytes(None), b"");
+/// assert_eq!(bytes(Some("x")), b"x");
+/// assert_eq!(bytes(Some("")), b"\x01"); // escaped, so that it differs from None
+/// assert_eq!(Option::<String>::from_arg(Received::Element(b"\x01")).unwrap(), Some(String::new()));
+/// ```
+pub const OPTION_ESCAPE: u8 = 0x01;
+
+/// Why a value could not be decoded. The server wraps it into a `bad_arguments` error that names
+/// the message, the parameter and the element that arrived.
+///
+/// ```
+/// let e = fdserver::args::ArgError::new("must be even");
+/// assert_eq!(e.to_string(), "must be even");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    reason: String,
+}
+
+impl ArgError {
+    /// An error with this reason.
+    pub fn new(reason: impl Display) -> Self {
+        ArgError {
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+/// What arrived for one value: input of [`FromArg::from_arg`].
+///
+/// ```
+/// use fdserver::args::Received;
+/// assert_eq!(Received::Element(b"7").parse::<i8>().unwrap(), 7);
+/// let err = Received::Scalar(b"data".to_vec()).fd().unwrap_err();
+/// assert_eq!(err.reason(), "expected a file descriptor, got a scalar");
+/// ```
+#[derive(Debug)]
+pub enum Received<'a> {
+    /// An array element (for [`Form::Inline`] values).
+    Element(&'a [u8]),
+    /// A scalar message (for [`Form::Scalar`] values).
+    Scalar(Vec<u8>),
+    /// A descriptor (for [`Form::Fd`] values).
+    Fd(OwnedFd),
+}
+
+impl<'a> Received<'a> {
+    fn mismatch(&self, wanted: &str) -> ArgError {
+        let got = match self {
+            Received::Element(_) => "an array element",
+            Received::Scalar(_) => "a scalar",
+            Received::Fd(_) => "a file descriptor",
+        };
+        ArgError::new(format_args!("expected {wanted}, got {got}"))
+    }
+
+    /// The array element.
+    pub fn element(self) -> Result<&'a [u8], ArgError> {
+        match self {
+            Received::Element(e) => Ok(e),
+            other => Err(other.mismatch("an array element")),
+        }
+    }
+
+    /// The array element as UTF-8.
+    ///
+    /// ```
+    /// use fdserver::args::Received;
+    /// assert_eq!(Received::Element(b"abc").str().unwrap(), "abc");
+    /// assert_eq!(Received::Element(b"\xff").str().unwrap_err().to_string(),
+    ///            "invalid utf-8 sequence of 1 bytes from index 0");
+    /// ```
+    pub fn str(self) -> Result<&'a str, ArgError> {
+        std::str::from_utf8(self.element()?).map_err(ArgError::new)
+    }
+
+    /// The array element parsed with [`FromStr`]; the parse error's text is the reason.
+    ///
+    /// ```
+    /// use fdserver::args::Received;
+    /// assert_eq!(Received::Element(b"42").parse::<u8>().unwrap(), 42);
+    /// assert_eq!(Received::Element(b"x").parse::<u8>().unwrap_err().to_string(),
+    ///            "invalid digit found in string");
+    /// ```
+    pub fn parse<T>(self) -> Result<T, ArgError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.str()?.parse().map_err(ArgError::new)
+    }
+
+    /// The scalar's bytes.
+    pub fn scalar(self) -> Result<Vec<u8>, ArgError> {
+        match self {
+            Received::Scalar(s) => Ok(s),
+            other => Err(other.mismatch("a scalar")),
+        }
+    }
+
+    /// The descriptor.
+    pub fn fd(self) -> Result<OwnedFd, ArgError> {
+        match self {
+            Received::Fd(fd) => Ok(fd),
+            other => Err(other.mismatch("a file descriptor")),
+        }
+    }
+}
+
+const INLINE_CAP: usize = 46;
+
+/// One array element to send: borrowed bytes, or a short formatted value kept without allocating.
+///
+/// ```
+/// use fdserver::args::Element;
+/// assert_eq!(Element::bytes(b"abc").as_bytes(), b"abc");
+/// assert_eq!(Element::display(-12.5).as_bytes(), b"-12.5");
+/// assert_eq!(Element::display("x".repeat(100)).as_bytes().len(), 100);
+/// ```
+pub struct Element<'a>(Repr<'a>);
+
+enum Repr<'a> {
+    Borrowed(&'a [u8]),
+    Inline { len: u8, buf: [u8; INLINE_CAP] },
+    Owned(Vec<u8>),
+}
+
+impl<'a> Element<'a> {
+    /// An element holding these bytes.
+    pub const fn bytes(bytes: &'a [u8]) -> Self {
+        Element(Repr::Borrowed(bytes))
+    }
+
+    /// An element holding these bytes.
+    pub fn owned(bytes: Vec<u8>) -> Element<'static> {
+        Element(Repr::Owned(bytes))
+    }
+
+    /// An element holding `value`'s `Display` text (short texts need no allocation).
+    pub fn display(value: impl Display) -> Element<'static> {
+        let mut w = ElementWriter {
+            len: 0,
+            buf: [0; INLINE_CAP],
+            spill: None,
+        };
+        fmt::write(&mut w, format_args!("{value}"))
+            .expect("a Display implementation returned an error unexpectedly");
+        match w.spill {
+            Some(v) => Element(Repr::Owned(v)),
+            None => Element(Repr::Inline {
+                len: w.len as u8,
+                buf: w.buf,
+            }),
+        }
+    }
+
+    /// The element's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Borrowed(b) => b,
+            Repr::Inline { len, buf } => &buf[..*len as usize],
+            Repr::Owned(v) => v,
+        }
+    }
+
+    /// The element with the `Option` escape byte in front.
+    fn escaped(self) -> Element<'a> {
+        let bytes = self.as_bytes();
+        let mut v = Vec::with_capacity(bytes.len() + 1);
+        v.push(OPTION_ESCAPE);
+        v.extend_from_slice(bytes);
+        Element(Repr::Owned(v))
+    }
+}
+
+impl AsRef<[u8]> for Element<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for Element<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Element({:?})", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+struct ElementWriter {
+    len: usize,
+    buf: [u8; INLINE_CAP],
+    spill: Option<Vec<u8>>,
+}
+
+impl fmt::Write for ElementWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(v) = &mut self.spill {
+            v.extend_from_slice(s.as_bytes());
+        } else if self.len + s.len() <= INLINE_CAP {
+            self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut v = Vec::with_capacity(self.len + s.len() + 16);
+            v.extend_from_slice(&self.buf[..self.len]);
+            v.extend_from_slice(s.as_bytes());
+            self.spill = Some(v);
+        }
+        Ok(())
+    }
+}
+
+/// One value to send: output of [`ToArg::to_arg`].
+///
+/// ```
+/// use fdserver::args::{Encoded, ToArg};
+/// assert!(matches!(42u16.to_arg(), Encoded::Element(e) if e.as_bytes() == b"42"));
+/// assert!(matches!(b"bytes".to_vec().to_arg(), Encoded::Scalar(b"bytes")));
+/// let file = std::fs::File::open("/dev/null")?;
+/// assert!(matches!(file.to_arg(), Encoded::Fd(_)));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub enum Encoded<'a> {
+    /// An array element ([`Form::Inline`]).
+    Element(Element<'a>),
+    /// A scalar message ([`Form::Scalar`]).
+    Scalar(&'a [u8]),
+    /// A descriptor ([`Form::Fd`]); the sender keeps its own copy.
+    Fd(BorrowedFd<'a>),
+}
+
+/// A type a handler can take as a parameter, and a client can receive in a reply.
+///
+/// Implemented for the types in the [module docs](self); for your own `FromStr + Display` types
+/// use [`display_fromstr_arg!`](crate::display_fromstr_arg), for `From<OwnedFd>` types
+/// [`fd_arg!`](crate::fd_arg), or implement it by hand (together with [`ToArg`], same [`Form`]):
+///
+/// ```
+/// use fdserver::args::{ArgError, Element, Encoded, Form, FromArg, Received, ToArg};
+///
+/// /// An even number.
+/// #[derive(Debug, PartialEq)]
+/// struct Even(u32);
+///
+/// impl FromArg for Even {
+///     const FORM: Form = Form::Inline;
+///     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+///         let n: u32 = arg.parse()?;
+///         if n % 2 == 0 { Ok(Even(n)) } else { Err(ArgError::new("must be even")) }
+///     }
+/// }
+///
+/// impl ToArg for Even {
+///     const FORM: Form = Form::Inline;
+///     fn to_arg(&self) -> Encoded<'_> {
+///         Encoded::Element(Element::display(self.0))
+///     }
+/// }
+///
+/// assert_eq!(Even::from_arg(Received::Element(b"4")).unwrap(), Even(4));
+/// assert_eq!(Even::from_arg(Received::Element(b"5")).unwrap_err().reason(), "must be even");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be received as an fdserver argument or reply value",
+    label = "this type does not implement `fdserver::args::FromArg`",
+    note = "supported: String, bool, integers, floats, char, PathBuf, OsString, Option<T>, Vec<u8> (as a scalar), OwnedFd, File, UnixStream and other descriptors",
+    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);` (see the `fdserver::args` docs)"
+)]
+pub trait FromArg: Sized {
+    /// How the value travels. Must be the same as the [`ToArg::FORM`] of what the peer sends.
+    const FORM: Form;
+
+    /// Builds the value from what arrived (always of the variant matching [`FORM`](Self::FORM)).
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError>;
+}
+
+/// A type a client can send as an argument, and a handler can return in a reply.
+///
+/// See [`FromArg`] for an example. Client stubs take borrowed forms where handlers take owned
+/// ones (`&str` for `String`, `&[u8]` for `Vec<u8>`, `BorrowedFd` for descriptors), so those
+/// implement `ToArg` too.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent as an fdserver argument or reply value",
+    label = "this type does not implement `fdserver::args::ToArg`",
+    note = "supported: String, bool, integers, floats, char, PathBuf, OsString, Option<T>, Vec<u8> (as a scalar), OwnedFd, File, UnixStream and other descriptors",
+    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);` (see the `fdserver::args` docs)"
+)]
+pub trait ToArg {
+    /// How the value travels (the variant [`to_arg`](Self::to_arg) returns).
+    const FORM: Form;
+
+    /// The element, scalar or descriptor to send.
+    fn to_arg(&self) -> Encoded<'_>;
+}
+
+impl<T: ToArg + ?Sized> ToArg for &T {
+    const FORM: Form = T::FORM;
+    fn to_arg(&self) -> Encoded<'_> {
+        (**self).to_arg()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inline types
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! display_fromstr {
+    ($($t:ty)*) => {$(
+        impl FromArg for $t {
+            const FORM: Form = Form::Inline;
+            fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+                arg.parse()
+            }
+        }
+        impl ToArg for $t {
+            const FORM: Form = Form::Inline;
+            fn to_arg(&self) -> Encoded<'_> {
+                Encoded::Element(Element::display(self))
+            }
+        }
+    )*};
+}
+
+display_fromstr! {
+    i8 i16 i32 i64 i128 isize u8 u16 u32 u64 u128 usize f32 f64
+    NonZeroI8 NonZeroI16 NonZeroI32 NonZeroI64 NonZeroI128 NonZeroIsize
+    NonZeroU8 NonZeroU16 NonZeroU32 NonZeroU64 NonZeroU128 NonZeroUsize
+    IpAddr Ipv4Addr Ipv6Addr SocketAddr
+}
+
+impl FromArg for bool {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        match arg.element()? {
+            b"true" | b"1" => Ok(true),
+            b"false" | b"0" => Ok(false),
+            _ => Err(ArgError::new("expected `true` or `false`")),
+        }
+    }
+}
+
+impl ToArg for bool {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(if *self { b"true" } else { b"false" }))
+    }
+}
+
+impl FromArg for char {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        let s = arg.str()?;
+        let mut chars = s.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Ok(c),
+            _ => Err(ArgError::new("expected exactly one character")),
+        }
+    }
+}
+
+impl ToArg for char {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::display(self))
+    }
+}
+
+impl FromArg for String {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        arg.str().map(str::to_owned)
+    }
+}
+
+impl ToArg for String {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(self.as_bytes()))
+    }
+}
+
+impl ToArg for str {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(self.as_bytes()))
+    }
+}
+
+impl FromArg for PathBuf {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        Ok(PathBuf::from(OsStr::from_bytes(arg.element()?)))
+    }
+}
+
+impl ToArg for PathBuf {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        self.as_path().to_arg()
+    }
+}
+
+impl ToArg for Path {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(self.as_os_str().as_bytes()))
+    }
+}
+
+impl FromArg for OsString {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        Ok(OsStr::from_bytes(arg.element()?).to_owned())
+    }
+}
+
+impl ToArg for OsString {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        self.as_os_str().to_arg()
+    }
+}
+
+impl ToArg for OsStr {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(self.as_bytes()))
+    }
+}
+
+const fn option_form(inner: Form) -> Form {
+    match inner {
+        Form::Inline => Form::Inline,
+        _ => panic!(
+            "fdserver: `Option<T>` needs an inline `T` (one array element); descriptors and \
+             byte payloads (`Vec<u8>`) cannot be optional"
+        ),
+    }
+}
+
+impl<T: FromArg> FromArg for Option<T> {
+    const FORM: Form = option_form(T::FORM);
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        let e = arg.element()?;
+        match e.first() {
+            None => Ok(None),
+            Some(&OPTION_ESCAPE) => T::from_arg(Received::Element(&e[1..])).map(Some),
+            Some(_) => T::from_arg(Received::Element(e)).map(Some),
+        }
+    }
+}
+
+impl<T: ToArg> ToArg for Option<T> {
+    const FORM: Form = option_form(T::FORM);
+    fn to_arg(&self) -> Encoded<'_> {
+        match self {
+            None => Encoded::Element(Element::bytes(b"")),
+            Some(v) => match v.to_arg() {
+                Encoded::Element(e) => {
+                    if matches!(e.as_bytes().first(), None | Some(&OPTION_ESCAPE)) {
+                        Encoded::Element(e.escaped())
+                    } else {
+                        Encoded::Element(e)
+                    }
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalars
+// ---------------------------------------------------------------------------------------------
+
+impl FromArg for Vec<u8> {
+    const FORM: Form = Form::Scalar;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        arg.scalar()
+    }
+}
+
+impl ToArg for Vec<u8> {
+    const FORM: Form = Form::Scalar;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Scalar(self)
+    }
+}
+
+impl ToArg for [u8] {
+    const FORM: Form = Form::Scalar;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Scalar(self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors
+// ---------------------------------------------------------------------------------------------
+
+/// Implements [`FromArg`] and [`ToArg`] for `FromStr + Display` types: they travel as one array
+/// element holding their `Display` text, and a `FromStr` error's text becomes the reason in the
+/// `bad_arguments` error.
+///
+/// ```
+/// #[derive(Debug, PartialEq)]
+/// struct Celsius(f64);
+/// impl std::fmt::Display for Celsius {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{}C", self.0) }
+/// }
+/// impl std::str::FromStr for Celsius {
+///     type Err = String;
+///     fn from_str(s: &str) -> Result<Self, String> {
+///         let n = s.strip_suffix('C').ok_or("missing unit C")?;
+///         n.parse().map(Celsius).map_err(|e| format!("{e}"))
+///     }
+/// }
+/// fdserver::display_fromstr_arg!(Celsius);
+///
+/// use fdserver::args::{Encoded, FromArg, Received, ToArg};
+/// let Encoded::Element(e) = Celsius(21.5).to_arg() else { unreachable!() };
+/// assert_eq!(e.as_bytes(), b"21.5C");
+/// assert_eq!(Celsius::from_arg(Received::Element(b"21.5C")).unwrap(), Celsius(21.5));
+/// ```
+#[macro_export]
+macro_rules! display_fromstr_arg {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::args::FromArg for $t {
+            const FORM: $crate::args::Form = $crate::args::Form::Inline;
+            fn from_arg(
+                arg: $crate::args::Received<'_>,
+            ) -> ::core::result::Result<Self, $crate::args::ArgError> {
+                arg.parse()
+            }
+        }
+        impl $crate::args::ToArg for $t {
+            const FORM: $crate::args::Form = $crate::args::Form::Inline;
+            fn to_arg(&self) -> $crate::args::Encoded<'_> {
+                $crate::args::Encoded::Element($crate::args::Element::display(self))
+            }
+        }
+    )+};
+}
+
+/// Implements [`FromArg`] and [`ToArg`] for descriptor types (`From<OwnedFd> + AsFd`): they
+/// travel as one file descriptor (`SCM_RIGHTS`).
+///
+/// ```
+/// use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+///
+/// /// A pipe's write end.
+/// struct PipeWriter(OwnedFd);
+/// impl From<OwnedFd> for PipeWriter {
+///     fn from(fd: OwnedFd) -> Self { PipeWriter(fd) }
+/// }
+/// impl AsFd for PipeWriter {
+///     fn as_fd(&self) -> BorrowedFd<'_> { self.0.as_fd() }
+/// }
+/// fdserver::fd_arg!(PipeWriter);
+///
+/// assert_eq!(<PipeWriter as fdserver::args::FromArg>::FORM, fdserver::args::Form::Fd);
+/// ```
+#[macro_export]
+macro_rules! fd_arg {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::args::FromArg for $t {
+            const FORM: $crate::args::Form = $crate::args::Form::Fd;
+            fn from_arg(
+                arg: $crate::args::Received<'_>,
+            ) -> ::core::result::Result<Self, $crate::args::ArgError> {
+                arg.fd().map(<$t as ::core::convert::From<::std::os::fd::OwnedFd>>::from)
+            }
+        }
+        impl $crate::args::ToArg for $t {
+            const FORM: $crate::args::Form = $crate::args::Form::Fd;
+            fn to_arg(&self) -> $crate::args::Encoded<'_> {
+                $crate::args::Encoded::Fd(::std::os::fd::AsFd::as_fd(self))
+            }
+        }
+    )+};
+}
+
+crate::fd_arg!(
+    OwnedFd,
+    File,
+    UnixStream,
+    UnixListener,
+    UnixDatagram,
+    TcpStream,
+    TcpListener,
+    UdpSocket
+);
+
+impl ToArg for BorrowedFd<'_> {
+    const FORM: Form = Form::Fd;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Fd(self.as_fd())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------------------------
+
+/// What a handler's reply carries, on the sending (server) side: `()`, one value ([`ToArg`]), or
+/// a tuple of up to 12 values. Implemented for those; you do not implement it yourself.
+///
+/// Inline members become the elements after `"ok"`, in order; out-of-band members (scalars,
+/// descriptors) follow the array, in order.
+///
+/// ```
+/// fn sendable<V: fdserver::args::ToValues>() {}
+/// sendable::<()>();
+/// sendable::<String>();
+/// sendable::<(u32, std::fs::File, Vec<u8>)>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be sent as the value of an fdserver reply",
+    label = "not `()`, a tuple, or a type implementing `ToArg`",
+    note = "see the `fdserver::args` docs for the supported types"
+)]
+pub trait ToValues {
+    #[doc(hidden)]
+    const __LEN: usize;
+    #[doc(hidden)]
+    fn __form(index: usize) -> Form;
+    #[doc(hidden)]
+    fn __encode(&self, index: usize) -> Encoded<'_>;
+}
+
+/// What a reply carries, on the receiving (client) side: `()`, one value ([`FromArg`]), or a
+/// tuple of up to 12 values. Implemented for those; you do not implement it yourself.
+///
+/// ```
+/// fn receivable<V: fdserver::args::FromValues>() {}
+/// receivable::<()>();
+/// receivable::<Option<u8>>();
+/// receivable::<(String, std::os::fd::OwnedFd)>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be received as the value of an fdserver reply",
+    label = "not `()`, a tuple, or a type implementing `FromArg`",
+    note = "see the `fdserver::args` docs for the supported types"
+)]
+pub trait FromValues: Sized {
+    #[doc(hidden)]
+    fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self>;
+}
+
+impl<T: ToArg> ToValues for T {
+    const __LEN: usize = 1;
+    fn __form(_: usize) -> Form {
+        T::FORM
+    }
+    fn __encode(&self, _: usize) -> Encoded<'_> {
+        self.to_arg()
+    }
+}
+
+impl<T: FromArg> FromValues for T {
+    fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
+        decoder.take::<T>(0)
+    }
+}
+
+impl ToValues for () {
+    const __LEN: usize = 0;
+    fn __form(_: usize) -> Form {
+        Form::Inline
+    }
+    fn __encode(&self, _: usize) -> Encoded<'_> {
+        Encoded::Element(Element::bytes(b""))
+    }
+}
+
+impl FromValues for () {
+    fn __decode(_: &mut Decoder<'_, '_>) -> Option<Self> {
+        Some(())
+    }
+}
+
+macro_rules! tuple_values {
+    ($len:expr; $($t:ident $v:ident $i:tt),+) => {
+        impl<$($t: ToArg),+> ToValues for ($($t,)+) {
+            const __LEN: usize = $len;
+            fn __form(index: usize) -> Form {
+                match index {
+                    $($i => $t::FORM,)+
+                    _ => Form::Inline,
+                }
+            }
+            fn __encode(&self, index: usize) -> Encoded<'_> {
+                match index {
+                    $($i => self.$i.to_arg(),)+
+                    _ => Encoded::Element(Element::bytes(b"")),
+                }
+            }
+        }
+
+        impl<$($t: FromArg),+> FromValues for ($($t,)+) {
+            fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
+                // Take every member before giving up on any: out-of-band ones must be read.
+                $(let $v = decoder.take::<$t>($i);)+
+                Some(($($v?,)+))
+            }
+        }
+    };
+}
+
+tuple_values!(1; A a 0);
+tuple_values!(2; A a 0, B b 1);
+tuple_values!(3; A a 0, B b 1, C c 2);
+tuple_values!(4; A a 0, B b 1, C c 2, D d 3);
+tuple_values!(5; A a 0, B b 1, C c 2, D d 3, E e 4);
+tuple_values!(6; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5);
+tuple_values!(7; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6);
+tuple_values!(8; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7);
+tuple_values!(9; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8);
+tuple_values!(10; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8, J j 9);
+tuple_values!(11; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8, J j 9, K k 10);
+tuple_values!(12; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8, J j 9, K k 10, L l 11);
+
+/// What a handler may return: [`ToValues`] (`()`, a value, a tuple), or `Result<V, E>` with
+/// `E: Display`, whose `Err` reaches the client as the error reply
+/// `["error", "failed", e.to_string()]` ([`Error::Remote`](crate::Error::Remote) with kind
+/// [`Failed`](crate::RemoteErrorKind::Failed)), except that a [`RemoteError`] is sent as it is,
+/// so a handler can choose the kind. Type aliases such as `io::Result<T>` work too.
+///
+/// The client stub returns `Result<V, fdserver::Error>` in both cases.
+///
+/// ```
+/// use fdserver::{RemoteError, RemoteErrorKind};
+///
+/// struct Accounts;
+///
+/// #[fdserver::fdserver]
+/// impl Accounts {
+///     fn withdraw(&mut self, amount: u64) -> Result<u64, RemoteError> {
+///         if amount == 0 {
+///             return Err(RemoteError::bad_arguments("withdraw: amount must be positive"));
+///         }
+///         Err(RemoteError::failed("insufficient funds"))
+///     }
+///
+///     fn parse(&mut self, text: String) -> Result<u64, std::num::ParseIntError> {
+///         text.trim().parse()
+///     }
+/// }
+///
+/// let mut c = Accounts.start()?;
+/// let e = c.withdraw(0).unwrap_err();
+/// assert_eq!(e.as_remote().unwrap().kind(), &RemoteErrorKind::BadArguments);
+/// let e = c.withdraw(5).unwrap_err();
+/// assert_eq!(e.to_string(), "server error: failed: insufficient funds");
+/// assert_eq!(c.parse(" 12 ")?, 12);
+/// assert_eq!(c.parse("x").unwrap_err().to_string(), "server error: failed: invalid digit found in string");
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be returned by an fdserver handler",
+    label = "not `()`, a value, a tuple of values, or `Result` of those with a `Display` error",
+    note = "see the `fdserver::args` docs for the supported types"
+)]
+pub trait Reply {
+    /// The values sent on success (what the client stub returns).
+    type Ok: ToValues;
+
+    /// The values, or the error reply to send.
+    fn into_reply(self) -> Result<Self::Ok, RemoteError>;
+}
+
+impl<T: ToValues> Reply for T {
+    type Ok = T;
+    fn into_reply(self) -> Result<T, RemoteError> {
+        Ok(self)
+    }
+}
+
+impl<T: ToValues, E: Display + 'static> Reply for Result<T, E> {
+    type Ok = T;
+    fn into_reply(self) -> Result<T, RemoteError> {
+        self.map_err(
+            |e| match (&e as &dyn std::any::Any).downcast_ref::<RemoteError>() {
+                // A handler that chose its error kind keeps it.
+                Some(remote) => remote.clone(),
+                None => RemoteError::failed(e),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element<T: ToArg + ?Sized>(v: &T) -> Vec<u8> {
+        match v.to_arg() {
+            Encoded::Element(e) => e.as_bytes().to_vec(),
+            other => panic!("not inline: {other:?}"),
+        }
+    }
+
+    fn back<T: FromArg>(bytes: &[u8]) -> Result<T, ArgError> {
+        T::from_arg(Received::Element(bytes))
+    }
+
+    #[test]
+    fn option_round_trips() {
+        let cases: [Option<String>; 5] = [
+            None,
+            Some(String::new()),
+            Some("x".into()),
+            Some("\u{1}".into()),
+            Some("\u{1}\u{1}a".into()),
+        ];
+        for c in cases {
+            let e = element(&c);
+            assert_eq!(back::<Option<String>>(&e).unwrap(), c, "{e:?}");
+        }
+        assert_eq!(element(&None::<u8>), b"");
+        assert_eq!(element(&Some(5u8)), b"5");
+        assert_eq!(element(&Some("")), b"\x01");
+        // Nested options stay distinct.
+        for c in [
+            None,
+            Some(None),
+            Some(Some(String::new())),
+            Some(Some("a".into())),
+        ] {
+            let e = element(&c);
+            assert_eq!(back::<Option<Option<String>>>(&e).unwrap(), c, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_text() {
+        assert_eq!(element(&-5i64), b"-5");
+        assert_eq!(element(&u128::MAX), u128::MAX.to_string().as_bytes());
+        assert_eq!(back::<f64>(&element(&f64::MAX)).unwrap(), f64::MAX);
+        assert!(back::<f64>(&element(&f64::NAN)).unwrap().is_nan());
+        assert_eq!(back::<f32>(&element(&0.1f32)).unwrap(), 0.1f32);
+        assert_eq!(back::<char>("é".as_bytes()).unwrap(), 'é');
+        assert!(back::<char>(b"ab").is_err());
+        assert!(back::<bool>(b"1").unwrap());
+        assert_eq!(
+            back::<bool>(b"yes").unwrap_err().reason(),
+            "expected `true` or `false`"
+        );
+        assert_eq!(
+            back::<PathBuf>(b"/tmp/\xff")
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"/tmp/\xff"
+        );
+        let long = "y".repeat(200);
+        assert_eq!(element(&long), long.as_bytes());
+        assert_eq!(Element::display(&long).as_bytes(), long.as_bytes());
+    }
+}
