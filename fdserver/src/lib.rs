@@ -118,12 +118,245 @@
 
 #![warn(missing_docs)]
 
+pub mod args;
 mod channel;
 mod client;
 mod error;
+pub mod preload;
 mod server;
 mod sys;
 pub mod wire;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+/// Turns an inherent impl block into a server: a dispatch table over its methods, typed argument
+/// parsing, a typed client, signal handlers and lifecycle hooks.
+///
+/// ```
+/// struct MyServer;
+///
+/// #[fdserver::fdserver]
+/// impl MyServer {
+///     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+///         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
+///     }
+/// }
+///
+/// let mut server = MyServer.start()?; // forks; returns the generated `MyServerClient`
+/// let (reply, pointless_number) = server.hello("Joe", "Dalton")?;
+/// assert_eq!(reply, "Hello Joe Dalton, how are you?");
+/// assert_eq!(pointless_number, 1234);
+/// server.stop()?;
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+///
+/// # What it generates
+///
+/// For `#[fdserver] impl MyServer { ... }`, next to the impl block (re-emitted without the
+/// `#[fdserver(...)]` helper attributes):
+///
+/// * `impl fdserver::Server for MyServer`: [`Server::handle`] matches the
+///   message name (no allocation), decodes the arguments, calls the method and sends its reply;
+///   [`SIGNALS`](crate::Server::SIGNALS), [`handle_signal`](crate::Server::handle_signal) and the
+///   hooks come from the marked methods.
+/// * `MyServer::start(&mut self) -> Result<MyServerClient, fdserver::Error>`, an inherent method,
+///   so `MyServer.start()` works without importing the trait. For options use
+///   [`Builder`]: `Builder::new().timeout(...).start(&mut server)`.
+/// * `pub struct MyServerClient`: one method per handler, with the handler's parameters (minus
+///   the context), returning `Result<T, fdserver::Error>` where `T` is what the handler returns
+///   (its `Ok` type for a `Result`). It also has `pid()`, `stop()`, `stop_with(options)`,
+///   `signal(sig)`, `set_timeout(deadline)`, `channel()` (the raw [`Channel`]),
+///   `handle()` / `handle_mut()` / `into_handle()` (the untyped
+///   [`ServerHandle`]), `From<ServerHandle>` and `Debug`. Dropping it stops
+///   the server.
+///
+/// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
+/// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited
+/// socket like any other server (see `examples/hello.rs`, `--serve-fd`).
+///
+/// # Handlers
+///
+/// Every method with a `&mut self` or `&self` receiver is a handler, unless marked
+/// `#[fdserver(skip)]` or marked as a signal handler or hook. Methods without a receiver
+/// (constructors, helpers) are left alone. The message name is the method name (`r#type` is
+/// `"type"`), or `#[fdserver(name = "...")]`.
+///
+/// Parameters are plain `name: Type` pairs; each type decides how the value travels (see
+/// [`args`] for the table): strings, numbers, `bool`, `char`, paths and `Option`s
+/// of those are elements of the array message; `Vec<u8>` is a scalar message and `File`,
+/// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array. The client
+/// method takes `&str` for `String`, `&[u8]` for `Vec<u8>`, `impl AsRef<Path>` for `PathBuf`,
+/// `impl AsRef<OsStr>` for `OsString`, `impl AsFd` for descriptors and the type itself
+/// otherwise. Your own `FromStr + Display` types need one line,
+/// [`display_fromstr_arg!`](crate::display_fromstr_arg).
+///
+/// A parameter of type `&mut fdserver::Context<'_>` (anywhere in the list) is not sent by the
+/// client: it gives the handler [`Context::quit`] (end the loop after
+/// this reply), [`Context::pid`] and the raw channel.
+///
+/// A handler returns `()`, a value, a tuple of up to 12 values, or a `Result` of those whose
+/// error implements `Display` (`io::Result<File>`, `Result<u32, String>`, your own `Result<T>`
+/// alias...). Descriptors and `Vec<u8>` may appear in any of these.
+///
+/// ## On the wire
+///
+/// ```text
+/// fn put(&mut self, key: String, data: Vec<u8>, log: File, n: u32) -> io::Result<(u64, File)>
+///
+/// request:  ["put", key, n]      then the scalar `data`, then the descriptor `log`
+/// reply:    ["ok", u64]          then the descriptor
+/// or:       ["error", "failed", "<the io::Error's text>"]
+/// ```
+///
+/// When the request is wrong the reply is `["error", kind, message]` and the server keeps
+/// serving:
+///
+/// | Situation | kind | message |
+/// |---|---|---|
+/// | no handler by that name | `unknown_message` | `unknown message "nope"` |
+/// | wrong number of array elements | `bad_arguments` | `hello: expected 2 arguments (first_name, last_name), got 1` |
+/// | an element does not parse | `bad_arguments` | ``add: parameter `a`: invalid digit found in string (got "x")`` |
+/// | the handler returned `Err(e)` | `failed` | `e.to_string()` |
+/// | the handler panicked | `panicked` | the panic message |
+///
+/// Out-of-band arguments are always read before the server answers, even when the inline ones
+/// are wrong, so the stream stays in step (see [`args`](crate::args#keeping-the-stream-in-sync)).
+///
+/// ```
+/// struct Calc;
+///
+/// #[fdserver::fdserver]
+/// impl Calc {
+///     fn add(&mut self, a: i32, b: i32) -> i32 {
+///         a + b
+///     }
+///
+///     fn checked_div(&mut self, a: i32, b: i32) -> Result<i32, String> {
+///         a.checked_div(b).ok_or_else(|| format!("cannot divide {a} by {b}"))
+///     }
+/// }
+///
+/// let mut calc = Calc.start()?;
+/// assert_eq!(calc.add(2, 3)?, 5);
+/// let err = calc.checked_div(1, 0).unwrap_err();
+/// assert_eq!(err.to_string(), "server error: failed: cannot divide 1 by 0");
+///
+/// // What a client in another language sees, through the raw handle:
+/// let raw = calc.handle_mut();
+/// assert_eq!(raw.call(["add", "40", "2"])?, ["42"]);
+/// let err = raw.call(["add", "x", "2"]).unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     r#"server error: bad_arguments: add: parameter `a`: invalid digit found in string (got "x")"#
+/// );
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+///
+/// # Signal handlers and hooks
+///
+/// ```
+/// use std::io::{BufRead, BufReader, Write};
+/// use std::os::unix::net::UnixStream;
+/// use fdserver::{Context, Signal};
+///
+/// #[derive(Default)]
+/// struct Worker {
+///     reloads: u32,
+///     events: Option<UnixStream>,
+///     initialized: bool,
+/// }
+///
+/// #[fdserver::fdserver]
+/// impl Worker {
+///     fn watch(&mut self, events: UnixStream) {
+///         self.events = Some(events);
+///     }
+///
+///     fn status(&self) -> (u32, bool) {
+///         (self.reloads, self.initialized)
+///     }
+///
+///     /// Runs on the server loop, between messages, never in signal context.
+///     #[fdserver(signal = "SIGHUP")]
+///     fn reload(&mut self) {
+///         self.reloads += 1;
+///         if let Some(e) = &mut self.events {
+///             let _ = writeln!(e, "reloaded");
+///         }
+///     }
+///
+///     #[fdserver(signal = "SIGUSR1", signal = "SIGUSR2")]
+///     fn on_user_signal(&mut self, signal: Signal, ctx: &mut Context<'_>) {
+///         if signal == Signal::SIGUSR2 {
+///             ctx.quit();
+///         }
+///     }
+///
+///     /// In the child, before the loop: open files, reseed RNGs, start threads here.
+///     #[fdserver(initialize)]
+///     fn init(&mut self) -> std::io::Result<()> {
+///         self.initialized = true;
+///         Ok(())
+///     }
+/// }
+///
+/// let mut worker = Worker::default().start()?;
+/// let (events, theirs) = UnixStream::pair()?;
+/// worker.watch(theirs)?;
+/// worker.signal(Signal::SIGHUP)?;
+/// let mut line = String::new();
+/// BufReader::new(events).read_line(&mut line)?; // the handler has run
+/// assert_eq!(worker.status()?, (1, true));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A signal handler takes `&mut self` (or `&self`) and optionally `&mut Context<'_>` and/or
+/// [`Signal`], and returns nothing. Signals are named as strings or identifiers
+/// (`signal = "SIGUSR1"`, `signal = SIGUSR1`); SIGKILL and SIGSTOP (uncatchable), SIGSEGV,
+/// SIGBUS, SIGFPE and SIGILL (raised by faulting instructions) and unknown names are compile
+/// errors. A handled SIGHUP is no longer ignored; a handled SIGTERM or SIGINT no longer ends the
+/// loop by itself (call `ctx.quit()`). A signal is handled on the loop, between messages:
+/// observe a handler's effect through something it writes (as above), not through timing.
+///
+/// Hooks (at most one of each) take `&mut self` or `&self` and nothing else:
+/// `#[fdserver(before_fork)]` runs in the parent just before the fork;
+/// `#[fdserver(initialize)]` runs in the child before the loop and returns `()` or
+/// `Result<(), E>` with `E: Into<Box<dyn Error + Send + Sync>>` (an error makes `start` fail
+/// with [`RemoteErrorKind::Initialize`]);
+/// `#[fdserver(finalize)]` runs in the child after the loop, however it ended.
+///
+/// # Attributes
+///
+/// | On | Attribute | Effect |
+/// |---|---|---|
+/// | the impl | `#[fdserver(client = "Name")]` | name of the client type (default: the server's name + `Client`) |
+/// | the impl | `#[fdserver(client_vis = "pub(crate)")]` | visibility of the client (default `pub`; at least that of the server type) |
+/// | a method | `#[fdserver(name = "msg")]` | the message name |
+/// | a method | `#[fdserver(skip)]` | not a handler |
+/// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
+/// | a method | `#[fdserver(before_fork)]`, `#[fdserver(initialize)]`, `#[fdserver(finalize)]` | a lifecycle hook |
+///
+/// # Compile-time errors
+///
+/// Misuse is reported at the offending tokens, with the impl block still emitted (and the rest
+/// of the server generated) so that one mistake does not cascade: unknown attribute keys; a
+/// receiver other than `&mut self` / `&self` (`self`, `self: Box<Self>`); generic, `async`,
+/// `unsafe` or `extern` handlers; parameters that are patterns instead of names; parameter or
+/// return types that cannot travel (references, slices, arrays, tuples as parameters, nested
+/// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor or `Vec<u8>`;
+/// other types without [`FromArg`](crate::args::FromArg) / [`ToArg`](crate::args::ToArg) are
+/// reported by the compiler with a note on what is supported); two handlers with the same
+/// message name; a handler whose name collides with a client method (`pid`, `stop`,
+/// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
+/// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
+/// parameters or the wrong return type; generic or trait impl blocks.
+///
+/// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
+/// prefixes its locals with `__fdserver_`, so it compiles under `#![no_implicit_prelude]` and
+/// next to your own `Result` alias.
+pub use fdserver_macros::fdserver;
 
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};

@@ -1,0 +1,302 @@
+//! A preloaded application for the preloader's integration tests. Its commands probe what a
+//! worker sees; its preload is steered by environment variables of the server (which inherits the
+//! environment of the client that started it).
+//!
+//! Preload: appends a line to `$APP_COUNTER` (counts preloads); prints `$APP_PRELOAD_OUTPUT`
+//! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists. `$APP_WATCH` is the
+//! watched file. The template key is `$APP_ENV` (default "dev").
+//!
+//! Gate (for tests that need a preload in progress): if `$APP_GATE` names a directory and the
+//! key equals `$APP_GATE_KEY`, the preload opens the FIFO `$APP_GATE/started` for writing, writes
+//! `preloading <key>` to it, then reads the FIFO `$APP_GATE/release` until end of stream.
+//!
+//! Extra probe commands: `hexargs` (each argument's raw bytes in hex, one per line), `hexenv NAME`
+//! (the variable's raw bytes in hex, or `<unset>`), `hexcwd` (the working directory's raw bytes
+//! in hex), `fds` (this worker's open descriptors, one
+//! `N -> target` line each).
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+
+use fdserver::preload::{Application, Preloader};
+
+#[derive(Clone, Default)]
+struct App {
+    preloaded_by: u32,
+    key: String,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+impl Application for App {
+    fn name(&self) -> &str {
+        "preload-app"
+    }
+
+    fn template_key(&self, env: &[(OsString, OsString)]) -> String {
+        env.iter()
+            .find(|(k, _)| k == "APP_ENV")
+            .and_then(|(_, v)| v.to_str())
+            .unwrap_or("dev")
+            .to_owned()
+    }
+
+    fn preload(&mut self, key: &str) -> Result<(), fdserver::BoxError> {
+        if let Some(path) = env("APP_CRASH_IF") {
+            if std::path::Path::new(&path).exists() {
+                std::process::abort();
+            }
+        }
+        if let Some(path) = env("APP_FAIL_IF") {
+            if std::path::Path::new(&path).exists() {
+                return Err(format!("preload refused: {path} exists").into());
+            }
+        }
+        if let Some(dir) = env("APP_GATE") {
+            if env("APP_GATE_KEY").as_deref() == Some(key) {
+                let dir = std::path::Path::new(&dir);
+                let mut started = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("started"))?;
+                writeln!(started, "preloading {key}")?;
+                drop(started);
+                let mut release = std::fs::File::open(dir.join("release"))?;
+                let mut sink = Vec::new();
+                release.read_to_end(&mut sink)?;
+            }
+        }
+        if let Some(n) = env("APP_PRELOAD_OUTPUT").and_then(|s| s.parse::<usize>().ok()) {
+            let mut out = std::io::stdout().lock();
+            let line = [b'x'; 99];
+            for _ in 0..n / 100 {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        if let Some(path) = env("APP_COUNTER") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            writeln!(f, "{key}")?;
+        }
+        self.preloaded_by = std::process::id();
+        self.key = key.to_owned();
+        Ok(())
+    }
+
+    fn watched_files(&self, _key: &str) -> Vec<std::path::PathBuf> {
+        env("APP_WATCH").map(Into::into).into_iter().collect()
+    }
+
+    fn run(&mut self, args: Vec<OsString>) -> i32 {
+        if let Some(code) = raw_command(&args) {
+            return code;
+        }
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| a.into_string().unwrap_or_default())
+            .collect();
+        let rest = || args[1..].join(" ");
+        match args.first().map(String::as_str).unwrap_or("") {
+            "exit" => args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            "echo" => {
+                println!("{}", rest());
+                0
+            }
+            "args" => {
+                for a in &args[1..] {
+                    println!("[{a}]");
+                }
+                0
+            }
+            "env" => {
+                println!(
+                    "{}",
+                    std::env::var(&args[1]).unwrap_or_else(|_| "<unset>".into())
+                );
+                0
+            }
+            "cwd" => {
+                println!("{}", std::env::current_dir().unwrap().display());
+                0
+            }
+            "template" => {
+                println!("{} {}", self.key, self.preloaded_by);
+                0
+            }
+            "pid" => {
+                println!("{}", std::process::id());
+                0
+            }
+            "kill" => {
+                let sig: i32 = args[1].parse().unwrap();
+                // SAFETY: signalling ourselves.
+                unsafe { libc::kill(libc::getpid(), sig) };
+                99
+            }
+            "cat" => {
+                let mut data = Vec::new();
+                std::io::stdin().read_to_end(&mut data).unwrap();
+                std::io::stdout().write_all(&data).unwrap();
+                println!("<eof after {} bytes>", data.len());
+                0
+            }
+            "lines" => {
+                let n: u64 = args[1].parse().unwrap();
+                let mut out = std::io::stdout().lock();
+                for i in 0..n {
+                    if writeln!(out, "line {i}").is_err() {
+                        return 3;
+                    }
+                }
+                0
+            }
+            "fail-after-lines" => {
+                let n: u64 = args[1].parse().unwrap();
+                for i in 0..n {
+                    println!("line {i}");
+                }
+                eprintln!("failing");
+                5
+            }
+            // Prints "ready", then waits (in a child too, if asked) until a signal kills it.
+            "wait" => {
+                let with_child = args.get(1).map(String::as_str) == Some("child");
+                if with_child {
+                    // SAFETY: single-threaded worker; the child only pauses.
+                    let pid = unsafe { libc::fork() };
+                    if pid == 0 {
+                        println!("child {}", std::process::id());
+                        std::io::stdout().flush().unwrap();
+                        loop {
+                            // SAFETY: pause just waits for a signal.
+                            unsafe { libc::pause() };
+                        }
+                    }
+                    // Wait for the child's line to be written before saying ready.
+                }
+                println!("ready {}", std::process::id());
+                std::io::stdout().flush().unwrap();
+                loop {
+                    // SAFETY: pause just waits for a signal.
+                    unsafe { libc::pause() };
+                }
+            }
+            "tty" => {
+                // SAFETY: isatty and TIOCGWINSZ only query descriptors.
+                let (t0, t1) = unsafe { (libc::isatty(0), libc::isatty(1)) };
+                println!("isatty {t0} {t1} size {}", winsize());
+                0
+            }
+            "winch" => {
+                // `winch ack`: before waiting for SIGWINCH, wait for a SIGUSR2 and print "acked":
+                // the client relays signals once it knows the worker's pid, so after "acked" a
+                // test knows that a resize will be relayed too.
+                let ack = args.get(1).map(String::as_str) == Some("ack");
+                let set = fdserver_sigset(libc::SIGWINCH);
+                let usr2 = fdserver_sigset(libc::SIGUSR2);
+                // SAFETY: blocking SIGWINCH and SIGUSR2 then waiting for them synchronously.
+                unsafe {
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &usr2, std::ptr::null_mut());
+                }
+                println!("waiting {}", winsize());
+                std::io::stdout().flush().unwrap();
+                let mut sig = 0;
+                if ack {
+                    // SAFETY: usr2 is initialised; sig is a valid out-pointer.
+                    unsafe { libc::sigwait(&usr2, &mut sig) };
+                    println!("acked");
+                    std::io::stdout().flush().unwrap();
+                }
+                // SAFETY: set is initialised; sig is a valid out-pointer.
+                unsafe { libc::sigwait(&set, &mut sig) };
+                println!("winch {}", winsize());
+                0
+            }
+            "call" => {
+                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args(&args[1..])
+                    .output()
+                    .unwrap();
+                print!("inner: {}", String::from_utf8_lossy(&out.stdout));
+                out.status.code().unwrap_or(100)
+            }
+            "panic" => panic!("worker panicked on purpose"),
+            other => {
+                eprintln!("unknown command {other:?}");
+                64
+            }
+        }
+    }
+}
+
+/// The commands that look at raw bytes or descriptors (before the arguments become strings).
+fn raw_command(args: &[OsString]) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    match args.first()?.as_bytes() {
+        b"hexargs" => {
+            for a in &args[1..] {
+                println!("{}", hex(a.as_bytes()));
+            }
+            Some(0)
+        }
+        b"hexenv" => {
+            match std::env::var_os(args.get(1)?) {
+                Some(v) => println!("{}", hex(v.as_bytes())),
+                None => println!("<unset>"),
+            }
+            Some(0)
+        }
+        b"hexcwd" => {
+            println!(
+                "{}",
+                hex(std::env::current_dir().unwrap().as_os_str().as_bytes())
+            );
+            Some(0)
+        }
+        b"fds" => {
+            let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            // The directory's own descriptor is closed by now: keep only the open ones.
+            for fd in listed {
+                if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+                    println!("{fd} -> {}", target.display());
+                }
+            }
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+fn fdserver_sigset(sig: i32) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set.
+    unsafe {
+        let mut set = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        set
+    }
+}
+
+fn winsize() -> String {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) } == 0 {
+        format!("{}x{}", ws.ws_col, ws.ws_row)
+    } else {
+        "none".to_owned()
+    }
+}
+
+fn main() {
+    Preloader::new(App::default()).main()
+}

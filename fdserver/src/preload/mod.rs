@@ -1,0 +1,421 @@
+//! A Spring-style preloader: load expensive state once, then run each command in a worker
+//! forked from that warm process, attached to the caller's own terminal.
+//!
+//! Four processes take part:
+//!
+//! * the **client**: your program as the user runs it. It connects to the server (starting one
+//!   if none runs), passes its stdin, stdout and stderr as descriptors with its arguments,
+//!   environment and working directory, forwards its signals to the worker and exits with the
+//!   worker's status;
+//! * the **server**: one per application and user, listening on a UNIX socket in a private
+//!   directory; it accepts clients and hands each request to a template;
+//! * a **template** per environment key ([`Application::template_key`]): an fdserver server forked
+//!   by the server, which ran [`Application::preload`] once;
+//! * a **worker** per command, forked from the template in its own session, with the client's
+//!   descriptors as 0, 1 and 2, running [`Application::run`].
+//!
+//! ```no_run
+//! use std::ffi::OsString;
+//! use fdserver::preload::{Application, Preloader};
+//!
+//! #[derive(Clone)]
+//! struct App { index: Vec<String> }
+//!
+//! impl Application for App {
+//!     fn name(&self) -> &str { "myapp" }
+//!     fn preload(&mut self, _key: &str) -> Result<(), fdserver::BoxError> {
+//!         self.index = (0..1_000_000).map(|i| i.to_string()).collect(); // expensive, once
+//!         Ok(())
+//!     }
+//!     fn run(&mut self, args: Vec<OsString>) -> i32 {
+//!         println!("{} entries, args {:?}", self.index.len(), args);
+//!         0
+//!     }
+//! }
+//!
+//! fn main() {
+//!     Preloader::new(App { index: Vec::new() }).main()
+//! }
+//! ```
+//!
+//! `myapp a b` runs warm; `FDSERVER_PRELOAD=0 myapp a b` runs in-process without the preloader;
+//! `myapp --preloader status` and `myapp --preloader stop` manage the server.
+//!
+//! ## What fdserver does differently from Spring
+//!
+//! * The client forwards its working directory, and the worker starts in it.
+//! * Every wait has a deadline: booting the server, the version handshake. A wedged server gives
+//!   a clear error, not a hang.
+//! * A worker killed by a signal makes the client die by the same signal (so a shell sees
+//!   `128 + n` and the signal); exit codes are passed through unchanged.
+//! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
+//!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's socket.
+//! * The server checks the peer's uid (`SO_PEERCRED`) and lives in a `0700` directory.
+//! * The server's accept loop never waits for a template: each connection and each template has
+//!   its own thread, so clients queue behind a preloading template instead of timing out.
+//! * A client that dies mid-command takes its worker with it (the worker's process group is
+//!   killed), so no orphaned worker keeps running.
+//! * When the server dies, its templates see end of stream and exit after their running workers.
+//!
+//! ## Files
+//!
+//! In `$FDSERVER_PRELOAD_DIR`, else `$XDG_RUNTIME_DIR/fdserver-preload`, else
+//! `/tmp/fdserver-preload-<uid>` (created `0700`; refused if another user owns it or others can
+//! reach it): `<name>-<hash>.sock`, `.pid` (locked by the server while it runs), `.lock` (held by a
+//! client while it starts a server) and `.log` (the server's and templates' stdout and stderr).
+
+mod client;
+mod daemon;
+mod template;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::server::BoxError;
+
+pub use client::Status;
+
+/// The version the server sends first. A client that sees another version stops that server and
+/// starts its own, once.
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/1";
+
+/// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
+pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
+/// Overrides the directory of the socket, pidfile and log.
+pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
+/// Set by a client on the server process it starts. Not for users.
+const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
+
+/// Your program, as the preloader sees it.
+///
+/// The value is cloned into each template; `preload` runs there once, and every `run` happens in
+/// a worker forked from that template, so it sees the preloaded state.
+pub trait Application: Clone + Send + Sync + 'static {
+    /// The application's identity: it names the server's socket (with a hash of the executable's
+    /// path, so two builds never share a server).
+    fn name(&self) -> &str;
+
+    /// Which template serves a command, from its environment (Spring keys by `RAILS_ENV`).
+    /// Computed in the client. Default: one template, `"default"`.
+    fn template_key(&self, env: &[(OsString, OsString)]) -> String {
+        let _ = env;
+        "default".to_owned()
+    }
+
+    /// The expensive part: runs once per template, before any command. Its output goes to the
+    /// server's log. An error is shown to the client that triggered it, and the next command
+    /// tries again.
+    fn preload(&mut self, key: &str) -> Result<(), BoxError>;
+
+    /// Runs one command in a worker: the arguments exclude the program name; the environment,
+    /// the working directory and descriptors 0, 1, 2 are the client's. Returns the exit code.
+    fn run(&mut self, args: Vec<OsString>) -> i32;
+
+    /// Files whose change (size or modification time) makes the next command restart the template
+    /// (after the template's running workers finish).
+    fn watched_files(&self, key: &str) -> Vec<PathBuf> {
+        let _ = key;
+        Vec::new()
+    }
+}
+
+/// Timeouts and locations. The defaults suit interactive commands.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory for the socket, pidfile and log (see the module docs for the default).
+    pub dir: Option<PathBuf>,
+    /// How long a client waits for a server it started to be listening (default 20 s).
+    pub boot_timeout: Duration,
+    /// How long a client waits for the server's version line after connecting (default 10 s).
+    pub handshake_timeout: Duration,
+    /// How long `stop` waits after SIGTERM before SIGKILL (default 2 s).
+    pub stop_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dir: None,
+            boot_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The preloader for one application: the entry point of the program, and its control commands.
+#[derive(Debug, Clone)]
+pub struct Preloader<A> {
+    app: A,
+    options: Options,
+}
+
+impl<A: Application> Preloader<A> {
+    /// A preloader with default [`Options`].
+    pub fn new(app: A) -> Self {
+        Preloader {
+            app,
+            options: Options::default(),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The whole program: call it from `main`. Never returns.
+    ///
+    /// * Started by a client as the server: serves until stopped.
+    /// * With `FDSERVER_PRELOAD=0`: preloads and runs the command in this process.
+    /// * `--preloader status` / `--preloader stop`: prints the server's status / stops it.
+    /// * Otherwise: runs the command through the preloader (starting the server if needed) and
+    ///   exits with the worker's exit code, or dies by the signal that killed it.
+    pub fn main(self) -> ! {
+        if let Some(role) = std::env::var_os(ENV_ROLE) {
+            // SAFETY-free: single-threaded at this point of a fresh process.
+            std::env::remove_var(ENV_ROLE);
+            let code = match daemon::launch(&self, &role) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fdserver preloader: server failed: {e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        if args.first().is_some_and(|a| a == "--preloader") {
+            let code = match args.get(1).and_then(|a| a.to_str()) {
+                Some("status") => match self.status() {
+                    Ok(Some(s)) => {
+                        println!("{s}");
+                        0
+                    }
+                    Ok(None) => {
+                        println!("no preloader server is running");
+                        1
+                    }
+                    Err(e) => {
+                        eprintln!("fdserver preloader: status: {e}");
+                        1
+                    }
+                },
+                Some("stop") => match self.stop() {
+                    Ok(true) => {
+                        println!("preloader server stopped");
+                        0
+                    }
+                    Ok(false) => {
+                        println!("no preloader server was running");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("fdserver preloader: stop: {e}");
+                        1
+                    }
+                },
+                _ => {
+                    eprintln!("usage: --preloader status|stop");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+        if preloading_disabled() {
+            let mut app = self.app.clone();
+            let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+            let key = app.template_key(&env);
+            if let Err(e) = app.preload(&key) {
+                eprintln!("fdserver preloader: preload failed: {e}");
+                std::process::exit(1);
+            }
+            let code = app.run(args);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code);
+        }
+        match client::run(&self, args) {
+            Ok(outcome) => outcome.exit(),
+            Err(e) => {
+                eprintln!("fdserver preloader: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// The running server's status, or `None` if none runs.
+    pub fn status(&self) -> io::Result<Option<Status>> {
+        client::status(self)
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after the grace period), and its templates.
+    /// `Ok(false)` if none was running. Stale files are removed either way.
+    pub fn stop(&self) -> io::Result<bool> {
+        client::stop(self)
+    }
+
+    /// Where this application's files live.
+    pub fn paths(&self) -> io::Result<Paths> {
+        Paths::new(self.app.name(), self.options.dir.as_deref())
+    }
+}
+
+fn preloading_disabled() -> bool {
+    matches!(
+        std::env::var(ENV_DISABLE).as_deref(),
+        Ok("0") | Ok("off") | Ok("false") | Ok("no")
+    )
+}
+
+/// The files of one application's server.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The private directory.
+    pub dir: PathBuf,
+    /// The listening socket.
+    pub socket: PathBuf,
+    /// The pidfile, locked by the running server.
+    pub pidfile: PathBuf,
+    /// Held by a client while it starts a server.
+    pub lock: PathBuf,
+    /// The server's log (its stdout and stderr, and its templates').
+    pub log: PathBuf,
+}
+
+impl Paths {
+    fn new(name: &str, dir: Option<&Path>) -> io::Result<Paths> {
+        let dir = match dir {
+            Some(d) => d.to_owned(),
+            None => default_dir(),
+        };
+        ensure_private_dir(&dir)?;
+        let exe = std::env::current_exe().unwrap_or_default();
+        let id = format!(
+            "{}-{:016x}",
+            sanitize(name),
+            fnv1a(exe.as_os_str().as_encoded_bytes())
+        );
+        Ok(Paths {
+            socket: dir.join(format!("{id}.sock")),
+            pidfile: dir.join(format!("{id}.pid")),
+            lock: dir.join(format!("{id}.lock")),
+            log: dir.join(format!("{id}.log")),
+            dir,
+        })
+    }
+}
+
+fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os(ENV_DIR) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return PathBuf::from(d).join("fdserver-preload");
+    }
+    std::env::temp_dir().join(format!("fdserver-preload-{}", crate::sys::geteuid()))
+}
+
+/// Creates `dir` with mode 0700 if needed, and refuses one that another user owns or that others
+/// can enter.
+fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::metadata(dir)?;
+    if meta.uid() != crate::sys::geteuid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is owned by uid {}, not us", dir.display(), meta.uid()),
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is accessible to other users (mode {:o}); it must be 0700",
+                dir.display(),
+                meta.permissions().mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// NUL-terminates each item into one buffer (argv and environment travel as scalars, so their
+/// size is not limited by the 64 KiB array message).
+fn join_nul<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in items {
+        out.extend_from_slice(i);
+        out.push(0);
+    }
+    out
+}
+
+fn split_nul(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = buf.strip_suffix(&[0]).unwrap_or(buf);
+    let empty = buf.is_empty();
+    body.split(|&b| b == 0).filter(move |_| !empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_lists_round_trip() {
+        let items: Vec<&[u8]> = vec![b"a", b"", b"b c"];
+        let joined = join_nul(items.iter().copied());
+        assert_eq!(split_nul(&joined).collect::<Vec<_>>(), items);
+        assert_eq!(split_nul(b"").count(), 0);
+        assert_eq!(split_nul(b"\0").collect::<Vec<_>>(), vec![b""]);
+    }
+
+    #[test]
+    fn private_dir_is_enforced() {
+        let base = std::env::temp_dir().join(format!("fdserver-pl-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        ensure_private_dir(&base).unwrap();
+        assert_eq!(
+            fs::metadata(&base).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(ensure_private_dir(&base).is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! The template: an fdserver server that preloaded the application and forks one worker per
+//! command.
+//!
+//! Its one client is the preloader server, which sends
+//! `["run", cwd]`, scalar argv, scalar env, then four descriptors: the client's connection and
+//! its stdin, stdout, stderr. The template forks the worker, writes `["pid", n]` to the client's
+//! connection and replies `["ok", n]`; when the worker ends, it writes `["exit", code]` or
+//! `["signal", n]` to the client's connection and closes it.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use super::{split_nul, Application};
+use crate::channel::Channel;
+use crate::client::ServerHandle;
+use crate::error::{Error, ProtocolError, RemoteError};
+use crate::server::{Context, Server, Signal};
+use crate::sys;
+use crate::wire::Message;
+
+struct Worker {
+    pid: libc::pid_t,
+    /// The client's connection; `None` once the client is gone.
+    conn: Option<Channel>,
+}
+
+pub(crate) struct Template<A> {
+    app: A,
+    key: String,
+    workers: Vec<Worker>,
+}
+
+impl<A: Application> Template<A> {
+    pub(crate) fn new(app: A, key: String) -> Self {
+        Template {
+            app,
+            key,
+            workers: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        let cwd = msg.get(1).unwrap_or(b"/").to_vec();
+        let ch = ctx.channel();
+        let argv = ch.read_scalar()?.ok_or(Error::Disconnected)?;
+        let env = ch.read_scalar()?.ok_or(Error::Disconnected)?;
+        let mut fds = Vec::with_capacity(4);
+        for _ in 0..4 {
+            fds.push(
+                ch.recv_fd()?
+                    .ok_or(Error::Protocol(ProtocolError::ExpectedFd))?,
+            );
+        }
+        let stdio: [OwnedFd; 3] = [fds.remove(1), fds.remove(1), fds.remove(1)];
+        let mut conn = Channel::new(fds.remove(0));
+        conn.set_write_timeout(Some(Duration::from_secs(5)));
+
+        // Nothing buffered in this process may be written twice (once by the worker).
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let mut close: Vec<RawFd> = self
+            .workers
+            .iter()
+            .filter_map(|w| w.conn.as_ref().map(AsRawFd::as_raw_fd))
+            .collect();
+        close.push(ch.as_raw_fd());
+        close.push(conn.as_raw_fd());
+
+        // The worker reports on this pipe once it leads its own process group, so that the
+        // client never signals the group before it exists.
+        let (ready_rd, ready_wr) = sys::pipe().map_err(RemoteError::from)?;
+        close.push(ready_rd.as_raw_fd());
+
+        // SAFETY: the template is single-threaded (the application's preload must not leave
+        // threads running; see the module docs), so the child may do anything.
+        let pid = unsafe { sys::fork() }.map_err(RemoteError::from)?;
+        if pid == 0 {
+            worker_main(&mut self.app, &argv, &env, &cwd, stdio, ready_wr, &close);
+        }
+        drop(stdio); // the worker has them; holding them would keep the client's pipes open
+        drop(ready_wr);
+        // One byte, or end of file if the worker died first: either way it is settled.
+        let mut byte = [0u8; 1];
+        let _ = std::io::Read::read(&mut std::fs::File::from(ready_rd), &mut byte);
+
+        let pid_s = pid.to_string();
+        let mut alive = conn.write_array(["pid", pid_s.as_str()]).is_ok();
+        if alive {
+            // SIGIO when the client hangs up; check once now for a hang-up that came first.
+            alive = sys::set_async_owner(conn.as_fd()).is_ok() && !sys::poll_now(conn.as_fd());
+        }
+        if !alive {
+            kill_worker(pid);
+        }
+        self.workers.push(Worker {
+            pid,
+            conn: alive.then_some(conn),
+        });
+        ctx.reply(["ok", pid_s.as_str()])?;
+        Ok(())
+    }
+
+    /// Tells the client how its worker ended, and forgets the worker.
+    fn report(&mut self, pid: libc::pid_t, raw: libc::c_int) {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return; // a grandchild reparented to us, or a worker already forgotten
+        };
+        let w = self.workers.swap_remove(i);
+        if let Some(mut conn) = w.conn {
+            let msg = if libc::WIFSIGNALED(raw) {
+                ["signal".to_owned(), libc::WTERMSIG(raw).to_string()]
+            } else {
+                ["exit".to_owned(), libc::WEXITSTATUS(raw).to_string()]
+            };
+            let _ = conn.write_array(msg);
+        }
+    }
+}
+
+impl<A: Application> Server for Template<A> {
+    type Client = ServerHandle;
+    const SIGNALS: &'static [Signal] = &[Signal::SIGCHLD, Signal::SIGIO];
+
+    fn initialize_server(&mut self) -> Result<(), crate::BoxError> {
+        let r = catch_unwind(AssertUnwindSafe(|| self.app.preload(&self.key)));
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        match r {
+            Ok(r) => r,
+            Err(p) => {
+                Err(format!("preload panicked: {}", crate::server::panic_message(&*p)).into())
+            }
+        }
+    }
+
+    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        match msg.name() {
+            b"run" => self.run(ctx, msg),
+            b"shutdown" => {
+                for w in &self.workers {
+                    let _ = sys::kill_group(w.pid, libc::SIGTERM);
+                }
+                ctx.reply(["ok"])?;
+                ctx.quit();
+                Ok(())
+            }
+            other => Err(RemoteError::unknown_message(other)),
+        }
+    }
+
+    fn handle_signal(&mut self, _ctx: &mut Context<'_>, signal: Signal) {
+        match signal {
+            Signal::SIGCHLD => {
+                while let Some((pid, raw)) = sys::reap_any() {
+                    self.report(pid, raw);
+                }
+            }
+            Signal::SIGIO => {
+                for w in &mut self.workers {
+                    let gone = w.conn.as_ref().is_some_and(|c| sys::poll_now(c.as_fd()));
+                    if gone {
+                        // The client went away: nobody is left to read the worker's output or
+                        // its status, so its process group goes too.
+                        kill_worker(w.pid);
+                        w.conn = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finalize_server(&mut self) {
+        // Retired (watched file changed) or orphaned (server gone): let running workers finish
+        // and report to their clients.
+        while let Some(w) = self.workers.first() {
+            let pid = w.pid;
+            match sys::reap(pid) {
+                Ok(raw) => self.report(pid, raw),
+                Err(_) => {
+                    self.workers.remove(0);
+                }
+            }
+        }
+    }
+}
+
+/// Kills a worker's process group, and the worker itself in case it has not become a group
+/// leader (it died before, or is a zombie).
+fn kill_worker(pid: libc::pid_t) {
+    let _ = sys::kill_group(pid, libc::SIGKILL);
+    let _ = sys::kill(pid, libc::SIGKILL);
+}
+
+/// The forked worker: becomes the client's command.
+fn worker_main<A: Application>(
+    app: &mut A,
+    argv: &[u8],
+    env: &[u8],
+    cwd: &[u8],
+    stdio: [OwnedFd; 3],
+    ready: OwnedFd,
+    close: &[RawFd],
+) -> ! {
+    // Default dispositions first (the template ignores SIGHUP), while every signal the client
+    // may relay is still blocked or defaulted; then our own group; then tell the template.
+    sys::reset_signal_dispositions();
+    let _ = sys::setsid();
+    sys::write_raw(ready.as_raw_fd(), b"1");
+    drop(ready);
+    for (i, fd) in stdio.iter().enumerate() {
+        if sys::dup2(fd.as_fd(), i as RawFd).is_err() {
+            sys::exit_now(127);
+        }
+    }
+    drop(stdio);
+    for &fd in close {
+        sys::close_raw(fd);
+    }
+    sys::take_pending();
+    sys::set_sigmask(&sys::sigset(false));
+
+    let cwd = OsString::from_vec(cwd.to_vec());
+    if let Err(e) = std::env::set_current_dir(&cwd) {
+        eprintln!("cannot enter the working directory {cwd:?}: {e}");
+        sys::exit_now(126);
+    }
+    // The worker is single-threaded, so changing the environment is sound here.
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    for kv in split_nul(env) {
+        if let Some(eq) = kv.iter().position(|&b| b == b'=').filter(|&i| i > 0) {
+            let k = OsString::from_vec(kv[..eq].to_vec());
+            let v = OsString::from_vec(kv[eq + 1..].to_vec());
+            std::env::set_var(k, v);
+        }
+    }
+    let args: Vec<OsString> = split_nul(argv)
+        .map(|a| OsString::from_vec(a.to_vec()))
+        .collect();
+    let code = catch_unwind(AssertUnwindSafe(|| app.run(args))).unwrap_or(101);
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    sys::exit_now(code)
+}
