@@ -6,10 +6,13 @@
 //! wire format of Phusion Passenger's `MessageChannel`, so Ruby and C++ peers that speak it can
 //! talk to an fdserver server.
 //!
+//! * [`fdserver`](macro@fdserver): the attribute that turns an `impl` block into a server with a
+//!   typed client (start here).
 //! * [`Channel`]: the message channel (arrays, scalars, descriptors, deadlines).
 //! * [`Server`]: what a server is; [`Server::start`] forks one and returns its client,
 //!   [`serve`] runs one in the current process (e.g. on an inherited fd 3).
 //! * [`ServerHandle`]: the parent's handle: `pid`, `call`, raw channel, `stop`.
+//! * [`preload`]: a Spring-style preloader built on all of the above.
 //!
 //! ```
 //! use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
