@@ -271,11 +271,13 @@ impl Builder {
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
         let (parent_end, child_end) = Channel::pair()?;
         let mut child = child_end;
-        child.reserve_write(64 * 1024);
+        // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
+        // the loop, where allocating is the user's domain (see the crate docs on fork safety).
+        child.reserve_write(4096);
         if let Some(max) = self.max_scalar {
             child.set_max_scalar_size(max);
         }
-        let mut buf = MessageBuf::with_max_capacity();
+        let mut buf = MessageBuf::with_capacity(4096);
         self.keep_fds.push(child.as_raw_fd());
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();

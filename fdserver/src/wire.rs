@@ -66,6 +66,14 @@ impl MessageBuf {
         Self::default()
     }
 
+    /// A buffer for bodies up to `bytes` long before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        MessageBuf {
+            body: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(16),
+        }
+    }
+
     /// A buffer that can hold any message without growing (64 KiB body, 64 elements' offsets).
     pub fn with_max_capacity() -> Self {
         MessageBuf {
