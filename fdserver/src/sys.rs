@@ -567,7 +567,10 @@ fn hex_field(text: &[u8], key: &[u8]) -> Option<u64> {
         if rest.starts_with(key) {
             let mut v: u64 = 0;
             let mut digits = 0;
-            for &b in rest[key.len()..].iter().skip_while(|b| b.is_ascii_whitespace()) {
+            for &b in rest[key.len()..]
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace())
+            {
                 let d = (b as char).to_digit(16)?;
                 v = v.checked_mul(16)? | d as u64;
                 digits += 1;
