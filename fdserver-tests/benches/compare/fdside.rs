@@ -1,0 +1,156 @@
+//! The fdserver side of the bench: one hand-written server answering every row's message, and
+//! the client operations timed against the raw baselines.
+//!
+//! Row 1 goes through [`hello_call`] only. When the `#[fdserver]` typed client lands, make
+//! `BenchServer` the macro server (keeping the `allocs`, `fd` and `sink` handlers), make
+//! [`HelloClient`] its generated client, and change the body of [`hello_call`] to
+//! `client.hello("Joe", "Dalton").expect("hello")`.
+
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use fdserver::{Builder, Context, Message, MessageBuf, RemoteError, Server, ServerHandle};
+
+use crate::count_alloc::{allocs, fmt_u64};
+
+/// The server. Its buffers are allocated before the fork, so that in steady state a handler
+/// allocates nothing itself: every allocation the server reports is the runtime's.
+pub struct BenchServer {
+    greeting: String,
+    devnull: Option<OwnedFd>,
+    sink: Vec<u8>,
+}
+
+impl BenchServer {
+    pub fn new(chunk: usize) -> Self {
+        BenchServer {
+            greeting: String::with_capacity(128),
+            devnull: None,
+            sink: Vec::with_capacity(chunk),
+        }
+    }
+}
+
+impl Server for BenchServer {
+    type Client = ServerHandle;
+
+    fn initialize_server(&mut self) -> Result<(), fdserver::BoxError> {
+        crate::os::die_with_parent();
+        Ok(())
+    }
+
+    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        match msg.name() {
+            // Row 1: ["hello", first, last] → ["ok", "Hello <first> <last>, how are you?", "1234"]
+            b"hello" if msg.len() == 3 => {
+                self.greeting.clear();
+                let _ = write!(
+                    self.greeting,
+                    "Hello {} {}, how are you?",
+                    msg.str(1)?,
+                    msg.str(2)?
+                );
+                ctx.reply([self.greeting.as_str(), "1234"])?;
+            }
+            // Row 2: ["fd"] → ["ok"] + one descriptor
+            b"fd" => {
+                if self.devnull.is_none() {
+                    // Opened on first use, so that rows 4 and 6 do not pay for it.
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")?;
+                    self.devnull = Some(file.into());
+                }
+                ctx.reply([""; 0])?;
+                let fd = self.devnull.as_ref().expect("opened above");
+                ctx.channel().send_fd(fd.as_fd())?;
+            }
+            // Row 3: ["sink", n] + n scalars → ["ok"]
+            b"sink" => {
+                let n: u64 = msg
+                    .str(1)?
+                    .parse()
+                    .map_err(|e| RemoteError::bad_arguments(format!("sink count: {e}")))?;
+                for _ in 0..n {
+                    if !ctx.channel().read_scalar_into(&mut self.sink)? {
+                        return Err(RemoteError::failed("end of stream inside sink"));
+                    }
+                }
+                ctx.reply([""; 0])?;
+            }
+            // Allocation probe: this process's allocation count, formatted without allocating.
+            b"allocs" => {
+                let mut digits = [0u8; 20];
+                ctx.reply([fmt_u64(allocs(), &mut digits)])?;
+            }
+            other => return Err(RemoteError::unknown_message(other)),
+        }
+        Ok(())
+    }
+}
+
+/// Forks a server with the default options (no deadlines: the bench's watchdog guards against
+/// hangs, because a deadline costs syscalls, see row 1t), or with a per-read/write client
+/// `deadline` (row 1t).
+pub fn start(server: &mut BenchServer, deadline: Option<Duration>) -> ServerHandle {
+    match deadline {
+        None => server.start().expect("start fdserver server"),
+        Some(d) => Builder::new()
+            .timeout(Some(d))
+            .start(server)
+            .expect("start fdserver server"),
+    }
+}
+
+/// Row 1's client type (see the module docs for the switch to the typed client).
+pub type HelloClient = ServerHandle;
+
+/// Row 1: one call with two small string arguments and a small reply, returned typed as the
+/// `#[fdserver]` stub of `fn hello(&mut self, String, String) -> (String, u32)` will return it.
+#[inline(never)]
+pub fn hello_call(client: &mut HelloClient) -> (String, u32) {
+    let mut reply = client.call(["hello", "Joe", "Dalton"]).expect("hello");
+    assert_eq!(reply.len(), 2, "hello reply arity");
+    let number = reply[1].parse().expect("hello number");
+    (reply.swap_remove(0), number)
+}
+
+/// Row 2: a call whose reply carries one descriptor (closed when dropped).
+#[inline(never)]
+pub fn fd_call(client: &mut ServerHandle, buf: &mut MessageBuf) -> OwnedFd {
+    let ch = client.channel();
+    ch.write_array(["fd"]).expect("fd request");
+    ch.read_reply(buf).expect("fd reply");
+    ch.recv_fd().expect("recv_fd").expect("a descriptor")
+}
+
+/// Row 3: `n` scalars of `chunk` to the server, then its acknowledgement.
+#[inline(never)]
+pub fn bulk(client: &mut ServerHandle, buf: &mut MessageBuf, chunk: &[u8], n: u64) {
+    let ch = client.channel();
+    let mut digits = [0u8; 20];
+    ch.write_array([&b"sink"[..], fmt_u64(n, &mut digits)])
+        .expect("sink request");
+    for _ in 0..n {
+        ch.write_scalar(chunk).expect("write_scalar");
+    }
+    ch.read_reply(buf).expect("sink reply");
+}
+
+/// Row 4 / 6: start, first call answered, stop returning.
+#[inline(never)]
+pub fn start_call_stop(server: &mut BenchServer) {
+    let mut client = start(server, None);
+    let (greeting, _) = hello_call(&mut client);
+    debug_assert_eq!(greeting, "Hello Joe Dalton, how are you?");
+    let stopped = client.stop().expect("stop");
+    assert!(stopped.status.success(), "server exit: {stopped}");
+}
+
+/// The server's allocation count so far.
+pub fn server_allocs(client: &mut ServerHandle) -> u64 {
+    let reply = client.call(["allocs"]).expect("allocs");
+    reply[0].parse().expect("allocs number")
+}
