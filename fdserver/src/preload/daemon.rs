@@ -86,6 +86,7 @@ struct Slot {
 
 struct State<A> {
     app: A,
+    huge_pages: bool,
     started: Instant,
     slots: Mutex<HashMap<String, Slot>>,
     stopping: AtomicBool,
@@ -127,6 +128,7 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
 
     let state = Arc::new(State {
         app: p.app.clone(),
+        huge_pages: p.options.huge_pages,
         started: Instant::now(),
         slots: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
@@ -369,7 +371,7 @@ fn template_thread<A: Application>(
         }
         if current.is_none() {
             let watched = stamps(state.app.watched_files(&key));
-            let mut template = Template::new(state.app.clone(), key.clone());
+            let mut template = Template::new(state.app.clone(), key.clone(), state.huge_pages);
             // The template's workers may run for a long time: `stop` must not hurry them.
             let started = Builder::new()
                 .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))

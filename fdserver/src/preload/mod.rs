@@ -134,6 +134,10 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// How long `stop` waits after SIGTERM before SIGKILL (default 2 s).
     pub stop_grace: Duration,
+    /// After preloading, ask for transparent huge pages on the template's anonymous memory and
+    /// collapse it (default `true`). Forking a worker from a large preloaded heap then copies
+    /// 512 times fewer page-table entries; the cost is memory rounded up to 2 MiB pages.
+    pub huge_pages: bool,
 }
 
 impl Default for Options {
@@ -143,6 +147,7 @@ impl Default for Options {
             boot_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
+            huge_pages: true,
         }
     }
 }

@@ -32,14 +32,16 @@ pub(crate) struct Template<A> {
     app: A,
     key: String,
     workers: Vec<Worker>,
+    huge_pages: bool,
 }
 
 impl<A: Application> Template<A> {
-    pub(crate) fn new(app: A, key: String) -> Self {
+    pub(crate) fn new(app: A, key: String, huge_pages: bool) -> Self {
         Template {
             app,
             key,
             workers: Vec::new(),
+            huge_pages,
         }
     }
 
@@ -130,7 +132,15 @@ impl<A: Application> Server for Template<A> {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         match r {
-            Ok(r) => r,
+            Ok(Ok(())) => {
+                if self.huge_pages {
+                    // Forking a worker copies the page tables of the preloaded heap: with 2 MiB
+                    // pages that is 512 times fewer entries (BENCHMARKS.md, row 5w).
+                    let _ = sys::advise_huge_pages();
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
             Err(p) => {
                 Err(format!("preload panicked: {}", crate::server::panic_message(&*p)).into())
             }
@@ -229,17 +239,23 @@ fn worker_main<A: Application>(
         eprintln!("cannot enter the working directory {cwd:?}: {e}");
         sys::exit_now(126);
     }
-    // The worker is single-threaded, so changing the environment is sound here.
-    for (k, _) in std::env::vars_os() {
-        std::env::remove_var(k);
-    }
-    for kv in split_nul(env) {
-        if let Some(eq) = kv.iter().position(|&b| b == b'=').filter(|&i| i > 0) {
-            let k = OsString::from_vec(kv[..eq].to_vec());
-            let v = OsString::from_vec(kv[eq + 1..].to_vec());
-            std::env::set_var(k, v);
-        }
-    }
+    // The client's environment replaces ours in one step: `environ` points at a fresh array
+    // (never freed: the process ends with the command). The worker is single-threaded, so
+    // nothing reads the environment concurrently.
+    let entries: Vec<std::ffi::CString> = split_nul(env)
+        .filter(|kv| kv.iter().position(|&b| b == b'=').is_some_and(|i| i > 0))
+        .filter_map(|kv| std::ffi::CString::new(kv).ok())
+        .collect();
+    let mut ptrs: Vec<*mut libc::c_char> = entries
+        .iter()
+        .map(|c| c.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect();
+    // SAFETY: single-threaded; `ptrs` is a NULL-terminated array of NUL-terminated strings that
+    // are leaked below, so they outlive every reader of `environ`.
+    unsafe { libc::environ = ptrs.as_mut_ptr() };
+    std::mem::forget(entries);
+    std::mem::forget(ptrs);
     let args: Vec<OsString> = split_nul(argv)
         .map(|a| OsString::from_vec(a.to_vec()))
         .collect();
