@@ -820,6 +820,13 @@ pub(crate) fn reap_any() -> Option<(libc::pid_t, libc::c_int)> {
     }
 }
 
+/// `PR_SET_PDEATHSIG`: the signal this process gets when the thread that forked it exits (0 to
+/// clear). Linux-only; elsewhere a no-op would do.
+pub(crate) fn set_parent_death_signal(sig: libc::c_int) {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+}
+
 /// A pipe, both ends close-on-exec: `(read, write)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as RawFd; 2];

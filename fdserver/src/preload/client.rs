@@ -180,10 +180,10 @@ fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
             while let Some(sig) = sys::read_signalfd(sigfd.as_fd())? {
                 match pid {
                     Some(p) => forward(p, sig),
-                    None if sig == libc::SIGTSTP => {
-                        let _ = sys::kill(sys::getpid() as i32, libc::SIGSTOP);
-                    }
-                    None if sig == libc::SIGCONT || sig == libc::SIGWINCH => {}
+                    // Stopping (TSTP) waits for the pid, so that the worker stops too; one
+                    // pending WINCH is enough.
+                    None if sig == libc::SIGCONT => {}
+                    None if sig == libc::SIGWINCH && queued.contains(&sig) => {}
                     None => queued.push(sig),
                 }
             }
@@ -192,11 +192,15 @@ fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
             match conn.read_into(&mut buf) {
                 Ok(true) => {}
                 Ok(false) => {
+                    end_orphan(pid);
                     return Err(other(
                         "the preloader server closed the connection before the command finished",
-                    ))
+                    ));
                 }
-                Err(e) => return Err(other(format!("reading from the preloader server: {e}"))),
+                Err(e) => {
+                    end_orphan(pid);
+                    return Err(other(format!("reading from the preloader server: {e}")));
+                }
             }
             let msg = buf.message();
             let num = |i| -> io::Result<i32> {
@@ -228,6 +232,19 @@ fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
             }
         }
     }
+}
+
+/// The connection ended before the worker's status: nobody will report it or stop it, so end
+/// its process group (SIGTERM, then SIGKILL after a grace period).
+fn end_orphan(pid: Option<i32>) {
+    let Some(pid) = pid else { return };
+    let fd = sys::pidfd_open(pid).ok();
+    let _ = sys::kill_group(pid, libc::SIGTERM);
+    if let Some(fd) = fd {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let _ = sys::wait_fd(fd.as_fd(), libc::POLLIN, Some(deadline));
+    }
+    let _ = sys::kill_group(pid, libc::SIGKILL); // what is left of the group
 }
 
 /// Connects to a server speaking our protocol version, starting one if needed. A server of

@@ -219,7 +219,7 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
     {
         return;
     }
-    let req = match ch.read_strings() {
+    let req = match ch.read_array() {
         Ok(Some(r)) => r,
         Ok(None) => return, // the client left: nothing to do
         Err(e) => {
@@ -227,8 +227,8 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
             return;
         }
     };
-    match req.first().map(String::as_str) {
-        Some("run") if req.len() == 3 => {
+    match req.first().map(Vec::as_slice) {
+        Some(b"run") if req.len() == 3 => {
             let parts = (|| -> Result<_, Error> {
                 let argv = ch.read_scalar()?.ok_or(Error::Disconnected)?;
                 let env = ch.read_scalar()?.ok_or(Error::Disconnected)?;
@@ -238,17 +238,17 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
             })();
             let job = parts.map(|(argv, env, stdio)| Job {
                 conn: ch.into_fd(),
-                cwd: req[2].clone().into_bytes(),
+                cwd: req[2].clone(),
                 argv,
                 env,
                 stdio,
             });
             match job {
-                Ok(job) => submit(&state, &req[1], job),
+                Ok(job) => submit(&state, &String::from_utf8_lossy(&req[1]), job),
                 Err(e) => log(&format!("incomplete run request: {e}")),
             }
         }
-        Some("status") => {
+        Some(b"status") => {
             let mut out = vec![
                 "ok".to_owned(),
                 state.started.elapsed().as_millis().to_string(),
@@ -265,7 +265,7 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
             }
             let _ = ch.write_array(out);
         }
-        Some("stop") => {
+        Some(b"stop") => {
             state.stopping.store(true, Ordering::SeqCst);
             let _ = ch.write_array(["ok"]);
             let _ = (&state.wake).write_all(b"x");
@@ -273,7 +273,12 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
         _ => {
             let _ = ch.write_error(&RemoteError::new(
                 RemoteErrorKind::Protocol,
-                format!("unknown request {req:?}"),
+                format!(
+                    "unknown request {:?}",
+                    req.iter()
+                        .map(|e| String::from_utf8_lossy(e))
+                        .collect::<Vec<_>>()
+                ),
             ));
         }
     }

@@ -128,7 +128,12 @@ impl<A: Application> Server for Template<A> {
     const SIGNALS: &'static [Signal] = &[Signal::SIGCHLD, Signal::SIGIO];
 
     fn initialize_server(&mut self) -> Result<(), crate::BoxError> {
+        // While preloading nothing watches the server: die with it (a server stopped or
+        // killed mid-preload must not leave this process behind). Only while preloading: a
+        // preloaded template outlives its server until its workers finish.
+        sys::set_parent_death_signal(libc::SIGKILL);
         let r = catch_unwind(AssertUnwindSafe(|| self.app.preload(&self.key)));
+        sys::set_parent_death_signal(0);
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         match r {

@@ -1,0 +1,705 @@
+//! Shared support for the preloader's integration tests (`tests/preload_*.rs`): a private
+//! directory and server per test, clients run with deadlines, status parsing, process probes.
+//!
+//! Not every test binary uses every helper.
+#![allow(dead_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fdserver_tests::{poll_readable, wait_pid_gone, SECS};
+
+/// The test application.
+pub const APP: &str = env!("CARGO_BIN_EXE_preload-app");
+
+/// How long any single client run may take before the test calls it a hang.
+pub const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+/// Environment variables of the test process that must not leak into a test's clients.
+const SCRUBBED: &[&str] = &[
+    "FDSERVER_PRELOAD",
+    "FDSERVER_PRELOAD_DIR",
+    "XDG_RUNTIME_DIR",
+    "APP_COUNTER",
+    "APP_PRELOAD_OUTPUT",
+    "APP_FAIL_IF",
+    "APP_CRASH_IF",
+    "APP_WATCH",
+    "APP_ENV",
+    "APP_GATE",
+    "APP_GATE_KEY",
+];
+
+/// One test's private preloader world: a fresh `0700` directory (hence its own server) and the
+/// environment its clients run with. Dropping it stops the server (`--preloader stop`) and
+/// removes the directory, even when the test panics.
+pub struct Pl {
+    pub dir: PathBuf,
+    env: Vec<(OsString, OsString)>,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Pl {
+    /// A new private directory `/tmp/pl-<tag>-<pid>-<n>` (short: socket paths are limited to
+    /// 108 bytes), with `APP_COUNTER` pointing into it.
+    pub fn new(tag: &str) -> Pl {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/tmp/pl-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .expect("create the test's private directory");
+        let counter = dir.join("counter");
+        Pl {
+            env: vec![("APP_COUNTER".into(), counter.into())],
+            dir,
+        }
+    }
+
+    /// Adds (or replaces) a variable every client of this test gets.
+    pub fn set(&mut self, key: &str, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// A path inside the private directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `program` with this test's environment, stdin from /dev/null, in its own process group.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = self.command_env(program);
+        c.stdin(Stdio::null()).process_group(0);
+        c
+    }
+
+    /// `program` with this test's environment only.
+    pub fn command_env(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(program);
+        for k in SCRUBBED {
+            c.env_remove(k);
+        }
+        c.env("FDSERVER_PRELOAD_DIR", &self.dir);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// The test application with `args`.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = self.command(APP);
+        c.args(args);
+        c
+    }
+
+    /// Runs the application with `args` to completion (within [`RUN_LIMIT`]).
+    pub fn run(&self, args: &[&str]) -> Out {
+        output(self.cmd(args), RUN_LIMIT)
+    }
+
+    /// Runs it and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {out:?}");
+        out.stdout
+    }
+
+    /// Runs `sh -c script` with the application's path as `$0` (`"$0" echo hi | cat`).
+    pub fn sh(&self, script: &str) -> Out {
+        let mut c = self.command("sh");
+        c.arg("-c").arg(script).arg(APP);
+        output(c, RUN_LIMIT)
+    }
+
+    /// `--preloader status`, parsed; `None` when no server runs.
+    pub fn status(&self) -> Option<Status> {
+        let out = self.run(&["--preloader", "status"]);
+        if out.status.code() == Some(1) && out.stdout.contains("no preloader server") {
+            return None;
+        }
+        assert!(out.status.success(), "status failed: {out:?}");
+        Some(Status::parse(&out.stdout))
+    }
+
+    /// The running server's status; panics if none runs.
+    pub fn server(&self) -> Status {
+        self.status().expect("a preloader server should be running")
+    }
+
+    /// `--preloader stop`, asserting it succeeded; returns its stdout.
+    pub fn stop(&self) -> String {
+        self.ok(&["--preloader", "stop"])
+    }
+
+    /// The lines of the preload counter (one per preload, the template key).
+    pub fn preloads(&self) -> Vec<String> {
+        match std::fs::read_to_string(self.path("counter")) {
+            Ok(s) => s.lines().map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The server's files, named as the library names them.
+    pub fn files(&self) -> Files {
+        let exe = std::fs::canonicalize(APP).expect("canonicalize the app's path");
+        let id = format!(
+            "preload-app-{:016x}",
+            fnv1a(exe.as_os_str().as_encoded_bytes())
+        );
+        Files {
+            sock: self.dir.join(format!("{id}.sock")),
+            pid: self.dir.join(format!("{id}.pid")),
+            lock: self.dir.join(format!("{id}.lock")),
+            log: self.dir.join(format!("{id}.log")),
+        }
+    }
+
+    /// The server's log (empty if none was written).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.files().log).unwrap_or_default()
+    }
+}
+
+impl Drop for Pl {
+    fn drop(&mut self) {
+        // Best effort, never panicking (we may be unwinding already).
+        if std::thread::panicking() {
+            if let Ok(o) = Command::new("ps")
+                .args(["-eo", "pid,ppid,pgid,sid,stat,args"])
+                .output()
+            {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let mine: Vec<&str> = text.lines().filter(|l| l.contains("preload-app")).collect();
+                eprintln!("--- preload-app processes ---\n{}", mine.join("\n"));
+            }
+        }
+        let mut c = self.cmd(["--preloader", "stop"]);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        if let Ok(mut child) = c.spawn() {
+            if !wait_pid_gone(child.id(), RUN_LIMIT) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log of {} ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The server's files.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub sock: PathBuf,
+    pub pid: PathBuf,
+    pub lock: PathBuf,
+    pub log: PathBuf,
+}
+
+/// `--preloader status`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub server: u32,
+    pub version: String,
+    /// `(key, pid)`; `pid` is `None` for a template that is not running.
+    pub templates: Vec<(String, Option<u32>)>,
+}
+
+impl Status {
+    fn parse(text: &str) -> Status {
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("");
+        // server pid N up Ms (version)
+        let words: Vec<&str> = first.split_whitespace().collect();
+        assert!(
+            words.len() >= 5 && words[0] == "server" && words[1] == "pid",
+            "bad status output: {text:?}"
+        );
+        let server = words[2].parse().expect("server pid");
+        let version = first
+            .rsplit_once('(')
+            .and_then(|(_, v)| v.strip_suffix(')'))
+            .expect("(version)")
+            .to_owned();
+        let mut templates = Vec::new();
+        for l in lines {
+            let l = l.trim();
+            let Some(rest) = l.strip_prefix("template ") else {
+                continue;
+            };
+            // "dev": pid N up Ms   |   "dev": not running
+            let (key, tail) = rest.split_once(": ").expect("template line");
+            let key = key.trim_matches('"').to_owned();
+            let pid = tail
+                .strip_prefix("pid ")
+                .and_then(|t| t.split_whitespace().next())
+                .map(|p| p.parse().expect("template pid"));
+            templates.push((key, pid));
+        }
+        Status {
+            server,
+            version,
+            templates,
+        }
+    }
+
+    /// The pid of the template for `key`.
+    pub fn template(&self, key: &str) -> Option<u32> {
+        self.templates
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, p)| *p)
+    }
+}
+
+/// How a client run ended, and what it printed.
+#[derive(Debug)]
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (stdout and stderr piped unless already set) and waits for it and for the end of
+/// its output, both within `limit`. A run that outlives the limit has its process group killed
+/// and fails the test with what it printed so far: a hang is a test failure, not a stalled run.
+pub fn output(mut cmd: Command, limit: Duration) -> Out {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    let (tx, rx) = mpsc::channel();
+    for (i, mut r) in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            let _ = tx.send((i, buf));
+        });
+    }
+    drop(tx);
+    let exited = wait_pid_gone(child.id(), limit);
+    if !exited {
+        // SAFETY: kill(2) on the process group we created for the child.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    }
+    let status = child.wait().expect("wait");
+    let mut outs = [Vec::new(), Vec::new()];
+    let mut closed = 0;
+    while closed < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_millis(if exited { 1 } else { 0 }))) {
+            Ok((i, b)) => {
+                outs[i] = b;
+                closed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let [o, e] = outs;
+    let out = Out {
+        status,
+        stdout: String::from_utf8_lossy(&o).into_owned(),
+        stderr: String::from_utf8_lossy(&e).into_owned(),
+    };
+    assert!(
+        exited,
+        "{cmd:?} still running after {limit:?} (killed): {out:?}"
+    );
+    assert!(
+        closed == 2,
+        "{cmd:?} exited ({}) but its stdout/stderr stayed open after {limit:?}: some process \
+         kept the client's descriptors. So far: {out:?}",
+        out.status
+    );
+    out
+}
+
+/// A long-running client (e.g. `wait`) whose stdout the test reads line by line.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdout piped (stderr inherited: it shows in the test's output).
+    pub fn spawn(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines: rx }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line of output (within [`RUN_LIMIT`]); `None` at end of stream.
+    pub fn line(&self) -> Option<String> {
+        match self.lines.recv_timeout(RUN_LIMIT) {
+            Ok(l) => Some(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("client {} printed nothing for {RUN_LIMIT:?}", self.pid())
+            }
+        }
+    }
+
+    /// Reads lines until one starts with `prefix `; returns the number after it.
+    pub fn expect_pid(&self, prefix: &str) -> u32 {
+        loop {
+            let l = self
+                .line()
+                .unwrap_or_else(|| panic!("end of output before {prefix:?}"));
+            if let Some(rest) = l.strip_prefix(prefix).and_then(|r| r.strip_prefix(' ')) {
+                return rest.trim().parse().expect("pid");
+            }
+        }
+    }
+
+    /// The numbers of the lines `a <n>` and `b <n>`, in whichever order they come.
+    pub fn expect_two(&self, a: &str, b: &str) -> (u32, u32) {
+        let (mut x, mut y) = (None, None);
+        while x.is_none() || y.is_none() {
+            let l = self.line().expect("end of output");
+            let (word, n) = l.split_once(' ').expect("`word pid` line");
+            let n: u32 = n.trim().parse().expect("pid");
+            if word == a {
+                x = Some(n);
+            } else if word == b {
+                y = Some(n);
+            }
+        }
+        (x.unwrap(), y.unwrap())
+    }
+
+    /// Sends `sig` to the client process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    /// Waits (within [`RUN_LIMIT`]) for the client to exit and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        assert!(
+            wait_pid_gone(self.pid(), RUN_LIMIT),
+            "client {} did not exit within {RUN_LIMIT:?}",
+            self.pid()
+        );
+        self.child.wait().expect("wait")
+    }
+
+    /// Whether the client is still running (not exited).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Asserts that the process `pid` (not necessarily our child) exits within [`RUN_LIMIT`].
+pub fn assert_gone(pid: u32, what: &str) {
+    assert!(
+        wait_pid_gone(pid, RUN_LIMIT),
+        "{what} (pid {pid}) still running after {RUN_LIMIT:?}"
+    );
+}
+
+/// Whether `pid` is running (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fdserver_tests::process_exists(pid) && !fdserver_tests::is_zombie(pid)
+}
+
+/// The parent pid of `pid`, from `/proc`.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The children of `pid` (running or zombie), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ppid(p) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Zombies anywhere under `pid` (its children, their children, ...).
+pub fn zombies_under(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            if fdserver_tests::is_zombie(c) {
+                found.push(c);
+            } else {
+                todo.push(c);
+            }
+        }
+    }
+    found
+}
+
+/// The state letter of `pid` (`R`, `S`, `T`, `Z`, ...).
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Reads `fd` to end of stream within `limit`; `None` if it is still open then (some process
+/// holds its write end).
+pub fn read_to_eof(fd: OwnedFd, limit: Duration) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + limit;
+    let mut f = std::fs::File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !poll_readable(f.as_fd(), Some(left)) {
+            return None;
+        }
+        match f.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Some(out), // pty hang-up
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A child process that does nothing until killed: a pid the test can let others signal.
+pub fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sleep")
+}
+
+/// The signal that ended `status`, if any.
+pub fn signal_of(status: &ExitStatus) -> Option<i32> {
+    status.signal()
+}
+
+/// A pseudo-terminal: `(master, slave)`, both close-on-exec (so that processes spawned by
+/// concurrently running tests never inherit them).
+pub fn pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
+    // SAFETY: plain libc calls on descriptors this function owns; ptsname_r writes into a
+    // local buffer of the size given.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = OwnedFd::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(s >= 0, "open slave: {}", std::io::Error::last_os_error());
+        let slave = OwnedFd::from_raw_fd(s);
+        set_winsize(master.as_fd(), cols, rows);
+        (master, slave)
+    }
+}
+
+/// Sets a terminal's window size (on the master: the kernel signals the foreground group).
+pub fn set_winsize(fd: std::os::fd::BorrowedFd<'_>, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+/// Reads from a pty master until the accumulated output contains `needle` (within
+/// [`RUN_LIMIT`]); returns everything read, with `\r` removed.
+pub fn read_until(master: std::os::fd::BorrowedFd<'_>, acc: &mut String, needle: &str) {
+    let deadline = Instant::now() + RUN_LIMIT;
+    let mut buf = [0u8; 1024];
+    while !acc.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            poll_readable(master, Some(left)),
+            "no {needle:?} on the terminal within {RUN_LIMIT:?}; got {acc:?}"
+        );
+        // SAFETY: read into a local buffer of its size.
+        let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            panic!("terminal closed before {needle:?} ({e}); got {acc:?}");
+        }
+        if n == 0 {
+            panic!("terminal closed before {needle:?}; got {acc:?}");
+        }
+        acc.push_str(&String::from_utf8_lossy(&buf[..n as usize]).replace('\r', ""));
+    }
+}
+
+/// A client running on a pty as a session leader with it as its controlling terminal, like a
+/// command typed in a shell: Ctrl-C on the master reaches it as SIGINT, a resize as SIGWINCH.
+pub fn spawn_on_pty(pl: &Pl, args: &[&str], slave: &OwnedFd) -> Child {
+    let mut c = pl.command_env(APP);
+    c.args(args)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.spawn().expect("spawn on pty")
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// A gate holding a preload (see the app's `APP_GATE`): configure it on `pl` for `key`, then
+/// [`Gate::wait_started`] and [`Gate::release`].
+pub struct Gate {
+    started: std::fs::File,
+    release: PathBuf,
+}
+
+impl Gate {
+    pub fn new(pl: &mut Pl, key: &str) -> Gate {
+        let dir = pl.path("gate");
+        std::fs::create_dir(&dir).unwrap();
+        mkfifo(&dir.join("started"));
+        mkfifo(&dir.join("release"));
+        // Open the read end without blocking, so that the preload's open for writing succeeds
+        // at once.
+        let started = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(dir.join("started"))
+            .unwrap();
+        pl.set("APP_GATE", &dir).set("APP_GATE_KEY", key);
+        Gate {
+            started,
+            release: dir.join("release"),
+        }
+    }
+
+    /// Waits until the preload reports it is held; returns its line.
+    pub fn wait_started(&mut self) -> String {
+        let mut acc = Vec::new();
+        let mut buf = [0u8; 256];
+        while !acc.ends_with(b"\n") {
+            assert!(
+                poll_readable(self.started.as_fd(), Some(RUN_LIMIT)),
+                "the preload never reached the gate"
+            );
+            match self.started.read(&mut buf) {
+                Ok(n) => acc.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read gate: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&acc).trim().to_owned()
+    }
+
+    /// Lets the held preload finish.
+    pub fn release(&self) {
+        // Opening for writing blocks until the preload has the read end open, which it does
+        // right after reporting.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.release)
+            .unwrap();
+        drop(f);
+    }
+}
+
+/// Shorthand for the watchdog every test takes.
+pub fn wd(name: &str) -> fdserver_tests::Watchdog {
+    fdserver_tests::watchdog(name, SECS(60))
+}

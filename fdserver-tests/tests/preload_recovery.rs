@@ -1,0 +1,492 @@
+//! Preloader recovery: stale files, a killed server, protocol version mismatch, a wedged server,
+//! failed and crashing preloads, clients that vanish mid-handshake or mid-command.
+
+mod preload_common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+
+use fdserver::Channel;
+use fdserver_tests::{pipe, poll_readable};
+use preload_common::*;
+
+/// Stale files from a crashed server (a socket nobody listens on, a pidfile nobody locks, naming
+/// a live unrelated process): `status` reports no server, the next command starts one, and the
+/// innocent process named in the pidfile is left alone.
+#[test]
+fn stale_socket_and_pidfile_are_replaced() {
+    let _wd = wd("stale_socket_and_pidfile_are_replaced");
+    let pl = Pl::new("stale");
+    let files = pl.files();
+    let mut innocent = sleeper();
+    drop(UnixListener::bind(&files.sock).unwrap()); // the file stays, nobody listens
+    std::fs::write(&files.pid, format!("{}\n", innocent.id())).unwrap();
+
+    assert_eq!(pl.status(), None, "stale files are not a server");
+    // `status` cleaned up; recreate them for the run and for `stop`.
+    drop(UnixListener::bind(&files.sock).unwrap());
+    std::fs::write(&files.pid, format!("{}\n", innocent.id())).unwrap();
+    assert!(pl.stop().contains("no preloader server was running"));
+    assert!(
+        !files.sock.exists() && !files.pid.exists(),
+        "stop removed them"
+    );
+
+    drop(UnixListener::bind(&files.sock).unwrap());
+    std::fs::write(&files.pid, format!("{}\n", innocent.id())).unwrap();
+    assert_eq!(pl.ok(&["echo", "fresh"]), "fresh\n");
+    let st = pl.server();
+    assert_eq!(
+        std::fs::read_to_string(&files.pid).unwrap().trim(),
+        st.server.to_string()
+    );
+    assert!(
+        innocent.try_wait().unwrap().is_none(),
+        "the process named by the stale pidfile was not signalled"
+    );
+    innocent.kill().unwrap();
+    innocent.wait().unwrap();
+}
+
+/// A server killed with SIGKILL leaves its socket and pidfile behind; its template exits (no
+/// orphan), and the next command starts a new server.
+#[test]
+fn killed_server_is_replaced_and_its_template_exits() {
+    let _wd = wd("killed_server_is_replaced_and_its_template_exits");
+    let pl = Pl::new("kill9");
+    pl.ok(&["echo", "x"]);
+    let st = pl.server();
+    let tpid = st.template("dev").unwrap();
+    // SAFETY: kill(2) on the test's own server.
+    assert_eq!(unsafe { libc::kill(st.server as i32, libc::SIGKILL) }, 0);
+    assert_gone(st.server, "killed server");
+    assert_gone(tpid, "template of the killed server (orphaned template)");
+    assert!(pl.files().sock.exists(), "the socket file is stale now");
+
+    assert_eq!(pl.ok(&["echo", "back"]), "back\n");
+    let st2 = pl.server();
+    assert_ne!(st2.server, st.server);
+    assert_eq!(pl.preloads(), vec!["dev", "dev"]);
+}
+
+/// A server killed while a command runs: the template finishes that worker (the client still
+/// gets its signals relayed and its exit status), then exits; the next command starts afresh.
+#[test]
+fn server_killed_mid_command_lets_the_command_finish() {
+    let _wd = wd("server_killed_mid_command_lets_the_command_finish");
+    let pl = Pl::new("skill");
+    let mut c = Running::spawn(pl.cmd(["wait"]));
+    let wpid = c.expect_pid("ready");
+    let st = pl.server();
+    let tpid = st.template("dev").unwrap();
+    // SAFETY: kill(2) on the test's own server.
+    assert_eq!(unsafe { libc::kill(st.server as i32, libc::SIGKILL) }, 0);
+    assert_gone(st.server, "killed server");
+    assert!(
+        c.running() && alive(wpid),
+        "the running command is not cut short"
+    );
+    c.signal(libc::SIGINT);
+    assert_eq!(
+        c.wait().signal(),
+        Some(libc::SIGINT),
+        "status still reported"
+    );
+    assert_gone(wpid, "worker");
+    assert_gone(tpid, "template of the dead server, after its last worker");
+    assert_eq!(pl.ok(&["echo", "again"]), "again\n");
+}
+
+/// A fake server speaking another protocol version, on the real socket path, in a thread:
+/// accepts `greetings` connections, sends each the greeting with `pid`, and returns what each
+/// client sent before closing (`None`: closed without a message).
+fn fake_server(
+    sock: &std::path::Path,
+    version: &'static str,
+    pid: u32,
+    greetings: usize,
+) -> std::thread::JoinHandle<Vec<Option<Vec<String>>>> {
+    let listener = UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..greetings {
+            if !poll_readable(listener.as_fd(), Some(RUN_LIMIT)) {
+                break;
+            }
+            let (s, _) = listener.accept().unwrap();
+            let mut ch = Channel::new(s);
+            ch.set_timeout(Some(RUN_LIMIT));
+            ch.write_array(["fdserver-preload", version, &pid.to_string()])
+                .unwrap();
+            got.push(ch.read_strings().unwrap());
+        }
+        got
+    })
+}
+
+/// A server of another version is told to stop and SIGTERMed; the client starts a real server
+/// and runs the command.
+#[test]
+fn version_mismatch_restarts_the_server() {
+    let _wd = wd("version_mismatch_restarts_the_server");
+    let pl = Pl::new("vers");
+    let mut old = sleeper();
+    let fake = fake_server(&pl.files().sock, "fdserver-preload/0", old.id(), 1);
+
+    assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");
+    assert_eq!(
+        fake.join().unwrap(),
+        vec![Some(vec!["stop".to_owned()])],
+        "the old server was asked to stop"
+    );
+    let status = old.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "and then SIGTERMed");
+    let st = pl.server();
+    assert_eq!(st.version, "fdserver-preload/1");
+    assert_eq!(pl.preloads(), vec!["dev"]);
+}
+
+/// If the server still speaks another version after the restart, the client gives up with a
+/// clear error instead of looping (it restarts once). Here the fake holds the pidfile's lock, so
+/// the client cannot replace it.
+#[test]
+fn version_mismatch_restarts_only_once() {
+    let _wd = wd("version_mismatch_restarts_only_once");
+    let pl = Pl::new("vers1");
+    let files = pl.files();
+    let mut old = sleeper();
+    let pidfile = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&files.pid)
+        .unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(
+        unsafe { libc::flock(pidfile.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    writeln!(&pidfile, "{}", old.id()).unwrap();
+    let fake = fake_server(&files.sock, "fdserver-preload/0", old.id(), 2);
+
+    let out = pl.run(&["echo", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("even after a restart"),
+        "clear error: {:?}",
+        out.stderr
+    );
+    assert_eq!(
+        fake.join().unwrap(),
+        vec![Some(vec!["stop".to_owned()]), None],
+        "one stop request, then the client gave up"
+    );
+    assert_eq!(old.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert!(pl.preloads().is_empty(), "no real server was started");
+    drop(pidfile);
+    std::fs::remove_file(&files.sock).unwrap();
+    std::fs::remove_file(&files.pid).unwrap();
+}
+
+/// A server that accepts but never greets (wedged) gives the client a clear error after the
+/// handshake timeout (10 s by default), not a hang.
+#[test]
+fn wedged_server_times_out_with_a_clear_error() {
+    let _wd = wd("wedged_server_times_out_with_a_clear_error");
+    let pl = Pl::new("wedge");
+    let listener = UnixListener::bind(pl.files().sock).unwrap();
+    let out = pl.run(&["echo", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("did not answer") && out.stderr.contains("wedged"),
+        "clear error: {:?}",
+        out.stderr
+    );
+    drop(listener);
+    std::fs::remove_file(pl.files().sock).unwrap();
+}
+
+/// A failing preload gives the client the preload's error (non-zero exit, on stderr) and is
+/// retried by the next command, which succeeds once the cause is gone. The server survives.
+#[test]
+fn failed_preload_reports_and_recovers() {
+    let _wd = wd("failed_preload_reports_and_recovers");
+    let mut pl = Pl::new("fail");
+    let flag = pl.path("fail-flag");
+    std::fs::write(&flag, "").unwrap();
+    pl.set("APP_FAIL_IF", &flag);
+
+    let mut server = None;
+    for _ in 0..2 {
+        let out = pl.run(&["echo", "hi"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            out.stderr.contains("preload refused"),
+            "the preload's own message: {:?}",
+            out.stderr
+        );
+        let st = pl.server();
+        assert_eq!(
+            st.template("dev"),
+            None,
+            "no template after a failed preload"
+        );
+        assert!(server.is_none_or(|s| s == st.server), "same server");
+        server = Some(st.server);
+    }
+    // Pipes end on the error path too.
+    let out = pl.sh(r#""$0" echo hi | cat; echo "rc $?""#);
+    assert_eq!(out.stdout, "rc 0\n", "{out:?}");
+
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(pl.ok(&["echo", "recovered"]), "recovered\n");
+    assert_eq!(pl.preloads(), vec!["dev"]);
+    assert_eq!(pl.server().server, server.unwrap());
+}
+
+/// A template that crashes (abort) during its preload, while the request carries more than
+/// 64 KiB of arguments and 64 KiB of environment: the client gets a clear error and a non-zero
+/// exit, not a hang; a later command (cause removed) works.
+#[test]
+fn template_crash_at_preload_with_large_request_does_not_hang() {
+    let _wd = wd("template_crash_at_preload_with_large_request_does_not_hang");
+    let mut pl = Pl::new("crash");
+    let flag = pl.path("crash-flag");
+    std::fs::write(&flag, "").unwrap();
+    pl.set("APP_CRASH_IF", &flag);
+    pl.set("BIG_ENV", "e".repeat(100_000));
+    let big_args: Vec<String> = (0..10)
+        .map(|i| format!("{i}{}", "a".repeat(10_000)))
+        .collect();
+
+    let mut cmd = pl.cmd(["args"]);
+    cmd.args(&big_args);
+    let out = output(cmd, RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("preload"),
+        "the error names the preload: {:?}",
+        out.stderr
+    );
+    let server = pl.server().server;
+
+    std::fs::remove_file(&flag).unwrap();
+    let mut cmd = pl.cmd(["args"]);
+    cmd.args(&big_args);
+    let out = output(cmd, RUN_LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let want: String = big_args.iter().map(|a| format!("[{a}]\n")).collect();
+    assert!(out.stdout == want, "the large argv arrived intact");
+    assert_eq!(pl.server().server, server, "the server survived the crash");
+    assert_eq!(zombies_under(server), Vec::<u32>::new());
+}
+
+/// A hand-made client: connects and reads the greeting.
+fn raw_connect(pl: &Pl) -> Channel {
+    let mut ch = Channel::new(UnixStream::connect(pl.files().sock).unwrap());
+    ch.set_timeout(Some(RUN_LIMIT));
+    let hello = ch.read_strings().unwrap().unwrap();
+    assert_eq!(hello[0], "fdserver-preload");
+    ch
+}
+
+/// Sends a whole `run` request for `args` with stdin /dev/null and stdout/stderr `out`.
+fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
+    let cwd = std::env::current_dir().unwrap();
+    ch.write_array([b"run".as_slice(), b"dev", cwd.as_os_str().as_bytes()])
+        .unwrap();
+    let mut argv = Vec::new();
+    for a in args {
+        argv.extend_from_slice(a.as_bytes());
+        argv.push(0);
+    }
+    ch.write_scalar(&argv).unwrap();
+    ch.write_scalar(b"PATH=/usr/bin:/bin\0").unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    ch.send_fd(null.as_fd()).unwrap();
+    ch.send_fd(out.as_fd()).unwrap();
+    ch.send_fd(out.as_fd()).unwrap();
+}
+
+/// Clients that disconnect at every step of the handshake, or hold a half-sent request open,
+/// leave the server serving; a worker whose client vanished is killed (the output pipe it was
+/// given reaches end of stream), so nothing is orphaned.
+#[test]
+fn clients_vanishing_mid_handshake_leave_the_server_serving() {
+    let _wd = wd("clients_vanishing_mid_handshake_leave_the_server_serving");
+    let pl = Pl::new("vanish");
+    pl.ok(&["echo", "warm"]);
+    let server = pl.server().server;
+    let tpid = pl.server().template("dev").unwrap();
+
+    // Connect and leave before the greeting is read.
+    drop(UnixStream::connect(pl.files().sock).unwrap());
+    // Leave after the greeting.
+    drop(raw_connect(&pl));
+    // Leave after the first message of a request.
+    let mut ch = raw_connect(&pl);
+    ch.write_array(["run", "dev", "/"]).unwrap();
+    drop(ch);
+    // Leave after the arguments, before the descriptors.
+    let mut ch = raw_connect(&pl);
+    ch.write_array(["run", "dev", "/"]).unwrap();
+    ch.write_scalar(b"echo\0x\0").unwrap();
+    drop(ch);
+    // Garbage instead of a request.
+    let mut ch = raw_connect(&pl);
+    ch.write_array(["bogus"]).unwrap();
+    let reply = ch.read_strings().unwrap();
+    assert_eq!(reply.as_ref().map(|r| r[0].as_str()), Some("error"));
+    drop(ch);
+
+    // A half-sent request held open does not hold up other clients.
+    let mut held = raw_connect(&pl);
+    held.write_array(["run", "dev", "/"]).unwrap();
+    assert_eq!(pl.ok(&["echo", "still serving"]), "still serving\n");
+
+    // Whole request, pid read, then leave while the worker runs.
+    let (r, w) = pipe();
+    let mut ch = raw_connect(&pl);
+    raw_run(&mut ch, &["wait"], &w);
+    drop(w);
+    let msg = ch.read_strings().unwrap().unwrap();
+    assert_eq!(msg[0], "pid", "{msg:?}");
+    let wpid: u32 = msg[1].parse().unwrap();
+    // Wait for the worker to be running its command ("ready" on its stdout) before leaving.
+    assert!(poll_readable(r.as_fd(), Some(RUN_LIMIT)));
+    drop(ch);
+    assert_gone(wpid, "worker of a client that left mid-command");
+    assert!(
+        read_to_eof(r, RUN_LIMIT).is_some(),
+        "nobody holds its stdout"
+    );
+
+    drop(held);
+    assert_eq!(pl.ok(&["echo", "after"]), "after\n");
+    let st = pl.server();
+    assert_eq!(st.server, server, "same server throughout");
+    assert_eq!(st.template("dev"), Some(tpid), "same template throughout");
+    assert_eq!(zombies_under(server), Vec::<u32>::new());
+}
+
+/// A client that sends a whole request and leaves before reading its worker's pid: the worker
+/// must be killed (the output pipe it was given reaches end of stream).
+#[test]
+fn client_leaving_before_the_pid_leaves_no_worker() {
+    let _wd = wd("client_leaving_before_the_pid_leaves_no_worker");
+    let pl = Pl::new("vanpid");
+    pl.ok(&["echo", "warm"]);
+    let (r, w) = pipe();
+    let mut ch = raw_connect(&pl);
+    raw_run(&mut ch, &["wait"], &w);
+    drop(ch);
+    drop(w);
+    let printed = read_to_eof(r, RUN_LIMIT)
+        .expect("the worker of a vanished client still holds its stdout: orphaned worker");
+    if let Some(pid) = String::from_utf8_lossy(&printed)
+        .trim()
+        .strip_prefix("ready ")
+    {
+        assert_gone(pid.parse().unwrap(), "worker of a vanished client");
+    }
+
+    assert_eq!(pl.ok(&["echo", "after"]), "after\n");
+}
+
+/// A real client SIGKILLed mid-command: its worker is killed (no orphan), the server serves on.
+#[test]
+fn client_killed_mid_command_takes_its_worker() {
+    let _wd = wd("client_killed_mid_command_takes_its_worker");
+    let pl = Pl::new("ckill");
+    let mut c = Running::spawn(pl.cmd(["wait", "child"]));
+    let (cpid, wpid) = c.expect_two("child", "ready");
+    c.signal(libc::SIGKILL);
+    assert_eq!(c.wait().signal(), Some(libc::SIGKILL));
+    assert_gone(wpid, "worker of a killed client");
+    assert_gone(cpid, "child of the worker of a killed client");
+    assert_eq!(pl.ok(&["echo", "next"]), "next\n");
+    assert_eq!(zombies_under(pl.server().server), Vec::<u32>::new());
+}
+
+/// A real client SIGKILLed while its request waits for a preloading template (before it knows
+/// its worker): once the preload ends, no worker keeps its stdout; the next command works.
+#[test]
+fn client_killed_while_waiting_for_preload_leaves_no_worker() {
+    let _wd = wd("client_killed_while_waiting_for_preload_leaves_no_worker");
+    let mut pl = Pl::new("ckpre");
+    let mut gate = Gate::new(&mut pl, "dev");
+    let (r, w) = pipe();
+    let mut cmd = pl.cmd(["wait"]);
+    cmd.stdout(std::process::Stdio::from(w));
+    let mut client = cmd.spawn().unwrap();
+    drop(cmd); // drops our copy of the write end
+    gate.wait_started();
+    client.kill().unwrap();
+    assert_eq!(client.wait().unwrap().signal(), Some(libc::SIGKILL));
+    gate.release();
+    let printed = read_to_eof(r, RUN_LIMIT)
+        .expect("a worker still holds the killed client's stdout: orphaned worker");
+    if let Some(pid) = String::from_utf8_lossy(&printed)
+        .trim()
+        .strip_prefix("ready ")
+    {
+        assert_gone(pid.parse().unwrap(), "worker of the killed client");
+    }
+    assert_eq!(pl.ok(&["echo", "next"]), "next\n");
+}
+
+/// A server that cannot start (here: its socket path is longer than a UNIX socket address
+/// allows) gives the client a clear error pointing at the log, not a hang.
+#[test]
+fn server_that_cannot_start_gives_a_clear_error() {
+    let _wd = wd("server_that_cannot_start_gives_a_clear_error");
+    let mut pl = Pl::new("long");
+    let deep = pl.path(&"d".repeat(100));
+    std::fs::create_dir(&deep).unwrap();
+    std::fs::set_permissions(&deep, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    pl.set("FDSERVER_PRELOAD_DIR", &deep);
+    let out = pl.run(&["echo", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        out.stderr.contains("failed to start") && out.stderr.contains(".log"),
+        "clear error naming the log: {:?}",
+        out.stderr
+    );
+}
+
+/// The template dies (SIGKILL) while a command runs: the client cannot learn the worker's
+/// status any more and fails with a clear error; it must not leave the worker (and its
+/// children) running detached, holding the client's terminal or pipes.
+#[test]
+fn template_killed_mid_command_leaves_no_worker() {
+    let _wd = wd("template_killed_mid_command_leaves_no_worker");
+    let pl = Pl::new("tkill");
+    let mut c = Running::spawn(pl.cmd(["wait", "child"]));
+    let (cpid, wpid) = c.expect_two("child", "ready");
+    let tpid = pl.server().template("dev").unwrap();
+    // SAFETY: kill(2) on the test's own template.
+    assert_eq!(unsafe { libc::kill(tpid as i32, libc::SIGKILL) }, 0);
+    let status = c.wait();
+    assert_eq!(status.code(), Some(1), "an error exit: {status:?}");
+    let worker_gone = fdserver_tests::wait_pid_gone(wpid, RUN_LIMIT);
+    let child_gone = fdserver_tests::wait_pid_gone(cpid, RUN_LIMIT);
+    if !worker_gone || !child_gone {
+        // Clean up what the preloader left behind (it holds our stderr), then fail.
+        // SAFETY: kill(2) on processes this test started.
+        unsafe {
+            libc::kill(-(wpid as i32), libc::SIGKILL);
+            libc::kill(cpid as i32, libc::SIGKILL);
+        }
+        panic!("worker {wpid} (gone: {worker_gone}) or its child {cpid} (gone: {child_gone}) survived its template");
+    }
+    assert_eq!(pl.ok(&["echo", "again"]), "again\n");
+}
