@@ -11,7 +11,7 @@ use std::time::Duration;
 ///
 /// Every test that forks takes one: `let _wd = fdserver_tests::watchdog("name", SECS(30));`.
 /// Aborting also closes every socket this process holds, so its servers see end of stream and
-/// exit: nothing is orphaned.
+/// exit (a server stuck inside a handler is the exception: it outlives the test process).
 pub fn watchdog(name: &str, limit: Duration) -> Watchdog {
     let state = Arc::new((Mutex::new(false), Condvar::new()));
     let s2 = Arc::clone(&state);
@@ -93,7 +93,8 @@ pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether `pid` is a child of this process that is still unreaped (`waitpid` would find it).
+/// Whether `pid` is a child of this process that has not been reaped: still running, or a
+/// zombie (`waitid(WNOHANG | WNOWAIT)` finds it either way).
 pub fn is_unreaped_child(pid: u32) -> bool {
     // SAFETY: an all-zero siginfo_t is a valid out-value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
