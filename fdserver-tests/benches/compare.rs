@@ -376,31 +376,30 @@ fn pairs(cfg: &Cfg, max_k: u64, a: &mut Batch<'_>, b: &mut Batch<'_>, n: usize) 
 }
 
 fn row_call(cfg: &Cfg, m: Mode, deadline: Option<Duration>, report: &mut AllocReport) -> Row {
-    let mut server = BenchServer::new(CHUNK);
-    let mut client = fdside::start(&mut server, deadline);
+    let mut client = fdside::start_hello(deadline);
     let peer = raw::pingpong_child();
     m.settle();
     let fd = peer.fd();
     assert_eq!(
-        fdside::hello_call(&mut client),
+        fdside::typed_hello_call(&mut client),
         ("Hello Joe Dalton, how are you?".to_string(), 1234)
     );
     let p = pairs(
         cfg,
         1 << 20,
-        &mut |k| timed(k, || drop(black_box(fdside::hello_call(&mut client)))),
+        &mut |k| timed(k, || drop(black_box(fdside::typed_hello_call(&mut client)))),
         &mut |k| timed(k, || raw::pingpong(fd)),
         cfg.pairs,
     );
     if m.pin == "no" {
         let n = cfg.alloc_calls;
-        let s0 = fdside::server_allocs(&mut client);
+        let s0 = fdside::typed_server_allocs(&mut client);
         let c0 = allocs();
         for _ in 0..n {
-            black_box(fdside::hello_call(&mut client));
+            black_box(fdside::typed_hello_call(&mut client));
         }
         let c1 = allocs();
-        let s1 = fdside::server_allocs(&mut client);
+        let s1 = fdside::typed_server_allocs(&mut client);
         let r0 = allocs();
         for _ in 0..n {
             raw::pingpong(fd);

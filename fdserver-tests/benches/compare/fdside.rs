@@ -1,10 +1,10 @@
 //! The fdserver side of the bench: one hand-written server answering every row's message, and
 //! the client operations timed against the raw baselines.
 //!
-//! Row 1 goes through [`hello_call`] only. When the `#[fdserver]` typed client lands, make
-//! `BenchServer` the macro server (keeping the `allocs`, `fd` and `sink` handlers), make
-//! [`HelloClient`] its generated client, and change the body of [`hello_call`] to
-//! `client.hello("Joe", "Dalton").expect("hello")`.
+//! Rows 1 and 1t use the `#[fdserver]` server [`HelloServer`] and its generated typed client
+//! (`client.hello("Joe", "Dalton")`); the other rows use the hand-written [`BenchServer`], whose
+//! handlers need the raw channel (a reply followed by a descriptor it keeps, scalars read in a
+//! loop).
 
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
@@ -104,11 +104,57 @@ pub fn start(server: &mut BenchServer, deadline: Option<Duration>) -> ServerHand
     }
 }
 
-/// Row 1's client type (see the module docs for the switch to the typed client).
+/// Row 1's server, written with the macro: the call is the typed stub `client.hello(..)`.
+pub struct HelloServer;
+
+#[fdserver::fdserver]
+impl HelloServer {
+    /// The seed's example handler.
+    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+        (
+            format!("Hello {first_name} {last_name}, how are you?"),
+            1234,
+        )
+    }
+
+    /// This process's allocation count (the probe for the allocation report).
+    fn allocs(&self) -> u64 {
+        allocs()
+    }
+
+    #[fdserver(initialize)]
+    fn init(&mut self) -> std::io::Result<()> {
+        crate::os::die_with_parent();
+        Ok(())
+    }
+}
+
+/// Starts [`HelloServer`], optionally with a per-read/write client deadline (row 1t).
+pub fn start_hello(deadline: Option<Duration>) -> HelloServerClient {
+    match deadline {
+        None => HelloServer.start().expect("start hello server"),
+        Some(d) => Builder::new()
+            .timeout(Some(d))
+            .start(&mut HelloServer)
+            .expect("start hello server"),
+    }
+}
+
+/// Row 1: the typed call, as users write it.
+#[inline(never)]
+pub fn typed_hello_call(client: &mut HelloServerClient) -> (String, u32) {
+    client.hello("Joe", "Dalton").expect("hello")
+}
+
+/// The typed server's allocation count.
+pub fn typed_server_allocs(client: &mut HelloServerClient) -> u64 {
+    client.allocs().expect("allocs")
+}
+
+/// The untyped client of [`BenchServer`].
 pub type HelloClient = ServerHandle;
 
-/// Row 1: one call with two small string arguments and a small reply, returned typed as the
-/// `#[fdserver]` stub of `fn hello(&mut self, String, String) -> (String, u32)` will return it.
+/// The same call on the hand-written server through the untyped `call` (rows 4 and 6, traces).
 #[inline(never)]
 pub fn hello_call(client: &mut HelloClient) -> (String, u32) {
     let mut reply = client.call(["hello", "Joe", "Dalton"]).expect("hello");
