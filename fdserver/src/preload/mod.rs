@@ -57,6 +57,17 @@
 //!   killed), so no orphaned worker keeps running.
 //! * When the server dies, its templates see end of stream and exit after their running workers.
 //!
+//! ## Rules for `preload` and `run`
+//!
+//! * `preload` runs in the template, which forks a worker per command: **do not leave threads
+//!   running** when it returns (a thread pool, an async runtime). Only the forking thread exists
+//!   in a worker, and locks held by the others stay locked there (see the crate docs on fork
+//!   safety). Build with threads if you like, then join them.
+//! * Its output goes to the server's log, never to a client.
+//! * `run` owns the worker process: it may change the environment, exit, or exec.
+//! * After `preload`, the template's anonymous memory is advised to use transparent huge pages
+//!   ([`Options::huge_pages`]), which makes forking from a large preloaded heap much cheaper.
+//!
 //! ## Files
 //!
 //! In `$FDSERVER_PRELOAD_DIR`, else `$XDG_RUNTIME_DIR/fdserver-preload`, else
@@ -183,7 +194,8 @@ impl<A: Application> Preloader<A> {
     ///   exits with the worker's exit code, or dies by the signal that killed it.
     pub fn main(self) -> ! {
         if let Some(role) = std::env::var_os(ENV_ROLE) {
-            // SAFETY-free: single-threaded at this point of a fresh process.
+            // Single-threaded at this point of a fresh process, so changing the environment is
+            // sound.
             std::env::remove_var(ENV_ROLE);
             let code = match daemon::launch(&self, &role) {
                 Ok(()) => 0,
