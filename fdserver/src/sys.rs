@@ -201,12 +201,6 @@ pub(crate) fn wait_fd(
     }
 }
 
-/// Remaining time until `deadline`, for callers that need a `Duration`.
-#[allow(dead_code)]
-pub(crate) fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
@@ -342,24 +336,6 @@ fn close_range(first: u32, last: u32) {
         unsafe { libc::close(fd as RawFd) };
         fd += 1;
     }
-}
-
-/// Sets `O_NONBLOCK` off or on. Used nowhere on the hot path.
-#[allow(dead_code)]
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL/F_SETFL on a valid descriptor.
-    unsafe {
-        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        let new = if on {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        if new != flags {
-            cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
-        }
-    }
-    Ok(())
 }
 
 /// Sets close-on-exec on a descriptor (used for inherited descriptors).
