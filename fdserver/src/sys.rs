@@ -10,7 +10,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How many descriptors one `recvmsg` accepts before the control message counts as truncated.
 pub(crate) const MAX_FDS_PER_RECV: usize = 4;
