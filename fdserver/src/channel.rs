@@ -404,6 +404,71 @@ impl Channel {
         self.write_array_prefixed(Some(b"ok"), values)
     }
 
+    /// Writes the success reply `["ok", values...]` followed by one file descriptor, in one
+    /// system call (`sendmmsg` of the frame and the descriptor's own `00` byte). On the wire it is
+    /// exactly [`write_ok`](Self::write_ok) then [`send_fd`](Self::send_fd).
+    ///
+    /// ```
+    /// # let (mut server, mut client) = fdserver::Channel::pair()?;
+    /// let file = std::fs::File::open("/dev/null")?;
+    /// server.write_ok_with_fd(["opened"], &file)?;
+    /// let mut buf = fdserver::MessageBuf::new();
+    /// assert_eq!(client.read_reply(&mut buf)?.to_strings()?, ["ok", "opened"]);
+    /// assert!(client.recv_fd()?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_ok_with_fd<I, T>(&mut self, values: I, fd: impl AsFd) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.check()?;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        let encoded = wire::encode_array(
+            &mut buf,
+            std::iter::once(Elem::Fixed(b"ok")).chain(values.into_iter().map(Elem::User)),
+        );
+        let result = encoded.and_then(|()| {
+            let deadline = self.write_deadline();
+            self.send_frame_then_fd(&buf, fd.as_fd(), deadline)
+        });
+        self.wbuf = buf;
+        result.map_err(|e| match e {
+            Error::ElementContainsNul { index } => Error::ElementContainsNul { index: index - 1 },
+            other => other,
+        })
+    }
+
+    /// A frame and a descriptor in one `sendmmsg`; finishes with plain sends if the socket took
+    /// only part of it.
+    fn send_frame_then_fd(
+        &mut self,
+        frame: &[u8],
+        fd: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        self.writes += 1;
+        loop {
+            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, deadline.is_some()) {
+                Ok((_, true)) => return Ok(()),
+                Ok((sent, false)) => {
+                    let rest = self.send_all(&mut [IoSlice::new(&frame[sent..])], None, deadline);
+                    if rest.is_err() && sent > 0 {
+                        self.broken = true;
+                    }
+                    rest?;
+                    let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
+                    if sent_fd.is_err() {
+                        self.broken = true; // the reply went out without its descriptor
+                    }
+                    return sent_fd;
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLOUT, true)?,
+            }
+        }
+    }
+
     /// Writes an error reply: `["error", kind, message]`. NUL bytes in the message are replaced
     /// and an over-long message is cut, so that the reply itself cannot fail to encode.
     pub fn write_error(&mut self, error: &RemoteError) -> Result<(), Error> {

@@ -282,11 +282,20 @@ pub fn reply<R: Reply>(ctx: &mut Context<'_>, ret: R) -> Result<(), RemoteError>
             Encoded::Element(e) => e,
             _ => Element::bytes(b""),
         });
-    ctx.reply(inline)?;
-    for i in 0..len {
-        if <R::Ok as ToValues>::__form(i) != Form::Inline {
-            send_encoded(ctx.channel(), values.__encode(i))?;
-        }
+    let mut out_of_band = (0..len).filter(|&i| <R::Ok as ToValues>::__form(i) != Form::Inline);
+    match out_of_band.next() {
+        // The reply and a first descriptor leave in one system call.
+        Some(first) => match values.__encode(first) {
+            Encoded::Fd(fd) => ctx.channel().write_ok_with_fd(inline, fd)?,
+            other => {
+                ctx.reply(inline)?;
+                send_encoded(ctx.channel(), other)?;
+            }
+        },
+        None => ctx.reply(inline)?,
+    }
+    for i in out_of_band {
+        send_encoded(ctx.channel(), values.__encode(i))?;
     }
     Ok(())
 }

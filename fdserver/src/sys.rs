@@ -92,6 +92,61 @@ pub(crate) fn send(
     cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })
 }
 
+/// Sends `frame`, then one data byte `00` carrying `fd`, as two messages of one `sendmmsg`:
+/// two socket writes, so the descriptor stays attached to its own byte as the wire format
+/// requires, for the price of one system call. Returns how many bytes of `frame` went out and
+/// whether the descriptor did.
+pub(crate) fn send_frame_then_fd(
+    sock: BorrowedFd<'_>,
+    frame: &[u8],
+    fd: BorrowedFd<'_>,
+    dontwait: bool,
+) -> io::Result<(usize, bool)> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    let zero = [0u8; 1];
+    let mut iov = [
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+        libc::iovec {
+            iov_base: zero.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        },
+    ];
+    // SAFETY: all-zero mmsghdr values are valid empty messages; the fields are filled below.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    msgs[0].msg_hdr.msg_iov = &mut iov[0];
+    msgs[0].msg_hdr.msg_iovlen = 1;
+    msgs[1].msg_hdr.msg_iov = &mut iov[1];
+    msgs[1].msg_hdr.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    msgs[1].msg_hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+    msgs[1].msg_hdr.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR returns
+    // a valid header and CMSG_DATA has room for one int.
+    unsafe {
+        let hdr = libc::CMSG_FIRSTHDR(&msgs[1].msg_hdr);
+        (*hdr).cmsg_level = libc::SOL_SOCKET;
+        (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
+    }
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msgs, iov, zero and cmsg are live for the duration of the call.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, flags as _) };
+    match n {
+        -1 => Err(io::Error::last_os_error()),
+        2 => Ok((frame.len(), true)),
+        1 => Ok((msgs[0].msg_len as usize, false)),
+        _ => Ok((0, false)),
+    }
+}
+
 /// What one `recvmsg` brought.
 pub(crate) struct Received {
     /// Data bytes read (0 = end of stream).

@@ -63,9 +63,8 @@ impl Server for BenchServer {
                         .open("/dev/null")?;
                     self.devnull = Some(file.into());
                 }
-                ctx.reply([""; 0])?;
                 let fd = self.devnull.as_ref().expect("opened above");
-                ctx.channel().send_fd(fd.as_fd())?;
+                ctx.channel().write_ok_with_fd([""; 0], fd.as_fd())?;
             }
             // Row 3: ["sink", n] + n scalars → ["ok"]
             b"sink" => {
