@@ -331,6 +331,21 @@ impl Channel {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
+        self.encode_and_send(prefix, elements, None)
+    }
+
+    /// Encodes `[prefix, elements...]` into the write buffer (nothing is sent if that fails) and
+    /// sends it, followed by `fd` in the same `sendmmsg` when given.
+    fn encode_and_send<I, T>(
+        &mut self,
+        prefix: Option<&[u8]>,
+        elements: I,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
         self.check()?;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
@@ -343,7 +358,10 @@ impl Channel {
         );
         let result = encoded.and_then(|()| {
             let deadline = self.write_deadline();
-            self.send_all(&mut [IoSlice::new(&buf)], None, deadline)
+            match fd {
+                None => self.send_all(&mut [IoSlice::new(&buf)], None, deadline),
+                Some(fd) => self.send_frame_then_fd(&buf, fd, deadline),
+            }
         });
         self.wbuf = buf;
         result.map_err(|e| match e {
@@ -422,22 +440,7 @@ impl Channel {
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        self.check()?;
-        let mut buf = std::mem::take(&mut self.wbuf);
-        buf.clear();
-        let encoded = wire::encode_array(
-            &mut buf,
-            std::iter::once(Elem::Fixed(b"ok")).chain(values.into_iter().map(Elem::User)),
-        );
-        let result = encoded.and_then(|()| {
-            let deadline = self.write_deadline();
-            self.send_frame_then_fd(&buf, fd.as_fd(), deadline)
-        });
-        self.wbuf = buf;
-        result.map_err(|e| match e {
-            Error::ElementContainsNul { index } => Error::ElementContainsNul { index: index - 1 },
-            other => other,
-        })
+        self.encode_and_send(Some(b"ok"), values, Some(fd.as_fd()))
     }
 
     /// A frame and a descriptor in one `sendmmsg`; finishes with plain sends if the socket took

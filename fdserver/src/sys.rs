@@ -56,6 +56,23 @@ const _: () = {
     assert!(size_of::<CmsgBuf>() >= 16 + MAX_FDS_PER_RECV * size_of::<RawFd>() + 8);
 };
 
+/// Points `msg`'s control data at `cmsg`, holding one `SCM_RIGHTS` descriptor: `fd`.
+fn attach_fd(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, fd: BorrowedFd<'_>) {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR returns
+    // a valid header pointer and CMSG_DATA has room for one int.
+    unsafe {
+        let hdr = libc::CMSG_FIRSTHDR(msg);
+        (*hdr).cmsg_level = libc::SOL_SOCKET;
+        (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
+    }
+}
+
 /// Sends `iov` (all of it or a prefix: the return value says how much) with `MSG_NOSIGNAL`.
 /// With `fd`, attaches it as one `SCM_RIGHTS` descriptor.
 pub(crate) fn send(
@@ -70,19 +87,7 @@ pub(crate) fn send(
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec; // IoSlice is ABI-compatible with iovec
     msg.msg_iovlen = iov.len() as _;
     if let Some(fd) = fd {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR
-        // returns a valid header pointer and CMSG_DATA has room for one int.
-        unsafe {
-            let hdr = libc::CMSG_FIRSTHDR(&msg);
-            (*hdr).cmsg_level = libc::SOL_SOCKET;
-            (*hdr).cmsg_type = libc::SCM_RIGHTS;
-            (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
-            ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
-        }
+        attach_fd(&mut msg, &mut cmsg, fd);
     }
     let mut flags = libc::MSG_NOSIGNAL;
     if dontwait {
@@ -120,19 +125,7 @@ pub(crate) fn send_frame_then_fd(
     msgs[0].msg_hdr.msg_iovlen = 1;
     msgs[1].msg_hdr.msg_iov = &mut iov[1];
     msgs[1].msg_hdr.msg_iovlen = 1;
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-    msgs[1].msg_hdr.msg_control = cmsg.0.as_mut_ptr().cast();
-    msgs[1].msg_hdr.msg_controllen = space as _;
-    // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR returns
-    // a valid header and CMSG_DATA has room for one int.
-    unsafe {
-        let hdr = libc::CMSG_FIRSTHDR(&msgs[1].msg_hdr);
-        (*hdr).cmsg_level = libc::SOL_SOCKET;
-        (*hdr).cmsg_type = libc::SCM_RIGHTS;
-        (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
-        ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
-    }
+    attach_fd(&mut msgs[1].msg_hdr, &mut cmsg, fd);
     let mut flags = libc::MSG_NOSIGNAL;
     if dontwait {
         flags |= libc::MSG_DONTWAIT;
