@@ -77,12 +77,18 @@ impl<A: Application> Template<A> {
         let (ready_rd, ready_wr) = sys::pipe().map_err(RemoteError::from)?;
         close.push(ready_rd.as_raw_fd());
 
+        // Every signal stays blocked across the fork: the server loop runs handlers with its
+        // signals unblocked, and the worker must not run the template's flag handler (which
+        // would swallow a SIGTERM or SIGINT) before it has reset its dispositions.
+        let old_mask = sys::set_sigmask(&sys::sigset(true));
         // SAFETY: the template is single-threaded (the application's preload must not leave
         // threads running; see the module docs), so the child may do anything.
-        let pid = unsafe { sys::fork() }.map_err(RemoteError::from)?;
-        if pid == 0 {
+        let forked = unsafe { sys::fork() };
+        if matches!(forked, Ok(0)) {
             worker_main(&mut self.app, &argv, &env, &cwd, stdio, ready_wr, &close);
         }
+        sys::set_sigmask(&old_mask);
+        let pid = forked.map_err(RemoteError::from)?;
         drop(stdio); // the worker has them; holding them would keep the client's pipes open
         drop(ready_wr);
         // One byte, or end of file if the worker died first: either way it is settled.
@@ -221,8 +227,10 @@ fn worker_main<A: Application>(
     ready: OwnedFd,
     close: &[RawFd],
 ) -> ! {
-    // Default dispositions first (the template ignores SIGHUP), while every signal the client
-    // may relay is still blocked or defaulted; then our own group; then tell the template.
+    // Every signal is blocked (the template blocked them all around the fork). Default
+    // dispositions first (the template ignores SIGHUP and catches its own signals with a flag
+    // handler); then our own group; then tell the template. Signals are unblocked only below,
+    // once nothing of the template's handling is left.
     sys::reset_signal_dispositions();
     let _ = sys::setsid();
     sys::write_raw(ready.as_raw_fd(), b"1");
