@@ -77,6 +77,7 @@
 
 mod client;
 mod daemon;
+mod os;
 mod template;
 
 use std::ffi::OsString;
@@ -341,16 +342,29 @@ fn default_dir() -> PathBuf {
 /// Creates `dir` with mode 0700 if needed, and refuses one that another user owns or that others
 /// can enter.
 fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+    // Usually it exists: one `statx` then (every client command passes here).
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(dir)
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            fs::metadata(dir)?
+        }
         Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        ));
     }
-    let meta = fs::metadata(dir)?;
     if meta.uid() != crate::sys::geteuid() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,

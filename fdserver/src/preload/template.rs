@@ -3,9 +3,10 @@
 //!
 //! Its one client is the preloader server, which sends
 //! `["run", cwd]`, scalar argv, scalar env, then four descriptors: the client's connection and
-//! its stdin, stdout, stderr. The template forks the worker, writes `["pid", n]` to the client's
-//! connection and replies `["ok", n]`; when the worker ends, it writes `["exit", code]` or
-//! `["signal", n]` to the client's connection and closes it.
+//! its stdin, stdout, stderr. The template forks the worker and replies `["ok", n]` at once; the
+//! worker writes `["pid", n]` to the client's connection as soon as it leads its own process
+//! group. When the worker ends, the template writes `["exit", code]` or `["signal", n]` to the
+//! client's connection and closes it.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -14,7 +15,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use super::{split_nul, Application};
+use super::{os, split_nul, Application};
 use crate::channel::Channel;
 use crate::client::ServerHandle;
 use crate::error::{Error, ProtocolError, RemoteError};
@@ -33,6 +34,8 @@ pub(crate) struct Template<A> {
     key: String,
     workers: Vec<Worker>,
     huge_pages: bool,
+    /// The signals a worker resets to their default action (see `os::non_default_signals`).
+    reset: Option<u64>,
 }
 
 impl<A: Application> Template<A> {
@@ -42,6 +45,7 @@ impl<A: Application> Template<A> {
             key,
             workers: Vec::new(),
             huge_pages,
+            reset: None,
         }
     }
 
@@ -71,11 +75,15 @@ impl<A: Application> Template<A> {
             .collect();
         close.push(ch.as_raw_fd());
         close.push(conn.as_raw_fd());
-
-        // The worker reports on this pipe once it leads its own process group, so that the
-        // client never signals the group before it exists.
-        let (ready_rd, ready_wr) = sys::pipe().map_err(RemoteError::from)?;
-        close.push(ready_rd.as_raw_fd());
+        // What the worker resets: read once (the template's dispositions do not change once it
+        // serves), so that each worker saves reading /proc.
+        let reset = *self.reset.get_or_insert_with(|| {
+            let mut mask = os::non_default_signals();
+            for sig in [libc::SIGHUP, libc::SIGPIPE, libc::SIGCHLD, libc::SIGIO] {
+                mask |= 1 << (sig - 1);
+            }
+            mask | 1 << (libc::SIGINT - 1) | 1 << (libc::SIGTERM - 1)
+        });
 
         // Every signal stays blocked across the fork: the server loop runs handlers with its
         // signals unblocked, and the worker must not run the template's flag handler (which
@@ -85,22 +93,22 @@ impl<A: Application> Template<A> {
         // threads running; see the module docs), so the child may do anything.
         let forked = unsafe { sys::fork() };
         if matches!(forked, Ok(0)) {
-            worker_main(&mut self.app, &argv, &env, &cwd, stdio, ready_wr, &close);
+            let job = WorkerJob {
+                argv: &argv,
+                env: &env,
+                cwd: &cwd,
+                reset,
+            };
+            worker_main(&mut self.app, job, stdio, &mut conn, &close);
         }
         sys::set_sigmask(&old_mask);
         let pid = forked.map_err(RemoteError::from)?;
         drop(stdio); // the worker has them; holding them would keep the client's pipes open
-        drop(ready_wr);
-        // One byte, or end of file if the worker died first: either way it is settled.
-        let mut byte = [0u8; 1];
-        let _ = std::io::Read::read(&mut std::fs::File::from(ready_rd), &mut byte);
 
-        let pid_s = pid.to_string();
-        let mut alive = conn.write_array(["pid", pid_s.as_str()]).is_ok();
-        if alive {
-            // SIGIO when the client hangs up; check once now for a hang-up that came first.
-            alive = sys::set_async_owner(conn.as_fd()).is_ok() && !sys::poll_now(conn.as_fd());
-        }
+        // The worker itself sends the client `["pid", n]` once it leads its own process group
+        // (so the client never signals a group that does not exist yet); nothing to wait for
+        // here. SIGIO when the client hangs up; check once now for a hang-up that came first.
+        let alive = sys::set_async_owner(conn.as_fd()).is_ok() && !sys::poll_now(conn.as_fd());
         if !alive {
             kill_worker(pid);
         }
@@ -108,6 +116,7 @@ impl<A: Application> Template<A> {
             pid,
             conn: alive.then_some(conn),
         });
+        let pid_s = pid.to_string();
         ctx.reply(["ok", pid_s.as_str()])?;
         Ok(())
     }
@@ -119,6 +128,8 @@ impl<A: Application> Template<A> {
         };
         let w = self.workers.swap_remove(i);
         if let Some(mut conn) = w.conn {
+            // The client closes the connection once it has read this: no SIGIO for that.
+            os::stop_async(conn.as_fd());
             let msg = if libc::WIFSIGNALED(raw) {
                 ["signal".to_owned(), libc::WTERMSIG(raw).to_string()]
             } else {
@@ -163,7 +174,11 @@ impl<A: Application> Server for Template<A> {
             b"run" => self.run(ctx, msg),
             b"shutdown" => {
                 for w in &self.workers {
-                    let _ = sys::kill_group(w.pid, libc::SIGTERM);
+                    // A worker that has not called setsid yet has no group: signal it alone
+                    // (it is blocked there until its dispositions are default).
+                    if sys::kill_group(w.pid, libc::SIGTERM).is_err() {
+                        let _ = sys::kill(w.pid, libc::SIGTERM);
+                    }
                 }
                 ctx.reply(["ok"])?;
                 ctx.quit();
@@ -217,24 +232,38 @@ fn kill_worker(pid: libc::pid_t) {
     let _ = sys::kill(pid, libc::SIGKILL);
 }
 
+/// What a worker runs: the client's argv, environment and working directory, and the
+/// signals to reset first.
+struct WorkerJob<'a> {
+    argv: &'a [u8],
+    env: &'a [u8],
+    cwd: &'a [u8],
+    reset: u64,
+}
+
 /// The forked worker: becomes the client's command.
 fn worker_main<A: Application>(
     app: &mut A,
-    argv: &[u8],
-    env: &[u8],
-    cwd: &[u8],
+    job: WorkerJob<'_>,
     stdio: [OwnedFd; 3],
-    ready: OwnedFd,
+    conn: &mut Channel,
     close: &[RawFd],
 ) -> ! {
+    let WorkerJob {
+        argv,
+        env,
+        cwd,
+        reset,
+    } = job;
     // Every signal is blocked (the template blocked them all around the fork). Default
     // dispositions first (the template ignores SIGHUP and catches its own signals with a flag
-    // handler); then our own group; then tell the template. Signals are unblocked only below,
-    // once nothing of the template's handling is left.
-    sys::reset_signal_dispositions();
+    // handler); then our own group; then tell the client who we are. Signals are unblocked
+    // only below, once nothing of the template's handling is left.
+    os::reset_dispositions(reset);
     let _ = sys::setsid();
-    sys::write_raw(ready.as_raw_fd(), b"1");
-    drop(ready);
+    let pid = sys::getpid().to_string();
+    // If the client is gone, the template sees the hang-up and kills us.
+    let _ = conn.write_array(["pid", pid.as_str()]);
     for (i, fd) in stdio.iter().enumerate() {
         if sys::dup2(fd.as_fd(), i as RawFd).is_err() {
             sys::exit_now(127);
