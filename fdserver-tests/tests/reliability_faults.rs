@@ -505,8 +505,8 @@ fn finalize_server_that_hangs_is_killed() {
     let st = h.stop_with(SHORT_STOP).unwrap();
     assert!(wait_byte(entered_r.as_fd()), "finalize_server ran");
     drop(release_w);
-    // SIGTERM is blocked outside the loop's wait, so finalize_server cannot be interrupted:
-    // stop escalates to SIGKILL.
+    // SIGTERM is only acted on by the loop, between messages, so it cannot end
+    // finalize_server: stop escalates to SIGKILL.
     assert_eq!(st.how, Shutdown::Killed);
     assert_eq!(st.status.signal(), Some(libc::SIGKILL));
     assert!(!is_unreaped_child(pid));
@@ -518,7 +518,7 @@ fn stop_while_server_is_stuck_in_a_handler() {
     let _wd = watchdog("stop_while_server_is_stuck_in_a_handler", SECS(60));
     let fds = open_fds();
 
-    // Stuck for good: SIGTERM stays blocked while a handler runs, so only SIGKILL ends it.
+    // Stuck for good: SIGTERM is only acted on between messages, so only SIGKILL ends it.
     let (mut server, entered_r, release_w) = Faulty::with_pipes();
     let mut h = start_guarded_with(server.builder(), &mut server).unwrap();
     drop(server);

@@ -324,3 +324,80 @@ fn a_handler_writing_to_a_closed_pipe_gets_an_error_not_sigpipe() {
     assert_eq!(s.call(["echo", "alive"]).unwrap(), ["alive"]);
     assert_clean_exit(s);
 }
+
+/// Declares SIGUSR1 and starts a thread in `initialize_server` that lives as long as the server
+/// and leaves every signal unblocked; `helper_tid` answers that thread's id.
+#[derive(Default)]
+struct ThreadedUsr1 {
+    probe: ProbeState,
+    helper_tid: Option<libc::pid_t>,
+}
+
+impl Server for ThreadedUsr1 {
+    type Client = ServerHandle;
+    const SIGNALS: &'static [Signal] = &[Signal::SIGUSR1];
+    fn initialize_server(&mut self) -> Result<(), fdserver::BoxError> {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: gettid cannot fail.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        self.helper_tid = Some(tid_rx.recv()?);
+        Ok(())
+    }
+    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        if msg.name() == b"helper_tid" {
+            ctx.reply([self.helper_tid.unwrap_or(0).to_string()])?;
+            return Ok(());
+        }
+        probe_handle(&mut self.probe, ctx, msg)
+    }
+    fn handle_signal(&mut self, _ctx: &mut Context<'_>, signal: Signal) {
+        self.probe.on_signal(signal);
+    }
+}
+
+#[test]
+fn a_signal_taken_by_another_thread_of_the_server_still_wakes_the_loop() {
+    let _wd = watchdog("signal_taken_by_another_thread", SECS(30));
+    let (mut s, r) = start_reporting(|probe| ThreadedUsr1 {
+        probe,
+        helper_tid: None,
+    });
+    let tid: libc::pid_t = s.call(["helper_tid"]).unwrap()[0].parse().unwrap();
+    assert_ne!(tid, 0);
+    // The loop now waits in poll with no message coming. Deliver SIGUSR1 to the helper thread
+    // only: its recording handler runs there and must wake the loop, which then runs the
+    // server's handler without any further message.
+    // SAFETY: tgkill with a pid and tid of a live child process's thread; no pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            s.pid() as libc::c_long,
+            tid as libc::c_long,
+            libc::SIGUSR1 as libc::c_long,
+        )
+    };
+    assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+    report(&r, &format!("S{};", libc::SIGUSR1));
+    assert_eq!(count(&mut s), 1, "handled exactly once");
+    assert_clean_exit(s);
+}
+
+#[test]
+fn every_signal_to_an_idle_server_is_handled_without_a_message() {
+    // Each signal lands at a different point of the loop (just before, during or just after its
+    // wait): a lost wake-up would leave the handler unrun and the report unread, and the
+    // watchdog would fail the test.
+    let _wd = watchdog("every_signal_to_an_idle_server", SECS(60));
+    let (mut s, r) = start_reporting(Usr1Server);
+    for _ in 0..500 {
+        s.signal(Signal::SIGUSR1).unwrap();
+        report(&r, &format!("S{};", libc::SIGUSR1));
+    }
+    assert_eq!(count(&mut s), 500);
+    assert_clean_exit(s);
+}

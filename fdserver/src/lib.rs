@@ -76,10 +76,18 @@
 //!
 //! A forked server resets every signal disposition to its default and ignores SIGHUP, unless it
 //! declares a SIGHUP handler. The signals it declares in [`Server::SIGNALS`], plus SIGTERM and
-//! SIGINT, are blocked except while the loop waits for a message (`ppoll`), so their handlers run
-//! on the loop with `&mut self`, between messages, never in signal context. SIGTERM and SIGINT
+//! SIGINT, go to a handler that only records them and wakes the loop; the server's own handlers
+//! then run on the loop with `&mut self`, between messages, never in signal context. A signal
+//! that arrives while a handler runs is handled before the next message. SIGTERM and SIGINT
 //! without a declared handler end the loop cleanly: `finalize_server` runs and the server exits
 //! with status 0.
+//!
+//! Those signals are not blocked while your handlers run, and their recording handler is
+//! installed with `SA_RESTART`: blocking reads and writes in your code are restarted, but calls
+//! the kernel never restarts (`poll`, `epoll_wait`, `nanosleep`, socket calls with a timeout)
+//! may fail with `EINTR` when one arrives, as in any program that handles signals. Threads you
+//! start need not block them either: a caught signal delivered to another thread is forwarded
+//! to the loop's thread.
 //!
 //! ## Descriptors
 //!

@@ -335,11 +335,9 @@ impl Builder {
 struct SignalPlan {
     /// Bit n: the server declared a handler for signal n.
     declared: u64,
-    /// Signals the loop catches (declared + SIGTERM + SIGINT): blocked except inside `ppoll`.
+    /// Signals the loop catches (declared + SIGTERM + SIGINT), with a flag handler.
     caught: libc::sigset_t,
-    /// The mask `ppoll` waits with: `caught` unblocked.
-    wait_mask: libc::sigset_t,
-    /// The mask the loop runs with: `caught` blocked.
+    /// The signal mask the loop runs with: `caught` unblocked.
     run_mask: libc::sigset_t,
 }
 
@@ -357,8 +355,7 @@ impl SignalPlan {
         SignalPlan {
             declared,
             caught,
-            wait_mask: sys::sigset(false),
-            run_mask: caught,
+            run_mask: sys::sigset(false),
         }
     }
 
@@ -397,11 +394,13 @@ fn child_main<S: Server>(
     }
     // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
     sys::close_fds_except(keep);
-    // 3. Our signals go to a flag handler and stay blocked except while the loop waits.
+    // 3. Our signals go to a flag handler that wakes this thread's loop; then nothing is
+    //    blocked any more (everything was, across the fork).
     plan.each_caught(|sig| {
         let _ = sys::set_disposition(sig, sys::Disposition::Flag);
     });
     sys::take_pending();
+    sys::set_loop_thread(true);
     sys::set_sigmask(&plan.run_mask);
 
     // From here on the user's code runs.
@@ -465,11 +464,11 @@ fn finish<S: Server>(server: &mut S, code: i32) -> ! {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// The signals the loop catches (SIGTERM, SIGINT and the server's [`Server::SIGNALS`]) are
-/// blocked in the calling thread while it serves, and their previous dispositions and the
-/// thread's signal mask are restored afterwards. Call it from the main thread, before starting
-/// other threads (or block those signals in them), so that they are delivered to the loop. No
-/// descriptor is closed and no other disposition is touched: this is your process.
+/// The signals the loop catches (SIGTERM, SIGINT and the server's [`Server::SIGNALS`]) get a
+/// recording handler and are unblocked in the calling thread while it serves; their previous
+/// dispositions and the thread's signal mask are restored afterwards. One that another thread
+/// of the process receives is forwarded to the serving thread. No descriptor is closed and no
+/// other disposition is touched: this is your process.
 ///
 /// Unlike a forked server, no `["ready"]` message is sent: the peer may be any MessageChannel
 /// client. The socket may be non-blocking.
@@ -494,18 +493,11 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     }
     sys::take_pending();
     let old_mask = sys::get_sigmask();
-    // Block our signals on top of whatever the caller had blocked; unblock them only in ppoll.
+    // Our signals are delivered to the flag handler even if the caller had blocked them.
     let mut run_mask = old_mask;
-    let mut wait_mask = old_mask;
-    plan.each_caught(|sig| {
-        sys::sigset_add(&mut run_mask, sig);
-        sys::sigset_del(&mut wait_mask, sig);
-    });
-    let plan = SignalPlan {
-        run_mask,
-        wait_mask,
-        ..plan
-    };
+    plan.each_caught(|sig| sys::sigset_del(&mut run_mask, sig));
+    let plan = SignalPlan { run_mask, ..plan };
+    sys::set_loop_thread(true);
     sys::set_sigmask(&plan.run_mask);
 
     let result = match server.initialize_server() {
@@ -520,6 +512,7 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
             e.to_string(),
         ))),
     };
+    sys::set_loop_thread(false);
     sys::set_sigmask(&old_mask);
     sys::take_pending();
     restore(&saved);
@@ -534,6 +527,9 @@ fn run_loop<S: Server>(
     plan: &SignalPlan,
 ) -> LoopEnd {
     loop {
+        // Arm the wait before looking at the flags: a signal landing between the check and the
+        // wait then makes the wait return at once (see `sys::arm_wait`).
+        sys::arm_wait(channel.as_fd());
         let pending = sys::take_pending();
         if pending != 0 {
             for sig in 1..64 {
@@ -556,19 +552,15 @@ fn run_loop<S: Server>(
                     return LoopEnd::Signal(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
                 }
             }
+            // Signal handlers may take long; look again before the next message.
+            continue;
         }
 
-        match sys::wait_readable_or_signal(channel.as_fd(), &plan.wait_mask) {
-            Ok(true) => {
-                // ppoll reports readiness before a pending signal and re-blocks it, so a signal
-                // that arrived during the last handler would wait until the socket runs dry.
-                // Deliver pending ones to the flag handler and handle them first.
-                if sys::any_pending(&plan.caught) {
-                    sys::set_sigmask(&plan.wait_mask);
-                    sys::set_sigmask(&plan.run_mask);
-                    continue;
-                }
-            }
+        match sys::wait_readable_or_signal() {
+            // A signal delivered as `poll` returned (or while the last handler ran) goes
+            // before the message waiting on the socket.
+            Ok(true) if sys::signals_pending() => continue,
+            Ok(true) => {}
             Ok(false) => continue, // a signal: handled at the top of the loop
             Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
         }

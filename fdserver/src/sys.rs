@@ -9,7 +9,7 @@ use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI16, AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// How many descriptors one `recvmsg` accepts before the control message counts as truncated.
@@ -413,13 +413,97 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Bit `n` set = signal `n` arrived and has not been handled yet. Written only by
-/// [`flag_handler`], which is async-signal-safe because it does nothing but an atomic `or`.
+/// [`flag_handler`] (async-signal-safe: atomics and two system calls).
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
+/// The thread running a server loop (0: none). A caught signal delivered to another thread is
+/// forwarded to it, so that a loop waiting in `poll` always wakes.
+static LOOP_TID: AtomicI32 = AtomicI32::new(0);
+
+/// The two `pollfd`s the loop's `poll` reads: its socket, and a wake-up slot that is `-1`
+/// (ignored by `poll`) while the loop looks at [`PENDING`] and that [`flag_handler`] sets to
+/// [`NEVER_OPEN_FD`], which `poll` reports at once as `POLLNVAL`. A signal that lands after the
+/// check but before `poll` starts thus makes `poll` return at once (the kernel reads the array
+/// after the system call began), and one that lands during `poll` interrupts it (EINTR). This
+/// closes the check-then-wait race without blocking the signals, so the loop needs neither a
+/// signal mask change nor a `sigpending` per message, and waits without a timer.
+#[repr(C)]
+struct PollSlot {
+    fd: AtomicI32,
+    events: AtomicI16,
+    revents: AtomicI16,
+}
+
+// The kernel reads `WAIT_FDS` as `struct pollfd[2]`: same size, alignment and field order.
+const _: () = assert!(
+    size_of::<PollSlot>() == size_of::<libc::pollfd>()
+        && std::mem::align_of::<PollSlot>() == std::mem::align_of::<libc::pollfd>()
+);
+
+static WAIT_FDS: [PollSlot; 2] = [
+    PollSlot {
+        fd: AtomicI32::new(-1),
+        events: AtomicI16::new(0),
+        revents: AtomicI16::new(0),
+    },
+    PollSlot {
+        fd: AtomicI32::new(-1),
+        events: AtomicI16::new(0),
+        revents: AtomicI16::new(0),
+    },
+];
+
+/// A descriptor number no process can have open: Linux caps the descriptor table
+/// (`fs.nr_open`) at `INT_MAX` rounded down to a multiple of 64, so every open descriptor is
+/// below this one, and `poll` reports it as `POLLNVAL` without waiting.
+const NEVER_OPEN_FD: i32 = i32::MAX;
+
 extern "C" fn flag_handler(sig: libc::c_int) {
+    // SAFETY: errno is thread-local; saving and restoring it keeps the interrupted code's value.
+    let errno = unsafe { *libc::__errno_location() };
     if (0..64).contains(&sig) {
         PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
     }
+    WAIT_FDS[1].fd.store(NEVER_OPEN_FD, Ordering::SeqCst);
+    let loop_tid = LOOP_TID.load(Ordering::SeqCst);
+    if loop_tid != 0 {
+        // SAFETY: gettid, getpid and tgkill are async-signal-safe system calls without pointers.
+        unsafe {
+            if libc::gettid() != loop_tid {
+                // Another thread took it (a thread the user started with the signal
+                // unblocked): wake the loop too. There the handler runs again, harmlessly.
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid() as libc::c_long,
+                    loop_tid as libc::c_long,
+                    sig as libc::c_long,
+                );
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Makes the calling thread the one whose waits caught signals must wake (`true`), or no thread
+/// (`false`). Async-signal-safe.
+pub(crate) fn set_loop_thread(on: bool) {
+    // SAFETY: gettid cannot fail.
+    let tid = if on { unsafe { libc::gettid() } } else { 0 };
+    LOOP_TID.store(tid, Ordering::SeqCst);
+}
+
+/// Whether a caught signal arrived and was not yet taken by [`take_pending`].
+pub(crate) fn signals_pending() -> bool {
+    PENDING.load(Ordering::SeqCst) != 0
+}
+
+/// Arms the loop's wait on `sock`: call before checking [`take_pending`], then call
+/// [`wait_readable_or_signal`]. See [`WAIT_FDS`].
+pub(crate) fn arm_wait(sock: BorrowedFd<'_>) {
+    WAIT_FDS[0].fd.store(sock.as_raw_fd(), Ordering::SeqCst);
+    WAIT_FDS[0].events.store(libc::POLLIN, Ordering::SeqCst);
+    WAIT_FDS[1].fd.store(-1, Ordering::SeqCst);
 }
 
 /// Takes (and clears) the set of signals that arrived since the last call.
@@ -464,17 +548,6 @@ pub(crate) fn set_sigmask(set: &libc::sigset_t) -> libc::sigset_t {
     old
 }
 
-/// Whether any signal of `set` is pending (raised while blocked) for this thread or process.
-pub(crate) fn any_pending(set: &libc::sigset_t) -> bool {
-    let mut pending = sigset(false);
-    // SAFETY: `pending` is a valid, initialised out-set.
-    unsafe { libc::sigpending(&mut pending) };
-    (1..64).any(|sig| {
-        // SAFETY: sigismember only reads initialised sets; out-of-range numbers return -1.
-        unsafe { libc::sigismember(set, sig) == 1 && libc::sigismember(&pending, sig) == 1 }
-    })
-}
-
 /// The calling thread's signal mask.
 pub(crate) fn get_sigmask() -> libc::sigset_t {
     let empty = sys_empty();
@@ -501,8 +574,13 @@ pub(crate) fn set_disposition(sig: libc::c_int, how: Disposition) -> io::Result<
         Disposition::Ignore => libc::SIG_IGN,
         Disposition::Flag => flag_handler as *const () as usize,
     };
-    // No SA_RESTART: the only place our signals are unblocked is ppoll, which reports EINTR.
-    act.sa_flags = 0;
+    // SA_RESTART: the flag handler's signals stay unblocked while handlers run, and their
+    // blocking reads and writes should not fail with EINTR because of it. (`poll`, where the
+    // loop waits, is never restarted: it reports EINTR.)
+    act.sa_flags = match how {
+        Disposition::Flag => libc::SA_RESTART,
+        _ => 0,
+    };
     // SAFETY: act.sa_mask must be initialised; sigemptyset does that.
     unsafe { libc::sigemptyset(&mut act.sa_mask) };
     // SAFETY: an all-zero sigaction is a valid out-value.
@@ -609,24 +687,24 @@ fn hex_field(text: &[u8], key: &[u8]) -> Option<u64> {
     }
 }
 
-/// Waits until `sock` is readable or one of the signals unblocked by `mask` arrives, atomically
-/// (`ppoll`), so that a signal can never slip in between a check and the wait.
-/// Returns `true` if readable, `false` if interrupted by a signal.
-pub(crate) fn wait_readable_or_signal(
-    sock: BorrowedFd<'_>,
-    mask: &libc::sigset_t,
-) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no timeout, a valid signal mask.
-    match cvt(unsafe { libc::ppoll(&mut pfd, 1, ptr::null(), mask) }) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(e) => Err(e),
+/// Waits until the socket given to [`arm_wait`] is readable or a caught signal arrives, with no
+/// check-then-wait race as long as [`arm_wait`] was called before the caller last looked at
+/// [`take_pending`] (see [`WAIT_FDS`]). Returns `true` if readable (or hung up: the read will
+/// tell), `false` if woken by a signal.
+pub(crate) fn wait_readable_or_signal() -> io::Result<bool> {
+    WAIT_FDS[0].revents.store(0, Ordering::SeqCst);
+    // SAFETY: `WAIT_FDS` is laid out as two `pollfd`s (checked above) and lives forever; the
+    // kernel writes only the `revents` fields. No timeout: no timer is armed.
+    let r = unsafe { libc::poll(WAIT_FDS.as_ptr() as *mut libc::pollfd, 2, -1) };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
+    Ok(WAIT_FDS[0].revents.load(Ordering::SeqCst) != 0)
 }
 
 /// The calling process's pid.
