@@ -1,11 +1,16 @@
 //! The preloader server: listens, checks peers, and hands requests to templates.
 //!
-//! Threads: the main thread accepts (and watches SIGTERM/SIGINT through a signalfd); each
-//! connection gets a thread for its handshake; each template key gets a thread that owns the
-//! template process and feeds it requests in order. Nothing here writes through std's stdout or
-//! stderr locks: templates are forked from a template thread while the other threads run, and a
-//! lock held at that moment would stay locked forever in the template (see the crate docs on
-//! fork safety). Logs go through [`log`], a lock-free `write(2)`.
+//! Threads: the main thread accepts (and watches SIGTERM/SIGINT through a signalfd) and hands
+//! each connection to a connection thread: an idle one if there is one (they wait for the next
+//! connection for a while before exiting), else a new one. A connection thread greets the
+//! client, reads its request's first message and, for a command, takes the lock of the
+//! template of its key, (re)starts the template if needed, and passes it the client's socket;
+//! the template reads the rest of the request from the client itself. So a connection never
+//! waits for another one except for the template it needs, and the accept loop never waits.
+//! Nothing here writes through std's stdout or stderr locks: templates are forked from a
+//! connection thread while the other threads run, and a lock held at that moment would stay
+//! locked forever in the template (see the crate docs on fork safety). Logs go through [`log`],
+//! a lock-free `write(2)`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,8 +19,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +34,10 @@ use crate::sys;
 
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle connection thread waits for another connection before it exits.
+const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
+/// The largest first message of a request (`["run", key, cwd]`, `["status"]`, `["stop"]`).
+const MAX_REQUEST: usize = 64 * 1024;
 
 fn log(msg: &str) {
     let line = format!("[fdserver-preload {}] {msg}\n", sys::getpid());
@@ -64,12 +73,11 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
     }
 }
 
+/// A command for a template: the client's socket, positioned after its `["run", key, cwd]`
+/// (the template reads the arguments, environment and descriptors from it), and the directory.
 struct Job {
     conn: OwnedFd,
     cwd: Vec<u8>,
-    argv: Vec<u8>,
-    env: Vec<u8>,
-    stdio: [OwnedFd; 3],
 }
 
 #[derive(Default)]
@@ -78,19 +86,31 @@ struct TemplateInfo {
     started: Option<Instant>,
 }
 
+/// One template key: its status (read by `status` without waiting) and its process, owned by
+/// whichever connection thread holds the lock (commands of one key go to their template one at
+/// a time; a preload holds the lock, so its key's clients queue behind it).
 struct Slot {
-    tx: Sender<Job>,
-    info: Arc<Mutex<TemplateInfo>>,
-    thread: std::thread::JoinHandle<()>,
+    info: Mutex<TemplateInfo>,
+    template: Mutex<TemplateState>,
+}
+
+#[derive(Default)]
+struct TemplateState {
+    current: Option<(ServerHandle, Stamps)>,
+    /// The server stopped this template: no more commands.
+    closed: bool,
 }
 
 struct State<A> {
     app: A,
     huge_pages: bool,
     started: Instant,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: AtomicBool,
     wake: UnixStream,
+    /// Connection threads waiting for a connection, minus connections queued for them.
+    idle: AtomicUsize,
+    queue: Mutex<Receiver<UnixStream>>,
 }
 
 fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
@@ -125,6 +145,7 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
     let listener = listener?;
     listener.set_nonblocking(true)?;
     let (wake_tx, wake_rx) = UnixStream::pair()?;
+    let (queue_tx, queue_rx) = channel::<UnixStream>();
 
     let state = Arc::new(State {
         app: p.app.clone(),
@@ -133,6 +154,8 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
         slots: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         wake: wake_tx,
+        idle: AtomicUsize::new(0),
+        queue: Mutex::new(queue_rx),
     });
     ready.write_all(b"ready\n")?;
     log(&format!("listening on {}", paths.socket.display()));
@@ -178,29 +201,40 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
                     continue;
                 }
             }
+            // An idle connection thread takes it; else a new thread.
+            if claim_idle(&state.idle) {
+                if queue_tx.send(stream).is_err() {
+                    log("the connection queue is closed");
+                }
+                continue;
+            }
             let st = Arc::clone(&state);
             let spawned = std::thread::Builder::new()
                 .name("preload-conn".into())
-                .spawn(move || connection(st, stream));
+                .spawn(move || connection_thread(st, stream));
             if let Err(e) = spawned {
                 log(&format!("cannot start a connection thread: {e}"));
             }
         }
     }
+    drop(queue_tx); // idle connection threads end
 
     // Shut down: stop accepting, stop every template (their workers get SIGTERM), clean up.
     drop(listener);
     let _ = std::fs::remove_file(&paths.socket);
-    let slots: Vec<Slot> = state
-        .slots
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .map(|(_, s)| s)
-        .collect();
+    let slots: Vec<Arc<Slot>> = {
+        let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+        state.stopping.store(true, Ordering::SeqCst);
+        slots.drain().map(|(_, s)| s).collect()
+    };
     for slot in slots {
-        drop(slot.tx); // the template thread stops its template and ends
-        let _ = slot.thread.join();
+        // Waits for a command being handed over (or a preload) to finish.
+        let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+        t.closed = true;
+        if let Some((handle, _)) = t.current.take() {
+            shutdown_template(handle);
+        }
+        set_info(&slot, None);
     }
     let _ = std::fs::remove_file(&paths.pidfile);
     drop(pidfile);
@@ -208,8 +242,95 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes one idle connection thread, if any (see [`State::idle`]).
+fn claim_idle(idle: &AtomicUsize) -> bool {
+    idle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// Serves `first`, then further connections from the queue until none comes for a while.
+fn connection_thread<A: Application>(state: Arc<State<A>>, first: UnixStream) {
+    let mut next = Some(first);
+    loop {
+        if let Some(stream) = next.take() {
+            connection(&state, stream);
+            state.idle.fetch_add(1, Ordering::SeqCst);
+        }
+        let got = state
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(IDLE_THREAD_EXIT);
+        match got {
+            Ok(stream) => next = Some(stream),
+            // Leave, unless a connection is already on its way to a waiting thread and we are
+            // the one counted for it: then wait again.
+            Err(RecvTimeoutError::Timeout) => {
+                if claim_idle(&state.idle) {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Reads one array message straight from the socket, exactly its bytes (what follows stays in
+/// the socket for the template), within `deadline`. `Ok(None)` at end of stream.
+fn read_request(
+    sock: std::os::fd::BorrowedFd<'_>,
+    deadline: Instant,
+) -> io::Result<Option<crate::MessageBuf>> {
+    let mut header = [0u8; 2];
+    if !read_exact_raw(sock, &mut header, deadline)? {
+        return Ok(None);
+    }
+    let len = u16::from_be_bytes(header) as usize;
+    if len > MAX_REQUEST {
+        return Err(io::Error::other("request too large"));
+    }
+    let mut body = vec![0u8; len];
+    if !read_exact_raw(sock, &mut body, deadline)? {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    let mut buf = crate::MessageBuf::new();
+    buf.decode_body(&body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(Some(buf))
+}
+
+/// Fills `buf` from the socket (descriptors that come along are closed). `Ok(false)` at end of
+/// stream before the first byte.
+fn read_exact_raw(
+    sock: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::recv(sock, &mut buf[got..], true) {
+            Ok(r) if r.n == 0 => {
+                return if got == 0 {
+                    Ok(false)
+                } else {
+                    Err(io::Error::from(io::ErrorKind::UnexpectedEof))
+                }
+            }
+            Ok(r) => got += r.n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !sys::wait_fd(sock, libc::POLLIN, Some(deadline))? {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// One client connection: greeting, request, hand-off.
-fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
+fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     let mut ch = Channel::from(stream);
     ch.set_timeout(Some(REQUEST_TIMEOUT));
     let pid = sys::getpid().to_string();
@@ -219,36 +340,26 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
     {
         return;
     }
-    let req = match ch.read_array() {
-        Ok(Some(r)) => r,
+    // Read raw, never past the first message: for a command, the rest is the template's.
+    let buf = match read_request(ch.as_fd(), Instant::now() + REQUEST_TIMEOUT) {
+        Ok(Some(buf)) => buf,
         Ok(None) => return, // the client left: nothing to do
         Err(e) => {
             log(&format!("bad request: {e}"));
             return;
         }
     };
-    match req.first().map(Vec::as_slice) {
-        Some(b"run") if req.len() == 3 => {
-            let parts = (|| -> Result<_, Error> {
-                let argv = ch.read_scalar()?.ok_or(Error::Disconnected)?;
-                let env = ch.read_scalar()?.ok_or(Error::Disconnected)?;
-                let mut fd = || ch.recv_fd()?.ok_or(Error::Disconnected);
-                let stdio = [fd()?, fd()?, fd()?];
-                Ok((argv, env, stdio))
-            })();
-            let job = parts.map(|(argv, env, stdio)| Job {
+    let req = buf.message();
+    match req.name() {
+        b"run" if req.len() == 3 => {
+            let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
+            let job = Job {
+                cwd: req.get(2).unwrap_or(b"/").to_vec(),
                 conn: ch.into_fd(),
-                cwd: req[2].clone(),
-                argv,
-                env,
-                stdio,
-            });
-            match job {
-                Ok(job) => submit(&state, &String::from_utf8_lossy(&req[1]), job),
-                Err(e) => log(&format!("incomplete run request: {e}")),
-            }
+            };
+            run_job(state, &key, job);
         }
-        Some(b"status") => {
+        b"status" => {
             let mut out = vec![
                 "ok".to_owned(),
                 state.started.elapsed().as_millis().to_string(),
@@ -265,7 +376,7 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
             }
             let _ = ch.write_array(out);
         }
-        Some(b"stop") => {
+        b"stop" => {
             state.stopping.store(true, Ordering::SeqCst);
             let _ = ch.write_array(["ok"]);
             let _ = (&state.wake).write_all(b"x");
@@ -284,37 +395,92 @@ fn connection<A: Application>(state: Arc<State<A>>, stream: UnixStream) {
     }
 }
 
-/// Queues a job for the template of `key`, creating its thread on first use.
-fn submit<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
-    let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
-    if state.stopping.load(Ordering::SeqCst) {
+fn set_info(slot: &Slot, pid: Option<u32>) {
+    let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+    i.pid = pid;
+    i.started = pid.map(|_| Instant::now());
+}
+
+/// Hands a command to the template of `key`: starts it on first use, restarts it when it died
+/// or a watched file changed.
+fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
+    let slot = {
+        let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if state.stopping.load(Ordering::SeqCst) {
+            drop(slots);
+            reply_error(job.conn, "stopping", "the preloader server is stopping");
+            return;
+        }
+        Arc::clone(slots.entry(key.to_owned()).or_insert_with(|| {
+            Arc::new(Slot {
+                info: Mutex::new(TemplateInfo::default()),
+                template: Mutex::new(TemplateState::default()),
+            })
+        }))
+    };
+    let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+    if t.closed {
+        drop(t);
         reply_error(job.conn, "stopping", "the preloader server is stopping");
         return;
     }
-    let job = match slots.get(key) {
-        Some(slot) => match slot.tx.send(job) {
-            Ok(()) => return,
-            Err(e) => e.0, // its thread died; replace it
-        },
-        None => job,
-    };
-    let (tx, rx) = channel();
-    let info = Arc::new(Mutex::new(TemplateInfo::default()));
-    let st = Arc::clone(state);
-    let k = key.to_owned();
-    let i2 = Arc::clone(&info);
-    let thread = match std::thread::Builder::new()
-        .name(format!("preload-template-{key}"))
-        .spawn(move || template_thread(st, k, rx, i2))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            reply_error(job.conn, "server", &format!("cannot start a thread: {e}"));
-            return;
+    if let Some((handle, stamps)) = &mut t.current {
+        let dead = !matches!(handle.try_wait(), Ok(None));
+        if dead || changed(stamps) {
+            let (handle, _) = t.current.take().expect("checked");
+            log(&format!(
+                "template {key:?} (pid {}) {}",
+                handle.pid(),
+                if dead {
+                    "died"
+                } else {
+                    "retired: a watched file changed"
+                }
+            ));
+            retire(handle);
+            set_info(&slot, None);
         }
-    };
-    let _ = tx.send(job);
-    slots.insert(key.to_owned(), Slot { tx, info, thread });
+    }
+    if t.current.is_none() {
+        let watched = stamps(state.app.watched_files(key));
+        let mut template = Template::new(state.app.clone(), key.to_owned(), state.huge_pages);
+        // The template's workers may run for a long time: `stop` must not hurry them.
+        let started = Builder::new()
+            .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))
+            .start_handle(&mut template);
+        drop(template);
+        match started {
+            Ok(h) => {
+                log(&format!("template {key:?} preloaded (pid {})", h.pid()));
+                set_info(&slot, Some(h.pid()));
+                t.current = Some((h, watched));
+            }
+            Err(e) => {
+                let text = match &e {
+                    Error::Remote(r) => r.message().to_owned(),
+                    other => other.to_string(),
+                };
+                log(&format!("template {key:?}: preload failed: {text}"));
+                drop(t);
+                reply_error(job.conn, "preload", &format!("preload failed: {text}"));
+                return;
+            }
+        }
+    }
+    let (handle, _) = t.current.as_mut().expect("started above");
+    let Job { conn, cwd } = job;
+    let sent = handle.with_channel(|ch| {
+        ch.write_array([b"run".as_slice(), &cwd])?;
+        ch.send_fd(&conn)?;
+        let mut buf = crate::MessageBuf::new();
+        ch.read_reply(&mut buf).map(drop)
+    });
+    drop(t);
+    if let Err(e) = sent {
+        log(&format!("template {key:?} failed a request: {e}"));
+        reply_error(conn, "template", &format!("the template failed: {e}"));
+        // The next command restarts it if it died.
+    }
 }
 
 fn reply_error(conn: OwnedFd, kind: &str, text: &str) {
@@ -342,102 +508,17 @@ fn changed(old: &Stamps) -> bool {
     stamps(paths) != *old
 }
 
-/// Owns one template process: starts it on demand, feeds it jobs in order, restarts it when it
-/// died or a watched file changed.
-fn template_thread<A: Application>(
-    state: Arc<State<A>>,
-    key: String,
-    rx: Receiver<Job>,
-    info: Arc<Mutex<TemplateInfo>>,
-) {
-    let mut current: Option<(ServerHandle, Stamps)> = None;
-    let set_info = |pid: Option<u32>| {
-        let mut i = info.lock().unwrap_or_else(|e| e.into_inner());
-        i.pid = pid;
-        i.started = pid.map(|_| Instant::now());
-    };
-    for job in rx {
-        if let Some((handle, stamps)) = &mut current {
-            let dead = !matches!(handle.try_wait(), Ok(None));
-            if dead || changed(stamps) {
-                let (handle, _) = current.take().expect("checked");
-                log(&format!(
-                    "template {key:?} (pid {}) {}",
-                    handle.pid(),
-                    if dead {
-                        "died"
-                    } else {
-                        "retired: a watched file changed"
-                    }
-                ));
-                retire(handle);
-                set_info(None);
-            }
-        }
-        if current.is_none() {
-            let watched = stamps(state.app.watched_files(&key));
-            let mut template = Template::new(state.app.clone(), key.clone(), state.huge_pages);
-            // The template's workers may run for a long time: `stop` must not hurry them.
-            let started = Builder::new()
-                .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))
-                .start_handle(&mut template);
-            drop(template);
-            match started {
-                Ok(h) => {
-                    log(&format!("template {key:?} preloaded (pid {})", h.pid()));
-                    set_info(Some(h.pid()));
-                    current = Some((h, watched));
-                }
-                Err(e) => {
-                    let text = match &e {
-                        Error::Remote(r) => r.message().to_owned(),
-                        other => other.to_string(),
-                    };
-                    log(&format!("template {key:?}: preload failed: {text}"));
-                    reply_error(job.conn, "preload", &format!("preload failed: {text}"));
-                    continue;
-                }
-            }
-        }
-        let (handle, _) = current.as_mut().expect("started above");
-        let Job {
-            conn,
-            cwd,
-            argv,
-            env,
-            stdio,
-        } = job;
-        let sent = handle.with_channel(|ch| {
-            ch.write_array([b"run".as_slice(), &cwd])?;
-            ch.write_scalar(&argv)?;
-            ch.write_scalar(&env)?;
-            ch.send_fd(&conn)?;
-            for fd in &stdio {
-                ch.send_fd(fd)?;
-            }
-            let mut buf = crate::MessageBuf::new();
-            ch.read_reply(&mut buf).map(drop)
-        });
-        drop(stdio);
-        if let Err(e) = sent {
-            log(&format!("template {key:?} failed a request: {e}"));
-            reply_error(conn, "template", &format!("the template failed: {e}"));
-            // The next job restarts it if it died.
-        }
-    }
-    // The server is stopping.
-    if let Some((mut handle, _)) = current {
-        let _ = handle.with_channel(|ch| {
-            ch.write_array(["shutdown"])?;
-            let mut buf = crate::MessageBuf::new();
-            ch.read_reply(&mut buf).map(drop)
-        });
-        let _ = handle.stop_with(StopOptions {
-            after_close: Duration::from_secs(2),
-            after_term: Duration::from_secs(1),
-        });
-    }
-    set_info(None);
+/// Stops a template as the server stops: its workers get SIGTERM.
+fn shutdown_template(mut handle: ServerHandle) {
+    let _ = handle.with_channel(|ch| {
+        ch.write_array(["shutdown"])?;
+        let mut buf = crate::MessageBuf::new();
+        ch.read_reply(&mut buf).map(drop)
+    });
+    let _ = handle.stop_with(StopOptions {
+        after_close: Duration::from_secs(2),
+        after_term: Duration::from_secs(1),
+    });
 }
 
 /// Lets a template finish its running workers in the background, then reaps it.

@@ -51,8 +51,11 @@
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
 //!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's socket.
 //! * The server checks the peer's uid (`SO_PEERCRED`) and lives in a `0700` directory.
-//! * The server's accept loop never waits for a template: each connection and each template has
-//!   its own thread, so clients queue behind a preloading template instead of timing out.
+//! * The server's accept loop never waits for a template: each connection is served by its own
+//!   thread (idle ones are reused), so clients queue behind a preloading template instead of
+//!   timing out. The template reads a command's arguments, environment and descriptors from the
+//!   client itself (the client sends them in one system call); a client that stalls halfway
+//!   holds up its template's next commands for at most 10 s.
 //! * A client that dies mid-command takes its worker with it (the worker's process group is
 //!   killed), so no orphaned worker keeps running.
 //! * When the server dies, its templates see end of stream and exit after their running workers.

@@ -1,8 +1,9 @@
 //! The template: an fdserver server that preloaded the application and forks one worker per
 //! command.
 //!
-//! Its one client is the preloader server, which sends
-//! `["run", cwd]`, scalar argv, scalar env, then four descriptors: the client's connection and
+//! Its one client is the preloader server, which sends `["run", cwd]` and the client's
+//! connection (a descriptor), positioned after the client's first message; the template reads
+//! the rest of the command from the client: scalar argv, scalar env, then three descriptors,
 //! its stdin, stdout, stderr. The template forks the worker and replies `["ok", n]` at once; the
 //! worker writes `["pid", n]` to the client's connection as soon as it leads its own process
 //! group. When the worker ends, the template writes `["exit", code]` or `["signal", n]` to the
@@ -18,10 +19,13 @@ use std::time::Duration;
 use super::{os, split_nul, Application};
 use crate::channel::Channel;
 use crate::client::ServerHandle;
-use crate::error::{Error, ProtocolError, RemoteError};
+use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::server::{Context, Server, Signal};
 use crate::sys;
 use crate::wire::Message;
+
+/// How long the client may take to send the rest of its command.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Worker {
     pid: libc::pid_t,
@@ -52,17 +56,34 @@ impl<A: Application> Template<A> {
     fn run(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
         let cwd = msg.get(1).unwrap_or(b"/").to_vec();
         let ch = ctx.channel();
-        let argv = ch.read_scalar()?.ok_or(Error::Disconnected)?;
-        let env = ch.read_scalar()?.ok_or(Error::Disconnected)?;
-        let mut fds = Vec::with_capacity(4);
-        for _ in 0..4 {
-            fds.push(
-                ch.recv_fd()?
-                    .ok_or(Error::Protocol(ProtocolError::ExpectedFd))?,
-            );
-        }
-        let stdio: [OwnedFd; 3] = [fds.remove(1), fds.remove(1), fds.remove(1)];
-        let mut conn = Channel::new(fds.remove(0));
+        let conn = ch
+            .recv_fd()?
+            .ok_or(Error::Protocol(ProtocolError::ExpectedFd))?;
+        // The rest of the request comes from the client itself (sent in one go right after
+        // its first message, which the server read).
+        let mut conn = Channel::new(conn);
+        conn.set_timeout(Some(REQUEST_TIMEOUT));
+        let request = (|| -> Result<_, Error> {
+            let argv = conn.read_scalar()?.ok_or(Error::Disconnected)?;
+            let env = conn.read_scalar()?.ok_or(Error::Disconnected)?;
+            let mut fd = || {
+                conn.recv_fd()?
+                    .ok_or(Error::Protocol(ProtocolError::ExpectedFd))
+            };
+            let stdio: [OwnedFd; 3] = [fd()?, fd()?, fd()?];
+            Ok((argv, env, stdio))
+        })();
+        let (argv, env, stdio) = match request {
+            Ok(r) => r,
+            Err(e) => {
+                // The server passes this on to the client.
+                return Err(RemoteError::new(
+                    RemoteErrorKind::Protocol,
+                    format!("incomplete command from the client: {e}"),
+                ));
+            }
+        };
+        conn.set_read_timeout(None);
         conn.set_write_timeout(Some(Duration::from_secs(5)));
 
         // Nothing buffered in this process may be written twice (once by the worker).
