@@ -375,6 +375,145 @@ fn data_where_an_fd_is_expected_is_expected_fd() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A reply and its descriptor read together (`read_reply_with_fd`)
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `["ok", "v"]` and, in its own `sendmsg`, the write end of a fresh pipe; returns the
+/// read end.
+fn send_ok_and_pipe(peer: &UnixStream) -> OwnedFd {
+    let (r, w) = pipe();
+    send_with_fds(peer.as_fd(), b"\x00\x05ok\x00v\x00", &[]);
+    send_with_fds(peer.as_fd(), &[0], &[w.as_raw_fd()]);
+    r
+}
+
+#[test]
+fn reply_with_fd_reads_the_reply_and_its_descriptor_and_nothing_after() {
+    let (mut ch, mut peer) = raw_pair();
+    let r = send_ok_and_pipe(&peer);
+    // What follows must stay on the socket for the next read.
+    peer.write_all(b"\x00\x05next\x00").unwrap();
+    let mut buf = MessageBuf::new();
+    let (reply, fd) = ch.read_reply_with_fd(&mut buf).unwrap();
+    assert_eq!(reply.to_strings().unwrap(), ["ok", "v"]);
+    std::fs::File::from(fd).write_all(b"through").unwrap();
+    assert_eq!(read_to_eof(r), b"through");
+    assert!(!ch.is_broken());
+    assert_eq!(ch.read_strings().unwrap().unwrap(), ["next"]);
+}
+
+#[test]
+fn reply_with_fd_waits_for_a_descriptor_sent_after_the_reply() {
+    let (mut ch, peer) = raw_pair();
+    let (r, w) = pipe();
+    send_with_fds(peer.as_fd(), b"\x00\x05ok\x00v\x00", &[]);
+    // The descriptor comes later, from another thread: the reader either takes it together with
+    // the body or reads it on its own once the body is complete.
+    let sender = std::thread::spawn(move || {
+        send_with_fds(peer.as_fd(), &[0], &[w.as_raw_fd()]);
+        peer
+    });
+    let mut buf = MessageBuf::new();
+    let (reply, fd) = ch.read_reply_with_fd(&mut buf).unwrap();
+    assert_eq!(reply.to_strings().unwrap(), ["ok", "v"]);
+    let _peer = sender.join().unwrap();
+    std::fs::File::from(fd).write_all(b"x").unwrap();
+    assert_eq!(read_to_eof(r), b"x");
+}
+
+#[test]
+fn reply_with_fd_and_write_ok_with_fd_round_trip_between_processes() {
+    let _wd = watchdog("reply_with_fd_between_processes", SECS(30));
+    let (mut ch, pid) = fork_peer(&[], |mut ch| {
+        let mut buf = MessageBuf::new();
+        while ch.read_into(&mut buf).unwrap() {
+            let (r, w) = pipe();
+            std::fs::File::from(w)
+                .write_all(buf.message().name())
+                .unwrap();
+            ch.write_ok_with_fd(["piped"], &r).unwrap();
+        }
+        0
+    });
+    let mut buf = MessageBuf::new();
+    for i in 0..200 {
+        let word = format!("w{i}");
+        ch.write_array([word.as_str()]).unwrap();
+        let (reply, fd) = ch.read_reply_with_fd(&mut buf).unwrap();
+        assert_eq!(reply.to_strings().unwrap(), ["ok", "piped"]);
+        assert_eq!(read_to_eof(fd), word.as_bytes());
+    }
+    drop(ch);
+    assert_exit_ok(pid);
+}
+
+#[test]
+fn reply_with_fd_error_reply_reads_no_descriptor_and_keeps_the_channel() {
+    let (mut ch, mut peer) = raw_pair();
+    peer.write_all(b"\x00\x10error\x00failed\x00no\x00")
+        .unwrap();
+    let mut buf = MessageBuf::new();
+    let err = ch.read_reply_with_fd(&mut buf).unwrap_err();
+    assert_eq!(err.as_remote().map(|r| r.message()), Some("no"), "{err:?}");
+    assert!(!ch.is_broken());
+    peer.write_all(b"\x00\x03ok\x00").unwrap();
+    assert_eq!(ch.read_strings().unwrap().unwrap(), ["ok"]);
+}
+
+#[test]
+fn reply_with_fd_error_reply_followed_by_data_breaks_the_channel() {
+    // A server that sent more than its error reply: the byte read with the body is not ours.
+    let (mut ch, mut peer) = raw_pair();
+    peer.write_all(b"\x00\x10error\x00failed\x00no\x00\x00\x03ok\x00")
+        .unwrap();
+    let mut buf = MessageBuf::new();
+    let err = ch.read_reply_with_fd(&mut buf).unwrap_err();
+    assert!(err.as_remote().is_some(), "{err:?}");
+    assert!(ch.is_broken());
+}
+
+#[test]
+fn reply_with_fd_data_instead_of_the_descriptor_is_expected_fd() {
+    let (mut ch, mut peer) = raw_pair();
+    peer.write_all(b"\x00\x03ok\x00\x00\x03ok\x00").unwrap();
+    let mut buf = MessageBuf::new();
+    assert!(matches!(
+        ch.read_reply_with_fd(&mut buf),
+        Err(Error::Protocol(ProtocolError::ExpectedFd))
+    ));
+    assert!(ch.is_broken());
+}
+
+#[test]
+fn reply_with_fd_stray_or_extra_descriptors_are_closed() {
+    // Two descriptors on the descriptor's byte, and one attached to the reply itself.
+    for (reply_fds, byte_fds) in [(0usize, 2usize), (1, 0), (0, 9)] {
+        let (mut ch, peer) = raw_pair();
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..reply_fds + byte_fds).map(|_| pipe()).collect();
+        let raw: Vec<_> = pipes.iter().map(|(_, w)| w.as_raw_fd()).collect();
+        send_with_fds(peer.as_fd(), b"\x00\x03ok\x00", &raw[..reply_fds]);
+        send_with_fds(peer.as_fd(), &[0], &raw[reply_fds..]);
+        let readers: Vec<OwnedFd> = pipes.into_iter().map(|(r, _w)| r).collect();
+        let mut buf = MessageBuf::new();
+        let res = ch
+            .read_reply_with_fd(&mut buf)
+            .map(|(m, fd)| (m.to_vec(), fd));
+        assert!(
+            matches!(
+                res,
+                Err(Error::Protocol(
+                    ProtocolError::UnexpectedFd | ProtocolError::TooManyFds
+                ))
+            ),
+            "{reply_fds}+{byte_fds}: {res:?}"
+        );
+        for r in readers {
+            assert_eq!(read_to_eof(r), b"", "a received descriptor was left open");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Strings
 // ---------------------------------------------------------------------------------------------
 

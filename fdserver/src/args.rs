@@ -799,8 +799,25 @@ pub trait ToValues {
     note = "see the `fdserver::args` docs for the supported types"
 )]
 pub trait FromValues: Sized {
+    /// Whether the first value sent after the reply array is a descriptor (then the client
+    /// reads it together with the reply).
+    #[doc(hidden)]
+    const __FIRST_OUT_OF_BAND_IS_FD: bool = false;
     #[doc(hidden)]
     fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self>;
+}
+
+/// Whether the first form in `forms` that is not inline is a descriptor.
+const fn first_out_of_band_is_fd(forms: &[Form]) -> bool {
+    let mut i = 0;
+    while i < forms.len() {
+        match forms[i] {
+            Form::Inline => i += 1,
+            Form::Fd => return true,
+            Form::Scalar => return false,
+        }
+    }
+    false
 }
 
 impl<T: ToArg> ToValues for T {
@@ -814,6 +831,7 @@ impl<T: ToArg> ToValues for T {
 }
 
 impl<T: FromArg> FromValues for T {
+    const __FIRST_OUT_OF_BAND_IS_FD: bool = first_out_of_band_is_fd(&[T::FORM]);
     fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
         decoder.take::<T>(0)
     }
@@ -854,6 +872,7 @@ macro_rules! tuple_values {
         }
 
         impl<$($t: FromArg),+> FromValues for ($($t,)+) {
+            const __FIRST_OUT_OF_BAND_IS_FD: bool = first_out_of_band_is_fd(&[$($t::FORM),+]);
             fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
                 // Take every member before giving up on any: out-of-band ones must be read.
                 $(let $v = decoder.take::<$t>($i);)+

@@ -498,6 +498,94 @@ impl Channel {
         Ok(msg)
     }
 
+    /// Reads a reply that carries one file descriptor after it (what
+    /// [`write_ok_with_fd`](Self::write_ok_with_fd) sends, or [`write_ok`](Self::write_ok) then
+    /// [`send_fd`](Self::send_fd)): the same as [`read_reply`](Self::read_reply) then
+    /// [`recv_fd`](Self::recv_fd), in one system call fewer when the descriptor has already
+    /// arrived, because the body and the descriptor's byte are read together.
+    ///
+    /// It still never reads past what belongs to this reply: the body and at most the one byte
+    /// that must follow an `"ok"` reply. An `["error", ...]` reply is returned as
+    /// [`Error::Remote`] with no descriptor read; should a byte have followed it anyway (a server
+    /// that sent something unasked), that byte is not ours and the channel is broken. Anything
+    /// but a single descriptor with that byte is a [`ProtocolError`] and breaks the channel;
+    /// descriptors that arrived elsewhere are closed.
+    ///
+    /// ```
+    /// # let (mut server, mut client) = fdserver::Channel::pair()?;
+    /// let file = std::fs::File::open("/dev/null")?;
+    /// server.write_ok_with_fd(["opened"], &file)?;
+    /// let mut buf = fdserver::MessageBuf::new();
+    /// let (reply, fd) = client.read_reply_with_fd(&mut buf)?;
+    /// assert_eq!(reply.to_strings()?, ["ok", "opened"]);
+    /// # drop(fd);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_reply_with_fd<'b>(
+        &mut self,
+        buf: &'b mut MessageBuf,
+    ) -> Result<(Message<'b>, OwnedFd), Error> {
+        self.check()?;
+        let deadline = self.read_deadline();
+        let mut hdr = [0u8; 2];
+        if !self.fill(&mut hdr, deadline, true)? {
+            return Err(Error::Disconnected);
+        }
+        let len = u16::from_be_bytes(hdr) as usize;
+        buf.body.clear();
+        buf.body.resize(len + 1, 0);
+        let mut got = 0;
+        let mut fd = None;
+        while got < len {
+            match sys::recv(self.fd.as_fd(), &mut buf.body[got..], deadline.is_some()) {
+                Ok(mut r) => {
+                    if r.n == 0 {
+                        self.peer_gone = true;
+                        self.broken = true;
+                        return Err(Error::Protocol(ProtocolError::UnexpectedEof));
+                    }
+                    got += r.n;
+                    if r.fd_count() > 0 || r.truncated {
+                        // The kernel ends a read after the piece of stream that carried
+                        // descriptors, so ours can only come with the reply's very last byte.
+                        let ours = got == len + 1
+                            && buf.body[len] == 0
+                            && r.fd_count() == 1
+                            && !r.truncated;
+                        if !ours {
+                            drop(r); // closes every descriptor that arrived
+                            self.broken = true;
+                            return Err(Error::Protocol(ProtocolError::UnexpectedFd));
+                        }
+                        fd = r.fds[0].take();
+                    }
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLIN, false)?,
+            }
+        }
+        let extra = got > len;
+        buf.body.truncate(len);
+        let checked = buf
+            .index()
+            .map_err(Error::Protocol)
+            .and_then(|()| check_reply(buf.message()));
+        if let Err(e) = checked {
+            if extra {
+                self.broken = true; // we took a byte that belongs to something else
+            }
+            return Err(e);
+        }
+        let fd = match fd {
+            Some(fd) => fd,
+            None if extra => {
+                self.broken = true; // plain data where the descriptor's byte should be
+                return Err(Error::Protocol(ProtocolError::ExpectedFd));
+            }
+            None => self.recv_fd()?.ok_or(Error::Disconnected)?,
+        };
+        Ok((buf.message(), fd))
+    }
+
     // ----------------------------------------------------------------------------------------
     // Scalar messages
     // ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 use std::fmt::{self, Write as _};
 use std::iter;
+use std::os::fd::OwnedFd;
 
 use crate::args::{Element, Encoded, Form, FromArg, FromValues, Received, Reply, ToArg, ToValues};
 use crate::channel::Channel;
@@ -61,6 +62,9 @@ pub struct Decoder<'m, 'c> {
     inline_count: usize,
     failure: Option<Failure>,
     receiving: bool,
+    /// A descriptor read together with the reply (see `Channel::read_reply_with_fd`): the
+    /// first out-of-band value, handed out instead of reading one.
+    prefetched_fd: Option<OwnedFd>,
 }
 
 impl<'m, 'c> Decoder<'m, 'c> {
@@ -84,6 +88,7 @@ impl<'m, 'c> Decoder<'m, 'c> {
             inline_count: 0,
             failure: None,
             receiving: true,
+            prefetched_fd: None,
         }
     }
 
@@ -121,7 +126,10 @@ impl<'m, 'c> Decoder<'m, 'c> {
                 self.convert(index, Received::Scalar(received))
             }
             Form::Fd => {
-                let received = self.receive(index, Channel::recv_fd)?;
+                let received = match self.prefetched_fd.take() {
+                    Some(fd) => fd,
+                    None => self.receive(index, Channel::recv_fd)?,
+                };
                 self.convert(index, Received::Fd(received))
             }
         }
@@ -337,8 +345,14 @@ pub fn read_reply<V: FromValues>(
     state: &mut ClientState,
     message: &'static str,
 ) -> Result<V, Error> {
-    let msg = channel.read_reply(&mut state.reply)?;
+    let (msg, fd) = if V::__FIRST_OUT_OF_BAND_IS_FD {
+        let (msg, fd) = channel.read_reply_with_fd(&mut state.reply)?;
+        (msg, Some(fd))
+    } else {
+        (channel.read_reply(&mut state.reply)?, None)
+    };
     let mut decoder = Decoder::new(channel, msg, Target::Reply { message });
+    decoder.prefetched_fd = fd;
     let values = V::__decode(&mut decoder);
     decoder.finish_reply()?;
     values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))

@@ -167,8 +167,7 @@ pub fn hello_call(client: &mut HelloClient) -> (String, u32) {
 pub fn fd_call(client: &mut ServerHandle, buf: &mut MessageBuf) -> OwnedFd {
     let ch = client.channel();
     ch.write_array(["fd"]).expect("fd request");
-    ch.read_reply(buf).expect("fd reply");
-    ch.recv_fd().expect("recv_fd").expect("a descriptor")
+    ch.read_reply_with_fd(buf).expect("fd reply").1
 }
 
 /// Row 3: `n` scalars of `chunk` to the server, then its acknowledgement.
