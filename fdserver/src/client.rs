@@ -117,8 +117,8 @@ impl ServerHandle {
         let channel = self.channel.as_mut().expect("channel present until stop");
         let saved = channel.read_timeout();
         channel.set_read_timeout(timeout);
-        let mut buf = MessageBuf::new();
-        let r = channel.read_into(&mut buf);
+        let buf = &mut self.reply;
+        let r = channel.read_into(buf);
         channel.set_read_timeout(saved);
         let result = match r {
             Ok(true) if buf.message().name() == b"ready" => return Ok(()),

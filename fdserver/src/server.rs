@@ -269,7 +269,10 @@ impl Builder {
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
-        let (parent_end, child_end) = Channel::pair()?;
+        // The child's end first: the lower descriptor number, so that closing everything above
+        // the descriptors it keeps usually takes a single `close_range`, which also closes
+        // the parent's end there.
+        let (child_end, parent_end) = Channel::pair()?;
         let mut child = child_end;
         // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
         // the loop, where allocating is the user's domain (see the crate docs on fork safety).
@@ -282,7 +285,6 @@ impl Builder {
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
         let plan = SignalPlan::new(S::SIGNALS);
-        let parent_raw = parent_end.as_raw_fd();
 
         // Hold the standard streams' locks across the fork: a lock another thread held at that
         // moment would stay locked forever in the child, which flushes stdout and stderr at
@@ -303,10 +305,9 @@ impl Builder {
         }
         match pid {
             Ok(0) => {
-                // Child. Never returns.
-                // SAFETY: `parent_raw` is the parent's end, which this process inherited and must
-                // not keep; the `Channel` owning it is never dropped here (we `_exit`).
-                unsafe { libc::close(parent_raw) };
+                // Child. Never returns. The parent's end is closed with every other descriptor
+                // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
+                // here (we `_exit`).
                 std::mem::forget(parent_end);
                 child_main(server, child, &mut buf, &self.keep_fds, &plan)
             }
@@ -335,6 +336,11 @@ impl Builder {
 struct SignalPlan {
     /// Bit n: the server declared a handler for signal n.
     declared: u64,
+    /// Bit n: the child sets signal n itself after resetting the others (SIGHUP, SIGPIPE and
+    /// the caught ones).
+    preset: u64,
+    /// The highest signal number (asked of the C library in the parent).
+    sigmax: libc::c_int,
     /// Signals the loop catches (declared + SIGTERM + SIGINT), with a flag handler.
     caught: libc::sigset_t,
     /// The signal mask the loop runs with: `caught` unblocked.
@@ -352,8 +358,15 @@ impl SignalPlan {
         }
         sys::sigset_add(&mut caught, libc::SIGTERM);
         sys::sigset_add(&mut caught, libc::SIGINT);
+        let preset = declared
+            | 1 << libc::SIGHUP
+            | 1 << libc::SIGPIPE
+            | 1 << libc::SIGTERM
+            | 1 << libc::SIGINT;
         SignalPlan {
             declared,
+            preset,
+            sigmax: sys::sigmax(),
             caught,
             run_mask: sys::sigset(false),
         }
@@ -383,7 +396,7 @@ fn child_main<S: Server>(
 ) -> ! {
     // 1. Signals: every disposition back to default, SIGHUP ignored unless the server handles
     //    it (Passenger ignored it after installing the user's handlers, so theirs never ran).
-    sys::reset_signal_dispositions();
+    sys::reset_signal_dispositions(plan.sigmax, plan.preset);
     if !plan.declares(libc::SIGHUP) {
         let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
     }
@@ -437,8 +450,8 @@ fn finish<S: Server>(server: &mut S, code: i32) -> ! {
         Ok(()) => code,
         Err(_) => 101,
     };
+    // `_exit` skips std's own flush of stdout at exit. (Stderr is unbuffered: nothing to do.)
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     sys::exit_now(code)
 }
 
