@@ -1,7 +1,6 @@
 //! The client side of a forked server: [`ServerHandle`].
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -79,7 +78,7 @@ impl fmt::Display for Stopped {
 /// [`Error::ServerExited`] carrying its exit status, rather than hanging.
 pub struct ServerHandle {
     pid: libc::pid_t,
-    pidfd: OwnedFd,
+    exit: sys::ExitWatch,
     channel: Option<Channel>,
     status: Option<ExitStatus>,
     stop: StopOptions,
@@ -92,10 +91,10 @@ impl ServerHandle {
         channel: Channel,
         stop: StopOptions,
     ) -> Result<Self, Error> {
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
+        let exit = match sys::ExitWatch::new(pid) {
+            Ok(watch) => watch,
             Err(e) => {
-                // Without a pidfd we cannot supervise the child safely: end it now.
+                // Without a way to wait for it we cannot supervise the child: end it now.
                 // SAFETY: `pid` is our unreaped child, so the number cannot have been recycled.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 let _ = sys::reap(pid);
@@ -104,7 +103,7 @@ impl ServerHandle {
         };
         Ok(ServerHandle {
             pid,
-            pidfd,
+            exit,
             channel: Some(channel),
             status: None,
             stop,
@@ -142,9 +141,31 @@ impl ServerHandle {
         self.pid as u32
     }
 
-    /// The server's pidfd (readable once it has exited), e.g. to wait on it in an event loop.
+    /// A descriptor that becomes readable once the server has exited, e.g. to wait on it in an
+    /// event loop: its pidfd, or where the system has none (kernels before 5.3, valgrind) a pipe
+    /// that a watcher thread closes when the server exits. Either way the server stays unreaped
+    /// until this handle reaps it.
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let server = Echo.start()?;
+    /// use std::os::fd::AsRawFd;
+    /// let fd = server.pidfd().as_raw_fd();
+    /// let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    /// // SAFETY: one valid pollfd; zero timeout.
+    /// assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0, "still running");
+    /// # server.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.exit.fd()
     }
 
     /// The raw channel to the server, for messages, scalars and descriptors the typed API does
@@ -223,12 +244,13 @@ impl ServerHandle {
         r.map_err(|e| self.exit_error(e))
     }
 
-    /// Sends a signal to the server (through its pidfd, so a recycled pid is never hit).
+    /// Sends a signal to the server (through its pidfd, or to its pid, which cannot have been
+    /// recycled while the handle has not reaped it).
     pub fn signal(&self, signal: Signal) -> Result<(), Error> {
         if self.status.is_some() {
             return Ok(());
         }
-        sys::pidfd_kill(self.pidfd.as_fd(), signal as i32).map_err(Error::Io)
+        self.exit.kill(signal as i32).map_err(Error::Io)
     }
 
     /// If the server has exited, reaps it and returns its status; never blocks.
@@ -258,13 +280,13 @@ impl ServerHandle {
         }
     }
 
-    /// Waits (on the pidfd, without polling loops) until the server exits or the deadline passes,
+    /// Waits (on [`pidfd`](Self::pidfd), without polling loops) until the server exits or the deadline passes,
     /// and reaps it.
     fn wait_exit(&mut self, deadline: Option<Instant>) -> Result<Option<ExitStatus>, Error> {
         if self.status.is_some() {
             return Ok(self.status);
         }
-        if sys::wait_fd(self.pidfd.as_fd(), libc::POLLIN, deadline)? {
+        if sys::wait_fd(self.exit.fd(), libc::POLLIN, deadline)? {
             let raw = sys::reap(self.pid)?;
             self.status = Some(ExitStatus::from_raw(raw));
         }
@@ -272,7 +294,7 @@ impl ServerHandle {
     }
 
     fn kill_and_reap(&mut self) -> Result<ExitStatus, Error> {
-        sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL)?;
+        self.exit.kill(libc::SIGKILL)?;
         Ok(self.wait_exit(None)?.expect("waited without deadline"))
     }
 
@@ -321,7 +343,7 @@ impl ServerHandle {
                 how: Shutdown::Graceful,
             });
         }
-        sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGTERM)?;
+        self.exit.kill(libc::SIGTERM)?;
         if let Some(status) = self.wait_exit(Some(Instant::now() + self.stop.after_term))? {
             return Ok(Stopped {
                 status,

@@ -126,6 +126,8 @@
 //! serving; a user's SIGHUP handler runs; `stop` escalates close → SIGTERM → SIGKILL waiting on
 //! a pidfd (no sleeps, no polling loops) and always reaps, so no zombie is left; clean shutdowns
 //! exit 0; a dead server makes the next call fail at once with its exit status instead of hanging.
+//! Where there are no pidfds (Linux before 5.3, or under valgrind), a watcher thread per server
+//! waits with `waitid(WNOWAIT)` instead, with the same guarantees.
 
 #![warn(missing_docs)]
 

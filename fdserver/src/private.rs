@@ -11,6 +11,12 @@ use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::server::{BoxError, Context};
 use crate::wire::{Message, MessageBuf};
 
+/// Makes every server handle created from now on wait for its server with a watcher thread
+/// instead of a pidfd, the fallback for systems without pidfds (for fdserver's own tests).
+pub fn force_exit_watch_thread(on: bool) {
+    crate::sys::force_exit_watch_thread(on);
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 

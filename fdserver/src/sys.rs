@@ -7,9 +7,9 @@
 
 use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI16, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI16, AtomicI32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// How many descriptors one `recvmsg` accepts before the control message counts as truncated.
@@ -262,6 +262,99 @@ pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh fd (pidfds are always close-on-exec).
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What a parent waits on for one child's exit, and signals it through: a pidfd, or where the
+/// system has none (kernels before 5.3, or valgrind, which does not know the call), the read end
+/// of a pipe whose write end a watcher thread closes once `waitid(WEXITED | WNOWAIT)` saw the
+/// child exit. Either way the descriptor becomes readable when the child has exited and the
+/// child is left for the owner to reap, so its pid cannot be recycled before that: signalling it
+/// never hits another process.
+pub(crate) struct ExitWatch {
+    fd: OwnedFd,
+    pid: libc::pid_t,
+    is_pidfd: bool,
+}
+
+/// Tests set this to exercise the watcher-thread fallback on a kernel that has pidfds.
+static FORCE_EXIT_WATCH_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Makes every [`ExitWatch`] created from now on use the watcher thread (for tests).
+pub(crate) fn force_exit_watch_thread(on: bool) {
+    FORCE_EXIT_WATCH_THREAD.store(on, Ordering::SeqCst);
+}
+
+impl ExitWatch {
+    /// Starts watching `pid`, an unreaped child of this process.
+    pub(crate) fn new(pid: libc::pid_t) -> io::Result<ExitWatch> {
+        if !FORCE_EXIT_WATCH_THREAD.load(Ordering::SeqCst) {
+            match pidfd_open(pid) {
+                Ok(fd) => {
+                    return Ok(ExitWatch {
+                        fd,
+                        pid,
+                        is_pidfd: true,
+                    })
+                }
+                Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let (rd, wr) = pipe()?;
+        std::thread::Builder::new()
+            .name("fdserver-exit-watch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                wait_exited_without_reaping(pid);
+                drop(wr); // end of file: the read end is readable from now on
+            })?;
+        Ok(ExitWatch {
+            fd: rd,
+            pid,
+            is_pidfd: false,
+        })
+    }
+
+    /// Readable once the child has exited.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Sends `sig` to the child; a child that already exited (but is not reaped) is `Ok`.
+    pub(crate) fn kill(&self, sig: libc::c_int) -> io::Result<()> {
+        if self.is_pidfd {
+            return pidfd_kill(self.fd.as_fd(), sig);
+        }
+        // SAFETY: kill takes no pointers. The pid is our unreaped child (see the type's docs).
+        if unsafe { libc::kill(self.pid, sig) } == -1 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Blocks until child `pid` has exited, without reaping it (or until waiting is impossible,
+/// e.g. someone else reaped it).
+fn wait_exited_without_reaping(pid: libc::pid_t) {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid out-value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// Non-blocking reap of `pid`: `Some(raw wait status)` if it has exited.
