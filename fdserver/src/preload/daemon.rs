@@ -36,6 +36,9 @@ use crate::sys;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection thread waits for another connection before it exits.
 const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
+/// How long a template may take to answer a command: it reads the rest of the request within
+/// its own `REQUEST_TIMEOUT`, then forks.
+const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest first message of a request (`["run", key, cwd]`, `["status"]`, `["stop"]`).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -470,14 +473,26 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
     let (handle, _) = t.current.as_mut().expect("started above");
     let Job { conn, cwd } = job;
     let sent = handle.with_channel(|ch| {
+        // A deadline makes the reply wait a `poll` for input, not a blocking `recvmsg`: a
+        // blocked `recvmsg` is also woken each time the template consumes part of the request
+        // (write space on the same socket), two useless context switches per command.
+        ch.set_read_timeout(Some(TEMPLATE_REPLY_TIMEOUT));
         ch.write_array([b"run".as_slice(), &cwd])?;
         ch.send_fd(&conn)?;
         let mut buf = crate::MessageBuf::new();
         ch.read_reply(&mut buf).map(drop)
     });
-    drop(t);
     if let Err(e) = sent {
         log(&format!("template {key:?} failed a request: {e}"));
+        if matches!(e, Error::TimedOut) {
+            // Wedged, and its channel is out of step (a late reply would answer the next
+            // command): replace it.
+            if let Some((handle, _)) = t.current.take() {
+                retire(handle);
+                set_info(&slot, None);
+            }
+        }
+        drop(t);
         reply_error(conn, "template", &format!("the template failed: {e}"));
         // The next command restarts it if it died.
     }
