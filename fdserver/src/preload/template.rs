@@ -73,7 +73,7 @@ impl<A: Application> Template<A> {
             let stdio: [OwnedFd; 3] = [fd()?, fd()?, fd()?];
             Ok((argv, env, stdio))
         })();
-        let (argv, env, stdio) = match request {
+        let (argv, mut env, stdio) = match request {
             Ok(r) => r,
             Err(e) => {
                 // The server passes this on to the client.
@@ -85,6 +85,10 @@ impl<A: Application> Template<A> {
         };
         conn.set_read_timeout(None);
         conn.set_write_timeout(Some(Duration::from_secs(5)));
+        // The worker points `environ` into this buffer: every entry must end in NUL.
+        if env.last().is_some_and(|&b| b != 0) {
+            env.push(0);
+        }
 
         // Nothing buffered in this process may be written twice (once by the worker).
         let _ = std::io::stdout().flush();
@@ -302,22 +306,21 @@ fn worker_main<A: Application>(
         eprintln!("cannot enter the working directory {cwd:?}: {e}");
         sys::exit_now(126);
     }
-    // The client's environment replaces ours in one step: `environ` points at a fresh array
-    // (never freed: the process ends with the command). The worker is single-threaded, so
-    // nothing reads the environment concurrently.
-    let entries: Vec<std::ffi::CString> = split_nul(env)
+    // The client's environment replaces ours in one step: `environ` points at a fresh array of
+    // pointers into the request's buffer, whose entries are already NUL-terminated (never freed:
+    // the process ends with the command). One allocation, not one per variable: in a worker,
+    // each allocation may land on a different page of the template's heap and copy it. The
+    // worker is single-threaded, so nothing reads the environment concurrently.
+    let mut ptrs: Vec<*mut libc::c_char> = split_nul(env)
         .filter(|kv| kv.iter().position(|&b| b == b'=').is_some_and(|i| i > 0))
-        .filter_map(|kv| std::ffi::CString::new(kv).ok())
-        .collect();
-    let mut ptrs: Vec<*mut libc::c_char> = entries
-        .iter()
-        .map(|c| c.as_ptr().cast_mut())
+        .map(|kv| kv.as_ptr().cast::<libc::c_char>().cast_mut())
         .chain(std::iter::once(std::ptr::null_mut()))
         .collect();
-    // SAFETY: single-threaded; `ptrs` is a NULL-terminated array of NUL-terminated strings that
-    // are leaked below, so they outlive every reader of `environ`.
+    // SAFETY: single-threaded; `ptrs` is a NULL-terminated array of pointers to NUL-terminated
+    // strings (`run` made `env` end in NUL, so each item is followed by one, and contains none:
+    // `split_nul` split there). `env` is borrowed from the caller's frame, which never returns (this function
+    // exits the process), and `ptrs` is leaked, so both outlive every reader of `environ`.
     unsafe { libc::environ = ptrs.as_mut_ptr() };
-    std::mem::forget(entries);
     std::mem::forget(ptrs);
     let args: Vec<OsString> = split_nul(argv)
         .map(|a| OsString::from_vec(a.to_vec()))
