@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -31,6 +31,30 @@ struct Worker {
     pid: libc::pid_t,
     /// The client's connection; `None` once the client is gone.
     conn: Option<Channel>,
+    /// What was allocated for the worker, freed once it has exited (see `Template::run`).
+    _request: Request,
+}
+
+/// A command's arguments, as given to its worker. Freeing them while the worker still shares
+/// the template's memory would copy the pages that malloc writes to (the freed chunks, its
+/// lists); once it has exited, those pages are ours alone again and writing them is cheap.
+#[allow(dead_code)] // only ever dropped
+struct Request {
+    args: Vec<OsString>,
+}
+
+/// Buffers reused from command to command, so that reading a command allocates (and later
+/// frees) nothing: in a template with a large fragmented heap, each allocation may touch a
+/// different page (a free chunk and its neighbours in malloc's lists), which the next fork
+/// shares again.
+#[derive(Default)]
+struct Scratch {
+    cwd: Vec<u8>,
+    argv: Vec<u8>,
+    env: Vec<u8>,
+    /// The worker's `environ`: pointers into `env`.
+    envp: Vec<*mut libc::c_char>,
+    close: Vec<RawFd>,
 }
 
 pub(crate) struct Template<A> {
@@ -40,6 +64,7 @@ pub(crate) struct Template<A> {
     huge_pages: bool,
     /// The signals a worker resets to their default action (see `os::non_default_signals`).
     reset: Option<u64>,
+    scratch: Scratch,
 }
 
 impl<A: Application> Template<A> {
@@ -50,11 +75,14 @@ impl<A: Application> Template<A> {
             workers: Vec::new(),
             huge_pages,
             reset: None,
+            scratch: Scratch::default(),
         }
     }
 
     fn run(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
-        let cwd = msg.get(1).unwrap_or(b"/").to_vec();
+        let sc = &mut self.scratch;
+        sc.cwd.clear();
+        sc.cwd.extend_from_slice(msg.get(1).unwrap_or(b"/"));
         let ch = ctx.channel();
         let conn = ch
             .recv_fd()?
@@ -64,16 +92,19 @@ impl<A: Application> Template<A> {
         let mut conn = Channel::new(conn);
         conn.set_timeout(Some(REQUEST_TIMEOUT));
         let request = (|| -> Result<_, Error> {
-            let argv = conn.read_scalar()?.ok_or(Error::Disconnected)?;
-            let env = conn.read_scalar()?.ok_or(Error::Disconnected)?;
+            for buf in [&mut sc.argv, &mut sc.env] {
+                if !conn.read_scalar_into(buf)? {
+                    return Err(Error::Disconnected);
+                }
+            }
             let mut fd = || {
                 conn.recv_fd()?
                     .ok_or(Error::Protocol(ProtocolError::ExpectedFd))
             };
             let stdio: [OwnedFd; 3] = [fd()?, fd()?, fd()?];
-            Ok((argv, env, stdio))
+            Ok(stdio)
         })();
-        let (argv, mut env, stdio) = match request {
+        let stdio = match request {
             Ok(r) => r,
             Err(e) => {
                 // The server passes this on to the client.
@@ -86,20 +117,37 @@ impl<A: Application> Template<A> {
         conn.set_read_timeout(None);
         conn.set_write_timeout(Some(Duration::from_secs(5)));
         // The worker points `environ` into this buffer: every entry must end in NUL.
-        if env.last().is_some_and(|&b| b != 0) {
-            env.push(0);
+        if sc.env.last().is_some_and(|&b| b != 0) {
+            sc.env.push(0);
         }
+        // What the worker needs is built here, before the fork: an allocation in the worker can
+        // land on any page of the template's fragmented heap (a free chunk, and its neighbours
+        // in malloc's lists) and copy it; in a shared huge page, that splits it first (about
+        // 20 us each). `environ` will point at `envp`, whose entries point into `env`.
+        sc.envp.clear();
+        sc.envp.extend(
+            split_nul(&sc.env)
+                .filter(|kv| kv.iter().position(|&b| b == b'=').is_some_and(|i| i > 0))
+                .map(|kv| kv.as_ptr().cast::<libc::c_char>().cast_mut())
+                .chain(std::iter::once(std::ptr::null_mut())),
+        );
+        let args: Vec<OsString> = split_nul(&sc.argv)
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect();
+        conn.reserve_write(64); // the worker's ["pid", n]
 
         // Nothing buffered in this process may be written twice (once by the worker).
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
-        let mut close: Vec<RawFd> = self
-            .workers
-            .iter()
-            .filter_map(|w| w.conn.as_ref().map(AsRawFd::as_raw_fd))
-            .collect();
-        close.push(ch.as_raw_fd());
-        close.push(conn.as_raw_fd());
+        sc.close.clear();
+        sc.close.extend(
+            self.workers
+                .iter()
+                .filter_map(|w| w.conn.as_ref().map(AsRawFd::as_raw_fd)),
+        );
+        sc.close.push(ch.as_raw_fd());
+        sc.close.push(conn.as_raw_fd());
+        self.workers.reserve(1);
         // What the worker resets: read once (the template's dispositions do not change once it
         // serves), so that each worker saves reading /proc.
         let reset = *self.reset.get_or_insert_with(|| {
@@ -118,13 +166,15 @@ impl<A: Application> Template<A> {
         // threads running; see the module docs), so the child may do anything.
         let forked = unsafe { sys::fork() };
         if matches!(forked, Ok(0)) {
+            let sc = &mut self.scratch;
             let job = WorkerJob {
-                argv: &argv,
-                env: &env,
-                cwd: &cwd,
+                args,
+                envp: &mut sc.envp,
+                env: &sc.env,
+                cwd: &sc.cwd,
                 reset,
             };
-            worker_main(&mut self.app, job, stdio, &mut conn, &close);
+            worker_main(&mut self.app, job, stdio, &mut conn, &sc.close);
         }
         sys::set_sigmask(&old_mask);
         let pid = forked.map_err(RemoteError::from)?;
@@ -140,9 +190,10 @@ impl<A: Application> Template<A> {
         self.workers.push(Worker {
             pid,
             conn: alive.then_some(conn),
+            _request: Request { args },
         });
-        let pid_s = pid.to_string();
-        ctx.reply(["ok", pid_s.as_str()])?;
+        let mut digits = [0u8; 20];
+        ctx.reply([b"ok".as_slice(), decimal(pid as u32, &mut digits)])?;
         Ok(())
     }
 
@@ -257,10 +308,11 @@ fn kill_worker(pid: libc::pid_t) {
     let _ = sys::kill(pid, libc::SIGKILL);
 }
 
-/// What a worker runs: the client's argv, environment and working directory, and the
-/// signals to reset first.
+/// What a worker runs: the client's arguments, environment (`envp` points into `env`) and
+/// working directory, and the signals to reset first.
 struct WorkerJob<'a> {
-    argv: &'a [u8],
+    args: Vec<OsString>,
+    envp: &'a mut Vec<*mut libc::c_char>,
     env: &'a [u8],
     cwd: &'a [u8],
     reset: u64,
@@ -275,7 +327,8 @@ fn worker_main<A: Application>(
     close: &[RawFd],
 ) -> ! {
     let WorkerJob {
-        argv,
+        args,
+        envp,
         env,
         cwd,
         reset,
@@ -286,9 +339,10 @@ fn worker_main<A: Application>(
     // only below, once nothing of the template's handling is left.
     os::reset_dispositions(reset);
     let _ = sys::setsid();
-    let pid = sys::getpid().to_string();
+    let mut digits = [0u8; 20];
+    let pid = decimal(sys::getpid(), &mut digits);
     // If the client is gone, the template sees the hang-up and kills us.
-    let _ = conn.write_array(["pid", pid.as_str()]);
+    let _ = conn.write_array([b"pid".as_slice(), pid]);
     for (i, fd) in stdio.iter().enumerate() {
         if sys::dup2(fd.as_fd(), i as RawFd).is_err() {
             sys::exit_now(127);
@@ -301,32 +355,35 @@ fn worker_main<A: Application>(
     sys::take_pending();
     sys::set_sigmask(&sys::sigset(false));
 
-    let cwd = OsString::from_vec(cwd.to_vec());
-    if let Err(e) = std::env::set_current_dir(&cwd) {
+    let cwd = std::ffi::OsStr::from_bytes(cwd);
+    if let Err(e) = std::env::set_current_dir(cwd) {
         eprintln!("cannot enter the working directory {cwd:?}: {e}");
         sys::exit_now(126);
     }
-    // The client's environment replaces ours in one step: `environ` points at a fresh array of
-    // pointers into the request's buffer, whose entries are already NUL-terminated (never freed:
-    // the process ends with the command). One allocation, not one per variable: in a worker,
-    // each allocation may land on a different page of the template's heap and copy it. The
-    // worker is single-threaded, so nothing reads the environment concurrently.
-    let mut ptrs: Vec<*mut libc::c_char> = split_nul(env)
-        .filter(|kv| kv.iter().position(|&b| b == b'=').is_some_and(|i| i > 0))
-        .map(|kv| kv.as_ptr().cast::<libc::c_char>().cast_mut())
-        .chain(std::iter::once(std::ptr::null_mut()))
-        .collect();
-    // SAFETY: single-threaded; `ptrs` is a NULL-terminated array of pointers to NUL-terminated
+    // The client's environment replaces ours in one step: `environ` points at `envp`, whose
+    // entries point into the request's buffer (never freed: the process ends with the command).
+    // The worker is single-threaded, so nothing reads the environment concurrently.
+    // SAFETY: single-threaded; `envp` is a NULL-terminated array of pointers to NUL-terminated
     // strings (`run` made `env` end in NUL, so each item is followed by one, and contains none:
-    // `split_nul` split there). `env` is borrowed from the caller's frame, which never returns (this function
-    // exits the process), and `ptrs` is leaked, so both outlive every reader of `environ`.
-    unsafe { libc::environ = ptrs.as_mut_ptr() };
-    std::mem::forget(ptrs);
-    let args: Vec<OsString> = split_nul(argv)
-        .map(|a| OsString::from_vec(a.to_vec()))
-        .collect();
+    // `split_nul` split there). Both are borrowed from the template, which this process never
+    // returns to (this function exits it), so they outlive every reader of `environ`.
+    unsafe { libc::environ = envp.as_mut_ptr() };
+    let _ = env;
     let code = catch_unwind(AssertUnwindSafe(|| app.run(args))).unwrap_or(101);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     sys::exit_now(code)
+}
+
+/// `n` in decimal, in `buf`, without allocating.
+fn decimal(mut n: u32, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
