@@ -7,7 +7,8 @@
 //! [n_ops] [op; n_ops] [limit] [n_chunks] [(len, fds); n_chunks] [stream bytes...]
 //! ```
 //!
-//! * `op % 3`: 0 = `read_into`, 1 = `read_scalar_into`, 2 = `recv_fd`; the ops repeat in a cycle.
+//! * `op % 4`: 0 = `read_into`, 1 = `read_scalar_into`, 2 = `recv_fd`, 3 = `read_reply_with_fd`;
+//!   the ops repeat in a cycle.
 //! * `limit` picks the scalar limit: 0 = the default (64 MiB), otherwise `limit * 64` bytes.
 //! * each chunk is one `sendmsg` of the next `len` stream bytes with `fds % 8` descriptors
 //!   attached (a chunk with descriptors and no bytes sends one byte); the rest of the stream
@@ -150,6 +151,7 @@ enum Op {
     Array,
     Scalar,
     Fd,
+    ReplyFd,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -157,10 +159,11 @@ fuzz_target!(|data: &[u8]| {
     let mut c = Cursor(data);
     let n_ops = usize::from(c.byte() % 16).max(1);
     let ops: Vec<Op> = (0..n_ops)
-        .map(|_| match c.byte() % 3 {
+        .map(|_| match c.byte() % 4 {
             0 => Op::Array,
             1 => Op::Scalar,
-            _ => Op::Fd,
+            2 => Op::Fd,
+            _ => Op::ReplyFd,
         })
         .collect();
     let limit = c.byte();
@@ -212,6 +215,18 @@ fuzz_target!(|data: &[u8]| {
                 }
                 fd.is_some()
             }),
+            Op::ReplyFd => match ch.read_reply_with_fd(&mut buf) {
+                Ok((reply, fd)) => {
+                    assert_eq!(reply.name(), b"ok");
+                    // SAFETY: F_GETFD only queries.
+                    let flags = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETFD) };
+                    assert!(flags >= 0 && flags & libc::FD_CLOEXEC != 0);
+                    Ok(true)
+                }
+                // End of stream at a message boundary: the same as the other reads' `Ok(false)`.
+                Err(Error::Disconnected) if !ch.is_broken() => Ok(false),
+                Err(e) => Err(e),
+            },
         };
         if broken_seen {
             assert!(
@@ -222,7 +237,7 @@ fuzz_target!(|data: &[u8]| {
         }
         match r {
             Ok(true) => {
-                if let Op::Array = op {
+                if let Op::Array | Op::ReplyFd = op {
                     let m = buf.message();
                     assert!(m.iter().all(|e| !e.contains(&0)));
                 }
