@@ -36,9 +36,9 @@ use crate::sys;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection thread waits for another connection before it exits.
 const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
-/// How long a template may take to answer a command: it reads the rest of the request within
-/// its own `REQUEST_TIMEOUT`, then forks.
-const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a template may take to answer a command: it reads the rest of the request (five
+/// reads, each within its own 10 s), then forks. Well above that: only a wedged template misses it.
+const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest first message of a request (`["run", key, cwd]`, `["status"]`, `["stop"]`).
 const MAX_REQUEST: usize = 64 * 1024;
 
