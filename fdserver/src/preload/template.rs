@@ -193,7 +193,7 @@ impl<A: Application> Template<A> {
             _request: Request { args },
         });
         let mut digits = [0u8; 20];
-        ctx.reply([b"ok".as_slice(), decimal(pid as u32, &mut digits)])?;
+        ctx.reply([decimal(pid as u32, &mut digits)])?; // ["ok", n]
         Ok(())
     }
 
@@ -256,7 +256,7 @@ impl<A: Application> Server for Template<A> {
                         let _ = sys::kill(w.pid, libc::SIGTERM);
                     }
                 }
-                ctx.reply(["ok"])?;
+                ctx.reply::<[&str; 0], _>([])?; // ["ok"]
                 ctx.quit();
                 Ok(())
             }
