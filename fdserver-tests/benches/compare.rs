@@ -279,6 +279,31 @@ fn main() {
             })),
         }
     }
+    // 5s: row 5 with the client linked statically, the build README recommends for thin
+    // clients (the same code; what a dynamic Rust binary costs at every start is the difference).
+    if want("5s") {
+        match preload::preload_app_static() {
+            Ok(app) => {
+                for &m in &same_cpu {
+                    preload_guarded(&cfg, "5s static client warm command", m, || {
+                        let mut row = row_preload_command(&cfg, m, &app, false);
+                        row.id = "5s".into();
+                        row.what = "static client warm cmd vs posix_spawn true".into();
+                        row.extra = "preload-app (+crt-static) exit 0, server up".into();
+                        rows.push(row)
+                    });
+                }
+            }
+            Err(e) => rows.extend(same_cpu.iter().map(|m| Row {
+                id: "5s".into(),
+                what: "static client warm cmd vs posix_spawn true".into(),
+                pin: m.pin,
+                result: Err(format!("n/a: {e}")),
+                target: None,
+                extra: String::new(),
+            })),
+        }
+    }
     if want("5w") {
         match preload::wordindex() {
             Ok(bin) => {

@@ -61,10 +61,21 @@ fn target_dir() -> PathBuf {
 /// `name` (cargo's own answer, so a `--target` triple or a renamed profile directory cannot
 /// fool us).
 fn cargo_build(args: &[&str], name: &str) -> Result<PathBuf, String> {
+    cargo_build_in(&target_dir(), &[], args, name)
+}
+
+/// [`cargo_build`] into `target`, with `env` added to cargo's environment.
+fn cargo_build_in(
+    target: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    name: &str,
+) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .env("CARGO_TARGET_DIR", target_dir())
+        .env("CARGO_TARGET_DIR", target)
+        .envs(env.iter().copied())
         .args([
             "build",
             "--release",
@@ -74,10 +85,11 @@ fn cargo_build(args: &[&str], name: &str) -> Result<PathBuf, String> {
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
     eprintln!(
-        "  building: {} build --release {} (CARGO_TARGET_DIR={})",
+        "  building: {}{} build --release {} (CARGO_TARGET_DIR={})",
+        env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect::<String>(),
         Path::new(&cargo).display(),
         args.join(" "),
-        target_dir().display()
+        target.display()
     );
     let out = cmd
         .output()
@@ -101,7 +113,7 @@ fn cargo_build(args: &[&str], name: &str) -> Result<PathBuf, String> {
             } else {
                 format!("release/{name}")
             };
-            let p = target_dir().join(sub);
+            let p = target.join(sub);
             if p.is_file() {
                 Ok(p)
             } else {
@@ -141,6 +153,31 @@ pub fn preload_app() -> Result<PathBuf, String> {
     }
     cargo_build(
         &["-p", "fdserver-tests", "--bin", "preload-app"],
+        "preload-app",
+    )
+}
+
+/// `preload-app` linked statically (`-C target-feature=+crt-static`, glibc), the build
+/// recommended for a preloader's thin client: no dynamic loader, no relocations of shared
+/// libraries at every start. Built by cargo for the host triple into `<target>/static-client`
+/// (its own directory, so the bench's own build is not invalidated); a no-op when up to date.
+pub fn preload_app_static() -> Result<PathBuf, String> {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return Err("the static client row is measured on linux-gnu only".into());
+    }
+    // `--target` keeps RUSTFLAGS off the proc-macro crate (built for the host without it).
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    cargo_build_in(
+        &target_dir().join("static-client"),
+        &[("RUSTFLAGS", "-C target-feature=+crt-static")],
+        &[
+            "--target",
+            &triple,
+            "-p",
+            "fdserver-tests",
+            "--bin",
+            "preload-app",
+        ],
         "preload-app",
     )
 }
