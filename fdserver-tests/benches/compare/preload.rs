@@ -86,7 +86,9 @@ fn cargo_build_in(
         .stderr(Stdio::inherit());
     eprintln!(
         "  building: {}{} build --release {} (CARGO_TARGET_DIR={})",
-        env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect::<String>(),
+        env.iter()
+            .map(|(k, v)| format!("{k}='{v}' "))
+            .collect::<String>(),
         Path::new(&cargo).display(),
         args.join(" "),
         target.display()
