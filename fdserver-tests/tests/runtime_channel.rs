@@ -485,6 +485,97 @@ fn reply_with_fd_data_instead_of_the_descriptor_is_expected_fd() {
 }
 
 #[test]
+fn shortest_replies_are_read_exactly_with_or_without_a_descriptor() {
+    // ["ok"] is the shortest reply (5 bytes): the first read asks for exactly that, plus the
+    // descriptor's byte when one is expected, and what follows stays on the socket.
+    let (mut ch, mut peer) = raw_pair();
+    let mut buf = MessageBuf::new();
+    peer.write_all(b"\x00\x03ok\x00\x00\x05next\x00").unwrap();
+    assert_eq!(
+        ch.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok"]
+    );
+    assert_eq!(ch.read_strings().unwrap().unwrap(), ["next"]);
+
+    let (r, w) = pipe();
+    send_with_fds(peer.as_fd(), b"\x00\x03ok\x00", &[]);
+    send_with_fds(peer.as_fd(), &[0], &[w.as_raw_fd()]);
+    drop(w);
+    peer.write_all(b"\x00\x05next\x00").unwrap();
+    let (reply, fd) = ch.read_reply_with_fd(&mut buf).unwrap();
+    assert_eq!(reply.to_strings().unwrap(), ["ok"]);
+    drop(fd);
+    assert_eq!(
+        read_to_eof(r),
+        b"",
+        "the descriptor received is the pipe's write end"
+    );
+    assert_eq!(ch.read_strings().unwrap().unwrap(), ["next"]);
+
+    // An error reply with a descriptor expected: nothing past the reply is read.
+    peer.write_all(b"\x00\x10error\x00failed\x00no\x00")
+        .unwrap();
+    assert!(ch
+        .read_reply_with_fd(&mut buf)
+        .unwrap_err()
+        .as_remote()
+        .is_some());
+    assert!(!ch.is_broken());
+    peer.write_all(b"\x00\x05next\x00").unwrap();
+    assert_eq!(ch.read_strings().unwrap().unwrap(), ["next"]);
+}
+
+#[test]
+fn a_frame_shorter_than_any_reply_is_a_protocol_error() {
+    // Alone on the socket: only its own bytes are read, and the channel stays in step.
+    for frame in [&b"\x00\x00"[..], b"\x00\x02x\x00"] {
+        let (mut ch, mut peer) = raw_pair();
+        let mut buf = MessageBuf::new();
+        peer.write_all(frame).unwrap();
+        let err = ch.read_reply(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(ProtocolError::BadReply(_))),
+            "{frame:?}: {err:?}"
+        );
+        assert!(!ch.is_broken(), "{frame:?}");
+        peer.write_all(b"\x00\x03ok\x00").unwrap();
+        assert_eq!(
+            ch.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+            ["ok"]
+        );
+    }
+    // With the next message behind it, the first read took bytes of that message: broken.
+    let (mut ch, mut peer) = raw_pair();
+    let mut buf = MessageBuf::new();
+    peer.write_all(b"\x00\x00\x00\x03ok\x00").unwrap();
+    assert!(matches!(
+        ch.read_reply(&mut buf),
+        Err(Error::Protocol(ProtocolError::BadReply(_)))
+    ));
+    assert!(ch.is_broken());
+}
+
+#[test]
+fn a_descriptor_where_a_reply_is_expected_is_closed_and_the_channel_stays_usable() {
+    let (mut ch, mut peer) = raw_pair();
+    let (r, w) = pipe();
+    send_with_fds(peer.as_fd(), &[0], &[w.as_raw_fd()]);
+    drop(w);
+    let mut buf = MessageBuf::new();
+    assert!(matches!(
+        ch.read_reply(&mut buf),
+        Err(Error::Protocol(ProtocolError::UnexpectedFd))
+    ));
+    assert_eq!(read_to_eof(r), b"", "the stray descriptor was closed");
+    assert!(!ch.is_broken());
+    peer.write_all(b"\x00\x03ok\x00").unwrap();
+    assert_eq!(
+        ch.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok"]
+    );
+}
+
+#[test]
 fn reply_with_fd_stray_or_extra_descriptors_are_closed() {
     // Two descriptors on the descriptor's byte, and one attached to the reply itself.
     for (reply_fds, byte_fds) in [(0usize, 2usize), (1, 0), (0, 9)] {

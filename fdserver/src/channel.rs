@@ -489,13 +489,14 @@ impl Channel {
 
     /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`),
     /// [`Error::Remote`] for `["error", kind, message]`, [`Error::Disconnected`] at end of stream.
+    ///
+    /// The first read asks for the five bytes of the shortest reply there is, `["ok"]`
+    /// (`00 03 6F 6B 00`; an error reply is longer): such a reply arrives in one `recvmsg`, and no
+    /// valid reply is ever read past. A frame shorter than that is not a reply; if bytes after
+    /// it were taken with it, the channel is broken.
     pub fn read_reply<'b>(&mut self, buf: &'b mut MessageBuf) -> Result<Message<'b>, Error> {
-        if !self.read_into(buf)? {
-            return Err(Error::Disconnected);
-        }
-        let msg = buf.message();
-        check_reply(msg)?;
-        Ok(msg)
+        self.read_reply_frame(buf, false)?;
+        Ok(buf.message())
     }
 
     /// Reads a reply that carries one file descriptor after it (what
@@ -525,30 +526,96 @@ impl Channel {
         &mut self,
         buf: &'b mut MessageBuf,
     ) -> Result<(Message<'b>, OwnedFd), Error> {
+        let fd = self.read_reply_frame(buf, true)?;
+        Ok((
+            buf.message(),
+            fd.expect("read_reply_frame returns the descriptor it was asked for"),
+        ))
+    }
+
+    /// Reads a reply into `buf` and checks it (`["ok", ...]`, else the error it carries); with
+    /// `with_fd`, also the descriptor that must follow an `"ok"` reply, returned.
+    ///
+    /// Reads never go past what belongs to the reply. The first asks for the shortest reply
+    /// there is, `["ok"]` (5 bytes), plus its descriptor's byte when one is expected (every other
+    /// reply, errors included, is at least that long by itself); then exactly the rest of the
+    /// body, and the descriptor's byte together with the body's end when it is already there. The
+    /// kernel ends a stream read right after the piece that carried descriptors, so ours can only
+    /// come with that last byte: any other descriptor is a protocol error, and is closed.
+    fn read_reply_frame(
+        &mut self,
+        buf: &mut MessageBuf,
+        with_fd: bool,
+    ) -> Result<Option<OwnedFd>, Error> {
+        const SHORTEST: usize = 5; // 00 03 'o' 'k' 00
         self.check()?;
         let deadline = self.read_deadline();
-        let mut hdr = [0u8; 2];
-        if !self.fill(&mut hdr, deadline, true)? {
-            return Err(Error::Disconnected);
-        }
-        let len = u16::from_be_bytes(hdr) as usize;
-        buf.body.clear();
-        buf.body.resize(len + 1, 0);
+        let extra = usize::from(with_fd);
+        let want = SHORTEST + extra;
+        let mut head = [0u8; SHORTEST + 1];
         let mut got = 0;
         let mut fd = None;
-        while got < len {
-            match sys::recv(self.fd.as_fd(), &mut buf.body[got..], deadline.is_some()) {
+        while got < 2 {
+            match sys::recv(self.fd.as_fd(), &mut head[got..want], deadline.is_some()) {
+                Ok(mut r) => {
+                    if r.n == 0 {
+                        self.peer_gone = true;
+                        if got == 0 {
+                            return Err(Error::Disconnected);
+                        }
+                        self.broken = true;
+                        return Err(Error::Protocol(ProtocolError::UnexpectedEof));
+                    }
+                    let first = got == 0;
+                    got += r.n;
+                    if r.fd_count() > 0 || r.truncated {
+                        let ours = with_fd
+                            && got == want
+                            && head[..2] == [0, 3]
+                            && head[SHORTEST] == 0
+                            && r.fd_count() == 1
+                            && !r.truncated;
+                        if !ours {
+                            // A descriptor on its own at a message boundary leaves the stream in
+                            // step (as in `fill`); anything else does not.
+                            let clean = first && r.n == 1 && head[0] == 0;
+                            drop(r); // closes every descriptor that arrived
+                            if !clean {
+                                self.broken = true;
+                            }
+                            return Err(Error::Protocol(ProtocolError::UnexpectedFd));
+                        }
+                        fd = r.fds[0].take();
+                    }
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLIN, got == 0)?,
+            }
+        }
+        let len = u16::from_be_bytes([head[0], head[1]]) as usize;
+        buf.body.clear();
+        buf.body.resize(len + extra, 0);
+        let early = (got - 2).min(len + extra);
+        buf.body[..early].copy_from_slice(&head[2..2 + early]);
+        // More than the frame (and its descriptor's byte) was taken only if the frame is shorter
+        // than any reply: those bytes belonged to the next message.
+        let overrun = got - 2 > len + extra;
+        let mut body_got = early;
+        while body_got < len {
+            match sys::recv(
+                self.fd.as_fd(),
+                &mut buf.body[body_got..len + extra],
+                deadline.is_some(),
+            ) {
                 Ok(mut r) => {
                     if r.n == 0 {
                         self.peer_gone = true;
                         self.broken = true;
                         return Err(Error::Protocol(ProtocolError::UnexpectedEof));
                     }
-                    got += r.n;
+                    body_got += r.n;
                     if r.fd_count() > 0 || r.truncated {
-                        // The kernel ends a read after the piece of stream that carried
-                        // descriptors, so ours can only come with the reply's very last byte.
-                        let ours = got == len + 1
+                        let ours = with_fd
+                            && body_got == len + 1
                             && buf.body[len] == 0
                             && r.fd_count() == 1
                             && !r.truncated;
@@ -563,27 +630,37 @@ impl Channel {
                 Err(e) => self.on_io_error(e, deadline, libc::POLLIN, false)?,
             }
         }
-        let extra = got > len;
+        let fd_byte_read = body_got > len;
         buf.body.truncate(len);
+        if overrun {
+            self.broken = true;
+        }
         let checked = buf
             .index()
             .map_err(Error::Protocol)
             .and_then(|()| check_reply(buf.message()));
         if let Err(e) = checked {
-            if extra {
+            if fd_byte_read {
                 self.broken = true; // we took a byte that belongs to something else
             }
             return Err(e);
         }
-        let fd = match fd {
-            Some(fd) => fd,
-            None if extra => {
+        if overrun {
+            return Err(Error::Protocol(ProtocolError::BadReply(
+                "a reply frame shorter than any reply".into(),
+            )));
+        }
+        if !with_fd {
+            return Ok(None);
+        }
+        match fd {
+            Some(fd) => Ok(Some(fd)),
+            None if fd_byte_read => {
                 self.broken = true; // plain data where the descriptor's byte should be
-                return Err(Error::Protocol(ProtocolError::ExpectedFd));
+                Err(Error::Protocol(ProtocolError::ExpectedFd))
             }
-            None => self.recv_fd()?.ok_or(Error::Disconnected)?,
-        };
-        Ok((buf.message(), fd))
+            None => Ok(Some(self.recv_fd()?.ok_or(Error::Disconnected)?)),
+        }
     }
 
     // ----------------------------------------------------------------------------------------
