@@ -607,3 +607,39 @@ fn start_refuses_when_the_parent_ignores_sigchld() {
     let st = wait_child(pid);
     assert_eq!(st.code(), Some(0), "{st}");
 }
+
+#[test]
+fn a_second_serve_in_the_process_is_refused_while_one_runs() {
+    // Caught signals and the loop's wait are process-wide: one in-process loop at a time.
+    let _wd = watchdog("second_serve_refused", SECS(30));
+    let (mut client, server_end) = fdserver::Channel::pair().unwrap();
+    let first = std::thread::spawn(move || fdserver::serve(&mut Probe::default(), server_end));
+    // Once it answers, the first loop runs.
+    client.write_array(["echo", "x"]).unwrap();
+    let mut buf = MessageBuf::new();
+    assert_eq!(
+        client.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok", "x"]
+    );
+    let (_c2, s2) = fdserver::Channel::pair().unwrap();
+    let err = fdserver::serve(&mut Probe::default(), s2).unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+    // The refusal did not disturb the running loop.
+    client.write_array(["echo", "y"]).unwrap();
+    assert_eq!(
+        client.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok", "y"]
+    );
+    drop(client);
+    assert!(matches!(
+        first.join().unwrap(),
+        Ok(fdserver::LoopEnd::Disconnected)
+    ));
+    // Once it has ended, a new loop may run.
+    let (c3, s3) = fdserver::Channel::pair().unwrap();
+    drop(c3);
+    assert!(matches!(
+        fdserver::serve(&mut Probe::default(), s3),
+        Ok(fdserver::LoopEnd::Disconnected)
+    ));
+}

@@ -483,9 +483,20 @@ fn finish<S: Server>(server: &mut S, code: i32) -> ! {
 /// of the process receives is forwarded to the serving thread. No descriptor is closed and no
 /// other disposition is touched: this is your process.
 ///
+/// One loop serves at a time in a process: a second `serve` while one runs (in another thread)
+/// fails at once with an [`Error::Io`] saying so. Fork a server per channel with
+/// [`Server::start`] instead.
+///
 /// Unlike a forked server, no `["ready"]` message is sent: the peer may be any MessageChannel
 /// client. The socket may be non-blocking.
 pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd, Error> {
+    // Signals reach one loop per process (their flags and the loop's wait are process-wide).
+    if !sys::claim_loop_thread() {
+        return Err(Error::Io(std::io::Error::other(
+            "another fdserver server loop is already running in this process: serve() runs one \
+             at a time (start() forks a process per server)",
+        )));
+    }
     let plan = SignalPlan::new(S::SIGNALS);
     let mut saved = Vec::new();
     let mut failed = None;
@@ -502,6 +513,7 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     };
     if let Some(e) = failed {
         restore(&saved);
+        sys::set_loop_thread(false);
         return Err(Error::Io(e));
     }
     sys::take_pending();
@@ -510,7 +522,6 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     let mut run_mask = old_mask;
     plan.each_caught(|sig| sys::sigset_del(&mut run_mask, sig));
     let plan = SignalPlan { run_mask, ..plan };
-    sys::set_loop_thread(true);
     sys::set_sigmask(&plan.run_mask);
 
     let result = match server.initialize_server() {

@@ -586,6 +586,15 @@ pub(crate) fn set_loop_thread(on: bool) {
     LOOP_TID.store(tid, Ordering::SeqCst);
 }
 
+/// Makes the calling thread the loop thread if no other thread is one; `false` if another is.
+pub(crate) fn claim_loop_thread() -> bool {
+    // SAFETY: gettid cannot fail.
+    let tid = unsafe { libc::gettid() };
+    LOOP_TID
+        .compare_exchange(0, tid, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
 /// Whether a caught signal arrived and was not yet taken by [`take_pending`].
 pub(crate) fn signals_pending() -> bool {
     PENDING.load(Ordering::SeqCst) != 0
