@@ -505,12 +505,12 @@ impl Channel {
     /// [`recv_fd`](Self::recv_fd), in one system call fewer when the descriptor has already
     /// arrived, because the body and the descriptor's byte are read together.
     ///
-    /// It still never reads past what belongs to this reply: the body and at most the one byte
-    /// that must follow an `"ok"` reply. An `["error", ...]` reply is returned as
-    /// [`Error::Remote`] with no descriptor read; should a byte have followed it anyway (a server
-    /// that sent something unasked), that byte is not ours and the channel is broken. Anything
-    /// but a single descriptor with that byte is a [`ProtocolError`] and breaks the channel;
-    /// descriptors that arrived elsewhere are closed.
+    /// It still never reads past what belongs to this reply: the body, and the one byte that
+    /// must follow it only once the body is known to be an `"ok"` reply. An `["error", ...]`
+    /// reply is returned as [`Error::Remote`] with nothing more read, and the channel stays
+    /// usable. Plain data where the descriptor's byte must be, or a descriptor anywhere but with
+    /// that byte, is a [`ProtocolError`] and breaks the channel; descriptors that arrived
+    /// elsewhere are closed. One read timeout covers the reply and its descriptor.
     ///
     /// ```
     /// # let (mut server, mut client) = fdserver::Channel::pair()?;
@@ -601,9 +601,16 @@ impl Channel {
         let overrun = got - 2 > len + extra;
         let mut body_got = early;
         while body_got < len {
+            // The descriptor's byte is asked for only after a body known to start with "ok":
+            // nothing follows an error reply, and a byte after one would not be ours.
+            let limit = if with_fd && body_got >= 3 && buf.body[..3] == *b"ok\0" {
+                len + 1
+            } else {
+                len
+            };
             match sys::recv(
                 self.fd.as_fd(),
-                &mut buf.body[body_got..len + extra],
+                &mut buf.body[body_got..limit],
                 deadline.is_some(),
             ) {
                 Ok(mut r) => {
@@ -641,7 +648,7 @@ impl Channel {
             .and_then(|()| check_reply(buf.message()));
         if let Err(e) = checked {
             if fd_byte_read {
-                self.broken = true; // we took a byte that belongs to something else
+                self.broken = true; // not an "ok" reply, yet a byte after it was taken
             }
             return Err(e);
         }
@@ -659,7 +666,9 @@ impl Channel {
                 self.broken = true; // plain data where the descriptor's byte should be
                 Err(Error::Protocol(ProtocolError::ExpectedFd))
             }
-            None => Ok(Some(self.recv_fd()?.ok_or(Error::Disconnected)?)),
+            None => Ok(Some(
+                self.recv_fd_until(deadline)?.ok_or(Error::Disconnected)?,
+            )),
         }
     }
 
@@ -752,8 +761,14 @@ impl Channel {
     /// [`ProtocolError::TooManyFds`]: every descriptor that arrived is closed. Plain data where a
     /// descriptor was expected is [`ProtocolError::ExpectedFd`] and breaks the channel.
     pub fn recv_fd(&mut self) -> Result<Option<OwnedFd>, Error> {
-        self.check()?;
         let deadline = self.read_deadline();
+        self.recv_fd_until(deadline)
+    }
+
+    /// [`recv_fd`](Self::recv_fd) with a deadline already running (that of the reply it
+    /// follows).
+    fn recv_fd_until(&mut self, deadline: Option<Instant>) -> Result<Option<OwnedFd>, Error> {
+        self.check()?;
         loop {
             let mut byte = [0u8; 1];
             match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
