@@ -611,6 +611,7 @@ fn start_refuses_when_the_parent_ignores_sigchld() {
 #[test]
 fn a_second_serve_in_the_process_is_refused_while_one_runs() {
     // Caught signals and the loop's wait are process-wide: one in-process loop at a time.
+    let _s = fdserver_tests::serial(); // the in-process loop is one per process
     let _wd = watchdog("second_serve_refused", SECS(30));
     let (mut client, server_end) = fdserver::Channel::pair().unwrap();
     let first = std::thread::spawn(move || fdserver::serve(&mut Probe::default(), server_end));
@@ -640,6 +641,45 @@ fn a_second_serve_in_the_process_is_refused_while_one_runs() {
     drop(c3);
     assert!(matches!(
         fdserver::serve(&mut Probe::default(), s3),
+        Ok(fdserver::LoopEnd::Disconnected)
+    ));
+}
+
+/// A server whose `initialize_server` panics.
+struct PanicsInInit;
+
+impl Server for PanicsInInit {
+    type Client = ServerHandle;
+    fn initialize_server(&mut self) -> Result<(), fdserver::BoxError> {
+        panic!("initialize_server panics on purpose");
+    }
+    fn handle(&mut self, _: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        Err(RemoteError::unknown_message(msg.name()))
+    }
+}
+
+#[test]
+fn a_panic_inside_serve_gives_the_process_back_its_loop_and_signals() {
+    let _s = fdserver_tests::serial(); // the in-process loop is one per process
+    let _wd = watchdog("panic_inside_serve", SECS(30));
+    let (_client, server_end) = fdserver::Channel::pair().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        fdserver::serve(&mut PanicsInInit, server_end)
+    }));
+    assert!(r.is_err(), "the hook's panic propagates");
+    // SIGTERM is back to its default disposition (serve had caught it).
+    // SAFETY: querying a disposition with a null new action and a valid out-pointer.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut old) },
+        0
+    );
+    assert_eq!(old.sa_sigaction, libc::SIG_DFL);
+    // And a new loop may run.
+    let (c2, s2) = fdserver::Channel::pair().unwrap();
+    drop(c2);
+    assert!(matches!(
+        fdserver::serve(&mut Probe::default(), s2),
         Ok(fdserver::LoopEnd::Disconnected)
     ));
 }

@@ -497,34 +497,33 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
              at a time (start() forks a process per server)",
         )));
     }
+    // From here on, whatever happens (errors, a panic in a hook), the guard gives the loop
+    // thread up and restores the caller's signal mask and dispositions.
+    let mut guard = ServeGuard {
+        saved: Vec::new(),
+        old_mask: None,
+    };
     let plan = SignalPlan::new(S::SIGNALS);
-    let mut saved = Vec::new();
     let mut failed = None;
     plan.each_caught(
         |sig| match sys::set_disposition(sig, sys::Disposition::Flag) {
-            Ok(old) => saved.push((sig, old)),
+            Ok(old) => guard.saved.push((sig, old)),
             Err(e) => failed = Some(e),
         },
     );
-    let restore = |saved: &[(i32, sys::SavedAction)]| {
-        for (sig, old) in saved {
-            sys::restore_disposition(*sig, old);
-        }
-    };
     if let Some(e) = failed {
-        restore(&saved);
-        sys::set_loop_thread(false);
         return Err(Error::Io(e));
     }
     sys::take_pending();
     let old_mask = sys::get_sigmask();
+    guard.old_mask = Some(old_mask);
     // Our signals are delivered to the flag handler even if the caller had blocked them.
     let mut run_mask = old_mask;
     plan.each_caught(|sig| sys::sigset_del(&mut run_mask, sig));
     let plan = SignalPlan { run_mask, ..plan };
     sys::set_sigmask(&plan.run_mask);
 
-    let result = match server.initialize_server() {
+    match server.initialize_server() {
         Ok(()) => {
             let mut buf = MessageBuf::with_max_capacity();
             let end = run_loop(server, &mut channel, &mut buf, &plan);
@@ -535,12 +534,27 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
             RemoteErrorKind::Initialize,
             e.to_string(),
         ))),
-    };
-    sys::set_loop_thread(false);
-    sys::set_sigmask(&old_mask);
-    sys::take_pending();
-    restore(&saved);
-    result
+    }
+}
+
+/// What [`serve`] undoes when it returns or unwinds: the loop thread it claimed, the signal
+/// mask and the dispositions it changed.
+struct ServeGuard {
+    saved: Vec<(i32, sys::SavedAction)>,
+    old_mask: Option<libc::sigset_t>,
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        sys::set_loop_thread(false);
+        if let Some(mask) = &self.old_mask {
+            sys::set_sigmask(mask);
+        }
+        sys::take_pending();
+        for (sig, old) in &self.saved {
+            sys::restore_disposition(*sig, old);
+        }
+    }
 }
 
 /// The server loop: wait for a message or a signal, dispatch, repeat.
