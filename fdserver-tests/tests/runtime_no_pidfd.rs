@@ -140,3 +140,42 @@ fn the_exit_descriptor_can_be_waited_on_in_an_event_loop() {
     assert!(poll_readable(s.pidfd().as_fd(), Some(SECS(20))));
     assert_eq!(s.try_wait().unwrap().and_then(|st| st.code()), Some(3));
 }
+
+#[test]
+fn an_unrelated_fork_holding_the_watcher_pipe_does_not_delay_stop() {
+    let _s = fallback();
+    let _wd = watchdog("no_pidfd_fork_holds_pipe", SECS(30));
+    let mut s = start();
+    let pid = s.pid();
+    // A plain fork of this process (a daemonising library, a prefork worker) holds a copy of
+    // every descriptor, the watcher's pipe included, until we release it.
+    // (It closes its copy of our end of the server's socket, so that the server still sees our
+    // close as end of stream.)
+    use std::os::fd::AsRawFd;
+    let channel_fd = s.channel().as_raw_fd();
+    let (release_r, release_w) = fdserver_tests::pipe();
+    let release_w_fd = release_w.as_raw_fd();
+    // SAFETY: the child only calls prctl, close, read and _exit (async-signal-safe) and never
+    // returns.
+    let holder = unsafe { libc::fork() };
+    assert!(holder >= 0);
+    if holder == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            libc::close(channel_fd);
+            libc::close(release_w_fd); // else its own copy would keep the release pipe open
+            let mut b = 0u8;
+            libc::read(release_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(release_r);
+    assert_eq!(s.call(["echo", "x"]).unwrap(), ["x"]);
+    // The server exits on the close; stop must see that now, not when the holder exits.
+    let st = s.stop().unwrap();
+    assert_eq!((st.how, st.status.code()), (Shutdown::Graceful, Some(0)));
+    assert!(!is_unreaped_child(pid));
+    drop(release_w);
+    assert_eq!(fdserver_tests::wait_child(holder).code(), Some(0));
+}

@@ -401,3 +401,43 @@ fn every_signal_to_an_idle_server_is_handled_without_a_message() {
     assert_eq!(count(&mut s), 500);
     assert_clean_exit(s);
 }
+
+#[test]
+fn a_signal_taken_by_another_thread_is_handled_exactly_once_while_the_loop_is_busy() {
+    // The other thread forwards the signal to the loop's thread and records nothing itself:
+    // recording it there too let a busy loop handle it, and then the forwarded copy, twice.
+    let _wd = watchdog("signal_by_another_thread_once", SECS(60));
+    let (mut s, r) = start_reporting(|probe| ThreadedUsr1 {
+        probe,
+        helper_tid: None,
+    });
+    let tid: libc::pid_t = s.call(["helper_tid"]).unwrap()[0].parse().unwrap();
+    const SIGNALS: u32 = 600;
+    const QUEUED: usize = 16;
+    let echo: &[&str] = &["echo", "busy"];
+    let mut buf = fdserver::MessageBuf::new();
+    for _ in 0..SIGNALS {
+        // Requests already queued keep the loop going while the signal is forwarded.
+        write_at_once(&mut s, &[echo; QUEUED]);
+        // SAFETY: tgkill with a pid and tid of a live child process's thread; no pointers.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                s.pid() as libc::c_long,
+                tid as libc::c_long,
+                libc::SIGUSR1 as libc::c_long,
+            )
+        };
+        assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+        for _ in 0..QUEUED {
+            s.channel().read_reply(&mut buf).unwrap();
+        }
+        // Keep the loop busy with calls until this signal's handler has reported.
+        while !fdserver_tests::poll_readable(r.as_fd(), Some(std::time::Duration::ZERO)) {
+            assert_eq!(s.call(["echo", "busy"]).unwrap(), ["busy"]);
+        }
+        report(&r, &format!("S{};", libc::SIGUSR1));
+    }
+    assert_eq!(count(&mut s), SIGNALS);
+    assert_clean_exit(s);
+}

@@ -87,7 +87,7 @@
 //! the kernel never restarts (`poll`, `epoll_wait`, `nanosleep`, socket calls with a timeout)
 //! may fail with `EINTR` when one arrives, as in any program that handles signals. Threads you
 //! start need not block them either: a caught signal delivered to another thread is forwarded
-//! to the loop's thread.
+//! to the loop's thread (and that thread's own non-restartable calls may see `EINTR` too).
 //!
 //! ## Descriptors
 //!
@@ -126,8 +126,10 @@
 //! serving; a user's SIGHUP handler runs; `stop` escalates close → SIGTERM → SIGKILL waiting on
 //! a pidfd (no sleeps, no polling loops) and always reaps, so no zombie is left; clean shutdowns
 //! exit 0; a dead server makes the next call fail at once with its exit status instead of hanging.
-//! Where there are no pidfds (Linux before 5.3, or under valgrind), a watcher thread per server
-//! waits with `waitid(WNOWAIT)` instead, with the same guarantees.
+//! Where there are no pidfds (Linux before 5.3, valgrind, seccomp profiles that refuse the
+//! call), a watcher thread per server waits with `waitid(WNOWAIT)` instead; the server then stays
+//! unreaped until its handle reaps it, so signalling it by pid is safe unless something else in
+//! the program reaps children it does not own (`waitpid(-1)`).
 
 #![warn(missing_docs)]
 

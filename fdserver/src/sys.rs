@@ -2,7 +2,8 @@
 //! function, so that a second platform only has to provide this module.
 //!
 //! Everything in this module that the forked child calls before its server loop
-//! (`reset_signal_dispositions`, `close_fds_except`, `install_flag_handler`, `set_sigmask`, `_exit`)
+//! (`reset_signal_dispositions`, `close_fds_except`, `set_disposition`, `set_loop_thread`,
+//! `set_sigmask`, `exit_now`)
 //! is async-signal-safe: no allocation, no locks.
 
 use std::io::{self, IoSlice};
@@ -265,11 +266,11 @@ pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 }
 
 /// What a parent waits on for one child's exit, and signals it through: a pidfd, or where the
-/// system has none (kernels before 5.3, or valgrind, which does not know the call), the read end
-/// of a pipe whose write end a watcher thread closes once `waitid(WEXITED | WNOWAIT)` saw the
-/// child exit. Either way the descriptor becomes readable when the child has exited and the
-/// child is left for the owner to reap, so its pid cannot be recycled before that: signalling it
-/// never hits another process.
+/// system has none (kernels before 5.3, valgrind, seccomp profiles that refuse the call), the
+/// read end of a pipe into which a watcher thread writes a byte once `waitid(WEXITED | WNOWAIT)`
+/// saw the child exit. Either way the descriptor becomes readable when the child has exited and
+/// the child is left for the owner to reap. With a pidfd, signalling it can never hit another
+/// process; with the watcher, not as long as nothing else in the process reaps the child.
 pub(crate) struct ExitWatch {
     fd: OwnedFd,
     pid: libc::pid_t,
@@ -296,18 +297,29 @@ impl ExitWatch {
                         is_pidfd: true,
                     })
                 }
-                Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(e),
+                // ENOSYS: no pidfds here (old kernel, valgrind); EPERM: a seccomp profile that
+                // refuses system calls it does not know (older container runtimes).
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+                    return Err(e)
+                }
                 Err(_) => {}
             }
         }
         let (rd, wr) = pipe()?;
-        std::thread::Builder::new()
+        // The watcher starts with every signal blocked (threads inherit the mask), so that it is
+        // never the thread the kernel picks for a signal meant for the process.
+        let old_mask = set_sigmask(&sigset(true));
+        let spawned = std::thread::Builder::new()
             .name("fdserver-exit-watch".into())
             .stack_size(64 * 1024)
             .spawn(move || {
                 wait_exited_without_reaping(pid);
-                drop(wr); // end of file: the read end is readable from now on
-            })?;
+                // A byte, not just closing: a process forked meanwhile may hold a copy of this
+                // end, and the read end must become readable whoever else holds one.
+                write_raw(wr.as_raw_fd(), &[0]);
+            });
+        set_sigmask(&old_mask);
+        spawned?;
         Ok(ExitWatch {
             fd: rd,
             pid,
@@ -321,11 +333,18 @@ impl ExitWatch {
     }
 
     /// Sends `sig` to the child; a child that already exited (but is not reaped) is `Ok`.
+    ///
+    /// Without a pidfd this is `kill(pid)`, which is safe as long as nothing else in the
+    /// process reaps the child (a `waitpid(-1)` elsewhere would let the pid be recycled); a
+    /// child the watcher saw exit is not signalled at all.
     pub(crate) fn kill(&self, sig: libc::c_int) -> io::Result<()> {
         if self.is_pidfd {
             return pidfd_kill(self.fd.as_fd(), sig);
         }
-        // SAFETY: kill takes no pointers. The pid is our unreaped child (see the type's docs).
+        if poll_now(self.fd.as_fd()) {
+            return Ok(()); // it has exited
+        }
+        // SAFETY: kill takes no pointers. The pid is our unreaped child (see above).
         if unsafe { libc::kill(self.pid, sig) } == -1 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
@@ -506,7 +525,7 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Bit `n` set = signal `n` arrived and has not been handled yet. Written only by
-/// [`flag_handler`] (async-signal-safe: atomics and two system calls).
+/// [`flag_handler`] (async-signal-safe: atomics and at most three system calls).
 static PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// The thread running a server loop (0: none). A caught signal delivered to another thread is
@@ -554,25 +573,26 @@ const NEVER_OPEN_FD: i32 = i32::MAX;
 extern "C" fn flag_handler(sig: libc::c_int) {
     // SAFETY: errno is thread-local; saving and restoring it keeps the interrupted code's value.
     let errno = unsafe { *libc::__errno_location() };
-    if (0..64).contains(&sig) {
-        PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
-    }
-    WAIT_FDS[1].fd.store(NEVER_OPEN_FD, Ordering::SeqCst);
     let loop_tid = LOOP_TID.load(Ordering::SeqCst);
-    if loop_tid != 0 {
-        // SAFETY: gettid, getpid and tgkill are async-signal-safe system calls without pointers.
-        unsafe {
-            if libc::gettid() != loop_tid {
-                // Another thread took it (a thread the user started with the signal
-                // unblocked): wake the loop too. There the handler runs again, harmlessly.
-                libc::syscall(
-                    libc::SYS_tgkill,
-                    libc::getpid() as libc::c_long,
-                    loop_tid as libc::c_long,
-                    sig as libc::c_long,
-                );
-            }
+    // SAFETY: gettid, getpid and tgkill are async-signal-safe system calls without pointers.
+    let forwarded = loop_tid != 0
+        && unsafe { libc::gettid() } != loop_tid
+        && unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid() as libc::c_long,
+                loop_tid as libc::c_long,
+                sig as libc::c_long,
+            )
+        } == 0;
+    // Another thread took it (a thread the user started with the signal unblocked): it was
+    // sent on to the loop's thread, where this handler records it, once. Recording it here too
+    // would let the loop handle it twice.
+    if !forwarded {
+        if (0..64).contains(&sig) {
+            PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
         }
+        WAIT_FDS[1].fd.store(NEVER_OPEN_FD, Ordering::SeqCst);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
