@@ -490,3 +490,41 @@ fn template_killed_mid_command_leaves_no_worker() {
     }
     assert_eq!(pl.ok(&["echo", "again"]), "again\n");
 }
+
+/// A server that refuses a command and hangs up while the client is still sending it (a failed
+/// preload answered at once): the client reports the server's reason, not its own failed send.
+#[test]
+fn a_refusal_that_arrives_while_the_client_still_sends_is_reported() {
+    let _wd = wd("refusal_while_sending");
+    let mut pl = Pl::new("refuse");
+    // An environment far larger than a socket buffer: the client is still writing it when the
+    // server hangs up.
+    let big = "x".repeat(100_000);
+    for i in 0..12 {
+        pl.set(&format!("APP_BIG_{i}"), &big);
+    }
+    let listener = UnixListener::bind(pl.files().sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut ch = Channel::from(conn);
+        ch.write_array(["fdserver-preload", fdserver::preload::PROTOCOL_VERSION, "1"])
+            .unwrap();
+        let first = ch.read_array().unwrap().unwrap();
+        assert_eq!(first[0], b"run");
+        ch.write_error(&fdserver::RemoteError::new(
+            fdserver::RemoteErrorKind::Other("preload".into()),
+            "preload refused on purpose",
+        ))
+        .unwrap();
+        // Dropped here, with the client's environment unread.
+    });
+    let out = pl.run(&["echo", "hi"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("preload refused on purpose"),
+        "the server's reason: {:?}",
+        out.stderr
+    );
+    std::fs::remove_file(pl.files().sock).unwrap();
+}

@@ -151,11 +151,37 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::
             conn.send_fd(io::stderr().as_fd())?;
             Ok(())
         };
-        send(&mut conn).map_err(|e| other(format!("sending the command to the server: {e}")))?;
+        if let Err(e) = send(&mut conn) {
+            // The server may have refused the command (a failed preload, say) and hung up
+            // while we were still sending: its reply, already on the socket, says why.
+            if let Some(reason) = refusal(&conn, p.options.handshake_timeout) {
+                return Err(other(reason));
+            }
+            return Err(other(format!("sending the command to the server: {e}")));
+        }
         relay(&mut conn, &sigfd)
     })();
     sys::set_sigmask(&old_mask);
     result
+}
+
+/// The `["error", kind, text]` reply a server left on `conn` before hanging up, if there is one.
+/// Reads through a second descriptor for the same socket: `conn` is marked broken by the failed
+/// send, but what the server wrote is still there to read.
+fn refusal(conn: &Channel, timeout: Duration) -> Option<String> {
+    let mut reader = Channel::new(conn.as_fd().try_clone_to_owned().ok()?);
+    reader.set_read_timeout(Some(timeout));
+    let mut buf = MessageBuf::new();
+    if !reader.read_into(&mut buf).ok()? {
+        return None;
+    }
+    let msg = buf.message();
+    if msg.name() != b"error" {
+        return None;
+    }
+    let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
+    let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b""));
+    Some(format!("{kind}: {text}"))
 }
 
 /// Waits for the worker's pid and status, relaying signals meanwhile.
