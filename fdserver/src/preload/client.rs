@@ -246,14 +246,18 @@ fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
                 b"exit" => return Ok(Outcome::Exit(num(1)?)),
                 b"signal" => return Ok(Outcome::Signal(num(1)?)),
                 b"error" => {
+                    // After the worker's pid, an error means its template failed (timed out, or
+                    // died): nobody will report or stop the worker, so end it ourselves.
+                    end_orphan(pid);
                     let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
                     let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b""));
                     return Err(other(format!("{kind}: {text}")));
                 }
                 _ => {
+                    end_orphan(pid);
                     return Err(other(format!(
                         "unexpected message from the server: {msg:?}"
-                    )))
+                    )));
                 }
             }
         }

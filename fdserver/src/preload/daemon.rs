@@ -36,11 +36,10 @@ use crate::sys;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle connection thread waits for another connection before it exits.
 const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
-/// How long a template may take to answer a command: it reads the rest of the request (five
-/// reads, each within its own 10 s), then forks. Well above that: only a wedged template misses it.
-const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
-/// The largest first message of a request (`["run", key, cwd]`, `["status"]`, `["stop"]`).
-const MAX_REQUEST: usize = 64 * 1024;
+/// How long a template may take to answer a command: it reads the rest of the request (within
+/// 3 s in all, `template::REQUEST_BUDGET`), then forks. Well above that: only a wedged template
+/// misses it.
+const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn log(msg: &str) {
     let line = format!("[fdserver-preload {}] {msg}\n", sys::getpid());
@@ -288,10 +287,8 @@ fn read_request(
     if !read_exact_raw(sock, &mut header, deadline)? {
         return Ok(None);
     }
+    // At most 65535 bytes: the length is a u16.
     let len = u16::from_be_bytes(header) as usize;
-    if len > MAX_REQUEST {
-        return Err(io::Error::other("request too large"));
-    }
     let mut body = vec![0u8; len];
     if !read_exact_raw(sock, &mut body, deadline)? {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -488,7 +485,9 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
             // Wedged, and its channel is out of step (a late reply would answer the next
             // command): replace it.
             if let Some((handle, _)) = t.current.take() {
-                retire(handle);
+                // Not `retire`: a wedged template would keep its 24 h grace, and one more would
+                // pile up at each command. Stop it now (in the background), as `stop` would.
+                kill_wedged(handle);
                 set_info(&slot, None);
             }
         }
@@ -534,6 +533,25 @@ fn shutdown_template(mut handle: ServerHandle) {
         after_close: Duration::from_secs(2),
         after_term: Duration::from_secs(1),
     });
+}
+
+/// Stops a template that stopped answering, in the background: close, SIGTERM after 2 s, SIGKILL
+/// after 2 more, reaped. Its workers' clients then see their connection end and end the
+/// workers' process groups.
+fn kill_wedged(handle: ServerHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("preload-kill-wedged".into())
+        .spawn(move || {
+            let _ = handle.stop_with(StopOptions {
+                after_close: Duration::from_secs(2),
+                after_term: Duration::from_secs(2),
+            });
+        });
+    if let Err(e) = spawned {
+        log(&format!(
+            "cannot start a thread to stop a wedged template: {e}"
+        ));
+    }
 }
 
 /// Lets a template finish its running workers in the background, then reaps it.

@@ -54,8 +54,9 @@
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
 //!   timing out. The template reads a command's arguments, environment and descriptors from the
-//!   client itself (the client sends them in one system call); a client that stalls halfway
-//!   holds up its template's next commands for at most 10 s.
+//!   client itself (the client sends them right after its first message, six `sendmsg` in a
+//!   row); a client that stalls halfway holds up its template's next commands for at most 3 s
+//!   in all, then gets a clear error.
 //! * A client that dies mid-command takes its worker with it (the worker's process group is
 //!   killed), so no orphaned worker keeps running.
 //! * When the server dies, its templates see end of stream and exit after their running workers.

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{os, split_nul, Application};
 use crate::channel::Channel;
@@ -24,8 +24,10 @@ use crate::server::{Context, Server, Signal};
 use crate::sys;
 use crate::wire::Message;
 
-/// How long the client may take to send the rest of its command.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client may take, in all, to send the rest of its command (it sends it right
+/// after its first message). The template serves nothing else meanwhile, so this bounds what a
+/// stalled client costs the other commands of its key.
+const REQUEST_BUDGET: Duration = Duration::from_secs(3);
 
 struct Worker {
     pid: libc::pid_t,
@@ -90,14 +92,23 @@ impl<A: Application> Template<A> {
         // The rest of the request comes from the client itself (sent in one go right after
         // its first message, which the server read).
         let mut conn = Channel::new(conn);
-        conn.set_timeout(Some(REQUEST_TIMEOUT));
+        // One budget for the whole request, not one per read: five reads of 10 s each let a
+        // client that trickled its parts hold the template for most of a minute.
+        let deadline = Instant::now() + REQUEST_BUDGET;
+        let left = move || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let request = (|| -> Result<_, Error> {
             for buf in [&mut sc.argv, &mut sc.env] {
+                conn.set_timeout(Some(left()));
                 if !conn.read_scalar_into(buf)? {
                     return Err(Error::Disconnected);
                 }
             }
             let mut fd = || {
+                conn.set_timeout(Some(left()));
                 conn.recv_fd()?
                     .ok_or(Error::Protocol(ProtocolError::ExpectedFd))
             };
@@ -341,8 +352,11 @@ fn worker_main<A: Application>(
     let _ = sys::setsid();
     let mut digits = [0u8; 20];
     let pid = decimal(sys::getpid(), &mut digits);
-    // If the client is gone, the template sees the hang-up and kills us.
-    let _ = conn.write_array([b"pid".as_slice(), pid]);
+    // If the client is gone, there is nobody to run for: leave before running anything (the
+    // template, seeing the hang-up, would kill us anyway).
+    if conn.write_array([b"pid".as_slice(), pid]).is_err() {
+        sys::exit_now(1);
+    }
     for (i, fd) in stdio.iter().enumerate() {
         if sys::dup2(fd.as_fd(), i as RawFd).is_err() {
             sys::exit_now(127);
