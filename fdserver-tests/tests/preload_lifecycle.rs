@@ -313,3 +313,36 @@ fn stop_during_preload_leaves_no_template() {
         "the waiting client failed: {status:?}"
     );
 }
+
+/// A retired template reports each worker's end to its client as it happens: a short command
+/// started after a long one does not wait for the long one.
+#[test]
+fn a_retired_template_reports_workers_as_they_end_not_in_start_order() {
+    let _wd = wd("retired_template_reports_in_end_order");
+    let mut pl = Pl::new("retord");
+    let watched = pl.path("config.txt");
+    std::fs::write(&watched, "one").unwrap();
+    pl.set("APP_WATCH", &watched);
+    pl.ok(&["template"]);
+
+    let mut older = Running::spawn(pl.cmd(["wait"]));
+    let older_pid = older.expect_pid("ready");
+    let mut newer = Running::spawn(pl.cmd(["wait"]));
+    let newer_pid = newer.expect_pid("ready");
+
+    // Retire the template (its watched file changed): it now only waits for its workers.
+    std::fs::write(&watched, "two, longer").unwrap();
+    pl.ok(&["template"]);
+
+    newer.signal(libc::SIGINT);
+    assert_eq!(signal_of(&newer.wait()), Some(libc::SIGINT));
+    assert_gone(newer_pid, "the newer worker");
+    assert!(
+        alive(older_pid) && older.running(),
+        "the newer command ended while the older one still runs"
+    );
+
+    older.signal(libc::SIGINT);
+    assert_eq!(signal_of(&older.wait()), Some(libc::SIGINT));
+    assert_gone(older_pid, "the older worker");
+}

@@ -41,6 +41,23 @@ pub(crate) fn reset_dispositions(mask: u64) {
     }
 }
 
+/// Waits for any child to end and reaps it: `Some((pid, raw wait status))`, or `None` when this
+/// process has no child left (or waiting failed).
+pub(crate) fn reap_any_blocking() -> Option<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r > 0 {
+            return Some((r, status));
+        }
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

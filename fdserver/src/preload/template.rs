@@ -299,14 +299,12 @@ impl<A: Application> Server for Template<A> {
 
     fn finalize_server(&mut self) {
         // Retired (watched file changed) or orphaned (server gone): let running workers finish
-        // and report to their clients.
-        while let Some(w) = self.workers.first() {
-            let pid = w.pid;
-            match sys::reap(pid) {
-                Ok(raw) => self.report(pid, raw),
-                Err(_) => {
-                    self.workers.remove(0);
-                }
+        // and report each to its client as soon as it ends, in whatever order (waiting for
+        // them in start order would keep a short command's client waiting for an older one).
+        while !self.workers.is_empty() {
+            match os::reap_any_blocking() {
+                Some((pid, raw)) => self.report(pid, raw),
+                None => break, // no child left: nothing more will end
             }
         }
     }
