@@ -269,14 +269,11 @@ fn main() {
                     }
                 }
             }
-            Err(e) => rows.extend(same_cpu.iter().map(|m| Row {
-                id: "5".into(),
-                what: "preloader warm command vs posix_spawn".into(),
-                pin: m.pin,
-                result: Err(format!("n/a: {e}")),
-                target: None,
-                extra: String::new(),
-            })),
+            Err(e) => rows.extend(
+                same_cpu
+                    .iter()
+                    .map(|m| unavailable("5", "preloader warm command vs posix_spawn", m, &e)),
+            ),
         }
     }
     // 5s: row 5 with the client linked statically, the build README recommends for thin
@@ -294,14 +291,11 @@ fn main() {
                     });
                 }
             }
-            Err(e) => rows.extend(same_cpu.iter().map(|m| Row {
-                id: "5s".into(),
-                what: "static client warm cmd vs posix_spawn true".into(),
-                pin: m.pin,
-                result: Err(format!("n/a: {e}")),
-                target: None,
-                extra: String::new(),
-            })),
+            Err(e) => {
+                rows.extend(same_cpu.iter().map(|m| {
+                    unavailable("5s", "static client warm cmd vs posix_spawn true", m, &e)
+                }))
+            }
         }
     }
     if want("5w") {
@@ -313,14 +307,11 @@ fn main() {
                     });
                 }
             }
-            Err(e) => rows.extend(same_cpu.iter().map(|m| Row {
-                id: "5w".into(),
-                what: "wordindex stats: warm vs cold".into(),
-                pin: m.pin,
-                result: Err(format!("n/a: {e}")),
-                target: None,
-                extra: String::new(),
-            })),
+            Err(e) => rows.extend(
+                same_cpu
+                    .iter()
+                    .map(|m| unavailable("5w", "wordindex stats: warm vs cold", m, &e)),
+            ),
         }
     }
     for &size in cfg.heap_sizes.iter().filter(|_| want("6")) {
@@ -907,4 +898,16 @@ fn trace_preload(what: &str, n: u64) {
             (us(&kids1) - us(&kids0)) / n as f64
         }
     );
+}
+
+/// A row that could not be measured (its program could not be built), saying why.
+fn unavailable(id: &str, what: &str, m: &Mode, why: &str) -> Row {
+    Row {
+        id: id.into(),
+        what: what.into(),
+        pin: m.pin,
+        result: Err(format!("n/a: {why}")),
+        target: None,
+        extra: String::new(),
+    }
 }

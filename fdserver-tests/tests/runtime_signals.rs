@@ -360,6 +360,20 @@ impl Server for ThreadedUsr1 {
     }
 }
 
+/// Sends `sig` to thread `tid` of the server only.
+fn tgkill(s: &ServerHandle, tid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: tgkill with a pid and tid of a live child process's thread; no pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            s.pid() as libc::c_long,
+            tid as libc::c_long,
+            sig as libc::c_long,
+        )
+    };
+    assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn a_signal_taken_by_another_thread_of_the_server_still_wakes_the_loop() {
     let _wd = watchdog("signal_taken_by_another_thread", SECS(30));
@@ -372,16 +386,7 @@ fn a_signal_taken_by_another_thread_of_the_server_still_wakes_the_loop() {
     // The loop now waits in poll with no message coming. Deliver SIGUSR1 to the helper thread
     // only: its recording handler runs there and must wake the loop, which then runs the
     // server's handler without any further message.
-    // SAFETY: tgkill with a pid and tid of a live child process's thread; no pointers.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_tgkill,
-            s.pid() as libc::c_long,
-            tid as libc::c_long,
-            libc::SIGUSR1 as libc::c_long,
-        )
-    };
-    assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+    tgkill(&s, tid, libc::SIGUSR1);
     report(&r, &format!("S{};", libc::SIGUSR1));
     assert_eq!(count(&mut s), 1, "handled exactly once");
     assert_clean_exit(s);
@@ -419,16 +424,7 @@ fn a_signal_taken_by_another_thread_is_handled_exactly_once_while_the_loop_is_bu
     for _ in 0..SIGNALS {
         // Requests already queued keep the loop going while the signal is forwarded.
         write_at_once(&mut s, &[echo; QUEUED]);
-        // SAFETY: tgkill with a pid and tid of a live child process's thread; no pointers.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_tgkill,
-                s.pid() as libc::c_long,
-                tid as libc::c_long,
-                libc::SIGUSR1 as libc::c_long,
-            )
-        };
-        assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
+        tgkill(&s, tid, libc::SIGUSR1);
         for _ in 0..QUEUED {
             s.channel().read_reply(&mut buf).unwrap();
         }

@@ -564,10 +564,11 @@ fn run_loop<S: Server>(
     buf: &mut MessageBuf,
     plan: &SignalPlan,
 ) -> LoopEnd {
+    sys::set_wait_socket(channel.as_fd());
     loop {
         // Arm the wait before looking at the flags: a signal landing between the check and the
         // wait then makes the wait return at once (see `sys::arm_wait`).
-        sys::arm_wait(channel.as_fd());
+        sys::arm_wait();
         let pending = sys::take_pending();
         if pending != 0 {
             for sig in 1..64 {

@@ -620,11 +620,15 @@ pub(crate) fn signals_pending() -> bool {
     PENDING.load(Ordering::SeqCst) != 0
 }
 
-/// Arms the loop's wait on `sock`: call before checking [`take_pending`], then call
-/// [`wait_readable_or_signal`]. See [`WAIT_FDS`].
-pub(crate) fn arm_wait(sock: BorrowedFd<'_>) {
+/// Makes `sock` the descriptor the loop's waits watch (once, when a loop starts).
+pub(crate) fn set_wait_socket(sock: BorrowedFd<'_>) {
     WAIT_FDS[0].fd.store(sock.as_raw_fd(), Ordering::SeqCst);
     WAIT_FDS[0].events.store(libc::POLLIN, Ordering::SeqCst);
+}
+
+/// Arms the loop's wait: call before checking [`take_pending`], then call
+/// [`wait_readable_or_signal`]. See [`WAIT_FDS`].
+pub(crate) fn arm_wait() {
     WAIT_FDS[1].fd.store(-1, Ordering::SeqCst);
 }
 
@@ -762,14 +766,13 @@ pub(crate) fn reset_signal_dispositions(max: libc::c_int, skip: u64) {
     }
 }
 
-/// Waits until the socket given to [`arm_wait`] is readable or a caught signal arrives, with no
+/// Waits until the socket given to [`set_wait_socket`] is readable or a caught signal arrives, with no
 /// check-then-wait race as long as [`arm_wait`] was called before the caller last looked at
 /// [`take_pending`] (see [`WAIT_FDS`]). Returns `true` if readable (or hung up: the read will
 /// tell), `false` if woken by a signal.
 pub(crate) fn wait_readable_or_signal() -> io::Result<bool> {
-    WAIT_FDS[0].revents.store(0, Ordering::SeqCst);
     // SAFETY: `WAIT_FDS` is laid out as two `pollfd`s (checked above) and lives forever; the
-    // kernel writes only the `revents` fields. No timeout: no timer is armed.
+    // kernel writes only the `revents` fields (every one, each call). No timeout: no timer.
     let r = unsafe { libc::poll(WAIT_FDS.as_ptr() as *mut libc::pollfd, 2, -1) };
     if r == -1 {
         let e = io::Error::last_os_error();
