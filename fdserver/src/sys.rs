@@ -275,6 +275,21 @@ pub(crate) struct ExitWatch {
     fd: OwnedFd,
     pid: libc::pid_t,
     is_pidfd: bool,
+    /// The watcher thread, if any (joined on drop once it has reported, so that its end of
+    /// the pipe is closed by the time the watch is gone).
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            // Once it has written its byte it only has to close its end and return; before
+            // that (a child still running) it is left to finish on its own.
+            if poll_now(self.fd.as_fd()) {
+                let _ = watcher.join();
+            }
+        }
+    }
 }
 
 /// Tests set this to exercise the watcher-thread fallback on a kernel that has pidfds.
@@ -295,6 +310,7 @@ impl ExitWatch {
                         fd,
                         pid,
                         is_pidfd: true,
+                        watcher: None,
                     })
                 }
                 // ENOSYS: no pidfds here (old kernel, valgrind); EPERM: a seccomp profile that
@@ -319,11 +335,11 @@ impl ExitWatch {
                 write_raw(wr.as_raw_fd(), &[0]);
             });
         set_sigmask(&old_mask);
-        spawned?;
         Ok(ExitWatch {
             fd: rd,
             pid,
             is_pidfd: false,
+            watcher: Some(spawned?),
         })
     }
 
