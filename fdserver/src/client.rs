@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
 use crate::error::{Error, ProtocolError};
-use crate::server::Signal;
+use crate::signal::Signal;
 use crate::sys;
 use crate::wire::MessageBuf;
 

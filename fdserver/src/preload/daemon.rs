@@ -29,7 +29,7 @@ use super::{Application, Preloader, PROTOCOL_VERSION};
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
 use crate::error::{Error, RemoteError, RemoteErrorKind};
-use crate::server::Builder;
+use crate::start::Builder;
 use crate::sys;
 
 /// How long a connection may take to send its request.

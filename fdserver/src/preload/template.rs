@@ -20,7 +20,8 @@ use super::{os, split_nul, Application};
 use crate::channel::Channel;
 use crate::client::ServerHandle;
 use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
-use crate::server::{Context, Server, Signal};
+use crate::server::{Context, Server};
+use crate::signal::Signal;
 use crate::sys;
 use crate::wire::Message;
 
@@ -250,9 +251,11 @@ impl<A: Application> Server for Template<A> {
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
-            Err(p) => {
-                Err(format!("preload panicked: {}", crate::server::panic_message(&*p)).into())
-            }
+            Err(p) => Err(format!(
+                "preload panicked: {}",
+                crate::server_loop::panic_message(&*p)
+            )
+            .into()),
         }
     }
 

@@ -1,0 +1,110 @@
+//! [`serve`]: running a server loop in the current process, e.g. on an inherited socket.
+
+use crate::channel::Channel;
+use crate::error::{Error, RemoteError, RemoteErrorKind};
+use crate::server::{LoopEnd, Server};
+use crate::server_loop::{run_loop, SignalPlan};
+use crate::sys;
+use crate::wire::MessageBuf;
+
+/// Serves `server` on `channel` in the current process until the peer disconnects, a handler
+/// quits, or SIGTERM/SIGINT arrives (Passenger's `start_synchronously`). Runs
+/// `initialize_server` before and `finalize_server` after the loop.
+///
+/// Use it to serve on a socket inherited from another program, e.g. fd 3:
+///
+/// ```no_run
+/// # use fdserver::{Channel, Context, Message, RemoteError, Server, ServerHandle};
+/// # struct MyServer;
+/// # impl Server for MyServer {
+/// #     type Client = ServerHandle;
+/// #     fn handle(&mut self, _: &mut Context<'_>, m: Message<'_>) -> Result<(), RemoteError> {
+/// #         Err(RemoteError::unknown_message(m.name()))
+/// #     }
+/// # }
+/// // SAFETY: fd 3 was handed to us by our parent and nothing else owns it.
+/// let channel = unsafe { Channel::from_inherited_fd(3)? };
+/// let end = fdserver::serve(&mut MyServer, channel)?;
+/// std::process::exit(end.exit_code());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// The signals the loop catches (SIGTERM, SIGINT and the server's [`Server::SIGNALS`]) get a
+/// recording handler and are unblocked in the calling thread while it serves; their previous
+/// dispositions and the thread's signal mask are restored afterwards. One that another thread
+/// of the process receives is forwarded to the serving thread. No descriptor is closed and no
+/// other disposition is touched: this is your process.
+///
+/// One loop serves at a time in a process: a second `serve` while one runs (in another thread)
+/// fails at once with an [`Error::Io`] saying so. Fork a server per channel with
+/// [`Server::start`] instead.
+///
+/// Unlike a forked server, no `["ready"]` message is sent: the peer may be any MessageChannel
+/// client. The socket may be non-blocking.
+pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd, Error> {
+    // Signals reach one loop per process (their flags and the loop's wait are process-wide).
+    if !sys::claim_loop_thread() {
+        return Err(Error::Io(std::io::Error::other(
+            "another fdserver server loop is already running in this process: serve() runs one \
+             at a time (start() forks a process per server)",
+        )));
+    }
+    // From here on, whatever happens (errors, a panic in a hook), the guard gives the loop
+    // thread up and restores the caller's signal mask and dispositions.
+    let mut guard = ServeGuard {
+        saved: Vec::new(),
+        old_mask: None,
+    };
+    let plan = SignalPlan::new(S::SIGNALS);
+    let mut failed = None;
+    plan.each_caught(
+        |sig| match sys::set_disposition(sig, sys::Disposition::Flag) {
+            Ok(old) => guard.saved.push((sig, old)),
+            Err(e) => failed = Some(e),
+        },
+    );
+    if let Some(e) = failed {
+        return Err(Error::Io(e));
+    }
+    sys::take_pending();
+    let old_mask = sys::get_sigmask();
+    guard.old_mask = Some(old_mask);
+    // Our signals are delivered to the flag handler even if the caller had blocked them.
+    let mut run_mask = old_mask;
+    plan.each_caught(|sig| sys::sigset_del(&mut run_mask, sig));
+    let plan = SignalPlan { run_mask, ..plan };
+    sys::set_sigmask(&plan.run_mask);
+
+    match server.initialize_server() {
+        Ok(()) => {
+            let mut buf = MessageBuf::with_max_capacity();
+            let end = run_loop(server, &mut channel, &mut buf, &plan);
+            server.finalize_server();
+            Ok(end)
+        }
+        Err(e) => Err(Error::Remote(RemoteError::new(
+            RemoteErrorKind::Initialize,
+            e.to_string(),
+        ))),
+    }
+}
+
+/// What [`serve`] undoes when it returns or unwinds: the loop thread it claimed, the signal
+/// mask and the dispositions it changed.
+struct ServeGuard {
+    saved: Vec<(i32, sys::SavedAction)>,
+    old_mask: Option<libc::sigset_t>,
+}
+
+impl Drop for ServeGuard {
+    fn drop(&mut self) {
+        sys::set_loop_thread(false);
+        if let Some(mask) = &self.old_mask {
+            sys::set_sigmask(mask);
+        }
+        sys::take_pending();
+        for (sig, old) in &self.saved {
+            sys::restore_disposition(*sig, old);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The server loop: wait for a message or a signal, dispatch it, reply, repeat.
+
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::channel::Channel;
+use crate::error::{Error, RemoteError, RemoteErrorKind};
+use crate::server::{Context, LoopEnd, Server};
+use crate::signal::Signal;
+use crate::sys;
+use crate::wire::MessageBuf;
+
+/// Which signals the server loop owns, computed before the fork.
+pub(crate) struct SignalPlan {
+    /// Bit n: the server declared a handler for signal n.
+    pub(crate) declared: u64,
+    /// Bit n: the child sets signal n itself after resetting the others (SIGHUP, SIGPIPE and
+    /// the caught ones).
+    pub(crate) preset: u64,
+    /// The highest signal number (asked of the C library in the parent).
+    pub(crate) sigmax: libc::c_int,
+    /// Signals the loop catches (declared + SIGTERM + SIGINT), with a flag handler.
+    pub(crate) caught: libc::sigset_t,
+    /// The signal mask the loop runs with: `caught` unblocked.
+    pub(crate) run_mask: libc::sigset_t,
+}
+
+impl SignalPlan {
+    pub(crate) fn new(signals: &[Signal]) -> Self {
+        let mut declared = 0u64;
+        let mut caught = sys::sigset(false);
+        for s in signals {
+            let n = *s as i32;
+            declared |= 1 << n;
+            sys::sigset_add(&mut caught, n);
+        }
+        sys::sigset_add(&mut caught, libc::SIGTERM);
+        sys::sigset_add(&mut caught, libc::SIGINT);
+        let preset = declared
+            | 1 << libc::SIGHUP
+            | 1 << libc::SIGPIPE
+            | 1 << libc::SIGTERM
+            | 1 << libc::SIGINT;
+        SignalPlan {
+            declared,
+            preset,
+            sigmax: sys::sigmax(),
+            caught,
+            run_mask: sys::sigset(false),
+        }
+    }
+
+    pub(crate) fn declares(&self, sig: i32) -> bool {
+        self.declared & (1 << sig) != 0
+    }
+
+    pub(crate) fn each_caught(&self, mut f: impl FnMut(i32)) {
+        for sig in 1..64 {
+            // SAFETY: `caught` is an initialised sigset; sigismember only reads it.
+            if unsafe { libc::sigismember(&self.caught, sig) } == 1 {
+                f(sig);
+            }
+        }
+    }
+}
+
+/// The server loop: wait for a message or a signal, dispatch, repeat.
+pub(crate) fn run_loop<S: Server>(
+    server: &mut S,
+    channel: &mut Channel,
+    buf: &mut MessageBuf,
+    plan: &SignalPlan,
+) -> LoopEnd {
+    sys::set_wait_socket(channel.as_fd());
+    loop {
+        // Arm the wait before looking at the flags: a signal landing between the check and the
+        // wait then makes the wait return at once (see `sys::arm_wait`).
+        sys::arm_wait();
+        let pending = sys::take_pending();
+        if pending != 0 {
+            for sig in 1..64 {
+                if pending & (1 << sig) == 0 {
+                    continue;
+                }
+                if plan.declares(sig) {
+                    let Ok(signal) = Signal::try_from(sig) else {
+                        continue;
+                    };
+                    let mut ctx = Context::new(channel);
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        server.handle_signal(&mut ctx, signal);
+                        ctx.quitting()
+                    }));
+                    if matches!(r, Ok(true)) {
+                        return LoopEnd::Quit;
+                    }
+                } else if sig == libc::SIGTERM || sig == libc::SIGINT {
+                    return LoopEnd::Signal(Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+                }
+            }
+            // Signal handlers may take long; look again before the next message.
+            continue;
+        }
+
+        match sys::wait_readable_or_signal() {
+            // A signal delivered as `poll` returned (or while the last handler ran) goes
+            // before the message waiting on the socket.
+            Ok(true) if sys::signals_pending() => continue,
+            Ok(true) => {}
+            Ok(false) => continue, // a signal: handled at the top of the loop
+            Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+        }
+
+        match channel.read_into(buf) {
+            Ok(true) => {}
+            Ok(false) => return LoopEnd::Disconnected,
+            Err(e) if e.is_disconnect() => return LoopEnd::Disconnected,
+            Err(e) if !channel.is_broken() && !matches!(e, Error::TimedOut) => {
+                // A malformed but complete frame: say so, and keep serving.
+                let err = RemoteError::new(RemoteErrorKind::Protocol, e.to_string());
+                if let Err(e) = channel.write_error(&err) {
+                    return end_for(e);
+                }
+                continue;
+            }
+            Err(Error::TimedOut) => continue,
+            Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+        }
+
+        let writes_before = channel.writes();
+        let msg = buf.message();
+        let mut ctx = Context::new(channel);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let r = server.handle(&mut ctx, msg);
+            (r, ctx.quitting())
+        }));
+        let quit = match outcome {
+            Ok((Ok(()), quit)) => quit,
+            Ok((Err(err), quit)) => {
+                if channel.peer_gone() {
+                    return LoopEnd::Disconnected;
+                }
+                if channel.is_broken() {
+                    return LoopEnd::ChannelFailed(err.to_string());
+                }
+                if let Err(e) = channel.write_error(&err) {
+                    return end_for(e);
+                }
+                quit
+            }
+            Err(panic) => {
+                if channel.writes() != writes_before || channel.is_broken() {
+                    return LoopEnd::PanickedMidReply;
+                }
+                let err = RemoteError::new(
+                    RemoteErrorKind::Panicked,
+                    format!(
+                        "handler for {:?} panicked: {}",
+                        String::from_utf8_lossy(buf.message().name()),
+                        panic_message(&*panic)
+                    ),
+                );
+                if let Err(e) = channel.write_error(&err) {
+                    return end_for(e);
+                }
+                false
+            }
+        };
+        if quit {
+            return LoopEnd::Quit;
+        }
+        if channel.peer_gone() {
+            return LoopEnd::Disconnected;
+        }
+        if channel.is_broken() {
+            return LoopEnd::ChannelFailed("channel broken by a handler".into());
+        }
+    }
+}
+
+fn end_for(e: Error) -> LoopEnd {
+    if e.is_disconnect() {
+        LoopEnd::Disconnected
+    } else {
+        LoopEnd::ChannelFailed(e.to_string())
+    }
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

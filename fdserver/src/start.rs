@@ -1,0 +1,239 @@
+//! Starting a server: [`Builder`], the fork, and the child's path from `fork` to `_exit`.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::channel::Channel;
+use crate::client::{ServerHandle, StopOptions};
+use crate::error::{Error, RemoteError, RemoteErrorKind};
+use crate::server::Server;
+use crate::server_loop::{panic_message, run_loop, SignalPlan};
+use crate::sys;
+use crate::wire::MessageBuf;
+
+/// Options for starting a server.
+///
+/// ```
+/// use std::time::Duration;
+/// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+/// # struct Echo;
+/// # impl Server for Echo {
+/// #     type Client = ServerHandle;
+/// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+/// #         ctx.reply(msg.args())?; Ok(())
+/// #     }
+/// # }
+/// let server = fdserver::Builder::new()
+///     .timeout(Some(Duration::from_secs(5)))               // per read/write on the client side
+///     .stop_timeouts(Duration::from_secs(1), Duration::from_secs(1))
+///     .start(&mut Echo)?;
+/// assert!(server.pid() > 0);
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    keep_fds: Vec<RawFd>,
+    stop: StopOptions,
+    timeout: Option<Duration>,
+    start_timeout: Option<Duration>,
+    max_scalar: Option<u64>,
+}
+
+impl Builder {
+    /// Default options: no deadlines, stop grace periods of 3 s + 3 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps `fd` open (under the same number) in the server; every other inherited descriptor
+    /// but 0, 1, 2 and the server's socket is closed.
+    pub fn keep_fd(mut self, fd: &impl AsFd) -> Self {
+        self.keep_fds.push(fd.as_fd().as_raw_fd());
+        self
+    }
+
+    /// How long [`ServerHandle::stop`] waits after closing the connection before SIGTERM, and
+    /// after SIGTERM before SIGKILL (defaults: 3 s and 3 s, as Passenger).
+    pub fn stop_timeouts(mut self, after_close: Duration, after_term: Duration) -> Self {
+        self.stop = StopOptions {
+            after_close,
+            after_term,
+        };
+        self
+    }
+
+    /// A deadline for each read and write on the client's channel (default: none).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long [`start`](Self::start) waits for `initialize_server` (default: forever). On
+    /// time-out the child is killed and reaped and `start` fails with [`Error::TimedOut`].
+    pub fn start_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Largest scalar each side accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
+    pub fn max_scalar_size(mut self, max: u64) -> Self {
+        self.max_scalar = Some(max);
+        self
+    }
+
+    /// Forks the server and returns its typed client.
+    pub fn start<S: Server>(self, server: &mut S) -> Result<S::Client, Error> {
+        self.start_handle(server).map(S::Client::from)
+    }
+
+    /// Forks the server and returns the untyped handle.
+    ///
+    /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
+    /// the kernel would then reap the server itself, and neither `stop` nor a failing call could
+    /// learn how it ended. Restore SIGCHLD's default disposition first.
+    pub fn start_handle<S: Server>(mut self, server: &mut S) -> Result<ServerHandle, Error> {
+        if sys::children_autoreaped() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so the kernel would \
+                 reap the server and its exit status would be lost; restore SIGCHLD's default \
+                 disposition before starting servers",
+            )));
+        }
+        server.before_fork();
+
+        // Everything the child needs is prepared here, in the parent: after the fork the child
+        // must not allocate or take a lock before its loop (see the crate docs on fork safety).
+        // The child's end first: the lower descriptor number, so that closing everything above
+        // the descriptors it keeps usually takes a single `close_range`, which also closes
+        // the parent's end there.
+        let (child_end, parent_end) = Channel::pair()?;
+        let mut child = child_end;
+        // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
+        // the loop, where allocating is the user's domain (see the crate docs on fork safety).
+        child.reserve_write(4096);
+        if let Some(max) = self.max_scalar {
+            child.set_max_scalar_size(max);
+        }
+        let mut buf = MessageBuf::with_capacity(4096);
+        self.keep_fds.push(child.as_raw_fd());
+        self.keep_fds.sort_unstable();
+        self.keep_fds.dedup();
+        let plan = SignalPlan::new(S::SIGNALS);
+
+        // Hold the standard streams' locks across the fork: a lock another thread held at that
+        // moment would stay locked forever in the child, which flushes stdout and stderr at
+        // exit (and prints panic messages). The locks are reentrant and the child's only thread
+        // is their owner, so it can still use them.
+        let mut stdio_locks = (std::io::stdout().lock(), std::io::stderr().lock());
+        // Empty stdout's buffer first: the child flushes it at exit, and would otherwise write
+        // the parent's pending output a second time.
+        let _ = stdio_locks.0.flush();
+        let all = sys::sigset(true);
+        let old_mask = sys::set_sigmask(&all);
+        // SAFETY: the child branch below only makes async-signal-safe calls (close, sigaction,
+        // close_range, pthread_sigmask) before handing control to the user's server, and never
+        // returns: it ends in `_exit`.
+        let pid = unsafe { sys::fork() };
+        if !matches!(pid, Ok(0)) {
+            drop(stdio_locks);
+        }
+        match pid {
+            Ok(0) => {
+                // Child. Never returns. The parent's end is closed with every other descriptor
+                // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
+                // here (we `_exit`).
+                std::mem::forget(parent_end);
+                child_main(server, child, &mut buf, &self.keep_fds, &plan)
+            }
+            Ok(pid) => {
+                sys::set_sigmask(&old_mask);
+                drop(child);
+                drop(buf);
+                let mut channel = parent_end;
+                channel.set_timeout(self.timeout);
+                if let Some(max) = self.max_scalar {
+                    channel.set_max_scalar_size(max);
+                }
+                let mut handle = ServerHandle::new(pid, channel, self.stop)?;
+                handle.await_ready(self.start_timeout)?;
+                Ok(handle)
+            }
+            Err(e) => {
+                sys::set_sigmask(&old_mask);
+                Err(Error::Io(e))
+            }
+        }
+    }
+}
+
+/// The forked child, from just after `fork` to `_exit`.
+fn child_main<S: Server>(
+    server: &mut S,
+    mut channel: Channel,
+    buf: &mut MessageBuf,
+    keep: &[RawFd],
+    plan: &SignalPlan,
+) -> ! {
+    // 1. Signals: every disposition back to default, SIGHUP ignored unless the server handles
+    //    it (Passenger ignored it after installing the user's handlers, so theirs never ran).
+    sys::reset_signal_dispositions(plan.sigmax, plan.preset);
+    if !plan.declares(libc::SIGHUP) {
+        let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
+    }
+    // As in every Rust program (std ignores it before `main`): writing to a closed pipe or
+    // socket is an EPIPE error for the handler, not death by SIGPIPE.
+    if !plan.declares(libc::SIGPIPE) {
+        let _ = sys::set_disposition(libc::SIGPIPE, sys::Disposition::Ignore);
+    }
+    // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
+    sys::close_fds_except(keep);
+    // 3. Our signals go to a flag handler that wakes this thread's loop; then nothing is
+    //    blocked any more (everything was, across the fork).
+    plan.each_caught(|sig| {
+        let _ = sys::set_disposition(sig, sys::Disposition::Flag);
+    });
+    sys::take_pending();
+    sys::set_loop_thread(true);
+    sys::set_sigmask(&plan.run_mask);
+
+    // From here on the user's code runs.
+    let code = match catch_unwind(AssertUnwindSafe(|| server.initialize_server())) {
+        Ok(Ok(())) => {
+            if channel.write_array(["ready"]).is_err() {
+                // The parent is gone already.
+                finish(server, 0)
+            }
+            let end = run_loop(server, &mut channel, buf, plan);
+            drop(channel);
+            end.exit_code()
+        }
+        Ok(Err(e)) => {
+            let _ = channel.write_error(&RemoteError::new(
+                RemoteErrorKind::Initialize,
+                e.to_string(),
+            ));
+            1
+        }
+        Err(panic) => {
+            let _ = channel.write_error(&RemoteError::new(
+                RemoteErrorKind::Initialize,
+                format!("initialize_server panicked: {}", panic_message(&*panic)),
+            ));
+            101
+        }
+    };
+    finish(server, code)
+}
+
+fn finish<S: Server>(server: &mut S, code: i32) -> ! {
+    let code = match catch_unwind(AssertUnwindSafe(|| server.finalize_server())) {
+        Ok(()) => code,
+        Err(_) => 101,
+    };
+    // `_exit` skips std's own flush of stdout at exit. (Stderr is unbuffered: nothing to do.)
+    let _ = std::io::stdout().flush();
+    sys::exit_now(code)
+}

@@ -1,0 +1,208 @@
+//! Sockets: the socket pair, `sendmsg`/`recvmsg` with descriptors (`SCM_RIGHTS`), peer credentials.
+
+use std::io::{self, IoSlice};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use super::{cvt, cvt_size};
+
+/// How many descriptors one `recvmsg` accepts before the control message counts as truncated.
+pub(crate) const MAX_FDS_PER_RECV: usize = 4;
+
+/// A connected `SOCK_STREAM` UNIX socket pair, both ends close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Aligned storage for a control message holding up to `MAX_FDS_PER_RECV` descriptors.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+const _: () = {
+    // CMSG_SPACE(4 * sizeof(int)) = 16 (header) + 16 = 32 on 64-bit Linux; keep room to spare.
+    assert!(size_of::<CmsgBuf>() >= 16 + MAX_FDS_PER_RECV * size_of::<RawFd>() + 8);
+};
+
+/// Points `msg`'s control data at `cmsg`, holding one `SCM_RIGHTS` descriptor: `fd`.
+fn attach_fd(msg: &mut libc::msghdr, cmsg: &mut CmsgBuf, fd: BorrowedFd<'_>) {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `space` bytes of aligned storage, so CMSG_FIRSTHDR returns
+    // a valid header pointer and CMSG_DATA has room for one int.
+    unsafe {
+        let hdr = libc::CMSG_FIRSTHDR(msg);
+        (*hdr).cmsg_level = libc::SOL_SOCKET;
+        (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        (*hdr).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        ptr::write_unaligned(libc::CMSG_DATA(hdr).cast::<RawFd>(), fd.as_raw_fd());
+    }
+}
+
+/// Sends `iov` (all of it or a prefix: the return value says how much) with `MSG_NOSIGNAL`.
+/// With `fd`, attaches it as one `SCM_RIGHTS` descriptor.
+pub(crate) fn send(
+    sock: BorrowedFd<'_>,
+    iov: &[IoSlice<'_>],
+    fd: Option<BorrowedFd<'_>>,
+    dontwait: bool,
+) -> io::Result<usize> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    // SAFETY: an all-zero msghdr is a valid "empty" value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec; // IoSlice is ABI-compatible with iovec
+    msg.msg_iovlen = iov.len() as _;
+    if let Some(fd) = fd {
+        attach_fd(&mut msg, &mut cmsg, fd);
+    }
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msg describes live buffers (iov, cmsg) for the duration of the call.
+    cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })
+}
+
+/// Sends `frame`, then one data byte `00` carrying `fd`, as two messages of one `sendmmsg`:
+/// two socket writes, so the descriptor stays attached to its own byte as the wire format
+/// requires, for the price of one system call. Returns how many bytes of `frame` went out and
+/// whether the descriptor did.
+pub(crate) fn send_frame_then_fd(
+    sock: BorrowedFd<'_>,
+    frame: &[u8],
+    fd: BorrowedFd<'_>,
+    dontwait: bool,
+) -> io::Result<(usize, bool)> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    let zero = [0u8; 1];
+    let mut iov = [
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+        libc::iovec {
+            iov_base: zero.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        },
+    ];
+    // SAFETY: all-zero mmsghdr values are valid empty messages; the fields are filled below.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+    msgs[0].msg_hdr.msg_iov = &mut iov[0];
+    msgs[0].msg_hdr.msg_iovlen = 1;
+    msgs[1].msg_hdr.msg_iov = &mut iov[1];
+    msgs[1].msg_hdr.msg_iovlen = 1;
+    attach_fd(&mut msgs[1].msg_hdr, &mut cmsg, fd);
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msgs, iov, zero and cmsg are live for the duration of the call.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, flags as _) };
+    match n {
+        -1 => Err(io::Error::last_os_error()),
+        2 => Ok((frame.len(), true)),
+        1 => Ok((msgs[0].msg_len as usize, false)),
+        _ => Ok((0, false)),
+    }
+}
+
+/// What one `recvmsg` brought.
+pub(crate) struct Received {
+    /// Data bytes read (0 = end of stream).
+    pub n: usize,
+    /// Descriptors that arrived, already owned (so dropping closes them).
+    pub fds: [Option<OwnedFd>; MAX_FDS_PER_RECV],
+    /// The kernel had more descriptors than fitted (`MSG_CTRUNC`); it closed the rest.
+    pub truncated: bool,
+}
+
+impl Received {
+    pub fn fd_count(&self) -> usize {
+        self.fds.iter().filter(|f| f.is_some()).count()
+    }
+}
+
+/// One `recvmsg` into `buf` with `MSG_CMSG_CLOEXEC`; every descriptor that arrives is wrapped in
+/// an `OwnedFd` at once.
+pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
+    let mut cmsg = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid "empty" value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE((MAX_FDS_PER_RECV * size_of::<RawFd>()) as u32) } as _;
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msg describes live, writable buffers (buf, cmsg) for the duration of the call.
+    let n = cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
+    let mut out = Received {
+        n,
+        fds: Default::default(),
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    };
+    let mut slot = 0;
+    // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
+    // range, and each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) fds that
+    // the kernel just installed in this process and that nothing else owns yet.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(hdr);
+                let bytes = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let fd = ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    let owned = OwnedFd::from_raw_fd(fd);
+                    if slot < MAX_FDS_PER_RECV {
+                        out.fds[slot] = Some(owned);
+                        slot += 1;
+                    } else {
+                        out.truncated = true; // dropped (closed) right here
+                    }
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    Ok(out)
+}
+
+/// The uid of the process at the other end of a connected UNIX socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: ucred is plain data.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
