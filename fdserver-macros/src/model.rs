@@ -94,7 +94,7 @@ pub struct SignalHandler {
     pub ident: Ident,
     pub cfgs: Vec<Attribute>,
     pub signals: Vec<SignalSpec>,
-    /// Resolved by `check`: the `nix` variant names.
+    /// Resolved by `check`: the `fdserver::Signal` variant names.
     pub variants: Vec<Ident>,
     pub args: Vec<SignalArg>,
     pub valid: bool,

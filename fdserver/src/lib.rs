@@ -382,6 +382,6 @@ pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 pub use error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 pub use serve::serve;
 pub use server::{BoxError, Context, LoopEnd, Server};
-pub use signal::Signal;
+pub use signal::{Signal, UnknownSignal};
 pub use start::Builder;
 pub use wire::{Message, MessageBuf};
