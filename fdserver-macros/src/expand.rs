@@ -445,7 +445,7 @@ fn stub(h: &Handler) -> TokenStream {
             let __fdserver_state = &mut self.__fdserver_state;
             self.__fdserver_handle.with_channel(|__fdserver_ch| {
                 ::fdserver::__private::send_request(__fdserver_ch, #wire, [#(&#encoded),*])?;
-                #(::fdserver::__private::send_out_of_band(__fdserver_ch, #encoded)?;)*
+                #(::fdserver::__private::send_out_of_band(__fdserver_ch, #wire, #encoded)?;)*
                 ::fdserver::__private::read_reply::<#ret_tokens>(__fdserver_ch, __fdserver_state, #wire)
             })
         }

@@ -379,7 +379,7 @@ pub use fdserver_macros::fdserver;
 
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
-pub use error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
+pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 pub use serve::serve;
 pub use server::{BoxError, Context, LoopEnd, Server};
 pub use signal::{Signal, UnknownSignal};
