@@ -406,7 +406,8 @@ fn stub(h: &Handler) -> TokenStream {
             model::ClientTy::Same => v.ty.span(),
             _ => Span::call_site(),
         };
-        ident.set_span(span);
+        // Where errors point; the name still resolves to the stub's parameter (hygiene kept).
+        ident.set_span(ident.span().located_at(span));
         let call = quote_spanned!(span=> ::fdserver::__private::encode(&#ident));
         quote!(let #e = #call;)
     });

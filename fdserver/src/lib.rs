@@ -198,11 +198,41 @@ pub mod __private;
 /// # Handlers
 ///
 /// Every method with a `&mut self` or `&self` receiver is a handler, unless marked
-/// `#[fdserver(skip)]` or marked as a signal handler or hook. Methods without a receiver
-/// (constructors, helpers) are left alone. The message name is the method name (`r#type` is
-/// `"type"`), or `#[fdserver(name = "...")]`.
+/// `#[fdserver(skip)]` or marked as a signal handler or hook. The message name is the method
+/// name (`r#type` is `"type"`), or `#[fdserver(name = "...")]`.
 ///
-/// Parameters are plain `name: Type` pairs; each type decides how the value travels (see
+/// A function without a receiver cannot be a handler, and is a compile error (whose help
+/// shows the signature with `&mut self`), so that a forgotten `self` is not found only as "no
+/// method named `add`" at the call site. Two kinds are left alone: constructors, recognised
+/// by a return type that names `Self` or the server type (`fn new() -> Self`,
+/// `fn open(path: PathBuf) -> io::Result<MyServer>`), and functions marked
+/// `#[fdserver(skip)]` (helpers such as `fn parse(line: &str) -> u32`):
+///
+/// ```
+/// # struct Calc { base: i32 }
+/// #[fdserver::fdserver]
+/// impl Calc {
+///     fn new(base: i32) -> Self {      // a constructor: no mark needed
+///         Calc { base }
+///     }
+///
+///     #[fdserver(skip)]                // a helper: marked
+///     fn clamp(x: i32) -> i32 {
+///         x.clamp(-100, 100)
+///     }
+///
+///     fn add(&mut self, a: i32) -> i32 { // a handler
+///         Self::clamp(self.base + a)
+///     }
+/// }
+/// # let mut calc = Calc::new(1).start()?;
+/// # assert_eq!(calc.add(2)?, 3);
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+///
+/// Parameters are `name: Type` pairs, or `_: Type` for a value the handler ignores (the
+/// client still sends it; its stub parameter and error messages call it `argN`, N counting
+/// the client's parameters from 1). Each type decides how the value travels (see
 /// [`args`] for the table): strings, numbers, `bool`, `char`, paths and `Option`s
 /// of those are elements of the array message; `Vec<u8>` is a scalar message and `File`,
 /// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array. The client
@@ -362,7 +392,8 @@ pub mod __private;
 /// Misuse is reported at the offending tokens, with the impl block still emitted (and the rest
 /// of the server generated) so that one mistake does not cascade: unknown attribute keys; a
 /// receiver other than `&mut self` / `&self` (`self`, `self: Box<Self>`); generic, `async`,
-/// `unsafe` or `extern` handlers; parameters that are patterns instead of names; parameter or
+/// `unsafe` or `extern` handlers; a function without a receiver that is neither a constructor
+/// nor `#[fdserver(skip)]`; parameters that are patterns other than a name or `_`; parameter or
 /// return types that cannot travel (references, slices, arrays, tuples as parameters, nested
 /// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor or `Vec<u8>`;
 /// other types without [`FromArg`](crate::args::FromArg) / [`ToArg`](crate::args::ToArg) are
