@@ -1,12 +1,4 @@
 //! Errors: one type, [`Error`], for everything a channel, a server or a client can report.
-//!
-//! How errors print: every error's `Display` says everything it knows, including the text of an
-//! error it wraps (`server error: failed: disk full`, `I/O error: Broken pipe (os error 32)`);
-//! `source()` therefore never returns the wrapped error itself, only that error's own source if
-//! it has one (as `std::io::Error` does for the error it carries). So `{}` alone prints the
-//! whole story, and printers that walk the `source()` chain (`anyhow`'s `{:#}` and `{:?}`,
-//! `eyre`, `tracing`) never print a cause twice. Use the enum's fields to inspect a wrapped
-//! error.
 
 use std::fmt;
 use std::io;
@@ -20,8 +12,14 @@ use std::time::Duration;
 /// oversized scalar, a malformed stream) also mark it *broken*; every later operation on it then
 /// returns [`Error::Broken`].
 ///
-/// `Display` gives the whole message, wrapped errors included; `source()` does not repeat the
-/// wrapped error (see the [module docs](self)):
+/// # How errors print
+///
+/// `Display` says everything the error knows, including the text of an error it wraps
+/// (`server error: failed: disk full`, `I/O error: Broken pipe (os error 32)`). `source()`
+/// therefore never returns the wrapped error itself, only that error's own source if it has one
+/// (as `std::io::Error` does for the error it carries). So `{}` alone prints the whole message,
+/// and printers that walk the `source()` chain (`anyhow`'s `{:#}` and `{:?}`, `eyre`, `tracing`)
+/// print each cause once. Match on the variant to inspect a wrapped error.
 ///
 /// ```
 /// use std::error::Error as _;
