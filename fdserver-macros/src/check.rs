@@ -23,7 +23,7 @@ pub const CLIENT_METHODS: &[&str] = &[
     "from",
 ];
 
-/// Signals a server may handle on its loop (Linux names, as in `nix::sys::signal::Signal`).
+/// Signals a server may handle on its loop (the names of `fdserver::Signal`'s variants).
 pub const CATCHABLE: &[&str] = &[
     "SIGHUP",
     "SIGINT",
@@ -122,7 +122,7 @@ fn check_handlers(server: &mut Server, errs: &mut Errors) {
     }
 }
 
-/// The `nix` variant for a signal name, or an error message.
+/// The `fdserver::Signal` variant for a signal name, or an error message.
 fn signal_variant(name: &str) -> Result<&'static str, String> {
     if let Some(v) = CATCHABLE.iter().find(|s| **s == name) {
         return Ok(v);

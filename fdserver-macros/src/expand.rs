@@ -406,7 +406,8 @@ fn stub(h: &Handler) -> TokenStream {
             model::ClientTy::Same => v.ty.span(),
             _ => Span::call_site(),
         };
-        ident.set_span(span);
+        // Where errors point; the name still resolves to the stub's parameter (hygiene kept).
+        ident.set_span(ident.span().located_at(span));
         let call = quote_spanned!(span=> ::fdserver::__private::encode(&#ident));
         quote!(let #e = #call;)
     });
@@ -445,7 +446,7 @@ fn stub(h: &Handler) -> TokenStream {
             let __fdserver_state = &mut self.__fdserver_state;
             self.__fdserver_handle.with_channel(|__fdserver_ch| {
                 ::fdserver::__private::send_request(__fdserver_ch, #wire, [#(&#encoded),*])?;
-                #(::fdserver::__private::send_out_of_band(__fdserver_ch, #encoded)?;)*
+                #(::fdserver::__private::send_out_of_band(__fdserver_ch, #wire, #encoded)?;)*
                 ::fdserver::__private::read_reply::<#ret_tokens>(__fdserver_ch, __fdserver_state, #wire)
             })
         }

@@ -94,7 +94,7 @@ pub struct SignalHandler {
     pub ident: Ident,
     pub cfgs: Vec<Attribute>,
     pub signals: Vec<SignalSpec>,
-    /// Resolved by `check`: the `nix` variant names.
+    /// Resolved by `check`: the `fdserver::Signal` variant names.
     pub variants: Vec<Ident>,
     pub args: Vec<SignalArg>,
     pub valid: bool,
@@ -214,9 +214,54 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
                     f.sig.ident
                 ),
             );
+        } else if !is_constructor(&f.sig, &server.self_name) {
+            // Without a receiver it would silently not be a handler, and the user would only
+            // see "no method named `add`" at the call site.
+            errs.at(f.sig.ident.span(), no_receiver_message(&f.sig));
         }
     }
     Some(server)
+}
+
+/// Whether a function without a receiver is clearly an associated function rather than a
+/// handler that lacks its `self`: its return type names `Self` or the server type
+/// (`fn new() -> Self`, `fn open(path: PathBuf) -> io::Result<MyServer>`). A handler could not
+/// return those anyway (the client has no server value to return).
+fn is_constructor(sig: &Signature, self_name: &Ident) -> bool {
+    fn names(tokens: TokenStream, self_name: &Ident) -> bool {
+        tokens.into_iter().any(|tt| match tt {
+            TokenTree::Ident(i) => i == "Self" || i == *self_name,
+            TokenTree::Group(g) => names(g.stream(), self_name),
+            _ => false,
+        })
+    }
+    match &sig.output {
+        ReturnType::Default => false,
+        ReturnType::Type(_, ty) => names(ty.to_token_stream(), self_name),
+    }
+}
+
+/// The error for a function without a receiver, with the signature it probably meant.
+fn no_receiver_message(sig: &Signature) -> String {
+    let name = &sig.ident;
+    let mut params = vec!["&mut self".to_owned()];
+    for input in &sig.inputs {
+        if let FnArg::Typed(pt) = input {
+            params.push(format!("{}: {}", pt.pat.to_token_stream(), pretty(&pt.ty)));
+        }
+    }
+    let ret = match &sig.output {
+        ReturnType::Default => String::new(),
+        ReturnType::Type(_, ty) => format!(" -> {}", pretty(ty)),
+    };
+    format!(
+        "`{name}` has no `self` receiver, so it cannot be a handler and its client would have no \
+         `{name}` method\n\
+         help: to make it a handler, take `&mut self` (or `&self`): `fn {name}({}){ret}`\n\
+         help: to keep it an associated function, mark it `#[fdserver(skip)]` (functions that \
+         return `Self` are left alone without one)",
+        params.join(", ")
+    )
 }
 
 fn cfgs(f: &ImplItemFn) -> Vec<Attribute> {
@@ -588,6 +633,19 @@ fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Opti
     let mut ok = check_shape(&f.sig, "handler", errs);
     let mut args = Vec::new();
     let mut ctx_seen = false;
+    // Names a `_` parameter may not take: the others'.
+    let named: Vec<String> = f
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(p) => Some(p.ident.unraw().to_string()),
+                _ => None,
+            },
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
     for input in f.sig.inputs.iter().skip(1) {
         let FnArg::Typed(pt) = input else { continue };
         match context_param(&pt.ty) {
@@ -609,11 +667,25 @@ fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Opti
         }
         let ident = match &*pt.pat {
             Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+            Pat::Wild(w) => {
+                // `_: T`: the server ignores the value, but the client still sends it, so its
+                // stub needs a name: `argN` (N counts the client's parameters from 1), made
+                // unique among the handler's names, and hygienic (resolved at the macro's
+                // definition) so it can clash with nothing the user wrote.
+                let mut name = format!("arg{}", values_so_far(&args) + 1);
+                while named.contains(&name) {
+                    name.push('_');
+                }
+                Ident::new(
+                    &name,
+                    Span::mixed_site().located_at(w.underscore_token.span),
+                )
+            }
             other => {
                 errs.spanned(
                     other,
-                    "handler parameters must be plain names (`name: Type`): the name is used \
-                     for the client stub's parameter and in error messages",
+                    "handler parameters must be plain names (`name: Type`) or `_: Type`: the \
+                     name is used for the client stub's parameter and in error messages",
                 );
                 ok = false;
                 continue;
@@ -653,6 +725,13 @@ fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Opti
         ret,
         valid: true,
     })
+}
+
+/// How many value parameters (sent by the client) `args` holds.
+fn values_so_far(args: &[HandlerArg]) -> usize {
+    args.iter()
+        .filter(|a| matches!(a, HandlerArg::Value(_)))
+        .count()
 }
 
 fn signal_handler(

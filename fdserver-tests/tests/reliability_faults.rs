@@ -315,7 +315,7 @@ fn initialize_server_that_hangs_times_out_start() {
     let fds = open_fds();
     let builder = Builder::new().start_timeout(Some(Duration::from_millis(300)));
     let r = start_guarded_with(builder, &mut HangsInInit);
-    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(matches!(r, Err(Error::TimedOut { .. })), "{r:?}");
     assert!(no_children());
     assert_eq!(open_fds(), fds);
 }
@@ -564,7 +564,7 @@ fn client_deadline_on_a_server_that_never_answers() {
     drop(server);
     let pid = h.pid();
     let r = h.call(["block"]);
-    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(matches!(r, Err(Error::TimedOut { .. })), "{r:?}");
     assert!(wait_byte(entered_r.as_fd()));
     assert_eq!(h.stop_with(SHORT_STOP).unwrap().how, Shutdown::Killed);
     assert!(!is_unreaped_child(pid));
@@ -582,7 +582,7 @@ fn call_after_a_timed_out_call_is_broken_not_desynchronised() {
     let mut h = start_guarded_with(builder, &mut server).unwrap();
     drop(server);
     let r = h.call(["block"]);
-    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(matches!(r, Err(Error::TimedOut { .. })), "{r:?}");
     assert!(wait_byte(entered_r.as_fd()));
     signal_byte(release_w.as_fd()); // the late reply ["ok", "released"] is now on its way
     let r = h.call(["echo", "mine"]);
@@ -629,7 +629,7 @@ fn typed_call_after_a_timed_out_call_is_broken_not_desynchronised() {
     let mut client = start_guarded_with(builder, &mut server).unwrap();
     drop(server);
     let r = client.block();
-    assert!(matches!(r, Err(Error::TimedOut)), "{r:?}");
+    assert!(matches!(r, Err(Error::TimedOut { .. })), "{r:?}");
     assert!(wait_byte(entered_r.as_fd()));
     signal_byte(release_w.as_fd());
     let r = client.echo("mine");

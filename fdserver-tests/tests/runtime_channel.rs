@@ -645,9 +645,9 @@ fn read_timeout_before_a_message_leaves_the_channel_usable() {
     let (mut ch, mut peer) = raw_pair();
     ch.set_read_timeout(Some(Duration::from_millis(30)));
     assert_eq!(ch.read_timeout(), Some(Duration::from_millis(30)));
-    assert!(matches!(ch.read_array(), Err(Error::TimedOut)));
-    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut)));
-    assert!(matches!(ch.recv_fd(), Err(Error::TimedOut)));
+    assert!(matches!(ch.read_array(), Err(Error::TimedOut { .. })));
+    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut { .. })));
+    assert!(matches!(ch.recv_fd(), Err(Error::TimedOut { .. })));
     assert!(!ch.is_broken());
     peer.write_all(b"\x00\x02a\x00\x00\x00\x00\x01b").unwrap();
     assert_eq!(ch.read_strings().unwrap().unwrap(), ["a"]);
@@ -663,7 +663,7 @@ fn read_timeout_in_the_middle_of_a_message_breaks_the_channel() {
         let (mut ch, mut peer) = raw_pair();
         ch.set_read_timeout(Some(Duration::from_millis(30)));
         peer.write_all(partial).unwrap();
-        assert!(matches!(ch.read_array(), Err(Error::TimedOut)));
+        assert!(matches!(ch.read_array(), Err(Error::TimedOut { .. })));
         assert!(ch.is_broken(), "{partial:?}");
         peer.write_all(b"cde\x00").unwrap();
         assert!(matches!(ch.read_array(), Err(Error::Broken)));
@@ -671,7 +671,7 @@ fn read_timeout_in_the_middle_of_a_message_breaks_the_channel() {
     let (mut ch, mut peer) = raw_pair();
     ch.set_read_timeout(Some(Duration::from_millis(30)));
     peer.write_all(b"\x00\x00\x00\x09abc").unwrap();
-    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut)));
+    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut { .. })));
     assert!(ch.is_broken());
 }
 
@@ -682,7 +682,7 @@ fn write_timeout_when_the_peer_does_not_read() {
     assert_eq!(ch.write_timeout(), Some(Duration::from_millis(30)));
     // Far more than any socket buffer: part of it goes out, then the deadline passes.
     let big = vec![1u8; 16 << 20];
-    assert!(matches!(ch.write_scalar(&big), Err(Error::TimedOut)));
+    assert!(matches!(ch.write_scalar(&big), Err(Error::TimedOut { .. })));
     assert!(ch.is_broken(), "a half-written scalar breaks the channel");
     drop(peer);
 }
@@ -703,7 +703,7 @@ fn timeouts_work_on_a_nonblocking_socket_and_blocking_reads_wait() {
     });
     set_nonblocking(ch.as_fd(), true);
     ch.set_read_timeout(Some(Duration::from_millis(20)));
-    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut)));
+    assert!(matches!(ch.read_scalar(), Err(Error::TimedOut { .. })));
     ch.set_read_timeout(None);
     ch.write_array(["go"]).unwrap();
     // No deadline on a non-blocking socket: waits with poll instead of failing with EAGAIN.

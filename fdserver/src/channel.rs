@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawF
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
+use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf};
 
@@ -42,6 +42,8 @@ pub struct Channel {
     peer_gone: bool,
     wbuf: Vec<u8>,
     writes: u64,
+    /// The operation in progress, named by a time-out.
+    op: Operation,
 }
 
 /// An element that is either a fixed prefix or one of the caller's elements.
@@ -72,6 +74,7 @@ impl Channel {
             peer_gone: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
+            op: Operation::ReadArray,
         }
     }
 
@@ -247,7 +250,12 @@ impl Channel {
                     if !clean {
                         self.broken = true;
                     }
-                    Err(Error::TimedOut)
+                    let timeout = if events == libc::POLLIN {
+                        self.read_timeout
+                    } else {
+                        self.write_timeout
+                    };
+                    Err(Error::timed_out(self.op, timeout.unwrap_or_default()))
                 }
             }
             Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
@@ -347,6 +355,7 @@ impl Channel {
         T: AsRef<[u8]>,
     {
         self.check()?;
+        self.op = Operation::WriteArray;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
         let encoded = wire::encode_array(
@@ -380,6 +389,7 @@ impl Channel {
     /// [`ProtocolError`]; the channel stays usable (the whole frame was consumed).
     pub fn read_into(&mut self, buf: &mut MessageBuf) -> Result<bool, Error> {
         self.check()?;
+        self.op = Operation::ReadArray;
         let deadline = self.read_deadline();
         let mut hdr = [0u8; 2];
         if !self.fill(&mut hdr, deadline, true)? {
@@ -461,6 +471,7 @@ impl Channel {
                         self.broken = true;
                     }
                     rest?;
+                    self.op = Operation::SendFd;
                     let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
                     if sent_fd.is_err() {
                         self.broken = true; // the reply went out without its descriptor
@@ -549,6 +560,7 @@ impl Channel {
     ) -> Result<Option<OwnedFd>, Error> {
         const SHORTEST: usize = 5; // 00 03 'o' 'k' 00
         self.check()?;
+        self.op = Operation::ReadReply;
         let deadline = self.read_deadline();
         let extra = usize::from(with_fd);
         let want = SHORTEST + extra;
@@ -680,6 +692,7 @@ impl Channel {
     /// without copying them.
     pub fn write_scalar(&mut self, data: &[u8]) -> Result<(), Error> {
         self.check()?;
+        self.op = Operation::WriteScalar;
         let hdr = wire::scalar_header(data.len())?;
         let deadline = self.write_deadline();
         self.send_all(
@@ -701,6 +714,7 @@ impl Channel {
     /// Memory grows with the bytes that actually arrive, never with the announced length alone.
     pub fn read_scalar_into(&mut self, out: &mut Vec<u8>) -> Result<bool, Error> {
         self.check()?;
+        self.op = Operation::ReadScalar;
         let deadline = self.read_deadline();
         let mut hdr = [0u8; 4];
         if !self.fill(&mut hdr, deadline, true)? {
@@ -751,6 +765,7 @@ impl Channel {
     /// ```
     pub fn send_fd(&mut self, fd: impl AsFd) -> Result<(), Error> {
         self.check()?;
+        self.op = Operation::SendFd;
         let deadline = self.write_deadline();
         self.send_all(&mut [IoSlice::new(&[0])], Some(fd.as_fd()), deadline)
     }
@@ -761,6 +776,7 @@ impl Channel {
     /// [`ProtocolError::TooManyFds`]: every descriptor that arrived is closed. Plain data where a
     /// descriptor was expected is [`ProtocolError::ExpectedFd`] and breaks the channel.
     pub fn recv_fd(&mut self) -> Result<Option<OwnedFd>, Error> {
+        self.op = Operation::ReceiveFd;
         let deadline = self.read_deadline();
         self.recv_fd_until(deadline)
     }

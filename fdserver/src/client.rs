@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
-use crate::error::{Error, ProtocolError};
+use crate::error::{Error, Operation, ProtocolError};
 use crate::signal::Signal;
 use crate::sys;
 use crate::wire::MessageBuf;
@@ -41,30 +41,66 @@ pub enum Shutdown {
     AlreadyExited,
     /// It exited by itself once its connection was closed.
     Graceful,
-    /// It needed SIGTERM.
+    /// It did not exit within the first grace period, and exited after SIGTERM.
     Terminated,
-    /// It ignored SIGTERM and was killed with SIGKILL.
+    /// It exited within neither grace period and was killed with SIGKILL: code of the server (a
+    /// handler, a signal handler, a hook) did not return in time. SIGTERM is not ignored, but
+    /// acted on only once the running code returns.
     Killed,
 }
 
 /// How a server ended: returned by [`ServerHandle::stop`].
+///
+/// Its `Display` says what happened:
+///
+/// ```
+/// use std::os::unix::process::ExitStatusExt;
+/// use std::process::ExitStatus;
+/// use fdserver::{Shutdown, StopOptions, Stopped};
+///
+/// let stopped = Stopped {
+///     status: ExitStatus::from_raw(9), // killed by signal 9
+///     how: Shutdown::Killed,
+///     grace: StopOptions::default(),
+/// };
+/// assert_eq!(
+///     stopped.to_string(),
+///     "server did not exit within 3s of its connection closing nor within 3s of SIGTERM \
+///      (a handler or hook did not return), so it was killed with SIGKILL (signal: 9 (SIGKILL))"
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopped {
     /// The exit status the server was reaped with.
     pub status: ExitStatus,
     /// What `stop` had to do.
     pub how: Shutdown,
+    /// The grace periods `stop` gave the server.
+    pub grace: StopOptions,
 }
 
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = match self.how {
-            Shutdown::AlreadyExited => "had already exited",
-            Shutdown::Graceful => "exited after its connection closed",
-            Shutdown::Terminated => "exited after SIGTERM",
-            Shutdown::Killed => "was killed with SIGKILL after ignoring SIGTERM",
-        };
-        write!(f, "server {how} ({})", self.status)
+        let StopOptions {
+            after_close,
+            after_term,
+        } = self.grace;
+        match self.how {
+            Shutdown::AlreadyExited => f.write_str("server had already exited")?,
+            Shutdown::Graceful => f.write_str("server exited after its connection closed")?,
+            Shutdown::Terminated => write!(
+                f,
+                "server did not exit within {after_close:?} of its connection closing, and \
+                 exited after SIGTERM"
+            )?,
+            Shutdown::Killed => write!(
+                f,
+                "server did not exit within {after_close:?} of its connection closing nor \
+                 within {after_term:?} of SIGTERM (a handler or hook did not return), so it was \
+                 killed with SIGKILL"
+            )?,
+        }
+        write!(f, " ({})", self.status)
     }
 }
 
@@ -121,6 +157,9 @@ impl ServerHandle {
         channel.set_read_timeout(saved);
         let result = match r {
             Ok(true) if buf.message().name() == b"ready" => return Ok(()),
+            Err(Error::TimedOut { .. }) => {
+                Error::timed_out(Operation::Start, timeout.unwrap_or_default())
+            }
             Ok(true) => match crate::channel::check_reply(buf.message()) {
                 Err(e) => e,
                 Ok(()) => Error::Protocol(ProtocolError::BadReply("expected \"ready\"".into())),
@@ -213,7 +252,7 @@ impl ServerHandle {
             return Err(Error::ServerExited(status));
         }
         let r = f(self.channel());
-        if matches!(r, Err(Error::TimedOut)) {
+        if matches!(r, Err(Error::TimedOut { .. })) {
             // The reply may still come: the next call would read it as its own.
             self.channel().mark_broken();
         }
@@ -221,7 +260,8 @@ impl ServerHandle {
     }
 
     /// Sends `request` (`[name, args...]`) and returns the values of the `["ok", values...]`
-    /// reply as strings; an error reply becomes [`Error::Remote`].
+    /// reply as strings; an error reply becomes [`Error::Remote`], a time-out an
+    /// [`Error::TimedOut`] naming the message.
     pub fn call<I, T>(&mut self, request: I) -> Result<Vec<String>, Error>
     where
         I: IntoIterator<Item = T>,
@@ -232,13 +272,21 @@ impl ServerHandle {
         }
         let mut buf = std::mem::take(&mut self.reply);
         let channel = self.channel.as_mut().expect("channel present until stop");
-        let r = channel.write_array(request).and_then(|()| {
+        // The name is kept to name the call in a time-out.
+        let mut request = request.into_iter();
+        let name = request.next();
+        let elements = name
+            .iter()
+            .map(Either::Left)
+            .chain(request.map(Either::Right));
+        let r = channel.write_array(elements).and_then(|()| {
             let msg = channel.read_reply(&mut buf)?;
             let strings = msg.to_strings()?;
             Ok(strings.into_iter().skip(1).collect())
         });
         self.reply = buf;
-        if matches!(r, Err(Error::TimedOut)) {
+        let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
+        if matches!(r, Err(Error::TimedOut { .. })) {
             channel.mark_broken();
         }
         r.map_err(|e| self.exit_error(e))
@@ -334,6 +382,7 @@ impl ServerHandle {
             return Ok(Stopped {
                 status: self.status.expect("checked"),
                 how: Shutdown::AlreadyExited,
+                grace: self.stop,
             });
         }
         let now = Instant::now();
@@ -341,6 +390,7 @@ impl ServerHandle {
             return Ok(Stopped {
                 status,
                 how: Shutdown::Graceful,
+                grace: self.stop,
             });
         }
         self.exit.kill(libc::SIGTERM)?;
@@ -348,12 +398,14 @@ impl ServerHandle {
             return Ok(Stopped {
                 status,
                 how: Shutdown::Terminated,
+                grace: self.stop,
             });
         }
         let status = self.kill_and_reap()?;
         Ok(Stopped {
             status,
             how: Shutdown::Killed,
+            grace: self.stop,
         })
     }
 }
@@ -373,5 +425,20 @@ impl fmt::Debug for ServerHandle {
             .field("pid", &self.pid)
             .field("status", &self.status)
             .finish_non_exhaustive()
+    }
+}
+
+/// One of two element types, as one `AsRef<[u8]>`.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+impl<A: AsRef<[u8]>, B: AsRef<[u8]>> AsRef<[u8]> for Either<A, B> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Either::Left(a) => a.as_ref(),
+            Either::Right(b) => b.as_ref(),
+        }
     }
 }

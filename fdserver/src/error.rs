@@ -4,12 +4,31 @@ use std::fmt;
 use std::io;
 use std::process::ExitStatus;
 use std::str::Utf8Error;
+use std::time::Duration;
 
 /// Everything that can go wrong talking to a server or a peer.
 ///
 /// Errors that leave the channel mid-message (a time-out after part of a message was read, an
 /// oversized scalar, a malformed stream) also mark it *broken*; every later operation on it then
 /// returns [`Error::Broken`].
+///
+/// # How errors print
+///
+/// `Display` says everything the error knows, including the text of an error it wraps
+/// (`server error: failed: disk full`, `I/O error: Broken pipe (os error 32)`). `source()`
+/// therefore never returns the wrapped error itself, only that error's own source if it has one
+/// (as `std::io::Error` does for the error it carries). So `{}` alone prints the whole message,
+/// and printers that walk the `source()` chain (`anyhow`'s `{:#}` and `{:?}`, `eyre`, `tracing`)
+/// print each cause once. Match on the variant to inspect a wrapped error.
+///
+/// ```
+/// use std::error::Error as _;
+/// use fdserver::{Error, RemoteError};
+///
+/// let err = Error::from(RemoteError::failed("disk full"));
+/// assert_eq!(err.to_string(), "server error: failed: disk full");
+/// assert!(err.source().is_none()); // nothing left to print: a chain printer stops here
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -21,8 +40,23 @@ pub enum Error {
     ServerExited(ExitStatus),
     /// The bytes on the wire do not follow the MessageChannel format.
     Protocol(ProtocolError),
-    /// A read or write deadline passed.
-    TimedOut,
+    /// A deadline passed: a read or write deadline ([`Channel::set_timeout`]), or the start
+    /// deadline ([`Builder::start_timeout`]). Its message names what was waiting and how long:
+    /// `call "hello": read of a reply timed out after 250ms`.
+    ///
+    /// [`Channel::set_timeout`]: crate::Channel::set_timeout
+    /// [`Builder::start_timeout`]: crate::Builder::start_timeout
+    #[non_exhaustive]
+    TimedOut {
+        /// What was waiting.
+        operation: Operation,
+        /// The message name of the call it was part of, where known: set by
+        /// [`ServerHandle::call`](crate::ServerHandle::call) and the typed client methods of
+        /// `#[fdserver]` servers.
+        message: Option<String>,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
     /// The channel was left mid-message by an earlier error and can no longer be used.
     Broken,
     /// An element to write contains a NUL byte; nothing was written.
@@ -76,6 +110,27 @@ impl Error {
         }
     }
 
+    /// A time-out of `operation` after `timeout`, not yet tied to a call.
+    pub(crate) fn timed_out(operation: Operation, timeout: Duration) -> Error {
+        Error::TimedOut {
+            operation,
+            message: None,
+            timeout,
+        }
+    }
+
+    /// Names the call (its message name) a time-out happened in, unless already named.
+    pub(crate) fn in_call(mut self, name: &[u8]) -> Error {
+        if let Error::TimedOut {
+            message: message @ None,
+            ..
+        } = &mut self
+        {
+            *message = Some(String::from_utf8_lossy(name).into_owned());
+        }
+        self
+    }
+
     /// The remote error, if the server replied with one.
     pub fn as_remote(&self) -> Option<&RemoteError> {
         match self {
@@ -92,7 +147,16 @@ impl fmt::Display for Error {
             Error::Disconnected => f.write_str("the peer closed the connection"),
             Error::ServerExited(s) => write!(f, "server exited ({s})"),
             Error::Protocol(p) => write!(f, "protocol error: {p}"),
-            Error::TimedOut => f.write_str("timed out"),
+            Error::TimedOut {
+                operation,
+                message,
+                timeout,
+            } => {
+                if let Some(message) = message {
+                    write!(f, "call {message:?}: ")?;
+                }
+                write!(f, "{operation} timed out after {timeout:?}")
+            }
             Error::Broken => f.write_str(
                 "the channel is broken by an earlier error (it was left mid-message) and must be closed",
             ),
@@ -118,12 +182,13 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {
+    /// Not the wrapped error, whose text `Display` already includes, but its own source.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(e) => Some(e),
-            Error::Protocol(p) => Some(p),
-            Error::InvalidUtf8 { error, .. } => Some(error),
-            Error::Remote(r) => Some(r),
+            Error::Io(e) => e.source(),
+            Error::Protocol(p) => p.source(),
+            Error::InvalidUtf8 { error, .. } => error.source(),
+            Error::Remote(r) => r.source(),
             _ => None,
         }
     }
@@ -151,12 +216,54 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Io(e) => e,
-            Error::TimedOut => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::TimedOut { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::Disconnected | Error::ServerExited(_) => {
                 io::Error::new(io::ErrorKind::UnexpectedEof, e)
             }
             other => io::Error::other(other),
         }
+    }
+}
+
+/// What was waiting when a deadline passed ([`Error::TimedOut`]).
+///
+/// ```
+/// assert_eq!(fdserver::Operation::ReadScalar.to_string(), "read of a scalar message");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Reading an array message.
+    ReadArray,
+    /// Reading a reply (`["ok", ...]` or `["error", ...]`) and the descriptor that may come
+    /// with it.
+    ReadReply,
+    /// Reading a scalar message.
+    ReadScalar,
+    /// Receiving a file descriptor.
+    ReceiveFd,
+    /// Writing an array message (a request, a reply, an error reply).
+    WriteArray,
+    /// Writing a scalar message.
+    WriteScalar,
+    /// Sending a file descriptor.
+    SendFd,
+    /// Waiting for a forked server to finish `initialize_server` and say it is ready.
+    Start,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::ReadArray => "read of an array message",
+            Operation::ReadReply => "read of a reply",
+            Operation::ReadScalar => "read of a scalar message",
+            Operation::ReceiveFd => "receive of a file descriptor",
+            Operation::WriteArray => "write of an array message",
+            Operation::WriteScalar => "write of a scalar message",
+            Operation::SendFd => "send of a file descriptor",
+            Operation::Start => "start of the server (waiting for its initialize_server)",
+        })
     }
 }
 

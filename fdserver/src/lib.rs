@@ -6,13 +6,34 @@
 //! wire format of Phusion Passenger's `MessageChannel`, so Ruby and C++ peers that speak it can
 //! talk to an fdserver server.
 //!
-//! * [`fdserver`](macro@fdserver): the attribute that turns an `impl` block into a server with a
-//!   typed client (start here).
-//! * [`Channel`]: the message channel (arrays, scalars, descriptors, deadlines).
-//! * [`Server`]: what a server is; [`Server::start`] forks one and returns its client,
-//!   [`serve`] runs one in the current process (e.g. on an inherited fd 3).
-//! * [`ServerHandle`]: the parent's handle: `pid`, `call`, raw channel, `stop`.
-//! * [`preload`]: a Spring-style preloader built on all of the above.
+//! Write the server as an ordinary `impl` block: [`#[fdserver]`](macro@fdserver) makes each
+//! method a message handler and generates a typed client for the parent.
+//!
+//! ```
+//! struct MyServer;
+//!
+//! #[fdserver::fdserver]
+//! impl MyServer {
+//!     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+//!         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
+//!     }
+//! }
+//!
+//! let mut server = MyServer.start()?; // forks the server; returns its client, MyServerClient
+//! let (reply, pointless_number) = server.hello("Joe", "Dalton")?;
+//! assert_eq!(reply, "Hello Joe Dalton, how are you?");
+//! assert_eq!(pointless_number, 1234);
+//! server.stop()?; // closes the connection, then SIGTERM, then SIGKILL; always reaps
+//! # Ok::<(), fdserver::Error>(())
+//! ```
+//!
+//! `server.hello("Joe", "Dalton")` sends the array message `["hello", "Joe", "Dalton"]`; the
+//! server parses each element into the parameter's type, calls the method and answers
+//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`. Any peer that speaks `MessageChannel`
+//! can send the same message.
+//!
+//! The macro implements the [`Server`] trait, which can also be written by hand: match on the
+//! message name and reply through the [`Context`]. [`ServerHandle`] is then the client:
 //!
 //! ```
 //! use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
@@ -39,6 +60,34 @@
 //! server.stop()?;
 //! # Ok::<(), fdserver::Error>(())
 //! ```
+//!
+//! The pieces:
+//!
+//! * [`fdserver`](macro@fdserver): the attribute that turns an `impl` block into a server with a
+//!   typed client (start here).
+//! * [`Server`]: what a server is; [`Server::start`] (or [`Builder`], for options) forks one and
+//!   returns its client, [`serve`] runs one in the current process (e.g. on an inherited fd 3).
+//! * [`ServerHandle`]: the parent's handle: `pid`, `call`, raw channel, `stop`.
+//! * [`Channel`]: the message channel (arrays, scalars, descriptors, deadlines).
+//! * [`Error`]: everything that can fail, in one enum.
+//! * [`preload`]: a Spring-style preloader built on all of the above.
+//!
+//! ## Platforms
+//!
+//! Linux only. fdserver is built on Linux system calls (`pidfd_open`, `close_range`,
+//! `signalfd`, `SO_PEERCRED`, `MSG_CMSG_CLOEXEC`...); on any other target the crate does not
+//! build, with one `compile_error!` that says so. It runs on every kernel Rust's standard
+//! library supports (Linux 3.2 and later, glibc 2.17 or later, or musl), and uses newer kernel
+//! features where the running kernel has them:
+//!
+//! | Feature | Since | Where the kernel lacks it |
+//! |---|---|---|
+//! | `pidfd_open`, `pidfd_send_signal`: wait on and signal a server through a descriptor | Linux 5.3 | a watcher thread per server waits with `waitid(WNOWAIT)`; signals go to the pid of the still-unreaped child (also used where a seccomp profile or valgrind refuses pidfds) |
+//! | `close_range`: close inherited descriptors in a forked server | Linux 5.9 | closed one by one, up to the descriptor limit |
+//! | `MADV_COLLAPSE`: huge pages for a preloaded heap ([`preload`]) | Linux 6.1 | skipped (`MADV_HUGEPAGE` alone) |
+//!
+//! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, `signalfd` flags,
+//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`) is older than Linux 3.2.
 //!
 //! ## Wire format
 //!
@@ -133,23 +182,45 @@
 
 #![warn(missing_docs)]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "fdserver supports Linux only: it is built on Linux system calls (pidfd_open, close_range, \
+     signalfd, SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate docs."
+);
+
+// Every item is for Linux only, so that another target fails with the one `compile_error!`
+// above instead of a cascade of missing `libc` symbols.
+#[cfg(target_os = "linux")]
 pub mod args;
+#[cfg(target_os = "linux")]
 mod channel;
+#[cfg(target_os = "linux")]
 mod client;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 pub mod preload;
+#[cfg(target_os = "linux")]
 mod serve;
+#[cfg(target_os = "linux")]
 mod server;
+#[cfg(target_os = "linux")]
 mod server_loop;
+#[cfg(target_os = "linux")]
 mod signal;
+#[cfg(target_os = "linux")]
 mod start;
+#[cfg(target_os = "linux")]
 mod sys;
+#[cfg(target_os = "linux")]
 pub mod wire;
 
+#[cfg(target_os = "linux")]
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
+#[cfg(target_os = "linux")]
 /// Turns an inherent impl block into a server: a dispatch table over its methods, typed argument
 /// parsing, a typed client, signal handlers and lifecycle hooks.
 ///
@@ -198,11 +269,41 @@ pub mod __private;
 /// # Handlers
 ///
 /// Every method with a `&mut self` or `&self` receiver is a handler, unless marked
-/// `#[fdserver(skip)]` or marked as a signal handler or hook. Methods without a receiver
-/// (constructors, helpers) are left alone. The message name is the method name (`r#type` is
-/// `"type"`), or `#[fdserver(name = "...")]`.
+/// `#[fdserver(skip)]` or marked as a signal handler or hook. The message name is the method
+/// name (`r#type` is `"type"`), or `#[fdserver(name = "...")]`.
 ///
-/// Parameters are plain `name: Type` pairs; each type decides how the value travels (see
+/// A function without a receiver cannot be a handler, and is a compile error (whose help
+/// shows the signature with `&mut self`), so that a forgotten `self` is not found only as "no
+/// method named `add`" at the call site. Two kinds are left alone: constructors, recognised
+/// by a return type that names `Self` or the server type (`fn new() -> Self`,
+/// `fn open(path: PathBuf) -> io::Result<MyServer>`), and functions marked
+/// `#[fdserver(skip)]` (helpers such as `fn parse(line: &str) -> u32`):
+///
+/// ```
+/// # struct Calc { base: i32 }
+/// #[fdserver::fdserver]
+/// impl Calc {
+///     fn new(base: i32) -> Self {      // a constructor: no mark needed
+///         Calc { base }
+///     }
+///
+///     #[fdserver(skip)]                // a helper: marked
+///     fn clamp(x: i32) -> i32 {
+///         x.clamp(-100, 100)
+///     }
+///
+///     fn add(&mut self, a: i32) -> i32 { // a handler
+///         Self::clamp(self.base + a)
+///     }
+/// }
+/// # let mut calc = Calc::new(1).start()?;
+/// # assert_eq!(calc.add(2)?, 3);
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+///
+/// Parameters are `name: Type` pairs, or `_: Type` for a value the handler ignores (the
+/// client still sends it; its stub parameter and error messages call it `argN`, N counting
+/// the client's parameters from 1). Each type decides how the value travels (see
 /// [`args`] for the table): strings, numbers, `bool`, `char`, paths and `Option`s
 /// of those are elements of the array message; `Vec<u8>` is a scalar message and `File`,
 /// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array. The client
@@ -362,7 +463,8 @@ pub mod __private;
 /// Misuse is reported at the offending tokens, with the impl block still emitted (and the rest
 /// of the server generated) so that one mistake does not cascade: unknown attribute keys; a
 /// receiver other than `&mut self` / `&self` (`self`, `self: Box<Self>`); generic, `async`,
-/// `unsafe` or `extern` handlers; parameters that are patterns instead of names; parameter or
+/// `unsafe` or `extern` handlers; a function without a receiver that is neither a constructor
+/// nor `#[fdserver(skip)]`; parameters that are patterns other than a name or `_`; parameter or
 /// return types that cannot travel (references, slices, arrays, tuples as parameters, nested
 /// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor or `Vec<u8>`;
 /// other types without [`FromArg`](crate::args::FromArg) / [`ToArg`](crate::args::ToArg) are
@@ -377,11 +479,19 @@ pub mod __private;
 /// next to your own `Result` alias.
 pub use fdserver_macros::fdserver;
 
+#[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
+#[cfg(target_os = "linux")]
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
-pub use error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(target_os = "linux")]
+pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(target_os = "linux")]
 pub use serve::serve;
+#[cfg(target_os = "linux")]
 pub use server::{BoxError, Context, LoopEnd, Server};
-pub use signal::Signal;
+#[cfg(target_os = "linux")]
+pub use signal::{Signal, UnknownSignal};
+#[cfg(target_os = "linux")]
 pub use start::Builder;
+#[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};

@@ -337,16 +337,31 @@ pub fn send_request<const N: usize>(
         Encoded::Element(e) => Some(e.as_bytes()),
         _ => None,
     });
-    channel.write_array(iter::once(message.as_bytes()).chain(inline))
+    channel
+        .write_array(iter::once(message.as_bytes()).chain(inline))
+        .map_err(|e| e.in_call(message.as_bytes()))
 }
 
-/// Sends a client argument after the request array if it is out-of-band.
-pub fn send_out_of_band(channel: &mut Channel, argument: Encoded<'_>) -> Result<(), Error> {
-    send_encoded(channel, argument)
+/// Sends a client argument of the call to `message` after the request array if it is
+/// out-of-band.
+pub fn send_out_of_band(
+    channel: &mut Channel,
+    message: &str,
+    argument: Encoded<'_>,
+) -> Result<(), Error> {
+    send_encoded(channel, argument).map_err(|e| e.in_call(message.as_bytes()))
 }
 
 /// Reads the reply to `message` and decodes its values.
 pub fn read_reply<V: FromValues>(
+    channel: &mut Channel,
+    state: &mut ClientState,
+    message: &'static str,
+) -> Result<V, Error> {
+    read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+}
+
+fn read_reply_values<V: FromValues>(
     channel: &mut Channel,
     state: &mut ClientState,
     message: &'static str,

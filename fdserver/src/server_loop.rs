@@ -115,7 +115,7 @@ pub(crate) fn run_loop<S: Server>(
             Ok(true) => {}
             Ok(false) => return LoopEnd::Disconnected,
             Err(e) if e.is_disconnect() => return LoopEnd::Disconnected,
-            Err(e) if !channel.is_broken() && !matches!(e, Error::TimedOut) => {
+            Err(e) if !channel.is_broken() && !matches!(e, Error::TimedOut { .. }) => {
                 // A malformed but complete frame: say so, and keep serving.
                 let err = RemoteError::new(RemoteErrorKind::Protocol, e.to_string());
                 if let Err(e) = channel.write_error(&err) {
@@ -123,7 +123,7 @@ pub(crate) fn run_loop<S: Server>(
                 }
                 continue;
             }
-            Err(Error::TimedOut) => continue,
+            Err(Error::TimedOut { .. }) => continue,
             Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
         }
 

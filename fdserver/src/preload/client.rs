@@ -307,7 +307,7 @@ fn handshake(conn: &mut Channel, timeout: Duration) -> io::Result<(String, i32)>
     let hello = match conn.read_strings() {
         Ok(Some(v)) => v,
         Ok(None) => return Err(other("the preloader server closed the connection at once")),
-        Err(Error::TimedOut) => {
+        Err(Error::TimedOut { .. }) => {
             return Err(other(format!(
                 "the preloader server did not answer within {timeout:?} (wedged?); try `--preloader stop`"
             )))

@@ -481,7 +481,7 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
     });
     if let Err(e) = sent {
         log(&format!("template {key:?} failed a request: {e}"));
-        if matches!(e, Error::TimedOut) {
+        if matches!(e, Error::TimedOut { .. }) {
             // Wedged, and its channel is out of step (a late reply would answer the next
             // command): replace it.
             if let Some((handle, _)) = t.current.take() {

@@ -6,7 +6,9 @@ impl Server {
         a + b
     }
 
-    fn ignore(&mut self, _: u32) {}
+    fn named(&mut self, ref name: String) -> usize {
+        name.len()
+    }
 }
 
 fn main() {
