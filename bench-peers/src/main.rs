@@ -9,7 +9,7 @@
 //! cargo run --release --manifest-path bench-peers/Cargo.toml                  # full run, writes docs/bench/
 //! cargo run --release --manifest-path bench-peers/Cargo.toml -- --quick       # ~1 min, writes to /tmp
 //! cargo run --release --manifest-path bench-peers/Cargo.toml -- --counts      # syscalls and context switches
-//! cargo run --release --manifest-path bench-peers/Cargo.toml -- --charts      # redraw the SVGs from the CSVs
+//! cargo run --release --manifest-path bench-peers/Cargo.toml -- --render      # tables and SVGs again from the CSVs
 //! ```
 //!
 //! Options: `--out DIR`, `--rounds N`, `--rows 1,2,3,4`, `--lanes fdserver,raw,...`,
@@ -39,13 +39,13 @@ use os::CpuSet;
 const USAGE: &str = "usage: fdserver-bench-peers [--quick] [--out DIR] [--rounds N] [--rows 1,2,3,4] \
 [--lanes NAME,...] [--modes pinned,split,unpinned] [--no-heap] [--heap-sizes MIB,...] [--heap-rounds N]
        fdserver-bench-peers --counts [--rows ...] [--lanes ...] [--no-strace] [--out DIR]
-       fdserver-bench-peers --charts [--out DIR]
+       fdserver-bench-peers --render [--out DIR]
 lanes: fdserver fdserver-typed-dup raw ipc-channel ipc-channel-spawn tarpc procspawn";
 
 struct Args {
     quick: bool,
     counts: bool,
-    charts_only: bool,
+    render_only: bool,
     strace: bool,
     out: Option<PathBuf>,
     rounds: Option<usize>,
@@ -72,7 +72,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
     let mut a = Args {
         quick: false,
         counts: false,
-        charts_only: false,
+        render_only: false,
         strace: true,
         out: None,
         rounds: None,
@@ -91,7 +91,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         match arg.as_str() {
             "--quick" => a.quick = true,
             "--counts" => a.counts = true,
-            "--charts" => a.charts_only = true,
+            "--render" => a.render_only = true,
             "--no-strace" => a.strace = false,
             "--no-heap" => a.heap = false,
             "--out" => a.out = Some(PathBuf::from(value())),
@@ -147,10 +147,9 @@ fn main() {
     });
     std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
 
-    if args.charts_only {
-        let caption = std::fs::read_to_string(out.join(CAPTION_FILE))
-            .unwrap_or_else(|_| "redrawn from the recorded samples".into());
-        draw_charts(&out, caption.trim());
+    if args.render_only {
+        render(&out);
+        println!("rebuilt {} and the charts", out.join(REPORT_FILE).display());
         return;
     }
     let info = RunInfo::collect(&root, &all);
@@ -185,7 +184,7 @@ fn main() {
     let samples_csv = out.join(report::SAMPLES_CSV);
     report::write_samples(&samples_csv, &samples)
         .unwrap_or_else(|e| fail(&format!("{}: {e}", samples_csv.display())));
-    let heap = if args.heap {
+    if args.heap {
         let sizes = args.heap_sizes.clone().unwrap_or_else(|| {
             if args.quick {
                 vec![2, 16, 64]
@@ -198,11 +197,11 @@ fn main() {
         let heap_csv = out.join(report::HEAP_CSV);
         report::write_heap(&heap_csv, &h)
             .unwrap_or_else(|e| fail(&format!("{}: {e}", heap_csv.display())));
-        h
     } else {
-        Vec::new()
-    };
-    let mut md = info.header(
+        // Not measured in this run: no older samples in its report.
+        let _ = std::fs::remove_file(out.join(report::HEAP_CSV));
+    }
+    let mut header = info.header(
         &format!(
             "{} rounds{}",
             plan.rounds,
@@ -212,41 +211,65 @@ fn main() {
     );
     let loads: Vec<f64> = samples.iter().map(|s| s.load1).collect();
     let _ = writeln!(
-        md,
+        header,
         "1-minute load average at the samples: median {:.2}, max {:.2}.\n",
         report::median(&loads),
         report::max(&loads)
     );
-    let _ = writeln!(
-        md,
-        "#### Time over the raw floor\n\n{}",
-        report::summary_table(&samples)
-    );
-    let _ = writeln!(
-        md,
-        "#### fdserver against the best peer\n\n{}",
-        report::verdict_table(&samples)
-    );
-    let _ = writeln!(md, "#### Every lane\n\n{}", report::detail_table(&samples));
-    if !heap.is_empty() {
-        let _ = writeln!(
-            md,
-            "#### Start cost against heap size (pinned)\n\n{}",
-            report::heap_table(&heap)
-        );
+    for (file, text) in [(HEADER_FILE, header), (CAPTION_FILE, info.caption())] {
+        let path = out.join(file);
+        std::fs::write(&path, text).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
     }
-    let path = out.join("peers.md");
-    std::fs::write(&path, &md).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-    let _ = std::fs::write(out.join(CAPTION_FILE), info.caption());
-    draw_charts(&out, &info.caption());
+    let md = render(&out);
     println!(
         "{md}\nwritten: {} (and the CSVs and SVGs beside it)",
-        path.display()
+        out.join(REPORT_FILE).display()
     );
 }
 
-/// The charts' caption (date, commit, load), kept for `--charts`.
+/// The report, rebuilt from the files below by `--render`.
+const REPORT_FILE: &str = "peers.md";
+/// The run's header (machine, commit, versions, load).
+const HEADER_FILE: &str = "peers-header.md";
+/// The charts' caption (date, commit, load).
 const CAPTION_FILE: &str = "peers-caption.txt";
+
+/// Builds `peers.md` and the two charts from the header and the CSVs in `out`.
+fn render(out: &Path) -> String {
+    let mut md = std::fs::read_to_string(out.join(HEADER_FILE)).unwrap_or_default();
+    match report::read_samples(&out.join(report::SAMPLES_CSV)) {
+        Ok(samples) => {
+            let _ = writeln!(
+                md,
+                "#### Time over the raw floor\n\n{}",
+                report::summary_table(&samples)
+            );
+            let _ = writeln!(
+                md,
+                "#### fdserver against the best peer\n\n{}",
+                report::verdict_table(&samples)
+            );
+            let _ = writeln!(md, "#### Every lane\n\n{}", report::detail_table(&samples));
+        }
+        Err(e) => eprintln!("no peer samples: {e}"),
+    }
+    match report::read_heap(&out.join(report::HEAP_CSV)) {
+        Ok(heap) => {
+            let _ = writeln!(
+                md,
+                "#### Start cost against heap size (pinned)\n\n{}",
+                report::heap_table(&heap)
+            );
+        }
+        Err(e) => eprintln!("no heap samples: {e}"),
+    }
+    let path = out.join(REPORT_FILE);
+    std::fs::write(&path, &md).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    let caption = std::fs::read_to_string(out.join(CAPTION_FILE))
+        .unwrap_or_else(|_| "redrawn from the recorded samples".into());
+    draw_charts(out, caption.trim());
+    md
+}
 
 /// Draws `peers.svg` and `start-heap.svg` from the CSVs in `out`.
 fn draw_charts(out: &Path, caption: &str) {

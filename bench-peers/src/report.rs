@@ -193,7 +193,8 @@ pub fn times(samples: &[Sample], row: Row, lane: Lane, judge: Judge) -> Vec<f64>
 /// `a`'s time over `b`'s on `row` under `judge`: pinned and split, the median of the per-round
 /// ratios (the two samples of a round ran next to each other, placed alike) with their range;
 /// unpinned, the ratio of the medians of the samples with that placement (a round's two samples
-/// may have landed differently). `None` if either side has no sample.
+/// may have landed differently). `None` if either side has no sample (unpinned: fewer than
+/// [`MIN_MATCHED`]).
 pub fn ratio(samples: &[Sample], row: Row, a: Lane, b: Lane, judge: Judge) -> Option<Ratio> {
     if matches!(judge, Judge::Pinned | Judge::Split) {
         let per_round = |lane: Lane| -> BTreeMap<usize, f64> {
@@ -214,12 +215,15 @@ pub fn ratio(samples: &[Sample], row: Row, a: Lane, b: Lane, judge: Judge) -> Op
         })
     } else {
         let (ta, tb) = (times(samples, row, a, judge), times(samples, row, b, judge));
-        (!ta.is_empty() && !tb.is_empty()).then(|| Ratio {
+        (ta.len() >= MIN_MATCHED && tb.len() >= MIN_MATCHED).then(|| Ratio {
             value: median(&ta) / median(&tb),
             range: None,
         })
     }
 }
+
+/// Unpinned samples of one placement each side needs before its median is compared.
+pub const MIN_MATCHED: usize = 3;
 
 pub struct Ratio {
     pub value: f64,
@@ -333,8 +337,8 @@ pub fn summary_table(samples: &[Sample]) -> String {
         s,
         "\nEach cell: pinned (one CPU) / split (two CPUs) / unpinned samples that stayed on one CPU / \
          unpinned samples that stayed on two CPUs; time over the raw floor's under the same \
-         placement (lower is better; –: no sample with that placement; —: the peer cannot do \
-         the row)."
+         placement (lower is better; –: no sample with that placement, or unpinned, fewer than \
+         {MIN_MATCHED} on either side; —: the peer cannot do the row)."
     );
     s
 }
@@ -353,7 +357,7 @@ pub fn verdict_table(samples: &[Sample]) -> String {
                 .into_iter()
                 .filter_map(|p| {
                     let t = times(samples, row, p, judge);
-                    (!t.is_empty()).then(|| (p, median(&t)))
+                    (t.len() >= MIN_MATCHED).then(|| (p, median(&t)))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1));
             let Some((peer, _)) = best else {
@@ -369,11 +373,13 @@ pub fn verdict_table(samples: &[Sample]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {verdict} |",
+                "| {} | {} | {} | {} | {}, {} | {verdict} |",
                 row.id(),
                 judge.title(),
                 peer.name(),
-                r.long()
+                r.long(),
+                times(samples, row, Lane::Fdserver, judge).len(),
+                times(samples, row, peer, judge).len(),
             );
         }
     }
@@ -536,26 +542,41 @@ mod tests {
     fn ratios_compare_only_samples_placed_alike() {
         use Placement::*;
         let (f, r) = (Lane::Fdserver, Lane::Raw);
-        let v = vec![
+        let mut v = vec![
             // Pinned: per-round ratios 2 and 4 → median 3.
             s(0, f, Mode::Pinned(0), 20.0, Same),
             s(0, r, Mode::Pinned(0), 10.0, Same),
             s(1, f, Mode::Pinned(1), 40.0, Same),
             s(1, r, Mode::Pinned(1), 10.0, Same),
-            // Unpinned: fdserver same-CPU 30, raw same-CPU 15 (→ 2); cross-CPU 90 vs 30 (→ 3);
-            // a mixed sample of either side counts for neither.
-            s(0, f, Mode::Unpinned, 30.0, Same),
-            s(0, r, Mode::Unpinned, 30.0, Cross),
-            s(1, f, Mode::Unpinned, 90.0, Cross),
-            s(1, r, Mode::Unpinned, 15.0, Same),
+            // Unpinned: fdserver same-CPU median 30, raw 15 (→ 2); cross-CPU 90 vs 30 (→ 3);
+            // mixed samples count for neither.
             s(2, f, Mode::Unpinned, 1000.0, Mixed),
             s(2, r, Mode::Unpinned, 1.0, Mixed),
         ];
+        for (i, (fs, rs, fc, rc)) in [
+            (20.0, 15.0, 90.0, 30.0),
+            (30.0, 14.0, 80.0, 29.0),
+            (40.0, 16.0, 100.0, 31.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v.push(s(i, f, Mode::Unpinned, fs, Same));
+            v.push(s(i, r, Mode::Unpinned, rs, Same));
+            v.push(s(i, f, Mode::Unpinned, fc, Cross));
+            v.push(s(i, r, Mode::Unpinned, rc, Cross));
+        }
         let get = |j| ratio(&v, Row::Call, f, r, j).map(|x| (x.value, x.range));
         assert_eq!(get(Judge::Pinned), Some((3.0, Some((2.0, 4.0)))));
         assert_eq!(get(Judge::UnpinnedSame), Some((2.0, None)));
         assert_eq!(get(Judge::UnpinnedCross), Some((3.0, None)));
         assert_eq!(get(Judge::Split), None);
-        assert_eq!(times(&v, Row::Call, f, Judge::UnpinnedSame), [30.0]);
+        assert_eq!(
+            times(&v, Row::Call, f, Judge::UnpinnedSame),
+            [20.0, 30.0, 40.0]
+        );
+        // Fewer than MIN_MATCHED samples of a placement on one side: no comparison.
+        v.retain(|x| !(x.lane == r && x.placement == Cross && x.round == 0));
+        assert!(ratio(&v, Row::Call, f, r, Judge::UnpinnedCross).is_none());
     }
 }

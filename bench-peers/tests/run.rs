@@ -1,6 +1,7 @@
 //! The bench from outside, as its README runs it: a one-round quick run of every row and lane
 //! writes its report, samples and charts; `--counts` finds the raw floor's known system calls;
-//! `--charts` redraws from the CSVs. Each run is bounded (the bench also has its own alarm).
+//! `--render` rebuilds the report and the charts from the CSVs. Each run is bounded (the bench
+//! also has its own alarm).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -113,11 +114,13 @@ fn a_quick_round_measures_every_lane_and_draws_the_charts() {
         assert!(text.contains("fdserver"), "{svg} has no fdserver series");
         std::fs::remove_file(dir.join(svg)).unwrap();
     }
-    // Redrawn from the CSVs alone.
-    bench(&["--charts", "--out", out], Duration::from_secs(60));
+    // Rebuilt from the CSVs and the header alone.
+    std::fs::remove_file(dir.join("peers.md")).unwrap();
+    bench(&["--render", "--out", out], Duration::from_secs(60));
     for svg in ["peers.svg", "start-heap.svg"] {
         assert!(read(&dir, svg).contains("raw"), "{svg} not redrawn");
     }
+    assert_eq!(read(&dir, "peers.md"), report);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
