@@ -122,6 +122,13 @@ fn main() {
     if let Ok(name) = std::env::var(peers::ipc_lane::SPAWN_VAR) {
         peers::ipc_lane::spawned_main(name);
     }
+    if std::env::var_os("CARGO").is_some() {
+        // Under `cargo run`, LD_LIBRARY_PATH lists cargo's and the toolchain's directories: every
+        // program this bench execs (the spawned peers) would search them for its libraries
+        // first (~100 more failed `openat`/`newfstatat` per exec). Users' programs do not run
+        // that way. The bench is single-threaded here.
+        std::env::remove_var("LD_LIBRARY_PATH");
+    }
     let all = CpuSet::current();
     let mut argv = std::env::args().skip(1).peekable();
     if argv.peek().map(String::as_str) == Some("--trace") {

@@ -348,9 +348,9 @@ pub fn verdict_table(samples: &[Sample]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| row | placement | best peer | fdserver / best peer | verdict |"
+        "| row | placement | best peer | fdserver / best peer | samples fdserver, peer | verdict |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for row in rows_present(samples) {
         for judge in Judge::ALL {
             let best = PEERS
