@@ -74,16 +74,13 @@ pub fn peers_chart(path: &Path, samples: &[Sample], caption: &str) -> Result<(),
                 .collect()
         })
         .collect();
-    let top = bars
-        .iter()
-        .flatten()
-        .flatten()
-        .filter_map(|b| b.1)
-        .fold(1.0f64, f64::max)
-        * 1.18;
-
-    let top = top * 1.2; // room for the row titles
-    let panel_h = 330;
+    // The y axis is log2 of the ratio: bars grow up from 1 (slower than raw) or down (faster).
+    let values = || bars.iter().flatten().flatten().filter_map(|b| b.1);
+    let lo = values().fold(0.8f64, f64::min).log2() - 0.15;
+    let hi = values().fold(1.25f64, f64::max).log2() + 0.3;
+    let top = hi + 0.3 * (hi - lo); // room for the row titles
+    let span = top - lo;
+    let panel_h = 270;
     let height = 80 + panel_h * judges.len() as u32;
     let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -118,23 +115,46 @@ pub fn peers_chart(path: &Path, samples: &[Sample], caption: &str) -> Result<(),
             )
             .margin(8)
             .x_label_area_size(8)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f64..n, 0f64..top)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..n, lo..top)
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .light_line_style(WHITE)
+            .disable_y_mesh()
             .x_labels(0)
+            .y_labels(0)
             .x_label_formatter(&|_| String::new())
-            .y_desc("× raw")
+            .y_label_formatter(&|_| String::new())
+            .y_desc("× raw (log scale)")
             .draw()
             .map_err(err)?;
+        for tick in [
+            0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0,
+        ] {
+            let y = f64::log2(tick);
+            if y < lo || y > hi {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new([(0.0, y), (n, y)], RGBColor(225, 225, 225)))
+                .map_err(err)?;
+            let (px, py) = chart.backend_coord(&(0.0, y));
+            root.draw(&Text::new(
+                format!("{tick}×"),
+                (px - 34, py - 6),
+                ("sans-serif", 11),
+            ))
+            .map_err(err)?;
+        }
         chart
             .draw_series(LineSeries::new(
-                [(0.0, 1.0), (n, 1.0)],
+                [(0.0, 0.0), (n, 0.0)],
                 ShapeStyle::from(&color(Lane::Raw)).stroke_width(2),
             ))
+            .map_err(err)?;
+        let (px, py) = chart.backend_coord(&(0.0, 0.0));
+        root.draw(&Text::new("1×", (px - 22, py - 6), ("sans-serif", 11)))
             .map_err(err)?;
         for (i, &r) in rows.iter().enumerate() {
             let t = median(&times(samples, r, Lane::Raw, judge));
@@ -146,7 +166,7 @@ pub fn peers_chart(path: &Path, samples: &[Sample], caption: &str) -> Result<(),
                 chart
                     .draw_series([Text::new(
                         text,
-                        (i as f64 + 0.04, top * (0.985 - 0.065 * j as f64)),
+                        (i as f64 + 0.04, top - span * (0.02 + 0.075 * j as f64)),
                         ("sans-serif", 12),
                     )])
                     .map_err(err)?;
@@ -169,22 +189,29 @@ pub fn peers_chart(path: &Path, samples: &[Sample], caption: &str) -> Result<(),
                     chart
                         .draw_series([Text::new(
                             "n/a".to_string(),
-                            (x0 + width * 0.12, top * 0.06),
+                            (x0 + width * 0.12, 0.0 + span * 0.08),
                             ("sans-serif", 11).into_font().color(&color(lane)),
                         )])
                         .map_err(err)?;
                     continue;
                 };
+                let y = v.log2();
                 chart
                     .draw_series([Rectangle::new(
-                        [(x0 + width * 0.08, 0.0), (x0 + width * 0.92, v)],
+                        [(x0 + width * 0.08, 0.0), (x0 + width * 0.92, y)],
                         color(lane).filled(),
                     )])
                     .map_err(err)?;
+                // The value above an upward bar, below a downward one.
+                let label_y = if y >= 0.0 {
+                    y + span * 0.06
+                } else {
+                    y - span * 0.015
+                };
                 chart
                     .draw_series([Text::new(
                         format!("{v:.2}"),
-                        (x0 + width * 0.12, v + top * 0.04),
+                        (x0 + width * 0.12, label_y),
                         ("sans-serif", 11),
                     )])
                     .map_err(err)?;
