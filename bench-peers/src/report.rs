@@ -343,6 +343,9 @@ pub fn summary_table(samples: &[Sample]) -> String {
     s
 }
 
+/// Ratios this close to 1 are called level: closer than the run-to-run spread of a median.
+const LEVEL: f64 = 0.03;
+
 /// fdserver against the best peer of each row, per placement.
 pub fn verdict_table(samples: &[Sample]) -> String {
     let mut s = String::new();
@@ -366,10 +369,12 @@ pub fn verdict_table(samples: &[Sample]) -> String {
             let Some(r) = ratio(samples, row, Lane::Fdserver, peer, judge) else {
                 continue;
             };
-            let verdict = if r.value < 1.0 {
+            let verdict = if r.value < 1.0 - LEVEL {
                 "fdserver faster"
-            } else {
+            } else if r.value > 1.0 + LEVEL {
                 "**fdserver slower**"
+            } else {
+                "level (within 3%)"
             };
             let _ = writeln!(
                 s,
