@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --manifest-path bench-peers/Cargo.toml                  # full run, writes docs/bench/
-//! cargo run --release --manifest-path bench-peers/Cargo.toml -- --quick       # ~1 min, writes to /tmp
+//! cargo run --release --manifest-path bench-peers/Cargo.toml -- --quick       # ~15 s, writes to /tmp
 //! cargo run --release --manifest-path bench-peers/Cargo.toml -- --counts      # syscalls and context switches
 //! cargo run --release --manifest-path bench-peers/Cargo.toml -- --render      # tables and SVGs again from the CSVs
 //! ```
