@@ -112,8 +112,8 @@
 //!
 //! * `["ok", value, ...]`: success; scalars and descriptors the handler sends follow it.
 //! * `["error", kind, message]`: failure, where `kind` is one of `unknown_message`,
-//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request) or `initialize`
-//!   (see [`RemoteErrorKind`]). After any of these the server keeps serving, except after a
+//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize` or
+//!   `sandbox` (see [`RemoteErrorKind`]). After any of these the server keeps serving, except after a
 //!   handler panicked part-way through writing its reply: then the stream cannot be repaired, so
 //!   the server closes it and exits with status 101.
 //!
@@ -169,6 +169,18 @@
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with
 //!   `_exit` after `finalize_server`); the parent keeps its own copy, which `start` borrows.
 //!
+//! ## Sandboxing
+//!
+//! With the `sandbox` feature, a server carries a description of what it may no longer do
+//! (`Builder::sandbox`, `Server::sandbox`, or `#[fdserver(sandbox)]` on a method): a user and
+//! groups to run as, no capabilities, `no_new_privs`, resource limits, new namespaces, Landlock
+//! rules for the filesystem and a seccomp filter. It is prepared in the parent and applied in
+//! the server after `initialize_server` and before the first message; each layer takes effect
+//! or `start` fails naming it. The `fdserver::sandbox` module documents what each layer protects
+//! against, the order they are applied in, what needs root, what the kernel must support and
+//! what a sandbox does not protect against; `examples/privsep.rs` is a privileged broker and a
+//! sandboxed parser.
+//!
 //! ## Compared with Passenger's `AbstractServer`
 //!
 //! Unknown messages and failing handlers reach the client as typed errors and the server keeps
@@ -200,6 +212,8 @@ mod client;
 mod error;
 #[cfg(target_os = "linux")]
 pub mod preload;
+#[cfg(all(target_os = "linux", feature = "sandbox"))]
+pub mod sandbox;
 #[cfg(target_os = "linux")]
 mod serve;
 #[cfg(target_os = "linux")]
@@ -485,6 +499,8 @@ pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
 pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(all(target_os = "linux", feature = "sandbox"))]
+pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
 pub use serve::serve;
 #[cfg(target_os = "linux")]
