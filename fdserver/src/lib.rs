@@ -461,6 +461,12 @@ pub mod __private;
 /// with [`RemoteErrorKind::Initialize`]);
 /// `#[fdserver(finalize)]` runs in the child after the loop, however it ended.
 ///
+/// With the `sandbox` feature, `#[fdserver(sandbox)]` marks a method that describes the
+/// server's sandbox: it takes `&self` only and returns a `Sandbox` or an `Option<Sandbox>`
+/// (`None`: no sandbox); it runs in the parent before each fork, and the sandbox takes effect
+/// in the server after the `initialize` hook (see the `fdserver::sandbox` module). Without the
+/// feature the attribute is a compile error that names it.
+///
 /// # Attributes
 ///
 /// | On | Attribute | Effect |
@@ -471,6 +477,7 @@ pub mod __private;
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
 /// | a method | `#[fdserver(before_fork)]`, `#[fdserver(initialize)]`, `#[fdserver(finalize)]` | a lifecycle hook |
+/// | a method | `#[fdserver(sandbox)]` | the server's sandbox (feature `sandbox`) |
 ///
 /// # Compile-time errors
 ///
@@ -486,7 +493,8 @@ pub mod __private;
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
 /// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
-/// parameters or the wrong return type; generic or trait impl blocks.
+/// parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks of one
+/// kind; generic or trait impl blocks.
 ///
 /// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
 /// prefixes its locals with `__fdserver_`, so it compiles under `#![no_implicit_prelude]` and
