@@ -97,14 +97,33 @@ impl Unshare {
             return Err(Fail::os(Layer::Namespaces, "unshare"));
         }
         if let Some((uid_map, gid_map)) = &self.maps {
-            // Writing a gid map without CAP_SETGID outside requires setgroups to be denied.
-            write_small_file(c"/proc/self/setgroups", b"deny")
-                .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/setgroups", e))?;
-            write_small_file(c"/proc/self/uid_map", uid_map)
-                .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/uid_map", e))?;
-            write_small_file(c"/proc/self/gid_map", gid_map)
-                .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/gid_map", e))?;
+            // A process that changed its ids (a parent that dropped root) is not dumpable, and
+            // its /proc/self files then belong to root: it could not write its own maps. It is
+            // made dumpable for these three writes only (the kernel's rule for who may write
+            // them is unchanged), then restored.
+            // SAFETY: prctl with integer arguments only.
+            let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+            if dumpable == 0 {
+                // SAFETY: as above.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+            }
+            let written = write_maps(uid_map, gid_map);
+            if dumpable == 0 {
+                // SAFETY: as above.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+            }
+            written?;
         }
         Ok(())
     }
+}
+
+fn write_maps(uid_map: &[u8], gid_map: &[u8]) -> Result<(), Fail> {
+    // Writing a gid map without CAP_SETGID outside requires setgroups to be denied.
+    write_small_file(c"/proc/self/setgroups", b"deny")
+        .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/setgroups", e))?;
+    write_small_file(c"/proc/self/uid_map", uid_map)
+        .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/uid_map", e))?;
+    write_small_file(c"/proc/self/gid_map", gid_map)
+        .map_err(|e| Fail::errno(Layer::Namespaces, "writing /proc/self/gid_map", e))
 }
