@@ -110,6 +110,9 @@
 //! * **Other processes of the same user.** Without [`Identity`], the server runs as the parent's
 //!   user; Landlock's signal scope keeps it from signalling them, but `ptrace` is governed by the
 //!   system's Yama setting, not by fdserver (deny `ptrace` with [`Seccomp::deny`]).
+//! * **File metadata.** Landlock governs opening, creating, removing and renaming files, not
+//!   looking at them: `stat` still tells a sandboxed server whether any path exists, and its
+//!   size, owner and times.
 //! * **Pathname UNIX sockets.** Landlock before ABI 9 does not govern connecting to one, and
 //!   fdserver's Landlock rules stop at ABI 6: [`Preset::NoNetwork`] leaves `AF_UNIX` sockets
 //!   possible, so deny `socket` outright with [`Seccomp::deny`] when even those must go.
