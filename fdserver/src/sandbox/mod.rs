@@ -497,40 +497,41 @@ impl fmt::Display for SandboxReport {
         if !self.capabilities_dropped && !self.no_new_privs {
             return f.write_str("sandbox: empty (nothing restricted)");
         }
-        writeln!(f, "sandbox:")?;
+        // One line per layer, in the order they are applied.
+        let mut lines = vec!["sandbox:".to_owned()];
         if !self.namespaces.is_empty() {
             let names: Vec<&str> = self.namespaces.iter().map(|n| n.as_str()).collect();
-            writeln!(f, "  namespaces: new {}", names.join(", "))?;
+            lines.push(format!("  namespaces: new {}", names.join(", ")));
         }
         for l in &self.limits {
-            writeln!(f, "  limit: {l}")?;
+            lines.push(format!("  limit: {l}"));
         }
-        writeln!(
-            f,
+        lines.push(format!(
             "  no_new_privs: {}",
             if self.no_new_privs { "on" } else { "off" }
-        )?;
+        ));
         if self.capabilities_dropped {
-            writeln!(
-                f,
+            lines.push(format!(
                 "  capabilities: none; bounding set {}",
                 if self.bounding_set_cleared {
                     "emptied"
                 } else {
                     "kept (no CAP_SETPCAP; no_new_privs keeps it from granting anything)"
                 }
-            )?;
+            ));
         }
         if let Some((uid, gid, groups)) = &self.identity {
-            writeln!(f, "  identity: uid {uid}, gid {gid}, groups {groups:?}")?;
+            lines.push(format!(
+                "  identity: uid {uid}, gid {gid}, groups {groups:?}"
+            ));
         }
         if let Some(l) = &self.landlock {
-            writeln!(f, "  landlock: {l}")?;
+            lines.push(format!("  landlock: {l}"));
         }
         if let Some(s) = &self.seccomp {
-            writeln!(f, "  seccomp: {s}")?;
+            lines.push(format!("  seccomp: {s}"));
         }
-        Ok(())
+        f.write_str(&lines.join("\n"))
     }
 }
 

@@ -470,8 +470,10 @@ impl fmt::Display for SeccompReport {
             ", {} calls denied, on violation: {}, {} BPF instructions",
             self.denied.len(),
             match self.violation {
-                Violation::Errno(e) => std::io::Error::from_raw_os_error(e).to_string(),
-                Violation::Kill => "kill".to_owned(),
+                Violation::Errno(libc::EPERM) => "fail with EPERM".to_owned(),
+                Violation::Errno(libc::EACCES) => "fail with EACCES".to_owned(),
+                Violation::Errno(e) => format!("fail with errno {e}"),
+                Violation::Kill => "kill the server".to_owned(),
             },
             self.instructions
         )
