@@ -56,13 +56,14 @@
 //! [`ServerHandle::sandbox`](crate::ServerHandle::sandbox) says what was enforced. A server run
 //! with [`serve`](crate::serve) is sandboxed at the same point, in the calling process.
 //!
-//! The layers are applied in this order (each needs the privileges the previous ones drop):
+//! The layers are applied in this order: each step needs privileges that a later one drops, and
+//! seccomp comes last because its filters may forbid the calls the other steps make.
 //!
 //! | # | layer | what it protects against | needs |
 //! |---|---|---|---|
 //! | 0 | single thread | threads that would escape the per-thread layers (see below) | — |
 //! | 1 | [`Namespace`]s | `Network`: reaching any network interface, and abstract UNIX sockets outside; `Ipc`: System V IPC and POSIX message queues of the host | root (`CAP_SYS_ADMIN`), or `Namespace::User` with unprivileged user namespaces |
-//! | 2 | [`Limit`]s (`setrlimit`) | memory exhaustion (address space), descriptor exhaustion, runaway CPU, filling the disk, fork bombs | root only to *raise* a hard limit |
+//! | 2 | [`Limit`]s (`setrlimit`) | memory exhaustion (address space), descriptor exhaustion, runaway CPU, filling the disk, fork bombs (never for uid 0, so refused there) | root only to *raise* a hard limit |
 //! | 3 | `no_new_privs` | gaining privileges through `execve` of set-user-ID or file-capability binaries | — |
 //! | 4 | capabilities and [`Identity`] | everything root or a capability allows; then the server runs as another user: supplementary groups set (or cleared), then gid, then uid, all of real, effective and saved | root to change user; root (`CAP_SETPCAP`) to empty the bounding set |
 //! | 5 | [`Landlock`] | reading and writing files outside the paths you list; signalling processes and reaching abstract UNIX sockets outside the sandbox | Linux 5.13 (ABI 1); the whole layer as fdserver builds it: Linux 6.12 (ABI 6) |
@@ -81,7 +82,9 @@
 //! properties of a *thread*: a thread started before the sandbox would keep running without it.
 //! So the server must have exactly one thread when the sandbox is applied: start threads from a
 //! handler (or later), never in `initialize_server`, and they inherit the whole sandbox.
-//! Otherwise `start` fails with [`Layer::Threads`]. (The check reads `/proc/self/stat`.)
+//! Otherwise `start` fails with [`Layer::Threads`]. (The check is `unshare(CLONE_THREAD)`, which
+//! the kernel refuses in a process with other threads; where a container's seccomp profile
+//! refuses `unshare`, it reads `/proc/self/stat`.)
 //!
 //! ## What needs root
 //!
@@ -108,8 +111,8 @@
 //! * **Side channels and resources outside the limits**: timing, the CPU caches, memory
 //!   bandwidth, kernel memory.
 //! * **Other processes of the same user.** Without [`Identity`], the server runs as the parent's
-//!   user; Landlock's signal scope keeps it from signalling them, but `ptrace` is governed by the
-//!   system's Yama setting, not by fdserver (deny `ptrace` with [`Seccomp::deny`]).
+//!   user; with [`Landlock`] it cannot signal them (its signal scope), but `ptrace` is governed
+//!   by the system's Yama setting, not by fdserver (deny `ptrace` with [`Seccomp::deny`]).
 //! * **File metadata.** Landlock governs opening, creating, removing and renaming files, not
 //!   looking at them: `stat` still tells a sandboxed server whether any path exists, and its
 //!   size, owner and times.
@@ -643,7 +646,7 @@ impl Prepared {
             privileges::restore_parent_death_signal(death_signal)?;
         }
         privileges::drop_all()?;
-        privileges::verify_none(self.clear_bounding)?;
+        privileges::verify_none()?;
         if let Some(ids) = &mut self.identity {
             identity::verify(ids)?;
         }
@@ -664,38 +667,50 @@ impl Prepared {
     }
 }
 
-/// Fails unless the calling process has exactly one thread (field 20 of `/proc/self/stat`).
+/// Fails unless the calling process has exactly one thread.
+///
+/// `unshare(CLONE_THREAD)` answers in one system call: the kernel refuses it with `EINVAL` when
+/// the thread group has other threads and otherwise does nothing (unshare(2)). Where a
+/// container's seccomp profile refuses `unshare` itself, field 20 of `/proc/self/stat` is read
+/// instead.
 fn check_single_thread() -> Result<(), Fail> {
     const WHAT: &str = "the server has more than one thread when the sandbox is applied, and \
                         Landlock, capabilities, no_new_privs and namespaces act per thread, so \
                         the others would escape it: start threads after the sandbox (in a \
                         handler), not in initialize_server";
+    // SAFETY: unshare takes flags only; with CLONE_THREAD alone it changes nothing.
+    if unsafe { libc::unshare(libc::CLONE_THREAD) } == 0 {
+        return Ok(());
+    }
+    if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        return Err(Fail::check(Layer::Threads, WHAT));
+    }
     let mut buf = [0u8; 1024];
     let n = read_small_file(c"/proc/self/stat", &mut buf).map_err(|e| {
         Fail::errno(
             Layer::Threads,
-            "cannot count threads: open /proc/self/stat",
+            "cannot count threads (unshare is refused here): open /proc/self/stat",
             e,
         )
     })?;
-    let stat = &buf[..n];
-    // The command name (field 2) is in parentheses and may contain anything: start after the
-    // last ')'. Then field 3 is the first token; num_threads (field 20) is the 18th.
-    let after = match stat.iter().rposition(|&b| b == b')') {
-        Some(i) => &stat[i + 1..],
-        None => return Err(Fail::check(Layer::Threads, "cannot parse /proc/self/stat")),
-    };
-    let threads = after
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .nth(17)
-        .and_then(|t| std::str::from_utf8(t).ok())
-        .and_then(|t| t.parse::<u64>().ok());
-    match threads {
+    match thread_count(&buf[..n]) {
         Some(1) => Ok(()),
         Some(_) => Err(Fail::check(Layer::Threads, WHAT)),
         None => Err(Fail::check(Layer::Threads, "cannot parse /proc/self/stat")),
     }
+}
+
+/// `num_threads` (field 20) of a `/proc/<pid>/stat` line.
+fn thread_count(stat: &[u8]) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain anything: start after the
+    // last ')'. Then field 3 is the first token; num_threads (field 20) is the 18th.
+    let after = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    after
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(17)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .and_then(|t| t.parse::<u64>().ok())
 }
 
 /// Reads up to `buf.len()` bytes of a small file into `buf` (no allocation). Errors are errnos.
@@ -838,6 +853,15 @@ mod tests {
             Error::Sandbox(s) => assert_eq!(s.layer(), Layer::NoNewPrivs),
             other => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn thread_count_is_parsed_from_proc_stat() {
+        let stat = b"4242 (a) b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 7 0 5 0";
+        assert_eq!(thread_count(stat), Some(7));
+        let mut buf = [0u8; 1024];
+        let n = read_small_file(c"/proc/self/stat", &mut buf).unwrap();
+        assert!(thread_count(&buf[..n]).unwrap() >= 1);
     }
 
     #[test]
