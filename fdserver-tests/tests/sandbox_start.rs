@@ -112,6 +112,31 @@ fn the_builder_or_the_server_declares_it_never_both() {
 }
 
 #[test]
+fn no_descriptor_is_left_behind_in_the_parent() {
+    let _s = serial();
+    let _wd = watchdog("no_descriptor_is_left_behind_in_the_parent", SECS(30));
+    let sandbox = || {
+        Sandbox::new()
+            .landlock(Landlock::new().read_only("/usr"))
+            .seccomp(Seccomp::new().preset(Preset::NoExec))
+    };
+    // Warm up whatever std opens once.
+    start(sandbox()).unwrap().stop_cleanly();
+    let before = fdserver_tests::open_fds();
+    start(sandbox()).unwrap().stop_cleanly();
+    // A start that fails in the server, and one refused before the fork.
+    let failing = Jail {
+        sandbox: Some(sandbox()),
+        thread_in_init: true,
+        ..Jail::default()
+    };
+    assert!(start_jail(failing).is_err());
+    assert!(start(Sandbox::new().landlock(Landlock::new().read_only("/nonexistent/x"))).is_err());
+    assert_eq!(fdserver_tests::open_fds(), before);
+    no_children();
+}
+
+#[test]
 fn the_report_lists_the_layers_in_the_order_they_are_applied() {
     let _s = serial();
     let report = Sandbox::new()
