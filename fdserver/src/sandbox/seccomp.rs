@@ -218,6 +218,11 @@ impl Seccomp {
     }
 
     pub(crate) fn prepare(&self) -> Result<(Filters, SeccompReport), Error> {
+        self.prepare_for(x32_enabled())
+    }
+
+    /// `prepare`, for a kernel that does (`x32`) or does not run x32 system calls.
+    fn prepare_for(&self, x32: bool) -> Result<(Filters, SeccompReport), Error> {
         let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|_| {
             fail(
                 Layer::Seccomp,
@@ -244,7 +249,6 @@ impl Seccomp {
                 .and_then(BpfProgram::try_from)
                 .map_err(|e| fail(Layer::Seccomp, format!("compiling the filter: {e}")))
         };
-        let x32 = x32_enabled();
 
         // The deny list: presets and explicit denials.
         let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -510,6 +514,31 @@ mod tests {
         let allowed = report.allowed.unwrap();
         assert!(allowed.contains(&libc::SYS_lseek));
         assert!(Seccomp::RUNTIME.iter().all(|nr| allowed.contains(nr)));
+    }
+
+    #[test]
+    fn x32_numbers_are_denied_where_the_kernel_runs_them() {
+        let (plain, _) = Seccomp::new()
+            .preset(Preset::NoExec)
+            .prepare_for(false)
+            .unwrap();
+        let (x32, report) = Seccomp::new()
+            .preset(Preset::NoExec)
+            .prepare_for(true)
+            .unwrap();
+        assert!(report.x32_denied);
+        // The filter compares the call number with execve's x32 number, and the x32-only
+        // entries (512..=547), only where the kernel runs x32.
+        let compares = |f: &Filters, nr: i64| {
+            f.programs
+                .iter()
+                .flatten()
+                .any(|insn| i64::from(insn.k) == 0x4000_0000 | nr)
+        };
+        for nr in [libc::SYS_execve, 520, 547] {
+            assert!(compares(&x32, nr), "{nr}");
+            assert!(!compares(&plain, nr), "{nr}");
+        }
     }
 
     #[test]
