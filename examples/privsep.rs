@@ -149,9 +149,24 @@ impl Parser {
     }
 }
 
-fn sample_dir() -> io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("fdserver-privsep-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// A directory removed when dropped, however `main` ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sample_dir() -> io::Result<TempDir> {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("fdserver-privsep-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    write_samples(&dir.0)?;
+    Ok(dir)
+}
+
+fn write_samples(dir: &std::path::Path) -> io::Result<()> {
     std::fs::write(
         dir.join("good.conf"),
         "# a valid file\nname = fdserver\nlisten_backlog = 128\n",
@@ -162,19 +177,18 @@ fn sample_dir() -> io::Result<PathBuf> {
     )?;
     // A link out of the directory: the broker refuses to follow it.
     let _ = std::fs::remove_file(dir.join("escape.conf"));
-    std::os::unix::fs::symlink("/etc/passwd", dir.join("escape.conf"))?;
-    Ok(dir)
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("escape.conf"))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (dir, names, temporary) = match std::env::args_os().nth(1) {
+    let (dir, names, _temporary) = match std::env::args_os().nth(1) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
             let mut names: Vec<String> = std::fs::read_dir(&dir)?
                 .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_owned()))
                 .collect();
             names.sort();
-            (dir, names, false)
+            (dir, names, None)
         }
         None => {
             let names = [
@@ -184,10 +198,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "../etc/passwd",
                 "missing",
             ];
+            let temporary = sample_dir()?;
             (
-                sample_dir()?,
+                temporary.0.clone(),
                 names.iter().map(|s| s.to_string()).collect(),
-                true,
+                Some(temporary),
             )
         }
     };
@@ -236,8 +251,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     broker.stop()?;
     parser.stop()?;
-    if temporary {
-        std::fs::remove_dir_all(&dir)?;
-    }
     Ok(())
 }
