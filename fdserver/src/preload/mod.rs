@@ -87,9 +87,11 @@ mod template;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::server::BoxError;
 
@@ -97,12 +99,16 @@ pub use client::Status;
 
 /// The version the server sends first. A client that sees another version stops that server and
 /// starts its own, once.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/1";
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/2";
 
 /// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
 /// Overrides the directory of the socket, pidfile and log.
 pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
+/// Overrides [`Options::idle_timeout`]: seconds, or a number with a unit (`500ms`, `90s`, `30m`,
+/// `3h`); `0` means never. Read by the server when it starts (it inherits the environment of
+/// the client that starts it).
+pub const ENV_IDLE_TIMEOUT: &str = "FDSERVER_PRELOAD_IDLE_TIMEOUT";
 /// Set by a client on the server process it starts. Not for users.
 const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
 
@@ -154,6 +160,10 @@ pub struct Options {
     /// collapse it (default `true`). Forking a worker from a large preloaded heap then copies
     /// 512 times fewer page-table entries; the cost is memory rounded up to 2 MiB pages.
     pub huge_pages: bool,
+    /// How long the server stays without any command starting or running before it exits with
+    /// its templates (default 3 hours, as Bazel's and Gradle's servers; `Duration::ZERO`:
+    /// never). The environment variable [`ENV_IDLE_TIMEOUT`] overrides it.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Options {
@@ -164,6 +174,7 @@ impl Default for Options {
             handshake_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
             huge_pages: true,
+            idle_timeout: Duration::from_secs(3 * 3600),
         }
     }
 }
@@ -242,33 +253,57 @@ impl<A: Application> Preloader<A> {
                         1
                     }
                 },
+                Some("restart") => match client::restart(&self) {
+                    Ok(r) => {
+                        println!("{r}");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("fdserver preloader: restart: {e}");
+                        1
+                    }
+                },
                 _ => {
-                    eprintln!("usage: --preloader status|stop");
+                    eprintln!("usage: --preloader status|stop|restart");
                     2
                 }
             };
             std::process::exit(code);
         }
         if preloading_disabled() {
-            let mut app = self.app.clone();
-            let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-            let key = app.template_key(&env);
-            if let Err(e) = app.preload(&key) {
-                eprintln!("fdserver preloader: preload failed: {e}");
-                std::process::exit(1);
-            }
-            let code = app.run(args);
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            std::process::exit(code);
+            self.run_in_process(args);
         }
-        match client::run(&self, args) {
+        match client::run(&self, &args) {
             Ok(outcome) => outcome.exit(),
-            Err(e) => {
+            Err(client::Failure::Unusable(why)) => {
+                // Never fail the user's command for the preloader's own trouble: run it here.
+                eprintln!(
+                    "fdserver preloader: {why}; running this command without the preloader (to \
+                     use it, {FIX_DIR})"
+                );
+                self.run_in_process(args)
+            }
+            Err(client::Failure::Io(e)) => {
                 eprintln!("fdserver preloader: {e}");
                 std::process::exit(1);
             }
         }
+    }
+
+    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, or a directory that
+    /// cannot be trusted), and exits with its code.
+    fn run_in_process(&self, args: Vec<OsString>) -> ! {
+        let mut app = self.app.clone();
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let key = app.template_key(&env);
+        if let Err(e) = app.preload(&key) {
+            eprintln!("fdserver preloader: preload failed: {e}");
+            std::process::exit(1);
+        }
+        let code = app.run(args);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
     }
 
     /// The running server's status, or `None` if none runs.
@@ -282,9 +317,21 @@ impl<A: Application> Preloader<A> {
         client::stop(self)
     }
 
-    /// Where this application's files live.
+    /// Stops the server if one runs, starts a new one and preloads the template of this
+    /// process's environment, so that the next command is warm.
+    pub fn restart(&self) -> io::Result<()> {
+        client::restart(self).map(drop)
+    }
+
+    /// Where this application's files live (the directory is created if needed, and checked:
+    /// an error says why it cannot be used).
     pub fn paths(&self) -> io::Result<Paths> {
-        Paths::new(self.app.name(), self.options.dir.as_deref())
+        Ok(self.dir()?.paths())
+    }
+
+    /// The private directory, opened and checked.
+    pub(crate) fn dir(&self) -> Result<Dir, Unusable> {
+        Dir::open(self.app.name(), self.options.dir.as_deref())
     }
 }
 
@@ -310,82 +357,366 @@ pub struct Paths {
     pub log: PathBuf,
 }
 
-impl Paths {
-    fn new(name: &str, dir: Option<&Path>) -> io::Result<Paths> {
-        let dir = match dir {
-            Some(d) => d.to_owned(),
-            None => default_dir(),
-        };
-        ensure_private_dir(&dir)?;
-        let exe = std::env::current_exe().unwrap_or_default();
-        let id = format!(
-            "{}-{:016x}",
-            sanitize(name),
-            fnv1a(exe.as_os_str().as_encoded_bytes())
-        );
-        Ok(Paths {
-            socket: dir.join(format!("{id}.sock")),
-            pidfile: dir.join(format!("{id}.pid")),
-            lock: dir.join(format!("{id}.lock")),
-            log: dir.join(format!("{id}.log")),
-            dir,
-        })
+/// Why the preloader's directory (or the server found there) cannot be trusted: the command then
+/// runs in-process, with this reason on stderr.
+#[derive(Debug, Clone)]
+pub(crate) struct Unusable(pub(crate) String);
+
+impl From<Unusable> for io::Error {
+    fn from(u: Unusable) -> io::Error {
+        io::Error::new(io::ErrorKind::PermissionDenied, u.0)
     }
 }
 
+/// What a user can do about an [`Unusable`] directory.
+const FIX_DIR: &str = "set FDSERVER_PRELOAD_DIR (or XDG_RUNTIME_DIR) to a directory of yours \
+                       with mode 0700, or FDSERVER_PRELOAD=0 to run without the preloader";
+
+/// The files of the application in the private directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Sock,
+    Pid,
+    Lock,
+    Log,
+    /// The log's previous part (see `daemon::LOG_LIMIT`).
+    OldLog,
+}
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::Sock => "sock",
+            Kind::Pid => "pid",
+            Kind::Lock => "lock",
+            Kind::Log => "log",
+            Kind::OldLog => "log.1",
+        }
+    }
+}
+
+/// The private directory, opened once without following a symbolic link and checked on the open
+/// descriptor: everything in it is reached through that descriptor (`openat`, `fstatat`,
+/// `unlinkat`, and `/proc/self/fd/N/<name>` for the socket), never by a path resolved again.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    file: fs::File,
+    path: PathBuf,
+    /// `<name>-<hash of the executable's path>`: the stem of this application's files.
+    id: String,
+}
+
+impl Dir {
+    /// Opens (creating it `0700` if needed) and checks the directory of `dir`, or the default.
+    pub(crate) fn open(name: &str, dir: Option<&Path>) -> Result<Dir, Unusable> {
+        let path = match dir {
+            Some(d) => d.to_owned(),
+            None => default_dir(),
+        };
+        let file = open_private_dir(&path)?;
+        Ok(Dir {
+            file,
+            path,
+            id: app_id(name),
+        })
+    }
+
+    /// The directory a client opened and checked, passed to the server it starts; checked again.
+    pub(crate) fn inherited(fd: OwnedFd, path: PathBuf, name: &str) -> Result<Dir, Unusable> {
+        let file = fs::File::from(fd);
+        check_private(&file, &path)?;
+        Ok(Dir {
+            file,
+            path,
+            id: app_id(name),
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name of a file in the directory.
+    pub(crate) fn name(&self, kind: Kind) -> OsString {
+        format!("{}.{}", self.id, kind.ext()).into()
+    }
+
+    /// A file's path, for messages (never used to reach it).
+    pub(crate) fn display(&self, kind: Kind) -> PathBuf {
+        self.path.join(self.name(kind))
+    }
+
+    /// The address of the socket: through this process's descriptor of the directory, so that
+    /// it names exactly the directory that was checked, and is short whatever the directory's
+    /// path (a UNIX socket's address is limited to 108 bytes). Needs `/proc`.
+    pub(crate) fn socket_addr(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}/{}.sock",
+            self.file.as_raw_fd(),
+            self.id
+        ))
+    }
+
+    /// Opens a file of the directory (`flags` plus `O_NOFOLLOW | O_CLOEXEC`, created `0600`).
+    pub(crate) fn open_file(&self, kind: Kind, flags: libc::c_int) -> io::Result<fs::File> {
+        os::open_at(self.fd(), &self.name(kind), flags).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {}: {e}", self.display(kind).display()),
+            )
+        })
+    }
+
+    /// The device and inode of a file of the directory, `None` if it is absent.
+    pub(crate) fn stat(&self, kind: Kind) -> io::Result<Option<(u64, u64)>> {
+        os::stat_at(self.fd(), &self.name(kind))
+    }
+
+    /// Removes a file of the directory (absent is fine).
+    pub(crate) fn unlink(&self, kind: Kind) -> io::Result<()> {
+        os::unlink_at(self.fd(), &self.name(kind))
+    }
+
+    /// Removes a file only if it is still the one identified by `id` (device, inode).
+    pub(crate) fn unlink_if(&self, kind: Kind, id: (u64, u64)) -> io::Result<bool> {
+        if self.stat(kind)? == Some(id) {
+            self.unlink(kind)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Why the server should no longer serve from this directory, if it should not: the
+    /// directory was removed, moved, replaced or opened to others, or the socket or pidfile
+    /// (identified by device and inode) is gone or replaced.
+    pub(crate) fn lost(&self, sock: (u64, u64), pid: (u64, u64)) -> Option<String> {
+        let meta = match self.file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(format!("cannot check its directory: {e}")),
+        };
+        if meta.nlink() == 0 {
+            return Some(format!("its directory {} was removed", self.path.display()));
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => {}
+            _ => {
+                return Some(format!(
+                    "its directory {} was moved or replaced",
+                    self.path.display()
+                ))
+            }
+        }
+        if let Err(Unusable(why)) = check_private(&self.file, &self.path) {
+            return Some(why);
+        }
+        for (kind, id, what) in [(Kind::Sock, sock, "socket"), (Kind::Pid, pid, "pidfile")] {
+            match self.stat(kind) {
+                Ok(Some(now)) if now == id => {}
+                Ok(Some(_)) => {
+                    return Some(format!(
+                        "its {what} {} was replaced",
+                        self.display(kind).display()
+                    ))
+                }
+                Ok(None) => {
+                    return Some(format!(
+                        "its {what} {} was removed",
+                        self.display(kind).display()
+                    ))
+                }
+                Err(e) => return Some(format!("cannot check its {what}: {e}")),
+            }
+        }
+        None
+    }
+
+    fn paths(&self) -> Paths {
+        Paths {
+            dir: self.path.clone(),
+            socket: self.display(Kind::Sock),
+            pidfile: self.display(Kind::Pid),
+            lock: self.display(Kind::Lock),
+            log: self.display(Kind::Log),
+        }
+    }
+}
+
+/// `<name>-<hash of the executable's path>`.
+fn app_id(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    format!(
+        "{}-{:016x}",
+        sanitize(name),
+        fnv1a(exe.as_os_str().as_encoded_bytes())
+    )
+}
+
 fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os(ENV_DIR) {
+    if let Some(d) = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("fdserver-preload");
     }
     std::env::temp_dir().join(format!("fdserver-preload-{}", crate::sys::geteuid()))
 }
 
-/// Creates `dir` with mode 0700 if needed, and refuses one that another user owns or that others
-/// can enter.
-fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    // Usually it exists: one `statx` then (every client command passes here).
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new()
-                .mode(0o700)
-                .recursive(true)
-                .create(dir)
-            {
+/// Opens `dir` without following a symbolic link (creating it `0700`, and its missing parents,
+/// if needed) and checks the open directory: ours, and closed to others.
+fn open_private_dir(dir: &Path) -> Result<fs::File, Unusable> {
+    let shown = dir.display();
+    let opened = match os::open_dir_nofollow(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                match fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(parent)
+                {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(Unusable(format!(
+                            "cannot create {}: {e}",
+                            parent.display()
+                        )))
+                    }
+                }
+            }
+            // mkdir never follows a symbolic link in the last component (EEXIST instead).
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(Unusable(format!("cannot create {shown}: {e}"))),
             }
-            fs::metadata(dir)?
+            os::open_dir_nofollow(dir)
         }
-        Err(e) => return Err(e),
+        other => other,
     };
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a directory", dir.display()),
-        ));
-    }
-    if meta.uid() != crate::sys::geteuid() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is owned by uid {}, not us", dir.display(), meta.uid()),
-        ));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is accessible to other users (mode {:o}); it must be 0700",
-                dir.display(),
-                meta.permissions().mode() & 0o777
+    let file = opened.map_err(|e| {
+        Unusable(match e.raw_os_error() {
+            Some(libc::ELOOP) => format!(
+                "{shown} is a symbolic link (the preloader never follows one to its directory)"
             ),
-        ));
+            Some(libc::ENOTDIR) => format!("{shown} is not a directory"),
+            _ => format!("cannot open {shown}: {e}"),
+        })
+    })?;
+    check_private(&file, dir)?;
+    Ok(file)
+}
+
+/// The open directory must be ours and closed to others.
+fn check_private(file: &fs::File, dir: &Path) -> Result<(), Unusable> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Unusable(format!("cannot check {}: {e}", dir.display())))?;
+    let me = crate::sys::geteuid();
+    if !meta.is_dir() {
+        return Err(Unusable(format!("{} is not a directory", dir.display())));
+    }
+    if meta.uid() != me {
+        return Err(Unusable(format!(
+            "{} belongs to uid {}, not to you (uid {me})",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(Unusable(format!(
+            "{} is open to other users (mode {:o}); it must be 0700",
+            dir.display(),
+            meta.mode() & 0o777
+        )));
     }
     Ok(())
+}
+
+/// Takes the exclusive lock of `file` (a pidfile), waiting until `deadline` for its holder to
+/// release it: woken by inotify when a descriptor of the file is closed (a lock is released when
+/// its holder's last descriptor closes), not by polling. `Ok(false)` at the deadline.
+pub(crate) fn lock_within(file: &fs::File, deadline: Instant) -> io::Result<bool> {
+    use inotify::{Inotify, WatchMask};
+    if crate::sys::flock(file.as_fd(), true, true)? {
+        return Ok(true);
+    }
+    let mut inotify = Inotify::init()?; // non-blocking, close-on-exec
+    inotify.watches().add(
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        WatchMask::CLOSE_WRITE | WatchMask::CLOSE_NOWRITE | WatchMask::ATTRIB,
+    )?;
+    let mut buf = [0u8; 1024];
+    loop {
+        // Tried again after the watch exists, so that a release in between is not missed.
+        if crate::sys::flock(file.as_fd(), true, true)? {
+            return Ok(true);
+        }
+        if !crate::sys::wait_fd(inotify.as_fd(), libc::POLLIN, Some(deadline))? {
+            return Ok(false);
+        }
+        while inotify.read_events(&mut buf).is_ok_and(|e| e.count() > 0) {}
+    }
+}
+
+/// The identity of the running program's build, which the server and its client compare at each
+/// connection: the ELF build id (`NT_GNU_BUILD_ID`, the linker's hash of the linked contents),
+/// read from the loaded image at no cost. Without one, the identity of the executable file that
+/// is running (device, inode, size, modification and change times, from `/proc/self/exe`),
+/// which changes with every rebuild.
+pub(crate) fn build_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| match os::build_id_note() {
+        Some(id) => id.iter().map(|b| format!("{b:02x}")).collect(),
+        None => match fs::metadata("/proc/self/exe") {
+            Ok(m) => format!(
+                "file:{:x}:{:x}:{:x}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            ),
+            Err(_) => "unknown".to_owned(),
+        },
+    })
+}
+
+/// A duration as `FDSERVER_PRELOAD_IDLE_TIMEOUT` gives it: seconds, or a number with a unit
+/// (`ms`, `s`, `m`, `h`).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// The idle timeout in force: `FDSERVER_PRELOAD_IDLE_TIMEOUT` if set (and valid), else
+/// `options`. `Err` names an invalid value.
+pub(crate) fn idle_timeout(options: &Options) -> Result<Duration, String> {
+    match std::env::var(ENV_IDLE_TIMEOUT) {
+        Ok(v) if !v.trim().is_empty() => parse_duration(&v).ok_or_else(|| {
+            format!(
+                "{ENV_IDLE_TIMEOUT}={v:?} is not a duration (seconds, or a number with ms, s, m \
+                 or h); using {:?}",
+                options.idle_timeout
+            )
+        }),
+        _ => Ok(options.idle_timeout),
+    }
 }
 
 fn sanitize(name: &str) -> String {
@@ -430,6 +761,7 @@ fn split_nul(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn nul_lists_round_trip() {
@@ -444,13 +776,29 @@ mod tests {
     fn private_dir_is_enforced() {
         let base = std::env::temp_dir().join(format!("fdserver-pl-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
-        ensure_private_dir(&base).unwrap();
-        assert_eq!(
-            fs::metadata(&base).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(ensure_private_dir(&base).is_err());
+        let dir = base.join("a/b");
+        open_private_dir(&dir).unwrap();
+        for d in [&base, &dir] {
+            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(open_private_dir(&dir).unwrap_err().0.contains("0700"));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(open_private_dir(&link).unwrap_err().0.contains("symbolic link"));
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 3h "), Some(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }
