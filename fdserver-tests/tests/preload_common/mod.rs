@@ -45,6 +45,8 @@ const SCRUBBED: &[&str] = &[
 pub struct Pl {
     pub dir: PathBuf,
     env: Vec<(OsString, OsString)>,
+    /// Whether clients get `FDSERVER_PRELOAD_DIR` (see [`Pl::default_dir_in`]).
+    dir_env: bool,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -64,6 +66,7 @@ impl Pl {
         Pl {
             env: vec![("APP_COUNTER".into(), counter.into())],
             dir,
+            dir_env: true,
         }
     }
 
@@ -72,6 +75,28 @@ impl Pl {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.as_ref().to_owned()));
         self
+    }
+
+    /// Clients choose their directory as without any setting (no `FDSERVER_PRELOAD_DIR` nor
+    /// `XDG_RUNTIME_DIR`): `fdserver-preload-<uid>` in the temporary directory, here
+    /// `<dir>/tmp`, a world-writable sticky directory like `/tmp` (`TMPDIR`). Returns it.
+    pub fn default_dir_in(&mut self) -> PathBuf {
+        let tmp = self.path("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(
+            &tmp,
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        // Traversable by others too, as /tmp is.
+        std::fs::set_permissions(
+            &self.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        self.dir_env = false;
+        self.set("TMPDIR", &tmp);
+        tmp
     }
 
     /// A path inside the private directory.
@@ -92,7 +117,9 @@ impl Pl {
         for k in SCRUBBED {
             c.env_remove(k);
         }
-        c.env("FDSERVER_PRELOAD_DIR", &self.dir);
+        if self.dir_env {
+            c.env("FDSERVER_PRELOAD_DIR", &self.dir);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -714,6 +741,9 @@ pub enum Step {
     SendWithDeadPidfd(Vec<String>),
     /// Reads one array message and reports it (`msg a|b|c`, or `eof`).
     Read,
+    /// Reads a whole command as a client sends it (`["run", key, cwd]`, argv, environment, three
+    /// descriptors) and reports its first message (`msg run|key|cwd`).
+    ReadCommand,
     /// Reads until end of stream and reports how many bytes came (`bytes N`).
     ReadToEnd,
 }
@@ -730,9 +760,10 @@ pub struct FakeServer {
 impl FakeServer {
     pub fn start(sock: &Path, listen_as: Option<u32>, conns: Vec<Vec<Step>>) -> FakeServer {
         let (r, w) = fdserver_tests::pipe();
-        let w_raw = w.as_raw_fd();
+        let (ready_r, ready_w) = fdserver_tests::pipe();
+        let (w_raw, ready_raw) = (w.as_raw_fd(), ready_w.as_raw_fd());
         let path = sock.to_owned();
-        let listener = fdserver_tests::fork_child(&[w_raw], move || {
+        let listener = fdserver_tests::fork_child(&[w_raw, ready_raw], move || {
             let l = match std::os::unix::net::UnixListener::bind(&path) {
                 Ok(l) => l,
                 Err(_) => return 2,
@@ -754,16 +785,23 @@ impl FakeServer {
                 }
                 let acceptor = libc::fork();
                 if acceptor == 0 {
+                    libc::close(ready_raw);
                     let code = serve_fake(&l, conns, w_raw);
                     libc::_exit(code);
                 }
                 libc::close(w_raw);
+                fdserver_tests::write_raw(ready_raw, b"L");
+                libc::close(ready_raw);
                 loop {
                     libc::pause();
                 }
             }
         });
-        drop(w);
+        drop((w, ready_w));
+        assert!(
+            read_to_eof(ready_r, RUN_LIMIT).is_some_and(|b| b == b"L"),
+            "the fake server did not start listening"
+        );
         FakeServer {
             listener,
             reports: Some(r),
@@ -826,7 +864,25 @@ fn serve_fake(l: &std::os::unix::net::UnixListener, conns: Vec<Vec<Step>>, repor
                     };
                     // As the library sends it: the frame, then one byte carrying the descriptor.
                     let _ = ch.write_array(&msg);
-                    fdserver_tests::send_with_fds(ch.as_fd(), &[0], &[pidfd.as_raw_fd()]);
+                    let _ = ch.send_fd(&pidfd);
+                }
+                Step::ReadCommand => {
+                    let rest = |ch: &mut fdserver::Channel| -> Result<(), fdserver::Error> {
+                        ch.read_scalar()?;
+                        ch.read_scalar()?;
+                        for _ in 0..3 {
+                            ch.recv_fd()?;
+                        }
+                        Ok(())
+                    };
+                    match ch.read_strings() {
+                        Ok(Some(v)) => {
+                            let r = rest(&mut ch);
+                            say(format!("msg {} {}", v.join("|"), if r.is_ok() { "+" } else { "-" }));
+                        }
+                        Ok(None) => say("eof".into()),
+                        Err(e) => say(format!("error {e}")),
+                    }
                 }
                 Step::Read => match ch.read_strings() {
                     Ok(Some(v)) => say(format!("msg {}", v.join("|"))),

@@ -602,6 +602,13 @@ fn open_private_dir(dir: &Path) -> Result<fs::File, Unusable> {
             Some(libc::ELOOP) => format!(
                 "{shown} is a symbolic link (the preloader never follows one to its directory)"
             ),
+            // O_DIRECTORY | O_NOFOLLOW on a symbolic link gives ENOTDIR (or ELOOP).
+            Some(libc::ENOTDIR) if fs::symlink_metadata(dir).is_ok_and(|m| m.is_symlink()) => {
+                format!(
+                    "{shown} is a symbolic link (the preloader never follows one to its \
+                     directory)"
+                )
+            }
             Some(libc::ENOTDIR) => format!("{shown} is not a directory"),
             _ => format!("cannot open {shown}: {e}"),
         })
