@@ -340,8 +340,12 @@ fn a_recycled_worker_pid_is_never_signalled() {
             conn(Step::Send(vec!["pid".into(), pid.clone()])),
         ],
     );
-    for _ in 0..2 {
-        let out = pl.run(&["echo", "hi"]);
+    let outs: Vec<Out> = (0..2).map(|_| pl.run(&["echo", "hi"])).collect();
+    assert!(
+        innocent.try_wait().unwrap().is_none(),
+        "the process now numbered like the worker was signalled"
+    );
+    for out in outs {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(
             out.stderr.contains("closed the connection before the command finished"),
@@ -349,10 +353,6 @@ fn a_recycled_worker_pid_is_never_signalled() {
         );
     }
     assert_eq!(fake.reports().len(), 2);
-    assert!(
-        innocent.try_wait().unwrap().is_none(),
-        "the process now numbered like the worker was signalled"
-    );
     innocent.kill().unwrap();
     innocent.wait().unwrap();
 }
