@@ -170,7 +170,13 @@ fn chown(path: &std::path::Path, uid: u32, follow: bool) {
             libc::lchown(c.as_ptr(), uid, uid)
         }
     };
-    assert_eq!(r, 0, "chown {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "chown {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Asserts that `out` is the in-process run of `echo <word>` (through the test app's preload,
@@ -187,7 +193,11 @@ fn assert_ran_in_process(pl: &Pl, out: &Out, word: &str, why: &str) {
         "says why and how to fix it: {:?}",
         lines[0]
     );
-    assert!(pl.preloads().len() == 1, "preloaded in-process: {:?}", pl.preloads());
+    assert!(
+        pl.preloads().len() == 1,
+        "preloaded in-process: {:?}",
+        pl.preloads()
+    );
 }
 
 /// A directory another user created first under the default name (`fdserver-preload-<uid>` in
@@ -295,14 +305,21 @@ fn impossible_worker_pid_is_refused() {
         ]],
     );
     let out = pl.run(&["echo", "hi"]);
-    assert_eq!(out.status.code(), Some(1), "an error, not a signal: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error, not a signal: {out:?}"
+    );
     assert!(
         out.stderr.contains("impossible worker pid 0"),
         "clear error: {:?}",
         out.stderr
     );
     assert!(fake.reports()[0].starts_with("msg run|dev|"));
-    assert!(alive(std::process::id()), "(and this test's process group was not signalled)");
+    assert!(
+        alive(std::process::id()),
+        "(and this test's process group was not signalled)"
+    );
 }
 
 /// A connection that ends after the worker's pid: the client ends the worker's group only
@@ -348,7 +365,8 @@ fn a_recycled_worker_pid_is_never_signalled() {
     for out in outs {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(
-            out.stderr.contains("closed the connection before the command finished"),
+            out.stderr
+                .contains("closed the connection before the command finished"),
             "{out:?}"
         );
     }
@@ -364,7 +382,10 @@ fn long_directory_path_works() {
     let _wd = wd("long_directory_path_works");
     let mut pl = Pl::new("long");
     let deep = pl.path(&"d".repeat(150));
-    std::fs::DirBuilder::new().mode(0o700).create(&deep).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&deep)
+        .unwrap();
     pl.set("FDSERVER_PRELOAD_DIR", &deep);
     assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");
     assert_eq!(pl.ok(&["echo", "again"]), "again\n");

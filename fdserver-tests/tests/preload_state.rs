@@ -16,7 +16,11 @@ use preload_common::*;
 fn pidfd(pid: u32) -> OwnedFd {
     // SAFETY: pidfd_open returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: a fresh descriptor that nothing else owns.
     unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
 }
@@ -63,7 +67,10 @@ fn removed_directory_makes_the_server_exit() {
     std::fs::remove_dir_all(&pl.dir).unwrap();
     assert_gone(st.server, "the server whose directory was removed");
     assert_gone(st.template("dev").unwrap(), "its template");
-    std::fs::DirBuilder::new().mode(0o700).create(&pl.dir).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&pl.dir)
+        .unwrap();
     assert_eq!(pl.ok(&["echo", "back"]), "back\n");
 }
 
@@ -77,7 +84,10 @@ fn replaced_directory_makes_the_server_exit() {
     let st = pl.server();
     let moved = pl.dir.with_extension("old");
     std::fs::rename(&pl.dir, &moved).unwrap();
-    std::fs::DirBuilder::new().mode(0o700).create(&pl.dir).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&pl.dir)
+        .unwrap();
     assert_gone(st.server, "the server whose directory was replaced");
     assert_gone(st.template("dev").unwrap(), "its template");
     assert_eq!(std::fs::read_dir(&pl.dir).unwrap().count(), 0);
@@ -105,8 +115,14 @@ fn an_exiting_server_leaves_its_successors_files() {
     // The old one wakes up, sees its files gone (or is told to stop) and exits.
     pidfd_kill(&old_fd, libc::SIGCONT);
     pidfd_kill(&old_fd, libc::SIGTERM);
-    assert!(poll_readable(old_fd.as_fd(), Some(RUN_LIMIT)), "old server exits");
-    assert!(files.sock.exists() && files.pid.exists(), "the successor's files stay");
+    assert!(
+        poll_readable(old_fd.as_fd(), Some(RUN_LIMIT)),
+        "old server exits"
+    );
+    assert!(
+        files.sock.exists() && files.pid.exists(),
+        "the successor's files stay"
+    );
     assert_eq!(pl.ok(&["echo", "z"]), "z\n");
     assert_eq!(pl.server().server, new.server, "still the successor");
     assert_eq!(pl.preloads().len(), 2, "no third server");
@@ -169,7 +185,11 @@ fn a_rebuilt_program_restarts_the_server() {
 
     assert_eq!(run(&["echo", "two"]), "two\n");
     assert_gone(old_server, "the old build's server");
-    assert_ne!(build_of(&pl, &sock), build, "the new server is the new build");
+    assert_ne!(
+        build_of(&pl, &sock),
+        build,
+        "the new server is the new build"
+    );
     assert_eq!(pl.preloads().len(), 2, "the new build preloaded");
     assert_eq!(run(&["echo", "three"]), "three\n");
     assert_eq!(pl.preloads().len(), 2, "and serves warm");
@@ -220,7 +240,10 @@ fn restart_replaces_the_server_and_preloads() {
     pl.ok(&["echo", "x"]);
     let old = pl.server();
     let out = pl.ok(&["--preloader", "restart"]);
-    assert!(out.contains("restarted") && out.contains("\"dev\" preloaded"), "{out:?}");
+    assert!(
+        out.contains("restarted") && out.contains("\"dev\" preloaded"),
+        "{out:?}"
+    );
     assert_gone(old.server, "the old server");
     let new = pl.server();
     assert_ne!(new.server, old.server);
@@ -269,7 +292,10 @@ fn accept_failures_back_off_and_log_once() {
     set_nofile(server, lowest_free_fd(server));
     let waiting = UnixStream::connect(pl.files().sock).unwrap();
     // A while out of descriptors (a spinning loop logs thousands of lines meanwhile).
-    assert!(!poll_readable(waiting.as_fd(), Some(Duration::from_millis(500))));
+    assert!(!poll_readable(
+        waiting.as_fd(),
+        Some(Duration::from_millis(500))
+    ));
     set_nofile(server, 1024);
     assert!(
         poll_readable(waiting.as_fd(), Some(RUN_LIMIT)),
@@ -303,7 +329,9 @@ fn connections_beyond_the_cap_wait_for_a_free_one() {
         !poll_readable(extra.as_fd(), Some(Duration::from_millis(300))),
         "the 65th connection waits"
     );
-    let threads = std::fs::read_dir(format!("/proc/{server}/task")).unwrap().count();
+    let threads = std::fs::read_dir(format!("/proc/{server}/task"))
+        .unwrap()
+        .count();
     assert!(threads <= 64 + 4, "{threads} threads for 65 connections");
     drop(held.pop());
     assert!(
@@ -327,6 +355,9 @@ fn the_log_is_bounded() {
     assert!(log <= 1 << 20, "log of {log} bytes");
     let old = pl.files().log.with_extension("log.1");
     let old_len = std::fs::metadata(&old).unwrap().len();
-    assert!(old_len <= 1 << 20 && old_len > 0, ".log.1 of {old_len} bytes");
+    assert!(
+        old_len <= 1 << 20 && old_len > 0,
+        ".log.1 of {old_len} bytes"
+    );
     assert_eq!(pl.ok(&["echo", "y"]), "y\n");
 }

@@ -344,7 +344,11 @@ impl Channel {
 
     /// Writes an array message followed by one descriptor, in one `sendmmsg` (the receiver reads
     /// the message, then [`recv_fd`](Self::recv_fd)).
-    pub(crate) fn write_array_with_fd<I, T>(&mut self, elements: I, fd: BorrowedFd<'_>) -> Result<(), Error>
+    pub(crate) fn write_array_with_fd<I, T>(
+        &mut self,
+        elements: I,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), Error>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,

@@ -83,11 +83,8 @@ impl Pl {
     pub fn default_dir_in(&mut self) -> PathBuf {
         let tmp = self.path("tmp");
         std::fs::create_dir(&tmp).unwrap();
-        std::fs::set_permissions(
-            &tmp,
-            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-        )
-        .unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
         // Traversable by others too, as /tmp is.
         std::fs::set_permissions(
             &self.dir,
@@ -878,7 +875,11 @@ fn serve_fake(l: &std::os::unix::net::UnixListener, conns: Vec<Vec<Step>>, repor
                     match ch.read_strings() {
                         Ok(Some(v)) => {
                             let r = rest(&mut ch);
-                            say(format!("msg {} {}", v.join("|"), if r.is_ok() { "+" } else { "-" }));
+                            say(format!(
+                                "msg {} {}",
+                                v.join("|"),
+                                if r.is_ok() { "+" } else { "-" }
+                            ));
                         }
                         Ok(None) => say("eof".into()),
                         Err(e) => say(format!("error {e}")),

@@ -536,10 +536,7 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
         eprintln!("fdserver preloader: {why}");
     }
     let (rd, wr) = sys::pipe()?;
-    let log = dir.open_file(
-        Kind::Log,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
-    )?;
+    let log = dir.open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)?;
     let exe = std::env::current_exe()?;
     let (wr_raw, dir_raw) = (wr.as_raw_fd(), dir.fd().as_raw_fd());
     let mut cmd = Command::new(exe);

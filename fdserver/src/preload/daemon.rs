@@ -111,7 +111,10 @@ fn bound_log() {
     let result = copy();
     ROTATING.store(false, Ordering::SeqCst);
     if let Err(e) = result {
-        let line = format!("[fdserver-preload {}] cannot bound the log: {e}\n", sys::getpid());
+        let line = format!(
+            "[fdserver-preload {}] cannot bound the log: {e}\n",
+            sys::getpid()
+        );
         sys::write_raw(2, line.as_bytes());
     }
 }
@@ -240,7 +243,7 @@ impl DirWatch {
         let names = [dir.name(Kind::Sock), dir.name(Kind::Pid)];
         let watched = (|| -> io::Result<Inotify> {
             let inotify = Inotify::init()?; // non-blocking, close-on-exec
-            // Through the open directory: the watch is on the inode that was checked.
+                                            // Through the open directory: the watch is on the inode that was checked.
             inotify.watches().add(
                 format!("/proc/self/fd/{}", dir.fd().as_raw_fd()),
                 WatchMask::DELETE
@@ -419,7 +422,10 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
     let listener = listener.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen on {}: {e}", dir.display(Kind::Sock).display()),
+            format!(
+                "cannot listen on {}: {e}",
+                dir.display(Kind::Sock).display()
+            ),
         )
     })?;
     listener.set_nonblocking(true)?;
@@ -501,7 +507,9 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
         }
         if watch.changed(watch_at.is_some_and(|i| ready[i])) {
             if let Some(why) = dir.lost(sock_id, pid_id) {
-                log(&format!("{why}: stopping (a new server will serve from there)"));
+                log(&format!(
+                    "{why}: stopping (a new server will serve from there)"
+                ));
                 break;
             }
         }
@@ -731,7 +739,12 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     ch.set_timeout(Some(REQUEST_TIMEOUT));
     let pid = sys::getpid().to_string();
     if ch
-        .write_array(["fdserver-preload", PROTOCOL_VERSION, pid.as_str(), build_id()])
+        .write_array([
+            "fdserver-preload",
+            PROTOCOL_VERSION,
+            pid.as_str(),
+            build_id(),
+        ])
         .is_err()
     {
         return;
@@ -765,10 +778,8 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
                     let _ = ch.write_ok([pid.to_string()]);
                 }
                 Err((kind, text)) => {
-                    let _ = ch.write_error(&RemoteError::new(
-                        RemoteErrorKind::Other(kind.into()),
-                        text,
-                    ));
+                    let _ = ch
+                        .write_error(&RemoteError::new(RemoteErrorKind::Other(kind.into()), text));
                 }
             }
         }

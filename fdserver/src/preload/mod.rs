@@ -580,10 +580,7 @@ fn open_private_dir(dir: &Path) -> Result<fs::File, Unusable> {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) => {
-                        return Err(Unusable(format!(
-                            "cannot create {}: {e}",
-                            parent.display()
-                        )))
+                        return Err(Unusable(format!("cannot create {}: {e}", parent.display())))
                     }
                 }
             }
@@ -793,7 +790,10 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         let link = base.join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        assert!(open_private_dir(&link).unwrap_err().0.contains("symbolic link"));
+        assert!(open_private_dir(&link)
+            .unwrap_err()
+            .0
+            .contains("symbolic link"));
         fs::remove_dir_all(&base).unwrap();
     }
 

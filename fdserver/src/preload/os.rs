@@ -63,7 +63,6 @@ pub(crate) fn reap_any_blocking() -> Option<(libc::pid_t, libc::c_int)> {
     }
 }
 
-
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that listens on the socket we connected to
 /// (where the architecture uses the generic socket option numbers).
 #[cfg(any(
@@ -286,7 +285,8 @@ pub(crate) fn build_id_note() -> Option<Vec<u8>> {
             let base = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
             // SAFETY: a PT_NOTE segment is mapped (it lies within a PT_LOAD segment) for
             // p_memsz bytes at its load address.
-            let notes = unsafe { std::slice::from_raw_parts(base as *const u8, ph.p_memsz as usize) };
+            let notes =
+                unsafe { std::slice::from_raw_parts(base as *const u8, ph.p_memsz as usize) };
             if let Some(id) = find_build_id(notes, align) {
                 found.0 = Some(id.to_vec());
                 break;
@@ -338,7 +338,10 @@ mod tests {
     fn finds_the_build_id_in_notes() {
         // A 4-byte "ABC\0" note of type 1, then the GNU build id (type 3) "\x01\x02\x03".
         let mut notes = Vec::new();
-        for (name, kind, desc) in [(&b"ABC\0"[..], 1u32, &[9u8; 5][..]), (b"GNU\0", 3, &[1, 2, 3])] {
+        for (name, kind, desc) in [
+            (&b"ABC\0"[..], 1u32, &[9u8; 5][..]),
+            (b"GNU\0", 3, &[1, 2, 3]),
+        ] {
             notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
             notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
             notes.extend_from_slice(&kind.to_ne_bytes());
