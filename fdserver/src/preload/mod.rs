@@ -39,7 +39,9 @@
 //! ```
 //!
 //! `myapp a b` runs warm; `FDSERVER_PRELOAD=0 myapp a b` runs in-process without the preloader;
-//! `myapp --preloader status` and `myapp --preloader stop` manage the server.
+//! `myapp --preloader status`, `myapp --preloader stop` and `myapp --preloader restart` (stop,
+//! start a new server and preload the template of the current environment, so that the next
+//! command is warm) manage the server.
 //!
 //! ## What fdserver does differently from Spring
 //!
@@ -50,7 +52,8 @@
 //!   `128 + n` and the signal); exit codes are passed through unchanged.
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
 //!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's socket.
-//! * The server checks the peer's uid (`SO_PEERCRED`) and lives in a `0700` directory.
+//! * Both ends check each other's uid (`SO_PEERCRED`), and everything lives in a `0700`
+//!   directory that is never reached through a path resolved twice (see *Security* below).
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
 //!   timing out. The template reads a command's arguments, environment and descriptors from the
@@ -74,10 +77,66 @@
 //!
 //! ## Files
 //!
-//! In `$FDSERVER_PRELOAD_DIR`, else `$XDG_RUNTIME_DIR/fdserver-preload`, else
-//! `/tmp/fdserver-preload-<uid>` (created `0700`; refused if another user owns it or others can
-//! reach it): `<name>-<hash>.sock`, `.pid` (locked by the server while it runs), `.lock` (held by a
-//! client while it starts a server) and `.log` (the server's and templates' stdout and stderr).
+//! The directory is `$FDSERVER_PRELOAD_DIR` if set (or [`Options::dir`]), else
+//! `$XDG_RUNTIME_DIR/fdserver-preload`, else `fdserver-preload-<uid>` in the temporary directory
+//! (`$TMPDIR`, else `/tmp`). A missing directory is created `0700` (with its missing parents).
+//! In it: `<name>-<hash of the executable's path>.sock`, `.pid` (locked by the server while it
+//! runs), `.lock` (held by a client while it starts a server), `.log` (the server's and its
+//! templates' stdout and stderr) and `.log.1` (the log's previous part).
+//!
+//! The log is bounded: when it exceeds 1 MiB, its last 1 MiB moves to `.log.1` and it starts
+//! again empty. The server checks this whenever it writes a line to it and after each preload,
+//! so the log may exceed the bound while a preload runs, until that preload ends.
+//!
+//! ## Security
+//!
+//! * **The directory** is opened once, without following a symbolic link
+//!   (`O_DIRECTORY | O_NOFOLLOW`), and checked on the open descriptor: it must be a directory,
+//!   owned by the user, with no permission for group or others (`0700`). Everything in it is
+//!   then reached through that descriptor (`openat`, `fstatat`, `unlinkat`, and the socket as
+//!   `/proc/self/fd/N/<name>`, which also frees the directory's path from the 108-byte limit of
+//!   a socket address; `/proc` must be mounted), never through a path resolved again. The client
+//!   hands the same open directory to the server it starts.
+//! * **A directory that cannot be used** (created by another user first, a symbolic link, open
+//!   to others, not creatable) never fails the command: it runs in-process, as with
+//!   `FDSERVER_PRELOAD=0`, after one line on stderr saying why and how to fix it (set
+//!   `FDSERVER_PRELOAD_DIR`, or `XDG_RUNTIME_DIR`, to a directory of yours with mode `0700`).
+//!   The same goes for a server that turns out to run as another uid.
+//! * **Peers.** The client checks the server's uid (`SO_PEERCRED`) before it sends anything; the
+//!   server refuses clients of another uid. Pids never come from what a peer says: the server's
+//!   is taken from the kernel (`SO_PEERPIDFD`, or the `SO_PEERCRED` pid while the connection
+//!   proves it alive) when a client must stop it; a worker sends its own pidfd with its pid, and
+//!   the client signals the worker's process group only through it (`pidfd_send_signal` with
+//!   `PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9; on older kernels by number, and only while the
+//!   pidfd shows the worker still running), so a recycled number is never signalled. A worker
+//!   pid of 0 or 1 ends the command with an error.
+//! * **Resources.** The server serves at most 64 connections at once (a thread each); more
+//!   clients wait in the socket's listen queue until one ends (a client that waits longer than
+//!   [`Options::handshake_timeout`] gets an error saying the server is wedged or busy). A failing
+//!   `accept` (out of descriptors, say) pauses new connections with a back-off of 10 ms doubling
+//!   up to 1 s, logged once until `accept` works again.
+//!
+//! ## State recovery
+//!
+//! * **The server's own files.** The server watches its directory (inotify on the open
+//!   directory): when its socket or pidfile is removed or replaced, or the directory is removed,
+//!   moved, replaced or opened to others, it exits promptly with its templates (after their
+//!   running workers), and the next command starts a new server. Without inotify it checks every
+//!   5 s. An exiting server removes its socket and pidfile only if they are still its own (same
+//!   device and inode), and only while no client is starting a successor (the start lock); a
+//!   new server waits (up to 10 s, woken by inotify) for an exiting one to release the pidfile.
+//! * **Build identity.** The server's greeting carries the identity of its build: the ELF build
+//!   id of the executable (`NT_GNU_BUILD_ID`, the linker's hash of the linked contents, read
+//!   from the loaded image at no cost), or, for an executable linked without one, the identity
+//!   of the running file (device, inode, size, modification and change times). A client of
+//!   another build (say, after `cargo build` replaced the program at the same path) stops that
+//!   server and starts its own, as for another protocol version: two builds never share a
+//!   server.
+//! * **Idle timeout.** A server with no command starting or running for
+//!   [`Options::idle_timeout`] (default 3 hours; `0` = never; overridden by the environment
+//!   variable `FDSERVER_PRELOAD_IDLE_TIMEOUT`, in seconds or with a unit: `90s`, `30m`, `8h`,
+//!   `0`) exits with its templates. A running command keeps it alive; the timeout counts from the
+//!   end of the last command.
 
 mod client;
 mod daemon;
@@ -118,7 +177,8 @@ const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
 /// a worker forked from that template, so it sees the preloaded state.
 pub trait Application: Clone + Send + Sync + 'static {
     /// The application's identity: it names the server's socket (with a hash of the executable's
-    /// path, so two builds never share a server).
+    /// path, so programs at different paths never share a server; builds at the same path are
+    /// told apart by their build id, see *State recovery* in the module docs).
     fn name(&self) -> &str;
 
     /// Which template serves a command, from its environment (Spring keys by `RAILS_ENV`).
@@ -146,6 +206,17 @@ pub trait Application: Clone + Send + Sync + 'static {
 }
 
 /// Timeouts and locations. The defaults suit interactive commands.
+///
+/// ```
+/// use std::time::Duration;
+/// use fdserver::preload::Options;
+///
+/// let options = Options {
+///     idle_timeout: Duration::from_secs(30 * 60), // exit after 30 min without commands
+///     ..Options::default()
+/// };
+/// assert_eq!(options.boot_timeout, Duration::from_secs(20));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Directory for the socket, pidfile and log (see the module docs for the default).
@@ -318,7 +389,19 @@ impl<A: Application> Preloader<A> {
     }
 
     /// Stops the server if one runs, starts a new one and preloads the template of this
-    /// process's environment, so that the next command is warm.
+    /// process's environment, so that the next command is warm (`--preloader restart`).
+    ///
+    /// ```no_run
+    /// # use fdserver::preload::{Application, Preloader};
+    /// # #[derive(Clone)] struct App;
+    /// # impl Application for App {
+    /// #     fn name(&self) -> &str { "myapp" }
+    /// #     fn preload(&mut self, _: &str) -> Result<(), fdserver::BoxError> { Ok(()) }
+    /// #     fn run(&mut self, _: Vec<std::ffi::OsString>) -> i32 { 0 }
+    /// # }
+    /// Preloader::new(App).restart()?; // e.g. after deploying new data the preload reads
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn restart(&self) -> io::Result<()> {
         client::restart(self).map(drop)
     }
