@@ -472,7 +472,7 @@ fn connect(dir: &Dir) -> Result<Option<Channel>, Failure> {
         }
     };
     let (uid, _) = os::peer_cred(stream.as_fd())?;
-    let me = sys::geteuid();
+    let me = dir.owner(); // checked to be our euid when it was opened
     if uid != me {
         return Err(Failure::Unusable(format!(
             "the server at {} runs as uid {uid}, not as you (uid {me}): nothing was sent to it",
