@@ -497,6 +497,8 @@ impl Dir {
             Some(d) => d.to_owned(),
             None => default_dir(),
         };
+        // Absolute, so that it means the same to the server (which runs in `/`) and in messages.
+        let path = std::path::absolute(&path).unwrap_or(path);
         let (file, owner) = open_private_dir(&path)?;
         Ok(Dir {
             file,
