@@ -362,7 +362,8 @@ fn end_orphan(worker: Option<&Worker>) {
 #[derive(Debug)]
 pub(crate) struct Hello {
     version: String,
-    pid: u32,
+    /// (The pid it names is not used: who the server is comes from the kernel, `SO_PEERCRED`
+    /// and `SO_PEERPIDFD`.)
     build: String,
 }
 
@@ -409,7 +410,8 @@ enum Handshake {
     Failed(io::Error),
 }
 
-/// Reads the server's greeting `["fdserver-preload", version, pid, build]`.
+/// Reads the server's greeting `["fdserver-preload", version, pid, build]`. Any other shape, an
+/// older server's included, is a mismatch that the caller resolves by restarting the server.
 fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, Handshake> {
     conn.set_read_timeout(Some(timeout));
     let hello = match conn.read_strings() {
@@ -441,14 +443,12 @@ fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, 
     conn.set_read_timeout(None);
     let bad = || Handshake::Failed(other(format!("bad greeting from the server: {hello:?}")));
     match hello.as_slice() {
-        [magic, version, pid, rest @ ..] if magic == "fdserver-preload" => Ok(Hello {
+        [magic, version, _pid, rest @ ..] if magic == "fdserver-preload" => Ok(Hello {
             version: version.clone(),
-            pid: pid.parse().map_err(|_| bad())?,
             build: rest.first().cloned().unwrap_or_default(),
         }),
         [version, ..] => Ok(Hello {
             version: version.clone(),
-            pid: 0,
             build: String::new(),
         }),
         [] => Err(bad()),
@@ -617,7 +617,8 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
     let hello = handshake(&mut conn, p.options.handshake_timeout, &dir).map_err(|e| match e {
         Handshake::Closed(e) | Handshake::Failed(e) => e,
     })?;
-    let (version, pid) = (hello.version, hello.pid);
+    // The pid shown is the kernel's (the process listening on the socket), not the greeting's.
+    let (version, pid) = (hello.version, os::peer_cred(conn.as_fd())?.1 as u32);
     conn.set_read_timeout(Some(p.options.handshake_timeout));
     conn.write_array(["status"]).map_err(io::Error::from)?;
     let reply = conn
@@ -732,7 +733,7 @@ pub(crate) fn restart<A: Application>(p: &Preloader<A>) -> io::Result<Restarted>
     let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
-    let (mut conn, hello) = connect_checked(p, &dir).map_err(failure_to_io)?;
+    let (mut conn, _) = connect_checked(p, &dir).map_err(failure_to_io)?;
     conn.write_array(["preload", key.as_str()])
         .map_err(io::Error::from)?;
     let mut buf = MessageBuf::new();
@@ -741,7 +742,7 @@ pub(crate) fn restart<A: Application>(p: &Preloader<A>) -> io::Result<Restarted>
         e => io::Error::from(e),
     })?;
     Ok(Restarted {
-        server: hello.pid,
+        server: os::peer_cred(conn.as_fd())?.1 as u32,
         key,
         template: reply.str(1).unwrap_or("?").to_owned(),
     })
