@@ -95,6 +95,22 @@ fn replaced_directory_makes_the_server_exit() {
     assert_eq!(pl.ok(&["echo", "back"]), "back\n");
 }
 
+/// Item 6: the directory opened to others (clients no longer use it): the server exits.
+#[test]
+fn a_directory_opened_to_others_makes_the_server_exit() {
+    let _wd = wd("a_directory_opened_to_others_makes_the_server_exit");
+    let pl = Pl::new("chmod");
+    pl.ok(&["echo", "x"]);
+    let st = pl.server();
+    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    assert_gone(st.server, "the server whose directory was opened to others");
+    assert!(pl.log().contains("open to other users"), "{}", pl.log());
+    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .unwrap();
+    assert_eq!(pl.ok(&["echo", "back"]), "back\n");
+}
+
 /// Item 7: an old server that exits after a newer one took its place (its socket and pidfile
 /// were removed while it was stopped, a command started a successor) leaves the successor's
 /// files alone: the next commands still go to the successor.
@@ -210,6 +226,25 @@ fn an_idle_server_exits_with_its_templates() {
     assert!(pl.log().contains("idle for 1s: stopping"), "{}", pl.log());
     assert!(!pl.files().sock.exists() && !pl.files().pid.exists());
     assert_eq!(pl.ok(&["echo", "back"]), "back\n");
+}
+
+/// Item 9: an invalid idle timeout is reported once, by the client that starts the server,
+/// and the default applies; the command runs.
+#[test]
+fn an_invalid_idle_timeout_is_reported_and_ignored() {
+    let _wd = wd("an_invalid_idle_timeout_is_reported_and_ignored");
+    let mut pl = Pl::new("idlebad");
+    pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "soon");
+    let out = pl.run(&["echo", "x"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "x\n");
+    assert!(
+        out.stderr.contains("FDSERVER_PRELOAD_IDLE_TIMEOUT=\"soon\" is not a duration"),
+        "{out:?}"
+    );
+    let again = pl.run(&["echo", "y"]);
+    assert!(again.stderr.is_empty(), "said once, at start: {again:?}");
+    assert!(pl.log().contains("idle timeout 10800s"), "{}", pl.log());
 }
 
 /// Item 9: a running command keeps the server from idling out; it exits once the command ended
