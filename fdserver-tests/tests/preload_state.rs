@@ -102,12 +102,10 @@ fn a_directory_opened_to_others_makes_the_server_exit() {
     let pl = Pl::new("chmod");
     pl.ok(&["echo", "x"]);
     let st = pl.server();
-    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     assert_gone(st.server, "the server whose directory was opened to others");
     assert!(pl.log().contains("open to other users"), "{}", pl.log());
-    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(&pl.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     assert_eq!(pl.ok(&["echo", "back"]), "back\n");
 }
 
@@ -239,7 +237,8 @@ fn an_invalid_idle_timeout_is_reported_and_ignored() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, "x\n");
     assert!(
-        out.stderr.contains("FDSERVER_PRELOAD_IDLE_TIMEOUT=\"soon\" is not a duration"),
+        out.stderr
+            .contains("FDSERVER_PRELOAD_IDLE_TIMEOUT=\"soon\" is not a duration"),
         "{out:?}"
     );
     let again = pl.run(&["echo", "y"]);
