@@ -56,6 +56,33 @@ fn removed_socket_heals_by_itself() {
     assert_eq!(pl.server().server, new.server);
 }
 
+/// Item 5: `stop` while a server holds the pidfile but has lost its socket (here it is stopped,
+/// so it cannot notice): a clear error naming its pid; once it runs again it exits by itself,
+/// and `stop` then finds nothing to stop.
+#[test]
+fn stop_explains_a_server_that_lost_its_socket() {
+    let _wd = wd("stop_explains_a_server_that_lost_its_socket");
+    let pl = Pl::new("stopnosock");
+    pl.ok(&["echo", "x"]);
+    let st = pl.server();
+    let fd = pidfd(st.server);
+    pidfd_kill(&fd, libc::SIGSTOP);
+    std::fs::remove_file(pl.files().sock).unwrap();
+    let out = pl.run(&["--preloader", "stop"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("(pid {}, from", st.server))
+            && out.stderr.contains("has no socket"),
+        "{out:?}"
+    );
+    pidfd_kill(&fd, libc::SIGCONT);
+    assert!(
+        poll_readable(fd.as_fd(), Some(RUN_LIMIT)),
+        "it exits by itself"
+    );
+    assert!(pl.stop().contains("no preloader server was running"));
+}
+
 /// Item 6: the runtime directory removed (logout, tmp cleaner): the server and its template
 /// exit by themselves, promptly; the next command starts afresh.
 #[test]

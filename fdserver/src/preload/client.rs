@@ -670,9 +670,7 @@ pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
                     return Err(other(format!(
                         "a preloader server (pid {}, from {}) holds its pidfile but has no \
                          socket; it should exit by itself: if it does not, kill it",
-                        std::fs::read_to_string(dir.display(Kind::Pid))
-                            .unwrap_or_default()
-                            .trim(),
+                        super::pidfile_text(&f),
                         dir.display(Kind::Pid).display()
                     )));
                 }

@@ -214,11 +214,10 @@ fn lock_pidfile(dir: &Dir) -> io::Result<(File, (u64, u64))> {
     loop {
         let f = dir.open_file(Kind::Pid, libc::O_RDWR | libc::O_CREAT)?;
         if !lock_within(&f, deadline)? {
-            let holder = std::fs::read_to_string(dir.display(Kind::Pid)).unwrap_or_default();
             return Err(io::Error::other(format!(
                 "another preloader server (pid {}) still holds {} after {PIDFILE_WAIT:?}; it \
                  exits by itself once its socket is gone, else stop it with `kill`",
-                holder.trim(),
+                super::pidfile_text(&f),
                 dir.display(Kind::Pid).display()
             )));
         }

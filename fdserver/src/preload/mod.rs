@@ -407,7 +407,8 @@ impl<A: Application> Preloader<A> {
     }
 
     /// Where this application's files live (the directory is created if needed, and checked:
-    /// an error says why it cannot be used).
+    /// an error says why it cannot be used). For display: the preloader itself reaches them
+    /// through the open directory, never by these paths.
     pub fn paths(&self) -> io::Result<Paths> {
         Ok(self.dir()?.paths())
     }
@@ -636,6 +637,15 @@ impl Dir {
             log: self.display(Kind::Log),
         }
     }
+}
+
+/// What a pidfile says (read through its open descriptor), for messages only: the pid of the
+/// server that wrote it, which nothing ever signals on that word.
+pub(crate) fn pidfile_text(f: &fs::File) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let _ = (&*f).take(32).read_to_string(&mut text);
+    text.trim().to_owned()
 }
 
 /// `<name>-<hash of the executable's path>`.
