@@ -644,7 +644,7 @@ impl Dir {
 pub(crate) fn pidfile_text(f: &fs::File) -> String {
     use std::io::Read;
     let mut text = String::new();
-    let _ = (&*f).take(32).read_to_string(&mut text);
+    let _ = f.take(32).read_to_string(&mut text);
     text.trim().to_owned()
 }
 
