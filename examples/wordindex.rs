@@ -12,6 +12,8 @@
 //! cargo run --release --example wordindex -- stats
 //! cargo run --release --example wordindex -- --preloader status # server and template pids
 //! cargo run --release --example wordindex -- --preloader stop
+//! cargo run --release --example wordindex -- --preloader restart   # fresh server, preloaded
+//! FDSERVER_PRELOAD_IDLE_TIMEOUT=30m cargo run --release --example wordindex -- stats
 //! FDSERVER_PRELOAD=0 cargo run --release --example wordindex -- stats   # without the preloader
 //! ```
 
@@ -159,7 +161,7 @@ impl Application for WordIndex {
             }
             _ => {
                 eprintln!(
-                    "usage: wordindex search WORD... | top [N] | stats | --preloader status|stop"
+                    "usage: wordindex search WORD... | top [N] | stats | --preloader status|stop|restart"
                 );
                 2
             }

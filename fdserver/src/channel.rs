@@ -342,6 +342,20 @@ impl Channel {
         self.encode_and_send(prefix, elements, None)
     }
 
+    /// Writes an array message followed by one descriptor, in one `sendmmsg` (the receiver reads
+    /// the message, then [`recv_fd`](Self::recv_fd)).
+    pub(crate) fn write_array_with_fd<I, T>(
+        &mut self,
+        elements: I,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.encode_and_send(None, elements, Some(fd))
+    }
+
     /// Encodes `[prefix, elements...]` into the write buffer (nothing is sent if that fails) and
     /// sends it, followed by `fd` in the same `sendmmsg` when given.
     fn encode_and_send<I, T>(

@@ -600,7 +600,7 @@ pub fn output_of(bin: &Path, args: &[&str], server: &PreloadServer, in_process: 
 /// speaking the client's side of the preloader protocol (`fdserver/src/preload/client.rs`) over
 /// the server's socket: no `execve`, no dynamic loading, no Rust runtime start. Returns the
 /// cumulative time at: connected, greeting read, request + argv + env + 3 descriptors sent,
-/// `["pid", n]` read, `["exit", 0]` read.
+/// `["pid", n, "fd"]` and the worker's pidfd read, `["exit", 0]` read.
 pub fn protocol_run(server: &PreloadServer, env: &[u8]) -> [Duration; 5] {
     use fdserver::{Channel, MessageBuf};
     use std::os::unix::net::UnixStream;
@@ -631,6 +631,10 @@ pub fn protocol_run(server: &PreloadServer, env: &[u8]) -> [Duration; 5] {
     let sent = t.elapsed();
     assert!(ch.read_into(&mut buf).expect("pid"), "pid");
     assert_eq!(buf.message().name(), b"pid");
+    if buf.message().get(2) == Some(&b"fd"[..]) {
+        // The worker's pidfd follows its pid (the client signals the worker only through it).
+        drop(ch.recv_fd().expect("the worker's pidfd"));
+    }
     let pid = t.elapsed();
     assert!(ch.read_into(&mut buf).expect("exit"), "exit");
     assert_eq!(buf.message().get(1), Some(&b"0"[..]), "{:?}", buf.message());

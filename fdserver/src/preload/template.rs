@@ -68,6 +68,8 @@ pub(crate) struct Template<A> {
     /// The signals a worker resets to their default action (see `os::non_default_signals`).
     reset: Option<u64>,
     scratch: Scratch,
+    /// When a worker last started or ended (the server's idle timeout asks).
+    last_activity: Instant,
 }
 
 impl<A: Application> Template<A> {
@@ -79,10 +81,12 @@ impl<A: Application> Template<A> {
             huge_pages,
             reset: None,
             scratch: Scratch::default(),
+            last_activity: Instant::now(),
         }
     }
 
     fn run(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        self.last_activity = Instant::now();
         let sc = &mut self.scratch;
         sc.cwd.clear();
         sc.cwd.extend_from_slice(msg.get(1).unwrap_or(b"/"));
@@ -215,6 +219,7 @@ impl<A: Application> Template<A> {
             return; // a grandchild reparented to us, or a worker already forgotten
         };
         let w = self.workers.swap_remove(i);
+        self.last_activity = Instant::now();
         if let Some(mut conn) = w.conn {
             // The client closes the connection once it has read this: no SIGIO for that.
             os::stop_async(conn.as_fd());
@@ -262,6 +267,13 @@ impl<A: Application> Server for Template<A> {
     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
         match msg.name() {
             b"run" => self.run(ctx, msg),
+            b"idle" => {
+                // ["ok", running workers, ms since a worker last started or ended]
+                let running = self.workers.len().to_string();
+                let ms = self.last_activity.elapsed().as_millis().to_string();
+                ctx.reply([running, ms])?;
+                Ok(())
+            }
             b"shutdown" => {
                 for w in &self.workers {
                     // A worker that has not called setsid yet has no group: signal it alone
@@ -353,9 +365,17 @@ fn worker_main<A: Application>(
     let _ = sys::setsid();
     let mut digits = [0u8; 20];
     let pid = decimal(sys::getpid(), &mut digits);
+    // A pidfd of ourselves goes with the pid: the client signals us (and our group) only
+    // through it, so never a process that later gets our number.
     // If the client is gone, there is nobody to run for: leave before running anything (the
     // template, seeing the hang-up, would kill us anyway).
-    if conn.write_array([b"pid".as_slice(), pid]).is_err() {
+    let pidfd = sys::pidfd_open(sys::getpid() as libc::pid_t).ok();
+    let sent = match &pidfd {
+        Some(fd) => conn.write_array_with_fd([b"pid".as_slice(), pid, b"fd"], fd.as_fd()),
+        None => conn.write_array([b"pid".as_slice(), pid]),
+    };
+    drop(pidfd);
+    if sent.is_err() {
         sys::exit_now(1);
     }
     for (i, fd) in stdio.iter().enumerate() {
