@@ -197,7 +197,11 @@ mod channel;
 #[cfg(target_os = "linux")]
 mod client;
 #[cfg(target_os = "linux")]
+mod connection;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
+mod io_kind;
 #[cfg(target_os = "linux")]
 pub mod preload;
 #[cfg(target_os = "linux")]
@@ -209,11 +213,15 @@ mod server_loop;
 #[cfg(target_os = "linux")]
 mod signal;
 #[cfg(target_os = "linux")]
+mod spawn;
+#[cfg(target_os = "linux")]
 mod start;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
 pub mod wire;
+#[cfg(target_os = "linux")]
+mod wire_error;
 
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
@@ -495,3 +503,14 @@ pub use signal::{Signal, UnknownSignal};
 pub use start::Builder;
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
+#[cfg(target_os = "linux")]
+pub use args::Json;
+#[cfg(target_os = "linux")]
+pub use connection::Connection;
+#[cfg(target_os = "linux")]
+pub use spawn::Spawn;
+#[cfg(target_os = "linux")]
+pub use wire_error::{CallError, WireError};
+#[cfg(target_os = "linux")]
+/// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
+pub use fdserver_macros::WireError;
