@@ -17,8 +17,7 @@ pub struct ImplArgs {
     pub typed_errors: bool,
 }
 
-const IMPL_KEYS: &str =
-    "`client = \"Name\"`, `client_vis = \"pub(crate)\"`, `typed_errors`";
+const IMPL_KEYS: &str = "`client = \"Name\"`, `client_vis = \"pub(crate)\"`, `typed_errors`";
 
 pub fn parse_impl_args(tokens: TokenStream, errs: &mut Errors) -> ImplArgs {
     let mut args = ImplArgs::default();

@@ -78,7 +78,11 @@ pub fn run(input: TokenStream) -> TokenStream {
         }
     }
     if let Data::Enum(_) = &input.data {
-        for attr in input.attrs.iter().filter(|a| a.path().is_ident("wire_error")) {
+        for attr in input
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("wire_error"))
+        {
             errs.spanned(
                 attr,
                 "on an enum, put `#[wire_error(code = \"...\")]` on a variant",

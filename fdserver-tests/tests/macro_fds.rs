@@ -140,10 +140,7 @@ fn descriptor_results() {
         matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Io),
         "{e:?}"
     );
-    assert_eq!(
-        std::io::Error::from(e).kind(),
-        std::io::ErrorKind::NotFound
-    );
+    assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::NotFound);
 
     // A tuple with a descriptor between inline values and a scalar.
     let (greeting, mut stream, payload, n) = c.connect("hi").unwrap();

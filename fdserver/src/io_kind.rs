@@ -114,7 +114,13 @@ mod tests {
             assert_eq!(super::name(kind), name, "{kind:?}");
         }
         assert_eq!(from_name("no such kind"), ErrorKind::Other);
-        for errno in [libc::ENOENT, libc::EACCES, libc::EISDIR, libc::ENOSPC, libc::EEXIST] {
+        for errno in [
+            libc::ENOENT,
+            libc::EACCES,
+            libc::EISDIR,
+            libc::ENOSPC,
+            libc::EEXIST,
+        ] {
             let kind = errno_kind(errno);
             assert_eq!(from_name(name(kind)), kind, "errno {errno}");
         }

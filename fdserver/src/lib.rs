@@ -488,11 +488,18 @@ pub mod __private;
 pub use fdserver_macros::fdserver;
 
 #[cfg(target_os = "linux")]
+pub use args::Json;
+#[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 #[cfg(target_os = "linux")]
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
+pub use connection::Connection;
+#[cfg(target_os = "linux")]
 pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(target_os = "linux")]
+/// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
+pub use fdserver_macros::WireError;
 #[cfg(target_os = "linux")]
 pub use serve::serve;
 #[cfg(target_os = "linux")]
@@ -500,17 +507,10 @@ pub use server::{BoxError, Context, LoopEnd, Server};
 #[cfg(target_os = "linux")]
 pub use signal::{Signal, UnknownSignal};
 #[cfg(target_os = "linux")]
+pub use spawn::Spawn;
+#[cfg(target_os = "linux")]
 pub use start::Builder;
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
 #[cfg(target_os = "linux")]
-pub use args::Json;
-#[cfg(target_os = "linux")]
-pub use connection::Connection;
-#[cfg(target_os = "linux")]
-pub use spawn::Spawn;
-#[cfg(target_os = "linux")]
 pub use wire_error::{CallError, WireError};
-#[cfg(target_os = "linux")]
-/// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
-pub use fdserver_macros::WireError;

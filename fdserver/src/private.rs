@@ -7,13 +7,15 @@ use std::iter;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 
-use crate::args::{ArgError, Encoded, Form, FromArg, FromValues, Received, Reply, ToArg, ToValues, TypedReply};
+use crate::args::{
+    ArgError, Encoded, Form, FromArg, FromValues, Received, Reply, ToArg, ToValues, TypedReply,
+};
 use crate::channel::Channel;
 use crate::connection::Connection;
 use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
-use crate::wire_error::{CallError, WireError};
 use crate::server::{BoxError, Context};
 use crate::wire::{Message, MessageBuf};
+use crate::wire_error::{CallError, WireError};
 
 /// Makes every server handle created from now on wait for its server with a watcher thread
 /// instead of a pidfd, the fallback for systems without pidfds (for fdserver's own tests).
@@ -192,13 +194,25 @@ impl<'m> Decoder<'m> {
                     let mut buf = store.buffer();
                     match channel.read_scalar_into(&mut buf) {
                         Ok(true) => Slot::Scalar(buf),
-                        Ok(false) => Self::lost(&mut failure, &mut receiving, index, channel, Error::Disconnected),
+                        Ok(false) => Self::lost(
+                            &mut failure,
+                            &mut receiving,
+                            index,
+                            channel,
+                            Error::Disconnected,
+                        ),
                         Err(e) => Self::lost(&mut failure, &mut receiving, index, channel, e),
                     }
                 }
                 Form::Fd => match channel.recv_fd() {
                     Ok(Some(fd)) => Slot::Fd(Some(fd)),
-                    Ok(None) => Self::lost(&mut failure, &mut receiving, index, channel, Error::Disconnected),
+                    Ok(None) => Self::lost(
+                        &mut failure,
+                        &mut receiving,
+                        index,
+                        channel,
+                        Error::Disconnected,
+                    ),
                     Err(e) => Self::lost(&mut failure, &mut receiving, index, channel, e),
                 },
             };

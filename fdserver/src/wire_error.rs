@@ -189,12 +189,12 @@ impl<E: WireError> CallError<E> {
         };
         match E::from_remote(&remote) {
             Some(Ok(e)) => CallError::Handler(e),
-            Some(Err(why)) => CallError::Fdserver(Error::Protocol(ProtocolError::BadReply(
-                format!(
+            Some(Err(why)) => {
+                CallError::Fdserver(Error::Protocol(ProtocolError::BadReply(format!(
                     "error reply {:?} does not decode: {why}",
                     remote.kind().as_str()
-                ),
-            ))),
+                ))))
+            }
             None => CallError::Fdserver(Error::Remote(remote)),
         }
     }
