@@ -23,6 +23,10 @@ const RESERVED: &[&str] = &[
 struct Variant {
     /// `Self::Name` or `Self` (for a struct).
     path: TokenStream,
+    /// The variant's (or struct's) name, for messages.
+    name: String,
+    /// Whether an earlier variant has the same code (then no decoding arm of its own).
+    duplicate: bool,
     code: String,
     code_span: Span,
     fields: Fields,
@@ -54,6 +58,8 @@ pub fn run(input: TokenStream) -> TokenStream {
                 let (code, code_span) = code_of(&v.attrs, ident, &mut errs);
                 variants.push(Variant {
                     path: quote!(Self::#ident),
+                    name: ident.to_string(),
+                    duplicate: false,
                     code,
                     code_span,
                     fields: v.fields.clone(),
@@ -64,6 +70,8 @@ pub fn run(input: TokenStream) -> TokenStream {
             let (code, code_span) = code_of(&input.attrs, name, &mut errs);
             variants.push(Variant {
                 path: quote!(Self),
+                name: name.to_string(),
+                duplicate: false,
                 code,
                 code_span,
                 fields: s.fields.clone(),
@@ -89,18 +97,29 @@ pub fn run(input: TokenStream) -> TokenStream {
             );
         }
     }
-    for (i, v) in variants.iter().enumerate() {
+    for i in 0..variants.len() {
+        let v = &variants[i];
         if let Some(first) = variants[..i].iter().find(|w| w.code == v.code) {
             errs.at(
                 v.code_span,
                 format_args!(
-                    "two variants travel as the code \"{}\" ({} and this one); give one another \
+                    "`{}` and `{}` both travel as the code \"{}\"; give one of them another \
                      code with `#[wire_error(code = \"...\")]`",
-                    v.code, first.path
+                    first.name, v.name, v.code
                 ),
             );
+            variants[i].duplicate = true;
         }
     }
+    // Every field travels as one element: checked here, at compile time, per field type.
+    let field_checks = variants.iter().flat_map(|v| v.fields.iter()).map(|f| {
+        let ty = &f.ty;
+        quote_spanned! {ty.span()=>
+            const _: () = ::fdserver::__private::wire_error_field_is_inline(
+                <#ty as ::fdserver::args::ToArg>::FORM,
+            );
+        }
+    });
 
     let to_arms = variants.iter().map(|v| {
         let path = &v.path;
@@ -121,7 +140,7 @@ pub fn run(input: TokenStream) -> TokenStream {
             ),
         }
     });
-    let from_arms = variants.iter().map(|v| {
+    let from_arms = variants.iter().filter(|v| !v.duplicate).map(|v| {
         let path = &v.path;
         let code = LitStr::new(&v.code, v.code_span);
         let n = v.fields.len();
@@ -157,6 +176,7 @@ pub fn run(input: TokenStream) -> TokenStream {
     let errors = errs.to_compile_errors();
     quote! {
         #errors
+        #(#field_checks)*
         #[automatically_derived]
         impl ::fdserver::WireError for #name {
             fn to_remote(&self) -> ::fdserver::RemoteError {

@@ -454,7 +454,7 @@ fn stub_arguments(values: &[&model::ValueParam]) -> (TokenStream, TokenStream) {
     let encodes = values.iter().map(|v| {
         let mut ident = v.ident.clone();
         let span = match v.client {
-            model::ClientTy::Same => v.ty.span(),
+            model::ClientTy::Same | model::ClientTy::Json => v.ty.span(),
             _ => Span::call_site(),
         };
         // Where errors point; the name still resolves to the stub's parameter (hygiene kept).

@@ -559,6 +559,10 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
             }
             for seg in &p.path.segments {
                 let args = type_args(seg);
+                if seg.ident == "Json" {
+                    // Whatever serde carries: checked by its traits, not here.
+                    continue;
+                }
                 if role == Role::Return && seg.ident == "Result" {
                     // Only the `T` of `Result<T, E>` travels; `E` is displayed.
                     if let Some(ok) = args.first() {

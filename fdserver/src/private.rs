@@ -646,16 +646,19 @@ pub fn wire_error_reply(
     RemoteError::new(RemoteErrorKind::from_wire(code), error.to_string()).with_details(details)
 }
 
-/// `#[derive(WireError)]`: one field as an element (fields travel inline).
-pub fn wire_error_detail<T: ToArg + ?Sized>(value: &T) -> Vec<u8> {
-    const {
-        assert!(
-            matches!(T::FORM, Form::Inline),
+/// `#[derive(WireError)]`: fails the build for a field that would not travel inline.
+pub const fn wire_error_field_is_inline(form: Form) {
+    if !matches!(form, Form::Inline) {
+        panic!(
             "a field of a `#[derive(WireError)]` type must travel inline (strings, numbers, \
              paths, `Option`s of those, `display_fromstr_arg!` types): the error reply is one \
-             array message"
+             array message, so byte payloads, lists, JSON values and descriptors cannot be fields"
         )
-    };
+    }
+}
+
+/// `#[derive(WireError)]`: one field as an element (fields travel inline).
+pub fn wire_error_detail<T: ToArg + ?Sized>(value: &T) -> Vec<u8> {
     match value.to_arg() {
         Encoded::Element(e) => e.as_bytes().to_vec(),
         _ => Vec::new(),
