@@ -17,7 +17,7 @@ struct MyServer;
 #[fdserver::fdserver]
 impl MyServer {
     /// Greets someone, with a pointless number.
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             1234,

@@ -5,35 +5,42 @@
 //! parameter and each reply value has a [`Form`]:
 //!
 //! * [`Form::Inline`]: one element of the array message (strings, numbers, paths, ...).
-//! * [`Form::Scalar`]: a scalar message (byte payloads of any size, `Vec<u8>`).
+//! * [`Form::Scalar`]: a scalar message (byte payloads, lists, JSON values: any size).
 //! * [`Form::Fd`]: a file descriptor passed with `SCM_RIGHTS` (`File`, `OwnedFd`, sockets).
 //!
 //! Inline values go into the array, in order; **out-of-band** values (scalars and descriptors)
 //! follow the array on the stream, in parameter order (or tuple order for replies). A request
-//! for `fn put(&mut self, key: String, data: Vec<u8>, log: File, n: u32)` is the array
+//! for `fn put(&mut self, key: &str, data: &[u8], log: File, n: u32)` is the array
 //! `["put", key, n]`, then the scalar `data`, then the descriptor `log`.
 //!
 //! ## Wire mapping
 //!
 //! | Rust type (handler side) | Client stub takes | Form | On the wire |
 //! |---|---|---|---|
-//! | `String` | `&str` | inline | the UTF-8 bytes |
+//! | `String`, `&str` | `&str` | inline | the UTF-8 bytes |
 //! | `bool` | `bool` | inline | `true` / `false` (`1` / `0` accepted) |
 //! | `i8` ... `i128`, `u8` ... `u128`, `isize`, `usize` | same | inline | decimal (`Display` / `FromStr`) |
 //! | `f32`, `f64` | same | inline | `Display` (shortest exact round trip), `NaN`, `inf`, `-inf` |
 //! | `NonZeroU32` etc., `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, `SocketAddr` | same | inline | `Display` / `FromStr` |
 //! | `char` | `char` | inline | the character's UTF-8 bytes |
-//! | `PathBuf` | `impl AsRef<Path>` | inline | the path's bytes (need not be UTF-8) |
-//! | `OsString` | `impl AsRef<OsStr>` | inline | the bytes (need not be UTF-8) |
+//! | `PathBuf`, `&Path` | `impl AsRef<Path>` | inline | the path's bytes (need not be UTF-8) |
+//! | `OsString`, `&OsStr` | `impl AsRef<OsStr>` | inline | the bytes (need not be UTF-8) |
 //! | `Option<T>` (`T` inline) | `Option<T>` (`Option<&str>` for `Option<String>`, ...) | inline | see below |
 //! | your type, after [`display_fromstr_arg!`](crate::display_fromstr_arg) | same | inline | `Display` / `FromStr` |
-//! | `Vec<u8>` | `&[u8]` | scalar | a scalar message with the bytes |
+//! | `Vec<u8>`, `&[u8]` | `&[u8]` | scalar | a scalar message with the bytes |
+//! | `Vec<T>` (`T` inline, not `u8`; `Vec<&str>` too) | `&[impl AsRef<str>]` for strings, `&[impl AsRef<Path>]` / `&[impl AsRef<OsStr>]` for paths, else `&[T]` | scalar | a **list**: each item's element followed by a NUL byte (`["a", ""]` is `61 00 00`); empty: an empty scalar |
+//! | [`Json<T>`](crate::Json) (`T: Serialize + Deserialize`, feature `serde`) | `&T` | scalar | `serde_json`'s encoding of the `T` |
 //! | `OwnedFd`, `File`, `UnixStream`, `UnixListener`, `UnixDatagram`, `TcpStream`, `TcpListener`, `UdpSocket` | `impl AsFd` | fd | one descriptor (`SCM_RIGHTS`) |
 //! | your `From<OwnedFd> + AsFd` type, after [`fd_arg!`](crate::fd_arg) | same | fd | one descriptor |
 //!
+//! **Borrowed parameters** (`&str`, `&[u8]`, `&Path`, `&OsStr`, and `Option`s and lists of
+//! them) point into the received message for the duration of the call, so taking them costs no
+//! allocation: a typed `hello(&str, &str)` allocates only its result. Scalars are read into
+//! buffers the server keeps from one message to the next (up to 4 of at most 1 MiB each).
+//! Results must be owned.
+//!
 //! Replies use the same forms (see [`Reply`]): `()` is `["ok"]`, a value `v` is `["ok", v]`, a
-//! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array, and `Result<T, E>`
-//! sends `T` on `Ok` and the error reply `["error", "failed", e.to_string()]` on `Err`.
+//! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array.
 //!
 //! **`Option<T>`** is one element: `None` is the empty element `""`; `Some(v)` is `v`'s element,
 //! except that when that element is empty or starts with the byte `0x01`, a `0x01` byte is put
@@ -42,9 +49,40 @@
 //! types can be optional.
 //!
 //! **Strings** cannot contain NUL bytes (the array format cannot carry them): sending one is
-//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing. Send
-//! arbitrary bytes as `Vec<u8>`. An array message (name plus inline values) is at most 65535
-//! bytes.
+//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing; a list item
+//! or a JSON value that cannot be encoded is [`Error::Encode`](crate::Error::Encode), naming the
+//! parameter. Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
+//! values) is at most 65535 bytes: a longer one is refused before anything is sent.
+//!
+//! ## Large results
+//!
+//! A result never fails for its size after the handler ran: a reply whose array would exceed
+//! 65535 bytes is sent as the array `["ok_scalar"]` followed by a scalar message holding the
+//! whole reply body (`ok`, then each inline value, each followed by NUL, exactly an array body
+//! with a `u32` length); out-of-band values follow as usual. The client reads it as the plain
+//! `["ok", ...]` reply, up to its scalar limit
+//! ([`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default).
+//! So small replies keep the plain form a Passenger peer reads with `channel.read`, and a peer
+//! that may get large ones adds one line:
+//! `reply = channel.read_scalar.split("\0", -1)[0...-1] if reply == ["ok_scalar"]`.
+//! (Making every `String` result a scalar would have cost every call a second read and changed
+//! the seed's `["ok", "Hello ...", "1234"]`; refusing large results at compile time would have
+//! ruled out `String` results.)
+//!
+//! ## Errors
+//!
+//! A handler's `Err(e)` becomes the error reply `["error", kind, text, details...]`:
+//!
+//! | handler returns | kind | text | details | client gets |
+//! |---|---|---|---|---|
+//! | any `E: Display` | `failed` | `e.to_string()` | none | [`Error::Remote`](crate::Error::Remote) |
+//! | `std::io::Error` (`io::Result<T>`; also boxed, or [`Error::Io`](crate::Error::Io)) | `io` | the error's text | its [`io::ErrorKind`](std::io::ErrorKind) in snake case (`not_found`, `permission_denied`, `is_a_directory`...), its OS error number or `""` | `Error::Remote`; `io::Error::from(err)` has the same `kind()` and `raw_os_error()` |
+//! | [`RemoteError`] | its kind | its text | its details | `Error::Remote` as sent |
+//! | a [`WireError`](crate::WireError) type (`#[derive(fdserver::WireError)]`) | the variant's code (`insufficient_funds`) | `e.to_string()` | each field's element | `Error::Remote`, or in a `typed_errors` server [`CallError::Handler(e)`](crate::CallError) |
+//!
+//! and the server keeps serving. fdserver's own failures keep their kinds (`bad_arguments`,
+//! `unknown_message`, `panicked`, `protocol`) and arrive as
+//! [`CallError::Fdserver`](crate::CallError) in a `typed_errors` server.
 //!
 //! ## Keeping the stream in sync
 //!

@@ -48,6 +48,8 @@ use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 ///     }
 /// }
 ///
+/// impl std::error::Error for BankError {}
+///
 /// struct Bank { balance: u64 }
 ///
 /// #[fdserver::fdserver(typed_errors)]
