@@ -252,3 +252,30 @@ fn exec_spawn_failures_are_clear() {
     assert!(!is_unreaped_child(pid));
     assert_eq!(open_fds(), fds_before, "descriptors leaked");
 }
+
+/// `Command::spawn` reports a failed `exec` through a pipe it opens at the lowest free
+/// descriptor; when that is the number the server's socket goes to, the child's `dup2` would
+/// replace the pipe and the failure would read as success. `Spawn` keeps the number busy.
+#[test]
+fn a_failed_exec_is_reported_when_the_socket_goes_where_spawn_reports_it() {
+    let _serial = serial();
+    let _wd = watchdog("failed_exec_lowest_free_fd", SECS(30));
+    // `Spawn` opens a socket pair (the two lowest free numbers), then `Command::spawn` its pipe
+    // (the next two: read end, write end). The child writes an exec failure to the write end:
+    // the fourth lowest free number.
+    let fourth = {
+        let probes: Vec<std::fs::File> = (0..4)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        std::os::fd::AsRawFd::as_raw_fd(&probes[3])
+    }; // closed again
+    assert!(fourth >= 6);
+    let e = Spawn::new(Command::new("/definitely/not/a/program"))
+        .fd(fourth)
+        .start_handle()
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Io(io) if io.kind() == io::ErrorKind::NotFound),
+        "{e:?}"
+    );
+}
