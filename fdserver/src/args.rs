@@ -1306,7 +1306,12 @@ impl<T: ToValues, E: crate::WireError> TypedReply for Result<T, E> {
 /// messages. A handler takes `Json<T>` (`T: Deserialize`, so `Json<Query<'_>>` may borrow from
 /// the received scalar) and returns `Json<T>` (`T: Serialize`); the client method takes `&T`
 /// and returns `Json<T>` (which derefs to `T`; `.0` or [`into_inner`](Json::into_inner) takes
-/// it out). Why JSON and not a binary codec: see BENCHMARKS.md, "Serde values".
+/// it out). Why JSON and not a binary codec: see BENCHMARKS.md ("Issue 14").
+///
+/// Why a wrapper rather than every serde type automatically: `String`, numbers and paths are
+/// serde types too, and travel as array elements a Passenger peer reads as plain text; a
+/// wrapper keeps each value's wire form visible in the handler's signature. A serde type used
+/// without it is a compile error whose note points here, and so is `Json` without the feature.
 ///
 #[cfg_attr(feature = "serde", doc = "```")]
 #[cfg_attr(not(feature = "serde"), doc = "```ignore")]

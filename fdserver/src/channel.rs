@@ -497,10 +497,12 @@ impl Channel {
     }
 
     /// Writes an error reply: `["error", kind, message, details...]` (see [`RemoteError`]). NUL
-    /// bytes are replaced (by U+FFFD) and an over-long message is cut, so that the reply itself
-    /// cannot fail to encode; details that would not fit next to the message are left out.
+    /// bytes are replaced (by U+FFFD) and an over-long kind (1000 bytes) or message (60 000) is
+    /// cut, so that the reply itself cannot fail to encode; details that would not fit next to
+    /// the message are left out.
     pub fn write_error(&mut self, error: &RemoteError) -> Result<(), Error> {
         const MAX_TEXT: usize = 60_000;
+        const MAX_KIND: usize = 1_000;
         let mut msg = error.message().replace('\0', "\u{FFFD}");
         if msg.len() > MAX_TEXT {
             let mut cut = MAX_TEXT;
@@ -509,7 +511,14 @@ impl Channel {
             }
             msg.truncate(cut);
         }
-        let kind = error.kind().as_str().replace('\0', "\u{FFFD}");
+        let mut kind = error.kind().as_str().replace('\0', "\u{FFFD}");
+        if kind.len() > MAX_KIND {
+            let mut cut = MAX_KIND;
+            while !kind.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            kind.truncate(cut);
+        }
         let clean = |d: &Vec<u8>| -> Vec<u8> {
             if d.contains(&0) {
                 let mut out = Vec::with_capacity(d.len() + 2);
@@ -526,7 +535,7 @@ impl Channel {
             }
         };
         let details: Vec<Vec<u8>> = error.details().iter().map(clean).collect();
-        let room = wire::MAX_BODY - (b"error".len() + kind.len() + msg.len() + 3);
+        let room = wire::MAX_BODY.saturating_sub(b"error".len() + kind.len() + msg.len() + 3);
         let need: usize = details.iter().map(|d| d.len() + 1).sum();
         let details = if need <= room { &details[..] } else { &[] };
         self.write_array(

@@ -501,7 +501,7 @@ pub mod __private;
 /// reported by the compiler with a note on what is supported); two handlers with the same
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
-/// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
+/// `from`, `into_connection`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
 /// parameters or the wrong return type; generic or trait impl blocks.
 ///
 /// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
