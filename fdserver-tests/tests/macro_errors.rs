@@ -38,6 +38,15 @@ impl Files {
         Err(Box::new(io::Error::from_raw_os_error(errno)))
     }
 
+    /// An error reply that cannot fit in an array message as it is.
+    fn huge(&mut self) -> Result<(), RemoteError> {
+        Err(RemoteError::new(
+            RemoteErrorKind::Other("k".repeat(70_000)),
+            "t".repeat(70_000),
+        )
+        .with_details(["d".repeat(40_000), "a\0b".into()]))
+    }
+
     /// A plain `Display` error: kind `failed`.
     fn plain(&mut self) -> Result<(), std::num::ParseIntError> {
         "x".parse::<u8>().map(|_| ())
@@ -318,4 +327,21 @@ fn untyped_client_decodes_on_demand() {
         CallError::Handler(BankError::NoSuchAccount(n)) if n == "x"
     ));
     c.stop().unwrap();
+}
+
+#[test]
+fn oversized_error_replies_are_cut_not_lost() {
+    let _wd = watchdog("oversized_error_replies_are_cut_not_lost", SECS(30));
+    let mut c = Files.start().unwrap();
+    let e = c.huge().unwrap_err();
+    let r = e.as_remote().unwrap();
+    assert_eq!(r.kind().as_str().len(), 1_000);
+    assert_eq!(r.message().len(), 60_000);
+    assert!(
+        r.details().is_empty(),
+        "details that do not fit are left out"
+    );
+    // The server kept serving.
+    assert!(c.plain().is_err());
+    assert!(c.stop().unwrap().status.success());
 }
