@@ -339,6 +339,16 @@ pub mod __private;
 /// client: it gives the handler [`Context::quit`] (end the loop after
 /// this reply), [`Context::pid`] and the raw channel.
 ///
+/// What the client method returns, for the common handler return types:
+///
+/// | handler returns | client method returns | a handler `Err(e)` arrives as |
+/// |---|---|---|
+/// | `T` | `Result<T, fdserver::Error>` | (none) |
+/// | `Result<T, String>`, any `Result<T, E: Display>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `failed`, `e.to_string()` |
+/// | `io::Result<T>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `io`; `io::Error::from(err)` has the server's `kind()` and `raw_os_error()` |
+/// | `Result<T, MyError>`, `MyError: WireError` | `Result<T, fdserver::Error>` | `Error::Remote` with `MyError`'s code; [`CallError::from_error`] rebuilds it |
+/// | the same, with `#[fdserver(typed_errors)]` (also for `String` and `io::Error`) | `Result<T, fdserver::CallError<MyError>>` | `CallError::Handler(e)`, matchable; fdserver's own errors in `CallError::Fdserver` |
+///
 /// A handler returns `()`, a value, a tuple of up to 12 values, or a `Result` of those whose
 /// error implements `Display` (`io::Result<File>`, `Result<u32, String>`, your own `Result<T>`
 /// alias...). Descriptors, `Vec<u8>`, lists and `Json` values may appear in any of these, and
