@@ -8,7 +8,9 @@
 //!
 //! With `--serve-fd N` the program serves on socket N, handed over by another program that
 //! talks Passenger's MessageChannel: send `["hello", "Joe", "Dalton"]`, read
-//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`.
+//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`. A Rust program gets the typed client for
+//! it with `fdserver::Spawn::new(command).start()` (`command`: this program with
+//! `--serve-fd 3`), or `MyServerClient::from(channel)` over a socket it already has.
 
 use fdserver::Channel;
 

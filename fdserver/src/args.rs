@@ -512,6 +512,12 @@ pub trait FromArg<'a>: Sized {
 /// list_item::<Option<u32>>();
 /// list_item::<&std::path::Path>();
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an item of an fdserver list (`Vec<{Self}>`)",
+    label = "not a list item",
+    note = "list items travel inline: strings, numbers, paths, `Option`s of those, `display_fromstr_arg!` types; `Vec<u8>` is a byte payload, not a list",
+    note = "for your own inline `FromArg`/`ToArg` type, add `impl fdserver::args::ListItem for YourType {{}}`; for anything else, use `fdserver::Json<Vec<T>>` (feature `serde`)"
+)]
 pub trait ListItem {}
 
 /// A type a client can send as an argument, and a handler can return in a reply.
