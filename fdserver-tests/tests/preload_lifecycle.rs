@@ -21,7 +21,7 @@ fn first_run_starts_the_server_and_status_lists_it() {
     let tpid: u32 = tpid.parse().unwrap();
 
     let st = pl.server();
-    assert_eq!(st.version, "fdserver-preload/1");
+    assert_eq!(st.version, fdserver::preload::PROTOCOL_VERSION);
     assert_eq!(st.templates, vec![("dev".to_owned(), Some(tpid))]);
     assert!(alive(st.server), "server {} should be running", st.server);
     assert_eq!(

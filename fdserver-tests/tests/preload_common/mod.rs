@@ -241,13 +241,12 @@ impl Status {
     fn parse(text: &str) -> Status {
         let mut lines = text.lines();
         let first = lines.next().unwrap_or("");
-        // server pid N up Ms (version)
-        let words: Vec<&str> = first.split_whitespace().collect();
-        assert!(
-            words.len() >= 5 && words[0] == "server" && words[1] == "pid",
-            "bad status output: {text:?}"
-        );
-        let server = words[2].parse().expect("server pid");
+        // <app>: preloader server pid N, up T (version)
+        let server = first
+            .split_once("preloader server pid ")
+            .and_then(|(_, r)| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("bad status output: {text:?}"));
         let version = first
             .rsplit_once('(')
             .and_then(|(_, v)| v.strip_suffix(')'))
@@ -259,13 +258,13 @@ impl Status {
             let Some(rest) = l.strip_prefix("template ") else {
                 continue;
             };
-            // "dev": pid N up Ms   |   "dev": not running
+            // "dev": pid N, up T, ...   |   "dev": preloading (for T)   |   "dev": not running
             let (key, tail) = rest.split_once(": ").expect("template line");
             let key = key.trim_matches('"').to_owned();
             let pid = tail
                 .strip_prefix("pid ")
-                .and_then(|t| t.split_whitespace().next())
-                .map(|p| p.parse().expect("template pid"));
+                .and_then(|t| t.split(',').next())
+                .map(|p| p.trim().parse().expect("template pid"));
             templates.push((key, pid));
         }
         Status {
@@ -633,6 +632,39 @@ pub fn spawn_on_pty(pl: &Pl, args: &[&str], slave: &OwnedFd) -> Child {
         });
     }
     c.spawn().expect("spawn on pty")
+}
+
+/// A job-control shell on a pty, like a user's terminal: `bash -c 'set -m; <script>'` as the
+/// session leader with the pty as its controlling terminal, `$0` the test application. With
+/// `set -m` bash runs each command as a job in its own process group, in the terminal's
+/// foreground, and goes on when the job stops (`$?` is then 128 + the signal); `fg` continues
+/// it. `extra` adds variables (e.g. `FDSERVER_PRELOAD=0`).
+pub fn spawn_shell_on_pty(pl: &Pl, script: &str, slave: &OwnedFd, extra: &[(&str, &str)]) -> Child {
+    let mut c = pl.command_env("bash");
+    c.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!("set -m; {script}"),
+        APP,
+    ])
+    .envs(extra.iter().copied())
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::from(slave.try_clone().unwrap()))
+    .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.spawn().expect("spawn bash on pty")
 }
 
 /// Makes a FIFO at `path`.

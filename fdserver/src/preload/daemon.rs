@@ -13,23 +13,26 @@
 //! a lock-free `write(2)`.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::template::Template;
-use super::{Application, Preloader, PROTOCOL_VERSION};
+use super::os::ArgvArea;
+use super::template::{ARGV_SLOTS, ENV_KEY};
+use super::{Application, Preloader, ENV_ROLE, PROTOCOL_VERSION};
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
 use crate::error::{Error, RemoteError, RemoteErrorKind};
-use crate::start::Builder;
 use crate::sys;
 
 /// How long a connection may take to send its request.
@@ -62,7 +65,7 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
         0 => {
             sys::setsid()?;
             let mut ready = File::from(ready);
-            match serve(p, &mut ready) {
+            match serve(p, Some(&mut ready)) {
                 Ok(()) => sys::exit_now(0),
                 Err(e) => {
                     let _ = writeln!(ready, "{e}");
@@ -75,17 +78,24 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
     }
 }
 
-/// A command for a template: the client's socket, positioned after its `["run", key, cwd]`
-/// (the template reads the arguments, environment and descriptors from it), and the directory.
+/// `--preloader serve`: the server in the foreground of this terminal, logging to it (and its
+/// templates' output with it), until Ctrl-C or `--preloader stop`.
+pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
+    serve(p, None)
+}
+
+/// A command for a template: the client's socket, positioned after its `["run", key]` (the
+/// template reads the arguments, environment and descriptors from it).
 struct Job {
     conn: OwnedFd,
-    cwd: Vec<u8>,
 }
 
 #[derive(Default)]
 struct TemplateInfo {
     pid: Option<u32>,
     started: Option<Instant>,
+    /// A template being preloaded: since when, and its pidfd (so that a stop can end it).
+    preloading: Option<(Instant, OwnedFd)>,
 }
 
 /// One template key: its status (read by `status` without waiting) and its process, owned by
@@ -105,8 +115,11 @@ struct TemplateState {
 
 struct State<A> {
     app: A,
-    huge_pages: bool,
+    preload_timeout: Duration,
+    /// Where the server's and templates' output goes, for `status`.
+    log: String,
     started: Instant,
+    watcher: Option<Watcher>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: AtomicBool,
     wake: UnixStream,
@@ -115,8 +128,9 @@ struct State<A> {
     queue: Mutex<Receiver<UnixStream>>,
 }
 
-fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
+fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Result<()> {
     let paths = p.paths()?;
+    let foreground = ready.is_none();
     let mut pidfile = OpenOptions::new()
         .read(true)
         .write(true)
@@ -124,7 +138,11 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
         .truncate(false)
         .open(&paths.pidfile)?;
     if !sys::flock(pidfile.as_fd(), true, true)? {
-        return Err(io::Error::other("another preloader server is running"));
+        let pid = std::fs::read_to_string(&paths.pidfile).unwrap_or_default();
+        return Err(io::Error::other(format!(
+            "another preloader server is running (pid {}); stop it first with `--preloader stop`",
+            pid.trim()
+        )));
     }
     pidfile.set_len(0)?;
     writeln!(pidfile, "{}", sys::getpid())?;
@@ -151,16 +169,28 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
 
     let state = Arc::new(State {
         app: p.app.clone(),
-        huge_pages: p.options.huge_pages,
+        preload_timeout: p.options.preload_timeout,
+        log: if foreground {
+            "the terminal of `--preloader serve`".to_owned()
+        } else {
+            paths.log.display().to_string()
+        },
         started: Instant::now(),
+        watcher: Watcher::new(),
         slots: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         wake: wake_tx,
         idle: AtomicUsize::new(0),
         queue: Mutex::new(queue_rx),
     });
-    ready.write_all(b"ready\n")?;
+    if let Some(ready) = ready {
+        ready.write_all(b"ready\n")?;
+    }
     log(&format!("listening on {}", paths.socket.display()));
+    show_title(p.app.name(), state.started);
+    if let Some(w) = &state.watcher {
+        w.start(Arc::downgrade(&state));
+    }
 
     let me = sys::geteuid();
     loop {
@@ -229,6 +259,14 @@ fn serve<A: Application>(p: &Preloader<A>, ready: &mut File) -> io::Result<()> {
         state.stopping.store(true, Ordering::SeqCst);
         slots.drain().map(|(_, s)| s).collect()
     };
+    // A template still preloading is ended now (its pidfd names exactly that process), so that
+    // its waiting clients hear "stopped" at once instead of after the preload.
+    for slot in &slots {
+        let info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pidfd)) = &info.preloading {
+            let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
     for slot in slots {
         // Waits for a command being handed over (or a preload) to finish.
         let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,30 +389,13 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     };
     let req = buf.message();
     match req.name() {
-        b"run" if req.len() == 3 => {
+        b"run" if req.len() == 2 => {
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
-            let job = Job {
-                cwd: req.get(2).unwrap_or(b"/").to_vec(),
-                conn: ch.into_fd(),
-            };
+            let job = Job { conn: ch.into_fd() };
             run_job(state, &key, job);
         }
         b"status" => {
-            let mut out = vec![
-                "ok".to_owned(),
-                state.started.elapsed().as_millis().to_string(),
-            ];
-            for (key, slot) in state.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
-                out.push(key.clone());
-                out.push(info.pid.map(|p| p.to_string()).unwrap_or_default());
-                out.push(
-                    info.started
-                        .map(|s| s.elapsed().as_millis().to_string())
-                        .unwrap_or_default(),
-                );
-            }
-            let _ = ch.write_array(out);
+            let _ = ch.write_array(status_reply(state));
         }
         b"stop" => {
             state.stopping.store(true, Ordering::SeqCst);
@@ -399,31 +420,74 @@ fn set_info(slot: &Slot, pid: Option<u32>) {
     let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
     i.pid = pid;
     i.started = pid.map(|_| Instant::now());
+    i.preloading = None;
 }
 
-/// Hands a command to the template of `key`: starts it on first use, restarts it when it died
-/// or a watched file changed.
-fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
-    let slot = {
-        let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if state.stopping.load(Ordering::SeqCst) {
-            drop(slots);
-            reply_error(job.conn, "stopping", "the preloader server is stopping");
-            return;
-        }
-        Arc::clone(slots.entry(key.to_owned()).or_insert_with(|| {
+/// `["ok", server uptime ms, log, then per template: key, state, pid, uptime ms, resident
+/// bytes, running workers]` (state: `running`, `preloading`, `stopped`; empty fields unknown).
+fn status_reply<A: Application>(state: &State<A>) -> Vec<String> {
+    let mut out = vec![
+        "ok".to_owned(),
+        state.started.elapsed().as_millis().to_string(),
+        state.log.clone(),
+    ];
+    let slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+    let mut keys: Vec<&String> = slots.keys().collect();
+    keys.sort();
+    for key in keys {
+        let info = slots[key].info.lock().unwrap_or_else(|e| e.into_inner());
+        let (what, pid, since) = match (&info.preloading, info.pid) {
+            (Some((since, _)), _) => ("preloading", None, Some(*since)),
+            (None, Some(pid)) => ("running", Some(pid), info.started),
+            (None, None) => ("stopped", None, None),
+        };
+        out.push(key.clone());
+        out.push(what.to_owned());
+        out.push(pid.map(|p| p.to_string()).unwrap_or_default());
+        out.push(
+            since
+                .map(|s| s.elapsed().as_millis().to_string())
+                .unwrap_or_default(),
+        );
+        out.push(
+            pid.and_then(super::os::resident_bytes)
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        );
+        out.push(
+            pid.and_then(super::os::children)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// The slot of `key`, created on first use; `None` once the server is stopping.
+fn slot_of<A>(state: &State<A>, key: &str) -> Option<Arc<Slot>> {
+    let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+    if state.stopping.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(Arc::clone(slots.entry(key.to_owned()).or_insert_with(
+        || {
             Arc::new(Slot {
                 info: Mutex::new(TemplateInfo::default()),
                 template: Mutex::new(TemplateState::default()),
             })
-        }))
-    };
-    let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
-    if t.closed {
-        drop(t);
-        reply_error(job.conn, "stopping", "the preloader server is stopping");
-        return;
-    }
+        },
+    )))
+}
+
+/// Makes sure `t` holds a live template of `key` whose watched files have not changed: retires
+/// a dead or outdated one, starts (preloads) a new one. On failure, returns the error kind and
+/// text for the client.
+fn ensure_template<A: Application>(
+    state: &Arc<State<A>>,
+    slot: &Slot,
+    t: &mut TemplateState,
+    key: &str,
+) -> Result<(), (&'static str, String)> {
     if let Some((handle, stamps)) = &mut t.current {
         let dead = !matches!(handle.try_wait(), Ok(None));
         if dead || changed(stamps) {
@@ -438,49 +502,207 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
                 }
             ));
             retire(handle);
-            set_info(&slot, None);
+            set_info(slot, None);
         }
     }
-    if t.current.is_none() {
-        let watched = stamps(state.app.watched_files(key));
-        let mut template = Template::new(state.app.clone(), key.to_owned(), state.huge_pages);
-        // The template's workers may run for a long time: `stop` must not hurry them.
-        let started = Builder::new()
-            .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))
-            .start_handle(&mut template);
-        drop(template);
-        match started {
-            Ok(h) => {
-                log(&format!("template {key:?} preloaded (pid {})", h.pid()));
-                set_info(&slot, Some(h.pid()));
-                t.current = Some((h, watched));
+    if t.current.is_some() {
+        return Ok(());
+    }
+    let files = state.app.watched_files(key);
+    if let Some(w) = &state.watcher {
+        w.watch(key, &files);
+    }
+    let watched = stamps(files);
+    match start_template(state, slot, key) {
+        Ok(h) => {
+            log(&format!("template {key:?} preloaded (pid {})", h.pid()));
+            set_info(slot, Some(h.pid()));
+            t.current = Some((h, watched));
+            Ok(())
+        }
+        Err((kind, text)) => {
+            log(&format!("template {key:?}: {text}"));
+            set_info(slot, None);
+            Err((kind, text))
+        }
+    }
+}
+
+/// Starts a template for `key`: this executable again (`/proc/self/exe`, the very file this
+/// server runs, even if it has been replaced since), with the role variable, its socket as
+/// descriptor 3, our stdout and stderr (the log), and the title and room for workers' `argv`
+/// as arguments. Waits for its preload, at most `preload_timeout`.
+fn start_template<A: Application>(
+    state: &State<A>,
+    slot: &Slot,
+    key: &str,
+) -> Result<ServerHandle, (&'static str, String)> {
+    let fail = |e: &dyn std::fmt::Display| {
+        (
+            "server",
+            format!("the preloader server could not start a template for {key:?}: {e}"),
+        )
+    };
+    let (mine, theirs) = Channel::pair().map_err(|e| fail(&e))?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(format!("{}: template {key}", state.app.name()))
+        .args(std::iter::repeat("").take(ARGV_SLOTS))
+        .env(ENV_ROLE, "template")
+        .env(ENV_KEY, key)
+        .stdin(Stdio::null());
+    // SAFETY: the closure only calls dup2, fcntl and prctl (async-signal-safe) on descriptors
+    // open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags == -1 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_raw, 3) == -1 {
+                return Err(io::Error::last_os_error());
             }
-            Err(e) => {
-                let text = match &e {
-                    Error::Remote(r) => r.message().to_owned(),
-                    other => other.to_string(),
-                };
-                log(&format!("template {key:?}: preload failed: {text}"));
-                drop(t);
-                reply_error(job.conn, "preload", &format!("preload failed: {text}"));
-                return;
+            // Only 0, 1, 2 and 3: not what the server inherited from the client that started
+            // it, nor the server's own sockets.
+            super::os::cloexec_from(4);
+            // While it preloads, nothing but this thread watches it: it dies with the server
+            // (the template clears this once preloaded).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail(&e))?;
+    drop(theirs);
+    let pid = child.id() as libc::pid_t;
+    drop(child); // not waited for by std: the handle below reaps it
+                 // The template's workers may run for a long time: `stop` must not hurry them.
+    let mut handle = ServerHandle::new(
+        pid,
+        mine,
+        StopOptions {
+            after_close: Duration::from_secs(2),
+            after_term: Duration::from_secs(2),
+        },
+    )
+    .map_err(|e| fail(&e))?;
+    if let Ok(fd) = handle.pidfd().try_clone_to_owned() {
+        let mut info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+        info.preloading = Some((Instant::now(), fd));
+    }
+    let timeout = state.preload_timeout;
+    match handle.await_ready(Some(timeout)) {
+        Ok(()) => Ok(handle),
+        Err(e) => Err(preload_error(state, key, pid, timeout, e)),
+    }
+}
+
+/// The client's message for a failed preload: which process failed and how.
+fn preload_error<A>(
+    state: &State<A>,
+    key: &str,
+    pid: libc::pid_t,
+    timeout: Duration,
+    e: Error,
+) -> (&'static str, String) {
+    if state.stopping.load(Ordering::SeqCst) {
+        return (
+            "stopping",
+            format!(
+                "the preloader server was stopped while the template for {key:?} was preloading"
+            ),
+        );
+    }
+    let text = match e {
+        Error::Remote(r) => format!(
+            "the preload of template {key:?} (pid {pid}) failed: {}",
+            r.message()
+        ),
+        Error::TimedOut { .. } => format!(
+            "the template for {key:?} (pid {pid}) did not finish preloading within {timeout:?} \
+             and was killed (raise `Options::preload_timeout` if it needs longer)"
+        ),
+        Error::ServerExited(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(sig) => format!(
+                    "the template for {key:?} (pid {pid}) crashed while preloading: killed by \
+                     signal {sig} ({})",
+                    signal_name(sig)
+                ),
+                None => format!(
+                    "the template for {key:?} (pid {pid}) exited while preloading ({status})"
+                ),
             }
         }
+        other => format!("the template for {key:?} (pid {pid}) failed while preloading: {other}"),
+    };
+    ("preload", text)
+}
+
+/// The conventional name of a signal, for messages.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+/// Hands a command to the template of `key`: starts it on first use, restarts it when it died
+/// or a watched file changed.
+fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
+    let Some(slot) = slot_of(state, key) else {
+        reply_error(job.conn, "stopping", "the preloader server is stopping");
+        return;
+    };
+    let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+    if t.closed {
+        drop(t);
+        reply_error(job.conn, "stopping", "the preloader server is stopping");
+        return;
+    }
+    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key) {
+        drop(t);
+        reply_error(job.conn, kind, &text);
+        return;
     }
     let (handle, _) = t.current.as_mut().expect("started above");
-    let Job { conn, cwd } = job;
+    let Job { conn } = job;
     let sent = handle.with_channel(|ch| {
         // A deadline makes the reply wait a `poll` for input, not a blocking `recvmsg`: a
         // blocked `recvmsg` is also woken each time the template consumes part of the request
         // (write space on the same socket), two useless context switches per command.
         ch.set_read_timeout(Some(TEMPLATE_REPLY_TIMEOUT));
-        ch.write_array([b"run".as_slice(), &cwd])?;
-        ch.send_fd(&conn)?;
+        ch.write_array_with_fd(["run"], &conn)?;
         let mut buf = crate::MessageBuf::new();
         ch.read_reply(&mut buf).map(drop)
     });
     if let Err(e) = sent {
         log(&format!("template {key:?} failed a request: {e}"));
+        let pid = handle.pid();
         if matches!(e, Error::TimedOut { .. }) {
             // Wedged, and its channel is out of step (a late reply would answer the next
             // command): replace it.
@@ -492,7 +714,19 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
             }
         }
         drop(t);
-        reply_error(conn, "template", &format!("the template failed: {e}"));
+        let text = match &e {
+            Error::Remote(r) => format!(
+                "the template for {key:?} (pid {pid}) refused the command: {}",
+                r.message()
+            ),
+            Error::ServerExited(status) => format!(
+                "the template for {key:?} (pid {pid}) died while taking the command ({status})"
+            ),
+            other => {
+                format!("the template for {key:?} (pid {pid}) failed to take the command: {other}")
+            }
+        };
+        reply_error(conn, "template", &text);
         // The next command restarts it if it died.
     }
 }
@@ -503,15 +737,24 @@ fn reply_error(conn: OwnedFd, kind: &str, text: &str) {
     let _ = ch.write_error(&RemoteError::new(RemoteErrorKind::Other(kind.into()), text));
 }
 
-type Stamps = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+/// What identifies a watched file's content: size, modification and change times, inode
+/// (a file replaced by a rename gets a new inode even with the same size and times).
+type Stamps = Vec<(PathBuf, Option<(u64, i64, i64, i64, i64, u64)>)>;
 
 fn stamps(files: Vec<PathBuf>) -> Stamps {
     files
         .into_iter()
         .map(|f| {
-            let s = std::fs::metadata(&f)
-                .ok()
-                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            let s = std::fs::metadata(&f).ok().map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    m.ino(),
+                )
+            });
             (f, s)
         })
         .collect()
@@ -520,6 +763,187 @@ fn stamps(files: Vec<PathBuf>) -> Stamps {
 fn changed(old: &Stamps) -> bool {
     let paths: Vec<PathBuf> = old.iter().map(|(p, _)| p.clone()).collect();
     stamps(paths) != *old
+}
+
+/// Restarts the template of `key` in the background after a watched file changed, so that the
+/// next command finds it preloaded: retires the current one (its running workers finish) and
+/// preloads a new one. Commands of that key that arrive meanwhile wait for the new one.
+fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
+    let spawned = std::thread::Builder::new()
+        .name("preload-restart".into())
+        .spawn(move || {
+            let Some(slot) = slot_of(&state, &key) else {
+                return;
+            };
+            let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+            if t.closed {
+                return;
+            }
+            let outdated = match &t.current {
+                Some((_, stamps)) => changed(stamps),
+                None => false, // never started, or failed: the next command starts it
+            };
+            if outdated {
+                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key) {
+                    log(&format!("restarting template {key:?} failed: {text}"));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log(&format!("cannot start a thread to restart a template: {e}"));
+    }
+}
+
+/// Watches the templates' watched files with inotify, through their directories (editors
+/// replace files by renaming over them, which a watch on the file itself would lose), and
+/// restarts a template when one of its files changes. Without inotify (or for a file whose
+/// directory cannot be watched) the check at each command remains: a command after an edit
+/// then preloads itself.
+struct Watcher {
+    inotify: Mutex<Option<inotify::Inotify>>,
+    watches: inotify::Watches,
+    /// Per watch (a directory): the file names in it, and the template key each belongs to.
+    dirs: Mutex<HashMap<inotify::WatchDescriptor, Vec<(OsString, String)>>>,
+}
+
+impl Watcher {
+    fn new() -> Option<Watcher> {
+        match inotify::Inotify::init() {
+            Ok(i) => Some(Watcher {
+                watches: i.watches(),
+                inotify: Mutex::new(Some(i)),
+                dirs: Mutex::new(HashMap::new()),
+            }),
+            Err(e) => {
+                log(&format!(
+                    "inotify unavailable ({e}): watched files are checked at each command only"
+                ));
+                None
+            }
+        }
+    }
+
+    /// Watches `files` for template `key` (again: adding a watch twice is harmless).
+    fn watch(&self, key: &str, files: &[PathBuf]) {
+        use inotify::WatchMask;
+        let mask = WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::ATTRIB;
+        for f in files {
+            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            match self.watches.clone().add(dir, mask) {
+                Ok(wd) => {
+                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                    let names = dirs.entry(wd).or_default();
+                    let entry = (name.to_owned(), key.to_owned());
+                    if !names.contains(&entry) {
+                        names.push(entry);
+                    }
+                }
+                Err(e) => log(&format!(
+                    "cannot watch {} ({e}): changes to {} are seen at the next command only",
+                    dir.display(),
+                    f.display()
+                )),
+            }
+        }
+    }
+
+    /// Starts the thread that reads events and restarts templates.
+    fn start<A: Application>(&self, state: std::sync::Weak<State<A>>) {
+        let Some(mut inotify) = self
+            .inotify
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("preload-watch".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let events = match inotify.read_events_blocking(&mut buf) {
+                        Ok(ev) => ev,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log(&format!(
+                                "inotify: {e}; watched files are checked at each command only"
+                            ));
+                            return;
+                        }
+                    };
+                    let Some(state) = state.upgrade() else { return };
+                    let Some(w) = &state.watcher else { return };
+                    let mut keys: Vec<String> = Vec::new();
+                    {
+                        let dirs = w.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                        for ev in events {
+                            let (Some(names), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
+                                continue;
+                            };
+                            for (n, key) in names {
+                                if n == name && !keys.contains(key) {
+                                    keys.push(key.clone());
+                                }
+                            }
+                        }
+                    }
+                    for key in keys {
+                        log(&format!(
+                            "a watched file of template {key:?} changed: restarting it"
+                        ));
+                        restart_template(Arc::clone(&state), key);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log(&format!("cannot start the watcher thread: {e}"));
+        }
+    }
+}
+
+/// Shows `<name>: preloader server | started <when>` in `ps`, kept current by a thread that
+/// wakes when the shown age changes (seconds for the first minute, then minutes, then hours).
+fn show_title(name: &str, started: Instant) {
+    let Some(area) = ArgvArea::of_this_process() else {
+        return;
+    };
+    let name = name.to_owned();
+    let title = move || {
+        let age = started.elapsed().as_secs();
+        let when = match age {
+            0..=4 => "just now".to_owned(),
+            5..=59 => format!("{age} s ago"),
+            60..=3599 => format!("{} min ago", age / 60),
+            _ => format!("{} h ago", age / 3600),
+        };
+        format!("{name}: preloader server | started {when}")
+    };
+    area.set_title(title().as_bytes());
+    let _ = std::thread::Builder::new()
+        .name("preload-title".into())
+        .spawn(move || loop {
+            let age = started.elapsed().as_secs();
+            let step = match age {
+                0..=59 => 5,
+                60..=3599 => 60,
+                _ => 3600,
+            };
+            // Production timing, not synchronisation: the title is cosmetic.
+            std::thread::sleep(Duration::from_secs(step - age % step));
+            area.set_title(title().as_bytes());
+        });
 }
 
 /// Stops a template as the server stops: its workers get SIGTERM.

@@ -79,6 +79,7 @@
 //! reach it): `<name>-<hash>.sock`, `.pid` (locked by the server while it runs), `.lock` (held by a
 //! client while it starts a server) and `.log` (the server's and templates' stdout and stderr).
 
+mod attrs;
 mod client;
 mod daemon;
 mod os;
@@ -93,17 +94,22 @@ use std::time::Duration;
 
 use crate::server::BoxError;
 
-pub use client::Status;
+pub use client::{Status, TemplateState, TemplateStatus};
 
 /// The version the server sends first. A client that sees another version stops that server and
 /// starts its own, once.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/1";
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/2";
 
 /// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
 /// Overrides the directory of the socket, pidfile and log.
 pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
-/// Set by a client on the server process it starts. Not for users.
+/// Set (to anything but `0` or empty) to have each command say on stderr, before it runs,
+/// whether it runs preloaded and in which template (`fdserver preloader: running preloaded:
+/// template "dev" (pid 1234, preloaded 12 s ago), worker pid 5678`), or in-process.
+pub const ENV_VERBOSE: &str = "FDSERVER_PRELOAD_VERBOSE";
+/// Set by a client on the server process it starts, and by the server on its templates. Not
+/// for users.
 const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
 
 /// Your program, as the preloader sees it.
@@ -131,11 +137,49 @@ pub trait Application: Clone + Send + Sync + 'static {
     /// the working directory and descriptors 0, 1, 2 are the client's. Returns the exit code.
     fn run(&mut self, args: Vec<OsString>) -> i32;
 
-    /// Files whose change (size or modification time) makes the next command restart the template
-    /// (after the template's running workers finish).
+    /// Files whose change restarts the template: as soon as one changes (inotify), the server
+    /// retires the template (its running workers finish) and preloads a new one in the
+    /// background, so that the next command finds it warm. Checked again at each command.
     fn watched_files(&self, key: &str) -> Vec<PathBuf> {
         let _ = key;
         Vec::new()
+    }
+
+    /// Commands that need no preloaded state (`--help`, `--version`, no arguments): return
+    /// `Some(exit code)` to run such a command right here in the client process, before any
+    /// server is contacted or started, and without preloading; `None` (the default) runs it
+    /// through the preloader. Called with the arguments `run` would get, in both modes (also
+    /// with `FDSERVER_PRELOAD=0`), so the command behaves the same either way.
+    ///
+    /// ```
+    /// # use std::ffi::OsString;
+    /// # #[derive(Clone)] struct App;
+    /// # impl fdserver::preload::Application for App {
+    /// #     fn name(&self) -> &str { "app" }
+    /// #     fn preload(&mut self, _: &str) -> Result<(), fdserver::BoxError> { Ok(()) }
+    /// #     fn run(&mut self, _: Vec<OsString>) -> i32 { 0 }
+    /// fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+    ///     match args.first().and_then(|a| a.to_str()) {
+    ///         None | Some("--help") => {
+    ///             println!("usage: app search WORD...");
+    ///             Some(0)
+    ///         }
+    ///         Some("--version") => {
+    ///             println!("app 1.0");
+    ///             Some(0)
+    ///         }
+    ///         _ => None,
+    ///     }
+    /// }
+    /// # }
+    /// # let mut app = App;
+    /// # use fdserver::preload::Application;
+    /// # assert_eq!(app.run_without_preload(&["--version".into()]), Some(0));
+    /// # assert_eq!(app.run_without_preload(&["search".into()]), None);
+    /// ```
+    fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+        let _ = args;
+        None
     }
 }
 
@@ -150,6 +194,9 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// How long `stop` waits after SIGTERM before SIGKILL (default 2 s).
     pub stop_grace: Duration,
+    /// How long a template may take to preload (default 120 s). One that takes longer is killed,
+    /// and the commands waiting for it get an error saying so; the next command tries again.
+    pub preload_timeout: Duration,
     /// After preloading, ask for transparent huge pages on the template's anonymous memory and
     /// collapse it (default `true`). Forking a worker from a large preloaded heap then copies
     /// 512 times fewer page-table entries; the cost is memory rounded up to 2 MiB pages.
@@ -163,6 +210,7 @@ impl Default for Options {
             boot_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
+            preload_timeout: Duration::from_secs(120),
             huge_pages: true,
         }
     }
@@ -192,9 +240,12 @@ impl<A: Application> Preloader<A> {
 
     /// The whole program: call it from `main`. Never returns.
     ///
-    /// * Started by a client as the server: serves until stopped.
+    /// * Started by a client as the server (or by the server as a template): serves until
+    ///   stopped.
+    /// * [`Application::run_without_preload`] says so: runs the command here, without preloading.
     /// * With `FDSERVER_PRELOAD=0`: preloads and runs the command in this process.
-    /// * `--preloader status` / `--preloader stop`: prints the server's status / stops it.
+    /// * `--preloader status` / `stop` / `serve`: prints the server's status / stops it / runs
+    ///   a server in the foreground, logging to the terminal.
     /// * Otherwise: runs the command through the preloader (starting the server if needed) and
     ///   exits with the worker's exit code, or dies by the signal that killed it.
     pub fn main(self) -> ! {
@@ -202,6 +253,9 @@ impl<A: Application> Preloader<A> {
             // Single-threaded at this point of a fresh process, so changing the environment is
             // sound.
             std::env::remove_var(ENV_ROLE);
+            if role == "template" {
+                template::main(&self);
+            }
             let code = match daemon::launch(&self, &role) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -213,62 +267,96 @@ impl<A: Application> Preloader<A> {
         }
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         if args.first().is_some_and(|a| a == "--preloader") {
-            let code = match args.get(1).and_then(|a| a.to_str()) {
-                Some("status") => match self.status() {
-                    Ok(Some(s)) => {
-                        println!("{s}");
-                        0
-                    }
-                    Ok(None) => {
-                        println!("no preloader server is running");
-                        1
-                    }
-                    Err(e) => {
-                        eprintln!("fdserver preloader: status: {e}");
-                        1
-                    }
-                },
-                Some("stop") => match self.stop() {
-                    Ok(true) => {
-                        println!("preloader server stopped");
-                        0
-                    }
-                    Ok(false) => {
-                        println!("no preloader server was running");
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("fdserver preloader: stop: {e}");
-                        1
-                    }
-                },
-                _ => {
-                    eprintln!("usage: --preloader status|stop");
-                    2
-                }
-            };
-            std::process::exit(code);
+            std::process::exit(self.control(args.get(1).and_then(|a| a.to_str())));
+        }
+        let mut app = self.app.clone();
+        if let Some(code) = app.run_without_preload(&args) {
+            exit_flushed(code);
         }
         if preloading_disabled() {
-            let mut app = self.app.clone();
-            let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-            let key = app.template_key(&env);
-            if let Err(e) = app.preload(&key) {
-                eprintln!("fdserver preloader: preload failed: {e}");
-                std::process::exit(1);
-            }
-            let code = app.run(args);
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            std::process::exit(code);
+            self.run_in_process(args);
         }
         match client::run(&self, args) {
-            Ok(outcome) => outcome.exit(),
+            Ok(client::Ran::Outcome(outcome)) => outcome.exit(),
+            Ok(client::Ran::InProcess(args)) => self.run_in_process(args),
             Err(e) => {
                 eprintln!("fdserver preloader: {e}");
                 std::process::exit(1);
             }
         }
+    }
+
+    /// `--preloader <what>`: the exit code.
+    fn control(&self, what: Option<&str>) -> i32 {
+        let name = self.app.name();
+        match what {
+            Some("status") => match self.status() {
+                Ok(Some(s)) => {
+                    print!("{s}");
+                    0
+                }
+                Ok(None) => {
+                    match self.paths() {
+                        Ok(p) => println!(
+                            "{name}: no preloader server is running (socket {}, log {})",
+                            p.socket.display(),
+                            p.log.display()
+                        ),
+                        Err(_) => println!("{name}: no preloader server is running"),
+                    }
+                    1
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: status: {e}");
+                    1
+                }
+            },
+            Some("stop") => match self.stop() {
+                Ok(true) => {
+                    println!("preloader server stopped");
+                    0
+                }
+                Ok(false) => {
+                    println!("no preloader server was running");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: stop: {e}");
+                    1
+                }
+            },
+            Some("serve") => match daemon::foreground(self) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fdserver preloader: serve: {e}");
+                    1
+                }
+            },
+            _ => {
+                eprintln!("usage: {name} --preloader status|stop|serve");
+                2
+            }
+        }
+    }
+
+    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, or a client that the
+    /// preloader cannot serve faithfully).
+    fn run_in_process(&self, args: Vec<OsString>) -> ! {
+        let mut app = self.app.clone();
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let key = app.template_key(&env);
+        let started = std::time::Instant::now();
+        if let Err(e) = app.preload(&key) {
+            eprintln!("fdserver preloader: the preload of {key:?} failed (in-process): {e}");
+            std::process::exit(1);
+        }
+        if verbose() {
+            eprintln!(
+                "fdserver preloader: running in-process, not preloaded: {key:?} preloaded in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        exit_flushed(app.run(args))
     }
 
     /// The running server's status, or `None` if none runs.
@@ -286,6 +374,18 @@ impl<A: Application> Preloader<A> {
     pub fn paths(&self) -> io::Result<Paths> {
         Paths::new(self.app.name(), self.options.dir.as_deref())
     }
+}
+
+/// Flushes stdout and exits with `code`.
+fn exit_flushed(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+/// Whether `FDSERVER_PRELOAD_VERBOSE` asks for the line saying how a command runs.
+fn verbose() -> bool {
+    std::env::var_os(ENV_VERBOSE).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn preloading_disabled() -> bool {
