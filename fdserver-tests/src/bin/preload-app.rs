@@ -4,7 +4,8 @@
 //!
 //! Preload: appends a line to `$APP_COUNTER` (counts preloads); prints `$APP_PRELOAD_OUTPUT`
 //! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists. `$APP_WATCH` is the
-//! watched file. The template key is `$APP_ENV` (default "dev").
+//! watched file. The template key is `$APP_ENV` (default "dev"). `$APP_PRELOAD_TIMEOUT_MS` sets
+//! `Options::preload_timeout`.
 //!
 //! Gate (for tests that need a preload in progress): if `$APP_GATE` names a directory and the
 //! key equals `$APP_GATE_KEY`, the preload opens the FIFO `$APP_GATE/started` for writing, writes
@@ -447,5 +448,9 @@ fn winsize() -> String {
 }
 
 fn main() {
-    Preloader::new(App::default()).main()
+    let mut options = fdserver::preload::Options::default();
+    if let Some(ms) = env("APP_PRELOAD_TIMEOUT_MS").and_then(|s| s.parse().ok()) {
+        options.preload_timeout = std::time::Duration::from_millis(ms);
+    }
+    Preloader::new(App::default()).options(options).main()
 }

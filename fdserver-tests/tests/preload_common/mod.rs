@@ -37,6 +37,8 @@ const SCRUBBED: &[&str] = &[
     "APP_ENV",
     "APP_GATE",
     "APP_GATE_KEY",
+    "APP_PRELOAD_TIMEOUT_MS",
+    "FDSERVER_PRELOAD_VERBOSE",
 ];
 
 /// One test's private preloader world: a fresh `0700` directory (hence its own server) and the
@@ -120,6 +122,18 @@ impl Pl {
         let out = self.run(args);
         assert!(out.status.success(), "{args:?} failed: {out:?}");
         out.stdout
+    }
+
+    /// Runs the application with `args` both ways: through the preloader, and in-process
+    /// (`FDSERVER_PRELOAD=0`), each command prepared by `setup`. Returns `(warm, cold)`.
+    pub fn both(&self, args: &[&str], setup: impl Fn(&mut Command)) -> (Out, Out) {
+        let mut warm = self.cmd(args);
+        setup(&mut warm);
+        let warm = output(warm, RUN_LIMIT);
+        let mut cold = self.cmd(args);
+        cold.env("FDSERVER_PRELOAD", "0");
+        setup(&mut cold);
+        (warm, output(cold, RUN_LIMIT))
     }
 
     /// Runs `sh -c script` with the application's path as `$0` (`"$0" echo hi | cat`).

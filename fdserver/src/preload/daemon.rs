@@ -523,7 +523,7 @@ fn ensure_template<A: Application>(
         Err((kind, text)) => {
             log(&format!("template {key:?}: {text}"));
             set_info(slot, None);
-            Err((kind, text))
+            Err((kind, format!("{text}; its output is in {}", state.log)))
         }
     }
 }
@@ -726,7 +726,11 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
                 format!("the template for {key:?} (pid {pid}) failed to take the command: {other}")
             }
         };
-        reply_error(conn, "template", &text);
+        reply_error(
+            conn,
+            "template",
+            &format!("{text}; its output is in {}", state.log),
+        );
         // The next command restarts it if it died.
     }
 }

@@ -353,8 +353,12 @@ impl Handlers {
             }
             let bit = 1u64 << (sig - 1);
             if client_ignored & bit != 0 {
-                if now_ignored & bit == 0 {
-                    let _ = crate::sys::set_disposition(sig, crate::sys::Disposition::Ignore);
+                if now_ignored & bit == 0
+                    && crate::sys::set_disposition(sig, crate::sys::Disposition::Ignore).is_err()
+                {
+                    // The C library refuses its own signals (32, 33), which a caller may still
+                    // have ignored across exec: ask the kernel directly.
+                    raw_ignore(sig);
                 }
             } else if self.caught & bit != 0 {
                 if let Some((_, act)) = self.actions.iter().find(|(s, _)| *s == sig) {
@@ -366,6 +370,34 @@ impl Handlers {
             }
         }
     }
+}
+
+/// `rt_sigaction(sig, SIG_IGN)` without the C library's checks. Async-signal-safe.
+fn raw_ignore(sig: libc::c_int) {
+    // The kernel's `struct sigaction` on x86_64 and aarch64: handler, flags, restorer, mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler: libc::SIG_IGN,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: a valid kernel sigaction (SIG_IGN needs no restorer); no old action asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
 }
 
 /// The ignored and caught signals of this process right now (bits as in [`Handlers`]).
