@@ -6,7 +6,8 @@ mod preload_common;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 
 use preload_common::*;
@@ -346,4 +347,32 @@ fn concurrent_clients_get_their_own_io() {
         assert_eq!(out.status.code(), Some(5));
     }
     assert_eq!(pl.preloads(), vec!["dev"]);
+}
+
+/// The server outlives the client that starts it, and its templates are started by `exec`:
+/// neither may keep a descriptor that client inherited (here a pipe whose reader waits for its
+/// end, as `make`'s or a shell's would), or the reader waits as long as the server lives.
+#[test]
+fn the_server_keeps_nothing_its_first_client_inherited() {
+    let _wd = wd("the_server_keeps_nothing_its_first_client_inherited");
+    let pl = Pl::new("inherit");
+    // Close-on-exec (so that no other test's child gets it); dup2 in the child clears that.
+    let (r, w) = fdserver_tests::pipe();
+    let raw = w.as_raw_fd();
+    let mut c = pl.cmd(["echo", "first"]);
+    // SAFETY: dup2 is async-signal-safe; the write end becomes fd 9, without close-on-exec.
+    unsafe {
+        c.pre_exec(move || {
+            libc::dup2(raw, 9);
+            Ok(())
+        });
+    }
+    let out = output(c, RUN_LIMIT);
+    assert_eq!(out.stdout, "first\n");
+    drop(w);
+    assert!(
+        read_to_eof(r, RUN_LIMIT).is_some(),
+        "the server or its template still holds the pipe the first client inherited"
+    );
+    assert_eq!(pl.ok(&["echo", "warm"]), "warm\n");
 }

@@ -4,15 +4,16 @@
 //! Four processes take part:
 //!
 //! * the **client**: your program as the user runs it. It connects to the server (starting one
-//!   if none runs), passes its stdin, stdout and stderr as descriptors with its arguments,
-//!   environment and working directory, forwards its signals to the worker and exits with the
-//!   worker's status;
+//!   if none runs), passes its stdin, stdout, stderr and working directory as descriptors with
+//!   its arguments, environment and process attributes, relays its signals to the worker,
+//!   mirrors the worker's stops and exits with the worker's status;
 //! * the **server**: one per application and user, listening on a UNIX socket in a private
 //!   directory; it accepts clients and hands each request to a template;
-//! * a **template** per environment key ([`Application::template_key`]): an fdserver server forked
-//!   by the server, which ran [`Application::preload`] once;
-//! * a **worker** per command, forked from the template in its own session, with the client's
-//!   descriptors as 0, 1 and 2, running [`Application::run`].
+//! * a **template** per environment key ([`Application::template_key`]): this executable run
+//!   again by the server, which runs [`Application::preload`] once on its main thread and then
+//!   serves the server;
+//! * a **worker** per command, forked from the template's main thread, in its own process
+//!   group, with the client's descriptors as 0, 1 and 2, running [`Application::run`].
 //!
 //! ```no_run
 //! use std::ffi::OsString;
@@ -39,24 +40,111 @@
 //! ```
 //!
 //! `myapp a b` runs warm; `FDSERVER_PRELOAD=0 myapp a b` runs in-process without the preloader;
-//! `myapp --preloader status` and `myapp --preloader stop` manage the server.
+//! `myapp --preloader status`, `stop` and `serve` manage the server.
+//!
+//! ## A warm command is the program, run fresh
+//!
+//! The worker starts as a fresh run of the program started by the client would (the one
+//! `FDSERVER_PRELOAD=0` gives), apart from being forked from the preloaded template:
+//!
+//! * **Arguments** (with the program name) as `run` gets them, as `std::env::args` returns them
+//!   and as `/proc/<pid>/cmdline` (so `ps`) shows them; the **environment**, also in
+//!   `/proc/<pid>/environ`; the **process name** (`comm`).
+//! * **Working directory**: passed as a descriptor, so a directory since deleted, a path that
+//!   is not UTF-8 or longer than `PATH_MAX` work.
+//! * **Descriptors 0, 1, 2**: the client's own (a terminal stays a terminal).
+//! * **Thread and stack**: `run` runs on the main thread (named `main` in panics) with the main
+//!   thread's stack, growing up to the client's `RLIMIT_STACK`.
+//! * **Signals**: the dispositions of a fresh `main` of the program (std's handlers, SIGPIPE
+//!   ignored as std does), plus whatever the caller ignored (an ignored signal stays ignored
+//!   across `exec`: `nohup`, `trap '' INT`); the caller's **signal mask**.
+//! * **Process attributes** an `exec`'d program inherits: umask, every resource limit, nice
+//!   value, scheduling policy and priority, CPU affinity, I/O priority, timer slack,
+//!   personality, `no_new_privs`. The worker changes only those that differ from its
+//!   template's; one it cannot change (raising a hard limit or lowering the nice value needs
+//!   privileges) stays the template's, and `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//! * **Signals from outside**: the client relays every signal it can catch (all but KILL,
+//!   STOP, the faults SEGV, BUS, FPE, ILL, TRAP, SYS, and PIPE, CHLD) to the worker's process
+//!   group. Before the worker exists (its template still preloading), the client does what the
+//!   program would have done with the signal in the middle of its own preload: dies by a
+//!   terminating one at once (the preload goes on, for the next command), stops on a stopping
+//!   one (the worker, once forked, waits until the job is continued), and keeps a blocked or a
+//!   default-ignored one (WINCH) for the worker.
+//! * **Job control**: the worker is in its own process group in the template's session, so
+//!   SIGTSTP, SIGTTIN and SIGTTOU stop it as they stop a shell's job. When it stops (Ctrl-Z
+//!   relayed, or it stopped itself) the template tells the client, which stops by the same
+//!   signal: the shell sees the job stopped, and `fg` / `bg` continue the client, which
+//!   continues the worker.
+//! * **Exit**: the client exits with the worker's code, or dies by the signal that killed it.
+//!
+//! What cannot be the same, and why:
+//!
+//! * **The terminal's job control for reads and writes.** A background job that reads its
+//!   terminal gets SIGTTIN (and, with `stty tostop`, one that writes gets SIGTTOU) only if the
+//!   terminal is its *controlling* terminal, which requires being in the terminal's session.
+//!   Linux lets a process into a session only by being forked there (`setpgid` cannot cross
+//!   sessions), and the worker is forked by the template, which serves every terminal. So a
+//!   warm background command that reads the terminal is not stopped, `/dev/tty` cannot be
+//!   opened in a worker, and `tcgetpgrp` on the terminal fails there. Run such commands with
+//!   `FDSERVER_PRELOAD=0`. (Spring has the same limit.)
+//! * **SIGSTOP sent to the client** stops the client only: it cannot be caught, so it cannot
+//!   be relayed. Ctrl-Z (SIGTSTP) stops both.
+//! * **Other descriptors** the caller passed (`3>file`, a jobserver's pipe) are not forwarded,
+//!   only 0, 1, 2.
+//! * **Credentials, namespaces, cgroup, Landlock domain** are the server's (the server serves
+//!   only its own uid). A client confined by a seccomp filter its template lacks runs the
+//!   command in-process instead of escaping the filter.
+//! * **What a fork shares**: the address-space layout, std's `HashMap` random keys and other
+//!   seeds drawn before the fork are the template's (reseed in `run` what must differ per
+//!   command), and the stack gap below the main stack was sized when the template started
+//!   (at least 128 MiB: a larger `RLIMIT_STACK` than the template's may not get all of it,
+//!   and a stack overflow is then reported as a plain SIGSEGV).
+//! * **Exit**: the worker ends with `_exit`: `atexit` handlers registered during the preload
+//!   belong to the template and do not run.
+//! * In `preload`, `std::env::args` is the template's title, not a command's arguments.
+//! * While a client waits for its template's preload, its stdin, stdout and stderr are held by
+//!   the server (they travel with the request); a client that dies meanwhile releases them
+//!   when the preload ends.
+//!
+//! ## Tooling
+//!
+//! * `--preloader status`: the application, the socket and log paths, the server (pid,
+//!   uptime, version) and each template (pid, uptime, resident memory, running commands, or
+//!   that it is preloading). [`Preloader::status`] returns the same as a [`Status`].
+//! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template
+//!   <key>`; a worker shows the command's own arguments.
+//! * [`Application::watched_files`]: when one changes (inotify, on its directory, so editors
+//!   that replace the file are seen), the server retires the template (its running commands
+//!   finish) and preloads a new one at once, in the background: the first command after an
+//!   edit is warm. Each command also checks the files (size, times, inode), so a change that
+//!   inotify cannot see still takes effect.
+//! * Preloads have a deadline ([`Options::preload_timeout`]); a template that misses it is
+//!   killed and its waiting commands are told so.
+//! * `FDSERVER_PRELOAD_VERBOSE=1`: each command says on stderr, before it runs, whether it runs
+//!   preloaded and in which template (pid, age), or in-process.
+//! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
+//!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
+//! * Errors name the process that failed (the server, or the template for a key, with its pid
+//!   and the signal that killed it), say where its output went, and what to do.
+//! * [`Application::run_without_preload`]: commands such as `--help` run in the client without
+//!   any server.
 //!
 //! ## What fdserver does differently from Spring
 //!
-//! * The client forwards its working directory, and the worker starts in it.
-//! * Every wait has a deadline: booting the server, the version handshake. A wedged server gives
-//!   a clear error, not a hang.
+//! * Every wait has a deadline: booting the server, the version handshake, a preload. A wedged
+//!   server gives a clear error, not a hang.
 //! * A worker killed by a signal makes the client die by the same signal (so a shell sees
 //!   `128 + n` and the signal); exit codes are passed through unchanged.
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
-//!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's socket.
+//!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's
+//!   socket; the server keeps nothing its first client inherited.
 //! * The server checks the peer's uid (`SO_PEERCRED`) and lives in a `0700` directory.
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
-//!   timing out. The template reads a command's arguments, environment and descriptors from the
-//!   client itself (the client sends them right after its first message, six `sendmsg` in a
-//!   row); a client that stalls halfway holds up its template's next commands for at most 3 s
-//!   in all, then gets a clear error.
+//!   timing out. The template reads a command's arguments, environment, attributes and
+//!   descriptors from the client itself (one `sendmsg` right after its first message); a
+//!   client that stalls halfway holds up its template's next commands for at most 3 s in all,
+//!   then gets a clear error.
 //! * A client that dies mid-command takes its worker with it (the worker's process group is
 //!   killed), so no orphaned worker keeps running.
 //! * When the server dies, its templates see end of stream and exit after their running workers.
@@ -68,7 +156,9 @@
 //!   in a worker, and locks held by the others stay locked there (see the crate docs on fork
 //!   safety). Build with threads if you like, then join them.
 //! * Its output goes to the server's log, never to a client.
-//! * `run` owns the worker process: it may change the environment, exit, or exec.
+//! * `run` owns the worker process: it may change the environment, exit, or exec. Install
+//!   signal handlers there, not before `Preloader::main` (a worker gets those of a fresh
+//!   `main`, but the threads or state such handlers rely on are the template's).
 //! * After `preload`, the template's anonymous memory is advised to use transparent huge pages
 //!   ([`Options::huge_pages`]), which makes forking from a large preloaded heap much cheaper.
 //!
