@@ -95,6 +95,12 @@ fn signal_during_preload_ends_the_client(tag: &str, sig: i32) {
     // Preloaded: the same, while the preload is still held at the gate.
     let mut c = Running::spawn(pl.cmd(["echo", "never"]));
     gate.wait_started();
+    // A second command of the key, queued behind the preload, is killed the same way.
+    let queued = Running::spawn(pl.cmd(["echo", "never"]));
+    assert!(
+        poll_accepted(&pl, 2),
+        "the second client is waiting in the server"
+    );
     c.signal(sig);
     let status = c.wait();
     assert_eq!(
@@ -102,11 +108,23 @@ fn signal_during_preload_ends_the_client(tag: &str, sig: i32) {
         Some(sig),
         "the client died by the signal: {status:?}"
     );
-    // The preload was not cancelled: once done, it serves the next command, warm. (The
-    // client's stdout, sent with its request, is held by the server until then: see
-    // RELIABILITY.md.)
+    // Its stdout (which travels in its request) is released at once, not when the preload
+    // ends: the preload is still held at the gate.
+    assert_eq!(
+        c.line(),
+        None,
+        "the command did not run, and its stdout is closed"
+    );
+    let mut queued = queued;
+    queued.signal(sig);
+    assert_eq!(queued.wait().signal(), Some(sig));
+    assert_eq!(
+        queued.line(),
+        None,
+        "the queued client's stdout is closed too"
+    );
+    // The preload was not cancelled: once done, it serves the next command, warm.
     gate.release();
-    assert_eq!(c.line(), None, "the command did not run");
     assert_eq!(pl.ok(&["echo", "next"]), "next\n");
     assert_eq!(
         pl.preloads(),
@@ -126,6 +144,26 @@ fn sigint_and_sighup_during_preload_end_the_client() {
     let _wd = wd("sigint_and_sighup_during_preload_end_the_client");
     signal_during_preload_ends_the_client("qint", libc::SIGINT);
     signal_during_preload_ends_the_client("qhup", libc::SIGHUP);
+}
+
+/// Waits until at least `n` connections to the server's socket are established (accepted
+/// sockets carry the listening socket's path in `/proc/net/unix`, state 03): a bounded wait on
+/// kernel state, which has no event to wait on.
+fn poll_accepted(pl: &Pl, n: usize) -> bool {
+    let sock = pl.files().sock.display().to_string();
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    while std::time::Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+        let connected = table
+            .lines()
+            .filter(|l| l.ends_with(&sock) && l.split_whitespace().nth(5) == Some("03"))
+            .count();
+        if connected >= n {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
 }
 
 /// A signal that does nothing by default (SIGWINCH), or one the program started with blocked,

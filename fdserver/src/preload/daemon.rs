@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::os::ArgvArea;
@@ -37,6 +37,8 @@ use crate::sys;
 
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a client waiting behind a preload is checked for a hang-up.
+const WATCH_WAITING_CLIENT: Duration = Duration::from_millis(20);
 /// How long an idle connection thread waits for another connection before it exits.
 const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
 /// How long a template may take to answer a command: it reads the rest of the request (within
@@ -104,6 +106,93 @@ struct TemplateInfo {
 struct Slot {
     info: Mutex<TemplateInfo>,
     template: Mutex<TemplateState>,
+    /// Notified each time `template` is released (see [`Held`]): a client waiting for it
+    /// also watches its own connection.
+    released: (Mutex<()>, Condvar),
+}
+
+/// The lock of a slot's template, which tells waiters when it is released.
+struct Held<'a> {
+    guard: Option<MutexGuard<'a, TemplateState>>,
+    slot: &'a Slot,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = TemplateState;
+    fn deref(&self) -> &TemplateState {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut TemplateState {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let _g = self
+            .slot
+            .released
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.slot.released.1.notify_all();
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            info: Mutex::new(TemplateInfo::default()),
+            template: Mutex::new(TemplateState::default()),
+            released: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    /// Takes the template's lock, waiting as long as it takes.
+    fn lock(&self) -> Held<'_> {
+        let guard = self.template.lock().unwrap_or_else(|e| e.into_inner());
+        Held {
+            guard: Some(guard),
+            slot: self,
+        }
+    }
+
+    /// Takes the template's lock unless the client on `conn` hangs up first (`None`): a client
+    /// killed while it waits behind a preload gets its descriptors (which travel in its request,
+    /// in the socket) released at once, not when the preload ends.
+    fn lock_unless_gone(&self, conn: std::os::fd::BorrowedFd<'_>) -> Option<Held<'_>> {
+        let mut waiting = self.released.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            // Tried while holding `released.0`: a release cannot slip between this attempt and
+            // the wait below.
+            let guard = match self.template.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(guard) = guard {
+                drop(waiting);
+                return Some(Held {
+                    guard: Some(guard),
+                    slot: self,
+                });
+            }
+            if super::os::peer_hung_up(conn) {
+                return None;
+            }
+            // Woken by the release; the timeout bounds how late a hang-up is seen.
+            waiting = self
+                .released
+                .1
+                .wait_timeout(waiting, WATCH_WAITING_CLIENT)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -269,7 +358,7 @@ fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Resu
     }
     for slot in slots {
         // Waits for a command being handed over (or a preload) to finish.
-        let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = slot.lock();
         t.closed = true;
         if let Some((handle, _)) = t.current.take() {
             shutdown_template(handle);
@@ -469,14 +558,11 @@ fn slot_of<A>(state: &State<A>, key: &str) -> Option<Arc<Slot>> {
     if state.stopping.load(Ordering::SeqCst) {
         return None;
     }
-    Some(Arc::clone(slots.entry(key.to_owned()).or_insert_with(
-        || {
-            Arc::new(Slot {
-                info: Mutex::new(TemplateInfo::default()),
-                template: Mutex::new(TemplateState::default()),
-            })
-        },
-    )))
+    Some(Arc::clone(
+        slots
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Slot::new())),
+    ))
 }
 
 /// Makes sure `t` holds a live template of `key` whose watched files have not changed: retires
@@ -487,6 +573,7 @@ fn ensure_template<A: Application>(
     slot: &Slot,
     t: &mut TemplateState,
     key: &str,
+    client: Option<&mut Option<OwnedFd>>,
 ) -> Result<(), (&'static str, String)> {
     if let Some((handle, stamps)) = &mut t.current {
         let dead = !matches!(handle.try_wait(), Ok(None));
@@ -513,7 +600,7 @@ fn ensure_template<A: Application>(
         w.watch(key, &files);
     }
     let watched = stamps(files);
-    match start_template(state, slot, key) {
+    match start_template(state, slot, key, client) {
         Ok(h) => {
             log(&format!("template {key:?} preloaded (pid {})", h.pid()));
             set_info(slot, Some(h.pid()));
@@ -536,6 +623,7 @@ fn start_template<A: Application>(
     state: &State<A>,
     slot: &Slot,
     key: &str,
+    client: Option<&mut Option<OwnedFd>>,
 ) -> Result<ServerHandle, (&'static str, String)> {
     let fail = |e: &dyn std::fmt::Display| {
         (
@@ -597,7 +685,25 @@ fn start_template<A: Application>(
         info.preloading = Some((Instant::now(), fd));
     }
     let timeout = state.preload_timeout;
-    match handle.await_ready(Some(timeout)) {
+    let deadline = Instant::now() + timeout;
+    // While it preloads, the client that asked may leave: close its connection then (its
+    // descriptors travel in the request), and go on preloading for the next command.
+    if let Some(client) = client {
+        while let Some(conn) = client.as_ref() {
+            let ch = handle.channel();
+            match super::os::readable_or_hung_up(ch.as_fd(), conn.as_fd(), deadline) {
+                Ok((false, true)) => {
+                    log(&format!(
+                        "the client waiting for template {key:?} left during its preload"
+                    ));
+                    *client = None;
+                }
+                _ => break,
+            }
+        }
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match handle.await_ready(Some(left.max(Duration::from_millis(1)))) {
         Ok(()) => Ok(handle),
         Err(e) => Err(preload_error(state, key, pid, timeout, e)),
     }
@@ -678,19 +784,29 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
         reply_error(job.conn, "stopping", "the preloader server is stopping");
         return;
     };
-    let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut t) = slot.lock_unless_gone(job.conn.as_fd()) else {
+        log(&format!(
+            "a client of template {key:?} left while waiting for it"
+        ));
+        return;
+    };
     if t.closed {
         drop(t);
         reply_error(job.conn, "stopping", "the preloader server is stopping");
         return;
     }
-    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key) {
+    let mut client = Some(job.conn);
+    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key, Some(&mut client)) {
         drop(t);
-        reply_error(job.conn, kind, &text);
+        if let Some(conn) = client {
+            reply_error(conn, kind, &text);
+        }
         return;
     }
+    let Some(conn) = client else {
+        return; // the client left during the preload
+    };
     let (handle, _) = t.current.as_mut().expect("started above");
-    let Job { conn } = job;
     let sent = handle.with_channel(|ch| {
         // A deadline makes the reply wait a `poll` for input, not a blocking `recvmsg`: a
         // blocked `recvmsg` is also woken each time the template consumes part of the request
@@ -779,7 +895,7 @@ fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
             let Some(slot) = slot_of(&state, &key) else {
                 return;
             };
-            let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = slot.lock();
             if t.closed {
                 return;
             }
@@ -788,7 +904,7 @@ fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
                 None => false, // never started, or failed: the next command starts it
             };
             if outdated {
-                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key) {
+                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key, None) {
                     log(&format!("restarting template {key:?} failed: {text}"));
                 }
             }

@@ -102,9 +102,6 @@
 //! * **Exit**: the worker ends with `_exit`: `atexit` handlers registered during the preload
 //!   belong to the template and do not run.
 //! * In `preload`, `std::env::args` is the template's title, not a command's arguments.
-//! * While a client waits for its template's preload, its stdin, stdout and stderr are held by
-//!   the server (they travel with the request); a client that dies meanwhile releases them
-//!   when the preload ends.
 //!
 //! ## Tooling
 //!

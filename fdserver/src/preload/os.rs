@@ -49,6 +49,42 @@ pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
     r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Waits until `a` is readable (or hung up) or `b`'s peer hangs up (data waiting on `b` does
+/// not count), or the deadline passes: `(a ready, b hung up)`, both `false` on time-out.
+pub(crate) fn readable_or_hung_up(
+    a: BorrowedFd<'_>,
+    b: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+) -> std::io::Result<(bool, bool)> {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_millis().clamp(0, i32::MAX as u128) as libc::c_int;
+        let mut pfds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let hung = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        return Ok((pfds[0].revents != 0, pfds[1].revents & hung != 0));
+    }
+}
+
 /// How a child changed state.
 pub(crate) enum ChildEvent {
     /// Exited or was killed: the raw wait status.
