@@ -303,3 +303,46 @@ fn a_hung_preload_meets_its_deadline() {
     assert_eq!(next.line().as_deref(), Some("next"));
     assert!(next.wait().success());
 }
+
+/// Item 7. A client confined by a seccomp filter (here one that allows everything, which still
+/// counts) runs the command in-process: its template has no such filter, and a worker cannot
+/// take one on, so running it there would escape the confinement.
+#[test]
+fn a_seccomp_confined_client_runs_in_process() {
+    let _wd = wd("a_seccomp_confined_client_runs_in_process");
+    let pl = Pl::new("seccomp");
+    let warm = pl.ok(&["template"]);
+    let mut c = pl.cmd(["template"]);
+    // SAFETY: prctl with a valid, static one-instruction BPF program (return ALLOW); both
+    // calls are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            static ALLOW: [libc::sock_filter; 1] = [libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            }];
+            let prog = libc::sock_fprog {
+                len: 1,
+                filter: ALLOW.as_ptr() as *mut libc::sock_filter,
+            };
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.stdout(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let client = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("dev {client}"),
+        "preloaded by the client itself (in-process), not by the template ({warm})"
+    );
+}
