@@ -346,3 +346,41 @@ fn a_seccomp_confined_client_runs_in_process() {
         "preloaded by the client itself (in-process), not by the template ({warm})"
     );
 }
+
+/// Item 7. Descriptors the caller passed besides 0, 1, 2 (`7>file`, a jobserver's pipe) are
+/// the command's too, under the same numbers.
+#[test]
+fn inherited_descriptors_are_the_commands() {
+    let _wd = wd("inherited_descriptors_are_the_commands");
+    let pl = Pl::new("xfds");
+    pl.ok(&["echo", "warm"]);
+    let (_r, w) = fdserver_tests::pipe();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let (warm, cold) = pl.both(&["fds"], move |c| {
+        // SAFETY: dup2 is async-signal-safe; fd 7 and 12 become the pipe's write end, without
+        // close-on-exec (dup2 clears it), as a shell's `7>&... 12>&...` would.
+        unsafe {
+            c.pre_exec(move || {
+                libc::dup2(raw, 7);
+                libc::dup2(raw, 12);
+                Ok(())
+            });
+        }
+    });
+    // (Whatever else the test process itself inherited is passed on too, the same both ways.)
+    let pick = |out: &Out| -> Vec<String> {
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("7 ") || l.starts_with("12 "))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(warm.status.success() && cold.status.success());
+    assert_eq!(
+        pick(&warm),
+        pick(&cold),
+        "preloaded {warm:?}\nvs in-process {cold:?}"
+    );
+    assert_eq!(pick(&warm).len(), 2, "{warm:?}");
+    assert!(pick(&warm)[0].starts_with("7 -> pipe:") && pick(&warm)[1].starts_with("12 -> pipe:"));
+}

@@ -88,9 +88,19 @@ impl Pl {
         c
     }
 
-    /// `program` with this test's environment only.
+    /// `program` with this test's environment only, and no descriptor but 0, 1, 2 (a client
+    /// passes what it inherited on to its worker: the test process's own strays must not
+    /// reach it; a test that wants some adds them in its own `pre_exec`, which runs after).
     pub fn command_env(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new(program);
+        // SAFETY: close_range only sets close-on-exec here; async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
+        }
         for k in SCRUBBED {
             c.env_remove(k);
         }

@@ -289,7 +289,7 @@ pub(crate) struct Failed {
 }
 
 impl Failed {
-    fn push(&mut self, name: &'static str) {
+    pub(crate) fn push(&mut self, name: &'static str) {
         if self.names[..self.len].contains(&name) || self.len == self.names.len() {
             return;
         }

@@ -261,6 +261,9 @@ fn explain(kind: &str, text: &str) -> String {
 
 /// Runs one command through the preloader.
 pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::Result<Ran> {
+    // What exec passed us besides 0, 1, 2 (`3>file`, a jobserver's pipe): the worker gets them
+    // under the same numbers. Read before this process opens anything itself.
+    let inherited = super::os::inherited_fds();
     let paths = p.paths()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
@@ -304,22 +307,20 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::
             envb.extend_from_slice(v.as_bytes());
             envb.push(0);
         }
-        let request = super::template::encode_request(&argv, &envb, &attrs);
+        let request = super::template::encode_request(&argv, &envb, &attrs, &inherited);
         let send = |conn: &mut Channel| -> Result<(), Error> {
             conn.write_array([b"run".as_slice(), key.as_bytes()])?;
             // The rest goes to the template, which reads it from our socket: one `sendmsg`
             // carrying stdin, stdout, stderr and the working directory with its first byte.
-            super::os::send_with_fds(
-                conn.as_fd(),
-                &request,
-                &[
-                    io::stdin().as_fd(),
-                    io::stdout().as_fd(),
-                    io::stderr().as_fd(),
-                    cwd.as_fd(),
-                ],
-            )
-            .map_err(Error::Io)
+            let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
+            let mut fds = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd(), cwd.as_fd()];
+            // SAFETY: each is open in this process (just listed) and outlives the send.
+            fds.extend(
+                inherited
+                    .iter()
+                    .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }),
+            );
+            super::os::send_with_fds(conn.as_fd(), &request, &fds).map_err(Error::Io)
         };
         if let Err(e) = send(&mut conn) {
             // The server may have refused the command (a failed preload, say) and hung up

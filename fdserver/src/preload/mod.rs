@@ -52,7 +52,10 @@
 //!   `/proc/<pid>/environ`; the **process name** (`comm`).
 //! * **Working directory**: passed as a descriptor, so a directory since deleted, a path that
 //!   is not UTF-8 or longer than `PATH_MAX` work.
-//! * **Descriptors 0, 1, 2**: the client's own (a terminal stays a terminal).
+//! * **Descriptors**: 0, 1, 2 are the client's own (a terminal stays a terminal), and so are
+//!   the others the caller passed on through `exec` (`7>file`, a jobserver's pipe), under the
+//!   same numbers (up to 64 of them). A number the template itself uses (a file the preload
+//!   opened and kept) cannot be given; `FDSERVER_PRELOAD_VERBOSE=1` says so.
 //! * **Thread and stack**: `run` runs on the main thread (named `main` in panics) with the main
 //!   thread's stack, growing up to the client's `RLIMIT_STACK`.
 //! * **Signals**: the dispositions of a fresh `main` of the program (std's handlers, SIGPIPE
@@ -89,8 +92,6 @@
 //!   `FDSERVER_PRELOAD=0`. (Spring has the same limit.)
 //! * **SIGSTOP sent to the client** stops the client only: it cannot be caught, so it cannot
 //!   be relayed. Ctrl-Z (SIGTSTP) stops both.
-//! * **Other descriptors** the caller passed (`3>file`, a jobserver's pipe) are not forwarded,
-//!   only 0, 1, 2.
 //! * **Credentials, namespaces, cgroup, Landlock domain** are the server's (the server serves
 //!   only its own uid). A client confined by a seccomp filter its template lacks runs the
 //!   command in-process instead of escaping the filter.

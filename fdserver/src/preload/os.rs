@@ -113,6 +113,127 @@ pub(crate) fn child_event() -> Option<ChildEvent> {
     }
 }
 
+/// How many descriptors besides 0, 1, 2 (those the client inherited) a command forwards.
+pub(crate) const MAX_EXTRA_FDS: usize = 64;
+
+/// One `recvmsg` with `MSG_CMSG_CLOEXEC | MSG_DONTWAIT` and room for the descriptors of a
+/// request (4 + [`MAX_EXTRA_FDS`]), which are appended to `fds`, owned at once. Returns the bytes
+/// read and whether descriptors were lost (`MSG_CTRUNC`: the kernel closed those that did not
+/// fit).
+pub(crate) fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<(usize, bool)> {
+    use std::mem::size_of;
+    use std::os::fd::FromRawFd;
+    const MAX: usize = 4 + MAX_EXTRA_FDS;
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 16 + MAX * 4 + 16]);
+    let mut cmsg = Cmsg([0; 16 + MAX * 4 + 16]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX * size_of::<RawFd>()) as u32) } as _;
+    // SAFETY: msg describes live, writable buffers for the duration of the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled msg_control; the CMSG_* macros walk exactly that range, and each
+    // SCM_RIGHTS payload holds descriptors just installed in this process, owned by nobody.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(hdr);
+                let bytes = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    Ok((n as usize, msg.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// Puts each of `fds` at the descriptor number `targets` gives it (4-byte little-endian numbers,
+/// one per descriptor), as the client had them, and closes the originals. A number this process
+/// already uses (a descriptor the preload opened and kept) is left alone and reported in
+/// `failed`. Async-signal-safe (no allocation: at most [`MAX_EXTRA_FDS`]).
+pub(crate) fn install_fds(
+    fds: &[std::os::fd::OwnedFd],
+    targets: &[u8],
+    failed: &mut super::attrs::Failed,
+) {
+    let target = |i: usize| -> RawFd {
+        i32::from_le_bytes(targets[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    };
+    let n = fds.len().min(targets.len() / 4).min(MAX_EXTRA_FDS);
+    if n == 0 {
+        return;
+    }
+    let high = (0..n).map(target).max().unwrap_or(0).max(2) + 1;
+    // First out of the way of every target (an original may sit on another's number), then
+    // the originals closed, then each moved to its number.
+    let mut tmp = [-1 as RawFd; MAX_EXTRA_FDS];
+    for (i, fd) in fds[..n].iter().enumerate() {
+        // SAFETY: fcntl on a valid descriptor.
+        tmp[i] = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, high) };
+    }
+    for fd in &fds[..n] {
+        crate::sys::close_raw(fd.as_raw_fd());
+    }
+    for (i, &t) in tmp[..n].iter().enumerate() {
+        let want = target(i);
+        // SAFETY: fcntl F_GETFD only queries.
+        let in_use = unsafe { libc::fcntl(want, libc::F_GETFD) } != -1;
+        if t < 0 || want < 3 || in_use {
+            failed.push("descriptors (a number is in use by the template)");
+        } else {
+            // SAFETY: dup2 between descriptor numbers; it clears close-on-exec on the new one.
+            unsafe { libc::dup2(t, want) };
+        }
+        if t >= 0 {
+            crate::sys::close_raw(t);
+        }
+    }
+}
+
+/// The descriptors this process inherited besides 0, 1, 2: open and not close-on-exec (what
+/// `exec` passed on), in ascending order, at most [`MAX_EXTRA_FDS`].
+pub(crate) fn inherited_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &RawFd| {
+            // SAFETY: fcntl F_GETFD only queries (the directory's own descriptor is
+            // close-on-exec: excluded).
+            fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0
+        })
+        .collect();
+    fds.sort_unstable();
+    fds.truncate(MAX_EXTRA_FDS);
+    fds
+}
+
 /// Sends `data` with all of `fds` attached to its first byte, in one `sendmsg` (more if the
 /// socket takes only part of `data`), blocking. `MSG_NOSIGNAL`.
 pub(crate) fn send_with_fds(
@@ -122,9 +243,9 @@ pub(crate) fn send_with_fds(
 ) -> std::io::Result<()> {
     use std::mem::size_of;
     #[repr(C, align(8))]
-    struct Cmsg([u8; 64]);
-    let mut cmsg = Cmsg([0; 64]);
-    assert!(fds.len() <= 8 && !data.is_empty());
+    struct Cmsg([u8; 16 + (4 + MAX_EXTRA_FDS) * 4 + 16]);
+    let mut cmsg = Cmsg([0; 16 + (4 + MAX_EXTRA_FDS) * 4 + 16]);
+    assert!(fds.len() <= 4 + MAX_EXTRA_FDS && !data.is_empty());
     // SAFETY: CMSG_SPACE is a pure computation.
     let space = unsafe { libc::CMSG_SPACE((fds.len() * size_of::<RawFd>()) as u32) } as usize;
     assert!(space <= cmsg.0.len());

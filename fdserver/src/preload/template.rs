@@ -72,6 +72,9 @@ struct Scratch {
     /// The worker's `environ`: pointers into `req`.
     envp: Vec<*mut libc::c_char>,
     close: Vec<RawFd>,
+    /// The request's descriptors: stdin, stdout, stderr, working directory, then the other
+    /// descriptors the client inherited.
+    fds: Vec<OwnedFd>,
 }
 
 /// What this template itself is, read once: what a worker compares the client's attributes
@@ -181,9 +184,28 @@ impl<A: Application> Template<A> {
         // The rest of the request comes from the client itself (sent in one go right after
         // its first message, which the server read). One budget for all of it.
         let deadline = Instant::now() + REQUEST_BUDGET;
-        let fds = match read_request(conn.as_fd(), &mut self.scratch.req, deadline) {
-            Ok(fds) => fds,
+        let read = read_request(
+            conn.as_fd(),
+            &mut self.scratch.req,
+            &mut self.scratch.fds,
+            deadline,
+        );
+        let checked = read.and_then(|()| {
+            let parts = Parts::split(&self.scratch.req).ok_or("malformed command")?;
+            let extra = parts.extra.len() / 4;
+            if self.scratch.fds.len() != 4 + extra {
+                return Err(format!(
+                    "{} descriptors where {} were announced",
+                    self.scratch.fds.len(),
+                    4 + extra
+                ));
+            }
+            Ok(())
+        });
+        match checked {
+            Ok(()) => {}
             Err(e) => {
+                self.scratch.fds.clear();
                 // The server passes this on to the client.
                 return Err(RemoteError::new(
                     RemoteErrorKind::Protocol,
@@ -191,12 +213,7 @@ impl<A: Application> Template<A> {
                 ));
             }
         };
-        let Some(parts) = Parts::split(&self.scratch.req) else {
-            return Err(RemoteError::new(
-                RemoteErrorKind::Protocol,
-                "malformed command from the client",
-            ));
-        };
+        let parts = Parts::split(&self.scratch.req).expect("checked above");
         let own = self.own.get_or_insert_with(|| {
             let (ignored, caught) = os::current_dispositions();
             Own {
@@ -219,15 +236,15 @@ impl<A: Application> Template<A> {
                 "the client runs under a seccomp filter that the preloader's template does not \
                  have",
             ));
+            self.scratch.fds.clear();
             ctx.reply(["0"])?;
             return Ok(());
         }
         conn.set_write_timeout(Some(Duration::from_secs(5)));
-        let [stdin, stdout, stderr, cwd] = fds;
-        let stdio = [stdin, stdout, stderr];
         // The client may have died while its command waited (say, for the preload): nobody to
         // run it for.
         if os::peer_hung_up(conn.as_fd()) {
+            self.scratch.fds.clear();
             ctx.reply(["0"])?;
             return Ok(());
         }
@@ -237,7 +254,8 @@ impl<A: Application> Template<A> {
         // in malloc's lists) and copy it; in a shared huge page, that splits it first (about
         // 20 us each). `environ` will point at `envp`, whose entries point into `req`.
         let sc = &mut self.scratch;
-        let (argv_range, env_range) = (parts.argv.clone(), parts.env.clone());
+        let (argv_range, env_range, extra_range) =
+            (parts.argv.clone(), parts.env.clone(), parts.extra.clone());
         sc.envp.clear();
         let env = &sc.req[env_range.clone()];
         sc.envp.extend(
@@ -278,6 +296,7 @@ impl<A: Application> Template<A> {
                 req: &self.scratch.req,
                 argv: argv_range,
                 env: env_range,
+                extra: extra_range,
                 envp: &mut self.scratch.envp,
                 want: &want,
                 own,
@@ -289,16 +308,15 @@ impl<A: Application> Template<A> {
             worker_main(
                 &mut self.app,
                 job,
-                stdio,
-                cwd,
+                &self.scratch.fds,
                 &mut conn,
                 &self.scratch.close,
             );
         }
         sys::set_sigmask(&old_mask);
+        // The worker has them; holding them would keep the client's pipes open.
+        self.scratch.fds.clear();
         let pid = forked.map_err(RemoteError::from)?;
-        drop(stdio); // the worker has them; holding them would keep the client's pipes open
-        drop(cwd);
 
         // The worker itself sends the client `["pid", n]` once it leads its own process group
         // (so the client never signals a group that does not exist yet); nothing to wait for
@@ -413,31 +431,38 @@ impl<A: Application> Server for Template<A> {
 }
 
 /// Reads the request that follows the client's first message: a `u32` length whose first byte
-/// carries the four descriptors, then the body into `body`.
+/// carries the descriptors (into `fds`), then the body into `body`.
 fn read_request(
     sock: std::os::fd::BorrowedFd<'_>,
     body: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
     deadline: Instant,
-) -> Result<[OwnedFd; 4], String> {
+) -> Result<(), String> {
+    fds.clear();
     let mut hdr = [0u8; 4];
     let mut got = 0;
-    let mut fds: Vec<OwnedFd> = Vec::new();
     while got < 4 {
-        match sys::recv(sock, &mut hdr[got..], true) {
-            Ok(r) if r.n == 0 => return Err("the client hung up".into()),
-            Ok(r) => {
-                if r.truncated || (got > 0 && r.fd_count() > 0) {
-                    return Err("unexpected descriptors".into());
+        let had = fds.len();
+        match os::recv_fds(sock, &mut hdr[got..], fds) {
+            Ok((0, _)) => return Err("the client hung up".into()),
+            Ok((n, truncated)) => {
+                if truncated || (got > 0 && fds.len() > had) {
+                    return Err(format!(
+                        "unexpected descriptors (at most {} in all)",
+                        4 + os::MAX_EXTRA_FDS
+                    ));
                 }
-                fds.extend(r.fds.into_iter().flatten());
-                got += r.n;
+                got += n;
             }
             Err(e) => wait_or(sock, e, deadline)?,
         }
     }
-    let fds: [OwnedFd; 4] = fds
-        .try_into()
-        .map_err(|v: Vec<OwnedFd>| format!("expected 4 descriptors, got {}", v.len()))?;
+    if fds.len() < 4 {
+        return Err(format!(
+            "expected at least 4 descriptors, got {}",
+            fds.len()
+        ));
+    }
     let len = u32::from_le_bytes(hdr) as usize;
     if len > MAX_REQUEST {
         return Err(format!("a command of {len} bytes (at most {MAX_REQUEST})"));
@@ -457,7 +482,7 @@ fn read_request(
             Err(e) => wait_or(sock, e, deadline)?,
         }
     }
-    Ok(fds)
+    Ok(())
 }
 
 fn wait_or(
@@ -479,11 +504,15 @@ fn wait_or(
 /// The parts of a request body: `u32` argv length, argv (NUL-separated, NUL-terminated, the
 /// program name first), `u32` environment length, environment (`KEY=VALUE`, same format), then
 /// optionally the attributes (a client in another language may leave them out: the worker then
-/// keeps the template's, and has the signal state of a fresh Rust `main`).
+/// keeps the template's, and has the signal state of a fresh Rust `main`), then optionally a
+/// `u32` count and as many `u32` descriptor numbers: where the worker puts the descriptors that
+/// follow the first four (those the client inherited besides 0, 1, 2).
 struct Parts {
     argv: std::ops::Range<usize>,
     env: std::ops::Range<usize>,
     attrs: Option<Attrs>,
+    /// The descriptor numbers, 4 bytes each (little-endian).
+    extra: std::ops::Range<usize>,
 }
 
 impl Parts {
@@ -496,30 +525,56 @@ impl Parts {
         let env_len = len_at(argv.end)?;
         let env = argv.end + 4..argv.end + 4 + env_len;
         let rest = b.get(env.end..)?;
-        let attrs = if rest.is_empty() {
-            None
+        let (attrs, extra) = if rest.is_empty() {
+            (None, b.len()..b.len())
         } else {
-            Some(Attrs::decode(rest)?)
+            let attrs = Attrs::decode(rest.get(..attrs::ENCODED)?)?;
+            let at = env.end + attrs::ENCODED;
+            if b.len() == at {
+                (Some(attrs), at..at)
+            } else {
+                let n = len_at(at)?;
+                if n > os::MAX_EXTRA_FDS || b.len() != at + 4 + 4 * n {
+                    return None;
+                }
+                (Some(attrs), at + 4..b.len())
+            }
         };
         // Both lists must end in NUL: the worker points C strings into them.
         let ends_nul = |r: &std::ops::Range<usize>| r.is_empty() || b.get(r.end - 1) == Some(&0);
         if b.len() < env.end || !ends_nul(&argv) || !ends_nul(&env) || argv.is_empty() {
             return None;
         }
-        Some(Parts { argv, env, attrs })
+        Some(Parts {
+            argv,
+            env,
+            attrs,
+            extra,
+        })
     }
 }
 
 /// Encodes a request body (the client's side of [`Parts`]).
-pub(crate) fn encode_request(argv: &[u8], env: &[u8], attrs: &Attrs) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + 4 + argv.len() + 4 + env.len() + attrs::ENCODED);
-    let body = 4 + argv.len() + 4 + env.len() + attrs::ENCODED;
+pub(crate) fn encode_request(argv: &[u8], env: &[u8], attrs: &Attrs, extra: &[RawFd]) -> Vec<u8> {
+    let tail = if extra.is_empty() {
+        0
+    } else {
+        4 + 4 * extra.len()
+    };
+    let body = 4 + argv.len() + 4 + env.len() + attrs::ENCODED + tail;
+    let mut out = Vec::with_capacity(4 + body);
     out.extend_from_slice(&(body as u32).to_le_bytes());
     out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
     out.extend_from_slice(argv);
     out.extend_from_slice(&(env.len() as u32).to_le_bytes());
     out.extend_from_slice(env);
     attrs.encode(&mut out);
+    if !extra.is_empty() {
+        out.extend_from_slice(&(extra.len() as u32).to_le_bytes());
+        for fd in extra {
+            out.extend_from_slice(&(*fd as u32).to_le_bytes());
+        }
+    }
     out
 }
 
@@ -536,6 +591,7 @@ struct WorkerJob<'a> {
     req: &'a [u8],
     argv: std::ops::Range<usize>,
     env: std::ops::Range<usize>,
+    extra: std::ops::Range<usize>,
     envp: &'a mut Vec<*mut libc::c_char>,
     want: &'a Attrs,
     own: &'a Own,
@@ -549,8 +605,7 @@ struct WorkerJob<'a> {
 fn worker_main<A: Application>(
     app: &mut A,
     job: WorkerJob<'_>,
-    stdio: [OwnedFd; 3],
-    cwd: OwnedFd,
+    fds: &[OwnedFd],
     conn: &mut Channel,
     close: &[RawFd],
 ) -> ! {
@@ -575,30 +630,36 @@ fn worker_main<A: Application>(
     if !await_go(conn.as_fd()) {
         sys::exit_now(1);
     }
-    for (i, fd) in stdio.iter().enumerate() {
+    for (i, fd) in fds[..3].iter().enumerate() {
         if sys::dup2(fd.as_fd(), i as RawFd).is_err() {
             sys::exit_now(127);
         }
     }
-    drop(stdio);
     // The client's working directory, as a descriptor: works for a directory since deleted, a
     // path that is not UTF-8 or is longer than PATH_MAX.
-    if let Err(e) = attrs::fchdir(cwd.as_fd()) {
+    if let Err(e) = attrs::fchdir(fds[3].as_fd()) {
         let _ = writeln!(
             std::io::stderr(),
             "fdserver preloader: cannot enter the working directory: {e}"
         );
         sys::exit_now(126);
     }
-    drop(cwd);
     for &fd in close {
         sys::close_raw(fd);
     }
+    // The `OwnedFd`s belong to the template's buffer, which this process never drops: close by
+    // number (the other descriptors first go where the client had them).
+    for fd in &fds[..4] {
+        sys::close_raw(fd.as_raw_fd());
+    }
+    let mut failed = attrs::Failed::default();
+    os::install_fds(&fds[4..], &job.req[job.extra.clone()], &mut failed);
     let WorkerJob {
         args,
         req,
         argv,
         env,
+        extra: _,
         envp,
         want,
         own,
@@ -610,7 +671,6 @@ fn worker_main<A: Application>(
     if let Some(area) = area {
         area.set_args(&req[argv], &req[env]);
     }
-    let mut failed = attrs::Failed::default();
     own.attrs.apply(want, &mut failed);
     // The client's environment replaces ours in one step: `environ` points at `envp`, whose
     // entries point into the request's buffer (never freed: the process ends with the command).
@@ -686,7 +746,7 @@ mod tests {
     #[test]
     fn requests_round_trip() {
         let attrs = Attrs::of_this_process(0);
-        let enc = encode_request(b"prog\0a\0\0", b"A=1\0B=\0", &attrs);
+        let enc = encode_request(b"prog\0a\0\0", b"A=1\0B=\0", &attrs, &[7, 9]);
         let body = &enc[4..];
         assert_eq!(
             u32::from_le_bytes(enc[..4].try_into().unwrap()) as usize,
@@ -696,12 +756,13 @@ mod tests {
         assert_eq!(&body[p.argv.clone()], b"prog\0a\0\0");
         assert_eq!(&body[p.env.clone()], b"A=1\0B=\0");
         assert!(p.attrs == Some(attrs.clone()));
+        assert_eq!(&body[p.extra.clone()], &[7, 0, 0, 0, 9, 0, 0, 0]);
         // Without attributes.
-        let mut short = encode_request(b"prog\0", b"", &attrs);
+        let mut short = encode_request(b"prog\0", b"", &attrs, &[]);
         short.truncate(short.len() - attrs::ENCODED);
         assert!(Parts::split(&short[4..]).is_some_and(|p| p.attrs.is_none()));
         // A list that does not end in NUL is refused.
-        let bad = encode_request(b"prog", b"", &attrs);
+        let bad = encode_request(b"prog", b"", &attrs, &[]);
         assert!(Parts::split(&bad[4..]).is_none());
     }
 }
