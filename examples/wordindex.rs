@@ -12,8 +12,10 @@
 //! cargo run --release --example wordindex -- stats
 //! cargo run --release --example wordindex -- --preloader status # server, templates, memory
 //! cargo run --release --example wordindex -- --preloader stop
+//! cargo run --release --example wordindex -- --preloader restart # fresh server, preloaded
 //! cargo run --release --example wordindex -- --preloader serve  # a server logging here
 //! cargo run --release --example wordindex -- --help             # no server, no preload
+//! FDSERVER_PRELOAD_IDLE_TIMEOUT=30m cargo run --release --example wordindex -- stats
 //! FDSERVER_PRELOAD=0 cargo run --release --example wordindex -- stats   # without the preloader
 //! FDSERVER_PRELOAD_VERBOSE=1 cargo run --release --example wordindex -- stats  # says how it ran
 //! ```
@@ -26,7 +28,7 @@ use std::time::Instant;
 use fdserver::preload::{Application, Preloader};
 
 const USAGE: &str =
-    "usage: wordindex search WORD... | top [N] | stats | --help | --version | --preloader status|stop|serve";
+    "usage: wordindex search WORD... | top [N] | stats | --help | --version | --preloader status|stop|restart|serve";
 const DOCS: u32 = 200_000;
 const WORDS_PER_DOC: usize = 40;
 const VOCABULARY: usize = 50_000;

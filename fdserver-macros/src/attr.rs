@@ -56,6 +56,7 @@ pub enum HookKind {
     BeforeFork,
     Initialize,
     Finalize,
+    Sandbox,
 }
 
 impl HookKind {
@@ -64,6 +65,7 @@ impl HookKind {
             HookKind::BeforeFork => "before_fork",
             HookKind::Initialize => "initialize",
             HookKind::Finalize => "finalize",
+            HookKind::Sandbox => "sandbox",
         }
     }
 }
@@ -90,8 +92,8 @@ pub struct MethodAttrs {
     pub first: Option<Span>,
 }
 
-pub const METHOD_KEYS: &str =
-    "`name = \"...\"`, `signal = \"SIGxxx\"`, `skip`, `before_fork`, `initialize`, `finalize`";
+pub const METHOD_KEYS: &str = "`name = \"...\"`, `signal = \"SIGxxx\"`, `skip`, `before_fork`, \
+                               `initialize`, `finalize`, `sandbox`";
 
 impl MethodAttrs {
     fn role(&self) -> Option<&'static str> {
@@ -106,6 +108,7 @@ impl MethodAttrs {
                 HookKind::BeforeFork => "`before_fork`",
                 HookKind::Initialize => "`initialize`",
                 HookKind::Finalize => "`finalize`",
+                HookKind::Sandbox => "`sandbox`",
             })
         }
     }
@@ -177,10 +180,11 @@ pub fn take_method_attrs(attrs: &mut Vec<Attribute>, errs: &mut Errors) -> Metho
                     };
                     out.signals.push(spec);
                 }
-                "before_fork" | "initialize" | "finalize" => {
+                "before_fork" | "initialize" | "finalize" | "sandbox" => {
                     let kind = match key.as_str() {
                         "before_fork" => HookKind::BeforeFork,
                         "initialize" => HookKind::Initialize,
+                        "sandbox" => HookKind::Sandbox,
                         _ => HookKind::Finalize,
                     };
                     conflict(&out, &format!("`{key}`"))?;

@@ -163,6 +163,26 @@ fn server_impl(server: &Server) -> TokenStream {
                     Self::#ident(self)
                 }
             },
+            HookKind::Sandbox => {
+                // Spanned on the hook's return type, where a wrong type is reported. The method
+                // exists only with fdserver's `sandbox` feature: the pass-through macro turns it
+                // into a compile error naming the feature otherwise.
+                let ret = &h.ret;
+                let call = quote_spanned! {ret.span()=>
+                    ::fdserver::__private::sandbox_result(__fdserver_result)
+                };
+                quote! {
+                    ::fdserver::__fdserver_with_sandbox_feature! {
+                        #(#cfgs)*
+                        fn sandbox(
+                            &self,
+                        ) -> ::core::option::Option<::fdserver::sandbox::Sandbox> {
+                            let __fdserver_result: #ret = Self::#ident(self);
+                            #call
+                        }
+                    }
+                }
+            }
         }
     });
 

@@ -779,15 +779,42 @@ fn signal_handler(
 fn hook(f: &ImplItemFn, kind: HookKind, attr_span: Span, errs: &mut Errors) -> Option<Hook> {
     let what = format!("`{}` hook", kind.key());
     let mut ok = check_shape(&f.sig, &what, errs);
+    let receiver = if kind == HookKind::Sandbox {
+        "`&self`"
+    } else {
+        "`&mut self`"
+    };
     if let Some(extra) = f.sig.inputs.iter().nth(1) {
         errs.spanned(
             extra,
-            format_args!("the {what} takes no parameters besides `&mut self`"),
+            format_args!("the {what} takes no parameters besides {receiver}"),
         );
         ok = false;
     }
-    let ret = return_type(&f.sig.output);
-    if kind != HookKind::Initialize && !matches!(strip(&ret), Type::Tuple(t) if t.elems.is_empty())
+    if kind == HookKind::Sandbox {
+        let mut_ref = |r: &&syn::Receiver| match (&r.colon_token, &*r.ty) {
+            (Some(_), Type::Reference(t)) => t.mutability.is_some(),
+            (Some(_), _) => false,
+            (None, _) => r.reference.is_some() && r.mutability.is_some(),
+        };
+        if let Some(r) = f.sig.receiver().filter(mut_ref) {
+            errs.spanned(
+                r,
+                "the `sandbox` hook takes `&self`: it only describes the sandbox, and runs in \
+                 the parent before each fork",
+            );
+            ok = false;
+        }
+    }
+    let ret = match (&f.sig.output, kind) {
+        // A missing return type is reported at the method's name.
+        (ReturnType::Default, HookKind::Sandbox) => {
+            syn::parse_quote_spanned!(f.sig.ident.span()=> ())
+        }
+        (output, _) => return_type(output),
+    };
+    if !matches!(kind, HookKind::Initialize | HookKind::Sandbox)
+        && !matches!(strip(&ret), Type::Tuple(t) if t.elems.is_empty())
     {
         errs.spanned(
             &ret,

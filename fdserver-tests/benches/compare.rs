@@ -49,7 +49,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fdserver::MessageBuf;
+use fdserver::{MessageBuf, Sandbox};
 
 use count_alloc::allocs;
 use fdside::BenchServer;
@@ -340,6 +340,23 @@ fn main() {
                 });
             }
             drop(heap);
+        }
+    }
+    // Row 7: start + call + stop in a sandbox vs the same without, the whole sandbox and each
+    // layer alone (each also drops capabilities and sets no_new_privs, which 7p is alone).
+    for (id, what, sandbox) in sandbox_rows() {
+        // FDSERVER_BENCH_ROWS=7 runs them all; 7f only that one.
+        if !(want(id) || want("7")) {
+            continue;
+        }
+        for &m in &same_cpu {
+            let what = format!("start+call+stop, sandbox {what} vs none");
+            match &sandbox {
+                Ok(sandbox) => guarded(&cfg, &format!("{id} {what}"), m, || {
+                    rows.push(row_sandbox(&cfg, m, id, &what, sandbox.clone()))
+                }),
+                Err(why) => rows.push(unavailable(id, &what, &m, why)),
+            }
         }
     }
     all.apply();
@@ -898,6 +915,102 @@ fn trace_preload(what: &str, n: u64) {
             (us(&kids1) - us(&kids0)) / n as f64
         }
     );
+}
+
+/// Row 7's sandboxes: `(id, what, sandbox or why not)`. Identity and the network namespace
+/// need root.
+fn sandbox_rows() -> Vec<(&'static str, &'static str, Result<Sandbox, String>)> {
+    use fdserver::sandbox::{Identity, Landlock, Limit, Namespace, Preset, Seccomp};
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let needs_root = |s: Sandbox| {
+        if root {
+            Ok(s)
+        } else {
+            Err("needs root".to_owned())
+        }
+    };
+    let seccomp = Seccomp::new()
+        .preset(Preset::NoNetwork)
+        .preset(Preset::NoExec)
+        .preset(Preset::NoNewProcesses);
+    let limits = |s: Sandbox| {
+        s.limit(Limit::OpenFiles(256))
+            .limit(Limit::FileSize(1 << 30))
+            .limit(Limit::CpuTime(Duration::from_secs(3600)))
+    };
+    let mut full = limits(Sandbox::new())
+        .landlock(Landlock::new())
+        .seccomp(seccomp.clone());
+    if root {
+        full = full
+            .identity(Identity::user("nobody"))
+            .namespace(Namespace::Network);
+    }
+    vec![
+        (
+            "7",
+            if root {
+                "all layers"
+            } else {
+                "all but user, netns"
+            },
+            Ok(full),
+        ),
+        (
+            "7p",
+            "caps+no_new_privs",
+            Ok(Sandbox::new().no_new_privs(true)),
+        ),
+        ("7r", "3 rlimits", Ok(limits(Sandbox::new()))),
+        (
+            "7u",
+            "user nobody",
+            needs_root(Sandbox::new().identity(Identity::user("nobody"))),
+        ),
+        (
+            "7n",
+            "network namespace",
+            needs_root(Sandbox::new().namespace(Namespace::Network)),
+        ),
+        (
+            "7f",
+            "landlock, no path",
+            Ok(Sandbox::new().landlock(Landlock::new())),
+        ),
+        (
+            "7s",
+            "seccomp, 3 presets",
+            Ok(Sandbox::new().seccomp(seccomp)),
+        ),
+    ]
+}
+
+/// Row 7: start + first call + stop of the same server in `sandbox` (A) vs without (B).
+fn row_sandbox(cfg: &Cfg, m: Mode, id: &str, what: &str, sandbox: Sandbox) -> Row {
+    m.settle();
+    let mut sandboxed = BenchServer::new(CHUNK);
+    let mut plain = BenchServer::new(CHUNK);
+    let builder = fdserver::Builder::new().sandbox(sandbox);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(&mut sandboxed, builder.clone())
+            })
+        },
+        &mut |k| timed(k, || fdside::start_call_stop(&mut plain)),
+        cfg.pairs,
+    );
+    Row {
+        id: id.into(),
+        what: what.into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "A = sandboxed, B = plain".into(),
+    }
 }
 
 /// A row that could not be measured (its program could not be built), saying why.

@@ -4,7 +4,6 @@
 mod preload_common;
 
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
@@ -100,64 +99,53 @@ fn server_killed_mid_command_lets_the_command_finish() {
     assert_eq!(pl.ok(&["echo", "again"]), "again\n");
 }
 
-/// A fake server speaking another protocol version, on the real socket path, in a thread:
-/// accepts `greetings` connections, sends each the greeting with `pid`, and returns what each
-/// client sent before closing (`None`: closed without a message).
-fn fake_server(
-    sock: &std::path::Path,
-    version: &'static str,
-    pid: u32,
-    greetings: usize,
-) -> std::thread::JoinHandle<Vec<Option<Vec<String>>>> {
-    let listener = UnixListener::bind(sock).unwrap();
-    std::thread::spawn(move || {
-        let mut got = Vec::new();
-        for _ in 0..greetings {
-            if !poll_readable(listener.as_fd(), Some(RUN_LIMIT)) {
-                break;
-            }
-            let (s, _) = listener.accept().unwrap();
-            let mut ch = Channel::new(s);
-            ch.set_timeout(Some(RUN_LIMIT));
-            ch.write_array(["fdserver-preload", version, &pid.to_string()])
-                .unwrap();
-            got.push(ch.read_strings().unwrap());
-        }
-        got
-    })
-}
-
-/// A server of another version is told to stop and SIGTERMed; the client starts a real server
-/// and runs the command.
+/// A server of another version is told to stop and SIGTERMed (the process that listens on the
+/// socket, as the kernel names it: not the pid its greeting claims, here an innocent process);
+/// the client starts a real server and runs the command.
 #[test]
 fn version_mismatch_restarts_the_server() {
     let _wd = wd("version_mismatch_restarts_the_server");
     let pl = Pl::new("vers");
-    let mut old = sleeper();
-    let fake = fake_server(&pl.files().sock, "fdserver-preload/0", old.id(), 1);
+    let mut innocent = sleeper();
+    let greeting = vec![
+        "fdserver-preload".to_owned(),
+        "fdserver-preload/0".to_owned(),
+        innocent.id().to_string(),
+    ];
+    let mut fake = FakeServer::start(
+        &pl.files().sock,
+        None,
+        vec![vec![Step::Send(greeting), Step::Read]],
+    );
 
     assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");
     assert_eq!(
-        fake.join().unwrap(),
-        vec![Some(vec!["stop".to_owned()])],
+        fake.reports(),
+        vec!["msg stop"],
         "the old server was asked to stop"
     );
-    let status = old.wait().unwrap();
+    let status = fake.wait_listener();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "and then SIGTERMed");
+    assert!(
+        innocent.try_wait().unwrap().is_none(),
+        "the pid in the greeting was not signalled"
+    );
     let st = pl.server();
     assert_eq!(st.version, fdserver::preload::PROTOCOL_VERSION);
     assert_eq!(pl.preloads(), vec!["dev"]);
+    innocent.kill().unwrap();
+    innocent.wait().unwrap();
 }
 
 /// If the server still speaks another version after the restart, the client gives up with a
-/// clear error instead of looping (it restarts once). Here the fake holds the pidfile's lock, so
-/// the client cannot replace it.
+/// clear error instead of looping (it restarts once). Here the fake's acceptor outlives its
+/// listener (the process the first client SIGTERMs) and greets the second connection too; the
+/// test holds the pidfile's lock, so the client cannot start a real server in its place.
 #[test]
 fn version_mismatch_restarts_only_once() {
     let _wd = wd("version_mismatch_restarts_only_once");
     let pl = Pl::new("vers1");
     let files = pl.files();
-    let mut old = sleeper();
     let pidfile = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -170,8 +158,13 @@ fn version_mismatch_restarts_only_once() {
         unsafe { libc::flock(pidfile.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
-    writeln!(&pidfile, "{}", old.id()).unwrap();
-    let fake = fake_server(&files.sock, "fdserver-preload/0", old.id(), 2);
+    let greeting = vec![
+        "fdserver-preload".to_owned(),
+        "fdserver-preload/0".to_owned(),
+        "1".to_owned(),
+    ];
+    let conn = vec![Step::Send(greeting), Step::Read];
+    let mut fake = FakeServer::start(&files.sock, None, vec![conn.clone(), conn]);
 
     let out = pl.run(&["echo", "hi"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -182,11 +175,11 @@ fn version_mismatch_restarts_only_once() {
         out.stderr
     );
     assert_eq!(
-        fake.join().unwrap(),
-        vec![Some(vec!["stop".to_owned()]), None],
+        fake.reports(),
+        vec!["msg stop", "eof"],
         "one stop request, then the client gave up"
     );
-    assert_eq!(old.wait().unwrap().signal(), Some(libc::SIGTERM));
+    assert_eq!(fake.wait_listener().signal(), Some(libc::SIGTERM));
     assert!(pl.preloads().is_empty(), "no real server was started");
     drop(pidfile);
     std::fs::remove_file(&files.sock).unwrap();
@@ -457,16 +450,13 @@ fn client_killed_while_waiting_for_preload_leaves_no_worker() {
     assert_eq!(pl.ok(&["echo", "next"]), "next\n");
 }
 
-/// A server that cannot start (here: its socket path is longer than a UNIX socket address
-/// allows) gives the client a clear error pointing at the log, not a hang.
+/// A server that cannot start (here: its socket's name is taken by a directory) gives the client
+/// a clear error pointing at the log, not a hang.
 #[test]
 fn server_that_cannot_start_gives_a_clear_error() {
     let _wd = wd("server_that_cannot_start_gives_a_clear_error");
-    let mut pl = Pl::new("long");
-    let deep = pl.path(&"d".repeat(100));
-    std::fs::create_dir(&deep).unwrap();
-    std::fs::set_permissions(&deep, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    pl.set("FDSERVER_PRELOAD_DIR", &deep);
+    let pl = Pl::new("nostart");
+    std::fs::create_dir(pl.files().sock).unwrap();
     let out = pl.run(&["echo", "hi"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stdout.is_empty());
@@ -475,6 +465,7 @@ fn server_that_cannot_start_gives_a_clear_error() {
         "clear error naming the log: {:?}",
         out.stderr
     );
+    std::fs::remove_dir(pl.files().sock).unwrap();
 }
 
 /// The template dies (SIGKILL) while a command runs: the client cannot learn the worker's
@@ -517,12 +508,13 @@ fn a_refusal_that_arrives_while_the_client_still_sends_is_reported() {
     for i in 0..12 {
         pl.set(&format!("APP_BIG_{i}"), &big);
     }
+    // Greeted as a real server of this build would (else the client would stop it).
+    let hello = real_greeting(&pl);
     let listener = UnixListener::bind(pl.files().sock).unwrap();
     let server = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         let mut ch = Channel::from(conn);
-        ch.write_array(["fdserver-preload", fdserver::preload::PROTOCOL_VERSION, "1"])
-            .unwrap();
+        ch.write_array(&hello).unwrap();
         let first = ch.read_array().unwrap().unwrap();
         assert_eq!(first[0], b"run");
         ch.write_error(&fdserver::RemoteError::new(

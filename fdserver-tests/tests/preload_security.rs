@@ -4,7 +4,8 @@
 mod preload_common;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 
 use fdserver_tests::{fork_child, pipe, wait_child};
 use preload_common::*;
@@ -149,15 +150,257 @@ fn other_uid_is_refused() {
     );
 }
 
-/// A preloader directory that others can enter is refused (the client says so and fails).
+/// Whether the test may act as another uid; prints why it skips otherwise.
+fn as_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("{test}: skipped: needs root, to act as another user (uid {NOBODY})");
+    }
+    root
+}
+
+fn chown(path: &std::path::Path, uid: u32, follow: bool) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let r = unsafe {
+        if follow {
+            libc::chown(c.as_ptr(), uid, uid)
+        } else {
+            libc::lchown(c.as_ptr(), uid, uid)
+        }
+    };
+    assert_eq!(
+        r,
+        0,
+        "chown {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Asserts that `out` is the in-process run of `echo <word>` (through the test app's preload,
+/// which counts), with exactly one line on stderr, which says why and how to fix it.
+fn assert_ran_in_process(pl: &Pl, out: &Out, word: &str, why: &str) {
+    assert!(out.status.success(), "the command still runs: {out:?}");
+    assert_eq!(out.stdout, format!("{word}\n"));
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {:?}", out.stderr);
+    assert!(
+        lines[0].contains(why)
+            && lines[0].contains("without the preloader")
+            && lines[0].contains("FDSERVER_PRELOAD_DIR"),
+        "says why and how to fix it: {:?}",
+        lines[0]
+    );
+    assert!(
+        pl.preloads().len() == 1,
+        "preloaded in-process: {:?}",
+        pl.preloads()
+    );
+}
+
+/// A directory another user created first under the default name (`fdserver-preload-<uid>` in
+/// the temporary directory) does not lock the user out: the command runs in-process, with one
+/// line saying why and what to do.
 #[test]
-fn non_private_directory_is_refused() {
-    let _wd = wd("non_private_directory_is_refused");
+fn squatted_default_directory_runs_the_command_in_process() {
+    let _wd = wd("squatted_default_directory_runs_the_command_in_process");
+    if !as_root("squatted_default_directory_runs_the_command_in_process") {
+        return;
+    }
+    let mut pl = Pl::new("squat");
+    let tmp = pl.default_dir_in();
+    let squat = tmp.join("fdserver-preload-0");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&squat)
+        .unwrap();
+    chown(&squat, NOBODY, true);
+    let out = pl.run(&["echo", "hi"]);
+    assert_ran_in_process(&pl, &out, "hi", "belongs to uid 65534");
+    assert_eq!(
+        std::fs::read_dir(&squat).unwrap().count(),
+        0,
+        "nothing was put in the other user's directory"
+    );
+}
+
+/// Another user's symbolic link under the default name, pointing at a directory that passes
+/// every check (ours, `0700`) where the attacker listens (the state a link swapped at the right
+/// moment gives, with `fs.protected_symlinks=0`): the client does not follow it, so the fake
+/// server never gets a connection (nor the command's argv, environment or descriptors).
+#[test]
+fn symlinked_default_directory_is_not_followed() {
+    let _wd = wd("symlinked_default_directory_is_not_followed");
+    if !as_root("symlinked_default_directory_is_not_followed") {
+        return;
+    }
+    let mut pl = Pl::new("symlink");
+    let tmp = pl.default_dir_in();
+    let target = pl.path("target");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&target)
+        .unwrap();
+    let link = tmp.join("fdserver-preload-0");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    chown(&link, NOBODY, false);
+    // The socket's name as the client computes it.
+    let sock = target.join(pl.files().sock.file_name().unwrap());
+    let mut fake = FakeServer::start(&sock, Some(NOBODY), vec![vec![Step::ReadToEnd]]);
+
+    pl.set("APP_SECRET", "s3cret");
+    let out = pl.run(&["echo", "hi"]);
+    assert_ran_in_process(&pl, &out, "hi", "symbolic link");
+    // Ends the acceptor's wait for a connection: had the client connected, it would have
+    // been served first.
+    drop(std::os::unix::net::UnixStream::connect(&sock).unwrap());
+    assert_eq!(
+        fake.reports(),
+        vec!["bytes 0"],
+        "the only connection the fake server got is the test's own"
+    );
+}
+
+/// A server of another uid listening on the socket (here the test makes one in our own
+/// directory) gets nothing: the client checks `SO_PEERCRED` before it sends a byte, and runs
+/// the command in-process.
+#[test]
+fn server_of_another_uid_gets_nothing() {
+    let _wd = wd("server_of_another_uid_gets_nothing");
+    if !as_root("server_of_another_uid_gets_nothing") {
+        return;
+    }
+    let mut pl = Pl::new("peer");
+    // A greeting the client would accept from its own server.
+    let hello = real_greeting(&pl);
+    let mut fake = FakeServer::start(
+        &pl.files().sock,
+        Some(NOBODY),
+        vec![vec![Step::Send(hello), Step::ReadToEnd]],
+    );
+    pl.set("APP_SECRET", "s3cret");
+    let _ = std::fs::remove_file(pl.path("counter"));
+    let out = pl.run(&["echo", "hi"]);
+    assert_ran_in_process(&pl, &out, "hi", "runs as uid 65534");
+    assert_eq!(fake.reports(), vec!["bytes 0"], "not a byte was sent to it");
+}
+
+/// Worker pids from the server are checked before anything is signalled: `0` (which would be
+/// the client's own process group) ends the command with an error, and nothing is killed.
+#[test]
+fn impossible_worker_pid_is_refused() {
+    let _wd = wd("impossible_worker_pid_is_refused");
+    let pl = Pl::new("pid0");
+    let hello = real_greeting(&pl);
+    let _ = std::fs::remove_file(pl.path("counter"));
+    let mut fake = FakeServer::start(
+        &pl.files().sock,
+        None,
+        vec![vec![
+            Step::Send(hello),
+            Step::ReadCommand,
+            Step::Send(vec!["pid".into(), "0".into()]),
+        ]],
+    );
+    let out = pl.run(&["echo", "hi"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error, not a signal: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("impossible worker pid 0"),
+        "clear error: {:?}",
+        out.stderr
+    );
+    assert_eq!(fake.reports()[0], "msg run|dev +");
+    assert!(
+        alive(std::process::id()),
+        "(and this test's process group was not signalled)"
+    );
+}
+
+/// A connection that ends after the worker's pid: the client ends the worker's group only
+/// through the pidfd the worker sent, so a process that now has the worker's number (here an
+/// innocent process group leader) is never signalled, whether the pidfd came (its process
+/// long gone) or not.
+#[test]
+fn a_recycled_worker_pid_is_never_signalled() {
+    let _wd = wd("a_recycled_worker_pid_is_never_signalled");
+    let pl = Pl::new("recycle");
+    let hello = real_greeting(&pl);
+    let mut innocent = std::process::Command::new("sleep")
+        .arg("600")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = innocent.id().to_string();
+    let conn = |pid_msg: Step| {
+        vec![
+            Step::Send(hello.clone()),
+            Step::ReadCommand,
+            pid_msg,
+            // The connection ends here, before the worker's status.
+        ]
+    };
+    let mut fake = FakeServer::start(
+        &pl.files().sock,
+        None,
+        vec![
+            conn(Step::SendWithDeadPidfd(vec![
+                "pid".into(),
+                pid.clone(),
+                "fd".into(),
+            ])),
+            conn(Step::Send(vec!["pid".into(), pid.clone()])),
+        ],
+    );
+    let outs: Vec<Out> = (0..2).map(|_| pl.run(&["echo", "hi"])).collect();
+    assert!(
+        innocent.try_wait().unwrap().is_none(),
+        "the process now numbered like the worker was signalled"
+    );
+    for out in outs {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            out.stderr.contains("went away before the command finished"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(fake.reports().len(), 2);
+    innocent.kill().unwrap();
+    innocent.wait().unwrap();
+}
+
+/// The directory's path may be longer than a UNIX socket address (108 bytes): the socket is
+/// reached through the open directory (`/proc/self/fd/N/<name>`).
+#[test]
+fn long_directory_path_works() {
+    let _wd = wd("long_directory_path_works");
+    let mut pl = Pl::new("long");
+    let deep = pl.path(&"d".repeat(150));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&deep)
+        .unwrap();
+    pl.set("FDSERVER_PRELOAD_DIR", &deep);
+    assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");
+    assert_eq!(pl.ok(&["echo", "again"]), "again\n");
+    assert_eq!(pl.preloads().len(), 1, "the second command was warm");
+    pl.stop();
+}
+
+/// A preloader directory that others can enter is not used: the command runs in-process, with
+/// one line saying why and what to do.
+#[test]
+fn non_private_directory_runs_the_command_in_process() {
+    let _wd = wd("non_private_directory_runs_the_command_in_process");
     let pl = Pl::new("mode");
     std::fs::set_permissions(&pl.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = pl.run(&["echo", "hi"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(out.stderr.contains("0700"), "clear error: {:?}", out.stderr);
+    assert_ran_in_process(&pl, &out, "hi", "0700");
     assert!(!pl.files().sock.exists(), "no server in a public directory");
     std::fs::set_permissions(&pl.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");

@@ -119,6 +119,9 @@ pub struct ServerHandle {
     status: Option<ExitStatus>,
     stop: StopOptions,
     reply: MessageBuf,
+    /// What the server's sandbox enforces (set by `start`).
+    #[cfg(feature = "sandbox")]
+    pub(crate) sandbox: Option<Box<crate::sandbox::SandboxReport>>,
 }
 
 impl ServerHandle {
@@ -144,6 +147,8 @@ impl ServerHandle {
             status: None,
             stop,
             reply: MessageBuf::new(),
+            #[cfg(feature = "sandbox")]
+            sandbox: None,
         })
     }
 

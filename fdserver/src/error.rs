@@ -94,6 +94,10 @@ pub enum Error {
     },
     /// The server answered with an error reply.
     Remote(RemoteError),
+    /// A server's sandbox could not be set up: its description was refused before the fork, or
+    /// a layer failed in the server, which then exited (see [`sandbox`](crate::sandbox)).
+    #[cfg(feature = "sandbox")]
+    Sandbox(crate::sandbox::SandboxError),
 }
 
 impl Error {
@@ -177,6 +181,8 @@ impl fmt::Display for Error {
                 write!(f, "element {index} is not valid UTF-8: {error}")
             }
             Error::Remote(r) => write!(f, "server error: {r}"),
+            #[cfg(feature = "sandbox")]
+            Error::Sandbox(s) => write!(f, "{s}"),
         }
     }
 }
@@ -328,6 +334,9 @@ pub enum RemoteErrorKind {
     Protocol,
     /// `initialize`: the server's `initialize_server` failed; it exits.
     Initialize,
+    /// `sandbox`: the server's sandbox could not be applied; it exits. The message starts with
+    /// the layer's name (`landlock: ...`).
+    Sandbox,
     /// Any other kind string, kept verbatim.
     Other(String),
 }
@@ -342,6 +351,7 @@ impl RemoteErrorKind {
             RemoteErrorKind::Panicked => "panicked",
             RemoteErrorKind::Protocol => "protocol",
             RemoteErrorKind::Initialize => "initialize",
+            RemoteErrorKind::Sandbox => "sandbox",
             RemoteErrorKind::Other(s) => s,
         }
     }
@@ -355,6 +365,7 @@ impl RemoteErrorKind {
             "panicked" => RemoteErrorKind::Panicked,
             "protocol" => RemoteErrorKind::Protocol,
             "initialize" => RemoteErrorKind::Initialize,
+            "sandbox" => RemoteErrorKind::Sandbox,
             other => RemoteErrorKind::Other(other.to_owned()),
         }
     }

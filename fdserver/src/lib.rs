@@ -112,8 +112,8 @@
 //!
 //! * `["ok", value, ...]`: success; scalars and descriptors the handler sends follow it.
 //! * `["error", kind, message]`: failure, where `kind` is one of `unknown_message`,
-//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request) or `initialize`
-//!   (see [`RemoteErrorKind`]). After any of these the server keeps serving, except after a
+//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize` or
+//!   `sandbox` (see [`RemoteErrorKind`]). After any of these the server keeps serving, except after a
 //!   handler panicked part-way through writing its reply: then the stream cannot be repaired, so
 //!   the server closes it and exits with status 101.
 //!
@@ -169,6 +169,18 @@
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with
 //!   `_exit` after `finalize_server`); the parent keeps its own copy, which `start` borrows.
 //!
+//! ## Sandboxing
+//!
+//! With the `sandbox` feature, a server carries a description of what it may no longer do
+//! (`Builder::sandbox`, `Server::sandbox`, or `#[fdserver(sandbox)]` on a method): a user and
+//! groups to run as, no capabilities, `no_new_privs`, resource limits, new namespaces, Landlock
+//! rules for the filesystem and a seccomp filter. It is prepared in the parent and applied in
+//! the server after `initialize_server` and before the first message; each layer takes effect
+//! or `start` fails naming it. The `fdserver::sandbox` module documents what each layer protects
+//! against, the order they are applied in, what needs root, what the kernel must support and
+//! what a sandbox does not protect against; `examples/privsep.rs` is a privileged broker and a
+//! sandboxed parser.
+//!
 //! ## Compared with Passenger's `AbstractServer`
 //!
 //! Unknown messages and failing handlers reach the client as typed errors and the server keeps
@@ -200,6 +212,8 @@ mod client;
 mod error;
 #[cfg(target_os = "linux")]
 pub mod preload;
+#[cfg(all(target_os = "linux", feature = "sandbox"))]
+pub mod sandbox;
 #[cfg(target_os = "linux")]
 mod serve;
 #[cfg(target_os = "linux")]
@@ -447,6 +461,12 @@ pub mod __private;
 /// with [`RemoteErrorKind::Initialize`]);
 /// `#[fdserver(finalize)]` runs in the child after the loop, however it ended.
 ///
+/// With the `sandbox` feature, `#[fdserver(sandbox)]` marks a method that describes the
+/// server's sandbox: it takes `&self` only and returns a `Sandbox` or an `Option<Sandbox>`
+/// (`None`: no sandbox); it runs in the parent before each fork, and the sandbox takes effect
+/// in the server after the `initialize` hook (see the `fdserver::sandbox` module). Without the
+/// feature the attribute is a compile error that names it.
+///
 /// # Attributes
 ///
 /// | On | Attribute | Effect |
@@ -457,6 +477,7 @@ pub mod __private;
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
 /// | a method | `#[fdserver(before_fork)]`, `#[fdserver(initialize)]`, `#[fdserver(finalize)]` | a lifecycle hook |
+/// | a method | `#[fdserver(sandbox)]` | the server's sandbox (feature `sandbox`) |
 ///
 /// # Compile-time errors
 ///
@@ -472,7 +493,8 @@ pub mod __private;
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
 /// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
-/// parameters or the wrong return type; generic or trait impl blocks.
+/// parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks of one
+/// kind; generic or trait impl blocks.
 ///
 /// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
 /// prefixes its locals with `__fdserver_`, so it compiles under `#![no_implicit_prelude]` and
@@ -485,6 +507,8 @@ pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
 pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(all(target_os = "linux", feature = "sandbox"))]
+pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
 pub use serve::serve;
 #[cfg(target_os = "linux")]

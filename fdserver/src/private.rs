@@ -405,3 +405,56 @@ impl<E: Into<BoxError>> HookResult for Result<(), E> {
 pub fn hook_result<R: HookResult>(r: R) -> Result<(), BoxError> {
     r.into_hook_result()
 }
+
+/// What a `#[fdserver(sandbox)]` hook may return: a [`Sandbox`](crate::sandbox::Sandbox), or
+/// an `Option` of one (`None`: no sandbox).
+#[cfg(feature = "sandbox")]
+#[diagnostic::on_unimplemented(
+    message = "an fdserver `sandbox` hook must return `fdserver::sandbox::Sandbox` or `Option<Sandbox>`, not `{Self}`",
+    label = "return a `Sandbox` (or `Option<Sandbox>`, `None` for no sandbox)"
+)]
+pub trait SandboxResult {
+    /// The result as the `Server` trait wants it.
+    fn into_sandbox(self) -> Option<crate::sandbox::Sandbox>;
+}
+
+#[cfg(feature = "sandbox")]
+impl SandboxResult for crate::sandbox::Sandbox {
+    fn into_sandbox(self) -> Option<crate::sandbox::Sandbox> {
+        Some(self)
+    }
+}
+
+#[cfg(feature = "sandbox")]
+impl SandboxResult for Option<crate::sandbox::Sandbox> {
+    fn into_sandbox(self) -> Option<crate::sandbox::Sandbox> {
+        self
+    }
+}
+
+/// Converts a `sandbox` hook's result.
+#[cfg(feature = "sandbox")]
+pub fn sandbox_result<R: SandboxResult>(r: R) -> Option<crate::sandbox::Sandbox> {
+    r.into_sandbox()
+}
+
+/// Emits the `sandbox` method a `#[fdserver(sandbox)]` hook generates, with the feature on.
+#[cfg(feature = "sandbox")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fdserver_with_sandbox_feature {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Without the feature, a `#[fdserver(sandbox)]` hook is an error that says what to enable.
+#[cfg(not(feature = "sandbox"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fdserver_with_sandbox_feature {
+    ($($item:tt)*) => {
+        ::core::compile_error!(
+            "`#[fdserver(sandbox)]` needs fdserver's `sandbox` feature: \
+             fdserver = { version = \"...\", features = [\"sandbox\"] }"
+        );
+    };
+}

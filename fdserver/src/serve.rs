@@ -41,6 +41,11 @@ use crate::wire::MessageBuf;
 ///
 /// Unlike a forked server, no `["ready"]` message is sent: the peer may be any MessageChannel
 /// client. The socket may be non-blocking.
+///
+/// A server that declares a sandbox (`Server::sandbox`, feature `sandbox`) is sandboxed here
+/// too, after `initialize_server`, and that applies to **this whole process**, for good (it
+/// must have a single thread then). If a layer fails, `serve` returns `Error::Sandbox` with
+/// the process partly restricted: end it.
 pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd, Error> {
     // Signals reach one loop per process (their flags and the loop's wait are process-wide).
     if !sys::claim_loop_thread() {
@@ -75,8 +80,15 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     let plan = SignalPlan { run_mask, ..plan };
     sys::set_sigmask(&plan.run_mask);
 
+    // A declared sandbox is checked before initialize_server, and applied after it.
+    #[cfg(feature = "sandbox")]
+    let mut sandbox = crate::sandbox::choose(None, server.sandbox())?;
     match server.initialize_server() {
         Ok(()) => {
+            #[cfg(feature = "sandbox")]
+            if let Some(p) = &mut sandbox {
+                p.apply().map_err(|f| Error::Sandbox(f.into_error()))?;
+            }
             let mut buf = MessageBuf::with_max_capacity();
             let end = run_loop(server, &mut channel, &mut buf, &plan);
             server.finalize_server();

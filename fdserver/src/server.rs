@@ -79,6 +79,14 @@ pub trait Server: Sized {
         Ok(())
     }
 
+    /// The sandbox the server runs in (feature `sandbox`): applied in the server after
+    /// `initialize_server` and before the first message; `None` (the default) for none. Called
+    /// in the parent, before the fork. See [`sandbox`](crate::sandbox).
+    #[cfg(feature = "sandbox")]
+    fn sandbox(&self) -> Option<crate::sandbox::Sandbox> {
+        None
+    }
+
     /// Runs in the server after the loop, however it ended: end of stream, [`Context::quit`],
     /// SIGTERM or SIGINT (Passenger's `finalize_server`).
     fn finalize_server(&mut self) {}

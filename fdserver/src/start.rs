@@ -39,6 +39,8 @@ pub struct Builder {
     timeout: Option<Duration>,
     start_timeout: Option<Duration>,
     max_scalar: Option<u64>,
+    #[cfg(feature = "sandbox")]
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Builder {
@@ -83,6 +85,15 @@ impl Builder {
         self
     }
 
+    /// Runs the server in `sandbox` (feature `sandbox`): prepared here, applied in the server
+    /// after `initialize_server` and before the first message (see [`sandbox`](crate::sandbox)).
+    /// `start` fails if the server declares a sandbox of its own too.
+    #[cfg(feature = "sandbox")]
+    pub fn sandbox(mut self, sandbox: crate::sandbox::Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
     /// Forks the server and returns its typed client.
     pub fn start<S: Server>(self, server: &mut S) -> Result<S::Client, Error> {
         self.start_handle(server).map(S::Client::from)
@@ -103,6 +114,14 @@ impl Builder {
             )));
         }
         server.before_fork();
+        // The sandbox, if any, is checked and prepared here, before the fork; it takes effect in
+        // the child after `initialize_server`.
+        #[cfg(feature = "sandbox")]
+        let mut sandbox = crate::sandbox::choose(self.sandbox.as_ref(), server.sandbox())?;
+        #[cfg(feature = "sandbox")]
+        self.keep_fds.extend(sandbox.iter().flat_map(|p| p.fds()));
+        #[cfg(not(feature = "sandbox"))]
+        let mut sandbox = ();
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
@@ -146,7 +165,7 @@ impl Builder {
                 // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
                 // here (we `_exit`).
                 std::mem::forget(parent_end);
-                child_main(server, child, &mut buf, &self.keep_fds, &plan)
+                child_main(server, child, &mut buf, &self.keep_fds, &plan, &mut sandbox)
             }
             Ok(pid) => {
                 sys::set_sigmask(&old_mask);
@@ -158,6 +177,14 @@ impl Builder {
                     channel.set_max_scalar_size(max);
                 }
                 let mut handle = ServerHandle::new(pid, channel, self.stop)?;
+                #[cfg(feature = "sandbox")]
+                {
+                    handle
+                        .await_ready(self.start_timeout)
+                        .map_err(crate::sandbox::ready_error)?;
+                    handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
+                }
+                #[cfg(not(feature = "sandbox"))]
                 handle.await_ready(self.start_timeout)?;
                 Ok(handle)
             }
@@ -176,6 +203,7 @@ fn child_main<S: Server>(
     buf: &mut MessageBuf,
     keep: &[RawFd],
     plan: &SignalPlan,
+    sandbox: &mut SandboxStage,
 ) -> ! {
     // 1. Signals: every disposition back to default, SIGHUP ignored unless the server handles
     //    it (Passenger ignored it after installing the user's handlers, so theirs never ran).
@@ -202,6 +230,12 @@ fn child_main<S: Server>(
     // From here on the user's code runs.
     let code = match catch_unwind(AssertUnwindSafe(|| server.initialize_server())) {
         Ok(Ok(())) => {
+            // The sandbox takes effect here: after initialize_server, which could still open
+            // what the server needs, and before the first message.
+            if let Err(e) = apply_sandbox(sandbox) {
+                let _ = channel.write_error(&e);
+                finish(server, 1)
+            }
             if channel.write_array(["ready"]).is_err() {
                 // The parent is gone already.
                 finish(server, 0)
@@ -226,6 +260,22 @@ fn child_main<S: Server>(
         }
     };
     finish(server, code)
+}
+
+/// The prepared sandbox the child applies (nothing without the `sandbox` feature).
+#[cfg(feature = "sandbox")]
+type SandboxStage = Option<crate::sandbox::Prepared>;
+#[cfg(not(feature = "sandbox"))]
+type SandboxStage = ();
+
+#[cfg(feature = "sandbox")]
+fn apply_sandbox(sandbox: &mut SandboxStage) -> Result<(), RemoteError> {
+    crate::sandbox::apply_in_child(sandbox)
+}
+
+#[cfg(not(feature = "sandbox"))]
+fn apply_sandbox(_: &mut SandboxStage) -> Result<(), RemoteError> {
+    Ok(())
 }
 
 fn finish<S: Server>(server: &mut S, code: i32) -> ! {

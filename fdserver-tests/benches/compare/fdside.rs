@@ -193,6 +193,15 @@ pub fn start_call_stop(server: &mut BenchServer) {
     assert!(stopped.status.success(), "server exit: {stopped}");
 }
 
+/// Row 7: `start_call_stop` with these options (a sandbox), instead of the defaults.
+pub fn start_call_stop_with(server: &mut BenchServer, builder: Builder) {
+    let mut client = builder.start(server).expect("start fdserver server");
+    let (greeting, _) = hello_call(&mut client);
+    debug_assert_eq!(greeting, "Hello Joe Dalton, how are you?");
+    let stopped = client.stop().expect("stop");
+    assert!(stopped.status.success(), "server exit: {stopped}");
+}
+
 /// The server's allocation count so far.
 pub fn server_allocs(client: &mut ServerHandle) -> u64 {
     let reply = client.call(["allocs"]).expect("allocs");

@@ -47,6 +47,8 @@ const SCRUBBED: &[&str] = &[
 pub struct Pl {
     pub dir: PathBuf,
     env: Vec<(OsString, OsString)>,
+    /// Whether clients get `FDSERVER_PRELOAD_DIR` (see [`Pl::default_dir_in`]).
+    dir_env: bool,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -66,6 +68,7 @@ impl Pl {
         Pl {
             env: vec![("APP_COUNTER".into(), counter.into())],
             dir,
+            dir_env: true,
         }
     }
 
@@ -74,6 +77,25 @@ impl Pl {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.as_ref().to_owned()));
         self
+    }
+
+    /// Clients choose their directory as without any setting (no `FDSERVER_PRELOAD_DIR` nor
+    /// `XDG_RUNTIME_DIR`): `fdserver-preload-<uid>` in the temporary directory, here
+    /// `<dir>/tmp`, a world-writable sticky directory like `/tmp` (`TMPDIR`). Returns it.
+    pub fn default_dir_in(&mut self) -> PathBuf {
+        let tmp = self.path("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
+        // Traversable by others too, as /tmp is.
+        std::fs::set_permissions(
+            &self.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        self.dir_env = false;
+        self.set("TMPDIR", &tmp);
+        tmp
     }
 
     /// A path inside the private directory.
@@ -104,7 +126,9 @@ impl Pl {
         for k in SCRUBBED {
             c.env_remove(k);
         }
-        c.env("FDSERVER_PRELOAD_DIR", &self.dir);
+        if self.dir_env {
+            c.env("FDSERVER_PRELOAD_DIR", &self.dir);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -265,7 +289,7 @@ impl Status {
     fn parse(text: &str) -> Status {
         let mut lines = text.lines();
         let first = lines.next().unwrap_or("");
-        // <app>: preloader server pid N, up T (version)
+        // <app>: preloader server pid N, up T (version, build B)
         let server = first
             .split_once("preloader server pid ")
             .and_then(|(_, r)| r.split(',').next())
@@ -274,7 +298,8 @@ impl Status {
         let version = first
             .rsplit_once('(')
             .and_then(|(_, v)| v.strip_suffix(')'))
-            .expect("(version)")
+            .and_then(|v| v.split(", build ").next())
+            .expect("(version, build B)")
             .to_owned();
         let mut templates = Vec::new();
         for l in lines {
@@ -758,4 +783,205 @@ impl Gate {
 /// Shorthand for the watchdog every test takes.
 pub fn wd(name: &str) -> fdserver_tests::Watchdog {
     fdserver_tests::watchdog(name, SECS(60))
+}
+
+/// What a [`FakeServer`] does on one connection, in order.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Sends an array message.
+    Send(Vec<String>),
+    /// Sends an array message followed by a pidfd of a process that has exited and been reaped
+    /// (a worker whose number may since have been reused).
+    SendWithDeadPidfd(Vec<String>),
+    /// Reads one array message and reports it (`msg a|b|c`, or `eof`).
+    Read,
+    /// Reads a whole command as a client sends it (`["run", key]`, then the request the template
+    /// reads: a `u32` length whose first byte carries stdin, stdout, stderr and the working
+    /// directory, and that many bytes) and reports its first message and whether the rest came
+    /// whole (`msg run|key +`).
+    ReadCommand,
+    /// Reads until end of stream and reports how many bytes came (`bytes N`).
+    ReadToEnd,
+}
+
+/// A fake preloader server on `sock`, in two child processes: the *listener* binds and listens
+/// (so it is the process `SO_PEERCRED` names to a client), optionally as another uid, then
+/// waits to be killed; the *acceptor*, forked from it after `listen`, serves one connection per
+/// script in `conns` and reports what it saw, one line per step that reads.
+pub struct FakeServer {
+    pub listener: libc::pid_t,
+    reports: Option<OwnedFd>,
+}
+
+impl FakeServer {
+    pub fn start(sock: &Path, listen_as: Option<u32>, conns: Vec<Vec<Step>>) -> FakeServer {
+        let (r, w) = fdserver_tests::pipe();
+        let (ready_r, ready_w) = fdserver_tests::pipe();
+        let (w_raw, ready_raw) = (w.as_raw_fd(), ready_w.as_raw_fd());
+        let path = sock.to_owned();
+        let listener = fdserver_tests::fork_child(&[w_raw, ready_raw], move || {
+            let l = match std::os::unix::net::UnixListener::bind(&path) {
+                Ok(l) => l,
+                Err(_) => return 2,
+            };
+            // `bind` also listened: listen again after changing uid, which is what the kernel
+            // records as the peer's credentials.
+            // SAFETY: credential calls in a child process; listen on our own socket.
+            unsafe {
+                if let Some(uid) = listen_as {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return 3;
+                    }
+                }
+                if libc::listen(l.as_raw_fd(), 16) != 0 {
+                    return 4;
+                }
+                let acceptor = libc::fork();
+                if acceptor == 0 {
+                    libc::close(ready_raw);
+                    let code = serve_fake(&l, conns, w_raw);
+                    libc::_exit(code);
+                }
+                libc::close(w_raw);
+                fdserver_tests::write_raw(ready_raw, b"L");
+                libc::close(ready_raw);
+                loop {
+                    libc::pause();
+                }
+            }
+        });
+        drop((w, ready_w));
+        assert!(
+            read_to_eof(ready_r, RUN_LIMIT).is_some_and(|b| b == b"L"),
+            "the fake server did not start listening"
+        );
+        FakeServer {
+            listener,
+            reports: Some(r),
+        }
+    }
+
+    /// Every report line, once the acceptor has served its connections (or given up waiting
+    /// for them, after [`RUN_LIMIT`] each).
+    pub fn reports(&mut self) -> Vec<String> {
+        let fd = self.reports.take().expect("reports read once");
+        let got = read_to_eof(fd, RUN_LIMIT * 4).expect("the fake server's reports");
+        String::from_utf8_lossy(&got)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits for the listener process to end and returns how.
+    pub fn wait_listener(&mut self) -> ExitStatus {
+        fdserver_tests::wait_child(std::mem::replace(&mut self.listener, 0))
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        if self.listener > 0 {
+            // SAFETY: kill(2) and reaping of our own child.
+            unsafe { libc::kill(self.listener, libc::SIGKILL) };
+            fdserver_tests::wait_child(self.listener);
+        }
+    }
+}
+
+fn serve_fake(l: &std::os::unix::net::UnixListener, conns: Vec<Vec<Step>>, report: i32) -> i32 {
+    let say = |line: String| fdserver_tests::write_raw(report, format!("{line}\n").as_bytes());
+    for steps in conns {
+        if !poll_readable(l.as_fd(), Some(RUN_LIMIT)) {
+            say("no connection".into());
+            return 1;
+        }
+        let Ok((s, _)) = l.accept() else { return 1 };
+        let mut ch = fdserver::Channel::from(s);
+        ch.set_timeout(Some(RUN_LIMIT));
+        for step in steps {
+            match step {
+                Step::Send(msg) => {
+                    let _ = ch.write_array(&msg);
+                }
+                Step::SendWithDeadPidfd(msg) => {
+                    // SAFETY: a child that exits at once, reaped below; pidfd_open before that.
+                    let pidfd = unsafe {
+                        let pid = libc::fork();
+                        if pid == 0 {
+                            libc::_exit(0);
+                        }
+                        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+                        let mut st = 0;
+                        libc::waitpid(pid, &mut st, 0);
+                        OwnedFd::from_raw_fd(fd)
+                    };
+                    // As the library sends it: the frame, then one byte carrying the descriptor.
+                    let _ = ch.write_array(&msg);
+                    let _ = ch.send_fd(&pidfd);
+                }
+                Step::ReadCommand => {
+                    let rest = |ch: &fdserver::Channel| -> bool {
+                        let mut len = [0u8; 4];
+                        let (n, fds) = fdserver_tests::recv_with_fds(ch.as_fd(), &mut len);
+                        if n == 0 || fds.len() < 4 {
+                            return false;
+                        }
+                        if n < 4 {
+                            len[n..].copy_from_slice(&fdserver_tests::read_n(ch.as_fd(), 4 - n));
+                        }
+                        let body = u32::from_le_bytes(len) as usize;
+                        fdserver_tests::read_n(ch.as_fd(), body).len() == body
+                    };
+                    match ch.read_strings() {
+                        Ok(Some(v)) => {
+                            let r = rest(&ch);
+                            say(format!("msg {} {}", v.join("|"), if r { "+" } else { "-" }));
+                        }
+                        Ok(None) => say("eof".into()),
+                        Err(e) => say(format!("error {e}")),
+                    }
+                }
+                Step::Read => match ch.read_strings() {
+                    Ok(Some(v)) => say(format!("msg {}", v.join("|"))),
+                    Ok(None) => say("eof".into()),
+                    Err(e) => say(format!("error {e}")),
+                },
+                Step::ReadToEnd => {
+                    let mut n = 0usize;
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        if !poll_readable(ch.as_fd(), Some(RUN_LIMIT)) {
+                            break;
+                        }
+                        // SAFETY: read into a local buffer of its size.
+                        let r =
+                            unsafe { libc::read(ch.as_raw_fd(), buf.as_mut_ptr().cast(), 4096) };
+                        if r <= 0 {
+                            break;
+                        }
+                        n += r as usize;
+                    }
+                    say(format!("bytes {n}"));
+                }
+            }
+        }
+    }
+    0
+}
+
+/// The greeting of a real server of the test application (`["fdserver-preload", version, pid,
+/// build]`): starts one, reads it, stops it.
+pub fn real_greeting(pl: &Pl) -> Vec<String> {
+    pl.ok(&["echo", "x"]);
+    let mut ch = fdserver::Channel::from(
+        std::os::unix::net::UnixStream::connect(pl.files().sock).expect("connect"),
+    );
+    ch.set_timeout(Some(RUN_LIMIT));
+    let hello = ch.read_strings().expect("greeting").expect("greeting");
+    drop(ch);
+    pl.stop();
+    hello
 }

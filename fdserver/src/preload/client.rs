@@ -3,9 +3,9 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::attrs::{self, Attrs};
-use super::{join_nul, Application, Paths, Preloader, ENV_ROLE, PROTOCOL_VERSION};
+use super::{
+    build_id, join_nul, lock_within, os, Application, Dir, Kind, Preloader, Unusable, ENV_ROLE,
+    PROTOCOL_VERSION,
+};
 use crate::channel::Channel;
 use crate::error::Error;
 use crate::sys;
@@ -64,8 +67,8 @@ pub(crate) enum Ran {
     /// The worker ran and ended so.
     Outcome(Outcome),
     /// The preloader cannot run this command faithfully (the client is confined by a seccomp
-    /// filter its template lacks): run it in-process, with these arguments.
-    InProcess(Vec<OsString>),
+    /// filter its template lacks): run it in-process.
+    InProcess,
 }
 
 impl Outcome {
@@ -145,6 +148,9 @@ pub struct Status {
     pub uptime: Duration,
     /// Its protocol version.
     pub version: String,
+    /// The identity of its build (the executable's ELF build id, in hex; see *State recovery*
+    /// in the module docs).
+    pub build: String,
     /// Its templates, by key.
     pub templates: Vec<TemplateStatus>,
 }
@@ -191,11 +197,12 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{}: preloader server pid {}, up {} ({})",
+            "{}: preloader server pid {}, up {} ({}, build {})",
             self.app,
             self.server_pid,
             human(self.uptime),
-            self.version
+            self.version,
+            self.build.get(..16).unwrap_or(&self.build)
         )?;
         writeln!(f, "  socket: {}", self.socket.display())?;
         writeln!(f, "  log:    {}", self.log)?;
@@ -259,12 +266,41 @@ fn explain(kind: &str, text: &str) -> String {
     }
 }
 
-/// Runs one command through the preloader.
-pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::Result<Ran> {
+/// Why a command could not run through the preloader.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The directory, or the process listening on its socket, cannot be trusted: the command
+    /// runs in-process instead.
+    Unusable(String),
+    /// Anything else: the command fails with this error.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+impl From<Unusable> for Failure {
+    fn from(u: Unusable) -> Failure {
+        Failure::Unusable(u.0)
+    }
+}
+
+fn failure_to_io(f: Failure) -> io::Error {
+    match f {
+        Failure::Unusable(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
+        Failure::Io(e) => e,
+    }
+}
+
+/// Runs one command (this process's arguments) through the preloader.
+pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
     // What exec passed us besides 0, 1, 2 (`3>file`, a jobserver's pipe): the worker gets them
     // under the same numbers. Read before this process opens anything itself.
-    let inherited = super::os::inherited_fds();
-    let paths = p.paths()?;
+    let inherited = os::inherited_fds();
+    let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
     // The working directory as a descriptor: the worker `fchdir`s into it, so a directory
@@ -278,7 +314,7 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::
     };
     if cwd < 0 {
         let e = io::Error::last_os_error();
-        return Err(other(format!("cannot open the working directory: {e}")));
+        return Err(other(format!("cannot open the working directory: {e}")).into());
     }
     // SAFETY: a descriptor open() just returned, owned by nobody else.
     let cwd = unsafe { OwnedFd::from_raw_fd(cwd) };
@@ -297,7 +333,7 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::
     let attrs = Attrs::of_this_process(original);
 
     let result = (|| {
-        let mut conn = connect_checked(p, &paths)?;
+        let (mut conn, _) = connect_checked(p, &dir)?;
         let full: Vec<OsString> = std::env::args_os().collect();
         let argv = join_nul(full.iter().map(|a| a.as_bytes()));
         let mut envb = Vec::new();
@@ -318,29 +354,30 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: Vec<OsString>) -> io::
             fds.extend(
                 inherited
                     .iter()
-                    .map(|&fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }),
+                    .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) }),
             );
-            super::os::send_with_fds(conn.as_fd(), &request, &fds).map_err(Error::Io)
+            os::send_with_fds(conn.as_fd(), &request, &fds).map_err(Error::Io)
         };
         if let Err(e) = send(&mut conn) {
             // The server may have refused the command (a failed preload, say) and hung up
             // while we were still sending: its reply, already on the socket, says why.
             if let Some((kind, text)) = refusal(&conn, p.options.handshake_timeout) {
-                return Err(other(explain(&kind, &text)));
+                return Err(other(explain(&kind, &text)).into());
             }
-            return Err(other(format!("sending the command to the server: {e}")));
+            return Err(other(format!("sending the command to the server: {e}")).into());
         }
         drop(cwd);
+        let log = dir.display(Kind::Log);
         let mut relay = Relay {
-            pid: None,
+            worker: None,
             queued: Vec::new(),
             original,
             parked: false,
-            log: &paths.log,
+            log: &log,
         };
         match relay.run(&mut conn, &sigfd)? {
             Some(outcome) => Ok(Ran::Outcome(outcome)),
-            None => Ok(Ran::InProcess(args)),
+            None => Ok(Ran::InProcess),
         }
     })();
     sys::set_sigmask(&old_mask);
@@ -366,11 +403,44 @@ fn refusal(conn: &Channel, timeout: Duration) -> Option<(String, String)> {
     Some((kind, text))
 }
 
+/// The command's worker, as the client may signal it: through the pidfd the worker itself sent
+/// (so never a process that merely reuses its number), or, from a worker that could not make
+/// one, by its number while the connection that announced it is open.
+struct Worker {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Worker {
+    /// Sends `sig` to the worker's process group (the worker leads it). `connected`: the
+    /// connection that announced the worker is still open (its template still owns the worker,
+    /// so its number is still the worker's).
+    fn signal(&self, sig: i32, connected: bool) {
+        let Some(fd) = &self.pidfd else {
+            if connected {
+                let _ = sys::kill_group(self.pid, sig);
+            }
+            return;
+        };
+        match os::pidfd_signal_group(fd.as_fd(), sig) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                // Before Linux 6.9 a group is signalled by number: only while its leader, the
+                // worker, runs is that number surely still its group's.
+                if !sys::poll_now(fd.as_fd()) && os::pidfd_pid(fd.as_fd()) == Some(self.pid) {
+                    let _ = sys::kill_group(self.pid, sig);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// The client's side of a running command: relays signals to the worker, mirrors its stops,
 /// waits for its status.
 struct Relay<'a> {
-    /// The worker's pid (and process group), once it has told us.
-    pid: Option<i32>,
+    /// The worker (its pid and pidfd, leading its process group), once it has told us.
+    worker: Option<Worker>,
     /// Signals to relay once the worker's pid is known.
     queued: Vec<i32>,
     /// The signals blocked when the program started: they stay pending for the worker.
@@ -422,13 +492,13 @@ impl Relay<'_> {
     ) -> io::Result<Option<Option<Outcome>>> {
         // The worker may have sent its pid already (it does before it runs anything): then it
         // gets the signal.
-        while self.pid.is_none() && sys::poll_now(conn.as_fd()) {
+        while self.worker.is_none() && sys::poll_now(conn.as_fd()) {
             if let Step::Done(d) = self.on_message(conn, buf)? {
                 return Ok(Some(d));
             }
         }
-        if let Some(pid) = self.pid {
-            let _ = sys::kill_group(pid, sig);
+        if let Some(w) = &self.worker {
+            w.signal(sig, true);
             return Ok(None);
         }
         if self.original & (1u64 << (sig - 1)) != 0 {
@@ -438,19 +508,19 @@ impl Relay<'_> {
             // pid came meanwhile: one of us always sees the other.
             let _ = send_byte(conn, b'S');
             self.parked = true;
-            while self.pid.is_none() && sys::poll_now(conn.as_fd()) {
+            while self.worker.is_none() && sys::poll_now(conn.as_fd()) {
                 if let Step::Done(d) = self.on_message(conn, buf)? {
                     let _ = send_byte(conn, b'G');
                     return Ok(Some(d));
                 }
             }
-            match self.pid {
-                Some(pid) => {
+            match &self.worker {
+                Some(w) => {
                     // The worker exists: it stops itself with the signal, and we stop when it
                     // reports so. Release it first if it saw our `S`.
                     let _ = send_byte(conn, b'G');
                     self.parked = false;
-                    let _ = sys::kill_group(pid, sig);
+                    w.signal(sig, true);
                 }
                 None => {
                     stop_by(sig);
@@ -478,8 +548,8 @@ impl Relay<'_> {
         match conn.read_into(buf) {
             Ok(true) => {}
             Ok(false) => {
-                end_orphan(self.pid);
-                return Err(other(match self.pid {
+                end_orphan(self.worker.as_ref());
+                return Err(other(match self.worker {
                     None => format!(
                         "the preloader server closed the connection before the command started \
                          (it was stopped, or it failed: see {}); run the command again",
@@ -492,7 +562,7 @@ impl Relay<'_> {
                 }));
             }
             Err(e) => {
-                end_orphan(self.pid);
+                end_orphan(self.worker.as_ref());
                 return Err(other(format!("reading from the preloader server: {e}")));
             }
         }
@@ -504,12 +574,39 @@ impl Relay<'_> {
                 .ok_or_else(|| other(format!("malformed message from the server: {msg:?}")))
         };
         match msg.name() {
-            b"pid" => {
-                let p = num(1)?;
-                self.pid = Some(p);
-                for sig in std::mem::take(&mut self.queued) {
-                    let _ = sys::kill_group(p, sig);
+            b"pid" if self.worker.is_none() => {
+                let pid = num(1)?;
+                // 0, 1 and negative numbers would make "its group" ours, init's or everyone's:
+                // never a worker.
+                if pid <= 1 {
+                    return Err(other(format!(
+                        "the preloader server sent an impossible worker pid {pid}"
+                    )));
                 }
+                let pidfd = if msg.get(2) == Some(b"fd".as_slice()) {
+                    match conn.recv_fd() {
+                        Ok(Some(fd)) => Some(fd),
+                        Ok(None) => {
+                            return Err(other(format!(
+                                "the preloader's template went away before the command \
+                                 finished (see {})",
+                                self.log.display()
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(other(format!(
+                                "reading the worker's pidfd from the preloader server: {e}"
+                            )))
+                        }
+                    }
+                } else {
+                    None
+                };
+                let w = Worker { pid, pidfd };
+                for sig in std::mem::take(&mut self.queued) {
+                    w.signal(sig, true);
+                }
+                self.worker = Some(w);
                 Ok(Step::Continue)
             }
             b"stopped" => {
@@ -517,11 +614,11 @@ impl Relay<'_> {
                 // same signal, so that the shell sees the job stopped. Unless it has been
                 // continued since (this report is then out of date).
                 let sig = num(1)?;
-                if let Some(pid) = self.pid {
-                    if is_stopped(pid) && !stop_by(sig) {
+                if let Some(w) = &self.worker {
+                    if is_stopped(w.pid) && !stop_by(sig) {
                         // The kernel discarded our stop (orphaned process group): the command,
                         // run without the preloader, would not have stopped either.
-                        let _ = sys::kill_group(pid, libc::SIGCONT);
+                        w.signal(libc::SIGCONT, true);
                     }
                 }
                 Ok(Step::Continue)
@@ -531,16 +628,16 @@ impl Relay<'_> {
             b"error" => {
                 let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b"")).into_owned();
                 let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
-                if kind == "confined" && self.pid.is_none() {
+                if kind == "confined" && self.worker.is_none() {
                     return Ok(Step::Done(None));
                 }
                 // After the worker's pid, an error means its template failed (timed out, or
                 // died): nobody will report or stop the worker, so end it ourselves.
-                end_orphan(self.pid);
+                end_orphan(self.worker.as_ref());
                 Err(other(explain(&kind, &text)))
             }
             _ => {
-                end_orphan(self.pid);
+                end_orphan(self.worker.as_ref());
                 Err(other(format!(
                     "unexpected message from the server: {msg:?}"
                 )))
@@ -555,162 +652,232 @@ fn send_byte(conn: &Channel, b: u8) -> io::Result<usize> {
 }
 
 /// The connection ended before the worker's status: nobody will report it or stop it, so end
-/// its process group (SIGTERM, then SIGKILL after a grace period).
-fn end_orphan(pid: Option<i32>) {
-    let Some(pid) = pid else { return };
-    let fd = sys::pidfd_open(pid).ok();
-    let _ = sys::kill_group(pid, libc::SIGCONT); // a stopped worker would not act on SIGTERM
-    let _ = sys::kill_group(pid, libc::SIGTERM);
-    if let Some(fd) = fd {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let _ = sys::wait_fd(fd.as_fd(), libc::POLLIN, Some(deadline));
-    }
-    let _ = sys::kill_group(pid, libc::SIGKILL); // what is left of the group
+/// its process group (SIGTERM, then SIGKILL after a grace period), only through the worker's
+/// pidfd: its number may already belong to another process.
+fn end_orphan(worker: Option<&Worker>) {
+    let Some(w) = worker else { return };
+    let Some(fd) = &w.pidfd else { return };
+    w.signal(libc::SIGCONT, false); // a stopped worker would not act on SIGTERM
+    w.signal(libc::SIGTERM, false);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let _ = sys::wait_fd(fd.as_fd(), libc::POLLIN, Some(deadline));
+    w.signal(libc::SIGKILL, false); // what is left of the group
 }
 
-/// Connects to a server speaking our protocol version, starting one if needed. A server of
-/// another version is stopped and replaced, once.
-fn connect_checked<A: Application>(p: &Preloader<A>, paths: &Paths) -> io::Result<Channel> {
+/// The server's greeting.
+#[derive(Debug)]
+pub(crate) struct Hello {
+    version: String,
+    /// (The pid it names is not used: who the server is comes from the kernel, `SO_PEERCRED`
+    /// and `SO_PEERPIDFD`.)
+    build: String,
+}
+
+/// Connects to a server speaking our protocol version and of our build, starting one if needed.
+/// A server of another version or build is stopped and replaced, once.
+fn connect_checked<A: Application>(
+    p: &Preloader<A>,
+    dir: &Dir,
+) -> Result<(Channel, Hello), Failure> {
     let mut restarted = false;
+    let mut retried = false;
     loop {
-        let mut conn = connect_or_start(p, paths)?;
-        let (version, pid) = handshake(&mut conn, p.options.handshake_timeout)?;
-        if version == PROTOCOL_VERSION {
-            return Ok(conn);
+        let mut conn = connect_or_start(p, dir)?;
+        let hello = match handshake(&mut conn, p.options.handshake_timeout, dir) {
+            Ok(h) => h,
+            // A server that was exiting (idle, stopped) as we connected: once more.
+            Err(Handshake::Closed(_)) if !retried => {
+                retried = true;
+                continue;
+            }
+            Err(Handshake::Closed(e) | Handshake::Failed(e)) => return Err(e.into()),
+        };
+        if hello.version == PROTOCOL_VERSION && hello.build == build_id() {
+            return Ok((conn, hello));
         }
         if restarted {
             return Err(other(format!(
-                "the preloader server speaks {version:?} even after a restart; expected {PROTOCOL_VERSION:?}"
-            )));
+                "the preloader server speaks {:?} (build {:?}) even after a restart; expected \
+                 {PROTOCOL_VERSION:?} (build {:?})",
+                hello.version,
+                hello.build,
+                build_id()
+            ))
+            .into());
         }
-        // Every version understands ["stop"] as its first request.
-        let _ = conn.write_array(["stop"]);
-        drop(conn);
-        stop_pid(pid, p.options.stop_grace)?;
-        clean_stale(paths)?;
+        stop_server(conn, p.options.stop_grace)?;
         restarted = true;
     }
 }
 
-/// Reads the server's greeting `["fdserver-preload", version, pid]`.
-fn handshake(conn: &mut Channel, timeout: Duration) -> io::Result<(String, i32)> {
+enum Handshake {
+    /// The connection ended before the greeting.
+    Closed(io::Error),
+    Failed(io::Error),
+}
+
+/// Reads the server's greeting `["fdserver-preload", version, pid, build]`. Any other shape, an
+/// older server's included, is a mismatch that the caller resolves by restarting the server.
+fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, Handshake> {
     conn.set_read_timeout(Some(timeout));
     let hello = match conn.read_strings() {
         Ok(Some(v)) => v,
-        Ok(None) => return Err(other("the preloader server closed the connection at once")),
-        Err(Error::TimedOut { .. }) => {
-            return Err(other(format!(
-                "the preloader server did not answer within {timeout:?} (wedged?); try `--preloader stop`"
+        Ok(None) => {
+            return Err(Handshake::Closed(other(
+                "the preloader server closed the connection at once",
             )))
         }
-        Err(e) => return Err(other(format!("handshake with the preloader server: {e}"))),
+        Err(Error::TimedOut { .. }) => {
+            return Err(Handshake::Failed(other(format!(
+                "the preloader server did not answer within {timeout:?}: it is wedged, or busy \
+                 with {} connections (its limit); see {}, or try `--preloader restart`",
+                super::daemon::MAX_CONNECTIONS,
+                dir.display(Kind::Log).display()
+            ))))
+        }
+        Err(e) if !matches!(e, Error::Protocol(_)) => {
+            return Err(Handshake::Closed(other(format!(
+                "handshake with the preloader server: {e}"
+            ))))
+        }
+        Err(e) => {
+            return Err(Handshake::Failed(other(format!(
+                "handshake with the preloader server: {e}"
+            ))))
+        }
     };
     conn.set_read_timeout(None);
+    let bad = || Handshake::Failed(other(format!("bad greeting from the server: {hello:?}")));
     match hello.as_slice() {
-        [magic, version, pid, ..] if magic == "fdserver-preload" => Ok((
-            version.clone(),
-            pid.parse()
-                .map_err(|_| other(format!("bad greeting from the server: {hello:?}")))?,
-        )),
-        [version, ..] => Ok((version.clone(), 0)),
-        [] => Err(other("empty greeting from the preloader server")),
+        [magic, version, _pid, rest @ ..] if magic == "fdserver-preload" => Ok(Hello {
+            version: version.clone(),
+            build: rest.first().cloned().unwrap_or_default(),
+        }),
+        [version, ..] => Ok(Hello {
+            version: version.clone(),
+            build: String::new(),
+        }),
+        [] => Err(bad()),
     }
 }
 
-fn connect(paths: &Paths) -> Option<Channel> {
-    UnixStream::connect(&paths.socket).ok().map(Channel::from)
+/// Connects to the socket, and checks with `SO_PEERCRED` that the server runs as us before
+/// anything is sent. `None`: nobody listens there.
+fn connect(dir: &Dir) -> Result<Option<Channel>, Failure> {
+    let stream = match UnixStream::connect(dir.socket_addr()) {
+        Ok(s) => s,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ECONNREFUSED)) => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(other(format!(
+                "cannot connect to {}: {e}",
+                dir.display(Kind::Sock).display()
+            ))
+            .into())
+        }
+    };
+    let (uid, _) = os::peer_cred(stream.as_fd())?;
+    let me = dir.owner(); // checked to be our euid when it was opened
+    if uid != me {
+        return Err(Failure::Unusable(format!(
+            "the server at {} runs as uid {uid}, not as you (uid {me}): nothing was sent to it",
+            dir.display(Kind::Sock).display()
+        )));
+    }
+    Ok(Some(Channel::from(stream)))
 }
 
 /// Connects, or (under the start lock, so that racing clients start one server) removes stale
 /// files, starts a server and waits for it to listen.
-fn connect_or_start<A: Application>(p: &Preloader<A>, paths: &Paths) -> io::Result<Channel> {
-    if let Some(c) = connect(paths) {
+fn connect_or_start<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<Channel, Failure> {
+    if let Some(c) = connect(dir)? {
         return Ok(c);
     }
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&paths.lock)
-        .map_err(|e| at(e, "cannot open the start lock", &paths.lock))?;
+    let lock = dir.open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)?;
     sys::flock(lock.as_fd(), true, false)?;
-    if let Some(c) = connect(paths) {
+    if let Some(c) = connect(dir)? {
         return Ok(c); // another client started it while we waited for the lock
     }
-    clean_stale(paths)?;
-    spawn_server(p, paths)?;
-    let c = connect(paths).ok_or_else(|| {
+    clean_stale(dir)?;
+    spawn_server(p, dir)?;
+    let c = connect(dir)?.ok_or_else(|| {
         other(format!(
             "the preloader server reported ready but {} refuses connections",
-            paths.socket.display()
+            dir.display(Kind::Sock).display()
         ))
     })?;
     drop(lock);
     Ok(c)
 }
 
-/// Removes the socket and pidfile if no server holds the pidfile's lock.
-fn clean_stale(paths: &Paths) -> io::Result<()> {
-    let pidfile = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&paths.pidfile)
-    {
+/// Removes the socket and pidfile if no server holds the pidfile's lock. `Ok(false)`: one does.
+fn clean_stale(dir: &Dir) -> io::Result<bool> {
+    let pidfile = match dir.open_file(Kind::Pid, libc::O_RDWR) {
         Ok(f) => Some(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(at(e, "cannot open the pidfile", &paths.pidfile)),
+        Err(e) => return Err(e),
     };
     if let Some(f) = &pidfile {
         if !sys::flock(f.as_fd(), true, true)? {
-            return Ok(()); // a live server holds it
+            return Ok(false); // a live server holds it
         }
     }
-    for path in [&paths.socket, &paths.pidfile] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(at(e, "cannot remove the stale", path)),
-        }
+    // Removed while we hold the pidfile's lock: a server that opened it meanwhile finds it
+    // unlinked once it gets the lock, and opens the new one.
+    // A socket that cannot be removed is left for the server, which says so when it fails to
+    // listen there.
+    let _ = dir.unlink(Kind::Sock);
+    if pidfile.is_some() {
+        dir.unlink(Kind::Pid)?;
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Starts the server: this executable with the role variable set; it forks into the background
-/// (new session) and writes `ready` to descriptor 3 once it listens.
-fn spawn_server<A: Application>(p: &Preloader<A>, paths: &Paths) -> io::Result<()> {
+/// Starts the server: this executable with the role variable set, the checked directory as
+/// descriptor 4; it forks into the background (new session) and writes `ready` to descriptor 3
+/// once it listens.
+/// Starts the server: this executable with the role variable set, the readiness pipe as
+/// descriptor 3 and the checked directory as descriptor 4, nothing else but its log as stdout
+/// and stderr; it forks into the background (new session) and writes `ready` to descriptor 3
+/// once it listens.
+fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
+    if let Err(why) = super::idle_timeout(&p.options) {
+        eprintln!("fdserver preloader: {why}");
+    }
     let (rd, wr) = sys::pipe()?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.log)
-        .map_err(|e| at(e, "cannot open the preloader's log", &paths.log))?;
+    let log = dir.open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)?;
     let exe = std::env::current_exe()?;
-    let wr_raw = wr.as_raw_fd();
+    let (wr_raw, dir_raw) = (wr.as_raw_fd(), dir.fd().as_raw_fd());
     let mut cmd = Command::new(&exe);
     // Its title in `ps` (rewritten by the server, which the spare arguments make room for).
     cmd.arg0(format!("{}: preloader server", p.app.name()))
         .args(std::iter::repeat("").take(64))
         .env(ENV_ROLE, "launch")
-        .env(super::ENV_DIR, &paths.dir)
+        .env(super::ENV_DIR, dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .current_dir("/");
-    // SAFETY: the closure only calls dup2/fcntl (async-signal-safe) on descriptors that are open
-    // in the child.
+    // SAFETY: the closure only calls fcntl, dup2, close and close_range (async-signal-safe) on
+    // descriptors that are open in the child.
     unsafe {
         cmd.pre_exec(move || {
-            if wr_raw == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags == -1 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(wr_raw, 3) == -1 {
+            // Out of the way first (either may be 3 or 4), then into place; dup2 clears
+            // close-on-exec on the copies.
+            let high = [wr_raw, dir_raw].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+            if high.contains(&-1) {
                 return Err(io::Error::last_os_error());
             }
+            for (from, to) in high.into_iter().zip([3, 4]) {
+                if libc::dup2(from, to) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(from);
+            }
             // The server outlives us: it must not keep what we inherited (a pipe whose reader
-            // waits for its end, say), only its log and the readiness pipe.
-            super::os::cloexec_from(4);
+            // waits for its end, say), only its log, the readiness pipe and the directory.
+            os::cloexec_from(5);
             Ok(())
         });
     }
@@ -723,19 +890,19 @@ fn spawn_server<A: Application>(p: &Preloader<A>, paths: &Paths) -> io::Result<(
     if !status.success() {
         return Err(other(format!(
             "the preloader server failed to launch ({status}); see {}",
-            paths.log.display()
+            dir.display(Kind::Log).display()
         )));
     }
     let deadline = Instant::now() + p.options.boot_timeout;
     let mut rd = File::from(rd);
     let mut got = Vec::new();
-    let mut chunk = [0u8; 64];
+    let mut chunk = [0u8; 256];
     loop {
         if !sys::wait_fd(rd.as_fd(), libc::POLLIN, Some(deadline))? {
             return Err(other(format!(
                 "the preloader server did not start within {:?}; see {}",
                 p.options.boot_timeout,
-                paths.log.display()
+                dir.display(Kind::Log).display()
             )));
         }
         let n = rd.read(&mut chunk)?;
@@ -753,19 +920,23 @@ fn spawn_server<A: Application>(p: &Preloader<A>, paths: &Paths) -> io::Result<(
         Err(other(format!(
             "the preloader server failed to start: {}; see {}",
             String::from_utf8_lossy(&got).trim(),
-            paths.log.display()
+            dir.display(Kind::Log).display()
         )))
     }
 }
 
 /// The running server's status, without starting one.
 pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Status>> {
-    let paths = p.paths()?;
-    let Some(mut conn) = connect(&paths) else {
-        clean_stale(&paths)?;
+    let dir = p.dir()?;
+    let Some(mut conn) = connect(&dir).map_err(failure_to_io)? else {
+        clean_stale(&dir)?;
         return Ok(None);
     };
-    let (version, pid) = handshake(&mut conn, p.options.handshake_timeout)?;
+    let hello = handshake(&mut conn, p.options.handshake_timeout, &dir).map_err(|e| match e {
+        Handshake::Closed(e) | Handshake::Failed(e) => e,
+    })?;
+    // The pid shown is the kernel's (the process listening on the socket), not the greeting's.
+    let server_pid = os::peer_cred(conn.as_fd())?.1 as u32;
     conn.set_read_timeout(Some(p.options.handshake_timeout));
     conn.write_array(["status"]).map_err(io::Error::from)?;
     let reply = conn
@@ -795,51 +966,59 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
         .collect();
     Ok(Some(Status {
         app: p.app.name().to_owned(),
-        socket: paths.socket.clone(),
+        socket: dir.display(Kind::Sock),
         log: reply[2].clone(),
-        server_pid: pid as u32,
+        server_pid,
         uptime: ms(&reply[1]),
-        version,
+        version: hello.version,
+        build: hello.build,
         templates,
     }))
 }
 
-/// Stops the running server: SIGTERM, then SIGKILL after the grace period.
+/// Stops the running server: asks it (`["stop"]`), SIGTERM, then SIGKILL after the grace
+/// period, each through a pidfd of the process that listens on the socket. A server that holds
+/// the pidfile but has lost its socket exits by itself: it is given the grace period to.
 pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
-    let paths = p.paths()?;
-    let pid = match std::fs::read_to_string(&paths.pidfile) {
-        Ok(s) => s.trim().parse::<i32>().ok(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let live = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&paths.pidfile)
-    {
-        Ok(f) => !sys::flock(f.as_fd(), true, true)?,
-        Err(_) => false,
-    };
-    let stopped = match pid {
-        Some(pid) if live => {
-            stop_pid(pid, p.options.stop_grace)?;
+    let dir = p.dir()?;
+    let stopped = match connect(&dir).map_err(failure_to_io)? {
+        Some(conn) => {
+            stop_server(conn, p.options.stop_grace)?;
             true
         }
-        _ => false,
+        None => {
+            if let Ok(f) = dir.open_file(Kind::Pid, libc::O_RDWR) {
+                if !lock_within(&f, Instant::now() + p.options.stop_grace)? {
+                    return Err(other(format!(
+                        "a preloader server (pid {}, from {}) holds its pidfile but has no \
+                         socket; it should exit by itself: if it does not, kill it",
+                        super::pidfile_text(&f),
+                        dir.display(Kind::Pid).display()
+                    )));
+                }
+            }
+            false
+        }
     };
-    clean_stale(&paths)?;
+    let lock = dir.open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)?;
+    sys::flock(lock.as_fd(), true, false)?;
+    clean_stale(&dir)?;
     Ok(stopped)
 }
 
-/// SIGTERM, wait (on a pidfd) up to `grace`, SIGKILL, wait.
-fn stop_pid(pid: i32, grace: Duration) -> io::Result<()> {
-    if pid <= 0 {
-        return Ok(());
-    }
-    let pidfd = match sys::pidfd_open(pid) {
+/// Stops the server at the other end of `conn`: `["stop"]` (every version understands it as its
+/// first request), then SIGTERM, wait up to `grace`, SIGKILL, wait. The signals go through a
+/// pidfd of the process that listens on the socket (from the kernel, not from anything the
+/// server says).
+fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
+    let pidfd = os::peer_pidfd(conn.as_fd());
+    conn.set_write_timeout(Some(grace));
+    let _ = conn.write_array(["stop"]);
+    drop(conn);
+    let pidfd = match pidfd {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-        Err(e) => return Err(e),
+        // Gone already (or the kernel cannot name it): nothing we may signal.
+        Err(_) => return Ok(()),
     };
     sys::pidfd_kill(pidfd.as_fd(), libc::SIGTERM)?;
     if sys::wait_fd(pidfd.as_fd(), libc::POLLIN, Some(Instant::now() + grace))? {
@@ -848,4 +1027,43 @@ fn stop_pid(pid: i32, grace: Duration) -> io::Result<()> {
     sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL)?;
     sys::wait_fd(pidfd.as_fd(), libc::POLLIN, Some(Instant::now() + grace))?;
     Ok(())
+}
+
+/// What `--preloader restart` did.
+#[derive(Debug)]
+pub(crate) struct Restarted {
+    server: u32,
+    key: String,
+    template: String,
+}
+
+impl fmt::Display for Restarted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "preloader server restarted (pid {}); template {:?} preloaded (pid {})",
+            self.server, self.key, self.template
+        )
+    }
+}
+
+/// Stops the server, starts a new one and preloads the template of this environment's key.
+pub(crate) fn restart<A: Application>(p: &Preloader<A>) -> io::Result<Restarted> {
+    stop(p)?;
+    let dir = p.dir()?;
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let key = p.app.template_key(&env);
+    let (mut conn, _) = connect_checked(p, &dir).map_err(failure_to_io)?;
+    conn.write_array(["preload", key.as_str()])
+        .map_err(io::Error::from)?;
+    let mut buf = MessageBuf::new();
+    let reply = conn.read_reply(&mut buf).map_err(|e| match e {
+        Error::Remote(r) => other(r.message().to_owned()),
+        e => io::Error::from(e),
+    })?;
+    Ok(Restarted {
+        server: os::peer_cred(conn.as_fd())?.1 as u32,
+        key,
+        template: reply.str(1).unwrap_or("?").to_owned(),
+    })
 }

@@ -1,35 +1,42 @@
 //! The preloader server: listens, checks peers, and hands requests to templates.
 //!
-//! Threads: the main thread accepts (and watches SIGTERM/SIGINT through a signalfd) and hands
-//! each connection to a connection thread: an idle one if there is one (they wait for the next
-//! connection for a while before exiting), else a new one. A connection thread greets the
-//! client, reads its request's first message and, for a command, takes the lock of the
-//! template of its key, (re)starts the template if needed, and passes it the client's socket;
-//! the template reads the rest of the request from the client itself. So a connection never
-//! waits for another one except for the template it needs, and the accept loop never waits.
-//! Nothing here writes through std's stdout or stderr locks: templates are forked from a
-//! connection thread while the other threads run, and a lock held at that moment would stay
-//! locked forever in the template (see the crate docs on fork safety). Logs go through [`log`],
-//! a lock-free `write(2)`.
+//! Threads: the main thread accepts, and watches SIGTERM/SIGINT (a signalfd), inotify (its own
+//! directory, and the directories of the templates' watched files: [`Events`]) and its idle
+//! time. It hands each connection to a connection thread: an idle one if there is one (they
+//! wait for the next connection for a while before exiting), else a new one, up to
+//! [`MAX_CONNECTIONS`]; past that it stops accepting, and clients wait in the socket's listen
+//! queue. A connection thread greets the client, reads its request's first message and, for a
+//! command, takes the lock of the template of its key, (re)starts the template if needed (this
+//! executable run again: [`start_template`]), and passes it the client's socket; the template
+//! reads the rest of the request from the client itself. So a connection never waits for
+//! another one except for the template it needs, and the accept loop never waits for a
+//! template.
+//!
+//! Logs go through [`log`]: one `write(2)` per line, so that lines of the server's threads and
+//! of its templates (which share the log) never interleave, and the log stays bounded.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::os::ArgvArea;
 use super::template::{ARGV_SLOTS, ENV_KEY};
-use super::{Application, Preloader, ENV_ROLE, PROTOCOL_VERSION};
+use super::{
+    build_id, lock_within, Application, Dir, Kind, Preloader, ENV_ROLE, FIX_DIR, PROTOCOL_VERSION,
+};
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
 use crate::error::{Error, RemoteError, RemoteErrorKind};
@@ -45,10 +52,81 @@ const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
 /// 3 s in all, `template::REQUEST_BUDGET`), then forks. Well above that: only a wedged template
 /// misses it.
 const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a template may take to say whether it is busy (the idle timeout asks).
+const TEMPLATE_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many connections are served at once (each by a thread); further clients wait in
+/// the socket's listen queue until one ends.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// While at [`MAX_CONNECTIONS`], how often the accept loop looks whether one has ended.
+const CAP_RECHECK: Duration = Duration::from_millis(50);
+/// After a failed `accept` (out of descriptors, say), new connections wait this long at first,
+/// then twice as long at each failure in a row, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a server started by a client waits for a previous one (exiting) to release the
+/// pidfile.
+const PIDFILE_WAIT: Duration = Duration::from_secs(10);
+/// Without inotify, how often the server checks that its directory and files are still its own.
+const CHECK_PERIOD: Duration = Duration::from_secs(5);
+/// The log's bound: past it, its last `LOG_LIMIT` bytes move to `<id>.log.1` and it starts again
+/// empty (checked whenever the server writes a line, and after each preload).
+pub(crate) const LOG_LIMIT: u64 = 1 << 20;
+
+/// Where the log is, for [`bound_log`]: the directory and the log's identity (the server's
+/// stderr must be that file). Unset for `--preloader serve`, which logs to its terminal.
+struct LogFiles {
+    dir: File,
+    log: OsString,
+    old: OsString,
+}
+
+static LOG_FILES: OnceLock<LogFiles> = OnceLock::new();
 
 fn log(msg: &str) {
     let line = format!("[fdserver-preload {}] {msg}\n", sys::getpid());
     sys::write_raw(2, line.as_bytes());
+    bound_log();
+}
+
+/// Keeps the log under [`LOG_LIMIT`]: when it is larger, copies its last `LOG_LIMIT` bytes to
+/// `<id>.log.1` and truncates it (every writer, templates included, appends, so they go on at
+/// its new end). Lines written between the copy and the truncation are lost.
+fn bound_log() {
+    static ROTATING: AtomicBool = AtomicBool::new(false);
+    let Some(files) = LOG_FILES.get() else { return };
+    // SAFETY: fd 2 stays open for the life of the server; the File is never dropped.
+    let stderr = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(2) });
+    let Ok(meta) = stderr.metadata() else { return };
+    if meta.len() <= LOG_LIMIT || ROTATING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let copy = || -> io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = files.dir.as_fd();
+        let mut from = super::os::open_at(dir, &files.log, libc::O_RDONLY)?;
+        if (from.metadata()?.dev(), from.metadata()?.ino()) != (meta.dev(), meta.ino()) {
+            return Ok(()); // our stderr is not (or no longer) that file
+        }
+        from.seek(SeekFrom::Start(meta.len() - LOG_LIMIT))?;
+        let mut tail = Vec::with_capacity(LOG_LIMIT as usize);
+        from.take(LOG_LIMIT).read_to_end(&mut tail)?;
+        let mut to = super::os::open_at(
+            dir,
+            &files.old,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        )?;
+        to.write_all(&tail)?;
+        stderr.set_len(0)
+    };
+    let result = copy();
+    ROTATING.store(false, Ordering::SeqCst);
+    if let Err(e) = result {
+        let line = format!(
+            "[fdserver-preload {}] cannot bound the log: {e}\n",
+            sys::getpid()
+        );
+        sys::write_raw(2, line.as_bytes());
+    }
 }
 
 /// Entry of a process started by a client with the role variable: fork into the background
@@ -57,17 +135,20 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
     if role != "launch" {
         return Err(io::Error::other(format!("unknown role {role:?}")));
     }
-    // SAFETY: fd 3 was set up by the client as the write end of the readiness pipe, and nothing
-    // else in this fresh process owns it.
-    let ready = unsafe { OwnedFd::from_raw_fd(3) };
+    // SAFETY: fd 3 was set up by the client as the write end of the readiness pipe, and fd 4 as
+    // the directory it opened and checked; nothing else in this fresh process owns them.
+    let (ready, dir_fd) = unsafe { (OwnedFd::from_raw_fd(3), OwnedFd::from_raw_fd(4)) };
     sys::set_cloexec(ready.as_fd())?;
+    sys::set_cloexec(dir_fd.as_fd())?;
+    let path = PathBuf::from(std::env::var_os(super::ENV_DIR).unwrap_or_default());
+    let dir = Dir::inherited(dir_fd, path, p.app.name()).map_err(io::Error::from)?;
     // SAFETY: this process is single-threaded (it has just started), so the child may do
     // anything.
     match unsafe { sys::fork() }? {
         0 => {
             sys::setsid()?;
             let mut ready = File::from(ready);
-            match serve(p, Some(&mut ready)) {
+            match serve(p, &dir, Some(&mut ready)) {
                 Ok(()) => sys::exit_now(0),
                 Err(e) => {
                     let _ = writeln!(ready, "{e}");
@@ -81,13 +162,21 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
 }
 
 /// `--preloader serve`: the server in the foreground of this terminal, logging to it (and its
-/// templates' output with it), until Ctrl-C or `--preloader stop`.
+/// templates' output with it), until Ctrl-C or `--preloader stop`. It opens and checks the
+/// directory as a client does (see [`Dir`]).
 pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
-    serve(p, None)
+    let dir = p.dir().map_err(|u| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}; to use the preloader, {FIX_DIR}", u.0),
+        )
+    })?;
+    serve(p, &dir, None)
 }
 
 /// A command for a template: the client's socket, positioned after its `["run", key]` (the
-/// template reads the arguments, environment and descriptors from it).
+/// template reads the arguments, environment, attributes and descriptors, working directory
+/// included, from it).
 struct Job {
     conn: OwnedFd,
 }
@@ -161,25 +250,31 @@ impl Slot {
         }
     }
 
+    /// Takes the template's lock if nobody holds it (a preload or a command being handed over
+    /// does).
+    fn try_lock(&self) -> Option<Held<'_>> {
+        let guard = match self.template.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Held {
+            guard: Some(guard),
+            slot: self,
+        })
+    }
+
     /// Takes the template's lock unless the client on `conn` hangs up first (`None`): a client
     /// killed while it waits behind a preload gets its descriptors (which travel in its request,
     /// in the socket) released at once, not when the preload ends.
-    fn lock_unless_gone(&self, conn: std::os::fd::BorrowedFd<'_>) -> Option<Held<'_>> {
+    fn lock_unless_gone(&self, conn: BorrowedFd<'_>) -> Option<Held<'_>> {
         let mut waiting = self.released.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             // Tried while holding `released.0`: a release cannot slip between this attempt and
             // the wait below.
-            let guard = match self.template.try_lock() {
-                Ok(g) => Some(g),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(guard) = guard {
+            if let Some(held) = self.try_lock() {
                 drop(waiting);
-                return Some(Held {
-                    guard: Some(guard),
-                    slot: self,
-                });
+                return Some(held);
             }
             if super::os::peer_hung_up(conn) {
                 return None;
@@ -205,36 +300,369 @@ struct TemplateState {
 struct State<A> {
     app: A,
     preload_timeout: Duration,
-    /// Where the server's and templates' output goes, for `status`.
+    /// Where the server's and templates' output goes, for `status` and messages.
     log: String,
     started: Instant,
-    watcher: Option<Watcher>,
+    /// The watches of the templates' watched files (`None` without inotify).
+    files: Option<FileWatches>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: AtomicBool,
     wake: UnixStream,
     /// Connection threads waiting for a connection, minus connections queued for them.
     idle: AtomicUsize,
     queue: Mutex<Receiver<UnixStream>>,
+    /// Connections being served (at most [`MAX_CONNECTIONS`]).
+    conns: AtomicUsize,
+    /// When a connection last started or ended, in ms since `started`.
+    last_activity: AtomicU64,
 }
 
-fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Result<()> {
-    let paths = p.paths()?;
-    let foreground = ready.is_none();
-    let mut pidfile = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&paths.pidfile)?;
-    if !sys::flock(pidfile.as_fd(), true, true)? {
-        let pid = std::fs::read_to_string(&paths.pidfile).unwrap_or_default();
-        return Err(io::Error::other(format!(
-            "another preloader server is running (pid {}); stop it first with `--preloader stop`",
-            pid.trim()
-        )));
+impl<A> State<A> {
+    fn touch(&self) {
+        self.last_activity
+            .store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
+
+    fn last_activity(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_activity.load(Ordering::SeqCst))
+    }
+}
+
+/// Opens and locks the pidfile, waiting up to `wait` for a previous server that is exiting to
+/// release it; returns it with its device and inode. A pidfile that was replaced while we waited
+/// for its lock is left for the one now in its place.
+fn lock_pidfile(dir: &Dir, wait: Duration) -> io::Result<(File, (u64, u64))> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let f = dir.open_file(Kind::Pid, libc::O_RDWR | libc::O_CREAT)?;
+        if !lock_within(&f, deadline)? {
+            let holder = super::pidfile_text(&f);
+            let pidfile = dir.display(Kind::Pid);
+            return Err(io::Error::other(if wait.is_zero() {
+                format!(
+                    "another preloader server is running (pid {holder}, it holds {}); stop it \
+                     first with `--preloader stop`",
+                    pidfile.display()
+                )
+            } else {
+                format!(
+                    "another preloader server (pid {holder}) still holds {} after {wait:?}; it \
+                     exits by itself once its socket is gone, else stop it with `kill`",
+                    pidfile.display()
+                )
+            }));
+        }
+        let meta = f.metadata()?;
+        let id = (meta.dev(), meta.ino());
+        if dir.stat(Kind::Pid)? == Some(id) {
+            return Ok((f, id));
+        }
+    }
+}
+
+/// The server's inotify instance, read by the main loop alone: it watches the server's own
+/// directory (through the open directory, so the inode that was checked) for changes to its
+/// socket, pidfile or the directory itself, and the directories of the templates' watched files
+/// (added by connection threads through [`FileWatches`]). Without inotify the directory is
+/// checked every [`CHECK_PERIOD`], and watched files at each command only.
+struct Events {
+    inotify: Option<Inotify>,
+    /// The watch of our directory.
+    dir_wd: Option<WatchDescriptor>,
+    /// Our socket's and pidfile's names.
+    names: [OsString; 2],
+    /// When the directory is checked next, without a watch on it.
+    next_check: Option<Instant>,
+}
+
+/// What one read of [`Events`] found.
+#[derive(Default)]
+struct Seen {
+    /// Something happened to our directory, socket or pidfile (or the periodic check is due).
+    dir: bool,
+    /// Templates one of whose watched files changed.
+    keys: Vec<String>,
+}
+
+impl Events {
+    /// The instance, with our directory watched, and the handle to add watched files.
+    fn new(dir: &Dir) -> (Events, Option<FileWatches>) {
+        let names = [dir.name(Kind::Sock), dir.name(Kind::Pid)];
+        let inotify = match Inotify::init() {
+            // Non-blocking and close-on-exec.
+            Ok(i) => Some(i),
+            Err(e) => {
+                log(&format!(
+                    "inotify unavailable ({e}): {} is checked every {CHECK_PERIOD:?}, watched \
+                     files at each command only",
+                    dir.path().display()
+                ));
+                None
+            }
+        };
+        let dir_wd = inotify.as_ref().and_then(|i| {
+            let added = i.watches().add(
+                format!("/proc/self/fd/{}", dir.fd().as_raw_fd()),
+                WatchMask::DELETE
+                    | WatchMask::CREATE
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::MOVED_TO
+                    | WatchMask::ATTRIB
+                    | WatchMask::DELETE_SELF
+                    | WatchMask::MOVE_SELF
+                    | WatchMask::ONLYDIR,
+            );
+            match added {
+                Ok(wd) => Some(wd),
+                Err(e) => {
+                    log(&format!(
+                        "cannot watch {} with inotify ({e}): checking it every {CHECK_PERIOD:?}",
+                        dir.path().display()
+                    ));
+                    None
+                }
+            }
+        });
+        let files = inotify.as_ref().map(|i| FileWatches {
+            watches: i.watches(),
+            dirs: Mutex::new(HashMap::new()),
+        });
+        let events = Events {
+            next_check: dir_wd.is_none().then(|| Instant::now() + CHECK_PERIOD),
+            inotify,
+            dir_wd,
+            names,
+        };
+        (events, files)
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(|i| i.as_fd())
+    }
+
+    /// Reads what happened (draining the queue when `readable`), and whether the periodic check
+    /// of the directory is due.
+    fn read(&mut self, readable: bool, files: Option<&FileWatches>) -> Seen {
+        let mut seen = Seen::default();
+        if let Some(next) = self.next_check {
+            if Instant::now() >= next {
+                self.next_check = Some(Instant::now() + CHECK_PERIOD);
+                seen.dir = true;
+            }
+        }
+        let Some(inotify) = &mut self.inotify else {
+            return seen;
+        };
+        if !readable {
+            return seen;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(events) = inotify.read_events(&mut buf) {
+            let mut any = false;
+            for e in events {
+                any = true;
+                if e.mask.contains(EventMask::Q_OVERFLOW) {
+                    // Events were lost: look at everything.
+                    seen.dir = true;
+                    if let Some(f) = files {
+                        f.all_keys(&mut seen.keys);
+                    }
+                    continue;
+                }
+                if Some(&e.wd) == self.dir_wd.as_ref() {
+                    seen.dir |= match e.name {
+                        // An event of the directory itself (moved, removed, mode).
+                        None => true,
+                        Some(n) => self.names.iter().any(|ours| ours == n),
+                    };
+                }
+                // (A watched file may live in our directory too: the same watch then.)
+                if let Some(f) = files {
+                    f.changed(&e.wd, e.name, e.mask, &mut seen.keys);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        seen
+    }
+}
+
+/// The templates' watched files, watched through their directories (editors replace files by
+/// renaming over them, which a watch on the file itself would lose) on the server's inotify
+/// instance ([`Events`]). A file whose directory cannot be watched is still checked at each
+/// command: a command after an edit then preloads itself.
+struct FileWatches {
+    watches: inotify::Watches,
+    /// Per watch (a directory): the file names in it, and the template key each belongs to.
+    dirs: Mutex<HashMap<WatchDescriptor, Vec<(OsString, String)>>>,
+}
+
+impl FileWatches {
+    /// Watches `files` for template `key` (again: adding a watch twice is harmless).
+    fn watch(&self, key: &str, files: &[PathBuf]) {
+        // MASK_ADD: a directory also watched for another reason (the server's own, say) keeps
+        // what that watch asked for.
+        let mask = WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::ATTRIB
+            | WatchMask::MASK_ADD;
+        for f in files {
+            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            match self.watches.clone().add(dir, mask) {
+                Ok(wd) => {
+                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                    let names = dirs.entry(wd).or_default();
+                    let entry = (name.to_owned(), key.to_owned());
+                    if !names.contains(&entry) {
+                        names.push(entry);
+                    }
+                }
+                Err(e) => log(&format!(
+                    "cannot watch {} ({e}): changes to {} are seen at the next command only",
+                    dir.display(),
+                    f.display()
+                )),
+            }
+        }
+    }
+
+    /// Adds to `keys` the templates that an event on watch `wd` concerns.
+    fn changed(
+        &self,
+        wd: &WatchDescriptor,
+        name: Option<&OsStr>,
+        mask: EventMask,
+        keys: &mut Vec<String>,
+    ) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if mask.contains(EventMask::IGNORED) {
+            // The directory is gone (its watch with it): the next preload watches it again.
+            dirs.remove(wd);
+            return;
+        }
+        let (Some(names), Some(name)) = (dirs.get(wd), name) else {
+            return;
+        };
+        for (n, key) in names {
+            if n == name && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+
+    fn all_keys(&self, keys: &mut Vec<String>) {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, key) in dirs.values().flatten() {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+}
+
+/// The idle timeout's bookkeeping.
+struct Idle {
+    timeout: Duration,
+    /// When to look again; `None`: never (timeout 0).
+    next: Option<Instant>,
+}
+
+impl Idle {
+    /// Whether the server has been idle for the whole timeout (no connection, no template
+    /// preloading, busy or running a worker); otherwise sets when to look again.
+    fn expired<A: Application>(&mut self, state: &State<A>) -> bool {
+        let now = Instant::now();
+        let again = now + self.timeout;
+        if state.conns.load(Ordering::SeqCst) > 0 {
+            self.next = Some(again);
+            return false;
+        }
+        let mut since = state.last_activity();
+        let slots: Vec<(String, Arc<Slot>)> = state
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::clone(s)))
+            .collect();
+        for (key, slot) in slots {
+            let Some(mut t) = slot.try_lock() else {
+                self.next = Some(again); // preloading, or a command being handed over
+                return false;
+            };
+            let Some((handle, _)) = t.current.as_mut() else {
+                continue;
+            };
+            match template_activity(handle) {
+                Ok((0, ago)) => since = since.max(now.checked_sub(ago).unwrap_or(now)),
+                Ok(_) => {
+                    // Running workers: look again later (their end counts as activity).
+                    self.next = Some(again);
+                    return false;
+                }
+                Err(e) => log(&format!(
+                    "template {key:?} (pid {}) did not say whether it is busy: {e}",
+                    handle.pid()
+                )),
+            }
+        }
+        if now >= since + self.timeout {
+            return true;
+        }
+        self.next = Some(since + self.timeout);
+        false
+    }
+}
+
+/// A template's running workers and how long since one last started or ended.
+fn template_activity(handle: &mut ServerHandle) -> Result<(usize, Duration), Error> {
+    handle.with_channel(|ch| {
+        ch.set_read_timeout(Some(TEMPLATE_IDLE_TIMEOUT));
+        ch.write_array(["idle"])?;
+        let mut buf = crate::MessageBuf::new();
+        let reply = ch.read_reply(&mut buf)?;
+        let n = |i| reply.str(i).ok().and_then(|s| s.parse::<u64>().ok());
+        match (n(1), n(2)) {
+            (Some(running), Some(ms)) => Ok((running as usize, Duration::from_millis(ms))),
+            _ => Err(Error::Protocol(crate::error::ProtocolError::BadReply(
+                "expected [\"ok\", running, ms]".into(),
+            ))),
+        }
+    })
+}
+
+/// Serves from `dir` until stopped: started by a client (`ready` is the pipe it waits on, our
+/// stdout and stderr the log), or in the foreground by `--preloader serve` (no `ready`, logging
+/// to the terminal).
+fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) -> io::Result<()> {
+    let foreground = ready.is_none();
+    // In the foreground, a server that holds the pidfile is a running one: say so at once.
+    let wait = if foreground {
+        Duration::ZERO
+    } else {
+        PIDFILE_WAIT
+    };
+    let (mut pidfile, pid_id) = lock_pidfile(dir, wait)?;
     pidfile.set_len(0)?;
     writeln!(pidfile, "{}", sys::getpid())?;
+    if !foreground {
+        let _ = LOG_FILES.set(LogFiles {
+            dir: File::from(dir.fd().try_clone_to_owned()?),
+            log: dir.name(Kind::Log),
+            old: dir.name(Kind::OldLog),
+        });
+    }
 
     // Before any thread exists: block the signals the main loop reads from a signalfd (threads
     // inherit the mask), ignore SIGHUP and SIGPIPE.
@@ -247,12 +675,30 @@ fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Resu
     let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
     let _ = sys::set_disposition(libc::SIGPIPE, sys::Disposition::Ignore);
 
-    let _ = std::fs::remove_file(&paths.socket);
+    // We hold the pidfile's lock, so any socket there is a dead server's.
+    dir.unlink(Kind::Sock).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot remove {}: {e}", dir.display(Kind::Sock).display()),
+        )
+    })?;
     let old = sys::umask(0o177); // the socket is created 0600
-    let listener = UnixListener::bind(&paths.socket);
+    let listener = UnixListener::bind(dir.socket_addr());
     sys::umask(old);
-    let listener = listener?;
+    let listener = listener.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {}: {e}",
+                dir.display(Kind::Sock).display()
+            ),
+        )
+    })?;
     listener.set_nonblocking(true)?;
+    let sock_id = dir
+        .stat(Kind::Sock)?
+        .ok_or_else(|| io::Error::other("the socket vanished as it was created"))?;
+    let (mut events, files) = Events::new(dir);
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     let (queue_tx, queue_rx) = channel::<UnixStream>();
 
@@ -262,87 +708,179 @@ fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Resu
         log: if foreground {
             "the terminal of `--preloader serve`".to_owned()
         } else {
-            paths.log.display().to_string()
+            dir.display(Kind::Log).display().to_string()
         },
         started: Instant::now(),
-        watcher: Watcher::new(),
+        files,
         slots: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         wake: wake_tx,
         idle: AtomicUsize::new(0),
         queue: Mutex::new(queue_rx),
+        conns: AtomicUsize::new(0),
+        last_activity: AtomicU64::new(0),
     });
+    let idle_timeout = super::idle_timeout(&p.options).unwrap_or_else(|why| {
+        log(&why);
+        p.options.idle_timeout
+    });
+    let mut idle = Idle {
+        timeout: idle_timeout,
+        next: (!idle_timeout.is_zero()).then(|| Instant::now() + idle_timeout),
+    };
     if let Some(ready) = ready {
         ready.write_all(b"ready\n")?;
     }
-    log(&format!("listening on {}", paths.socket.display()));
+    log(&format!(
+        "listening on {} (build {}, idle timeout {})",
+        dir.display(Kind::Sock).display(),
+        build_id(),
+        if idle_timeout.is_zero() {
+            "none".to_owned()
+        } else {
+            format!("{idle_timeout:?}")
+        }
+    ));
     show_title(p.app.name(), state.started);
-    if let Some(w) = &state.watcher {
-        w.start(Arc::downgrade(&state));
-    }
 
     let me = sys::geteuid();
+    let mut accept_failures = 0u32;
+    let mut backoff = Duration::ZERO;
+    let mut paused_until: Option<Instant> = None;
     loop {
-        let ready = sys::poll_in(&[listener.as_fd(), sigfd.as_fd(), wake_rx.as_fd()], None)?;
-        if ready[1] {
+        let now = Instant::now();
+        let full = state.conns.load(Ordering::SeqCst) >= MAX_CONNECTIONS;
+        let accepting = !full && paused_until.map_or(true, |t| now >= t);
+        let mut deadline = idle.next;
+        let mut sooner = |t: Option<Instant>| {
+            if let Some(t) = t {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        };
+        sooner(full.then(|| now + CAP_RECHECK));
+        sooner(paused_until.filter(|_| !accepting));
+        sooner(events.next_check);
+        let mut fds = vec![sigfd.as_fd(), wake_rx.as_fd()];
+        let events_at = events.fd().map(|fd| {
+            fds.push(fd);
+            fds.len() - 1
+        });
+        let listen_at = accepting.then(|| {
+            fds.push(listener.as_fd());
+            fds.len() - 1
+        });
+        let ready = sys::poll_in(&fds, deadline)?;
+        if ready[0] {
             if let Some(sig) = sys::read_signalfd(sigfd.as_fd())? {
                 log(&format!("signal {sig}: stopping"));
                 break;
             }
         }
-        if ready[2] || state.stopping.load(Ordering::SeqCst) {
+        if ready[1] || state.stopping.load(Ordering::SeqCst) {
             log("stop requested");
             break;
         }
-        if ready[0] {
-            let stream = match listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log(&format!("accept: {e}"));
-                    continue;
-                }
-            };
-            let _ = stream.set_nonblocking(false);
-            match sys::peer_uid(stream.as_fd()) {
-                Ok(uid) if uid == me => {}
-                Ok(uid) => {
-                    log(&format!("refused a connection from uid {uid}"));
-                    let mut ch = Channel::from(stream);
-                    ch.set_write_timeout(Some(Duration::from_secs(1)));
-                    let _ = ch.write_error(&RemoteError::new(
-                        RemoteErrorKind::Other("permission".into()),
-                        format!("this preloader server belongs to uid {me}; you are uid {uid}"),
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    log(&format!("SO_PEERCRED: {e}"));
-                    continue;
-                }
+        let seen = events.read(events_at.is_some_and(|i| ready[i]), state.files.as_ref());
+        if seen.dir {
+            if let Some(why) = dir.lost(sock_id, pid_id) {
+                log(&format!(
+                    "{why}: stopping (a new server will serve from there)"
+                ));
+                break;
             }
-            // An idle connection thread takes it; else a new thread.
-            if claim_idle(&state.idle) {
-                if queue_tx.send(stream).is_err() {
-                    log("the connection queue is closed");
+        }
+        for key in seen.keys {
+            log(&format!(
+                "a watched file of template {key:?} changed: restarting it"
+            ));
+            restart_template(Arc::clone(&state), key);
+        }
+        if idle.next.is_some_and(|t| Instant::now() >= t) && idle.expired(&state) {
+            log(&format!("idle for {:?}: stopping", idle.timeout));
+            break;
+        }
+        if !listen_at.is_some_and(|i| ready[i]) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // Out of descriptors or memory: the connection stays queued, and the listener
+                // stays readable. Stop polling it for a while (no spinning), and say so once.
+                accept_failures += 1;
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                paused_until = Some(Instant::now() + backoff);
+                if accept_failures == 1 {
+                    log(&format!(
+                        "accept: {e}; new connections wait, retried with a back-off of up to \
+                         {ACCEPT_BACKOFF_MAX:?} (logged once until accept works again)"
+                    ));
                 }
                 continue;
             }
-            let st = Arc::clone(&state);
-            let spawned = std::thread::Builder::new()
-                .name("preload-conn".into())
-                .spawn(move || connection_thread(st, stream));
-            if let Err(e) = spawned {
-                log(&format!("cannot start a connection thread: {e}"));
+        };
+        if accept_failures > 0 {
+            log(&format!(
+                "accept works again after {accept_failures} failed attempts"
+            ));
+            accept_failures = 0;
+            backoff = Duration::ZERO;
+        }
+        paused_until = None;
+        let _ = stream.set_nonblocking(false);
+        match sys::peer_uid(stream.as_fd()) {
+            Ok(uid) if uid == me => {}
+            Ok(uid) => {
+                log(&format!("refused a connection from uid {uid}"));
+                let mut ch = Channel::from(stream);
+                ch.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = ch.write_error(&RemoteError::new(
+                    RemoteErrorKind::Other("permission".into()),
+                    format!("this preloader server belongs to uid {me}; you are uid {uid}"),
+                ));
+                continue;
             }
+            Err(e) => {
+                log(&format!("SO_PEERCRED: {e}"));
+                continue;
+            }
+        }
+        state.conns.fetch_add(1, Ordering::SeqCst);
+        state.touch();
+        // An idle connection thread takes it; else a new thread.
+        if claim_idle(&state.idle) {
+            if queue_tx.send(stream).is_err() {
+                log("the connection queue is closed");
+                state.conns.fetch_sub(1, Ordering::SeqCst);
+            }
+            continue;
+        }
+        let st = Arc::clone(&state);
+        let spawned = std::thread::Builder::new()
+            .name("preload-conn".into())
+            .spawn(move || connection_thread(st, stream));
+        if let Err(e) = spawned {
+            log(&format!("cannot start a connection thread: {e}"));
+            state.conns.fetch_sub(1, Ordering::SeqCst);
         }
     }
     drop(queue_tx); // idle connection threads end
 
-    // Shut down: stop accepting, stop every template (their workers get SIGTERM), clean up.
+    // Shut down: stop accepting, remove our files (only if they are still ours), let a
+    // successor take the pidfile, then stop every template (their workers get SIGTERM).
     drop(listener);
-    let _ = std::fs::remove_file(&paths.socket);
+    remove_own_files(dir, sock_id, pid_id);
+    drop(pidfile);
     let slots: Vec<Arc<Slot>> = {
         let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
         state.stopping.store(true, Ordering::SeqCst);
@@ -365,10 +903,37 @@ fn serve<A: Application>(p: &Preloader<A>, ready: Option<&mut File>) -> io::Resu
         }
         set_info(&slot, None);
     }
-    let _ = std::fs::remove_file(&paths.pidfile);
-    drop(pidfile);
     log("stopped");
     Ok(())
+}
+
+/// Removes the socket and pidfile if they are still the ones this server made (same device and
+/// inode), under the start lock, so that no successor can be putting its own in place at the
+/// same moment. If a client holds that lock, it is starting a successor, which takes over (or
+/// replaces) both files itself: they are left alone.
+fn remove_own_files(dir: &Dir, sock: (u64, u64), pid: (u64, u64)) {
+    let locked = dir
+        .open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)
+        .and_then(|f| Ok((sys::flock(f.as_fd(), true, true)?, f)));
+    match locked {
+        Ok((true, _lock)) => {
+            for (kind, id) in [(Kind::Sock, sock), (Kind::Pid, pid)] {
+                match dir.unlink_if(kind, id) {
+                    Ok(true) => {}
+                    Ok(false) => log(&format!(
+                        "{} is no longer ours: left in place",
+                        dir.display(kind).display()
+                    )),
+                    Err(e) => log(&format!(
+                        "cannot remove {}: {e}",
+                        dir.display(kind).display()
+                    )),
+                }
+            }
+        }
+        Ok((false, _)) => log("a client is starting a new server: leaving the files to it"),
+        Err(e) => log(&format!("cannot take the start lock to clean up: {e}")),
+    }
 }
 
 /// Takes one idle connection thread, if any (see [`State::idle`]).
@@ -383,6 +948,8 @@ fn connection_thread<A: Application>(state: Arc<State<A>>, first: UnixStream) {
     loop {
         if let Some(stream) = next.take() {
             connection(&state, stream);
+            state.touch();
+            state.conns.fetch_sub(1, Ordering::SeqCst);
             state.idle.fetch_add(1, Ordering::SeqCst);
         }
         let got = state
@@ -462,7 +1029,12 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     ch.set_timeout(Some(REQUEST_TIMEOUT));
     let pid = sys::getpid().to_string();
     if ch
-        .write_array(["fdserver-preload", PROTOCOL_VERSION, pid.as_str()])
+        .write_array([
+            "fdserver-preload",
+            PROTOCOL_VERSION,
+            pid.as_str(),
+            build_id(),
+        ])
         .is_err()
     {
         return;
@@ -482,6 +1054,19 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
             let job = Job { conn: ch.into_fd() };
             run_job(state, &key, job);
+        }
+        b"preload" if req.len() == 2 => {
+            // `--preloader restart`: preload the template of this key now; `["ok", pid]`.
+            let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
+            match preload_now(state, &key, ch.as_fd()) {
+                Ok(pid) => {
+                    let _ = ch.write_ok([pid.to_string()]);
+                }
+                Err((kind, text)) => {
+                    let _ = ch
+                        .write_error(&RemoteError::new(RemoteErrorKind::Other(kind.into()), text));
+                }
+            }
         }
         b"status" => {
             let _ = ch.write_array(status_reply(state));
@@ -596,7 +1181,7 @@ fn ensure_template<A: Application>(
         return Ok(());
     }
     let files = state.app.watched_files(key);
-    if let Some(w) = &state.watcher {
+    if let Some(w) = &state.files {
         w.watch(key, &files);
     }
     let watched = stamps(files);
@@ -777,6 +1362,25 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// `--preloader restart`'s request: (re)starts the template of `key` unless it is running and
+/// up to date; its pid. The client on `conn` waits for it (and is dropped if it leaves).
+fn preload_now<A: Application>(
+    state: &Arc<State<A>>,
+    key: &str,
+    conn: BorrowedFd<'_>,
+) -> Result<u32, (&'static str, String)> {
+    let stopping = || ("stopping", "the preloader server is stopping".to_owned());
+    let slot = slot_of(state, key).ok_or_else(stopping)?;
+    let Some(mut t) = slot.lock_unless_gone(conn) else {
+        return Err(("gone", "the client left".to_owned()));
+    };
+    if t.closed {
+        return Err(stopping());
+    }
+    ensure_template(state, &slot, &mut t, key, None)?;
+    Ok(t.current.as_ref().map_or(0, |(h, _)| h.pid()))
+}
+
 /// Hands a command to the template of `key`: starts it on first use, restarts it when it died
 /// or a watched file changed.
 fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
@@ -911,125 +1515,6 @@ fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
         });
     if let Err(e) = spawned {
         log(&format!("cannot start a thread to restart a template: {e}"));
-    }
-}
-
-/// Watches the templates' watched files with inotify, through their directories (editors
-/// replace files by renaming over them, which a watch on the file itself would lose), and
-/// restarts a template when one of its files changes. Without inotify (or for a file whose
-/// directory cannot be watched) the check at each command remains: a command after an edit
-/// then preloads itself.
-struct Watcher {
-    inotify: Mutex<Option<inotify::Inotify>>,
-    watches: inotify::Watches,
-    /// Per watch (a directory): the file names in it, and the template key each belongs to.
-    dirs: Mutex<HashMap<inotify::WatchDescriptor, Vec<(OsString, String)>>>,
-}
-
-impl Watcher {
-    fn new() -> Option<Watcher> {
-        match inotify::Inotify::init() {
-            Ok(i) => Some(Watcher {
-                watches: i.watches(),
-                inotify: Mutex::new(Some(i)),
-                dirs: Mutex::new(HashMap::new()),
-            }),
-            Err(e) => {
-                log(&format!(
-                    "inotify unavailable ({e}): watched files are checked at each command only"
-                ));
-                None
-            }
-        }
-    }
-
-    /// Watches `files` for template `key` (again: adding a watch twice is harmless).
-    fn watch(&self, key: &str, files: &[PathBuf]) {
-        use inotify::WatchMask;
-        let mask = WatchMask::CLOSE_WRITE
-            | WatchMask::MOVED_TO
-            | WatchMask::MOVED_FROM
-            | WatchMask::DELETE
-            | WatchMask::ATTRIB;
-        for f in files {
-            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
-                continue;
-            };
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            match self.watches.clone().add(dir, mask) {
-                Ok(wd) => {
-                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-                    let names = dirs.entry(wd).or_default();
-                    let entry = (name.to_owned(), key.to_owned());
-                    if !names.contains(&entry) {
-                        names.push(entry);
-                    }
-                }
-                Err(e) => log(&format!(
-                    "cannot watch {} ({e}): changes to {} are seen at the next command only",
-                    dir.display(),
-                    f.display()
-                )),
-            }
-        }
-    }
-
-    /// Starts the thread that reads events and restarts templates.
-    fn start<A: Application>(&self, state: std::sync::Weak<State<A>>) {
-        let Some(mut inotify) = self
-            .inotify
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("preload-watch".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let events = match inotify.read_events_blocking(&mut buf) {
-                        Ok(ev) => ev,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            log(&format!(
-                                "inotify: {e}; watched files are checked at each command only"
-                            ));
-                            return;
-                        }
-                    };
-                    let Some(state) = state.upgrade() else { return };
-                    let Some(w) = &state.watcher else { return };
-                    let mut keys: Vec<String> = Vec::new();
-                    {
-                        let dirs = w.dirs.lock().unwrap_or_else(|e| e.into_inner());
-                        for ev in events {
-                            let (Some(names), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
-                                continue;
-                            };
-                            for (n, key) in names {
-                                if n == name && !keys.contains(key) {
-                                    keys.push(key.clone());
-                                }
-                            }
-                        }
-                    }
-                    for key in keys {
-                        log(&format!(
-                            "a watched file of template {key:?} changed: restarting it"
-                        ));
-                        restart_template(Arc::clone(&state), key);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log(&format!("cannot start the watcher thread: {e}"));
-        }
     }
 }
 

@@ -4,11 +4,12 @@
 //! Four processes take part:
 //!
 //! * the **client**: your program as the user runs it. It connects to the server (starting one
-//!   if none runs), passes its stdin, stdout, stderr and working directory as descriptors with
-//!   its arguments, environment and process attributes, relays its signals to the worker,
-//!   mirrors the worker's stops and exits with the worker's status;
-//! * the **server**: one per application and user, listening on a UNIX socket in a private
-//!   directory; it accepts clients and hands each request to a template;
+//!   if none runs), checks that the server runs as the same user, passes its stdin, stdout,
+//!   stderr and working directory as descriptors with its arguments, environment and process
+//!   attributes, relays its signals to the worker, mirrors the worker's stops and exits with the
+//!   worker's status;
+//! * the **server**: one per application, build and user, listening on a UNIX socket in a
+//!   private directory; it accepts clients and hands each request to a template;
 //! * a **template** per environment key ([`Application::template_key`]): this executable run
 //!   again by the server, which runs [`Application::preload`] once on its main thread and then
 //!   serves the server;
@@ -40,7 +41,8 @@
 //! ```
 //!
 //! `myapp a b` runs warm; `FDSERVER_PRELOAD=0 myapp a b` runs in-process without the preloader;
-//! `myapp --preloader status`, `stop` and `serve` manage the server.
+//! `myapp --preloader status`, `stop`, `restart` and `serve` manage the server (see
+//! [Tooling](#tooling)).
 //!
 //! ## A warm command is the program, run fresh
 //!
@@ -106,9 +108,15 @@
 //!
 //! ## Tooling
 //!
-//! * `--preloader status`: the application, the socket and log paths, the server (pid,
-//!   uptime, version) and each template (pid, uptime, resident memory, running commands, or
-//!   that it is preloading). [`Preloader::status`] returns the same as a [`Status`].
+//! * `--preloader status`: the application, the socket and log paths, the server (pid, as the
+//!   kernel reports the process listening on the socket; uptime; version) and each template
+//!   (pid, uptime, resident memory, running commands, or that it is preloading).
+//!   [`Preloader::status`] returns the same as a [`Status`].
+//! * `--preloader stop` stops the server and its templates ([`Preloader::stop`]);
+//!   `--preloader restart` stops it, starts a new one and preloads the template of the current
+//!   environment, so that the next command is warm ([`Preloader::restart`]).
+//! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
+//!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
 //! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template
 //!   <key>`; a worker shows the command's own arguments.
 //! * [`Application::watched_files`]: when one changes (inotify, on its directory, so editors
@@ -118,10 +126,10 @@
 //!   inotify cannot see still takes effect.
 //! * Preloads have a deadline ([`Options::preload_timeout`]); a template that misses it is
 //!   killed and its waiting commands are told so.
+//! * The server exits by itself after [`Options::idle_timeout`] without commands (see
+//!   [State recovery](#state-recovery)).
 //! * `FDSERVER_PRELOAD_VERBOSE=1`: each command says on stderr, before it runs, whether it runs
 //!   preloaded and in which template (pid, age), or in-process.
-//! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
-//!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
 //! * Errors name the process that failed (the server, or the template for a key, with its pid
 //!   and the signal that killed it), say where its output went, and what to do.
 //! * [`Application::run_without_preload`]: commands such as `--help` run in the client without
@@ -136,15 +144,18 @@
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
 //!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's
 //!   socket; the server keeps nothing its first client inherited.
-//! * The server checks the peer's uid (`SO_PEERCRED`) and lives in a `0700` directory.
+//! * Both ends check each other's uid (`SO_PEERCRED`), and everything lives in a `0700`
+//!   directory that is never reached through a path resolved twice (see
+//!   [Security](#security)).
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
 //!   timing out. The template reads a command's arguments, environment, attributes and
 //!   descriptors from the client itself (one `sendmsg` right after its first message); a
 //!   client that stalls halfway holds up its template's next commands for at most 3 s in all,
 //!   then gets a clear error.
-//! * A client that dies mid-command takes its worker with it (the worker's process group is
-//!   killed), so no orphaned worker keeps running.
+//! * A client that dies mid-command takes its worker with it (the template kills the worker's
+//!   process group), so no orphaned worker keeps running; a client whose template dies ends the
+//!   worker itself, through the worker's pidfd.
 //! * When the server dies, its templates see end of stream and exit after their running workers.
 //!
 //! ## Rules for `preload` and `run`
@@ -162,10 +173,69 @@
 //!
 //! ## Files
 //!
-//! In `$FDSERVER_PRELOAD_DIR`, else `$XDG_RUNTIME_DIR/fdserver-preload`, else
-//! `/tmp/fdserver-preload-<uid>` (created `0700`; refused if another user owns it or others can
-//! reach it): `<name>-<hash>.sock`, `.pid` (locked by the server while it runs), `.lock` (held by a
-//! client while it starts a server) and `.log` (the server's and templates' stdout and stderr).
+//! The directory is `$FDSERVER_PRELOAD_DIR` if set (or [`Options::dir`]), else
+//! `$XDG_RUNTIME_DIR/fdserver-preload`, else `fdserver-preload-<uid>` in the temporary directory
+//! (`$TMPDIR`, else `/tmp`). A missing directory is created `0700` (with its missing parents).
+//! In it: `<name>-<hash of the executable's path>.sock`, `.pid` (locked by the server while it
+//! runs), `.lock` (held by a client while it starts a server), `.log` (the server's and its
+//! templates' stdout and stderr; a server run by `--preloader serve` writes to its terminal
+//! instead) and `.log.1` (the log's previous part).
+//!
+//! The log is bounded: when it exceeds 1 MiB, its last 1 MiB moves to `.log.1` and it starts
+//! again empty. The server checks this whenever it writes a line to it and after each preload,
+//! so the log may exceed the bound while a preload runs, until that preload ends.
+//!
+//! ## Security
+//!
+//! * **The directory** is opened once, without following a symbolic link
+//!   (`O_DIRECTORY | O_NOFOLLOW`), and checked on the open descriptor: it must be a directory,
+//!   owned by the user, with no permission for group or others (`0700`). Everything in it is
+//!   then reached through that descriptor (`openat`, `fstatat`, `unlinkat`, and the socket as
+//!   `/proc/self/fd/N/<name>`, which also frees the directory's path from the 108-byte limit of
+//!   a socket address; `/proc` must be mounted), never through a path resolved again. The client
+//!   hands the same open directory to the server it starts; `--preloader serve` opens and
+//!   checks it the same way.
+//! * **A directory that cannot be used** (created by another user first, a symbolic link, open
+//!   to others, not creatable) never fails the command: it runs in-process, as with
+//!   `FDSERVER_PRELOAD=0`, after one line on stderr saying why and how to fix it (set
+//!   `FDSERVER_PRELOAD_DIR`, or `XDG_RUNTIME_DIR`, to a directory of yours with mode `0700`).
+//!   The same goes for a server that turns out to run as another uid.
+//! * **Peers.** The client checks the server's uid (`SO_PEERCRED`) before it sends anything; the
+//!   server refuses clients of another uid. Pids never come from what a peer says: the server's
+//!   is taken from the kernel (`SO_PEERPIDFD`, or the `SO_PEERCRED` pid while the connection
+//!   proves it alive) when a client must stop it; a worker sends its own pidfd with its pid, and
+//!   the client signals the worker's process group only through it (`pidfd_send_signal` with
+//!   `PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9; on older kernels by number, and only while the
+//!   pidfd shows the worker still running), so a recycled number is never signalled. A worker
+//!   pid of 0 or 1 ends the command with an error.
+//! * **Resources.** The server serves at most 64 connections at once (a thread each); more
+//!   clients wait in the socket's listen queue until one ends (a client that waits longer than
+//!   [`Options::handshake_timeout`] gets an error saying the server is wedged or busy). A failing
+//!   `accept` (out of descriptors, say) pauses new connections with a back-off of 10 ms doubling
+//!   up to 1 s, logged once until `accept` works again.
+//!
+//! ## State recovery
+//!
+//! * **The server's own files.** The server watches its directory (inotify on the open
+//!   directory): when its socket or pidfile is removed or replaced, or the directory is removed,
+//!   moved, replaced or opened to others, it exits promptly with its templates (after their
+//!   running workers), and the next command starts a new server. Without inotify it checks every
+//!   5 s. An exiting server removes its socket and pidfile only if they are still its own (same
+//!   device and inode), and only while no client is starting a successor (the start lock); a
+//!   new server waits (up to 10 s, woken by inotify) for an exiting one to release the pidfile.
+//! * **Build identity.** The server's greeting carries the identity of its build: the ELF build
+//!   id of the executable (`NT_GNU_BUILD_ID`, the linker's hash of the linked contents, read
+//!   from the loaded image at no cost), or, for an executable linked without one, the identity
+//!   of the running file (device, inode, size, modification and change times). A client of
+//!   another build (say, after `cargo build` replaced the program at the same path) stops that
+//!   server and starts its own, as for another protocol version: two builds never share a
+//!   server. A template is always of its server's build: the server starts it from
+//!   `/proc/self/exe`, the very file the server runs, even once the path names a newer build.
+//! * **Idle timeout.** A server with no command starting or running for
+//!   [`Options::idle_timeout`] (default 3 hours; `0` = never; overridden by the environment
+//!   variable `FDSERVER_PRELOAD_IDLE_TIMEOUT`, in seconds or with a unit: `90s`, `30m`, `8h`,
+//!   `0`) exits with its templates. A running command keeps it alive; the timeout counts from the
+//!   end of the last command.
 
 mod attrs;
 mod client;
@@ -176,22 +246,32 @@ mod template;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::server::BoxError;
 
 pub use client::{Status, TemplateState, TemplateStatus};
 
-/// The version the server sends first. A client that sees another version stops that server and
-/// starts its own, once.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/2";
+/// The version the server sends first. A client that sees another version (or another build)
+/// stops that server and starts its own, once.
+///
+/// Version 3: the template reads the working directory as a descriptor, with the process
+/// attributes and inherited descriptors, from the client (`["run", key]`); the worker sends its
+/// pidfd with its pid; the greeting carries the build identity.
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/3";
 
 /// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
 /// Overrides the directory of the socket, pidfile and log.
 pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
+/// Overrides [`Options::idle_timeout`]: seconds, or a number with a unit (`500ms`, `90s`, `30m`,
+/// `3h`); `0` means never. Read by the server when it starts (it inherits the environment of
+/// the client that starts it).
+pub const ENV_IDLE_TIMEOUT: &str = "FDSERVER_PRELOAD_IDLE_TIMEOUT";
 /// Set (to anything but `0` or empty) to have each command say on stderr, before it runs,
 /// whether it runs preloaded and in which template (`fdserver preloader: running preloaded:
 /// template "dev" (pid 1234, preloaded 12 s ago), worker pid 5678`), or in-process.
@@ -206,7 +286,8 @@ const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
 /// a worker forked from that template, so it sees the preloaded state.
 pub trait Application: Clone + Send + Sync + 'static {
     /// The application's identity: it names the server's socket (with a hash of the executable's
-    /// path, so two builds never share a server).
+    /// path, so programs at different paths never share a server; builds at the same path are
+    /// told apart by their build id, see *State recovery* in the module docs).
     fn name(&self) -> &str;
 
     /// Which template serves a command, from its environment (Spring keys by `RAILS_ENV`).
@@ -232,7 +313,6 @@ pub trait Application: Clone + Send + Sync + 'static {
         let _ = key;
         Vec::new()
     }
-
     /// Commands that need no preloaded state (`--help`, `--version`, no arguments): return
     /// `Some(exit code)` to run such a command right here in the client process, before any
     /// server is contacted or started, and without preloading; `None` (the default) runs it
@@ -272,6 +352,17 @@ pub trait Application: Clone + Send + Sync + 'static {
 }
 
 /// Timeouts and locations. The defaults suit interactive commands.
+///
+/// ```
+/// use std::time::Duration;
+/// use fdserver::preload::Options;
+///
+/// let options = Options {
+///     idle_timeout: Duration::from_secs(30 * 60), // exit after 30 min without commands
+///     ..Options::default()
+/// };
+/// assert_eq!(options.boot_timeout, Duration::from_secs(20));
+/// ```
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Directory for the socket, pidfile and log (see the module docs for the default).
@@ -289,6 +380,10 @@ pub struct Options {
     /// collapse it (default `true`). Forking a worker from a large preloaded heap then copies
     /// 512 times fewer page-table entries; the cost is memory rounded up to 2 MiB pages.
     pub huge_pages: bool,
+    /// How long the server stays without any command starting or running before it exits with
+    /// its templates (default 3 hours, as Bazel's and Gradle's servers; `Duration::ZERO`:
+    /// never). The environment variable [`ENV_IDLE_TIMEOUT`] overrides it.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Options {
@@ -300,6 +395,7 @@ impl Default for Options {
             stop_grace: Duration::from_secs(2),
             preload_timeout: Duration::from_secs(120),
             huge_pages: true,
+            idle_timeout: Duration::from_secs(3 * 3600),
         }
     }
 }
@@ -332,10 +428,14 @@ impl<A: Application> Preloader<A> {
     ///   stopped.
     /// * [`Application::run_without_preload`] says so: runs the command here, without preloading.
     /// * With `FDSERVER_PRELOAD=0`: preloads and runs the command in this process.
-    /// * `--preloader status` / `stop` / `serve`: prints the server's status / stops it / runs
-    ///   a server in the foreground, logging to the terminal.
+    /// * `--preloader status` / `stop` / `restart` / `serve`: prints the server's status / stops
+    ///   it / replaces it with a new one whose template is preloaded / runs a server in the
+    ///   foreground, logging to the terminal.
     /// * Otherwise: runs the command through the preloader (starting the server if needed) and
-    ///   exits with the worker's exit code, or dies by the signal that killed it.
+    ///   exits with the worker's exit code, or dies by the signal that killed it. When the
+    ///   preloader's directory cannot be trusted (see *Security* in the module docs), or the
+    ///   client runs under a seccomp filter its template lacks, the command runs in this process
+    ///   instead.
     pub fn main(self) -> ! {
         if let Some(role) = std::env::var_os(ENV_ROLE) {
             // Single-threaded at this point of a fresh process, so changing the environment is
@@ -364,10 +464,18 @@ impl<A: Application> Preloader<A> {
         if preloading_disabled() {
             self.run_in_process(args);
         }
-        match client::run(&self, args) {
+        match client::run(&self) {
             Ok(client::Ran::Outcome(outcome)) => outcome.exit(),
-            Ok(client::Ran::InProcess(args)) => self.run_in_process(args),
-            Err(e) => {
+            Ok(client::Ran::InProcess) => self.run_in_process(args),
+            Err(client::Failure::Unusable(why)) => {
+                // Never fail the user's command for the preloader's own trouble: run it here.
+                eprintln!(
+                    "fdserver preloader: {why}; running this command without the preloader (to \
+                     use it, {FIX_DIR})"
+                );
+                self.run_in_process(args)
+            }
+            Err(client::Failure::Io(e)) => {
                 eprintln!("fdserver preloader: {e}");
                 std::process::exit(1);
             }
@@ -413,6 +521,16 @@ impl<A: Application> Preloader<A> {
                     1
                 }
             },
+            Some("restart") => match client::restart(self) {
+                Ok(r) => {
+                    println!("{r}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: restart: {e}");
+                    1
+                }
+            },
             Some("serve") => match daemon::foreground(self) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -421,19 +539,20 @@ impl<A: Application> Preloader<A> {
                 }
             },
             _ => {
-                eprintln!("usage: {name} --preloader status|stop|serve");
+                eprintln!("usage: {name} --preloader status|stop|restart|serve");
                 2
             }
         }
     }
 
-    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, or a client that the
-    /// preloader cannot serve faithfully).
+    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, a directory that
+    /// cannot be trusted, or a client that the preloader cannot serve faithfully), and exits
+    /// with its code.
     fn run_in_process(&self, args: Vec<OsString>) -> ! {
         let mut app = self.app.clone();
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let key = app.template_key(&env);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         if let Err(e) = app.preload(&key) {
             eprintln!("fdserver preloader: the preload of {key:?} failed (in-process): {e}");
             std::process::exit(1);
@@ -458,9 +577,34 @@ impl<A: Application> Preloader<A> {
         client::stop(self)
     }
 
-    /// Where this application's files live.
+    /// Stops the server if one runs, starts a new one and preloads the template of this
+    /// process's environment, so that the next command is warm (`--preloader restart`).
+    ///
+    /// ```no_run
+    /// # use fdserver::preload::{Application, Preloader};
+    /// # #[derive(Clone)] struct App;
+    /// # impl Application for App {
+    /// #     fn name(&self) -> &str { "myapp" }
+    /// #     fn preload(&mut self, _: &str) -> Result<(), fdserver::BoxError> { Ok(()) }
+    /// #     fn run(&mut self, _: Vec<std::ffi::OsString>) -> i32 { 0 }
+    /// # }
+    /// Preloader::new(App).restart()?; // e.g. after deploying new data the preload reads
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn restart(&self) -> io::Result<()> {
+        client::restart(self).map(drop)
+    }
+
+    /// Where this application's files live (the directory is created if needed, and checked:
+    /// an error says why it cannot be used). For display: the preloader itself reaches them
+    /// through the open directory, never by these paths.
     pub fn paths(&self) -> io::Result<Paths> {
-        Paths::new(self.app.name(), self.options.dir.as_deref())
+        Ok(self.dir()?.paths())
+    }
+
+    /// The private directory, opened and checked.
+    pub(crate) fn dir(&self) -> Result<Dir, Unusable> {
+        Dir::open(self.app.name(), self.options.dir.as_deref())
     }
 }
 
@@ -498,82 +642,413 @@ pub struct Paths {
     pub log: PathBuf,
 }
 
-impl Paths {
-    fn new(name: &str, dir: Option<&Path>) -> io::Result<Paths> {
-        let dir = match dir {
-            Some(d) => d.to_owned(),
-            None => default_dir(),
-        };
-        ensure_private_dir(&dir)?;
-        let exe = std::env::current_exe().unwrap_or_default();
-        let id = format!(
-            "{}-{:016x}",
-            sanitize(name),
-            fnv1a(exe.as_os_str().as_encoded_bytes())
-        );
-        Ok(Paths {
-            socket: dir.join(format!("{id}.sock")),
-            pidfile: dir.join(format!("{id}.pid")),
-            lock: dir.join(format!("{id}.lock")),
-            log: dir.join(format!("{id}.log")),
-            dir,
-        })
+/// Why the preloader's directory (or the server found there) cannot be trusted: the command then
+/// runs in-process, with this reason on stderr.
+#[derive(Debug, Clone)]
+pub(crate) struct Unusable(pub(crate) String);
+
+impl From<Unusable> for io::Error {
+    fn from(u: Unusable) -> io::Error {
+        io::Error::new(io::ErrorKind::PermissionDenied, u.0)
     }
 }
 
+/// What a user can do about an [`Unusable`] directory.
+const FIX_DIR: &str = "set FDSERVER_PRELOAD_DIR (or XDG_RUNTIME_DIR) to a directory of yours \
+                       with mode 0700, or FDSERVER_PRELOAD=0 to run without the preloader";
+
+/// The files of the application in the private directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Sock,
+    Pid,
+    Lock,
+    Log,
+    /// The log's previous part (see `daemon::LOG_LIMIT`).
+    OldLog,
+}
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::Sock => "sock",
+            Kind::Pid => "pid",
+            Kind::Lock => "lock",
+            Kind::Log => "log",
+            Kind::OldLog => "log.1",
+        }
+    }
+
+    /// What the file is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Sock => "socket",
+            Kind::Pid => "pidfile",
+            Kind::Lock => "start lock",
+            Kind::Log => "log",
+            Kind::OldLog => "previous log",
+        }
+    }
+}
+
+/// The private directory, opened once without following a symbolic link and checked on the open
+/// descriptor: everything in it is reached through that descriptor (`openat`, `fstatat`,
+/// `unlinkat`, and `/proc/self/fd/N/<name>` for the socket), never by a path resolved again.
+#[derive(Debug)]
+pub(crate) struct Dir {
+    file: fs::File,
+    path: PathBuf,
+    owner: u32,
+    /// `<name>-<hash of the executable's path>`: the stem of this application's files.
+    id: String,
+}
+
+impl Dir {
+    /// Opens (creating it `0700` if needed) and checks the directory of `dir`, or the default.
+    pub(crate) fn open(name: &str, dir: Option<&Path>) -> Result<Dir, Unusable> {
+        let path = match dir {
+            Some(d) => d.to_owned(),
+            None => default_dir(),
+        };
+        // Absolute, so that it means the same to the server (which runs in `/`) and in messages.
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let (file, owner) = open_private_dir(&path)?;
+        Ok(Dir {
+            file,
+            path,
+            owner,
+            id: app_id(name),
+        })
+    }
+
+    /// The directory a client opened and checked, passed to the server it starts; checked again.
+    pub(crate) fn inherited(fd: OwnedFd, path: PathBuf, name: &str) -> Result<Dir, Unusable> {
+        let file = fs::File::from(fd);
+        let owner = check_private(&file, &path)?;
+        Ok(Dir {
+            file,
+            path,
+            owner,
+            id: app_id(name),
+        })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory's owner: our effective uid (checked when it was opened).
+    pub(crate) fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// The name of a file in the directory.
+    pub(crate) fn name(&self, kind: Kind) -> OsString {
+        format!("{}.{}", self.id, kind.ext()).into()
+    }
+
+    /// A file's path, for messages (never used to reach it).
+    pub(crate) fn display(&self, kind: Kind) -> PathBuf {
+        self.path.join(self.name(kind))
+    }
+
+    /// The address of the socket: through this process's descriptor of the directory, so that
+    /// it names exactly the directory that was checked, and is short whatever the directory's
+    /// path (a UNIX socket's address is limited to 108 bytes). Needs `/proc`.
+    pub(crate) fn socket_addr(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}/{}.sock",
+            self.file.as_raw_fd(),
+            self.id
+        ))
+    }
+
+    /// Opens a file of the directory (`flags` plus `O_NOFOLLOW | O_CLOEXEC`, created `0600`).
+    pub(crate) fn open_file(&self, kind: Kind, flags: libc::c_int) -> io::Result<fs::File> {
+        os::open_at(self.fd(), &self.name(kind), flags).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open the preloader's {} {}: {e}",
+                    kind.what(),
+                    self.display(kind).display()
+                ),
+            )
+        })
+    }
+
+    /// The device and inode of a file of the directory, `None` if it is absent.
+    pub(crate) fn stat(&self, kind: Kind) -> io::Result<Option<(u64, u64)>> {
+        os::stat_at(self.fd(), &self.name(kind))
+    }
+
+    /// Removes a file of the directory (absent is fine).
+    pub(crate) fn unlink(&self, kind: Kind) -> io::Result<()> {
+        os::unlink_at(self.fd(), &self.name(kind))
+    }
+
+    /// Removes a file only if it is still the one identified by `id` (device, inode).
+    pub(crate) fn unlink_if(&self, kind: Kind, id: (u64, u64)) -> io::Result<bool> {
+        if self.stat(kind)? == Some(id) {
+            self.unlink(kind)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Why the server should no longer serve from this directory, if it should not: the
+    /// directory was removed, moved, replaced or opened to others, or the socket or pidfile
+    /// (identified by device and inode) is gone or replaced.
+    pub(crate) fn lost(&self, sock: (u64, u64), pid: (u64, u64)) -> Option<String> {
+        let meta = match self.file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(format!("cannot check its directory: {e}")),
+        };
+        if meta.nlink() == 0 {
+            return Some(format!("its directory {} was removed", self.path.display()));
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == (meta.dev(), meta.ino()) => {}
+            _ => {
+                return Some(format!(
+                    "its directory {} was moved or replaced",
+                    self.path.display()
+                ))
+            }
+        }
+        if let Err(Unusable(why)) = check_private(&self.file, &self.path) {
+            return Some(why);
+        }
+        for (kind, id, what) in [(Kind::Sock, sock, "socket"), (Kind::Pid, pid, "pidfile")] {
+            match self.stat(kind) {
+                Ok(Some(now)) if now == id => {}
+                Ok(Some(_)) => {
+                    return Some(format!(
+                        "its {what} {} was replaced",
+                        self.display(kind).display()
+                    ))
+                }
+                Ok(None) => {
+                    return Some(format!(
+                        "its {what} {} was removed",
+                        self.display(kind).display()
+                    ))
+                }
+                Err(e) => return Some(format!("cannot check its {what}: {e}")),
+            }
+        }
+        None
+    }
+
+    fn paths(&self) -> Paths {
+        Paths {
+            dir: self.path.clone(),
+            socket: self.display(Kind::Sock),
+            pidfile: self.display(Kind::Pid),
+            lock: self.display(Kind::Lock),
+            log: self.display(Kind::Log),
+        }
+    }
+}
+
+/// What a pidfile says (read through its open descriptor), for messages only: the pid of the
+/// server that wrote it, which nothing ever signals on that word.
+pub(crate) fn pidfile_text(f: &fs::File) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let _ = f.take(32).read_to_string(&mut text);
+    text.trim().to_owned()
+}
+
+/// `<name>-<hash of the executable's path>`.
+fn app_id(name: &str) -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    format!(
+        "{}-{:016x}",
+        sanitize(name),
+        fnv1a(exe.as_os_str().as_encoded_bytes())
+    )
+}
+
 fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os(ENV_DIR) {
+    if let Some(d) = std::env::var_os(ENV_DIR).filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("fdserver-preload");
     }
     std::env::temp_dir().join(format!("fdserver-preload-{}", crate::sys::geteuid()))
 }
 
-/// Creates `dir` with mode 0700 if needed, and refuses one that another user owns or that others
-/// can enter.
-fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    // Usually it exists: one `statx` then (every client command passes here).
-    let meta = match fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new()
-                .mode(0o700)
-                .recursive(true)
-                .create(dir)
-            {
+/// Opens `dir` without following a symbolic link (creating it `0700`, and its missing parents,
+/// if needed) and checks the open directory: ours, and closed to others.
+fn open_private_dir(dir: &Path) -> Result<(fs::File, u32), Unusable> {
+    let shown = dir.display();
+    let opened = match os::open_dir_nofollow(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                match fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(parent)
+                {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(Unusable(format!("cannot create {}: {e}", parent.display())))
+                    }
+                }
+            }
+            // mkdir never follows a symbolic link in the last component (EEXIST instead).
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(Unusable(format!("cannot create {shown}: {e}"))),
             }
-            fs::metadata(dir)?
+            os::open_dir_nofollow(dir)
         }
-        Err(e) => return Err(e),
+        other => other,
     };
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a directory", dir.display()),
-        ));
-    }
-    if meta.uid() != crate::sys::geteuid() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is owned by uid {}, not us", dir.display(), meta.uid()),
-        ));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is accessible to other users (mode {:o}); it must be 0700",
-                dir.display(),
-                meta.permissions().mode() & 0o777
+    let file = opened.map_err(|e| {
+        Unusable(match e.raw_os_error() {
+            Some(libc::ELOOP) => format!(
+                "{shown} is a symbolic link (the preloader never follows one to its directory)"
             ),
-        ));
+            // O_DIRECTORY | O_NOFOLLOW on a symbolic link gives ENOTDIR (or ELOOP).
+            Some(libc::ENOTDIR) if fs::symlink_metadata(dir).is_ok_and(|m| m.is_symlink()) => {
+                format!(
+                    "{shown} is a symbolic link (the preloader never follows one to its \
+                     directory)"
+                )
+            }
+            Some(libc::ENOTDIR) => format!("{shown} is not a directory"),
+            _ => format!("cannot open {shown}: {e}"),
+        })
+    })?;
+    let owner = check_private(&file, dir)?;
+    Ok((file, owner))
+}
+
+/// The open directory must be ours and closed to others. Returns our (its owner's) uid.
+fn check_private(file: &fs::File, dir: &Path) -> Result<u32, Unusable> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Unusable(format!("cannot check {}: {e}", dir.display())))?;
+    let me = crate::sys::geteuid();
+    if !meta.is_dir() {
+        return Err(Unusable(format!("{} is not a directory", dir.display())));
     }
-    Ok(())
+    if meta.uid() != me {
+        return Err(Unusable(format!(
+            "{} belongs to uid {}, not to you (uid {me})",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(Unusable(format!(
+            "{} is open to other users (mode {:o}); it must be 0700",
+            dir.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(me)
+}
+
+/// Takes the exclusive lock of `file` (a pidfile), waiting until `deadline` for its holder to
+/// release it: woken by inotify when a descriptor of the file is closed (a lock is released when
+/// its holder's last descriptor closes), not by polling. `Ok(false)` at the deadline.
+pub(crate) fn lock_within(file: &fs::File, deadline: Instant) -> io::Result<bool> {
+    use inotify::{Inotify, WatchMask};
+    if crate::sys::flock(file.as_fd(), true, true)? {
+        return Ok(true);
+    }
+    let mut inotify = Inotify::init()?; // non-blocking, close-on-exec
+    inotify.watches().add(
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        WatchMask::CLOSE_WRITE | WatchMask::CLOSE_NOWRITE | WatchMask::ATTRIB,
+    )?;
+    let mut buf = [0u8; 1024];
+    loop {
+        // Tried again after the watch exists, so that a release in between is not missed.
+        if crate::sys::flock(file.as_fd(), true, true)? {
+            return Ok(true);
+        }
+        if !crate::sys::wait_fd(inotify.as_fd(), libc::POLLIN, Some(deadline))? {
+            return Ok(false);
+        }
+        while inotify.read_events(&mut buf).is_ok_and(|e| e.count() > 0) {}
+    }
+}
+
+/// The identity of the running program's build, which the server and its client compare at each
+/// connection: the ELF build id (`NT_GNU_BUILD_ID`, the linker's hash of the linked contents),
+/// read from the loaded image at no cost. Without one, the identity of the executable file that
+/// is running (device, inode, size, modification and change times, from `/proc/self/exe`),
+/// which changes with every rebuild.
+pub(crate) fn build_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| match os::build_id_note() {
+        Some(id) => {
+            // Every client computes this once: hex by table (`format!` per byte costs ~1.5 us).
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut hex = String::with_capacity(id.len() * 2);
+            for b in id {
+                hex.push(HEX[usize::from(b >> 4)] as char);
+                hex.push(HEX[usize::from(b & 15)] as char);
+            }
+            hex
+        }
+        None => match fs::metadata("/proc/self/exe") {
+            Ok(m) => format!(
+                "file:{:x}:{:x}:{:x}:{}.{}:{}.{}",
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            ),
+            Err(_) => "unknown".to_owned(),
+        },
+    })
+}
+
+/// A duration as `FDSERVER_PRELOAD_IDLE_TIMEOUT` gives it: seconds, or a number with a unit
+/// (`ms`, `s`, `m`, `h`).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "s" => n.checked_mul(1000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// The idle timeout in force: `FDSERVER_PRELOAD_IDLE_TIMEOUT` if set (and valid), else
+/// `options`. `Err` names an invalid value.
+pub(crate) fn idle_timeout(options: &Options) -> Result<Duration, String> {
+    match std::env::var(ENV_IDLE_TIMEOUT) {
+        Ok(v) if !v.trim().is_empty() => parse_duration(&v).ok_or_else(|| {
+            format!(
+                "{ENV_IDLE_TIMEOUT}={v:?} is not a duration (seconds, or a number with ms, s, m \
+                 or h); using {:?}",
+                options.idle_timeout
+            )
+        }),
+        _ => Ok(options.idle_timeout),
+    }
 }
 
 fn sanitize(name: &str) -> String {
@@ -618,6 +1093,7 @@ fn split_nul(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn nul_lists_round_trip() {
@@ -632,13 +1108,39 @@ mod tests {
     fn private_dir_is_enforced() {
         let base = std::env::temp_dir().join(format!("fdserver-pl-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&base);
-        ensure_private_dir(&base).unwrap();
-        assert_eq!(
-            fs::metadata(&base).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(ensure_private_dir(&base).is_err());
+        let dir = base.join("a/b");
+        open_private_dir(&dir).unwrap();
+        for d in [&base, &dir] {
+            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(open_private_dir(&dir).unwrap_err().0.contains("0700"));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(open_private_dir(&link)
+            .unwrap_err()
+            .0
+            .contains("symbolic link"));
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn build_id_is_the_notes_hex() {
+        let note = os::build_id_note().expect("test binaries have a build id");
+        let hex: String = note.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(build_id(), hex);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 3h "), Some(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

@@ -4,14 +4,22 @@
 //! worker is what a fresh run of the program would be: its main thread (named `main`, with the
 //! main thread's stack), and only that thread.
 //!
-//! Its one client is the server, which sends `["run"]` and the client's connection (a
-//! descriptor), positioned after the client's first message. The template reads the rest of the
-//! command from the client: a `u32` little-endian length, then that many bytes (argv with the
-//! program name, environment, process attributes: see [`Request`]), the first byte carrying the
-//! client's stdin, stdout, stderr and working directory as four descriptors. It forks the worker
-//! and replies `["ok", pid]` at once; the worker writes `["pid", n]` to the client once it leads
-//! its own process group. When the worker stops, the template writes `["stopped", signal]` to
-//! the client's connection; when it ends, `["exit", code]` or `["signal", n]`, and closes it.
+//! Its one client is the server, which sends:
+//!
+//! * `["run"]` and the client's connection (a descriptor), positioned after the client's first
+//!   message. The template reads the rest of the command from the client: a `u32` little-endian
+//!   length, then that many bytes (argv with the program name, environment, process attributes,
+//!   the numbers of further descriptors: see [`Parts`]), the first byte carrying the client's
+//!   stdin, stdout, stderr and working directory as four descriptors, and the further ones. It
+//!   forks the worker and replies `["ok", pid]` at once; the worker writes `["pid", n, "fd"]`
+//!   and a pidfd of itself to the client once it leads its own process group (`["pid", n]` alone
+//!   if it could not make one), so that the client never signals a process that merely reuses
+//!   its number. When the worker stops, the template writes `["stopped", signal]` to the
+//!   client's connection; when it ends, `["exit", code]` or `["signal", n]`, and closes it.
+//! * `["idle"]`, for the server's idle timeout: `["ok", running workers, ms since a worker last
+//!   started or ended]`.
+//! * `["shutdown"]` when the server stops: its workers get SIGTERM, and the template exits once
+//!   they have ended (as it does when the server's end of descriptor 3 closes).
 //!
 //! After the request the client may send single bytes: `S` (the job was suspended before the
 //! worker's pid reached it: the worker waits before running) and `G` (go on).
@@ -95,6 +103,8 @@ pub(crate) struct Template<A> {
     area: Option<ArgvArea>,
     own: Option<Own>,
     preloaded: Instant,
+    /// When a worker last started or ended (the server's idle timeout asks, `["idle"]`).
+    last_activity: Instant,
 }
 
 /// Entry of a template process (started by the server with the role variable): preload, say
@@ -134,6 +144,7 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
         area,
         own: None,
         preloaded: Instant::now(),
+        last_activity: Instant::now(),
     };
     // Nobody watches us while we preload but the server, which set PR_SET_PDEATHSIG: we die
     // with it. Only while preloading: a preloaded template outlives its server until its
@@ -176,6 +187,7 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
 
 impl<A: Application> Template<A> {
     fn run(&mut self, ctx: &mut Context<'_>, _msg: Message<'_>) -> Result<(), RemoteError> {
+        self.last_activity = Instant::now();
         let ch = ctx.channel();
         let conn = ch
             .recv_fd()?
@@ -342,6 +354,7 @@ impl<A: Application> Template<A> {
             return; // a grandchild reparented to us, or a worker already forgotten
         };
         let w = self.workers.swap_remove(i);
+        self.last_activity = Instant::now();
         if let Some(mut conn) = w.conn {
             // The client closes the connection once it has read this: no SIGIO for that.
             os::stop_async(conn.as_fd());
@@ -374,6 +387,13 @@ impl<A: Application> Server for Template<A> {
     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
         match msg.name() {
             b"run" => self.run(ctx, msg),
+            b"idle" => {
+                // ["ok", running workers, ms since a worker last started or ended]
+                let running = self.workers.len().to_string();
+                let ms = self.last_activity.elapsed().as_millis().to_string();
+                ctx.reply([running, ms])?;
+                Ok(())
+            }
             b"shutdown" => {
                 for w in &self.workers {
                     // A worker that has not made its own group yet: signal it alone (it is
@@ -618,9 +638,17 @@ fn worker_main<A: Application>(
     unsafe { libc::setpgid(0, 0) };
     let mut digits = [0u8; 20];
     let pid = decimal(sys::getpid(), &mut digits);
+    // A pidfd of ourselves goes with the pid: the client signals us (and our group) only
+    // through it, so never a process that later gets our number.
     // If the client is gone, there is nobody to run for: leave before running anything (the
     // template, seeing the hang-up, would kill us anyway).
-    if conn.write_array([b"pid".as_slice(), pid]).is_err() {
+    let pidfd = sys::pidfd_open(sys::getpid() as libc::pid_t).ok();
+    let sent = match &pidfd {
+        Some(fd) => conn.write_array_with_fd([b"pid".as_slice(), pid, b"fd"], fd.as_fd()),
+        None => conn.write_array([b"pid".as_slice(), pid]),
+    };
+    drop(pidfd);
+    if sent.is_err() {
         sys::exit_now(1);
     }
     // The client suspended before it knew our pid (Ctrl-Z while the template preloaded): it
