@@ -292,6 +292,36 @@ fn the_idle_timeout_waits_for_running_commands() {
     assert_gone(st.server, "the server, once idle");
 }
 
+/// Item 9, with templates: a template that does not answer the idle check (here stopped with
+/// SIGSTOP) is replaced at once, while another template's running command keeps the server up;
+/// the next command of its key gets a new template. (The check used to time out, log, and leave
+/// the template in place with its channel out of step: every later command of the key failed.)
+#[test]
+fn a_template_that_misses_the_idle_check_is_replaced() {
+    let _wd = wd("a_template_that_misses_the_idle_check_is_replaced");
+    let mut pl = Pl::new("idlewedge");
+    pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "500ms");
+    let mut busy = Running::spawn(pl.cmd(["wait"]));
+    busy.expect_pid("ready");
+    let other = |args: &[&str]| {
+        let mut c = pl.cmd(args);
+        c.env("APP_ENV", "other");
+        output(c, RUN_LIMIT)
+    };
+    assert_eq!(other(&["echo", "x"]).stdout, "x\n");
+    let st = pl.server();
+    let wedged = st.template("other").expect("the other template");
+    // SAFETY: kill(2) on a process of this test's server.
+    assert_eq!(unsafe { libc::kill(wedged as i32, libc::SIGSTOP) }, 0);
+    assert_gone(wedged, "the template that stopped answering");
+    assert!(alive(st.server), "the busy server is still up");
+    let out = other(&["echo", "back"]);
+    assert_eq!(out.stdout, "back\n", "{out:?}");
+    assert_ne!(pl.server().template("other"), Some(wedged));
+    busy.signal(libc::SIGTERM);
+    busy.wait();
+}
+
 /// Item 9: `--preloader restart` replaces the server and preloads the template, so the next
 /// command is warm.
 #[test]

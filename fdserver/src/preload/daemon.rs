@@ -596,26 +596,40 @@ impl Idle {
             .iter()
             .map(|(k, s)| (k.clone(), Arc::clone(s)))
             .collect();
+        // Every template is asked, even once one is found busy: one that does not answer is
+        // replaced here, whatever the others do.
+        let mut busy = false;
         for (key, slot) in slots {
             let Some(mut t) = slot.try_lock() else {
-                self.next = Some(again); // preloading, or a command being handed over
-                return false;
+                busy = true; // preloading, or a command being handed over
+                continue;
             };
             let Some((handle, _)) = t.current.as_mut() else {
                 continue;
             };
             match template_activity(handle) {
                 Ok((0, ago)) => since = since.max(now.checked_sub(ago).unwrap_or(now)),
-                Ok(_) => {
-                    // Running workers: look again later (their end counts as activity).
-                    self.next = Some(again);
-                    return false;
+                // Running workers: look again later (their end counts as activity).
+                Ok(_) => busy = true,
+                Err(e) => {
+                    log(&format!(
+                        "template {key:?} (pid {}) did not say whether it is busy: {e}",
+                        handle.pid()
+                    ));
+                    if matches!(e, Error::TimedOut { .. } | Error::Broken) {
+                        // Wedged, and its channel is out of step (a late answer would be read
+                        // as the next command's): replace it, as `run_job` does.
+                        if let Some((handle, _)) = t.current.take() {
+                            kill_wedged(handle);
+                            set_info(&slot, None);
+                        }
+                    }
                 }
-                Err(e) => log(&format!(
-                    "template {key:?} (pid {}) did not say whether it is busy: {e}",
-                    handle.pid()
-                )),
             }
+        }
+        if busy {
+            self.next = Some(again);
+            return false;
         }
         if now >= since + self.timeout {
             return true;
@@ -1160,6 +1174,19 @@ fn ensure_template<A: Application>(
     key: &str,
     client: Option<&mut Option<OwnedFd>>,
 ) -> Result<(), (&'static str, String)> {
+    if let Some((handle, _)) = &mut t.current {
+        if handle.channel().is_broken() && matches!(handle.try_wait(), Ok(None)) {
+            // A request to it timed out: its channel is out of step. Stop it now (in the
+            // background), as a wedged one.
+            let (handle, _) = t.current.take().expect("checked");
+            log(&format!(
+                "template {key:?} (pid {}) stopped answering: replaced",
+                handle.pid()
+            ));
+            kill_wedged(handle);
+            set_info(slot, None);
+        }
+    }
     if let Some((handle, stamps)) = &mut t.current {
         let dead = !matches!(handle.try_wait(), Ok(None));
         if dead || changed(stamps) {
@@ -1423,7 +1450,7 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
     if let Err(e) = sent {
         log(&format!("template {key:?} failed a request: {e}"));
         let pid = handle.pid();
-        if matches!(e, Error::TimedOut { .. }) {
+        if matches!(e, Error::TimedOut { .. } | Error::Broken) {
             // Wedged, and its channel is out of step (a late reply would answer the next
             // command): replace it.
             if let Some((handle, _)) = t.current.take() {
