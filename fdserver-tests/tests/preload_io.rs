@@ -360,10 +360,16 @@ fn the_server_keeps_nothing_its_first_client_inherited() {
     let (r, w) = fdserver_tests::pipe();
     let raw = w.as_raw_fd();
     let mut c = pl.cmd(["echo", "first"]);
-    // SAFETY: dup2 is async-signal-safe; the write end becomes fd 9, without close-on-exec.
+    // SAFETY: fcntl, dup2 and close are async-signal-safe; the write end becomes fd 9, without
+    // close-on-exec. Through a copy: the pipe's own number may be 9, and `dup2` of a descriptor
+    // onto itself keeps its close-on-exec flag (the test would then prove nothing).
     unsafe {
         c.pre_exec(move || {
-            libc::dup2(raw, 9);
+            let copy = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 100);
+            if copy < 0 || libc::dup2(copy, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(copy);
             Ok(())
         });
     }

@@ -357,12 +357,17 @@ fn inherited_descriptors_are_the_commands() {
     let (_r, w) = fdserver_tests::pipe();
     let raw = std::os::fd::AsRawFd::as_raw_fd(&w);
     let (warm, cold) = pl.both(&["fds"], move |c| {
-        // SAFETY: dup2 is async-signal-safe; fd 7 and 12 become the pipe's write end, without
-        // close-on-exec (dup2 clears it), as a shell's `7>&... 12>&...` would.
+        // SAFETY: fcntl, dup2 and close are async-signal-safe; fd 7 and 12 become the pipe's
+        // write end, without close-on-exec (dup2 clears it), as a shell's `7>&... 12>&...`
+        // would. Through a copy: the pipe's own number may be 7 or 12, and `dup2` of a
+        // descriptor onto itself keeps its close-on-exec flag.
         unsafe {
             c.pre_exec(move || {
-                libc::dup2(raw, 7);
-                libc::dup2(raw, 12);
+                let copy = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 100);
+                if copy < 0 || libc::dup2(copy, 7) < 0 || libc::dup2(copy, 12) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(copy);
                 Ok(())
             });
         }
