@@ -56,6 +56,29 @@ fn removed_socket_heals_by_itself() {
     assert_eq!(pl.server().server, new.server);
 }
 
+/// Item 6: an exiting server adds nothing to its directory, which may be being removed (a tmp
+/// cleaner, `rm -r`): it used to create its start lock again to clean up under it, so that
+/// removing the directory failed now and then with "Directory not empty".
+#[test]
+fn an_exiting_server_creates_nothing_in_its_directory() {
+    let _wd = wd("an_exiting_server_creates_nothing_in_its_directory");
+    let pl = Pl::new("nocreate");
+    pl.ok(&["echo", "x"]);
+    let st = pl.server();
+    let files = pl.files();
+    std::fs::remove_file(&files.lock).unwrap();
+    std::fs::remove_file(&files.sock).unwrap();
+    assert_gone(st.server, "the server whose socket was removed");
+    assert!(
+        !files.lock.exists(),
+        "the exiting server created its start lock"
+    );
+    assert!(
+        !files.pid.exists(),
+        "the exiting server removed its own pidfile"
+    );
+}
+
 /// Item 5: `stop` while a server holds the pidfile but has lost its socket (here it is stopped,
 /// so it cannot notice): a clear error naming its pid; once it runs again it exits by itself,
 /// and `stop` then finds nothing to stop.

@@ -926,9 +926,13 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
 /// same moment. If a client holds that lock, it is starting a successor, which takes over (or
 /// replaces) both files itself: they are left alone.
 fn remove_own_files(dir: &Dir, sock: (u64, u64), pid: (u64, u64)) {
-    let locked = dir
-        .open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)
-        .and_then(|f| Ok((sys::flock(f.as_fd(), true, true)?, f)));
+    let locked = match dir.open_file(Kind::Lock, libc::O_RDWR) {
+        // No start lock, so no client is starting a successor (one that creates it now waits
+        // for our pidfile's lock, held until both files are gone). It is not created here: an
+        // exiting server adds nothing to a directory that may be being removed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((true, None)),
+        opened => opened.and_then(|f| Ok((sys::flock(f.as_fd(), true, true)?, Some(f)))),
+    };
     match locked {
         Ok((true, _lock)) => {
             for (kind, id) in [(Kind::Sock, sock), (Kind::Pid, pid)] {
