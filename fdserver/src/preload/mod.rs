@@ -8,8 +8,9 @@
 //!   stderr and working directory as descriptors with its arguments, environment and process
 //!   attributes, relays its signals to the worker, mirrors the worker's stops and exits with the
 //!   worker's status;
-//! * the **server**: one per application, build and user, listening on a UNIX socket in a
-//!   private directory; it accepts clients and hands each request to a template;
+//! * the **server**: one per application (and path of its executable) and user, listening on
+//!   a UNIX socket in a private directory; it accepts clients and hands each request to a
+//!   template;
 //! * a **template** per environment key ([`Application::template_key`]): this executable run
 //!   again by the server, which runs [`Application::preload`] once on its main thread and then
 //!   serves the server;
