@@ -146,42 +146,10 @@ fn sigint_and_sighup_during_preload_end_the_client() {
     signal_during_preload_ends_the_client("qhup", libc::SIGHUP);
 }
 
-/// Waits until the server holds at least `n` accepted connections: sockets of the server
-/// process (its pid from the pidfile) that `/proc/net/unix` lists as connected (state 03) with
-/// the listening socket's name (the server binds it as `/proc/self/fd/N/<name>`). A bounded wait
-/// on kernel state, which has no event to wait on.
+/// Waits until the server holds at least `n` accepted connections (see
+/// [`server_connections`]).
 fn poll_accepted(pl: &Pl, n: usize) -> bool {
-    let files = pl.files();
-    let name = format!("/{}", files.sock.file_name().unwrap().to_str().unwrap());
-    let deadline = std::time::Instant::now() + RUN_LIMIT;
-    while std::time::Instant::now() < deadline {
-        let server = std::fs::read_to_string(&files.pid).unwrap_or_default();
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", server.trim()))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let link = std::fs::read_link(e.path()).ok()?;
-                let link = link.to_str()?;
-                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-            })
-            .collect();
-        let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-        let connected = table
-            .lines()
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                l.ends_with(&name)
-                    && f.get(5) == Some(&"03")
-                    && f.get(6).is_some_and(|i| inodes.iter().any(|o| o == i))
-            })
-            .count();
-        if connected >= n {
-            return true;
-        }
-        std::thread::yield_now();
-    }
-    false
+    wait_for_server_connections(pl, |c| c >= n)
 }
 
 /// A signal that does nothing by default (SIGWINCH), or one the program started with blocked,

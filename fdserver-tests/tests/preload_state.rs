@@ -403,6 +403,12 @@ fn accept_failures_back_off_and_log_once() {
     let pl = Pl::new("emfile");
     pl.ok(&["echo", "x"]);
     let server = pl.server().server;
+    // The server closes the connections of `echo` and `status` after their clients are done:
+    // a descriptor it closes after the limit is set would let `accept` succeed.
+    assert!(
+        wait_for_server_connections(&pl, |n| n == 0),
+        "the server still holds a connection"
+    );
     set_nofile(server, lowest_free_fd(server));
     let waiting = UnixStream::connect(pl.files().sock).unwrap();
     // A while out of descriptors (a spinning loop logs thousands of lines meanwhile).

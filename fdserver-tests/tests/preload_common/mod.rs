@@ -780,6 +780,48 @@ impl Gate {
     }
 }
 
+/// The connections the server holds (accepted, not yet closed): sockets of the server process
+/// (its pid from the pidfile) that `/proc/net/unix` lists as connected (state 03) under the
+/// listening socket's name (the server binds it as `/proc/self/fd/N/<name>`).
+pub fn server_connections(pl: &Pl) -> usize {
+    let files = pl.files();
+    let name = format!("/{}", files.sock.file_name().unwrap().to_str().unwrap());
+    let server = std::fs::read_to_string(&files.pid).unwrap_or_default();
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", server.trim()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            l.ends_with(&name)
+                && f.get(5) == Some(&"03")
+                && f.get(6).is_some_and(|i| inodes.iter().any(|o| o == i))
+        })
+        .count()
+}
+
+/// Waits (up to [`RUN_LIMIT`]) until the number of connections the server holds satisfies
+/// `done`: a bounded wait on kernel state, which has no event to wait on.
+pub fn wait_for_server_connections(pl: &Pl, done: impl Fn(usize) -> bool) -> bool {
+    let deadline = Instant::now() + RUN_LIMIT;
+    while Instant::now() < deadline {
+        if done(server_connections(pl)) {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
 /// Shorthand for the watchdog every test takes.
 pub fn wd(name: &str) -> fdserver_tests::Watchdog {
     fdserver_tests::watchdog(name, SECS(60))
