@@ -10,11 +10,14 @@
 //! cargo run --release --example wordindex -- search kaso tibe   # documents with both words
 //! cargo run --release --example wordindex -- top 5              # most frequent words
 //! cargo run --release --example wordindex -- stats
-//! cargo run --release --example wordindex -- --preloader status # server and template pids
+//! cargo run --release --example wordindex -- --preloader status # server, templates, memory
 //! cargo run --release --example wordindex -- --preloader stop
-//! cargo run --release --example wordindex -- --preloader restart   # fresh server, preloaded
+//! cargo run --release --example wordindex -- --preloader restart # fresh server, preloaded
+//! cargo run --release --example wordindex -- --preloader serve  # a server logging here
+//! cargo run --release --example wordindex -- --help             # no server, no preload
 //! FDSERVER_PRELOAD_IDLE_TIMEOUT=30m cargo run --release --example wordindex -- stats
 //! FDSERVER_PRELOAD=0 cargo run --release --example wordindex -- stats   # without the preloader
+//! FDSERVER_PRELOAD_VERBOSE=1 cargo run --release --example wordindex -- stats  # says how it ran
 //! ```
 
 use std::collections::HashMap;
@@ -24,6 +27,8 @@ use std::time::Instant;
 
 use fdserver::preload::{Application, Preloader};
 
+const USAGE: &str =
+    "usage: wordindex search WORD... | top [N] | stats | --help | --version | --preloader status|stop|restart|serve";
 const DOCS: u32 = 200_000;
 const WORDS_PER_DOC: usize = 40;
 const VOCABULARY: usize = 50_000;
@@ -111,6 +116,26 @@ impl Application for WordIndex {
         Ok(())
     }
 
+    /// `--help`, `--version` and no arguments need no index: they run here, at once, without
+    /// starting (or asking) the preloader.
+    fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+        match args.first().and_then(|a| a.to_str()) {
+            None => {
+                eprintln!("{USAGE}");
+                Some(2)
+            }
+            Some("--help" | "-h") => {
+                println!("{USAGE}");
+                Some(0)
+            }
+            Some("--version") => {
+                println!("wordindex {}", env!("CARGO_PKG_VERSION"));
+                Some(0)
+            }
+            _ => None,
+        }
+    }
+
     fn run(&mut self, args: Vec<OsString>) -> i32 {
         let args: Vec<String> = args
             .into_iter()
@@ -160,9 +185,7 @@ impl Application for WordIndex {
                 0
             }
             _ => {
-                eprintln!(
-                    "usage: wordindex search WORD... | top [N] | stats | --preloader status|stop|restart"
-                );
+                eprintln!("{USAGE}");
                 2
             }
         }

@@ -5,8 +5,9 @@ mod preload_common;
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 
 use preload_common::*;
@@ -171,17 +172,15 @@ fn exit_codes_and_signals_are_reported_faithfully() {
 fn pipes_terminate() {
     let _wd = wd("pipes_terminate");
     let pl = Pl::new("pipes");
-    // Cold start through `head -1`: the worker dies of SIGPIPE, the client by the same.
+    // Cold start through `head -1`: the worker gets EPIPE (SIGPIPE is ignored, as in any Rust
+    // program) and `lines` exits 3 on a failed write; the client with it.
     let out = pl.sh(r#"{ "$0" lines 100000; echo "client $?" >&2; } | head -1"#);
     assert_eq!(out.stdout, "line 0\n", "{out:?}");
-    assert!(
-        out.stderr.contains("client 141"),
-        "SIGPIPE reported: {out:?}"
-    );
+    assert!(out.stderr.contains("client 3"), "EPIPE reported: {out:?}");
     // Warm.
     let out = pl.sh(r#"{ "$0" lines 100000; echo "client $?" >&2; } | head -1"#);
     assert_eq!(out.stdout, "line 0\n");
-    assert!(out.stderr.contains("client 141"), "{out:?}");
+    assert!(out.stderr.contains("client 3"), "{out:?}");
 
     let out = pl.sh(r#""$0" echo hi | cat"#);
     assert_eq!(out.stdout, "hi\n");
@@ -348,4 +347,38 @@ fn concurrent_clients_get_their_own_io() {
         assert_eq!(out.status.code(), Some(5));
     }
     assert_eq!(pl.preloads(), vec!["dev"]);
+}
+
+/// The server outlives the client that starts it, and its templates are started by `exec`:
+/// neither may keep a descriptor that client inherited (here a pipe whose reader waits for its
+/// end, as `make`'s or a shell's would), or the reader waits as long as the server lives.
+#[test]
+fn the_server_keeps_nothing_its_first_client_inherited() {
+    let _wd = wd("the_server_keeps_nothing_its_first_client_inherited");
+    let pl = Pl::new("inherit");
+    // Close-on-exec (so that no other test's child gets it); dup2 in the child clears that.
+    let (r, w) = fdserver_tests::pipe();
+    let raw = w.as_raw_fd();
+    let mut c = pl.cmd(["echo", "first"]);
+    // SAFETY: fcntl, dup2 and close are async-signal-safe; the write end becomes fd 9, without
+    // close-on-exec. Through a copy: the pipe's own number may be 9, and `dup2` of a descriptor
+    // onto itself keeps its close-on-exec flag (the test would then prove nothing).
+    unsafe {
+        c.pre_exec(move || {
+            let copy = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 100);
+            if copy < 0 || libc::dup2(copy, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(copy);
+            Ok(())
+        });
+    }
+    let out = output(c, RUN_LIMIT);
+    assert_eq!(out.stdout, "first\n");
+    drop(w);
+    assert!(
+        read_to_eof(r, RUN_LIMIT).is_some(),
+        "the server or its template still holds the pipe the first client inherited"
+    );
+    assert_eq!(pl.ok(&["echo", "warm"]), "warm\n");
 }

@@ -5,7 +5,6 @@ mod preload_common;
 
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 
@@ -291,22 +290,37 @@ fn raw_connect(pl: &Pl) -> Channel {
     ch
 }
 
-/// Sends a whole `run` request for `args` with stdin /dev/null and stdout/stderr `out`.
+/// Sends a whole `run` request for `args` with stdin /dev/null, stdout/stderr `out` and working
+/// directory `/`, as a client in another language would: `["run", key]`, then a `u32`
+/// little-endian length and the body (argv with a program name, environment, no process
+/// attributes), the first byte carrying the four descriptors.
 fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
-    let cwd = std::env::current_dir().unwrap();
-    ch.write_array([b"run".as_slice(), b"dev", cwd.as_os_str().as_bytes()])
-        .unwrap();
-    let mut argv = Vec::new();
+    ch.write_array(["run", "dev"]).unwrap();
+    let mut argv = b"preload-app\0".to_vec();
     for a in args {
         argv.extend_from_slice(a.as_bytes());
         argv.push(0);
     }
-    ch.write_scalar(&argv).unwrap();
-    ch.write_scalar(b"PATH=/usr/bin:/bin\0").unwrap();
+    let env = b"PATH=/usr/bin:/bin\0";
+    let mut body = Vec::new();
+    body.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+    body.extend_from_slice(&argv);
+    body.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    body.extend_from_slice(env);
+    let mut req = (body.len() as u32).to_le_bytes().to_vec();
+    req.extend_from_slice(&body);
     let null = std::fs::File::open("/dev/null").unwrap();
-    ch.send_fd(null.as_fd()).unwrap();
-    ch.send_fd(out.as_fd()).unwrap();
-    ch.send_fd(out.as_fd()).unwrap();
+    let root = std::fs::File::open("/").unwrap();
+    fdserver_tests::send_with_fds(
+        ch.as_fd(),
+        &req,
+        &[
+            null.as_raw_fd(),
+            out.as_raw_fd(),
+            out.as_raw_fd(),
+            root.as_raw_fd(),
+        ],
+    );
 }
 
 /// Clients that disconnect at every step of the handshake, or hold a half-sent request open,
@@ -326,12 +340,12 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
     drop(raw_connect(&pl));
     // Leave after the first message of a request.
     let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev", "/"]).unwrap();
+    ch.write_array(["run", "dev"]).unwrap();
     drop(ch);
-    // Leave after the arguments, before the descriptors.
+    // Leave halfway through the request's length.
     let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev", "/"]).unwrap();
-    ch.write_scalar(b"echo\0x\0").unwrap();
+    ch.write_array(["run", "dev"]).unwrap();
+    ch.write_scalar(b"").unwrap(); // 4 bytes of 0: a length, without its descriptors
     drop(ch);
     // Garbage instead of a request.
     let mut ch = raw_connect(&pl);
@@ -342,7 +356,7 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
 
     // A half-sent request held open does not hold up other clients.
     let mut held = raw_connect(&pl);
-    held.write_array(["run", "dev", "/"]).unwrap();
+    held.write_array(["run", "dev"]).unwrap();
     assert_eq!(pl.ok(&["echo", "still serving"]), "still serving\n");
 
     // Whole request, pid read, then leave while the worker runs.
@@ -533,7 +547,7 @@ fn a_stalled_client_holds_its_template_only_briefly() {
     staller.set_read_timeout(Some(std::time::Duration::from_secs(30)));
     let greeting = staller.read_strings().unwrap().unwrap();
     assert_eq!(greeting[0], "fdserver-preload");
-    staller.write_array(["run", "dev", "/"]).unwrap();
+    staller.write_array(["run", "dev"]).unwrap();
     // ... and nothing more: no arguments, no environment, no descriptors.
 
     // The next command of the key runs once the template has given up on the stalled one

@@ -1,11 +1,12 @@
 //! Signals and terminals: signals sent to the client reach the worker's process group (and
-//! only that worker), signals sent before the worker exists are queued, a pty client gives the
-//! worker a terminal (isatty, window size, SIGWINCH, Ctrl-C, Ctrl-Z).
+//! only that worker); before the worker exists the client does what the command would have done
+//! (dies, stops); a pty client gives the worker a terminal (isatty, window size, SIGWINCH,
+//! Ctrl-C, Ctrl-Z); the worker's stops are the job's stops.
 
 mod preload_common;
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 use preload_common::*;
 
@@ -71,37 +72,112 @@ fn interrupting_one_client_leaves_the_other_alone() {
     assert_gone(wb, "second worker");
 }
 
-/// Signals that arrive before the worker exists (its template is still preloading) are queued
-/// and delivered once the worker's pid is known.
-fn queued_signal_is_delivered(tag: &str, sig: i32) {
+/// Issue 12, item 1. A terminating signal that arrives while the template preloads (before the
+/// worker exists) ends the client at once, by that signal, as it ends the same program run
+/// without the preloader during its preload; the preload goes on in the background and serves
+/// the next command. (It used to be queued until the worker existed, so a short command ran to
+/// completion and exited 0.)
+fn signal_during_preload_ends_the_client(tag: &str, sig: i32) {
     let mut pl = Pl::new(tag);
     let mut gate = Gate::new(&mut pl, "dev");
-    let mut c = Running::spawn(pl.cmd(["wait"]));
+    // Without the preloader, for reference: the process dies by the signal mid-preload.
+    let mut cold = pl.cmd(["echo", "never"]);
+    cold.env("FDSERVER_PRELOAD", "0")
+        .stdout(std::process::Stdio::null());
+    let mut cold = cold.spawn().unwrap();
     gate.wait_started();
-    c.signal(sig);
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(cold.id() as i32, sig) }, 0);
+    assert_eq!(cold.wait().unwrap().signal(), Some(sig), "the cold run");
+    std::fs::remove_dir_all(pl.path("gate")).unwrap();
+    let mut gate = Gate::new(&mut pl, "dev");
+
+    // Preloaded: the same, while the preload is still held at the gate.
+    let mut c = Running::spawn(pl.cmd(["echo", "never"]));
+    gate.wait_started();
+    // A second command of the key, queued behind the preload, is killed the same way.
+    let queued = Running::spawn(pl.cmd(["echo", "never"]));
     assert!(
-        c.running(),
-        "the client queues the signal, it does not die of it"
+        poll_accepted(&pl, 2),
+        "the second client is waiting in the server"
     );
-    gate.release();
+    c.signal(sig);
     let status = c.wait();
     assert_eq!(
         status.signal(),
         Some(sig),
-        "the queued signal reached the worker: {status:?}"
+        "the client died by the signal: {status:?}"
+    );
+    // Its stdout (which travels in its request) is released at once, not when the preload
+    // ends: the preload is still held at the gate.
+    assert_eq!(
+        c.line(),
+        None,
+        "the command did not run, and its stdout is closed"
+    );
+    let mut queued = queued;
+    queued.signal(sig);
+    assert_eq!(queued.wait().signal(), Some(sig));
+    assert_eq!(
+        queued.line(),
+        None,
+        "the queued client's stdout is closed too"
+    );
+    // The preload was not cancelled: once done, it serves the next command, warm.
+    gate.release();
+    assert_eq!(pl.ok(&["echo", "next"]), "next\n");
+    assert_eq!(
+        pl.preloads(),
+        vec!["dev"],
+        "one preload, finished in the background"
     );
 }
 
 #[test]
-fn queued_sigterm_is_delivered() {
-    let _wd = wd("queued_sigterm_is_delivered");
-    queued_signal_is_delivered("qterm", libc::SIGTERM);
+fn sigterm_during_preload_ends_the_client() {
+    let _wd = wd("sigterm_during_preload_ends_the_client");
+    signal_during_preload_ends_the_client("qterm", libc::SIGTERM);
 }
 
 #[test]
-fn queued_sighup_is_delivered() {
-    let _wd = wd("queued_sighup_is_delivered");
-    queued_signal_is_delivered("qhup", libc::SIGHUP);
+fn sigint_and_sighup_during_preload_end_the_client() {
+    let _wd = wd("sigint_and_sighup_during_preload_end_the_client");
+    signal_during_preload_ends_the_client("qint", libc::SIGINT);
+    signal_during_preload_ends_the_client("qhup", libc::SIGHUP);
+}
+
+/// Waits until the server holds at least `n` accepted connections (see
+/// [`server_connections`]).
+fn poll_accepted(pl: &Pl, n: usize) -> bool {
+    wait_for_server_connections(pl, |c| c >= n)
+}
+
+/// A signal that does nothing by default (SIGWINCH), or one the program started with blocked,
+/// is not lost before the worker exists: it is relayed once the worker's pid is known.
+#[test]
+fn blocked_signal_before_the_worker_exists_reaches_it() {
+    let _wd = wd("blocked_signal_before_the_worker_exists_reaches_it");
+    let mut pl = Pl::new("qblk");
+    let mut gate = Gate::new(&mut pl, "dev");
+    let mut cmd = pl.cmd(["sigwait-usr1"]);
+    // The program starts with SIGUSR1 blocked (inherited across exec, as from a parent that
+    // blocked it): it stays pending for the command, which waits for it with sigwait.
+    // SAFETY: sigprocmask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut c = Running::spawn(cmd);
+    gate.wait_started();
+    c.signal(libc::SIGUSR1);
+    gate.release();
+    assert_eq!(c.line().as_deref(), Some("got SIGUSR1"));
+    assert!(c.wait().success());
 }
 
 /// A worker on a pty client's terminal: isatty on 0 and 1, and the terminal's size.
@@ -220,93 +296,159 @@ fn pty_ctrl_c_interrupts_the_command() {
     assert_eq!(bystander.wait().signal(), Some(libc::SIGTERM));
 }
 
-/// Ctrl-Z stops the worker and the client; continuing the client (`fg`) continues both. The
-/// worker (`winch ack`) first waits for a SIGUSR2 relayed by the client, so the client knows
-/// its pid when Ctrl-Z comes; after `fg`, a resize reaches the running worker.
+/// Ctrl-Z in a job-control shell stops the job (the worker stops by SIGTSTP, the client, the
+/// shell's job, by the same); `fg` continues both, and a resize then reaches the running
+/// worker. Compared with the same script run without the preloader. The command (`winch ack`)
+/// first waits for a SIGUSR2 relayed by the client, so the client knows the worker when Ctrl-Z
+/// comes.
 #[test]
 fn pty_ctrl_z_stops_and_fg_resumes() {
     let _wd = wd("pty_ctrl_z_stops_and_fg_resumes");
     let pl = Pl::new("ctrlz");
     pl.ok(&["echo", "warm"]);
     let template = pl.server().template("dev").unwrap();
-    let (master, slave) = pty(80, 24);
-    let client = spawn_on_pty(&pl, &["winch", "ack"], &slave);
-    drop(slave);
-    let pid = client.id() as i32;
-    let mut acc = String::new();
-    read_until(master.as_fd(), &mut acc, "waiting 80x24\n");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR2) }, 0);
-    read_until(master.as_fd(), &mut acc, "acked\n");
-    let worker = only_child(template);
+    for preload in ["1", "0"] {
+        let (master, slave) = pty(80, 24);
+        let script = r#""$0" winch ack; echo "rc $?"; read _; fg; echo "rc $?""#;
+        let mut shell = spawn_shell_on_pty(&pl, script, &slave, &[("FDSERVER_PRELOAD", preload)]);
+        drop(slave);
+        let mut acc = String::new();
+        read_until(master.as_fd(), &mut acc, "waiting 80x24\n");
+        let client = only_child(shell.id());
+        // SAFETY: kill(2) on the shell's job (our grandchild), which runs until we say so.
+        assert_eq!(unsafe { libc::kill(client as i32, libc::SIGUSR2) }, 0);
+        read_until(master.as_fd(), &mut acc, "acked\n");
+        let worker = if preload == "1" {
+            only_child(template)
+        } else {
+            client
+        };
 
-    write_master(&master, b"\x1a");
-    let st = waitpid(pid, libc::WUNTRACED);
-    assert!(
-        libc::WIFSTOPPED(st),
-        "the client stopped on Ctrl-Z (status {st:#x})"
-    );
-    // The client stopped the worker's group before itself; the kernel applies a stop
-    // asynchronously and gives no event for it, so watch the worker's state (bounded).
-    assert!(
-        until(|| state(worker) == Some('T')),
-        "the worker is stopped too (state {:?})",
-        state(worker)
-    );
+        write_master(&master, b"\x1a");
+        read_until(master.as_fd(), &mut acc, "rc 148\n");
+        assert_eq!(
+            state(client),
+            Some('T'),
+            "FDSERVER_PRELOAD={preload}: the job is stopped"
+        );
+        assert_eq!(
+            state(worker),
+            Some('T'),
+            "FDSERVER_PRELOAD={preload}: the command is stopped"
+        );
 
-    // `fg`.
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    let st = waitpid(pid, libc::WCONTINUED);
-    assert!(libc::WIFCONTINUED(st), "status {st:#x}");
-    assert!(
-        until(|| state(worker) != Some('T')),
-        "the worker continues too"
-    );
-    set_winsize(master.as_fd(), 100, 30);
-    read_until(master.as_fd(), &mut acc, "winch 100x30\n");
-    let st = waitpid(pid, 0);
-    assert!(
-        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-        "status {st:#x}"
-    );
-    std::mem::forget(client); // reaped above
+        write_master(&master, b"\n"); // the shell's `fg`
+        assert!(
+            until(|| state(worker) != Some('T')),
+            "the command continues"
+        );
+        set_winsize(master.as_fd(), 100, 30);
+        read_until(master.as_fd(), &mut acc, "winch 100x30\n");
+        read_until(master.as_fd(), &mut acc, "rc 0\n");
+        assert!(shell.wait().unwrap().success());
+    }
 }
 
 /// Ctrl-Z while the command waits for its template's preload (the client does not know the
-/// worker yet): once the worker exists it must be stopped along with the client, not run on
-/// while its terminal's job is suspended.
+/// worker yet) suspends the job at once, as it suspends the program run without the preloader
+/// mid-preload; the worker, once forked, waits until the job is continued, so a suspended job
+/// does not run; `fg` then runs it.
 #[test]
-fn pty_ctrl_z_before_the_worker_exists_stops_it_too() {
-    let _wd = wd("pty_ctrl_z_before_the_worker_exists_stops_it_too");
-    let mut pl = Pl::new("ctrlz0");
-    let mut gate = Gate::new(&mut pl, "dev");
-    let (master, slave) = pty(80, 24);
-    let client = spawn_on_pty(&pl, &["wait"], &slave);
-    drop(slave);
-    let pid = client.id() as i32;
-    gate.wait_started();
-    let template = pl.server().template("dev");
-    assert_eq!(template, None, "still preloading");
-    let server = pl.server().server;
-    write_master(&master, b"\x1a");
-    gate.release();
-    let st = waitpid(pid, libc::WUNTRACED);
-    assert!(libc::WIFSTOPPED(st), "status {st:#x}");
-    let template = only_child(server);
-    let worker = only_child(template);
-    let stopped = until(|| state(worker) == Some('T'));
-    let seen = state(worker);
-    // Clean up either way: continue the client, interrupt the command.
-    // SAFETY: kill(2) on our own child and its worker's group.
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-        libc::kill(-(worker as i32), libc::SIGCONT);
-        libc::kill(-(worker as i32), libc::SIGKILL);
+fn pty_ctrl_z_before_the_worker_exists_suspends_at_once() {
+    let _wd = wd("pty_ctrl_z_before_the_worker_exists_suspends_at_once");
+    for preload in ["1", "0"] {
+        let mut pl = Pl::new("ctrlz0");
+        let mut gate = Gate::new(&mut pl, "dev");
+        let (master, slave) = pty(80, 24);
+        let script = r#""$0" readline; echo "rc $?"; read _; fg; echo "rc $?""#;
+        let mut shell = spawn_shell_on_pty(&pl, script, &slave, &[("FDSERVER_PRELOAD", preload)]);
+        drop(slave);
+        gate.wait_started();
+        write_master(&master, b"\x1a");
+        // Stopped while the preload is still held at the gate: at once.
+        let mut acc = String::new();
+        read_until(master.as_fd(), &mut acc, "rc 148\n");
+        if preload == "1" {
+            gate.release();
+            let template = only_child(pl.server().server);
+            let worker = only_child(template);
+            // The worker exists but waits: still the template's title (it takes on the
+            // command's arguments only once it goes on), sleeping (in its read of the client's
+            // go-ahead).
+            let parked = until(|| {
+                state(worker) == Some('S')
+                    && std::fs::read(format!("/proc/{worker}/cmdline"))
+                        .is_ok_and(|c| c.starts_with(b"preload-app: template dev"))
+            });
+            assert!(
+                parked,
+                "the worker of a suspended job waits (state {:?})",
+                state(worker)
+            );
+            write_master(&master, b"\n"); // `fg`: the command runs
+        } else {
+            // The process itself is stopped mid-preload: continue it, then let the preload end.
+            write_master(&master, b"\n");
+            gate.release();
+        }
+        // The command runs now, in the foreground: it reads the terminal.
+        write_master(&master, b"hello\n");
+        read_until(master.as_fd(), &mut acc, "read \"hello\"\n");
+        read_until(master.as_fd(), &mut acc, "rc 0\n");
+        assert!(shell.wait().unwrap().success());
     }
-    let _ = waitpid(pid, 0);
-    std::mem::forget(client);
-    assert!(stopped, "the worker was not stopped (state {seen:?})");
+}
+
+/// Issue 12, item 2. A command that stops itself (a program that handles Ctrl-Z itself sends
+/// itself SIGTSTP), or that the client relays SIGTTIN or SIGSTOP-like signals to, stops the
+/// job: the client stops by the same signal, so the shell sees the job stopped, and continuing
+/// the client continues the command, exactly as without the preloader. (The worker used to be
+/// in an orphaned process group, where the kernel discards these signals: it ran on.)
+#[test]
+fn stops_of_the_command_stop_the_job() {
+    let _wd = wd("stops_of_the_command_stop_the_job");
+    let pl = Pl::new("stopself");
+    for preload in ["1", "0"] {
+        for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGSTOP] {
+            let mut cmd = pl.cmd(["stop-self", &sig.to_string()]);
+            cmd.env("FDSERVER_PRELOAD", preload);
+            let c = Running::spawn(cmd);
+            let pid = c.pid() as i32;
+            let st = waitpid(pid, libc::WUNTRACED);
+            assert!(
+                libc::WIFSTOPPED(st) && libc::WSTOPSIG(st) == sig,
+                "FDSERVER_PRELOAD={preload}, signal {sig}: the job stopped (status {st:#x})"
+            );
+            // SAFETY: kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+            assert_eq!(c.line().as_deref(), Some("continued"));
+            let st = waitpid(pid, 0);
+            assert!(
+                libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+                "status {st:#x}"
+            );
+            drop(c); // reaped above
+        }
+    }
+    // Sent to the client from outside: relayed, the worker stops, so does the client.
+    let c = Running::spawn(pl.cmd(["wait"]));
+    let worker = c.expect_pid("ready");
+    c.signal(libc::SIGTTIN);
+    let st = waitpid(c.pid() as i32, libc::WUNTRACED);
+    assert!(
+        libc::WIFSTOPPED(st) && libc::WSTOPSIG(st) == libc::SIGTTIN,
+        "status {st:#x}"
+    );
+    assert_eq!(state(worker), Some('T'), "the worker is stopped");
+    c.signal(libc::SIGCONT);
+    assert!(
+        until(|| state(worker) != Some('T')),
+        "and continued with the client"
+    );
+    c.signal(libc::SIGTERM);
+    let st = waitpid(c.pid() as i32, 0);
+    assert!(libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM);
+    drop(c); // reaped above
 }
 
 /// The only child of `pid` (waiting for it to appear, bounded).

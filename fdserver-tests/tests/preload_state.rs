@@ -56,6 +56,29 @@ fn removed_socket_heals_by_itself() {
     assert_eq!(pl.server().server, new.server);
 }
 
+/// Item 6: an exiting server adds nothing to its directory, which may be being removed (a tmp
+/// cleaner, `rm -r`): it used to create its start lock again to clean up under it, so that
+/// removing the directory failed now and then with "Directory not empty".
+#[test]
+fn an_exiting_server_creates_nothing_in_its_directory() {
+    let _wd = wd("an_exiting_server_creates_nothing_in_its_directory");
+    let pl = Pl::new("nocreate");
+    pl.ok(&["echo", "x"]);
+    let st = pl.server();
+    let files = pl.files();
+    std::fs::remove_file(&files.lock).unwrap();
+    std::fs::remove_file(&files.sock).unwrap();
+    assert_gone(st.server, "the server whose socket was removed");
+    assert!(
+        !files.lock.exists(),
+        "the exiting server created its start lock"
+    );
+    assert!(
+        !files.pid.exists(),
+        "the exiting server removed its own pidfile"
+    );
+}
+
 /// Item 5: `stop` while a server holds the pidfile but has lost its socket (here it is stopped,
 /// so it cannot notice): a clear error naming its pid; once it runs again it exits by itself,
 /// and `stop` then finds nothing to stop.
@@ -202,8 +225,8 @@ fn a_rebuilt_program_restarts_the_server() {
         .find(|p| p.extension().is_some_and(|x| x == "sock"))
         .unwrap();
     let old_server: u32 = run(&["--preloader", "status"])
-        .split_whitespace()
-        .nth(2)
+        .split_once("server pid ")
+        .and_then(|(_, rest)| rest.split(',').next())
         .unwrap()
         .parse()
         .unwrap();
@@ -292,6 +315,36 @@ fn the_idle_timeout_waits_for_running_commands() {
     assert_gone(st.server, "the server, once idle");
 }
 
+/// Item 9, with templates: a template that does not answer the idle check (here stopped with
+/// SIGSTOP) is replaced at once, while another template's running command keeps the server up;
+/// the next command of its key gets a new template. (The check used to time out, log, and leave
+/// the template in place with its channel out of step: every later command of the key failed.)
+#[test]
+fn a_template_that_misses_the_idle_check_is_replaced() {
+    let _wd = wd("a_template_that_misses_the_idle_check_is_replaced");
+    let mut pl = Pl::new("idlewedge");
+    pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "500ms");
+    let mut busy = Running::spawn(pl.cmd(["wait"]));
+    busy.expect_pid("ready");
+    let other = |args: &[&str]| {
+        let mut c = pl.cmd(args);
+        c.env("APP_ENV", "other");
+        output(c, RUN_LIMIT)
+    };
+    assert_eq!(other(&["echo", "x"]).stdout, "x\n");
+    let st = pl.server();
+    let wedged = st.template("other").expect("the other template");
+    // SAFETY: kill(2) on a process of this test's server.
+    assert_eq!(unsafe { libc::kill(wedged as i32, libc::SIGSTOP) }, 0);
+    assert_gone(wedged, "the template that stopped answering");
+    assert!(alive(st.server), "the busy server is still up");
+    let out = other(&["echo", "back"]);
+    assert_eq!(out.stdout, "back\n", "{out:?}");
+    assert_ne!(pl.server().template("other"), Some(wedged));
+    busy.signal(libc::SIGTERM);
+    busy.wait();
+}
+
 /// Item 9: `--preloader restart` replaces the server and preloads the template, so the next
 /// command is warm.
 #[test]
@@ -350,6 +403,12 @@ fn accept_failures_back_off_and_log_once() {
     let pl = Pl::new("emfile");
     pl.ok(&["echo", "x"]);
     let server = pl.server().server;
+    // The server closes the connections of `echo` and `status` after their clients are done:
+    // a descriptor it closes after the limit is set would let `accept` succeed.
+    assert!(
+        wait_for_server_connections(&pl, |n| n == 0),
+        "the server still holds a connection"
+    );
     set_nofile(server, lowest_free_fd(server));
     let waiting = UnixStream::connect(pl.files().sock).unwrap();
     // A while out of descriptors (a spinning loop logs thousands of lines meanwhile).

@@ -345,18 +345,18 @@ impl Channel {
         self.encode_and_send(prefix, elements, None)
     }
 
-    /// Writes an array message followed by one descriptor, in one `sendmmsg` (the receiver reads
-    /// the message, then [`recv_fd`](Self::recv_fd)).
+    /// [`write_array`](Self::write_array) then [`send_fd`](Self::send_fd), in one `sendmmsg` (as
+    /// [`write_ok_with_fd`](Self::write_ok_with_fd)).
     pub(crate) fn write_array_with_fd<I, T>(
         &mut self,
         elements: I,
-        fd: BorrowedFd<'_>,
+        fd: impl AsFd,
     ) -> Result<(), Error>
     where
         I: IntoIterator<Item = T>,
         T: AsRef<[u8]>,
     {
-        self.encode_and_send(None, elements, Some(fd))
+        self.encode_and_send(None, elements, Some(fd.as_fd()))
     }
 
     /// Encodes `[prefix, elements...]` into the write buffer (nothing is sent if that fails) and

@@ -599,10 +599,13 @@ pub fn output_of(bin: &Path, args: &[&str], server: &PreloadServer, in_process: 
 /// Analysis only (`--trace preload-protocol`): one warm command done by this process itself,
 /// speaking the client's side of the preloader protocol (`fdserver/src/preload/client.rs`) over
 /// the server's socket: no `execve`, no dynamic loading, no Rust runtime start. Returns the
-/// cumulative time at: connected, greeting read, request + argv + env + 3 descriptors sent,
-/// `["pid", n, "fd"]` and the worker's pidfd read, `["exit", 0]` read.
+/// cumulative time at: connected, greeting read, `["run", key]` and the request sent (argv and
+/// env without process attributes, as a client in another language may send it, with stdin,
+/// stdout, stderr and the working directory), `["pid", n, "fd"]` and the worker's pidfd read,
+/// `["exit", 0]` read.
 pub fn protocol_run(server: &PreloadServer, env: &[u8]) -> [Duration; 5] {
     use fdserver::{Channel, MessageBuf};
+    use std::os::fd::{AsFd, AsRawFd};
     use std::os::unix::net::UnixStream;
     let sock = std::fs::read_dir(&server.dir)
         .expect("server dir")
@@ -615,6 +618,7 @@ pub fn protocol_run(server: &PreloadServer, env: &[u8]) -> [Duration; 5] {
         .write(true)
         .open("/dev/null")
         .expect("/dev/null");
+    let cwd = std::fs::File::open("/tmp").expect("/tmp");
     let t = Instant::now();
     let mut ch = Channel::from(UnixStream::connect(&sock).expect("connect"));
     let connected = t.elapsed();
@@ -622,12 +626,18 @@ pub fn protocol_run(server: &PreloadServer, env: &[u8]) -> [Duration; 5] {
     assert!(ch.read_into(&mut buf).expect("greeting"), "greeting");
     assert_eq!(buf.message().name(), b"fdserver-preload");
     let greeted = t.elapsed();
-    ch.write_array([&b"run"[..], b"dev", b"/tmp"]).expect("run");
-    ch.write_scalar(b"exit\x000\x00").expect("argv");
-    ch.write_scalar(env).expect("env");
-    for _ in 0..3 {
-        ch.send_fd(&devnull).expect("send_fd");
-    }
+    ch.write_array([&b"run"[..], b"dev"]).expect("run");
+    // The request the template reads (`template::Parts`): a `u32` length (its first byte
+    // carrying the descriptors), then `u32` + argv (the program name first) and `u32` + env.
+    let argv = b"preload-app\x00exit\x000\x00";
+    let mut request = Vec::with_capacity(12 + argv.len() + env.len());
+    request.extend_from_slice(&((8 + argv.len() + env.len()) as u32).to_le_bytes());
+    request.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+    request.extend_from_slice(argv);
+    request.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    request.extend_from_slice(env);
+    let fd = devnull.as_raw_fd();
+    fdserver_tests::send_with_fds(ch.as_fd(), &request, &[fd, fd, fd, cwd.as_raw_fd()]);
     let sent = t.elapsed();
     assert!(ch.read_into(&mut buf).expect("pid"), "pid");
     assert_eq!(buf.message().name(), b"pid");

@@ -4,7 +4,8 @@
 //!
 //! Preload: appends a line to `$APP_COUNTER` (counts preloads); prints `$APP_PRELOAD_OUTPUT`
 //! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists. `$APP_WATCH` is the
-//! watched file. The template key is `$APP_ENV` (default "dev").
+//! watched file. The template key is `$APP_ENV` (default "dev"). `$APP_PRELOAD_TIMEOUT_MS` sets
+//! `Options::preload_timeout`.
 //!
 //! Gate (for tests that need a preload in progress): if `$APP_GATE` names a directory and the
 //! key equals `$APP_GATE_KEY`, the preload opens the FIFO `$APP_GATE/started` for writing, writes
@@ -14,6 +15,17 @@
 //! (the variable's raw bytes in hex, or `<unset>`), `hexcwd` (the working directory's raw bytes
 //! in hex), `fds` (this worker's open descriptors, one
 //! `N -> target` line each).
+//!
+//! Parity probes (what a fresh process would show, compared with `FDSERVER_PRELOAD=0` runs):
+//! `sigstate` (blocked, ignored and caught signals), `thread` (the running thread's name),
+//! `stack KIB` (recurses through that much stack), `attrs` (umask, resource limits, nice value,
+//! CPU affinity, I/O priority, timer slack, personality, no_new_privs, process name), `self`
+//! (std's `env::args` and `/proc/self/cmdline`, in hex), `stop-self SIG` (sends itself the
+//! signal, then says `continued`), `readline` (reads a line from stdin and echoes it), `create
+//! NAME` (creates a file and prints its mode), `exists PATH`.
+//!
+//! `run_without_preload`: `--version` prints `preload-app 1` without preloading; `--version
+//! preloaded` prints whether this process preloaded.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -91,8 +103,19 @@ impl Application for App {
         env("APP_WATCH").map(Into::into).into_iter().collect()
     }
 
+    fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+        if args.first()? != "--version" {
+            return None;
+        }
+        println!("preload-app 1 (preloaded: {})", self.preloaded_by != 0);
+        Some(0)
+    }
+
     fn run(&mut self, args: Vec<OsString>) -> i32 {
         if let Some(code) = raw_command(&args) {
+            return code;
+        }
+        if let Some(code) = parity_command(&args) {
             return code;
         }
         let args: Vec<String> = args
@@ -276,6 +299,133 @@ fn raw_command(args: &[OsString]) -> Option<i32> {
     }
 }
 
+/// The parity probes (see the module docs).
+fn parity_command(args: &[OsString]) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let arg = |i: usize| args.get(i).and_then(|a| a.to_str()).unwrap_or("");
+    match args.first()?.as_bytes() {
+        b"sigstate" => {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            for l in status.lines() {
+                if ["SigBlk:", "SigIgn:", "SigCgt:"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+                {
+                    println!("{l}");
+                }
+            }
+            Some(0)
+        }
+        b"thread" => {
+            println!("{:?}", std::thread::current().name());
+            Some(0)
+        }
+        b"stack" => {
+            let kib: usize = arg(1).parse().unwrap();
+            println!("used {} KiB", recurse(kib * 1024 / 4096) * 4);
+            Some(0)
+        }
+        b"attrs" => {
+            // SAFETY: plain queries of this process; buffers of the sizes given.
+            unsafe {
+                let m = libc::umask(0);
+                libc::umask(m);
+                println!("umask {m:03o}");
+                for r in 0..16 {
+                    let mut l: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(r, &mut l);
+                    println!("rlimit {r} {} {}", l.rlim_cur, l.rlim_max);
+                }
+                println!("nice {}", libc::getpriority(libc::PRIO_PROCESS, 0));
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+                let cpus: Vec<usize> = (0..64).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+                println!("affinity {cpus:?}");
+                println!("ioprio {}", libc::syscall(libc::SYS_ioprio_get, 1, 0));
+                println!(
+                    "timerslack {}",
+                    libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0)
+                );
+                println!("personality {:#x}", libc::personality(0xffff_ffff));
+                println!("nnp {}", libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0));
+                println!("sched {}", libc::sched_getscheduler(0));
+            }
+            println!(
+                "comm {}",
+                std::fs::read_to_string("/proc/self/comm").unwrap().trim()
+            );
+            Some(0)
+        }
+        b"self" => {
+            let std_args: Vec<String> = std::env::args_os().map(|a| hex(a.as_bytes())).collect();
+            println!("args {}", std_args.join(" "));
+            println!(
+                "cmdline {}",
+                hex(&std::fs::read("/proc/self/cmdline").unwrap())
+            );
+            let environ = std::fs::read("/proc/self/environ").unwrap();
+            let has = |k: &str| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|kv| kv.starts_with(k.as_bytes()))
+            };
+            println!("environ has APP_PROBE {}", has("APP_PROBE="));
+            Some(0)
+        }
+        b"stop-self" => {
+            let sig: i32 = arg(1).parse().unwrap();
+            // SAFETY: signalling our own process group.
+            unsafe { libc::kill(0, sig) };
+            println!("continued");
+            Some(0)
+        }
+        b"sigwait-usr1" => {
+            let set = fdserver_sigset(libc::SIGUSR1);
+            let mut sig = 0;
+            // SAFETY: set is initialised (SIGUSR1 is blocked: the test starts us so); sig is a
+            // valid out-pointer.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            println!("got SIGUSR1");
+            Some(0)
+        }
+        b"readline" => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            println!("read {:?}", line.trim_end());
+            Some(0)
+        }
+        b"create" => {
+            use std::os::unix::fs::PermissionsExt;
+            let f = std::fs::File::create(arg(1)).unwrap();
+            println!(
+                "mode {:o}",
+                f.metadata().unwrap().permissions().mode() & 0o777
+            );
+            Some(0)
+        }
+        b"exists" => {
+            println!("{}", std::path::Path::new(arg(1)).exists());
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+/// Recurses `pages` times, each frame holding a 4 KiB array; returns how many frames it made.
+#[inline(never)]
+fn recurse(pages: usize) -> usize {
+    let buf = [pages as u8; 4096];
+    std::hint::black_box(&buf);
+    if pages == 0 {
+        return 0;
+    }
+    // Use the frame after the call, so that it is not a tail call.
+    let below = recurse(pages - 1);
+    std::hint::black_box(&buf);
+    1 + below
+}
+
 fn fdserver_sigset(sig: i32) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set.
     unsafe {
@@ -298,5 +448,9 @@ fn winsize() -> String {
 }
 
 fn main() {
-    Preloader::new(App::default()).main()
+    let mut options = fdserver::preload::Options::default();
+    if let Some(ms) = env("APP_PRELOAD_TIMEOUT_MS").and_then(|s| s.parse().ok()) {
+        options.preload_timeout = std::time::Duration::from_millis(ms);
+    }
+    Preloader::new(App::default()).options(options).main()
 }

@@ -37,6 +37,8 @@ const SCRUBBED: &[&str] = &[
     "APP_ENV",
     "APP_GATE",
     "APP_GATE_KEY",
+    "APP_PRELOAD_TIMEOUT_MS",
+    "FDSERVER_PRELOAD_VERBOSE",
 ];
 
 /// One test's private preloader world: a fresh `0700` directory (hence its own server) and the
@@ -108,9 +110,19 @@ impl Pl {
         c
     }
 
-    /// `program` with this test's environment only.
+    /// `program` with this test's environment only, and no descriptor but 0, 1, 2 (a client
+    /// passes what it inherited on to its worker: the test process's own strays must not
+    /// reach it; a test that wants some adds them in its own `pre_exec`, which runs after).
     pub fn command_env(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new(program);
+        // SAFETY: close_range only sets close-on-exec here; async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
+        }
         for k in SCRUBBED {
             c.env_remove(k);
         }
@@ -144,6 +156,18 @@ impl Pl {
         let out = self.run(args);
         assert!(out.status.success(), "{args:?} failed: {out:?}");
         out.stdout
+    }
+
+    /// Runs the application with `args` both ways: through the preloader, and in-process
+    /// (`FDSERVER_PRELOAD=0`), each command prepared by `setup`. Returns `(warm, cold)`.
+    pub fn both(&self, args: &[&str], setup: impl Fn(&mut Command)) -> (Out, Out) {
+        let mut warm = self.cmd(args);
+        setup(&mut warm);
+        let warm = output(warm, RUN_LIMIT);
+        let mut cold = self.cmd(args);
+        cold.env("FDSERVER_PRELOAD", "0");
+        setup(&mut cold);
+        (warm, output(cold, RUN_LIMIT))
     }
 
     /// Runs `sh -c script` with the application's path as `$0` (`"$0" echo hi | cat`).
@@ -265,17 +289,17 @@ impl Status {
     fn parse(text: &str) -> Status {
         let mut lines = text.lines();
         let first = lines.next().unwrap_or("");
-        // server pid N up Ms (version)
-        let words: Vec<&str> = first.split_whitespace().collect();
-        assert!(
-            words.len() >= 5 && words[0] == "server" && words[1] == "pid",
-            "bad status output: {text:?}"
-        );
-        let server = words[2].parse().expect("server pid");
+        // <app>: preloader server pid N, up T (version, build B)
+        let server = first
+            .split_once("preloader server pid ")
+            .and_then(|(_, r)| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("bad status output: {text:?}"));
         let version = first
             .rsplit_once('(')
             .and_then(|(_, v)| v.strip_suffix(')'))
-            .expect("(version)")
+            .and_then(|v| v.split(", build ").next())
+            .expect("(version, build B)")
             .to_owned();
         let mut templates = Vec::new();
         for l in lines {
@@ -283,13 +307,13 @@ impl Status {
             let Some(rest) = l.strip_prefix("template ") else {
                 continue;
             };
-            // "dev": pid N up Ms   |   "dev": not running
+            // "dev": pid N, up T, ...   |   "dev": preloading (for T)   |   "dev": not running
             let (key, tail) = rest.split_once(": ").expect("template line");
             let key = key.trim_matches('"').to_owned();
             let pid = tail
                 .strip_prefix("pid ")
-                .and_then(|t| t.split_whitespace().next())
-                .map(|p| p.parse().expect("template pid"));
+                .and_then(|t| t.split(',').next())
+                .map(|p| p.trim().parse().expect("template pid"));
             templates.push((key, pid));
         }
         Status {
@@ -659,6 +683,39 @@ pub fn spawn_on_pty(pl: &Pl, args: &[&str], slave: &OwnedFd) -> Child {
     c.spawn().expect("spawn on pty")
 }
 
+/// A job-control shell on a pty, like a user's terminal: `bash -c 'set -m; <script>'` as the
+/// session leader with the pty as its controlling terminal, `$0` the test application. With
+/// `set -m` bash runs each command as a job in its own process group, in the terminal's
+/// foreground, and goes on when the job stops (`$?` is then 128 + the signal); `fg` continues
+/// it. `extra` adds variables (e.g. `FDSERVER_PRELOAD=0`).
+pub fn spawn_shell_on_pty(pl: &Pl, script: &str, slave: &OwnedFd, extra: &[(&str, &str)]) -> Child {
+    let mut c = pl.command_env("bash");
+    c.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        &format!("set -m; {script}"),
+        APP,
+    ])
+    .envs(extra.iter().copied())
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::from(slave.try_clone().unwrap()))
+    .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.spawn().expect("spawn bash on pty")
+}
+
 /// Makes a FIFO at `path`.
 pub fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -723,6 +780,48 @@ impl Gate {
     }
 }
 
+/// The connections the server holds (accepted, not yet closed): sockets of the server process
+/// (its pid from the pidfile) that `/proc/net/unix` lists as connected (state 03) under the
+/// listening socket's name (the server binds it as `/proc/self/fd/N/<name>`).
+pub fn server_connections(pl: &Pl) -> usize {
+    let files = pl.files();
+    let name = format!("/{}", files.sock.file_name().unwrap().to_str().unwrap());
+    let server = std::fs::read_to_string(&files.pid).unwrap_or_default();
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", server.trim()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.path()).ok()?;
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            l.ends_with(&name)
+                && f.get(5) == Some(&"03")
+                && f.get(6).is_some_and(|i| inodes.iter().any(|o| o == i))
+        })
+        .count()
+}
+
+/// Waits (up to [`RUN_LIMIT`]) until the number of connections the server holds satisfies
+/// `done`: a bounded wait on kernel state, which has no event to wait on.
+pub fn wait_for_server_connections(pl: &Pl, done: impl Fn(usize) -> bool) -> bool {
+    let deadline = Instant::now() + RUN_LIMIT;
+    while Instant::now() < deadline {
+        if done(server_connections(pl)) {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
 /// Shorthand for the watchdog every test takes.
 pub fn wd(name: &str) -> fdserver_tests::Watchdog {
     fdserver_tests::watchdog(name, SECS(60))
@@ -738,8 +837,10 @@ pub enum Step {
     SendWithDeadPidfd(Vec<String>),
     /// Reads one array message and reports it (`msg a|b|c`, or `eof`).
     Read,
-    /// Reads a whole command as a client sends it (`["run", key, cwd]`, argv, environment, three
-    /// descriptors) and reports its first message (`msg run|key|cwd`).
+    /// Reads a whole command as a client sends it (`["run", key]`, then the request the template
+    /// reads: a `u32` length whose first byte carries stdin, stdout, stderr and the working
+    /// directory, and that many bytes) and reports its first message and whether the rest came
+    /// whole (`msg run|key +`).
     ReadCommand,
     /// Reads until end of stream and reports how many bytes came (`bytes N`).
     ReadToEnd,
@@ -864,22 +965,22 @@ fn serve_fake(l: &std::os::unix::net::UnixListener, conns: Vec<Vec<Step>>, repor
                     let _ = ch.send_fd(&pidfd);
                 }
                 Step::ReadCommand => {
-                    let rest = |ch: &mut fdserver::Channel| -> Result<(), fdserver::Error> {
-                        ch.read_scalar()?;
-                        ch.read_scalar()?;
-                        for _ in 0..3 {
-                            ch.recv_fd()?;
+                    let rest = |ch: &fdserver::Channel| -> bool {
+                        let mut len = [0u8; 4];
+                        let (n, fds) = fdserver_tests::recv_with_fds(ch.as_fd(), &mut len);
+                        if n == 0 || fds.len() < 4 {
+                            return false;
                         }
-                        Ok(())
+                        if n < 4 {
+                            len[n..].copy_from_slice(&fdserver_tests::read_n(ch.as_fd(), 4 - n));
+                        }
+                        let body = u32::from_le_bytes(len) as usize;
+                        fdserver_tests::read_n(ch.as_fd(), body).len() == body
                     };
                     match ch.read_strings() {
                         Ok(Some(v)) => {
-                            let r = rest(&mut ch);
-                            say(format!(
-                                "msg {} {}",
-                                v.join("|"),
-                                if r.is_ok() { "+" } else { "-" }
-                            ));
+                            let r = rest(&ch);
+                            say(format!("msg {} {}", v.join("|"), if r { "+" } else { "-" }));
                         }
                         Ok(None) => say("eof".into()),
                         Err(e) => say(format!("error {e}")),

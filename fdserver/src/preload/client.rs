@@ -5,13 +5,15 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::attrs::{self, Attrs};
 use super::{
     build_id, join_nul, lock_within, os, Application, Dir, Kind, Preloader, Unusable, ENV_ROLE,
     PROTOCOL_VERSION,
@@ -21,24 +23,52 @@ use crate::error::Error;
 use crate::sys;
 use crate::wire::MessageBuf;
 
-/// Signals the client relays to the worker's process group.
-const FORWARDED: &[libc::c_int] = &[
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGQUIT,
-    libc::SIGHUP,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGTSTP,
-    libc::SIGCONT,
-];
+/// Whether the client relays `sig` to the worker's process group: every signal but those it
+/// cannot catch (KILL, STOP), those the kernel raises for a fault of the client itself (SEGV,
+/// BUS, FPE, ILL, TRAP, SYS, and PIPE for a write to a closed pipe), its own children's CHLD,
+/// and the two the C library keeps for itself (32, 33).
+fn relayed(sig: libc::c_int) -> bool {
+    !matches!(
+        sig,
+        libc::SIGKILL
+            | libc::SIGSTOP
+            | libc::SIGSEGV
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGSYS
+            | libc::SIGPIPE
+            | libc::SIGCHLD
+            | 32
+            | 33
+    ) && (1..=64).contains(&sig)
+}
+
+/// Signals whose default action is to stop the process.
+fn stops(sig: libc::c_int) -> bool {
+    matches!(sig, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}
+
+/// Signals whose default action is to do nothing.
+fn ignored_by_default(sig: libc::c_int) -> bool {
+    matches!(sig, libc::SIGCONT | libc::SIGWINCH | libc::SIGURG)
+}
 
 /// How the worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Exit(i32),
     Signal(i32),
+}
+
+/// What [`run`] did.
+pub(crate) enum Ran {
+    /// The worker ran and ended so.
+    Outcome(Outcome),
+    /// The preloader cannot run this command faithfully (the client is confined by a seccomp
+    /// filter its template lacks): run it in-process.
+    InProcess,
 }
 
 impl Outcome {
@@ -49,28 +79,78 @@ impl Outcome {
         let _ = std::io::stderr().flush();
         match self {
             Outcome::Exit(code) => std::process::exit(code),
-            Outcome::Signal(sig) => {
-                let _ = sys::set_disposition(sig, sys::Disposition::Default);
-                let mut only = sys::sigset(true);
-                sys::sigset_del(&mut only, sig);
-                sys::set_sigmask(&only);
-                let _ = sys::kill(sys::getpid() as i32, sig);
-                // Still alive: the signal's default action is not to terminate.
-                std::process::exit(128 + sig)
-            }
+            Outcome::Signal(sig) => die_by(sig),
         }
     }
 }
 
-/// The server's answer to `status`.
+/// Dies by `sig` (its default action), as the command would have; exits `128 + sig` if that
+/// action does not end the process.
+fn die_by(sig: libc::c_int) -> ! {
+    let _ = sys::set_disposition(sig, sys::Disposition::Default);
+    let mut only = sys::sigset(true);
+    sys::sigset_del(&mut only, sig);
+    sys::set_sigmask(&only);
+    let _ = sys::kill(sys::getpid() as i32, sig);
+    // Still alive: the signal's default action is not to terminate.
+    std::process::exit(128 + sig)
+}
+
+/// Stops this process with `sig` (its default action), as the command would have stopped.
+/// Returns once continued: `true` if a SIGCONT continued it, `false` if the kernel discarded
+/// the stop (TSTP, TTIN and TTOU do nothing to a process in an orphaned process group).
+fn stop_by(sig: libc::c_int) -> bool {
+    let old = sys::set_disposition(sig, sys::Disposition::Default).ok();
+    let mut one = sys::sigset(false);
+    sys::sigset_add(&mut one, sig);
+    let _ = sys::kill(sys::getpid() as i32, sig);
+    // The signal is blocked (it is one we relay): unblocking delivers it, and we stop here.
+    // SAFETY: valid sets.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+        libc::pthread_sigmask(libc::SIG_BLOCK, &one, std::ptr::null_mut());
+    }
+    if let Some(old) = old {
+        sys::restore_disposition(sig, &old);
+    }
+    // A SIGCONT that continues us stays pending (blocked, for the signalfd).
+    let mut pending = sys::sigset(false);
+    // SAFETY: valid out-pointer.
+    unsafe { libc::sigpending(&mut pending) };
+    // SAFETY: an initialised set.
+    unsafe { libc::sigismember(&pending, libc::SIGCONT) == 1 }
+}
+
+/// Whether process `pid` is stopped right now (`/proc/<pid>/stat`); `true` if unknown.
+fn is_stopped(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
+            .map_or(true, |c| c == 'T'),
+        Err(_) => true,
+    }
+}
+
+/// The server's answer to `status`, with what the client knows of its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// The application's name.
+    pub app: String,
+    /// The server's socket.
+    pub socket: PathBuf,
+    /// Where the server's and templates' output goes: the log file, or the terminal of a
+    /// server started with `--preloader serve`.
+    pub log: String,
     /// The server's pid.
     pub server_pid: u32,
     /// How long it has been running.
     pub uptime: Duration,
     /// Its protocol version.
     pub version: String,
+    /// The identity of its build (the executable's ELF build id, in hex; see *State recovery*
+    /// in the module docs).
+    pub build: String,
     /// Its templates, by key.
     pub templates: Vec<TemplateStatus>,
 }
@@ -80,30 +160,81 @@ pub struct Status {
 pub struct TemplateStatus {
     /// The environment key it serves.
     pub key: String,
+    /// What it is doing.
+    pub state: TemplateState,
     /// Its pid, if it is running.
     pub pid: Option<u32>,
-    /// How long since it was (re)started.
+    /// How long since it was (re)started, or since its preload began.
     pub uptime: Duration,
+    /// Its resident memory in bytes, if known.
+    pub memory: Option<u64>,
+    /// How many workers (commands) it is running, if known.
+    pub workers: Option<usize>,
+}
+
+/// What a template is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateState {
+    /// Preloaded, serving commands.
+    Running,
+    /// Preloading.
+    Preloading,
+    /// Not running (never started, failed, or died); the next command starts it.
+    Stopped,
+}
+
+/// "12 s", "3 min", "2 h 5 min".
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "server pid {} up {}s ({})",
+            "{}: preloader server pid {}, up {} ({}, build {})",
+            self.app,
             self.server_pid,
-            self.uptime.as_secs(),
-            self.version
+            human(self.uptime),
+            self.version,
+            self.build.get(..16).unwrap_or(&self.build)
         )?;
+        writeln!(f, "  socket: {}", self.socket.display())?;
+        writeln!(f, "  log:    {}", self.log)?;
+        if self.templates.is_empty() {
+            writeln!(f, "  no template yet (the first command starts one)")?;
+        }
         for t in &self.templates {
-            match t.pid {
-                Some(pid) => writeln!(
+            match (t.state, t.pid) {
+                (TemplateState::Running, Some(pid)) => {
+                    write!(
+                        f,
+                        "  template {:?}: pid {pid}, up {}",
+                        t.key,
+                        human(t.uptime)
+                    )?;
+                    if let Some(m) = t.memory {
+                        write!(f, ", {:.1} MiB resident", m as f64 / (1 << 20) as f64)?;
+                    }
+                    match t.workers {
+                        Some(1) => write!(f, ", 1 running command")?,
+                        Some(n) => write!(f, ", {n} running commands")?,
+                        None => {}
+                    }
+                    writeln!(f)?;
+                }
+                (TemplateState::Preloading, _) => writeln!(
                     f,
-                    "  template {:?}: pid {pid} up {}s",
+                    "  template {:?}: preloading (for {})",
                     t.key,
-                    t.uptime.as_secs()
+                    human(t.uptime)
                 )?,
-                None => writeln!(f, "  template {:?}: not running", t.key)?,
+                _ => writeln!(f, "  template {:?}: not running", t.key)?,
             }
         }
         Ok(())
@@ -112,6 +243,27 @@ impl fmt::Display for Status {
 
 fn other(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
+}
+
+/// `e`, saying which file it was about.
+fn at(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// The message for an `["error", kind, text]` from the server, with what to do.
+fn explain(kind: &str, text: &str) -> String {
+    match kind {
+        "preload" => format!(
+            "{text}.\nFix the preload and run the command again: the next command preloads again \
+             (`--preloader serve` runs a server that shows its log on the terminal)."
+        ),
+        "template" => {
+            format!("{text}.\nRun the command again: the next command starts a new template.")
+        }
+        "stopping" => format!("{text}; run the command again."),
+        "server" => format!("{text}."),
+        _ => format!("{kind}: {text}"),
+    }
 }
 
 /// Why a command could not run through the preloader.
@@ -136,26 +288,54 @@ impl From<Unusable> for Failure {
     }
 }
 
-/// Runs one command through the preloader.
-pub(crate) fn run<A: Application>(p: &Preloader<A>, args: &[OsString]) -> Result<Outcome, Failure> {
+fn failure_to_io(f: Failure) -> io::Error {
+    match f {
+        Failure::Unusable(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
+        Failure::Io(e) => e,
+    }
+}
+
+/// Runs one command (this process's arguments) through the preloader.
+pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
+    // What exec passed us besides 0, 1, 2 (`3>file`, a jobserver's pipe): the worker gets them
+    // under the same numbers. Read before this process opens anything itself.
+    let inherited = os::inherited_fds();
     let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
-    let cwd = std::env::current_dir()
-        .map_err(|e| other(format!("cannot read the working directory: {e}")))?;
+    // The working directory as a descriptor: the worker `fchdir`s into it, so a directory
+    // since deleted, a path that is not UTF-8 or longer than PATH_MAX all work.
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let cwd = unsafe {
+        libc::open(
+            c".".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if cwd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(other(format!("cannot open the working directory: {e}")).into());
+    }
+    // SAFETY: a descriptor open() just returned, owned by nobody else.
+    let cwd = unsafe { OwnedFd::from_raw_fd(cwd) };
 
     // Block the signals we relay before anything else, so that none is lost: until the worker's
-    // pid is known they queue in the signalfd.
+    // pid is known they wait in the signalfd. What was blocked before is the worker's mask.
     let mut set = sys::sigset(false);
-    for &s in FORWARDED {
-        sys::sigset_add(&mut set, s);
+    for s in 1..=64 {
+        if relayed(s) {
+            sys::sigset_add(&mut set, s);
+        }
     }
     let old_mask = sys::set_sigmask(&set);
     let sigfd = sys::signalfd(&set)?;
+    let original = attrs::mask_of(&old_mask);
+    let attrs = Attrs::of_this_process(original);
 
     let result = (|| {
         let (mut conn, _) = connect_checked(p, &dir)?;
-        let argv = join_nul(args.iter().map(|a| a.as_bytes()));
+        let full: Vec<OsString> = std::env::args_os().collect();
+        let argv = join_nul(full.iter().map(|a| a.as_bytes()));
         let mut envb = Vec::new();
         for (k, v) in &env {
             envb.extend_from_slice(k.as_bytes());
@@ -163,28 +343,42 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: &[OsString]) -> Result
             envb.extend_from_slice(v.as_bytes());
             envb.push(0);
         }
+        let request = super::template::encode_request(&argv, &envb, &attrs, &inherited);
         let send = |conn: &mut Channel| -> Result<(), Error> {
-            conn.write_array([
-                b"run".as_slice(),
-                key.as_bytes(),
-                cwd.as_os_str().as_bytes(),
-            ])?;
-            conn.write_scalar(&argv)?;
-            conn.write_scalar(&envb)?;
-            conn.send_fd(io::stdin().as_fd())?;
-            conn.send_fd(io::stdout().as_fd())?;
-            conn.send_fd(io::stderr().as_fd())?;
-            Ok(())
+            conn.write_array([b"run".as_slice(), key.as_bytes()])?;
+            // The rest goes to the template, which reads it from our socket: one `sendmsg`
+            // carrying stdin, stdout, stderr and the working directory with its first byte.
+            let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
+            let mut fds = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd(), cwd.as_fd()];
+            // SAFETY: each is open in this process (just listed) and outlives the send.
+            fds.extend(
+                inherited
+                    .iter()
+                    .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) }),
+            );
+            os::send_with_fds(conn.as_fd(), &request, &fds).map_err(Error::Io)
         };
         if let Err(e) = send(&mut conn) {
             // The server may have refused the command (a failed preload, say) and hung up
             // while we were still sending: its reply, already on the socket, says why.
-            if let Some(reason) = refusal(&conn, p.options.handshake_timeout) {
-                return Err(other(reason).into());
+            if let Some((kind, text)) = refusal(&conn, p.options.handshake_timeout) {
+                return Err(other(explain(&kind, &text)).into());
             }
             return Err(other(format!("sending the command to the server: {e}")).into());
         }
-        relay(&mut conn, &sigfd).map_err(Failure::Io)
+        drop(cwd);
+        let log = dir.display(Kind::Log);
+        let mut relay = Relay {
+            worker: None,
+            queued: Vec::new(),
+            original,
+            parked: false,
+            log: &log,
+        };
+        match relay.run(&mut conn, &sigfd)? {
+            Some(outcome) => Ok(Ran::Outcome(outcome)),
+            None => Ok(Ran::InProcess),
+        }
     })();
     sys::set_sigmask(&old_mask);
     result
@@ -193,7 +387,7 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>, args: &[OsString]) -> Result
 /// The `["error", kind, text]` reply a server left on `conn` before hanging up, if there is one.
 /// Reads through a second descriptor for the same socket: `conn` is marked broken by the failed
 /// send, but what the server wrote is still there to read.
-fn refusal(conn: &Channel, timeout: Duration) -> Option<String> {
+fn refusal(conn: &Channel, timeout: Duration) -> Option<(String, String)> {
     let mut reader = Channel::new(conn.as_fd().try_clone_to_owned().ok()?);
     reader.set_read_timeout(Some(timeout));
     let mut buf = MessageBuf::new();
@@ -204,9 +398,9 @@ fn refusal(conn: &Channel, timeout: Duration) -> Option<String> {
     if msg.name() != b"error" {
         return None;
     }
-    let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
-    let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b""));
-    Some(format!("{kind}: {text}"))
+    let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b"")).into_owned();
+    let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
+    Some((kind, text))
 }
 
 /// The command's worker, as the client may signal it: through the pidfd the worker itself sent
@@ -218,7 +412,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sends `sig` to the worker's process group (the worker leads it: its own session).
+    /// Sends `sig` to the worker's process group (the worker leads it). `connected`: the
+    /// connection that announced the worker is still open (its template still owns the worker,
+    /// so its number is still the worker's).
     fn signal(&self, sig: i32, connected: bool) {
         let Some(fd) = &self.pidfd else {
             if connected {
@@ -240,110 +436,219 @@ impl Worker {
     }
 }
 
-/// Waits for the worker's pid and status, relaying signals meanwhile.
-fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
-    let mut worker: Option<Worker> = None;
-    let mut queued: Vec<i32> = Vec::new();
-    let mut buf = MessageBuf::new();
-    let forward = |w: &Worker, sig: i32| {
-        if sig == libc::SIGTSTP {
-            // A worker in its own session is in an orphaned process group, where the kernel
-            // discards SIGTSTP: stop it with SIGSTOP, then stop ourselves. `fg` continues us
-            // with SIGCONT, which we relay.
-            w.signal(libc::SIGSTOP, true);
-            let _ = sys::kill(sys::getpid() as i32, libc::SIGSTOP);
-        } else {
-            w.signal(sig, true);
-        }
-    };
-    loop {
-        let ready = sys::poll_in(&[conn.as_fd(), sigfd.as_fd()], None)?;
-        if ready[1] {
-            while let Some(sig) = sys::read_signalfd(sigfd.as_fd())? {
-                match &worker {
-                    Some(w) => forward(w, sig),
-                    // Stopping (TSTP) waits for the pid, so that the worker stops too; one
-                    // pending WINCH is enough.
-                    None if sig == libc::SIGCONT => {}
-                    None if sig == libc::SIGWINCH && queued.contains(&sig) => {}
-                    None => queued.push(sig),
+/// The client's side of a running command: relays signals to the worker, mirrors its stops,
+/// waits for its status.
+struct Relay<'a> {
+    /// The worker (its pid and pidfd, leading its process group), once it has told us.
+    worker: Option<Worker>,
+    /// Signals to relay once the worker's pid is known.
+    queued: Vec<i32>,
+    /// The signals blocked when the program started: they stay pending for the worker.
+    original: u64,
+    /// We wrote `S` (suspended before the worker's pid came) and not yet `G`.
+    parked: bool,
+    log: &'a Path,
+}
+
+/// What the relay loop does after a message.
+enum Step {
+    Continue,
+    Done(Option<Outcome>),
+}
+
+impl Relay<'_> {
+    /// Waits for the worker's status, relaying signals meanwhile. `None`: run the command
+    /// in-process instead (the template refused to run it for a confined client).
+    fn run(&mut self, conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Option<Outcome>> {
+        let mut buf = MessageBuf::new();
+        loop {
+            let ready = sys::poll_in(&[conn.as_fd(), sigfd.as_fd()], None)?;
+            if ready[1] {
+                while let Some(sig) = sys::read_signalfd(sigfd.as_fd())? {
+                    if let Some(done) = self.on_signal(conn, &mut buf, sig)? {
+                        return Ok(done);
+                    }
                 }
             }
-        }
-        if ready[0] {
-            match conn.read_into(&mut buf) {
-                Ok(true) => {}
-                Ok(false) => {
-                    end_orphan(worker.as_ref());
-                    return Err(other(
-                        "the preloader server closed the connection before the command finished",
-                    ));
-                }
-                Err(e) => {
-                    end_orphan(worker.as_ref());
-                    return Err(other(format!("reading from the preloader server: {e}")));
-                }
-            }
-            let msg = buf.message();
-            let num = |i| -> io::Result<i32> {
-                msg.str(i)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| other(format!("malformed message from the server: {msg:?}")))
-            };
-            match msg.name() {
-                b"pid" if worker.is_none() => {
-                    let pid = num(1)?;
-                    // 0, 1 and negative numbers would make "its group" ours, init's or
-                    // everyone's: never a worker.
-                    if pid <= 1 {
-                        return Err(other(format!(
-                            "the preloader server sent an impossible worker pid {pid}"
-                        )));
-                    }
-                    let pidfd = if msg.get(2) == Some(b"fd".as_slice()) {
-                        match conn.recv_fd() {
-                            Ok(Some(fd)) => Some(fd),
-                            Ok(None) => {
-                                return Err(other(
-                                    "the preloader server closed the connection before the \
-                                     command finished",
-                                ))
-                            }
-                            Err(e) => {
-                                return Err(other(format!(
-                                    "reading the worker's pidfd from the preloader server: {e}"
-                                )))
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    let w = Worker { pid, pidfd };
-                    for sig in queued.drain(..) {
-                        forward(&w, sig);
-                    }
-                    worker = Some(w);
-                }
-                b"exit" => return Ok(Outcome::Exit(num(1)?)),
-                b"signal" => return Ok(Outcome::Signal(num(1)?)),
-                b"error" => {
-                    // After the worker's pid, an error means its template failed (timed out, or
-                    // died): nobody will report or stop the worker, so end it ourselves.
-                    end_orphan(worker.as_ref());
-                    let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
-                    let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b""));
-                    return Err(other(format!("{kind}: {text}")));
-                }
-                _ => {
-                    end_orphan(worker.as_ref());
-                    return Err(other(format!(
-                        "unexpected message from the server: {msg:?}"
-                    )));
+            // (Handling a signal may have read what was waiting: look again, never block.)
+            if ready[0] && sys::poll_now(conn.as_fd()) {
+                if let Step::Done(d) = self.on_message(conn, &mut buf)? {
+                    return Ok(d);
                 }
             }
         }
     }
+
+    /// A signal for the command. Once the worker exists, it gets it. Before, we do what the
+    /// command would have done with it while preloading: a blocked one stays pending (relayed
+    /// later), one that terminates ends us at once (the preload goes on in the background, for
+    /// the next command), one that stops stops us (and the worker will wait until we
+    /// continue), and one that does nothing by default is relayed later.
+    fn on_signal(
+        &mut self,
+        conn: &mut Channel,
+        buf: &mut MessageBuf,
+        sig: i32,
+    ) -> io::Result<Option<Option<Outcome>>> {
+        // The worker may have sent its pid already (it does before it runs anything): then it
+        // gets the signal.
+        while self.worker.is_none() && sys::poll_now(conn.as_fd()) {
+            if let Step::Done(d) = self.on_message(conn, buf)? {
+                return Ok(Some(d));
+            }
+        }
+        if let Some(w) = &self.worker {
+            w.signal(sig, true);
+            return Ok(None);
+        }
+        if self.original & (1u64 << (sig - 1)) != 0 {
+            self.queue(sig);
+        } else if stops(sig) {
+            // Tell the worker to wait (it checks after sending its pid), then see whether the
+            // pid came meanwhile: one of us always sees the other.
+            let _ = send_byte(conn, b'S');
+            self.parked = true;
+            while self.worker.is_none() && sys::poll_now(conn.as_fd()) {
+                if let Step::Done(d) = self.on_message(conn, buf)? {
+                    let _ = send_byte(conn, b'G');
+                    return Ok(Some(d));
+                }
+            }
+            match &self.worker {
+                Some(w) => {
+                    // The worker exists: it stops itself with the signal, and we stop when it
+                    // reports so. Release it first if it saw our `S`.
+                    let _ = send_byte(conn, b'G');
+                    self.parked = false;
+                    w.signal(sig, true);
+                }
+                None => {
+                    stop_by(sig);
+                    let _ = send_byte(conn, b'G');
+                    self.parked = false;
+                }
+            }
+        } else if ignored_by_default(sig) {
+            if sig != libc::SIGCONT {
+                self.queue(sig);
+            }
+        } else {
+            die_by(sig);
+        }
+        Ok(None)
+    }
+
+    fn queue(&mut self, sig: i32) {
+        if !self.queued.contains(&sig) || sig >= 34 {
+            self.queued.push(sig);
+        }
+    }
+
+    fn on_message(&mut self, conn: &mut Channel, buf: &mut MessageBuf) -> io::Result<Step> {
+        match conn.read_into(buf) {
+            Ok(true) => {}
+            Ok(false) => {
+                end_orphan(self.worker.as_ref());
+                return Err(other(match self.worker {
+                    None => format!(
+                        "the preloader server closed the connection before the command started \
+                         (it was stopped, or it failed: see {}); run the command again",
+                        self.log.display()
+                    ),
+                    Some(_) => format!(
+                        "the preloader's template went away before the command finished (see {})",
+                        self.log.display()
+                    ),
+                }));
+            }
+            Err(e) => {
+                end_orphan(self.worker.as_ref());
+                return Err(other(format!("reading from the preloader server: {e}")));
+            }
+        }
+        let msg = buf.message();
+        let num = |i| -> io::Result<i32> {
+            msg.str(i)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| other(format!("malformed message from the server: {msg:?}")))
+        };
+        match msg.name() {
+            b"pid" if self.worker.is_none() => {
+                let pid = num(1)?;
+                // 0, 1 and negative numbers would make "its group" ours, init's or everyone's:
+                // never a worker.
+                if pid <= 1 {
+                    return Err(other(format!(
+                        "the preloader server sent an impossible worker pid {pid}"
+                    )));
+                }
+                let pidfd = if msg.get(2) == Some(b"fd".as_slice()) {
+                    match conn.recv_fd() {
+                        Ok(Some(fd)) => Some(fd),
+                        Ok(None) => {
+                            return Err(other(format!(
+                                "the preloader's template went away before the command \
+                                 finished (see {})",
+                                self.log.display()
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(other(format!(
+                                "reading the worker's pidfd from the preloader server: {e}"
+                            )))
+                        }
+                    }
+                } else {
+                    None
+                };
+                let w = Worker { pid, pidfd };
+                for sig in std::mem::take(&mut self.queued) {
+                    w.signal(sig, true);
+                }
+                self.worker = Some(w);
+                Ok(Step::Continue)
+            }
+            b"stopped" => {
+                // The worker stopped (Ctrl-Z relayed, or it stopped itself): so do we, with the
+                // same signal, so that the shell sees the job stopped. Unless it has been
+                // continued since (this report is then out of date).
+                let sig = num(1)?;
+                if let Some(w) = &self.worker {
+                    if is_stopped(w.pid) && !stop_by(sig) {
+                        // The kernel discarded our stop (orphaned process group): the command,
+                        // run without the preloader, would not have stopped either.
+                        w.signal(libc::SIGCONT, true);
+                    }
+                }
+                Ok(Step::Continue)
+            }
+            b"exit" => Ok(Step::Done(Some(Outcome::Exit(num(1)?)))),
+            b"signal" => Ok(Step::Done(Some(Outcome::Signal(num(1)?)))),
+            b"error" => {
+                let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b"")).into_owned();
+                let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
+                if kind == "confined" && self.worker.is_none() {
+                    return Ok(Step::Done(None));
+                }
+                // After the worker's pid, an error means its template failed (timed out, or
+                // died): nobody will report or stop the worker, so end it ourselves.
+                end_orphan(self.worker.as_ref());
+                Err(other(explain(&kind, &text)))
+            }
+            _ => {
+                end_orphan(self.worker.as_ref());
+                Err(other(format!(
+                    "unexpected message from the server: {msg:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// One byte to the worker (see the template's module docs: `S`, `G`).
+fn send_byte(conn: &Channel, b: u8) -> io::Result<usize> {
+    sys::send(conn.as_fd(), &[io::IoSlice::new(&[b])], None, false)
 }
 
 /// The connection ended before the worker's status: nobody will report it or stop it, so end
@@ -352,6 +657,7 @@ fn relay(conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Outcome> {
 fn end_orphan(worker: Option<&Worker>) {
     let Some(w) = worker else { return };
     let Some(fd) = &w.pidfd else { return };
+    w.signal(libc::SIGCONT, false); // a stopped worker would not act on SIGTERM
     w.signal(libc::SIGTERM, false);
     let deadline = Instant::now() + Duration::from_secs(2);
     let _ = sys::wait_fd(fd.as_fd(), libc::POLLIN, Some(deadline));
@@ -531,6 +837,10 @@ fn clean_stale(dir: &Dir) -> io::Result<bool> {
 /// Starts the server: this executable with the role variable set, the checked directory as
 /// descriptor 4; it forks into the background (new session) and writes `ready` to descriptor 3
 /// once it listens.
+/// Starts the server: this executable with the role variable set, the readiness pipe as
+/// descriptor 3 and the checked directory as descriptor 4, nothing else but its log as stdout
+/// and stderr; it forks into the background (new session) and writes `ready` to descriptor 3
+/// once it listens.
 fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
     if let Err(why) = super::idle_timeout(&p.options) {
         eprintln!("fdserver preloader: {why}");
@@ -539,15 +849,18 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
     let log = dir.open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)?;
     let exe = std::env::current_exe()?;
     let (wr_raw, dir_raw) = (wr.as_raw_fd(), dir.fd().as_raw_fd());
-    let mut cmd = Command::new(exe);
-    cmd.env(ENV_ROLE, "launch")
+    let mut cmd = Command::new(&exe);
+    // Its title in `ps` (rewritten by the server, which the spare arguments make room for).
+    cmd.arg0(format!("{}: preloader server", p.app.name()))
+        .args(std::iter::repeat("").take(64))
+        .env(ENV_ROLE, "launch")
         .env(super::ENV_DIR, dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .current_dir("/");
-    // SAFETY: the closure only calls fcntl/dup2/close (async-signal-safe) on descriptors that
-    // are open in the child.
+    // SAFETY: the closure only calls fcntl, dup2, close and close_range (async-signal-safe) on
+    // descriptors that are open in the child.
     unsafe {
         cmd.pre_exec(move || {
             // Out of the way first (either may be 3 or 4), then into place; dup2 clears
@@ -562,10 +875,15 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
                 }
                 libc::close(from);
             }
+            // The server outlives us: it must not keep what we inherited (a pipe whose reader
+            // waits for its end, say), only its log, the readiness pipe and the directory.
+            os::cloexec_from(5);
             Ok(())
         });
     }
-    let mut launcher = cmd.spawn()?;
+    let mut launcher = cmd
+        .spawn()
+        .map_err(|e| at(e, "cannot start the preloader server", &exe))?;
     drop(wr);
     // The launcher forks the server and exits at once; reap it.
     let status = launcher.wait()?;
@@ -618,40 +936,44 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
         Handshake::Closed(e) | Handshake::Failed(e) => e,
     })?;
     // The pid shown is the kernel's (the process listening on the socket), not the greeting's.
-    let (version, pid) = (hello.version, os::peer_cred(conn.as_fd())?.1 as u32);
+    let server_pid = os::peer_cred(conn.as_fd())?.1 as u32;
     conn.set_read_timeout(Some(p.options.handshake_timeout));
     conn.write_array(["status"]).map_err(io::Error::from)?;
     let reply = conn
         .read_strings()
         .map_err(io::Error::from)?
         .ok_or_else(|| other("the server closed the connection"))?;
-    // ["ok", uptime_ms, (key, pid or "", uptime_ms)*]
+    // ["ok", uptime_ms, log, (key, state, pid, uptime_ms, resident bytes, workers)*]
     let ms = |s: &String| Duration::from_millis(s.parse().unwrap_or(0));
-    if reply.first().map(String::as_str) != Some("ok") || reply.len() < 2 {
+    if reply.first().map(String::as_str) != Some("ok") || reply.len() < 3 {
         return Err(other(format!("bad status reply: {reply:?}")));
     }
-    let templates = reply[2..]
-        .chunks(3)
-        .filter(|c| c.len() == 3)
+    let templates = reply[3..]
+        .chunks(6)
+        .filter(|c| c.len() == 6)
         .map(|c| TemplateStatus {
             key: c[0].clone(),
-            pid: c[1].parse().ok(),
-            uptime: ms(&c[2]),
+            state: match c[1].as_str() {
+                "running" => TemplateState::Running,
+                "preloading" => TemplateState::Preloading,
+                _ => TemplateState::Stopped,
+            },
+            pid: c[2].parse().ok(),
+            uptime: ms(&c[3]),
+            memory: c[4].parse().ok(),
+            workers: c[5].parse().ok(),
         })
         .collect();
     Ok(Some(Status {
-        server_pid: pid,
+        app: p.app.name().to_owned(),
+        socket: dir.display(Kind::Sock),
+        log: reply[2].clone(),
+        server_pid,
         uptime: ms(&reply[1]),
-        version,
+        version: hello.version,
+        build: hello.build,
         templates,
     }))
-}
-
-fn failure_to_io(f: Failure) -> io::Error {
-    match f {
-        Failure::Unusable(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
-        Failure::Io(e) => e,
-    }
 }
 
 /// Stops the running server: asks it (`["stop"]`), SIGTERM, then SIGKILL after the grace

@@ -1,50 +1,59 @@
 //! The preloader server: listens, checks peers, and hands requests to templates.
 //!
-//! Threads: the main thread accepts (and watches SIGTERM/SIGINT through a signalfd, its
-//! directory through inotify, and its idle time) and hands each connection to a connection
-//! thread: an idle one if there is one (they wait for the next connection for a while before
-//! exiting), else a new one, up to [`MAX_CONNECTIONS`]; past that it stops accepting, and
-//! clients wait in the socket's listen queue. A connection thread greets the client, reads its
-//! request's first message and, for a command, takes the lock of the template of its key,
-//! (re)starts the template if needed, and passes it the client's socket; the template reads the
-//! rest of the request from the client itself. So a connection never waits for another one
-//! except for the template it needs, and the accept loop never waits.
-//! Nothing here writes through std's stdout or stderr locks: templates are forked from a
-//! connection thread while the other threads run, and a lock held at that moment would stay
-//! locked forever in the template (see the crate docs on fork safety). Logs go through [`log`],
-//! a lock-free `write(2)`.
+//! Threads: the main thread accepts, and watches SIGTERM/SIGINT (a signalfd), inotify (its own
+//! directory, and the directories of the templates' watched files: [`Events`]) and its idle
+//! time. It hands each connection to a connection thread: an idle one if there is one (they
+//! wait for the next connection for a while before exiting), else a new one, up to
+//! [`MAX_CONNECTIONS`]; past that it stops accepting, and clients wait in the socket's listen
+//! queue. A connection thread greets the client, reads its request's first message and, for a
+//! command, takes the lock of the template of its key, (re)starts the template if needed (this
+//! executable run again: [`start_template`]), and passes it the client's socket; the template
+//! reads the rest of the request from the client itself. So a connection never waits for
+//! another one except for the template it needs, and the accept loop never waits for a
+//! template.
+//!
+//! Logs go through [`log`]: one `write(2)` per line, so that lines of the server's threads and
+//! of its templates (which share the log) never interleave, and the log stays bounded.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::template::Template;
-use super::{build_id, lock_within, Application, Dir, Kind, Preloader, PROTOCOL_VERSION};
+use super::os::ArgvArea;
+use super::template::{ARGV_SLOTS, ENV_KEY};
+use super::{
+    build_id, lock_within, Application, Dir, Kind, Preloader, ENV_ROLE, FIX_DIR, PROTOCOL_VERSION,
+};
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
 use crate::error::{Error, RemoteError, RemoteErrorKind};
-use crate::start::Builder;
 use crate::sys;
 
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a client waiting behind a preload is checked for a hang-up.
+const WATCH_WAITING_CLIENT: Duration = Duration::from_millis(20);
 /// How long an idle connection thread waits for another connection before it exits.
 const IDLE_THREAD_EXIT: Duration = Duration::from_secs(30);
 /// How long a template may take to answer a command: it reads the rest of the request (within
 /// 3 s in all, `template::REQUEST_BUDGET`), then forks. Well above that: only a wedged template
 /// misses it.
 const TEMPLATE_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a template may take to say whether it is busy (the idle timeout asks).
+const TEMPLATE_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many connections are served at once (each by a thread); further clients wait in
 /// the socket's listen queue until one ends.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -54,7 +63,8 @@ const CAP_RECHECK: Duration = Duration::from_millis(50);
 /// then twice as long at each failure in a row, up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long a new server waits for a previous one (exiting) to release the pidfile.
+/// How long a server started by a client waits for a previous one (exiting) to release the
+/// pidfile.
 const PIDFILE_WAIT: Duration = Duration::from_secs(10);
 /// Without inotify, how often the server checks that its directory and files are still its own.
 const CHECK_PERIOD: Duration = Duration::from_secs(5);
@@ -63,11 +73,11 @@ const CHECK_PERIOD: Duration = Duration::from_secs(5);
 pub(crate) const LOG_LIMIT: u64 = 1 << 20;
 
 /// Where the log is, for [`bound_log`]: the directory and the log's identity (the server's
-/// stderr must be that file).
+/// stderr must be that file). Unset for `--preloader serve`, which logs to its terminal.
 struct LogFiles {
     dir: File,
-    log: std::ffi::OsString,
-    old: std::ffi::OsString,
+    log: OsString,
+    old: OsString,
 }
 
 static LOG_FILES: OnceLock<LogFiles> = OnceLock::new();
@@ -79,8 +89,8 @@ fn log(msg: &str) {
 }
 
 /// Keeps the log under [`LOG_LIMIT`]: when it is larger, copies its last `LOG_LIMIT` bytes to
-/// `<id>.log.1` and truncates it (every writer appends, so they go on at its new end). Lines
-/// written between the copy and the truncation are lost.
+/// `<id>.log.1` and truncates it (every writer, templates included, appends, so they go on at
+/// its new end). Lines written between the copy and the truncation are lost.
 fn bound_log() {
     static ROTATING: AtomicBool = AtomicBool::new(false);
     let Some(files) = LOG_FILES.get() else { return };
@@ -138,7 +148,7 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
         0 => {
             sys::setsid()?;
             let mut ready = File::from(ready);
-            match serve(p, &dir, &mut ready) {
+            match serve(p, &dir, Some(&mut ready)) {
                 Ok(()) => sys::exit_now(0),
                 Err(e) => {
                     let _ = writeln!(ready, "{e}");
@@ -151,17 +161,32 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
     }
 }
 
-/// A command for a template: the client's socket, positioned after its `["run", key, cwd]`
-/// (the template reads the arguments, environment and descriptors from it), and the directory.
+/// `--preloader serve`: the server in the foreground of this terminal, logging to it (and its
+/// templates' output with it), until Ctrl-C or `--preloader stop`. It opens and checks the
+/// directory as a client does (see [`Dir`]).
+pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
+    let dir = p.dir().map_err(|u| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{}; to use the preloader, {FIX_DIR}", u.0),
+        )
+    })?;
+    serve(p, &dir, None)
+}
+
+/// A command for a template: the client's socket, positioned after its `["run", key]` (the
+/// template reads the arguments, environment, attributes and descriptors, working directory
+/// included, from it).
 struct Job {
     conn: OwnedFd,
-    cwd: Vec<u8>,
 }
 
 #[derive(Default)]
 struct TemplateInfo {
     pid: Option<u32>,
     started: Option<Instant>,
+    /// A template being preloaded: since when, and its pidfd (so that a stop can end it).
+    preloading: Option<(Instant, OwnedFd)>,
 }
 
 /// One template key: its status (read by `status` without waiting) and its process, owned by
@@ -170,6 +195,99 @@ struct TemplateInfo {
 struct Slot {
     info: Mutex<TemplateInfo>,
     template: Mutex<TemplateState>,
+    /// Notified each time `template` is released (see [`Held`]): a client waiting for it
+    /// also watches its own connection.
+    released: (Mutex<()>, Condvar),
+}
+
+/// The lock of a slot's template, which tells waiters when it is released.
+struct Held<'a> {
+    guard: Option<MutexGuard<'a, TemplateState>>,
+    slot: &'a Slot,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = TemplateState;
+    fn deref(&self) -> &TemplateState {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut TemplateState {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let _g = self
+            .slot
+            .released
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.slot.released.1.notify_all();
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            info: Mutex::new(TemplateInfo::default()),
+            template: Mutex::new(TemplateState::default()),
+            released: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    /// Takes the template's lock, waiting as long as it takes.
+    fn lock(&self) -> Held<'_> {
+        let guard = self.template.lock().unwrap_or_else(|e| e.into_inner());
+        Held {
+            guard: Some(guard),
+            slot: self,
+        }
+    }
+
+    /// Takes the template's lock if nobody holds it (a preload or a command being handed over
+    /// does).
+    fn try_lock(&self) -> Option<Held<'_>> {
+        let guard = match self.template.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(Held {
+            guard: Some(guard),
+            slot: self,
+        })
+    }
+
+    /// Takes the template's lock unless the client on `conn` hangs up first (`None`): a client
+    /// killed while it waits behind a preload gets its descriptors (which travel in its request,
+    /// in the socket) released at once, not when the preload ends.
+    fn lock_unless_gone(&self, conn: BorrowedFd<'_>) -> Option<Held<'_>> {
+        let mut waiting = self.released.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            // Tried while holding `released.0`: a release cannot slip between this attempt and
+            // the wait below.
+            if let Some(held) = self.try_lock() {
+                drop(waiting);
+                return Some(held);
+            }
+            if super::os::peer_hung_up(conn) {
+                return None;
+            }
+            // Woken by the release; the timeout bounds how late a hang-up is seen.
+            waiting = self
+                .released
+                .1
+                .wait_timeout(waiting, WATCH_WAITING_CLIENT)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -181,8 +299,12 @@ struct TemplateState {
 
 struct State<A> {
     app: A,
-    huge_pages: bool,
+    preload_timeout: Duration,
+    /// Where the server's and templates' output goes, for `status` and messages.
+    log: String,
     started: Instant,
+    /// The watches of the templates' watched files (`None` without inotify).
+    files: Option<FileWatches>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: AtomicBool,
     wake: UnixStream,
@@ -206,20 +328,29 @@ impl<A> State<A> {
     }
 }
 
-/// Opens and locks the pidfile, waiting (up to [`PIDFILE_WAIT`]) for a previous server that is
-/// exiting to release it; returns it with its device and inode. A pidfile that was replaced
-/// while we waited for its lock is left for the one now in its place.
-fn lock_pidfile(dir: &Dir) -> io::Result<(File, (u64, u64))> {
-    let deadline = Instant::now() + PIDFILE_WAIT;
+/// Opens and locks the pidfile, waiting up to `wait` for a previous server that is exiting to
+/// release it; returns it with its device and inode. A pidfile that was replaced while we waited
+/// for its lock is left for the one now in its place.
+fn lock_pidfile(dir: &Dir, wait: Duration) -> io::Result<(File, (u64, u64))> {
+    let deadline = Instant::now() + wait;
     loop {
         let f = dir.open_file(Kind::Pid, libc::O_RDWR | libc::O_CREAT)?;
         if !lock_within(&f, deadline)? {
-            return Err(io::Error::other(format!(
-                "another preloader server (pid {}) still holds {} after {PIDFILE_WAIT:?}; it \
-                 exits by itself once its socket is gone, else stop it with `kill`",
-                super::pidfile_text(&f),
-                dir.display(Kind::Pid).display()
-            )));
+            let holder = super::pidfile_text(&f);
+            let pidfile = dir.display(Kind::Pid);
+            return Err(io::Error::other(if wait.is_zero() {
+                format!(
+                    "another preloader server is running (pid {holder}, it holds {}); stop it \
+                     first with `--preloader stop`",
+                    pidfile.display()
+                )
+            } else {
+                format!(
+                    "another preloader server (pid {holder}) still holds {} after {wait:?}; it \
+                     exits by itself once its socket is gone, else stop it with `kill`",
+                    pidfile.display()
+                )
+            }));
         }
         let meta = f.metadata()?;
         let id = (meta.dev(), meta.ino());
@@ -229,21 +360,48 @@ fn lock_pidfile(dir: &Dir) -> io::Result<(File, (u64, u64))> {
     }
 }
 
-/// Watches the directory (inotify on the open directory) for changes to the server's socket,
-/// pidfile or the directory itself; without inotify, a check every [`CHECK_PERIOD`].
-struct DirWatch {
+/// The server's inotify instance, read by the main loop alone: it watches the server's own
+/// directory (through the open directory, so the inode that was checked) for changes to its
+/// socket, pidfile or the directory itself, and the directories of the templates' watched files
+/// (added by connection threads through [`FileWatches`]). Without inotify the directory is
+/// checked every [`CHECK_PERIOD`], and watched files at each command only.
+struct Events {
     inotify: Option<Inotify>,
-    names: [std::ffi::OsString; 2],
+    /// The watch of our directory.
+    dir_wd: Option<WatchDescriptor>,
+    /// Our socket's and pidfile's names.
+    names: [OsString; 2],
+    /// When the directory is checked next, without a watch on it.
     next_check: Option<Instant>,
 }
 
-impl DirWatch {
-    fn new(dir: &Dir) -> DirWatch {
+/// What one read of [`Events`] found.
+#[derive(Default)]
+struct Seen {
+    /// Something happened to our directory, socket or pidfile (or the periodic check is due).
+    dir: bool,
+    /// Templates one of whose watched files changed.
+    keys: Vec<String>,
+}
+
+impl Events {
+    /// The instance, with our directory watched, and the handle to add watched files.
+    fn new(dir: &Dir) -> (Events, Option<FileWatches>) {
         let names = [dir.name(Kind::Sock), dir.name(Kind::Pid)];
-        let watched = (|| -> io::Result<Inotify> {
-            let inotify = Inotify::init()?; // non-blocking, close-on-exec
-                                            // Through the open directory: the watch is on the inode that was checked.
-            inotify.watches().add(
+        let inotify = match Inotify::init() {
+            // Non-blocking and close-on-exec.
+            Ok(i) => Some(i),
+            Err(e) => {
+                log(&format!(
+                    "inotify unavailable ({e}): {} is checked every {CHECK_PERIOD:?}, watched \
+                     files at each command only",
+                    dir.path().display()
+                ));
+                None
+            }
+        };
+        let dir_wd = inotify.as_ref().and_then(|i| {
+            let added = i.watches().add(
                 format!("/proc/self/fd/{}", dir.fd().as_raw_fd()),
                 WatchMask::DELETE
                     | WatchMask::CREATE
@@ -253,66 +411,163 @@ impl DirWatch {
                     | WatchMask::DELETE_SELF
                     | WatchMask::MOVE_SELF
                     | WatchMask::ONLYDIR,
-            )?;
-            Ok(inotify)
-        })();
-        match watched {
-            Ok(inotify) => DirWatch {
-                inotify: Some(inotify),
-                names,
-                next_check: None,
-            },
-            Err(e) => {
-                log(&format!(
-                    "cannot watch {} with inotify ({e}): checking it every {CHECK_PERIOD:?}",
-                    dir.path().display()
-                ));
-                DirWatch {
-                    inotify: None,
-                    names,
-                    next_check: Some(Instant::now() + CHECK_PERIOD),
+            );
+            match added {
+                Ok(wd) => Some(wd),
+                Err(e) => {
+                    log(&format!(
+                        "cannot watch {} with inotify ({e}): checking it every {CHECK_PERIOD:?}",
+                        dir.path().display()
+                    ));
+                    None
                 }
             }
-        }
+        });
+        let files = inotify.as_ref().map(|i| FileWatches {
+            watches: i.watches(),
+            dirs: Mutex::new(HashMap::new()),
+        });
+        let events = Events {
+            next_check: dir_wd.is_none().then(|| Instant::now() + CHECK_PERIOD),
+            inotify,
+            dir_wd,
+            names,
+        };
+        (events, files)
     }
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.inotify.as_ref().map(|i| i.as_fd())
     }
 
-    /// Whether something that concerns us happened (drains the events), or the periodic check
-    /// is due.
-    fn changed(&mut self, readable: bool) -> bool {
+    /// Reads what happened (draining the queue when `readable`), and whether the periodic check
+    /// of the directory is due.
+    fn read(&mut self, readable: bool, files: Option<&FileWatches>) -> Seen {
+        let mut seen = Seen::default();
         if let Some(next) = self.next_check {
             if Instant::now() >= next {
                 self.next_check = Some(Instant::now() + CHECK_PERIOD);
-                return true;
+                seen.dir = true;
             }
-            return false;
         }
         let Some(inotify) = &mut self.inotify else {
-            return false;
+            return seen;
         };
         if !readable {
-            return false;
+            return seen;
         }
-        let mut relevant = false;
         let mut buf = [0u8; 4096];
         while let Ok(events) = inotify.read_events(&mut buf) {
             let mut any = false;
             for e in events {
                 any = true;
-                relevant |= match e.name {
-                    // An event of the directory itself (moved, removed, mode), or an overflow.
-                    None => true,
-                    Some(n) => self.names.iter().any(|ours| ours == n),
-                };
+                if e.mask.contains(EventMask::Q_OVERFLOW) {
+                    // Events were lost: look at everything.
+                    seen.dir = true;
+                    if let Some(f) = files {
+                        f.all_keys(&mut seen.keys);
+                    }
+                    continue;
+                }
+                if Some(&e.wd) == self.dir_wd.as_ref() {
+                    seen.dir |= match e.name {
+                        // An event of the directory itself (moved, removed, mode).
+                        None => true,
+                        Some(n) => self.names.iter().any(|ours| ours == n),
+                    };
+                }
+                // (A watched file may live in our directory too: the same watch then.)
+                if let Some(f) = files {
+                    f.changed(&e.wd, e.name, e.mask, &mut seen.keys);
+                }
             }
             if !any {
                 break;
             }
         }
-        relevant
+        seen
+    }
+}
+
+/// The templates' watched files, watched through their directories (editors replace files by
+/// renaming over them, which a watch on the file itself would lose) on the server's inotify
+/// instance ([`Events`]). A file whose directory cannot be watched is still checked at each
+/// command: a command after an edit then preloads itself.
+struct FileWatches {
+    watches: inotify::Watches,
+    /// Per watch (a directory): the file names in it, and the template key each belongs to.
+    dirs: Mutex<HashMap<WatchDescriptor, Vec<(OsString, String)>>>,
+}
+
+impl FileWatches {
+    /// Watches `files` for template `key` (again: adding a watch twice is harmless).
+    fn watch(&self, key: &str, files: &[PathBuf]) {
+        // MASK_ADD: a directory also watched for another reason (the server's own, say) keeps
+        // what that watch asked for.
+        let mask = WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::ATTRIB
+            | WatchMask::MASK_ADD;
+        for f in files {
+            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            match self.watches.clone().add(dir, mask) {
+                Ok(wd) => {
+                    let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+                    let names = dirs.entry(wd).or_default();
+                    let entry = (name.to_owned(), key.to_owned());
+                    if !names.contains(&entry) {
+                        names.push(entry);
+                    }
+                }
+                Err(e) => log(&format!(
+                    "cannot watch {} ({e}): changes to {} are seen at the next command only",
+                    dir.display(),
+                    f.display()
+                )),
+            }
+        }
+    }
+
+    /// Adds to `keys` the templates that an event on watch `wd` concerns.
+    fn changed(
+        &self,
+        wd: &WatchDescriptor,
+        name: Option<&OsStr>,
+        mask: EventMask,
+        keys: &mut Vec<String>,
+    ) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if mask.contains(EventMask::IGNORED) {
+            // The directory is gone (its watch with it): the next preload watches it again.
+            dirs.remove(wd);
+            return;
+        }
+        let (Some(names), Some(name)) = (dirs.get(wd), name) else {
+            return;
+        };
+        for (n, key) in names {
+            if n == name && !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+
+    fn all_keys(&self, keys: &mut Vec<String>) {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, key) in dirs.values().flatten() {
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
+        }
     }
 }
 
@@ -325,7 +580,7 @@ struct Idle {
 
 impl Idle {
     /// Whether the server has been idle for the whole timeout (no connection, no template
-    /// busy or running a worker); otherwise sets when to look again.
+    /// preloading, busy or running a worker); otherwise sets when to look again.
     fn expired<A: Application>(&mut self, state: &State<A>) -> bool {
         let now = Instant::now();
         let again = now + self.timeout;
@@ -334,33 +589,47 @@ impl Idle {
             return false;
         }
         let mut since = state.last_activity();
-        let slots: Vec<Arc<Slot>> = state
+        let slots: Vec<(String, Arc<Slot>)> = state
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::clone(s)))
             .collect();
-        for slot in slots {
-            let Ok(mut t) = slot.template.try_lock() else {
-                self.next = Some(again); // preloading, or a command being handed over
-                return false;
+        // Every template is asked, even once one is found busy: one that does not answer is
+        // replaced here, whatever the others do.
+        let mut busy = false;
+        for (key, slot) in slots {
+            let Some(mut t) = slot.try_lock() else {
+                busy = true; // preloading, or a command being handed over
+                continue;
             };
             let Some((handle, _)) = t.current.as_mut() else {
                 continue;
             };
             match template_activity(handle) {
                 Ok((0, ago)) => since = since.max(now.checked_sub(ago).unwrap_or(now)),
-                Ok(_) => {
-                    // Running workers: look again later (their end counts as activity).
-                    self.next = Some(again);
-                    return false;
+                // Running workers: look again later (their end counts as activity).
+                Ok(_) => busy = true,
+                Err(e) => {
+                    log(&format!(
+                        "template {key:?} (pid {}) did not say whether it is busy: {e}",
+                        handle.pid()
+                    ));
+                    if matches!(e, Error::TimedOut { .. } | Error::Broken) {
+                        // Wedged, and its channel is out of step (a late answer would be read
+                        // as the next command's): replace it, as `run_job` does.
+                        if let Some((handle, _)) = t.current.take() {
+                            kill_wedged(handle);
+                            set_info(&slot, None);
+                        }
+                    }
                 }
-                Err(e) => log(&format!(
-                    "template (pid {}) did not say whether it is busy: {e}",
-                    handle.pid()
-                )),
             }
+        }
+        if busy {
+            self.next = Some(again);
+            return false;
         }
         if now >= since + self.timeout {
             return true;
@@ -373,7 +642,7 @@ impl Idle {
 /// A template's running workers and how long since one last started or ended.
 fn template_activity(handle: &mut ServerHandle) -> Result<(usize, Duration), Error> {
     handle.with_channel(|ch| {
-        ch.set_read_timeout(Some(Duration::from_secs(5)));
+        ch.set_read_timeout(Some(TEMPLATE_IDLE_TIMEOUT));
         ch.write_array(["idle"])?;
         let mut buf = crate::MessageBuf::new();
         let reply = ch.read_reply(&mut buf)?;
@@ -387,15 +656,27 @@ fn template_activity(handle: &mut ServerHandle) -> Result<(usize, Duration), Err
     })
 }
 
-fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::Result<()> {
-    let (mut pidfile, pid_id) = lock_pidfile(dir)?;
+/// Serves from `dir` until stopped: started by a client (`ready` is the pipe it waits on, our
+/// stdout and stderr the log), or in the foreground by `--preloader serve` (no `ready`, logging
+/// to the terminal).
+fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) -> io::Result<()> {
+    let foreground = ready.is_none();
+    // In the foreground, a server that holds the pidfile is a running one: say so at once.
+    let wait = if foreground {
+        Duration::ZERO
+    } else {
+        PIDFILE_WAIT
+    };
+    let (mut pidfile, pid_id) = lock_pidfile(dir, wait)?;
     pidfile.set_len(0)?;
     writeln!(pidfile, "{}", sys::getpid())?;
-    let _ = LOG_FILES.set(LogFiles {
-        dir: File::from(dir.fd().try_clone_to_owned()?),
-        log: dir.name(Kind::Log),
-        old: dir.name(Kind::OldLog),
-    });
+    if !foreground {
+        let _ = LOG_FILES.set(LogFiles {
+            dir: File::from(dir.fd().try_clone_to_owned()?),
+            log: dir.name(Kind::Log),
+            old: dir.name(Kind::OldLog),
+        });
+    }
 
     // Before any thread exists: block the signals the main loop reads from a signalfd (threads
     // inherit the mask), ignore SIGHUP and SIGPIPE.
@@ -431,14 +712,20 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
     let sock_id = dir
         .stat(Kind::Sock)?
         .ok_or_else(|| io::Error::other("the socket vanished as it was created"))?;
-    let mut watch = DirWatch::new(dir);
+    let (mut events, files) = Events::new(dir);
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     let (queue_tx, queue_rx) = channel::<UnixStream>();
 
     let state = Arc::new(State {
         app: p.app.clone(),
-        huge_pages: p.options.huge_pages,
+        preload_timeout: p.options.preload_timeout,
+        log: if foreground {
+            "the terminal of `--preloader serve`".to_owned()
+        } else {
+            dir.display(Kind::Log).display().to_string()
+        },
         started: Instant::now(),
+        files,
         slots: Mutex::new(HashMap::new()),
         stopping: AtomicBool::new(false),
         wake: wake_tx,
@@ -455,7 +742,9 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
         timeout: idle_timeout,
         next: (!idle_timeout.is_zero()).then(|| Instant::now() + idle_timeout),
     };
-    ready.write_all(b"ready\n")?;
+    if let Some(ready) = ready {
+        ready.write_all(b"ready\n")?;
+    }
     log(&format!(
         "listening on {} (build {}, idle timeout {})",
         dir.display(Kind::Sock).display(),
@@ -466,6 +755,7 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
             format!("{idle_timeout:?}")
         }
     ));
+    show_title(p.app.name(), state.started);
 
     let me = sys::geteuid();
     let mut accept_failures = 0u32;
@@ -483,9 +773,9 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
         };
         sooner(full.then(|| now + CAP_RECHECK));
         sooner(paused_until.filter(|_| !accepting));
-        sooner(watch.next_check);
+        sooner(events.next_check);
         let mut fds = vec![sigfd.as_fd(), wake_rx.as_fd()];
-        let watch_at = watch.fd().map(|fd| {
+        let events_at = events.fd().map(|fd| {
             fds.push(fd);
             fds.len() - 1
         });
@@ -504,13 +794,20 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
             log("stop requested");
             break;
         }
-        if watch.changed(watch_at.is_some_and(|i| ready[i])) {
+        let seen = events.read(events_at.is_some_and(|i| ready[i]), state.files.as_ref());
+        if seen.dir {
             if let Some(why) = dir.lost(sock_id, pid_id) {
                 log(&format!(
                     "{why}: stopping (a new server will serve from there)"
                 ));
                 break;
             }
+        }
+        for key in seen.keys {
+            log(&format!(
+                "a watched file of template {key:?} changed: restarting it"
+            ));
+            restart_template(Arc::clone(&state), key);
         }
         if idle.next.is_some_and(|t| Instant::now() >= t) && idle.expired(&state) {
             log(&format!("idle for {:?}: stopping", idle.timeout));
@@ -603,9 +900,17 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
         state.stopping.store(true, Ordering::SeqCst);
         slots.drain().map(|(_, s)| s).collect()
     };
+    // A template still preloading is ended now (its pidfd names exactly that process), so that
+    // its waiting clients hear "stopped" at once instead of after the preload.
+    for slot in &slots {
+        let info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pidfd)) = &info.preloading {
+            let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
     for slot in slots {
         // Waits for a command being handed over (or a preload) to finish.
-        let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = slot.lock();
         t.closed = true;
         if let Some((handle, _)) = t.current.take() {
             shutdown_template(handle);
@@ -621,9 +926,13 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut File) -> io::R
 /// same moment. If a client holds that lock, it is starting a successor, which takes over (or
 /// replaces) both files itself: they are left alone.
 fn remove_own_files(dir: &Dir, sock: (u64, u64), pid: (u64, u64)) {
-    let locked = dir
-        .open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)
-        .and_then(|f| Ok((sys::flock(f.as_fd(), true, true)?, f)));
+    let locked = match dir.open_file(Kind::Lock, libc::O_RDWR) {
+        // No start lock, so no client is starting a successor (one that creates it now waits
+        // for our pidfile's lock, held until both files are gone). It is not created here: an
+        // exiting server adds nothing to a directory that may be being removed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((true, None)),
+        opened => opened.and_then(|f| Ok((sys::flock(f.as_fd(), true, true)?, Some(f)))),
+    };
     match locked {
         Ok((true, _lock)) => {
             for (kind, id) in [(Kind::Sock, sock), (Kind::Pid, pid)] {
@@ -759,20 +1068,15 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     };
     let req = buf.message();
     match req.name() {
-        b"run" if req.len() == 3 => {
+        b"run" if req.len() == 2 => {
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
-            let job = Job {
-                cwd: req.get(2).unwrap_or(b"/").to_vec(),
-                conn: ch.into_fd(),
-            };
+            let job = Job { conn: ch.into_fd() };
             run_job(state, &key, job);
         }
         b"preload" if req.len() == 2 => {
-            // `--preloader restart`: start the template of this key now.
+            // `--preloader restart`: preload the template of this key now; `["ok", pid]`.
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
-            match template_for(state, &key, |_, t| {
-                t.current.as_ref().map(|(h, _)| h.pid()).unwrap_or(0)
-            }) {
+            match preload_now(state, &key, ch.as_fd()) {
                 Ok(pid) => {
                     let _ = ch.write_ok([pid.to_string()]);
                 }
@@ -783,21 +1087,7 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
             }
         }
         b"status" => {
-            let mut out = vec![
-                "ok".to_owned(),
-                state.started.elapsed().as_millis().to_string(),
-            ];
-            for (key, slot) in state.slots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                let info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
-                out.push(key.clone());
-                out.push(info.pid.map(|p| p.to_string()).unwrap_or_default());
-                out.push(
-                    info.started
-                        .map(|s| s.elapsed().as_millis().to_string())
-                        .unwrap_or_default(),
-                );
-            }
-            let _ = ch.write_array(out);
+            let _ = ch.write_array(status_reply(state));
         }
         b"stop" => {
             state.stopping.store(true, Ordering::SeqCst);
@@ -822,32 +1112,84 @@ fn set_info(slot: &Slot, pid: Option<u32>) {
     let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
     i.pid = pid;
     i.started = pid.map(|_| Instant::now());
+    i.preloading = None;
 }
 
-/// Runs `f` with the template of `key`, locked (commands of one key go to their template one at a
-/// time): starts it on first use, restarts it when it died or a watched file changed. `Err`:
-/// `(kind, text)` for the client, when the server is stopping or the preload failed.
-fn template_for<A: Application, R>(
+/// `["ok", server uptime ms, log, then per template: key, state, pid, uptime ms, resident
+/// bytes, running workers]` (state: `running`, `preloading`, `stopped`; empty fields unknown).
+fn status_reply<A: Application>(state: &State<A>) -> Vec<String> {
+    let mut out = vec![
+        "ok".to_owned(),
+        state.started.elapsed().as_millis().to_string(),
+        state.log.clone(),
+    ];
+    let slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+    let mut keys: Vec<&String> = slots.keys().collect();
+    keys.sort();
+    for key in keys {
+        let info = slots[key].info.lock().unwrap_or_else(|e| e.into_inner());
+        let (what, pid, since) = match (&info.preloading, info.pid) {
+            (Some((since, _)), _) => ("preloading", None, Some(*since)),
+            (None, Some(pid)) => ("running", Some(pid), info.started),
+            (None, None) => ("stopped", None, None),
+        };
+        out.push(key.clone());
+        out.push(what.to_owned());
+        out.push(pid.map(|p| p.to_string()).unwrap_or_default());
+        out.push(
+            since
+                .map(|s| s.elapsed().as_millis().to_string())
+                .unwrap_or_default(),
+        );
+        out.push(
+            pid.and_then(super::os::resident_bytes)
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        );
+        out.push(
+            pid.and_then(super::os::children)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// The slot of `key`, created on first use; `None` once the server is stopping.
+fn slot_of<A>(state: &State<A>, key: &str) -> Option<Arc<Slot>> {
+    let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+    if state.stopping.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(Arc::clone(
+        slots
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Slot::new())),
+    ))
+}
+
+/// Makes sure `t` holds a live template of `key` whose watched files have not changed: retires
+/// a dead or outdated one, starts (preloads) a new one. On failure, returns the error kind and
+/// text for the client.
+fn ensure_template<A: Application>(
     state: &Arc<State<A>>,
+    slot: &Slot,
+    t: &mut TemplateState,
     key: &str,
-    f: impl FnOnce(&Slot, MutexGuard<'_, TemplateState>) -> R,
-) -> Result<R, (&'static str, String)> {
-    let stopping = || ("stopping", "the preloader server is stopping".to_owned());
-    let slot = {
-        let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if state.stopping.load(Ordering::SeqCst) {
-            return Err(stopping());
+    client: Option<&mut Option<OwnedFd>>,
+) -> Result<(), (&'static str, String)> {
+    if let Some((handle, _)) = &mut t.current {
+        if handle.channel().is_broken() && matches!(handle.try_wait(), Ok(None)) {
+            // A request to it timed out: its channel is out of step. Stop it now (in the
+            // background), as a wedged one.
+            let (handle, _) = t.current.take().expect("checked");
+            log(&format!(
+                "template {key:?} (pid {}) stopped answering: replaced",
+                handle.pid()
+            ));
+            kill_wedged(handle);
+            set_info(slot, None);
         }
-        Arc::clone(slots.entry(key.to_owned()).or_insert_with(|| {
-            Arc::new(Slot {
-                info: Mutex::new(TemplateInfo::default()),
-                template: Mutex::new(TemplateState::default()),
-            })
-        }))
-    };
-    let mut t = slot.template.lock().unwrap_or_else(|e| e.into_inner());
-    if t.closed {
-        return Err(stopping());
     }
     if let Some((handle, stamps)) = &mut t.current {
         let dead = !matches!(handle.try_wait(), Ok(None));
@@ -863,77 +1205,284 @@ fn template_for<A: Application, R>(
                 }
             ));
             retire(handle);
-            set_info(&slot, None);
+            set_info(slot, None);
         }
     }
-    if t.current.is_none() {
-        let watched = stamps(state.app.watched_files(key));
-        let mut template = Template::new(state.app.clone(), key.to_owned(), state.huge_pages);
-        // The template's workers may run for a long time: `stop` must not hurry them.
-        let started = Builder::new()
-            .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))
-            .start_handle(&mut template);
-        drop(template);
-        match started {
-            Ok(h) => {
-                // Also bounds the log, which the preload may have written to at length.
-                log(&format!("template {key:?} preloaded (pid {})", h.pid()));
-                set_info(&slot, Some(h.pid()));
-                t.current = Some((h, watched));
-            }
-            Err(e) => {
-                let text = match &e {
-                    Error::Remote(r) => r.message().to_owned(),
-                    other => other.to_string(),
-                };
-                log(&format!("template {key:?}: preload failed: {text}"));
-                return Err(("preload", format!("preload failed: {text}")));
-            }
+    if t.current.is_some() {
+        return Ok(());
+    }
+    let files = state.app.watched_files(key);
+    if let Some(w) = &state.files {
+        w.watch(key, &files);
+    }
+    let watched = stamps(files);
+    match start_template(state, slot, key, client) {
+        Ok(h) => {
+            log(&format!("template {key:?} preloaded (pid {})", h.pid()));
+            set_info(slot, Some(h.pid()));
+            t.current = Some((h, watched));
+            Ok(())
+        }
+        Err((kind, text)) => {
+            log(&format!("template {key:?}: {text}"));
+            set_info(slot, None);
+            Err((kind, format!("{text}; its output is in {}", state.log)))
         }
     }
-    Ok(f(&slot, t))
 }
 
-/// Hands a command to the template of `key` (see [`template_for`]).
-fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
-    let Job { conn, cwd } = job;
-    let mut conn = Some(conn);
-    let handed = template_for(state, key, |slot, mut t| {
-        let conn = conn.take().expect("taken once");
-        let (handle, _) = t.current.as_mut().expect("started by template_for");
-        let sent = handle.with_channel(|ch| {
-            // A deadline makes the reply wait a `poll` for input, not a blocking `recvmsg`: a
-            // blocked `recvmsg` is also woken each time the template consumes part of the
-            // request (write space on the same socket), two useless context switches per
-            // command.
-            ch.set_read_timeout(Some(TEMPLATE_REPLY_TIMEOUT));
-            ch.write_array([b"run".as_slice(), &cwd])?;
-            ch.send_fd(&conn)?;
-            let mut buf = crate::MessageBuf::new();
-            ch.read_reply(&mut buf).map(drop)
-        });
-        if let Err(e) = sent {
-            log(&format!("template {key:?} failed a request: {e}"));
-            if matches!(e, Error::TimedOut { .. }) {
-                // Wedged, and its channel is out of step (a late reply would answer the next
-                // command): replace it.
-                if let Some((handle, _)) = t.current.take() {
-                    // Not `retire`: a wedged template would keep its 24 h grace, and one more
-                    // would pile up at each command. Stop it now (in the background), as `stop`
-                    // would.
-                    kill_wedged(handle);
-                    set_info(slot, None);
+/// Starts a template for `key`: this executable again (`/proc/self/exe`, the very file this
+/// server runs, even if it has been replaced since), with the role variable, its socket as
+/// descriptor 3, our stdout and stderr (the log), and the title and room for workers' `argv`
+/// as arguments. Waits for its preload, at most `preload_timeout`.
+fn start_template<A: Application>(
+    state: &State<A>,
+    slot: &Slot,
+    key: &str,
+    client: Option<&mut Option<OwnedFd>>,
+) -> Result<ServerHandle, (&'static str, String)> {
+    let fail = |e: &dyn std::fmt::Display| {
+        (
+            "server",
+            format!("the preloader server could not start a template for {key:?}: {e}"),
+        )
+    };
+    let (mine, theirs) = Channel::pair().map_err(|e| fail(&e))?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(format!("{}: template {key}", state.app.name()))
+        .args(std::iter::repeat("").take(ARGV_SLOTS))
+        .env(ENV_ROLE, "template")
+        .env(ENV_KEY, key)
+        .stdin(Stdio::null());
+    // SAFETY: the closure only calls dup2, fcntl and prctl (async-signal-safe) on descriptors
+    // open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags == -1 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                    return Err(io::Error::last_os_error());
                 }
+            } else if libc::dup2(theirs_raw, 3) == -1 {
+                return Err(io::Error::last_os_error());
             }
-            drop(t);
-            reply_error(conn, "template", &format!("the template failed: {e}"));
-            // The next command restarts it if it died.
+            // Only 0, 1, 2 and 3: not what the server inherited from the client that started
+            // it, nor the server's own sockets.
+            super::os::cloexec_from(4);
+            // While it preloads, nothing but this thread watches it: it dies with the server
+            // (the template clears this once preloaded).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| fail(&e))?;
+    drop(theirs);
+    let pid = child.id() as libc::pid_t;
+    drop(child); // not waited for by std: the handle below reaps it
+                 // The template's workers may run for a long time: `stop` must not hurry them.
+    let mut handle = ServerHandle::new(
+        pid,
+        mine,
+        StopOptions {
+            after_close: Duration::from_secs(2),
+            after_term: Duration::from_secs(2),
+        },
+    )
+    .map_err(|e| fail(&e))?;
+    if let Ok(fd) = handle.pidfd().try_clone_to_owned() {
+        let mut info = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+        info.preloading = Some((Instant::now(), fd));
+    }
+    let timeout = state.preload_timeout;
+    let deadline = Instant::now() + timeout;
+    // While it preloads, the client that asked may leave: close its connection then (its
+    // descriptors travel in the request), and go on preloading for the next command.
+    if let Some(client) = client {
+        while let Some(conn) = client.as_ref() {
+            let ch = handle.channel();
+            match super::os::readable_or_hung_up(ch.as_fd(), conn.as_fd(), deadline) {
+                Ok((false, true)) => {
+                    log(&format!(
+                        "the client waiting for template {key:?} left during its preload"
+                    ));
+                    *client = None;
+                }
+                _ => break,
+            }
         }
-    });
-    if let Err((kind, text)) = handed {
-        if let Some(conn) = conn {
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match handle.await_ready(Some(left.max(Duration::from_millis(1)))) {
+        Ok(()) => Ok(handle),
+        Err(e) => Err(preload_error(state, key, pid, timeout, e)),
+    }
+}
+
+/// The client's message for a failed preload: which process failed and how.
+fn preload_error<A>(
+    state: &State<A>,
+    key: &str,
+    pid: libc::pid_t,
+    timeout: Duration,
+    e: Error,
+) -> (&'static str, String) {
+    if state.stopping.load(Ordering::SeqCst) {
+        return (
+            "stopping",
+            format!(
+                "the preloader server was stopped while the template for {key:?} was preloading"
+            ),
+        );
+    }
+    let text = match e {
+        Error::Remote(r) => format!(
+            "the preload of template {key:?} (pid {pid}) failed: {}",
+            r.message()
+        ),
+        Error::TimedOut { .. } => format!(
+            "the template for {key:?} (pid {pid}) did not finish preloading within {timeout:?} \
+             and was killed (raise `Options::preload_timeout` if it needs longer)"
+        ),
+        Error::ServerExited(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            match status.signal() {
+                Some(sig) => format!(
+                    "the template for {key:?} (pid {pid}) crashed while preloading: killed by \
+                     signal {sig} ({})",
+                    signal_name(sig)
+                ),
+                None => format!(
+                    "the template for {key:?} (pid {pid}) exited while preloading ({status})"
+                ),
+            }
+        }
+        other => format!("the template for {key:?} (pid {pid}) failed while preloading: {other}"),
+    };
+    ("preload", text)
+}
+
+/// The conventional name of a signal, for messages.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+/// `--preloader restart`'s request: (re)starts the template of `key` unless it is running and
+/// up to date; its pid. The client on `conn` waits for it (and is dropped if it leaves).
+fn preload_now<A: Application>(
+    state: &Arc<State<A>>,
+    key: &str,
+    conn: BorrowedFd<'_>,
+) -> Result<u32, (&'static str, String)> {
+    let stopping = || ("stopping", "the preloader server is stopping".to_owned());
+    let slot = slot_of(state, key).ok_or_else(stopping)?;
+    let Some(mut t) = slot.lock_unless_gone(conn) else {
+        return Err(("gone", "the client left".to_owned()));
+    };
+    if t.closed {
+        return Err(stopping());
+    }
+    ensure_template(state, &slot, &mut t, key, None)?;
+    Ok(t.current.as_ref().map_or(0, |(h, _)| h.pid()))
+}
+
+/// Hands a command to the template of `key`: starts it on first use, restarts it when it died
+/// or a watched file changed.
+fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
+    let Some(slot) = slot_of(state, key) else {
+        reply_error(job.conn, "stopping", "the preloader server is stopping");
+        return;
+    };
+    let Some(mut t) = slot.lock_unless_gone(job.conn.as_fd()) else {
+        log(&format!(
+            "a client of template {key:?} left while waiting for it"
+        ));
+        return;
+    };
+    if t.closed {
+        drop(t);
+        reply_error(job.conn, "stopping", "the preloader server is stopping");
+        return;
+    }
+    let mut client = Some(job.conn);
+    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key, Some(&mut client)) {
+        drop(t);
+        if let Some(conn) = client {
             reply_error(conn, kind, &text);
         }
+        return;
+    }
+    let Some(conn) = client else {
+        return; // the client left during the preload
+    };
+    let (handle, _) = t.current.as_mut().expect("started above");
+    let sent = handle.with_channel(|ch| {
+        // A deadline makes the reply wait a `poll` for input, not a blocking `recvmsg`: a
+        // blocked `recvmsg` is also woken each time the template consumes part of the request
+        // (write space on the same socket), two useless context switches per command.
+        ch.set_read_timeout(Some(TEMPLATE_REPLY_TIMEOUT));
+        ch.write_array_with_fd(["run"], &conn)?;
+        let mut buf = crate::MessageBuf::new();
+        ch.read_reply(&mut buf).map(drop)
+    });
+    if let Err(e) = sent {
+        log(&format!("template {key:?} failed a request: {e}"));
+        let pid = handle.pid();
+        if matches!(e, Error::TimedOut { .. } | Error::Broken) {
+            // Wedged, and its channel is out of step (a late reply would answer the next
+            // command): replace it.
+            if let Some((handle, _)) = t.current.take() {
+                // Not `retire`: a wedged template would keep its 24 h grace, and one more would
+                // pile up at each command. Stop it now (in the background), as `stop` would.
+                kill_wedged(handle);
+                set_info(&slot, None);
+            }
+        }
+        drop(t);
+        let text = match &e {
+            Error::Remote(r) => format!(
+                "the template for {key:?} (pid {pid}) refused the command: {}",
+                r.message()
+            ),
+            Error::ServerExited(status) => format!(
+                "the template for {key:?} (pid {pid}) died while taking the command ({status})"
+            ),
+            other => {
+                format!("the template for {key:?} (pid {pid}) failed to take the command: {other}")
+            }
+        };
+        reply_error(
+            conn,
+            "template",
+            &format!("{text}; its output is in {}", state.log),
+        );
+        // The next command restarts it if it died.
     }
 }
 
@@ -943,15 +1492,24 @@ fn reply_error(conn: OwnedFd, kind: &str, text: &str) {
     let _ = ch.write_error(&RemoteError::new(RemoteErrorKind::Other(kind.into()), text));
 }
 
-type Stamps = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+/// What identifies a watched file's content: size, modification and change times, inode
+/// (a file replaced by a rename gets a new inode even with the same size and times).
+type Stamps = Vec<(PathBuf, Option<(u64, i64, i64, i64, i64, u64)>)>;
 
 fn stamps(files: Vec<PathBuf>) -> Stamps {
     files
         .into_iter()
         .map(|f| {
-            let s = std::fs::metadata(&f)
-                .ok()
-                .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            let s = std::fs::metadata(&f).ok().map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    m.ino(),
+                )
+            });
             (f, s)
         })
         .collect()
@@ -960,6 +1518,68 @@ fn stamps(files: Vec<PathBuf>) -> Stamps {
 fn changed(old: &Stamps) -> bool {
     let paths: Vec<PathBuf> = old.iter().map(|(p, _)| p.clone()).collect();
     stamps(paths) != *old
+}
+
+/// Restarts the template of `key` in the background after a watched file changed, so that the
+/// next command finds it preloaded: retires the current one (its running workers finish) and
+/// preloads a new one. Commands of that key that arrive meanwhile wait for the new one.
+fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
+    let spawned = std::thread::Builder::new()
+        .name("preload-restart".into())
+        .spawn(move || {
+            let Some(slot) = slot_of(&state, &key) else {
+                return;
+            };
+            let mut t = slot.lock();
+            if t.closed {
+                return;
+            }
+            let outdated = match &t.current {
+                Some((_, stamps)) => changed(stamps),
+                None => false, // never started, or failed: the next command starts it
+            };
+            if outdated {
+                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key, None) {
+                    log(&format!("restarting template {key:?} failed: {text}"));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log(&format!("cannot start a thread to restart a template: {e}"));
+    }
+}
+
+/// Shows `<name>: preloader server | started <when>` in `ps`, kept current by a thread that
+/// wakes when the shown age changes (seconds for the first minute, then minutes, then hours).
+fn show_title(name: &str, started: Instant) {
+    let Some(area) = ArgvArea::of_this_process() else {
+        return;
+    };
+    let name = name.to_owned();
+    let title = move || {
+        let age = started.elapsed().as_secs();
+        let when = match age {
+            0..=4 => "just now".to_owned(),
+            5..=59 => format!("{age} s ago"),
+            60..=3599 => format!("{} min ago", age / 60),
+            _ => format!("{} h ago", age / 3600),
+        };
+        format!("{name}: preloader server | started {when}")
+    };
+    area.set_title(title().as_bytes());
+    let _ = std::thread::Builder::new()
+        .name("preload-title".into())
+        .spawn(move || loop {
+            let age = started.elapsed().as_secs();
+            let step = match age {
+                0..=59 => 5,
+                60..=3599 => 60,
+                _ => 3600,
+            };
+            // Production timing, not synchronisation: the title is cosmetic.
+            std::thread::sleep(Duration::from_secs(step - age % step));
+            area.set_title(title().as_bytes());
+        });
 }
 
 /// Stops a template as the server stops: its workers get SIGTERM.

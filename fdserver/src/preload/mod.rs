@@ -4,15 +4,18 @@
 //! Four processes take part:
 //!
 //! * the **client**: your program as the user runs it. It connects to the server (starting one
-//!   if none runs), passes its stdin, stdout and stderr as descriptors with its arguments,
-//!   environment and working directory, forwards its signals to the worker and exits with the
+//!   if none runs), checks that the server runs as the same user, passes its stdin, stdout,
+//!   stderr and working directory as descriptors with its arguments, environment and process
+//!   attributes, relays its signals to the worker, mirrors the worker's stops and exits with the
 //!   worker's status;
-//! * the **server**: one per application and user, listening on a UNIX socket in a private
-//!   directory; it accepts clients and hands each request to a template;
-//! * a **template** per environment key ([`Application::template_key`]): an fdserver server forked
-//!   by the server, which ran [`Application::preload`] once;
-//! * a **worker** per command, forked from the template in its own session, with the client's
-//!   descriptors as 0, 1 and 2, running [`Application::run`].
+//! * the **server**: one per application (and path of its executable) and user, listening on
+//!   a UNIX socket in a private directory; it accepts clients and hands each request to a
+//!   template;
+//! * a **template** per environment key ([`Application::template_key`]): this executable run
+//!   again by the server, which runs [`Application::preload`] once on its main thread and then
+//!   serves the server;
+//! * a **worker** per command, forked from the template's main thread, in its own process
+//!   group, with the client's descriptors as 0, 1 and 2, running [`Application::run`].
 //!
 //! ```no_run
 //! use std::ffi::OsString;
@@ -39,29 +42,121 @@
 //! ```
 //!
 //! `myapp a b` runs warm; `FDSERVER_PRELOAD=0 myapp a b` runs in-process without the preloader;
-//! `myapp --preloader status`, `myapp --preloader stop` and `myapp --preloader restart` (stop,
-//! start a new server and preload the template of the current environment, so that the next
-//! command is warm) manage the server.
+//! `myapp --preloader status`, `stop`, `restart` and `serve` manage the server (see
+//! [Tooling](#tooling)).
+//!
+//! ## A warm command is the program, run fresh
+//!
+//! The worker starts as a fresh run of the program started by the client would (the one
+//! `FDSERVER_PRELOAD=0` gives), apart from being forked from the preloaded template:
+//!
+//! * **Arguments** (with the program name) as `run` gets them, as `std::env::args` returns them
+//!   and as `/proc/<pid>/cmdline` (so `ps`) shows them; the **environment**, also in
+//!   `/proc/<pid>/environ`; the **process name** (`comm`).
+//! * **Working directory**: passed as a descriptor, so a directory since deleted, a path that
+//!   is not UTF-8 or longer than `PATH_MAX` work.
+//! * **Descriptors**: 0, 1, 2 are the client's own (a terminal stays a terminal), and so are
+//!   the others the caller passed on through `exec` (`7>file`, a jobserver's pipe), under the
+//!   same numbers (up to 64 of them). A number the template itself uses (a file the preload
+//!   opened and kept) cannot be given; `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//! * **Thread and stack**: `run` runs on the main thread (named `main` in panics) with the main
+//!   thread's stack, growing up to the client's `RLIMIT_STACK`.
+//! * **Signals**: the dispositions of a fresh `main` of the program (std's handlers, SIGPIPE
+//!   ignored as std does), plus whatever the caller ignored (an ignored signal stays ignored
+//!   across `exec`: `nohup`, `trap '' INT`); the caller's **signal mask**.
+//! * **Process attributes** an `exec`'d program inherits: umask, every resource limit, nice
+//!   value, scheduling policy and priority, CPU affinity, I/O priority, timer slack,
+//!   personality, `no_new_privs`. The worker changes only those that differ from its
+//!   template's; one it cannot change (raising a hard limit or lowering the nice value needs
+//!   privileges) stays the template's, and `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//! * **Signals from outside**: the client relays every signal it can catch (all but KILL,
+//!   STOP, the faults SEGV, BUS, FPE, ILL, TRAP, SYS, and PIPE, CHLD) to the worker's process
+//!   group. Before the worker exists (its template still preloading), the client does what the
+//!   program would have done with the signal in the middle of its own preload: dies by a
+//!   terminating one at once (the preload goes on, for the next command), stops on a stopping
+//!   one (the worker, once forked, waits until the job is continued), and keeps a blocked or a
+//!   default-ignored one (WINCH) for the worker.
+//! * **Job control**: the worker is in its own process group in the template's session, so
+//!   SIGTSTP, SIGTTIN and SIGTTOU stop it as they stop a shell's job. When it stops (Ctrl-Z
+//!   relayed, or it stopped itself) the template tells the client, which stops by the same
+//!   signal: the shell sees the job stopped, and `fg` / `bg` continue the client, which
+//!   continues the worker.
+//! * **Exit**: the client exits with the worker's code, or dies by the signal that killed it.
+//!
+//! What cannot be the same, and why:
+//!
+//! * **The terminal's job control for reads and writes.** A background job that reads its
+//!   terminal gets SIGTTIN (and, with `stty tostop`, one that writes gets SIGTTOU) only if the
+//!   terminal is its *controlling* terminal, which requires being in the terminal's session.
+//!   Linux lets a process into a session only by being forked there (`setpgid` cannot cross
+//!   sessions), and the worker is forked by the template, which serves every terminal. So a
+//!   warm background command that reads the terminal is not stopped, `/dev/tty` cannot be
+//!   opened in a worker, and `tcgetpgrp` on the terminal fails there. Run such commands with
+//!   `FDSERVER_PRELOAD=0`. (Spring has the same limit.)
+//! * **SIGSTOP sent to the client** stops the client only: it cannot be caught, so it cannot
+//!   be relayed. Ctrl-Z (SIGTSTP) stops both.
+//! * **Credentials, namespaces, cgroup, Landlock domain** are the server's (the server serves
+//!   only its own uid). A client confined by a seccomp filter its template lacks runs the
+//!   command in-process instead of escaping the filter.
+//! * **What a fork shares**: the address-space layout, std's `HashMap` random keys and other
+//!   seeds drawn before the fork are the template's (reseed in `run` what must differ per
+//!   command), and the stack gap below the main stack was sized when the template started
+//!   (at least 128 MiB: a larger `RLIMIT_STACK` than the template's may not get all of it,
+//!   and a stack overflow is then reported as a plain SIGSEGV).
+//! * **Exit**: the worker ends with `_exit`: `atexit` handlers registered during the preload
+//!   belong to the template and do not run.
+//! * In `preload`, `std::env::args` is the template's title, not a command's arguments.
+//!
+//! ## Tooling
+//!
+//! * `--preloader status`: the application, the socket and log paths, the server (pid, as the
+//!   kernel reports the process listening on the socket; uptime; version) and each template
+//!   (pid, uptime, resident memory, running commands, or that it is preloading).
+//!   [`Preloader::status`] returns the same as a [`Status`].
+//! * `--preloader stop` stops the server and its templates ([`Preloader::stop`]);
+//!   `--preloader restart` stops it, starts a new one and preloads the template of the current
+//!   environment, so that the next command is warm ([`Preloader::restart`]).
+//! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
+//!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
+//! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template
+//!   <key>`; a worker shows the command's own arguments.
+//! * [`Application::watched_files`]: when one changes (inotify, on its directory, so editors
+//!   that replace the file are seen), the server retires the template (its running commands
+//!   finish) and preloads a new one at once, in the background: the first command after an
+//!   edit is warm. Each command also checks the files (size, times, inode), so a change that
+//!   inotify cannot see still takes effect.
+//! * Preloads have a deadline ([`Options::preload_timeout`]); a template that misses it is
+//!   killed and its waiting commands are told so.
+//! * The server exits by itself after [`Options::idle_timeout`] without commands (see
+//!   [State recovery](#state-recovery)).
+//! * `FDSERVER_PRELOAD_VERBOSE=1`: each command says on stderr, before it runs, whether it runs
+//!   preloaded and in which template (pid, age), or in-process.
+//! * Errors name the process that failed (the server, or the template for a key, with its pid
+//!   and the signal that killed it), say where its output went, and what to do.
+//! * [`Application::run_without_preload`]: commands such as `--help` run in the client without
+//!   any server.
 //!
 //! ## What fdserver does differently from Spring
 //!
-//! * The client forwards its working directory, and the worker starts in it.
-//! * Every wait has a deadline: booting the server, the version handshake. A wedged server gives
-//!   a clear error, not a hang.
+//! * Every wait has a deadline: booting the server, the version handshake, a preload. A wedged
+//!   server gives a clear error, not a hang.
 //! * A worker killed by a signal makes the client die by the same signal (so a shell sees
 //!   `128 + n` and the signal); exit codes are passed through unchanged.
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
-//!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's socket.
+//!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's
+//!   socket; the server keeps nothing its first client inherited.
 //! * Both ends check each other's uid (`SO_PEERCRED`), and everything lives in a `0700`
-//!   directory that is never reached through a path resolved twice (see *Security* below).
+//!   directory that is never reached through a path resolved twice (see
+//!   [Security](#security)).
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
-//!   timing out. The template reads a command's arguments, environment and descriptors from the
-//!   client itself (the client sends them right after its first message, six `sendmsg` in a
-//!   row); a client that stalls halfway holds up its template's next commands for at most 3 s
-//!   in all, then gets a clear error.
-//! * A client that dies mid-command takes its worker with it (the worker's process group is
-//!   killed), so no orphaned worker keeps running.
+//!   timing out. The template reads a command's arguments, environment, attributes and
+//!   descriptors from the client itself (one `sendmsg` right after its first message); a
+//!   client that stalls halfway holds up its template's next commands for at most 3 s in all,
+//!   then gets a clear error.
+//! * A client that dies mid-command takes its worker with it (the template kills the worker's
+//!   process group), so no orphaned worker keeps running; a client whose template dies ends the
+//!   worker itself, through the worker's pidfd.
 //! * When the server dies, its templates see end of stream and exit after their running workers.
 //!
 //! ## Rules for `preload` and `run`
@@ -71,7 +166,9 @@
 //!   in a worker, and locks held by the others stay locked there (see the crate docs on fork
 //!   safety). Build with threads if you like, then join them.
 //! * Its output goes to the server's log, never to a client.
-//! * `run` owns the worker process: it may change the environment, exit, or exec.
+//! * `run` owns the worker process: it may change the environment, exit, or exec. Install
+//!   signal handlers there, not before `Preloader::main` (a worker gets those of a fresh
+//!   `main`, but the threads or state such handlers rely on are the template's).
 //! * After `preload`, the template's anonymous memory is advised to use transparent huge pages
 //!   ([`Options::huge_pages`]), which makes forking from a large preloaded heap much cheaper.
 //!
@@ -82,7 +179,8 @@
 //! (`$TMPDIR`, else `/tmp`). A missing directory is created `0700` (with its missing parents).
 //! In it: `<name>-<hash of the executable's path>.sock`, `.pid` (locked by the server while it
 //! runs), `.lock` (held by a client while it starts a server), `.log` (the server's and its
-//! templates' stdout and stderr) and `.log.1` (the log's previous part).
+//! templates' stdout and stderr; a server run by `--preloader serve` writes to its terminal
+//! instead) and `.log.1` (the log's previous part).
 //!
 //! The log is bounded: when it exceeds 1 MiB, its last 1 MiB moves to `.log.1` and it starts
 //! again empty. The server checks this whenever it writes a line to it and after each preload,
@@ -96,7 +194,8 @@
 //!   then reached through that descriptor (`openat`, `fstatat`, `unlinkat`, and the socket as
 //!   `/proc/self/fd/N/<name>`, which also frees the directory's path from the 108-byte limit of
 //!   a socket address; `/proc` must be mounted), never through a path resolved again. The client
-//!   hands the same open directory to the server it starts.
+//!   hands the same open directory to the server it starts; `--preloader serve` opens and
+//!   checks it the same way.
 //! * **A directory that cannot be used** (created by another user first, a symbolic link, open
 //!   to others, not creatable) never fails the command: it runs in-process, as with
 //!   `FDSERVER_PRELOAD=0`, after one line on stderr saying why and how to fix it (set
@@ -131,13 +230,15 @@
 //!   of the running file (device, inode, size, modification and change times). A client of
 //!   another build (say, after `cargo build` replaced the program at the same path) stops that
 //!   server and starts its own, as for another protocol version: two builds never share a
-//!   server.
+//!   server. A template is always of its server's build: the server starts it from
+//!   `/proc/self/exe`, the very file the server runs, even once the path names a newer build.
 //! * **Idle timeout.** A server with no command starting or running for
 //!   [`Options::idle_timeout`] (default 3 hours; `0` = never; overridden by the environment
 //!   variable `FDSERVER_PRELOAD_IDLE_TIMEOUT`, in seconds or with a unit: `90s`, `30m`, `8h`,
 //!   `0`) exits with its templates. A running command keeps it alive; the timeout counts from the
 //!   end of the last command.
 
+mod attrs;
 mod client;
 mod daemon;
 mod os;
@@ -154,11 +255,15 @@ use std::time::{Duration, Instant};
 
 use crate::server::BoxError;
 
-pub use client::Status;
+pub use client::{Status, TemplateState, TemplateStatus};
 
-/// The version the server sends first. A client that sees another version stops that server and
-/// starts its own, once.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/2";
+/// The version the server sends first. A client that sees another version (or another build)
+/// stops that server and starts its own, once.
+///
+/// Version 3: the template reads the working directory as a descriptor, with the process
+/// attributes and inherited descriptors, from the client (`["run", key]`); the worker sends its
+/// pidfd with its pid; the greeting carries the build identity.
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/3";
 
 /// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
@@ -168,7 +273,12 @@ pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
 /// `3h`); `0` means never. Read by the server when it starts (it inherits the environment of
 /// the client that starts it).
 pub const ENV_IDLE_TIMEOUT: &str = "FDSERVER_PRELOAD_IDLE_TIMEOUT";
-/// Set by a client on the server process it starts. Not for users.
+/// Set (to anything but `0` or empty) to have each command say on stderr, before it runs,
+/// whether it runs preloaded and in which template (`fdserver preloader: running preloaded:
+/// template "dev" (pid 1234, preloaded 12 s ago), worker pid 5678`), or in-process.
+pub const ENV_VERBOSE: &str = "FDSERVER_PRELOAD_VERBOSE";
+/// Set by a client on the server process it starts, and by the server on its templates. Not
+/// for users.
 const ENV_ROLE: &str = "__FDSERVER_PRELOAD_ROLE";
 
 /// Your program, as the preloader sees it.
@@ -197,11 +307,48 @@ pub trait Application: Clone + Send + Sync + 'static {
     /// the working directory and descriptors 0, 1, 2 are the client's. Returns the exit code.
     fn run(&mut self, args: Vec<OsString>) -> i32;
 
-    /// Files whose change (size or modification time) makes the next command restart the template
-    /// (after the template's running workers finish).
+    /// Files whose change restarts the template: as soon as one changes (inotify), the server
+    /// retires the template (its running workers finish) and preloads a new one in the
+    /// background, so that the next command finds it warm. Checked again at each command.
     fn watched_files(&self, key: &str) -> Vec<PathBuf> {
         let _ = key;
         Vec::new()
+    }
+    /// Commands that need no preloaded state (`--help`, `--version`, no arguments): return
+    /// `Some(exit code)` to run such a command right here in the client process, before any
+    /// server is contacted or started, and without preloading; `None` (the default) runs it
+    /// through the preloader. Called with the arguments `run` would get, in both modes (also
+    /// with `FDSERVER_PRELOAD=0`), so the command behaves the same either way.
+    ///
+    /// ```
+    /// # use std::ffi::OsString;
+    /// # #[derive(Clone)] struct App;
+    /// # impl fdserver::preload::Application for App {
+    /// #     fn name(&self) -> &str { "app" }
+    /// #     fn preload(&mut self, _: &str) -> Result<(), fdserver::BoxError> { Ok(()) }
+    /// #     fn run(&mut self, _: Vec<OsString>) -> i32 { 0 }
+    /// fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+    ///     match args.first().and_then(|a| a.to_str()) {
+    ///         None | Some("--help") => {
+    ///             println!("usage: app search WORD...");
+    ///             Some(0)
+    ///         }
+    ///         Some("--version") => {
+    ///             println!("app 1.0");
+    ///             Some(0)
+    ///         }
+    ///         _ => None,
+    ///     }
+    /// }
+    /// # }
+    /// # let mut app = App;
+    /// # use fdserver::preload::Application;
+    /// # assert_eq!(app.run_without_preload(&["--version".into()]), Some(0));
+    /// # assert_eq!(app.run_without_preload(&["search".into()]), None);
+    /// ```
+    fn run_without_preload(&mut self, args: &[OsString]) -> Option<i32> {
+        let _ = args;
+        None
     }
 }
 
@@ -227,6 +374,9 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// How long `stop` waits after SIGTERM before SIGKILL (default 2 s).
     pub stop_grace: Duration,
+    /// How long a template may take to preload (default 120 s). One that takes longer is killed,
+    /// and the commands waiting for it get an error saying so; the next command tries again.
+    pub preload_timeout: Duration,
     /// After preloading, ask for transparent huge pages on the template's anonymous memory and
     /// collapse it (default `true`). Forking a worker from a large preloaded heap then copies
     /// 512 times fewer page-table entries; the cost is memory rounded up to 2 MiB pages.
@@ -244,6 +394,7 @@ impl Default for Options {
             boot_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
+            preload_timeout: Duration::from_secs(120),
             huge_pages: true,
             idle_timeout: Duration::from_secs(3 * 3600),
         }
@@ -274,16 +425,26 @@ impl<A: Application> Preloader<A> {
 
     /// The whole program: call it from `main`. Never returns.
     ///
-    /// * Started by a client as the server: serves until stopped.
+    /// * Started by a client as the server (or by the server as a template): serves until
+    ///   stopped.
+    /// * [`Application::run_without_preload`] says so: runs the command here, without preloading.
     /// * With `FDSERVER_PRELOAD=0`: preloads and runs the command in this process.
-    /// * `--preloader status` / `--preloader stop`: prints the server's status / stops it.
+    /// * `--preloader status` / `stop` / `restart` / `serve`: prints the server's status / stops
+    ///   it / replaces it with a new one whose template is preloaded / runs a server in the
+    ///   foreground, logging to the terminal.
     /// * Otherwise: runs the command through the preloader (starting the server if needed) and
-    ///   exits with the worker's exit code, or dies by the signal that killed it.
+    ///   exits with the worker's exit code, or dies by the signal that killed it. When the
+    ///   preloader's directory cannot be trusted (see *Security* in the module docs), or the
+    ///   client runs under a seccomp filter its template lacks, the command runs in this process
+    ///   instead.
     pub fn main(self) -> ! {
         if let Some(role) = std::env::var_os(ENV_ROLE) {
             // Single-threaded at this point of a fresh process, so changing the environment is
             // sound.
             std::env::remove_var(ENV_ROLE);
+            if role == "template" {
+                template::main(&self);
+            }
             let code = match daemon::launch(&self, &role) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -295,57 +456,18 @@ impl<A: Application> Preloader<A> {
         }
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         if args.first().is_some_and(|a| a == "--preloader") {
-            let code = match args.get(1).and_then(|a| a.to_str()) {
-                Some("status") => match self.status() {
-                    Ok(Some(s)) => {
-                        println!("{s}");
-                        0
-                    }
-                    Ok(None) => {
-                        println!("no preloader server is running");
-                        1
-                    }
-                    Err(e) => {
-                        eprintln!("fdserver preloader: status: {e}");
-                        1
-                    }
-                },
-                Some("stop") => match self.stop() {
-                    Ok(true) => {
-                        println!("preloader server stopped");
-                        0
-                    }
-                    Ok(false) => {
-                        println!("no preloader server was running");
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("fdserver preloader: stop: {e}");
-                        1
-                    }
-                },
-                Some("restart") => match client::restart(&self) {
-                    Ok(r) => {
-                        println!("{r}");
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("fdserver preloader: restart: {e}");
-                        1
-                    }
-                },
-                _ => {
-                    eprintln!("usage: --preloader status|stop|restart");
-                    2
-                }
-            };
-            std::process::exit(code);
+            std::process::exit(self.control(args.get(1).and_then(|a| a.to_str())));
+        }
+        let mut app = self.app.clone();
+        if let Some(code) = app.run_without_preload(&args) {
+            exit_flushed(code);
         }
         if preloading_disabled() {
             self.run_in_process(args);
         }
-        match client::run(&self, &args) {
-            Ok(outcome) => outcome.exit(),
+        match client::run(&self) {
+            Ok(client::Ran::Outcome(outcome)) => outcome.exit(),
+            Ok(client::Ran::InProcess) => self.run_in_process(args),
             Err(client::Failure::Unusable(why)) => {
                 // Never fail the user's command for the preloader's own trouble: run it here.
                 eprintln!(
@@ -361,20 +483,88 @@ impl<A: Application> Preloader<A> {
         }
     }
 
-    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, or a directory that
-    /// cannot be trusted), and exits with its code.
+    /// `--preloader <what>`: the exit code.
+    fn control(&self, what: Option<&str>) -> i32 {
+        let name = self.app.name();
+        match what {
+            Some("status") => match self.status() {
+                Ok(Some(s)) => {
+                    print!("{s}");
+                    0
+                }
+                Ok(None) => {
+                    match self.paths() {
+                        Ok(p) => println!(
+                            "{name}: no preloader server is running (socket {}, log {})",
+                            p.socket.display(),
+                            p.log.display()
+                        ),
+                        Err(_) => println!("{name}: no preloader server is running"),
+                    }
+                    1
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: status: {e}");
+                    1
+                }
+            },
+            Some("stop") => match self.stop() {
+                Ok(true) => {
+                    println!("preloader server stopped");
+                    0
+                }
+                Ok(false) => {
+                    println!("no preloader server was running");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: stop: {e}");
+                    1
+                }
+            },
+            Some("restart") => match client::restart(self) {
+                Ok(r) => {
+                    println!("{r}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("fdserver preloader: restart: {e}");
+                    1
+                }
+            },
+            Some("serve") => match daemon::foreground(self) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fdserver preloader: serve: {e}");
+                    1
+                }
+            },
+            _ => {
+                eprintln!("usage: {name} --preloader status|stop|restart|serve");
+                2
+            }
+        }
+    }
+
+    /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, a directory that
+    /// cannot be trusted, or a client that the preloader cannot serve faithfully), and exits
+    /// with its code.
     fn run_in_process(&self, args: Vec<OsString>) -> ! {
         let mut app = self.app.clone();
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let key = app.template_key(&env);
+        let started = Instant::now();
         if let Err(e) = app.preload(&key) {
-            eprintln!("fdserver preloader: preload failed: {e}");
+            eprintln!("fdserver preloader: the preload of {key:?} failed (in-process): {e}");
             std::process::exit(1);
         }
-        let code = app.run(args);
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        std::process::exit(code);
+        if verbose() {
+            eprintln!(
+                "fdserver preloader: running in-process, not preloaded: {key:?} preloaded in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        exit_flushed(app.run(args))
     }
 
     /// The running server's status, or `None` if none runs.
@@ -417,6 +607,18 @@ impl<A: Application> Preloader<A> {
     pub(crate) fn dir(&self) -> Result<Dir, Unusable> {
         Dir::open(self.app.name(), self.options.dir.as_deref())
     }
+}
+
+/// Flushes stdout and exits with `code`.
+fn exit_flushed(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+/// Whether `FDSERVER_PRELOAD_VERBOSE` asks for the line saying how a command runs.
+fn verbose() -> bool {
+    std::env::var_os(ENV_VERBOSE).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn preloading_disabled() -> bool {
@@ -475,6 +677,17 @@ impl Kind {
             Kind::Lock => "lock",
             Kind::Log => "log",
             Kind::OldLog => "log.1",
+        }
+    }
+
+    /// What the file is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Sock => "socket",
+            Kind::Pid => "pidfile",
+            Kind::Lock => "start lock",
+            Kind::Log => "log",
+            Kind::OldLog => "previous log",
         }
     }
 }
@@ -560,7 +773,11 @@ impl Dir {
         os::open_at(self.fd(), &self.name(kind), flags).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot open {}: {e}", self.display(kind).display()),
+                format!(
+                    "cannot open the preloader's {} {}: {e}",
+                    kind.what(),
+                    self.display(kind).display()
+                ),
             )
         })
     }

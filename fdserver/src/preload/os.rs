@@ -3,7 +3,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -12,38 +12,6 @@ use std::path::Path;
 pub(crate) fn stop_async(fd: BorrowedFd<'_>) {
     // SAFETY: fcntl on a valid descriptor with an integer argument.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETOWN, 0) };
-}
-
-/// The signals this process ignores or catches, bit `n - 1` for signal `n`, read from
-/// `/proc/self/status`; every signal if that cannot be read. Not async-signal-safe (it
-/// allocates): call it before forking, and reset in the child with [`reset_dispositions`].
-pub(crate) fn non_default_signals() -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/self/status") else {
-        return u64::MAX;
-    };
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    match (field("SigIgn:"), field("SigCgt:")) {
-        (Some(ign), Some(cgt)) => ign | cgt,
-        _ => u64::MAX,
-    }
-}
-
-/// Resets the signals of `mask` (as from [`non_default_signals`]) to their default action.
-/// Async-signal-safe.
-pub(crate) fn reset_dispositions(mask: u64) {
-    for sig in 1..=crate::sys::sigmax() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig > 64 {
-            continue;
-        }
-        if mask & (1u64 << (sig - 1)) != 0 {
-            // Signals reserved by the C library (32, 33 on glibc) answer EINVAL: fine.
-            let _ = crate::sys::set_disposition(sig, crate::sys::Disposition::Default);
-        }
-    }
 }
 
 /// Waits for any child to end and reaps it: `Some((pid, raw wait status))`, or `None` when this
@@ -61,6 +29,581 @@ pub(crate) fn reap_any_blocking() -> Option<(libc::pid_t, libc::c_int)> {
         }
         return None;
     }
+}
+
+/// Marks every descriptor from `first` on close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11), so that a program we `exec` gets only what we gave it,
+/// not what this process happened to inherit. Async-signal-safe (for `pre_exec`); on an older
+/// kernel it does nothing.
+pub(crate) fn cloexec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags here.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+}
+
+/// Whether the peer of a connected socket has closed it (or shut down its writing side), without
+/// consuming anything: data waiting to be read does not count (`POLLRDHUP`).
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Waits until `a` is readable (or hung up) or `b`'s peer hangs up (data waiting on `b` does
+/// not count), or the deadline passes: `(a ready, b hung up)`, both `false` on time-out.
+pub(crate) fn readable_or_hung_up(
+    a: BorrowedFd<'_>,
+    b: BorrowedFd<'_>,
+    deadline: std::time::Instant,
+) -> std::io::Result<(bool, bool)> {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = left.as_millis().clamp(0, i32::MAX as u128) as libc::c_int;
+        let mut pfds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, ms) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let hung = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        return Ok((pfds[0].revents != 0, pfds[1].revents & hung != 0));
+    }
+}
+
+/// How a child changed state.
+pub(crate) enum ChildEvent {
+    /// Exited or was killed: the raw wait status.
+    Ended(libc::pid_t, libc::c_int),
+    /// Stopped by this signal.
+    Stopped(libc::pid_t, libc::c_int),
+}
+
+/// Reaps one child that ended, or reports one that stopped (`WUNTRACED`), without waiting.
+pub(crate) fn child_event() -> Option<ChildEvent> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::WUNTRACED) };
+        if r > 0 {
+            return Some(if libc::WIFSTOPPED(status) {
+                ChildEvent::Stopped(r, libc::WSTOPSIG(status))
+            } else {
+                ChildEvent::Ended(r, status)
+            });
+        }
+        if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// How many descriptors besides 0, 1, 2 (those the client inherited) a command forwards.
+pub(crate) const MAX_EXTRA_FDS: usize = 64;
+
+/// One `recvmsg` with `MSG_CMSG_CLOEXEC | MSG_DONTWAIT` and room for the descriptors of a
+/// request (4 + [`MAX_EXTRA_FDS`]), which are appended to `fds`, owned at once. Returns the bytes
+/// read and whether descriptors were lost (`MSG_CTRUNC`: the kernel closed those that did not
+/// fit).
+pub(crate) fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<(usize, bool)> {
+    use std::mem::size_of;
+    use std::os::fd::FromRawFd;
+    const MAX: usize = 4 + MAX_EXTRA_FDS;
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 16 + MAX * 4 + 16]);
+    let mut cmsg = Cmsg([0; 16 + MAX * 4 + 16]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX * size_of::<RawFd>()) as u32) } as _;
+    // SAFETY: msg describes live, writable buffers for the duration of the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled msg_control; the CMSG_* macros walk exactly that range, and each
+    // SCM_RIGHTS payload holds descriptors just installed in this process, owned by nobody.
+    unsafe {
+        let mut hdr = libc::CMSG_FIRSTHDR(&msg);
+        while !hdr.is_null() {
+            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(hdr);
+                let bytes = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(fd));
+                }
+            }
+            hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        }
+    }
+    Ok((n as usize, msg.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// Puts each of `fds` at the descriptor number `targets` gives it (4-byte little-endian numbers,
+/// one per descriptor), as the client had them, and closes the originals. A number this process
+/// already uses (a descriptor the preload opened and kept) is left alone and reported in
+/// `failed`. Async-signal-safe (no allocation: at most [`MAX_EXTRA_FDS`]).
+pub(crate) fn install_fds(
+    fds: &[std::os::fd::OwnedFd],
+    targets: &[u8],
+    failed: &mut super::attrs::Failed,
+) {
+    let target = |i: usize| -> RawFd {
+        i32::from_le_bytes(targets[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    };
+    let n = fds.len().min(targets.len() / 4).min(MAX_EXTRA_FDS);
+    if n == 0 {
+        return;
+    }
+    let high = (0..n).map(target).max().unwrap_or(0).max(2) + 1;
+    // First out of the way of every target (an original may sit on another's number), then
+    // the originals closed, then each moved to its number.
+    let mut tmp = [-1 as RawFd; MAX_EXTRA_FDS];
+    for (i, fd) in fds[..n].iter().enumerate() {
+        // SAFETY: fcntl on a valid descriptor.
+        tmp[i] = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, high) };
+    }
+    for fd in &fds[..n] {
+        crate::sys::close_raw(fd.as_raw_fd());
+    }
+    for (i, &t) in tmp[..n].iter().enumerate() {
+        let want = target(i);
+        // SAFETY: fcntl F_GETFD only queries.
+        let in_use = unsafe { libc::fcntl(want, libc::F_GETFD) } != -1;
+        if t < 0 || want < 3 || in_use {
+            failed.push("descriptors (a number is in use by the template)");
+        } else {
+            // SAFETY: dup2 between descriptor numbers; it clears close-on-exec on the new one.
+            unsafe { libc::dup2(t, want) };
+        }
+        if t >= 0 {
+            crate::sys::close_raw(t);
+        }
+    }
+}
+
+/// The descriptors this process inherited besides 0, 1, 2: open and not close-on-exec (what
+/// `exec` passed on), in ascending order, at most [`MAX_EXTRA_FDS`].
+pub(crate) fn inherited_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &RawFd| {
+            // SAFETY: fcntl F_GETFD only queries (the directory's own descriptor is
+            // close-on-exec: excluded).
+            fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0
+        })
+        .collect();
+    fds.sort_unstable();
+    fds.truncate(MAX_EXTRA_FDS);
+    fds
+}
+
+/// Sends `data` with all of `fds` attached to its first byte, in one `sendmsg` (more if the
+/// socket takes only part of `data`), blocking. `MSG_NOSIGNAL`.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use std::mem::size_of;
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 16 + (4 + MAX_EXTRA_FDS) * 4 + 16]);
+    let mut cmsg = Cmsg([0; 16 + (4 + MAX_EXTRA_FDS) * 4 + 16]);
+    assert!(fds.len() <= 4 + MAX_EXTRA_FDS && !data.is_empty());
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE((fds.len() * size_of::<RawFd>()) as u32) } as usize;
+    assert!(space <= cmsg.0.len());
+    let mut sent = 0;
+    while sent < data.len() {
+        let mut iov = libc::iovec {
+            iov_base: data[sent..].as_ptr() as *mut libc::c_void,
+            iov_len: data.len() - sent,
+        };
+        // SAFETY: an all-zero msghdr is a valid empty value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if sent == 0 && !fds.is_empty() {
+            msg.msg_control = cmsg.0.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            // SAFETY: msg_control points at `space` bytes of aligned storage, room for the
+            // header and every descriptor.
+            unsafe {
+                let hdr = libc::CMSG_FIRSTHDR(&msg);
+                (*hdr).cmsg_level = libc::SOL_SOCKET;
+                (*hdr).cmsg_type = libc::SCM_RIGHTS;
+                (*hdr).cmsg_len = libc::CMSG_LEN((fds.len() * size_of::<RawFd>()) as u32) as _;
+                let out = libc::CMSG_DATA(hdr).cast::<RawFd>();
+                for (i, fd) in fds.iter().enumerate() {
+                    std::ptr::write_unaligned(out.add(i), fd.as_raw_fd());
+                }
+            }
+        }
+        // SAFETY: msg describes live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        sent += n as usize;
+    }
+    Ok(())
+}
+
+/// Where this process's arguments live (`/proc/self/stat`): the `argv` array the kernel built
+/// at `execve` (which std's `env::args` reads) and the strings it points into (which
+/// `/proc/<pid>/cmdline`, hence `ps`, shows), and the rest of the memory map that
+/// `PR_SET_MM_MAP` needs.
+#[derive(Clone, Copy)]
+pub(crate) struct ArgvArea {
+    argv: *mut *const libc::c_char,
+    argc: usize,
+    start: *mut u8,
+    len: usize,
+    map: [u64; 11],
+}
+
+// SAFETY: the pointers refer to this process's own initial stack, which lives as long as the
+// process; nothing is shared between processes.
+unsafe impl Send for ArgvArea {}
+// SAFETY: as above.
+unsafe impl Sync for ArgvArea {}
+
+/// `PR_SET_MM` and `PR_SET_MM_MAP` (linux/prctl.h).
+const PR_SET_MM: libc::c_int = 35;
+const PR_SET_MM_MAP: libc::c_ulong = 14;
+
+#[repr(C)]
+struct PrctlMmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: *mut u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+impl ArgvArea {
+    /// Reads this process's argument area, or `None` (no `/proc`, or a layout we do not
+    /// recognise: then titles and arguments are left alone).
+    pub(crate) fn of_this_process() -> Option<ArgvArea> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may contain anything, up to the last ')'):
+        // field n (1-based, as in proc(5)) is at index n - 3.
+        let rest: Vec<u64> = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(|f| f.parse::<i64>().map(|v| v as u64).unwrap_or(0))
+            .collect();
+        let f = |n: usize| rest.get(n - 3).copied().unwrap_or(0);
+        let (start_stack, arg_start, arg_end) = (f(28), f(48), f(49));
+        if start_stack == 0 || arg_start == 0 || arg_end <= arg_start {
+            return None;
+        }
+        // At `start_stack` the kernel put argc, then argv[0..argc], then NULL.
+        // SAFETY: start_stack is the address of argc on our own initial stack, which stays
+        // mapped for the life of the process.
+        let argc = unsafe { *(start_stack as *const usize) };
+        let argv = (start_stack as usize + 8) as *mut *const libc::c_char;
+        // SAFETY: argv[0] is within the array the kernel built.
+        if argc == 0 || unsafe { *argv } as u64 != arg_start {
+            return None;
+        }
+        Some(ArgvArea {
+            argv,
+            argc,
+            start: arg_start as *mut u8,
+            len: (arg_end - arg_start) as usize,
+            // start_code, end_code, start_data, end_data, start_brk, (brk), start_stack,
+            // arg_start, arg_end, env_start, env_end
+            map: [
+                f(26),
+                f(27),
+                f(45),
+                f(46),
+                f(47),
+                0,
+                start_stack,
+                arg_start,
+                arg_end,
+                f(50),
+                f(51),
+            ],
+        })
+    }
+
+    /// Shows `title` in `ps` (the strings are overwritten, the rest of the area NUL-filled, which
+    /// `ps` does not show) and makes `std::env::args` return `[title]`. Async-signal-safe.
+    pub(crate) fn set_title(&self, title: &[u8]) {
+        let n = title.len().min(self.len - 1);
+        // SAFETY: [start, start + len) is our own argument area, writable stack memory; argv
+        // has argc >= 1 slots (argv[argc] is the kernel's NULL).
+        unsafe {
+            std::ptr::copy_nonoverlapping(title.as_ptr(), self.start, n);
+            std::ptr::write_bytes(self.start.add(n), 0, self.len - n);
+            *self.argv = self.start as *const libc::c_char;
+            if self.argc > 1 {
+                *self.argv.add(1) = std::ptr::null();
+            }
+        }
+    }
+
+    /// Makes this process's arguments those of `argv` (NUL-separated, NUL-terminated, kept alive
+    /// by the caller for the rest of the process) and its environment as `/proc` shows it `env`
+    /// (same format): `std::env::args` returns them (as many as the `execve` had), and `/proc/<pid>/cmdline` and `environ` show exactly these bytes, where the
+    /// kernel lets an unprivileged process say so (`PR_SET_MM_MAP`); otherwise the arguments
+    /// are copied into the original area as far as they fit. Async-signal-safe.
+    pub(crate) fn set_args(&self, argv: &[u8], env: &[u8]) {
+        let mut i = 0;
+        let mut at = 0;
+        while at < argv.len() && i < self.argc {
+            // SAFETY: `argv` is NUL-terminated, so each item starts a C string inside it; the
+            // slot is within the kernel's array.
+            unsafe { *self.argv.add(i) = argv.as_ptr().add(at).cast() };
+            i += 1;
+            at += argv[at..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(argv.len(), |p| p + 1);
+        }
+        if i < self.argc {
+            // SAFETY: within the array.
+            unsafe { *self.argv.add(i) = std::ptr::null() };
+        }
+        if !self.set_proc_ranges(argv, env) {
+            // As far as it fits; a cut-off string still ends in NUL (the area's last byte).
+            let n = argv.len().min(self.len - 1);
+            // SAFETY: our own argument area (see set_title).
+            unsafe {
+                std::ptr::copy_nonoverlapping(argv.as_ptr(), self.start, n);
+                std::ptr::write_bytes(self.start.add(n), 0, self.len - n);
+            }
+        }
+    }
+
+    /// `PR_SET_MM_MAP` with the argument and environment ranges moved to `argv` and `env`.
+    fn set_proc_ranges(&self, argv: &[u8], env: &[u8]) -> bool {
+        if argv.is_empty() || env.is_empty() {
+            return false;
+        }
+        // SAFETY: brk(0) only returns the current break.
+        let brk = unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
+        let m = &self.map;
+        let map = PrctlMmMap {
+            start_code: m[0],
+            end_code: m[1],
+            start_data: m[2],
+            end_data: m[3],
+            start_brk: m[4],
+            brk,
+            start_stack: m[6],
+            arg_start: argv.as_ptr() as u64,
+            arg_end: argv.as_ptr() as u64 + argv.len() as u64,
+            env_start: env.as_ptr() as u64,
+            env_end: env.as_ptr() as u64 + env.len() as u64,
+            auxv: std::ptr::null_mut(),
+            auxv_size: 0,
+            exe_fd: u32::MAX,
+        };
+        // SAFETY: a fully initialised prctl_mm_map of the size passed; every value but the
+        // argument and environment ranges is the current one, and those point at live memory
+        // that the caller keeps for the life of the process.
+        let r = unsafe {
+            libc::prctl(
+                PR_SET_MM,
+                PR_SET_MM_MAP,
+                &map as *const PrctlMmMap,
+                std::mem::size_of::<PrctlMmMap>(),
+                0,
+            )
+        };
+        r == 0
+    }
+}
+
+/// The dispositions of the signals a process catches (`sigaction`s with a handler), as found
+/// at some moment: the template reads them when it starts, before anything of fdserver's, so
+/// that a worker can go back to what a fresh `main` of this program has (std's stack-overflow
+/// handlers for SIGSEGV and SIGBUS, and whatever the program set up before
+/// `Preloader::main`).
+pub(crate) struct Handlers {
+    caught: u64,
+    actions: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Handlers {
+    pub(crate) fn of_this_process() -> Handlers {
+        let mut caught = 0;
+        let mut actions = Vec::new();
+        for sig in 1..=64 {
+            // SAFETY: an all-zero sigaction is a valid out-value; a reserved signal just fails.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: no new action, valid out-pointer.
+            if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                caught |= 1u64 << (sig - 1);
+                actions.push((sig, old));
+            }
+        }
+        Handlers { caught, actions }
+    }
+
+    /// Sets every signal to what a fresh run of the program started by the client would have:
+    /// ignored if the client ignores it (an ignored signal stays ignored across `execve`),
+    /// else the handler a fresh `main` had installed by the time it called `Preloader::main`,
+    /// else the default action. `now_ignored` and `now_caught` are this process's current sets
+    /// (only the signals that differ are changed). Async-signal-safe.
+    pub(crate) fn reset_for(&self, client_ignored: u64, now_ignored: u64, now_caught: u64) {
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let bit = 1u64 << (sig - 1);
+            if client_ignored & bit != 0 {
+                if now_ignored & bit == 0
+                    && crate::sys::set_disposition(sig, crate::sys::Disposition::Ignore).is_err()
+                {
+                    // The C library refuses its own signals (32, 33), which a caller may still
+                    // have ignored across exec: ask the kernel directly.
+                    raw_ignore(sig);
+                }
+            } else if self.caught & bit != 0 {
+                if let Some((_, act)) = self.actions.iter().find(|(s, _)| *s == sig) {
+                    // SAFETY: a sigaction read back from the kernel in this program.
+                    unsafe { libc::sigaction(sig, act, std::ptr::null_mut()) };
+                }
+            } else if (now_ignored | now_caught) & bit != 0 {
+                let _ = crate::sys::set_disposition(sig, crate::sys::Disposition::Default);
+            }
+        }
+    }
+}
+
+/// `rt_sigaction(sig, SIG_IGN)` without the C library's checks. Async-signal-safe.
+fn raw_ignore(sig: libc::c_int) {
+    // The kernel's `struct sigaction` on x86_64 and aarch64: handler, flags, restorer, mask.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let act = KernelSigaction {
+        handler: libc::SIG_IGN,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: a valid kernel sigaction (SIG_IGN needs no restorer); no old action asked for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
+/// The ignored and caught signals of this process right now (bits as in [`Handlers`]).
+pub(crate) fn current_dispositions() -> (u64, u64) {
+    let (mut ign, mut cgt) = (0, 0);
+    for sig in 1..=64 {
+        // SAFETY: as in Handlers::of_this_process.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: no new action, valid out-pointer.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            ign |= 1u64 << (sig - 1);
+        } else if old.sa_sigaction != libc::SIG_DFL {
+            cgt |= 1u64 << (sig - 1);
+        }
+    }
+    (ign, cgt)
+}
+
+/// Sets this thread's name (the process name, `comm`, on the main thread): at most 15 bytes.
+pub(crate) fn set_comm(name: &[u8]) {
+    let mut buf = [0u8; 16];
+    let n = name.len().min(15);
+    buf[..n].copy_from_slice(&name[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr(), 0, 0, 0) };
+}
+
+/// Resident memory of process `pid` in bytes (`/proc/<pid>/statm`), if readable.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
+/// The children of single-threaded process `pid` (its workers, for a template), if the kernel
+/// lists them (`/proc/<pid>/task/<pid>/children`).
+pub(crate) fn children(pid: u32) -> Option<usize> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    Some(text.split_whitespace().count())
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that listens on the socket we connected to
@@ -327,11 +870,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_our_own_dispositions() {
-        // Rust's runtime ignores SIGPIPE (13): bit 12.
-        let mask = non_default_signals();
-        assert_ne!(mask, u64::MAX);
-        assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0);
+    fn argv_area_is_found() {
+        let area = ArgvArea::of_this_process().expect("the test binary's arguments");
+        assert!(area.argc >= 1 && area.len > 0);
     }
 
     #[test]

@@ -254,22 +254,6 @@ pub(crate) fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     cvt(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Blocking reap of any child (`waitpid(-1, WNOHANG)`): `Some((pid, raw status))`.
-pub(crate) fn reap_any() -> Option<(libc::pid_t, libc::c_int)> {
-    let mut status = 0;
-    loop {
-        // SAFETY: status is a valid out-pointer.
-        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if r > 0 {
-            return Some((r, status));
-        }
-        if r == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        return None;
-    }
-}
-
 /// `PR_SET_PDEATHSIG`: the signal this process gets when the thread that forked it exits (0 to
 /// clear). Linux-only; elsewhere a no-op would do.
 pub(crate) fn set_parent_death_signal(sig: libc::c_int) {
