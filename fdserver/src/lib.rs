@@ -105,16 +105,37 @@
 //! async-signal-safe system calls: everything it needs (buffers, descriptor lists, signal sets) is
 //! prepared in the parent, and all signals are blocked across the `fork`.
 //!
+//! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
+//! thread at the fork would stay locked forever in the child, where every `println!`, every panic
+//! message and the final flush would block. So `start` takes both locks across the `fork` and the
+//! child releases them first thing. What the runtime guarantees:
+//!
+//! * In the server, `println!`, `eprintln!` and panic messages work from every thread (the loop's
+//!   and the ones you start), and the server's stdout is flushed when it exits.
+//! * Output the parent had buffered but not flushed (a partial line) is written once, by the
+//!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
+//!   not block it.
+//! * The price: `start` waits while another thread of the parent holds `stdout` or `stderr`
+//!   locked: for the length of a print in progress, normally microseconds, but for as long as a
+//!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
+//!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
+//!   `start`** deadlocks the program: release the guard first. std offers no `try_lock` for these
+//!   locks, so no design can both never wait for them and never hand the server a lock that stays
+//!   locked; fdserver gives the server working stdio and documents the wait.
+//! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
+//!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
+//!   std's stdin in a server whose parent reads it from another thread.
+//!
 //! Your code in the child (`initialize_server`, handlers, `finalize_server`) runs under these
 //! rules when the parent has other threads:
 //!
 //! * **Safe**: system calls; allocation with the system allocator (glibc resets its malloc locks
 //!   in the child) or with an allocator that registers fork handlers (jemalloc, mimalloc do);
-//!   everything owned by the server value itself; threads you start in `initialize_server`.
-//! * **Not safe**: any lock another thread might have held at the fork: a `static Mutex`, a
-//!   logger's lock, `std::io::stdout()`/`stderr()` if another thread prints concurrently (the child
-//!   flushes them at exit), `std::env::set_var`; thread pools and async runtimes created before
-//!   the fork (their threads do not exist in the child).
+//!   everything owned by the server value itself; `stdout()`/`stderr()` and `println!` (see
+//!   above); threads you start in `initialize_server`.
+//! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
+//!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
+//!   fork (their threads do not exist in the child).
 //! * **Reseed** random number generators in `initialize_server`: the child starts with a copy of
 //!   the parent's state (Passenger 2.2 learned this the hard way).
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with

@@ -123,32 +123,39 @@ impl Builder {
         self.keep_fds.dedup();
         let plan = SignalPlan::new(S::SIGNALS);
 
-        // Hold the standard streams' locks across the fork: a lock another thread held at that
-        // moment would stay locked forever in the child, which flushes stdout and stderr at
-        // exit (and prints panic messages). The locks are reentrant and the child's only thread
-        // is their owner, so it can still use them.
-        let mut stdio_locks = (std::io::stdout().lock(), std::io::stderr().lock());
-        // Empty stdout's buffer first: the child flushes it at exit, and would otherwise write
-        // the parent's pending output a second time.
-        let _ = stdio_locks.0.flush();
+        // std's stdout and stderr are reentrant locks. One that another thread holds at the fork
+        // would stay locked forever in the child (its owner does not exist there), and every
+        // print, panic message and the final flush of stdout would block for good. So this
+        // thread takes both across the fork, waiting for a print in progress elsewhere (see
+        // the crate docs, "Fork safety"), and the child releases them at once: there their
+        // owner is the child's only thread. Stdout is not flushed here: its buffer may hold a
+        // partial line that a full pipe would block on; the child drops its copy instead.
+        let stdio = (std::io::stdout().lock(), std::io::stderr().lock());
         let all = sys::sigset(true);
         let old_mask = sys::set_sigmask(&all);
         // SAFETY: the child branch below only makes async-signal-safe calls (close, sigaction,
-        // close_range, pthread_sigmask) before handing control to the user's server, and never
-        // returns: it ends in `_exit`.
+        // close_range, pthread_sigmask, and std's reentrant unlock, a futex wake) before handing
+        // control to the user's server, and never returns: it ends in `_exit`.
         let pid = unsafe { sys::fork() };
-        if !matches!(pid, Ok(0)) {
-            drop(stdio_locks);
-        }
         match pid {
             Ok(0) => {
                 // Child. Never returns. The parent's end is closed with every other descriptor
                 // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
                 // here (we `_exit`).
                 std::mem::forget(parent_end);
+                let (mut out, err) = stdio;
+                // The parent's pending partial line is in this copy of stdout's buffer; the
+                // parent writes it. Empty the copy without writing it (std counts `EBADF` on
+                // stdout as written), or the server's own first flush would repeat it.
+                sys::with_stdout_closed(|| {
+                    let _ = out.flush();
+                });
+                drop(out);
+                drop(err);
                 child_main(server, child, &mut buf, &self.keep_fds, &plan)
             }
             Ok(pid) => {
+                drop(stdio);
                 sys::set_sigmask(&old_mask);
                 drop(child);
                 drop(buf);
@@ -162,6 +169,7 @@ impl Builder {
                 Ok(handle)
             }
             Err(e) => {
+                drop(stdio);
                 sys::set_sigmask(&old_mask);
                 Err(Error::Io(e))
             }

@@ -48,6 +48,44 @@ fn close_range(first: u32, last: u32) {
     }
 }
 
+/// Runs `f` while descriptor 1 is closed, then puts the same open file back on 1 with the same
+/// close-on-exec flag. Returns `false` without running `f` if descriptor 1 is open but could not
+/// be set aside (descriptor table full). Async-signal-safe apart from `f` (`fcntl`, `close`,
+/// `dup3`).
+///
+/// A forked server uses it to empty std's stdout buffer, which holds the parent's pending partial
+/// line, without writing it: std treats `EBADF` on stdout as success and drops the bytes.
+pub(crate) fn with_stdout_closed(f: impl FnOnce()) -> bool {
+    // SAFETY: fcntl with integer arguments on descriptor 1, whatever it is.
+    let saved = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if saved < 0 {
+        // Not open: writes fail with EBADF anyway, which is what `f` needs.
+        let closed = io::Error::last_os_error().raw_os_error() == Some(libc::EBADF);
+        if closed {
+            f();
+        }
+        return closed;
+    }
+    // SAFETY: F_GETFD only reads descriptor 1's flags.
+    let flags = unsafe { libc::fcntl(1, libc::F_GETFD) };
+    // SAFETY: descriptor 1 is not owned by any Rust value here (std's stdout writes to the number
+    // 1 without owning it), and `saved` keeps the open file alive until it is put back.
+    unsafe { libc::close(1) };
+    f();
+    let cloexec = if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: `saved` is the descriptor just duplicated; number 1 is free (closed above) and
+    // nothing else runs in this process meanwhile (the caller is a freshly forked child).
+    unsafe {
+        libc::dup3(saved, 1, cloexec);
+        libc::close(saved);
+    }
+    true
+}
+
 /// Sets close-on-exec on a descriptor (used for inherited descriptors).
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a valid descriptor.
