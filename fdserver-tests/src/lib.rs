@@ -445,6 +445,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// | `fail text` | error reply, kind `failed` |
 /// | `panic` | the handler panics before replying |
 /// | `partial_panic` | replies `["ok", "partial"]`, then panics |
+/// | `reply_then_fail` | replies `["ok", "partial"]`, then returns an error (kind `failed`) |
 /// | `quit` | replies `["ok"]` and ends the loop |
 /// | `hang` | replies `["ok"]`, ignores SIGTERM, never reads again |
 /// | `exit code` | `_exit(code)` without replying |
@@ -478,6 +479,10 @@ pub fn probe_handle(
         b"partial_panic" => {
             ctx.reply(["partial"])?;
             panic!("probe panics after replying");
+        }
+        b"reply_then_fail" => {
+            ctx.reply(["partial"])?;
+            return Err(RemoteError::failed("failed after replying"));
         }
         b"quit" => {
             ctx.quit();

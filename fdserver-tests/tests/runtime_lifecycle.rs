@@ -352,6 +352,50 @@ fn panic_after_a_partial_reply_ends_the_server_with_101() {
     assert_eq!(st.status.code(), Some(101));
 }
 
+/// Issue 10, item 3: a handler that began its reply and then returned `Err` must not produce a
+/// second reply. Before the fix the error reply followed the first one, and the next call read
+/// it as its own answer (`failed: failed after replying` for an `echo`).
+#[test]
+fn an_error_after_a_partial_reply_closes_the_connection_instead_of_a_second_reply() {
+    let _wd = watchdog("error_after_partial_reply", SECS(30));
+    let mut s = start();
+    assert_eq!(s.call(["reply_then_fail"]).unwrap(), ["partial"]);
+    match s.call(["echo", "mine"]) {
+        Err(Error::ServerExited(st)) => assert_eq!(st.code(), Some(1), "{st}"),
+        other => panic!("expected ServerExited(exit 1), got {other:?}"),
+    }
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::AlreadyExited);
+    assert_eq!(st.status.code(), Some(1));
+}
+
+/// The same through `serve`: the loop ends with `ChannelFailed` naming the handler, and the peer
+/// sees end of stream right after the first reply.
+#[test]
+fn serve_ends_with_channel_failed_when_a_handler_fails_after_replying() {
+    let _s = fdserver_tests::serial(); // the in-process loop is one per process
+    let _wd = watchdog("serve_error_after_partial_reply", SECS(30));
+    let (mut peer, theirs) = fdserver::Channel::pair().unwrap();
+    let t = std::thread::spawn(move || fdserver::serve(&mut Probe::default(), theirs));
+    peer.write_array(["reply_then_fail"]).unwrap();
+    let mut buf = MessageBuf::new();
+    assert_eq!(
+        peer.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok", "partial"]
+    );
+    assert!(matches!(
+        peer.read_reply(&mut buf),
+        Err(Error::Disconnected)
+    ));
+    match t.join().unwrap().unwrap() {
+        fdserver::LoopEnd::ChannelFailed(why) => {
+            assert!(why.contains("\"reply_then_fail\""), "{why}");
+            assert!(why.contains("failed after replying"), "{why}");
+        }
+        other => panic!("expected ChannelFailed, got {other:?}"),
+    }
+}
+
 #[test]
 fn initialize_server_error_is_returned_by_start() {
     let _wd = watchdog("initialize_server_error", SECS(30));

@@ -162,8 +162,8 @@ impl Channel {
         self.broken = true;
     }
 
-    /// How many write operations have started on this channel (lets a server tell whether a
-    /// handler began its reply).
+    /// How many write operations have put at least one byte on the wire (lets a server tell
+    /// whether a handler began its reply: a write refused before its first byte does not count).
     pub(crate) fn writes(&self) -> u64 {
         self.writes
     }
@@ -281,13 +281,15 @@ impl Channel {
         mut fd: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
             match sys::send(self.fd.as_fd(), iov, fd, deadline.is_some()) {
                 Ok(n) => {
                     if n > 0 {
+                        if !sent_any {
+                            self.writes += 1;
+                        }
                         sent_any = true;
                         fd = None; // the descriptor went with the first byte
                     }
@@ -451,11 +453,16 @@ impl Channel {
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         loop {
             match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, deadline.is_some()) {
-                Ok((_, true)) => return Ok(()),
+                Ok((_, true)) => {
+                    self.writes += 1;
+                    return Ok(());
+                }
                 Ok((sent, false)) => {
+                    if sent > 0 {
+                        self.writes += 1;
+                    }
                     let rest = self.send_all(&mut [IoSlice::new(&frame[sent..])], None, deadline);
                     if rest.is_err() && sent > 0 {
                         self.broken = true;

@@ -64,9 +64,10 @@
 //! * `["ok", value, ...]`: success; scalars and descriptors the handler sends follow it.
 //! * `["error", kind, message]`: failure, where `kind` is one of `unknown_message`,
 //!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request) or `initialize`
-//!   (see [`RemoteErrorKind`]). After any of these the server keeps serving, except after a
-//!   handler panicked part-way through writing its reply: then the stream cannot be repaired, so
-//!   the server closes it and exits with status 101.
+//!   (see [`RemoteErrorKind`]). After any of these the server keeps serving, except when a
+//!   handler had already begun writing its reply: a second reply would answer the client's next
+//!   request, so instead the server closes the stream and exits, with status 101 after a panic
+//!   and 1 after an `Err`. A request is answered by exactly one reply.
 //!
 //! A forked server sends `["ready"]` once `initialize_server` succeeded (or
 //! `["error", "initialize", message]`); [`Server::start`] consumes it. [`serve`] on an inherited

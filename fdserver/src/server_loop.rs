@@ -140,6 +140,16 @@ pub(crate) fn run_loop<S: Server>(
                 if channel.peer_gone() {
                     return LoopEnd::Disconnected;
                 }
+                if channel.writes() != writes_before {
+                    // The handler began its reply: an error reply now would be a second one,
+                    // which the client would read as the answer to its next request. The stream
+                    // cannot be repaired, so it is closed, as after a panic part-way through.
+                    return LoopEnd::ChannelFailed(format!(
+                        "the handler for {:?} returned an error after it had begun its reply \
+                         ({err}); the connection was closed",
+                        String::from_utf8_lossy(buf.message().name())
+                    ));
+                }
                 if channel.is_broken() {
                     return LoopEnd::ChannelFailed(err.to_string());
                 }
