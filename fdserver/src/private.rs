@@ -9,7 +9,7 @@ use crate::args::{Element, Encoded, Form, FromArg, FromValues, Received, Reply, 
 use crate::channel::Channel;
 use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::server::{BoxError, Context};
-use crate::wire::{Message, MessageBuf};
+use crate::wire::{self, Message, MessageBuf};
 
 /// Makes every server handle created from now on wait for its server with a watcher thread
 /// instead of a pidfd, the fallback for systems without pidfds (for fdserver's own tests).
@@ -287,9 +287,19 @@ pub fn internal(message: &str) -> RemoteError {
 
 /// Sends a handler's return value: `["ok", inline values...]`, then its out-of-band values; or
 /// the error reply for `Err`.
+///
+/// What can be checked before the first byte is (a scalar too long for the wire format's `u32`
+/// length), so that such a failure is an ordinary error reply and the server keeps serving.
+/// A failure after the first byte (a descriptor the kernel refuses to pass) marks the channel
+/// broken: the loop then closes the connection rather than answer twice.
 pub fn reply<R: Reply>(ctx: &mut Context<'_>, ret: R) -> Result<(), RemoteError> {
     let values = ret.into_reply()?;
     let len = <R::Ok as ToValues>::__LEN;
+    for i in (0..len).filter(|&i| <R::Ok as ToValues>::__form(i) == Form::Scalar) {
+        if let Encoded::Scalar(data) = values.__encode(i) {
+            wire::scalar_header(data.len())?;
+        }
+    }
     let inline = (0..len)
         .filter(|&i| <R::Ok as ToValues>::__form(i) == Form::Inline)
         .map(|i| match values.__encode(i) {
@@ -303,15 +313,25 @@ pub fn reply<R: Reply>(ctx: &mut Context<'_>, ret: R) -> Result<(), RemoteError>
             Encoded::Fd(fd) => ctx.channel().write_ok_with_fd(inline, fd)?,
             other => {
                 ctx.reply(inline)?;
-                send_encoded(ctx.channel(), other)?;
+                send_after_first_byte(ctx.channel(), other)?;
             }
         },
         None => ctx.reply(inline)?,
     }
     for i in out_of_band {
-        send_encoded(ctx.channel(), values.__encode(i))?;
+        send_after_first_byte(ctx.channel(), values.__encode(i))?;
     }
     Ok(())
+}
+
+/// Sends an out-of-band value that follows a message already on the wire: failing leaves the
+/// peer waiting for it, so the channel is marked broken.
+fn send_after_first_byte(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
+    let r = send_encoded(channel, encoded);
+    if r.is_err() {
+        channel.mark_broken();
+    }
+    r
 }
 
 fn send_encoded(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
@@ -327,12 +347,19 @@ pub fn encode<T: ToArg + ?Sized>(value: &T) -> Encoded<'_> {
     value.to_arg()
 }
 
-/// Writes the request array `[message, inline arguments...]`.
+/// Writes the request array `[message, inline arguments...]`, after checking what can be
+/// checked of the out-of-band arguments that follow it (a scalar too long for the wire format's
+/// `u32` length): a call that fails before its first byte leaves the channel in step.
 pub fn send_request<const N: usize>(
     channel: &mut Channel,
     message: &str,
     arguments: [&Encoded<'_>; N],
 ) -> Result<(), Error> {
+    for a in arguments {
+        if let Encoded::Scalar(data) = a {
+            wire::scalar_header(data.len())?;
+        }
+    }
     let inline = arguments.into_iter().filter_map(|a| match a {
         Encoded::Element(e) => Some(e.as_bytes()),
         _ => None,
@@ -340,9 +367,12 @@ pub fn send_request<const N: usize>(
     channel.write_array(iter::once(message.as_bytes()).chain(inline))
 }
 
-/// Sends a client argument after the request array if it is out-of-band.
+/// Sends a client argument after the request array if it is out-of-band. The request is on the
+/// wire by then: a failure (e.g. `ETOOMANYREFS` for a descriptor) leaves the server waiting for
+/// this value, so it marks the channel broken, and later calls fail with [`Error::Broken`]
+/// instead of feeding the server the next request as this value.
 pub fn send_out_of_band(channel: &mut Channel, argument: Encoded<'_>) -> Result<(), Error> {
-    send_encoded(channel, argument)
+    send_after_first_byte(channel, argument)
 }
 
 /// Reads the reply to `message` and decodes its values.
