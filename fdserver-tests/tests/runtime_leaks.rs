@@ -293,3 +293,126 @@ fn a_server_started_from_a_server_handler_inherits_nothing_of_its_parent() {
     assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
     assert_no_children();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 8: control messages other than SCM_RIGHTS
+// ---------------------------------------------------------------------------------------------
+
+/// `SO_PASSPIDFD` (Linux 6.5; the generic value, as on x86-64 and arm64).
+const SO_PASSPIDFD: libc::c_int = 76;
+
+/// Sets a boolean `SOL_SOCKET` option; `false` if the kernel does not know it.
+fn enable(sock: RawFd, opt: libc::c_int) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid pointer to an int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOPROTOOPT),
+            "setsockopt({opt}): {e}"
+        );
+    }
+    r == 0
+}
+
+/// (device, inode) of a descriptor, to tell which file a received descriptor is.
+fn identity(fd: RawFd) -> (u64, u64) {
+    // SAFETY: an all-zero stat is a valid out-value; fstat only writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an open descriptor with a valid out-pointer.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    (st.st_dev, st.st_ino)
+}
+
+/// With `SO_PASSCRED` and/or `SO_PASSPIDFD` set on the receiving socket (by whoever holds it),
+/// every read also brings credentials and/or a pidfd. Descriptor passing still works, the pidfds
+/// are closed (none is left over after 50 rounds), and more descriptors than fit are still an
+/// error with everything closed. Before the fix the 32-byte control buffer had room for
+/// `SCM_RIGHTS` only: with `SO_PASSCRED` every received descriptor was truncated away
+/// (`TooManyFds`), and with `SO_PASSPIDFD` one pidfd leaked per read.
+#[test]
+fn credentials_and_pidfds_attached_by_socket_options_break_nothing_and_leak_nothing() {
+    let _s = serial();
+    let _wd = watchdog("control_messages", SECS(60));
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    let want = identity(file.as_raw_fd());
+    for opts in [
+        &[libc::SO_PASSCRED][..],
+        &[SO_PASSPIDFD],
+        &[libc::SO_PASSCRED, SO_PASSPIDFD],
+    ] {
+        let (mut a, mut b) = Channel::pair().unwrap();
+        if !opts.iter().all(|&o| enable(b.as_raw_fd(), o)) {
+            eprintln!("skipping {opts:?}: not supported by this kernel");
+            continue;
+        }
+        let before = open_fds();
+        for i in 0..50 {
+            let n = i.to_string();
+            a.write_array(["round", n.as_str()]).unwrap();
+            assert_eq!(b.read_strings().unwrap().unwrap(), ["round", n.as_str()]);
+            a.write_scalar(n.as_bytes()).unwrap();
+            assert_eq!(b.read_scalar().unwrap().unwrap(), n.as_bytes());
+            a.send_fd(&file).unwrap();
+            let got = b.recv_fd().unwrap().expect("a descriptor");
+            assert_eq!(identity(got.as_raw_fd()), want, "{opts:?}");
+            drop(got);
+            a.write_ok_with_fd(["with", "fd"], &file).unwrap();
+            let mut buf = fdserver::MessageBuf::new();
+            let (reply, got) = b.read_reply_with_fd(&mut buf).unwrap();
+            assert_eq!(reply.to_strings().unwrap(), ["ok", "with", "fd"]);
+            assert_eq!(identity(got.as_raw_fd()), want, "{opts:?}");
+        }
+        assert_eq!(open_fds(), before, "descriptors leaked with {opts:?}");
+        // Five descriptors on one byte: more than a read accepts; all closed, an error.
+        let five = [file.as_raw_fd(); 5];
+        send_with_fds(a.as_fd(), &[0], &five);
+        assert!(
+            matches!(b.recv_fd(), Err(Error::Protocol(ProtocolError::TooManyFds))),
+            "{opts:?}"
+        );
+        assert_eq!(open_fds(), before, "descriptors leaked with {opts:?}");
+    }
+}
+
+/// The same options on a client's end of a forked server: calls and replies carrying
+/// descriptors work and leak nothing.
+#[test]
+fn a_client_socket_with_passcred_and_passpidfd_still_talks_to_its_server() {
+    let _s = serial();
+    let _wd = watchdog("control_messages_server", SECS(60));
+    let mut s = Builder::new().start_handle(&mut Probe::default()).unwrap();
+    let sock = s.channel().as_raw_fd();
+    let pidfd = enable(sock, SO_PASSPIDFD);
+    assert!(enable(sock, libc::SO_PASSCRED));
+    let before = open_fds();
+    for i in 0..20 {
+        let text = format!("round {i}");
+        assert_eq!(s.call(["echo", text.as_str()]).unwrap(), [text.as_str()]);
+        let got = s
+            .with_channel(|ch| {
+                ch.write_array(["fd_back", text.as_str()])?;
+                let mut buf = fdserver::MessageBuf::new();
+                ch.read_reply(&mut buf)?;
+                Ok(ch.recv_fd()?.expect("a descriptor"))
+            })
+            .unwrap();
+        assert_eq!(read_n(got.as_fd(), text.len()), text.as_bytes());
+    }
+    assert_eq!(
+        open_fds(),
+        before,
+        "descriptors leaked (SO_PASSPIDFD: {pidfd})"
+    );
+    assert!(s.stop().unwrap().status.success());
+}

@@ -94,7 +94,10 @@
 //!
 //! Every descriptor fdserver creates is close-on-exec; received ones too (`MSG_CMSG_CLOEXEC`).
 //! Sends use `MSG_NOSIGNAL`, so a dead peer is an error, not a SIGPIPE. A truncated control
-//! message is an error and the descriptors that did arrive are closed. A forked server closes
+//! message is an error and the descriptors that did arrive are closed. Reads leave room for the
+//! control data a socket option set by anyone adds to every read (`SO_PASSCRED` credentials,
+//! `SO_PASSPIDFD` pidfds, `SO_PASSSEC` labels): descriptor passing keeps working, and a pidfd
+//! that arrives that way is closed at once. A forked server closes
 //! every inherited descriptor except 0, 1, 2, its socket and those given to
 //! [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before `start`**.
 //!
