@@ -232,9 +232,17 @@ fn missing_and_superfluous_descriptors_from_raw_clients() {
     assert_eq!(&got, b"raw");
 
     // Data where a descriptor was expected: the server cannot resynchronise the stream, so it
-    // closes the connection and exits with status 1.
+    // says why in a last message (issue 10, item 10), closes the connection and exits with
+    // status 1.
     ch.write_array(["write_to", "x"]).unwrap();
     ch.write_array(["not a descriptor"]).unwrap();
+    let e = ch.read_reply(&mut buf).unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(re) if re.kind() == &RemoteErrorKind::Protocol
+            && re.message().starts_with("write_to: parameter `out`: ")
+            && re.message().contains("expected a file descriptor")),
+        "{e:?}"
+    );
     let e = c
         .handle_mut()
         .with_channel(|ch| ch.read_reply(&mut buf).map(|_| ()))
@@ -377,4 +385,34 @@ fn a_descriptor_argument_that_fails_after_the_request_breaks_the_channel() {
         }
     });
     assert_eq!(fdserver_tests::wait_child(pid).code(), Some(0));
+}
+
+/// Issue 10, item 10: a scalar over the server's limit cannot be skipped, so the server closes
+/// the connection, but first tells the client why, as an error reply of kind `protocol` naming
+/// the message and the parameter. Before the fix the client saw only `ServerExited(exit 1)`.
+#[test]
+fn a_scalar_over_the_servers_limit_is_answered_with_a_protocol_error_before_the_close() {
+    let _wd = watchdog("scalar_over_limit_last_word", SECS(60));
+    let mut c = fdserver::Builder::new()
+        .max_scalar_size(16)
+        .timeout(Some(SECS(10)))
+        .start(&mut OutOfBand)
+        .unwrap();
+    assert_eq!(c.len(&[7u8; 16]).unwrap(), 16);
+    let e = c.len(&[7u8; 100]).unwrap_err();
+    let remote = e
+        .as_remote()
+        .unwrap_or_else(|| panic!("expected a reply: {e:?}"));
+    assert_eq!(remote.kind(), &RemoteErrorKind::Protocol, "{remote}");
+    assert!(
+        remote.message().starts_with("len: parameter `data`: ")
+            && remote
+                .message()
+                .contains("100 bytes exceeds the limit of 16"),
+        "{remote}"
+    );
+    assert!(
+        matches!(c.echo("after"), Err(Error::ServerExited(st)) if st.code() == Some(1)),
+        "the server closed the connection"
+    );
 }

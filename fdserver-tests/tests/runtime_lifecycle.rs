@@ -118,11 +118,19 @@ fn scalar_over_the_servers_maximum_is_refused() {
             Ok(())
         })
         .unwrap_err();
-    // The server refused the scalar and, its channel broken, closed the connection and exited.
+    // The server refused the scalar and, its channel broken, said why in one last message
+    // (issue 10, item 10: before, the connection just closed), then closed it and exited 1.
     match &err {
-        Error::Remote(r) => assert_eq!(r.kind(), &RemoteErrorKind::Failed, "{r}"),
-        Error::ServerExited(st) => assert_eq!(st.code(), Some(1), "{st}"),
-        other => panic!("unexpected {other:?}"),
+        Error::Remote(r) => {
+            assert_eq!(r.kind(), &RemoteErrorKind::Protocol, "{r}");
+            assert!(r.message().contains("exceeds the limit of 1000"), "{r}");
+            assert!(r.message().contains("closes the connection"), "{r}");
+        }
+        other => panic!("expected the server's last word, got {other:?}"),
+    }
+    match s.call(["echo", "x"]) {
+        Err(Error::ServerExited(st)) => assert_eq!(st.code(), Some(1), "{st}"),
+        other => panic!("expected ServerExited(exit 1), got {other:?}"),
     }
     let st = s.stop().unwrap();
     assert_eq!(st.status.code(), Some(1), "broken channel: non-zero exit");

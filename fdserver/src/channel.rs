@@ -39,6 +39,9 @@ pub struct Channel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    /// A write stopped part-way through a message: not even a last message can follow.
+    /// (`broken` alone may mean only the read direction is out of step.)
+    write_broken: bool,
     peer_gone: bool,
     wbuf: Vec<u8>,
     writes: u64,
@@ -69,6 +72,7 @@ impl Channel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            write_broken: false,
             peer_gone: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
@@ -160,6 +164,23 @@ impl Channel {
     /// Marks the channel unusable (e.g. a call timed out with its reply still in flight).
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
+        self.write_broken = true;
+    }
+
+    /// Writes `error` as the last message on a channel that an earlier error broke, if the write
+    /// direction is still in step (the break was on the read side: an oversized scalar, data
+    /// where a descriptor was due, a descriptor glued to a frame) and the peer is still there.
+    /// The channel stays broken. A server calls this just before it closes the connection, so
+    /// that its peer learns why (`["error", kind, text]`) instead of reading a bare end of
+    /// stream.
+    pub(crate) fn write_last_error(&mut self, error: &RemoteError) -> Result<(), Error> {
+        if self.write_broken || self.peer_gone {
+            return Err(Error::Broken);
+        }
+        let was_broken = std::mem::replace(&mut self.broken, false);
+        let r = self.write_error(error);
+        self.broken |= was_broken;
+        r
     }
 
     /// How many write operations have put at least one byte on the wire (lets a server tell
@@ -246,6 +267,7 @@ impl Channel {
                 } else {
                     if !clean {
                         self.broken = true;
+                        self.write_broken |= events == libc::POLLOUT;
                     }
                     Err(Error::TimedOut)
                 }
@@ -268,6 +290,7 @@ impl Channel {
             _ => {
                 if !clean {
                     self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
                 Err(Error::Io(e))
             }
@@ -466,11 +489,14 @@ impl Channel {
                     let rest = self.send_all(&mut [IoSlice::new(&frame[sent..])], None, deadline);
                     if rest.is_err() && sent > 0 {
                         self.broken = true;
+                        self.write_broken = true;
                     }
                     rest?;
                     let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
                     if sent_fd.is_err() {
-                        self.broken = true; // the reply went out without its descriptor
+                        // The reply went out without its descriptor.
+                        self.broken = true;
+                        self.write_broken = true;
                     }
                     return sent_fd;
                 }

@@ -68,6 +68,11 @@
 //!   handler had already begun writing its reply: a second reply would answer the client's next
 //!   request, so instead the server closes the stream and exits, with status 101 after a panic
 //!   and 1 after an `Err`. A request is answered by exactly one reply.
+//! * A request that leaves the incoming stream impossible to resynchronise (a scalar over the
+//!   server's limit, data where a descriptor was due, a descriptor glued to a message's bytes)
+//!   is answered with a last `["error", "protocol", text]` saying why, then the server closes the
+//!   connection and exits with status 1, so a peer in any language reads the reason instead of a
+//!   bare end of stream.
 //!
 //! A forked server sends `["ready"]` once `initialize_server` succeeded (or
 //! `["error", "initialize", message]`); [`Server::start`] consumes it. [`serve`] on an inherited

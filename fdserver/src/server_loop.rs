@@ -124,7 +124,12 @@ pub(crate) fn run_loop<S: Server>(
                 continue;
             }
             Err(Error::TimedOut) => continue,
-            Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+            Err(e) => {
+                // The frame cannot be skipped (a descriptor glued to its bytes, a failed read
+                // part-way): say why, then close.
+                last_word(channel, RemoteErrorKind::Protocol, &e.to_string());
+                return LoopEnd::ChannelFailed(e.to_string());
+            }
         }
 
         let writes_before = channel.writes();
@@ -151,6 +156,10 @@ pub(crate) fn run_loop<S: Server>(
                     ));
                 }
                 if channel.is_broken() {
+                    // Broken on the read side (an oversized scalar, data where a descriptor was
+                    // due): nothing was written for this request, so one last message can
+                    // still tell the client why the connection closes.
+                    last_word(channel, RemoteErrorKind::Protocol, err.message());
                     return LoopEnd::ChannelFailed(err.to_string());
                 }
                 if let Err(e) = channel.write_error(&err) {
@@ -159,17 +168,19 @@ pub(crate) fn run_loop<S: Server>(
                 quit
             }
             Err(panic) => {
-                if channel.writes() != writes_before || channel.is_broken() {
+                let text = format!(
+                    "handler for {:?} panicked: {}",
+                    String::from_utf8_lossy(buf.message().name()),
+                    panic_message(&*panic)
+                );
+                if channel.writes() != writes_before {
                     return LoopEnd::PanickedMidReply;
                 }
-                let err = RemoteError::new(
-                    RemoteErrorKind::Panicked,
-                    format!(
-                        "handler for {:?} panicked: {}",
-                        String::from_utf8_lossy(buf.message().name()),
-                        panic_message(&*panic)
-                    ),
-                );
+                if channel.is_broken() {
+                    last_word(channel, RemoteErrorKind::Panicked, &text);
+                    return LoopEnd::PanickedMidReply;
+                }
+                let err = RemoteError::new(RemoteErrorKind::Panicked, text);
                 if let Err(e) = channel.write_error(&err) {
                     return end_for(e);
                 }
@@ -183,9 +194,26 @@ pub(crate) fn run_loop<S: Server>(
             return LoopEnd::Disconnected;
         }
         if channel.is_broken() {
+            if channel.writes() == writes_before {
+                last_word(
+                    channel,
+                    RemoteErrorKind::Protocol,
+                    "the handler left the request stream out of step",
+                );
+            }
             return LoopEnd::ChannelFailed("channel broken by a handler".into());
         }
     }
+}
+
+/// The last message on a stream that cannot be resynchronised: `["error", kind, why]`, so that
+/// the peer (a Ruby `MessageChannel` reads `nil` otherwise) learns why the connection closes.
+/// Written only if the write direction is still in step; failures are ignored (the connection
+/// closes either way).
+fn last_word(channel: &mut Channel, kind: RemoteErrorKind, why: &str) {
+    let text =
+        format!("{why} (the server closes the connection: the stream cannot be resynchronised)");
+    let _ = channel.write_last_error(&RemoteError::new(kind, text));
 }
 
 fn end_for(e: Error) -> LoopEnd {
