@@ -43,6 +43,9 @@ pub struct Channel {
     /// (`broken` alone may mean only the read direction is out of step.)
     write_broken: bool,
     peer_gone: bool,
+    /// The channel of a running server loop: every wait also watches for a signal that ends the
+    /// loop (see [`sys::wait_loop_socket`]).
+    stop_on_signal: bool,
     wbuf: Vec<u8>,
     writes: u64,
 }
@@ -74,6 +77,7 @@ impl Channel {
             broken: false,
             write_broken: false,
             peer_gone: false,
+            stop_on_signal: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
         }
@@ -202,6 +206,18 @@ impl Channel {
         }
     }
 
+    /// Makes this the channel of a running server loop (`true`) or an ordinary one: see
+    /// [`sys::wait_loop_socket`]. Its socket must be the one the loop waits on.
+    pub(crate) fn set_stop_on_signal(&mut self, on: bool) {
+        self.stop_on_signal = on;
+    }
+
+    /// Whether system calls must not block: with a deadline or on a loop's channel, every wait
+    /// is a `poll` (never a blocking `recvmsg`/`sendmsg`, which SA_RESTART would resume).
+    fn nonblocking(&self, deadline: Option<Instant>) -> bool {
+        deadline.is_some() || self.stop_on_signal
+    }
+
     fn read_deadline(&self) -> Option<Instant> {
         self.read_timeout.map(|t| Instant::now() + t)
     }
@@ -224,7 +240,7 @@ impl Channel {
     ) -> Result<bool, Error> {
         let mut got = 0;
         while got < buf.len() {
-            match sys::recv(self.fd.as_fd(), &mut buf[got..], deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut buf[got..], self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.fd_count() > 0 || r.truncated {
                         let clean = at_boundary && got == 0 && r.n == 1 && buf[0] == 0;
@@ -262,15 +278,31 @@ impl Channel {
         match e.raw_os_error() {
             Some(libc::EINTR) => Ok(()),
             Some(libc::EAGAIN) => {
-                if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
-                    Ok(())
+                let wake = if self.stop_on_signal {
+                    sys::wait_loop_socket(events, deadline)?
+                } else if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
+                    sys::Wake::Ready
                 } else {
-                    if !clean {
-                        self.broken = true;
-                        self.write_broken |= events == libc::POLLOUT;
-                    }
-                    Err(Error::TimedOut)
+                    sys::Wake::TimedOut
+                };
+                let err = match wake {
+                    sys::Wake::Ready => return Ok(()),
+                    sys::Wake::TimedOut => Error::TimedOut,
+                    // The loop is ending: whatever was half read or half written is abandoned.
+                    sys::Wake::Stop(sig) => Error::Io(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        match sig {
+                            libc::SIGTERM => "SIGTERM arrived: the server loop is ending",
+                            libc::SIGINT => "SIGINT arrived: the server loop is ending",
+                            _ => "a terminating signal arrived: the server loop is ending",
+                        },
+                    )),
+                };
+                if !clean {
+                    self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
+                Err(err)
             }
             Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
                 // A reset reads as end of stream, like Passenger.
@@ -307,7 +339,7 @@ impl Channel {
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
-            match sys::send(self.fd.as_fd(), iov, fd, deadline.is_some()) {
+            match sys::send(self.fd.as_fd(), iov, fd, self.nonblocking(deadline)) {
                 Ok(n) => {
                     if n > 0 {
                         if !sent_any {
@@ -477,7 +509,7 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
         loop {
-            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, deadline.is_some()) {
+            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {
                 Ok((_, true)) => {
                     self.writes += 1;
                     return Ok(());
@@ -589,7 +621,11 @@ impl Channel {
         let mut got = 0;
         let mut fd = None;
         while got < 2 {
-            match sys::recv(self.fd.as_fd(), &mut head[got..want], deadline.is_some()) {
+            match sys::recv(
+                self.fd.as_fd(),
+                &mut head[got..want],
+                self.nonblocking(deadline),
+            ) {
                 Ok(mut r) => {
                     if r.n == 0 {
                         self.peer_gone = true;
@@ -644,7 +680,7 @@ impl Channel {
             match sys::recv(
                 self.fd.as_fd(),
                 &mut buf.body[body_got..limit],
-                deadline.is_some(),
+                self.nonblocking(deadline),
             ) {
                 Ok(mut r) => {
                     if r.n == 0 {
@@ -804,7 +840,7 @@ impl Channel {
         self.check()?;
         loop {
             let mut byte = [0u8; 1];
-            match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut byte, self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.n == 0 {
                         self.peer_gone = true;

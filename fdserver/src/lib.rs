@@ -88,6 +88,14 @@
 //! without a declared handler end the loop cleanly: `finalize_server` runs and the server exits
 //! with status 0.
 //!
+//! They end it promptly in every state of the loop's channel, as Passenger's servers did: a
+//! message half read (the rest is abandoned), a handler waiting on [`Context::channel`] for more
+//! from the client, a reply blocked because the client does not read it. Every wait of the
+//! loop's channel watches for them, and the operation cut short fails with an `Interrupted`
+//! [`Error::Io`] that ends the loop (no reply is sent). Your own code in a handler (a loop, a
+//! blocking call on another descriptor) is not interrupted: the signal is handled when the
+//! handler returns, and [`ServerHandle::stop`] ends a handler that never does with SIGKILL.
+//!
 //! Those signals are not blocked while your handlers run, and their recording handler is
 //! installed with `SA_RESTART`: blocking reads and writes in your code are restarted, but calls
 //! the kernel never restarts (`poll`, `epoll_wait`, `nanosleep`, socket calls with a timeout)

@@ -99,6 +99,7 @@ struct ServeGuard {
 impl Drop for ServeGuard {
     fn drop(&mut self) {
         sys::set_loop_thread(false);
+        sys::set_stop_signals(0);
         if let Some(mask) = &self.old_mask {
             sys::set_sigmask(mask);
         }
