@@ -558,3 +558,153 @@ fn sigterm_ends_serve_in_the_middle_of_a_message() {
     assert_eq!(end, fdserver::LoopEnd::Signal(Signal::SIGTERM));
     report(&rep_r, "F");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 5: a server is not part of its parent's terminal job
+// ---------------------------------------------------------------------------------------------
+
+/// A server that touches its standard input, a terminal in these tests: `read_tty` reads a byte
+/// from fd 0, `write_tty` writes one; both answer `ok <n>` or `errno <e>`. `pgid` answers its
+/// process group.
+struct TtyProbe;
+
+impl Server for TtyProbe {
+    type Client = ServerHandle;
+
+    fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+        let mut byte = [b'x'];
+        // SAFETY: read/write of one byte on fd 0 with a live buffer; getpgrp cannot fail.
+        let r = unsafe {
+            match msg.name() {
+                b"read_tty" => libc::read(0, byte.as_mut_ptr().cast(), 1),
+                b"write_tty" => libc::write(0, byte.as_ptr().cast(), 1),
+                b"pgid" => libc::getpgrp() as isize,
+                other => return Err(RemoteError::unknown_message(other)),
+            }
+        };
+        let text = if r < 0 {
+            format!(
+                "errno {}",
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+            )
+        } else {
+            format!("ok {r}")
+        };
+        ctx.reply([text])?;
+        Ok(())
+    }
+}
+
+/// "Ctrl-C" (SIGINT to the parent's process group) in a program that handles SIGINT itself
+/// leaves its servers running; a server started with `same_process_group(true)` gets it and
+/// ends its loop. Before the fix every server was in the parent's group and ended.
+#[test]
+fn ctrl_c_to_the_parents_group_does_not_reach_its_servers_unless_asked() {
+    let _wd = watchdog("ctrl_c_group", SECS(60));
+    let pid = fdserver_tests::fork_child(&[], || {
+        // An interactive program: its own job, SIGINT handled (here: ignored) by itself.
+        // SAFETY: setpgid/signal with integer arguments, in this single-threaded child.
+        unsafe {
+            if libc::setpgid(0, 0) != 0 {
+                return 1;
+            }
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+        }
+        let Ok(mut own) = Builder::new().start_handle(&mut TtyProbe) else {
+            return 2;
+        };
+        let Ok(mut shared) = Builder::new()
+            .same_process_group(true)
+            .start_handle(&mut TtyProbe)
+        else {
+            return 3;
+        };
+        // SAFETY: getpgrp cannot fail.
+        let mine = unsafe { libc::getpgrp() };
+        if own.call(["pgid"]).ok() != Some(vec![format!("ok {}", own.pid())]) {
+            return 4;
+        }
+        if shared.call(["pgid"]).ok() != Some(vec![format!("ok {mine}")]) {
+            return 5;
+        }
+        // SAFETY: SIGINT to our own process group, as the terminal's Ctrl-C does.
+        unsafe { libc::kill(0, libc::SIGINT) };
+        // The server in our group ends its loop (exit 0).
+        if !fdserver_tests::poll_readable(shared.pidfd(), Some(SECS(20))) {
+            return 6;
+        }
+        match shared.stop() {
+            Ok(st) if st.status.code() == Some(0) => {}
+            _ => return 7,
+        }
+        // The one in its own group serves on.
+        if own.call(["pgid"]).is_err() {
+            return 8;
+        }
+        match own.stop() {
+            Ok(st) if st.status.success() => 0,
+            _ => 9,
+        }
+    });
+    assert_eq!(fdserver_tests::wait_child(pid).code(), Some(0));
+}
+
+/// A server outside the terminal's foreground job reads from the terminal: `EIO`, not a stop
+/// by SIGTTIN; and it may write to it with `tostop` set (SIGTTOU ignored). Before the fix (a
+/// server in its own group with SIGTTIN at its default) the read stopped the server for good.
+#[test]
+fn a_server_outside_the_foreground_job_gets_eio_from_the_terminal_instead_of_stopping() {
+    let _wd = watchdog("tty_background_server", SECS(60));
+    let pid = fdserver_tests::fork_child(&[], || {
+        // SAFETY: terminal set-up in this single-threaded child: a new session whose
+        // controlling terminal is a fresh pty (its master kept open), as stdin.
+        unsafe {
+            if libc::setsid() < 0 {
+                return 1;
+            }
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if master < 0 || libc::grantpt(master) != 0 || libc::unlockpt(master) != 0 {
+                return 2;
+            }
+            let mut name = [0 as libc::c_char; 128];
+            if libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+                return 3;
+            }
+            // A session leader's first terminal becomes its controlling terminal; its group
+            // is the foreground job.
+            let slave = libc::open(name.as_ptr(), libc::O_RDWR);
+            if slave < 0 || libc::dup2(slave, 0) < 0 {
+                return 4;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return 5;
+            }
+            t.c_lflag |= libc::TOSTOP;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return 6;
+            }
+        }
+        let Ok(mut s) = Builder::new()
+            .timeout(Some(SECS(5)))
+            .stop_timeouts(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_millis(100),
+            )
+            .start_handle(&mut TtyProbe)
+        else {
+            return 7;
+        };
+        let read = s.call(["read_tty"]);
+        let write = s.call(["write_tty"]);
+        let _ = s.stop();
+        if read.ok() != Some(vec![format!("errno {}", libc::EIO)]) {
+            return 8;
+        }
+        if write.ok() != Some(vec!["ok 1".to_string()]) {
+            return 9;
+        }
+        0
+    });
+    assert_eq!(fdserver_tests::wait_child(pid).code(), Some(0));
+}

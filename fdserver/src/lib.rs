@@ -80,6 +80,14 @@
 //!
 //! ## Signals
 //!
+//! A forked server leads a process group of its own (in its parent's session), so the signals
+//! a terminal sends to the parent's job (Ctrl-C, Ctrl-\, Ctrl-Z, window resizes) do not reach
+//! it: an interactive program that handles Ctrl-C keeps its servers. Outside the foreground job,
+//! it ignores SIGTTIN and SIGTTOU unless it declares them, so reading the terminal fails with
+//! `EIO` instead of stopping it. [`Builder::same_process_group`] keeps it in the parent's job
+//! instead (for `#[fdserver]` servers too: `Builder::new().same_process_group(true).start(&mut
+//! server)`).
+//!
 //! A forked server resets every signal disposition to its default and ignores SIGHUP, unless it
 //! declares a SIGHUP handler. The signals it declares in [`Server::SIGNALS`], plus SIGTERM and
 //! SIGINT, go to a handler that only records them and wakes the loop; the server's own handlers

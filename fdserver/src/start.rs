@@ -39,6 +39,7 @@ pub struct Builder {
     timeout: Option<Duration>,
     start_timeout: Option<Duration>,
     max_scalar: Option<u64>,
+    same_process_group: bool,
 }
 
 impl Builder {
@@ -80,6 +81,46 @@ impl Builder {
     /// Largest scalar each side accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
+        self
+    }
+
+    /// Keeps the server in this process's process group (`true`), instead of a group of its own
+    /// (the default).
+    ///
+    /// By default a server leads a process group of its own, in the same session, so that the
+    /// signals a terminal sends to the foreground job (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, Ctrl-Z's
+    /// SIGTSTP, SIGWINCH) and a `kill` of the parent's group reach the parent only: an
+    /// interactive program that handles Ctrl-C itself keeps its servers. Such a server is not in
+    /// the terminal's foreground job, so it ignores SIGTTIN and SIGTTOU (unless it declares
+    /// them): reading from the terminal fails with `EIO` instead of stopping the server, and it
+    /// may write to the terminal even with `stty tostop`. Signals meant for the parent's job that
+    /// reach the server during `start`, before it has left the group, are discarded.
+    ///
+    /// With `true`, the server is part of the parent's job, as Passenger's servers were: Ctrl-C
+    /// sends it SIGINT too (which ends its loop unless it declares a handler), Ctrl-Z stops it
+    /// with the job, and its terminal access follows the job's (a background job's read stops
+    /// it).
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let own = fdserver::Builder::new().start_handle(&mut Echo)?;
+    /// let shared = fdserver::Builder::new().same_process_group(true).start_handle(&mut Echo)?;
+    /// // SAFETY: getpgid and getpgrp only query process groups.
+    /// unsafe {
+    ///     assert_eq!(libc::getpgid(own.pid() as i32), own.pid() as i32);
+    ///     assert_eq!(libc::getpgid(shared.pid() as i32), libc::getpgrp());
+    /// }
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn same_process_group(mut self, yes: bool) -> Self {
+        self.same_process_group = yes;
         self
     }
 
@@ -152,7 +193,8 @@ impl Builder {
                 });
                 drop(out);
                 drop(err);
-                child_main(server, child, &mut buf, &self.keep_fds, &plan)
+                let own_group = !self.same_process_group;
+                child_main(server, child, &mut buf, &self.keep_fds, &plan, own_group)
             }
             Ok(pid) => {
                 drop(stdio);
@@ -177,6 +219,18 @@ impl Builder {
     }
 }
 
+/// The signals a terminal sends to its foreground job (and SIGTTIN/SIGTTOU, sent to background
+/// jobs that touch it): discarded in a server that leaves the parent's process group.
+const JOB_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGWINCH,
+    libc::SIGHUP,
+];
+
 /// The forked child, from just after `fork` to `_exit`.
 fn child_main<S: Server>(
     server: &mut S,
@@ -184,10 +238,28 @@ fn child_main<S: Server>(
     buf: &mut MessageBuf,
     keep: &[RawFd],
     plan: &SignalPlan,
+    own_group: bool,
 ) -> ! {
+    // 0. A process group of its own (see `Builder::same_process_group`). A signal the terminal
+    //    sent to the parent's job before that is pending here (everything is blocked): meant for
+    //    the parent, it is discarded (setting a signal to "ignore" drops its pending instances).
+    //    SIGTTIN and SIGTTOU stay ignored: outside the foreground job, a read from the terminal
+    //    fails with EIO instead of stopping the server.
+    let mut preset = plan.preset;
+    if own_group {
+        let _ = sys::new_process_group();
+        for sig in JOB_SIGNALS {
+            let _ = sys::set_disposition(sig, sys::Disposition::Ignore);
+        }
+        for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+            if !plan.declares(sig) {
+                preset |= 1 << sig; // left ignored by the reset below
+            }
+        }
+    }
     // 1. Signals: every disposition back to default, SIGHUP ignored unless the server handles
     //    it (Passenger ignored it after installing the user's handlers, so theirs never ran).
-    sys::reset_signal_dispositions(plan.sigmax, plan.preset);
+    sys::reset_signal_dispositions(plan.sigmax, preset);
     if !plan.declares(libc::SIGHUP) {
         let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
     }
