@@ -448,6 +448,7 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// | `reply_then_fail` | replies `["ok", "partial"]`, then returns an error (kind `failed`) |
 /// | `quit` | replies `["ok"]` and ends the loop |
 /// | `hang` | replies `["ok"]`, ignores SIGTERM, never reads again |
+/// | `pause` | replies `["ok", "pausing"]`, then waits in `pause(2)` until a caught signal |
 /// | `exit code` | `_exit(code)` without replying |
 /// | `scalar_echo` + a scalar | `["ok"]`, then the scalar back |
 /// | `fd_write text` + a descriptor | writes `text` into the descriptor, then `["ok"]` |
@@ -496,6 +497,11 @@ pub fn probe_handle(
                 // SAFETY: pause only waits for a signal.
                 unsafe { libc::pause() };
             }
+        }
+        b"pause" => {
+            ctx.reply(["pausing"])?;
+            // SAFETY: pause only waits for a signal (it returns after a caught one's handler).
+            unsafe { libc::pause() };
         }
         b"exit" => {
             let code: i32 = msg.str(1)?.parse().map_err(RemoteError::bad_arguments)?;

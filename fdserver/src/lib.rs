@@ -122,6 +122,20 @@
 //! every inherited descriptor except 0, 1, 2, its socket and those given to
 //! [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before `start`**.
 //!
+//! ## A server ends with its client
+//!
+//! A forked server runs a small thread, its *hang-up watch*, that waits for its connection to
+//! end, however it ends: [`ServerHandle::stop`] or a dropped handle, a parent that exited, crashed
+//! or was SIGKILLed. From then on the server follows `stop`'s schedule by itself: SIGTERM
+//! `after_close` later, SIGKILL `after_term` after that (3 s and 3 s unless
+//! [`Builder::stop_timeouts`] says otherwise), unless it has exited first, as it does at once
+//! when its loop is waiting for a message. So a handler that never returns cannot keep a server
+//! alive past its client, and this does not depend on anyone being able to signal the server:
+//! [`ServerHandle::stop`] still ends and reaps it after the parent dropped the privileges to
+//! signal it. The watch asks `poll` for no event on the socket, so calls never wake it; a client
+//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
+//! watch (it runs in your process).
+//!
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)

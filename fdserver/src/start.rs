@@ -57,6 +57,15 @@ impl Builder {
 
     /// How long [`ServerHandle::stop`] waits after closing the connection before SIGTERM, and
     /// after SIGTERM before SIGKILL (defaults: 3 s and 3 s, as Passenger).
+    ///
+    /// The server keeps the same schedule itself once its client is gone, whoever closed the
+    /// connection (`stop`, a dropped handle, a parent that exited or was SIGKILLed): a thread of
+    /// the server (its *hang-up watch*) sends it SIGTERM `after_close` after the hang-up and
+    /// SIGKILL `after_term` later, unless it has exited by then. So a server stuck in a handler
+    /// never outlives its client by more than `after_close + after_term`, even when nobody can
+    /// signal it (a parent that dropped privileges), and these periods also bound
+    /// `finalize_server` once the client has gone. [`ServerHandle::stop_with`] can shorten
+    /// the schedule for one stop, not lengthen the server's own.
     pub fn stop_timeouts(mut self, after_close: Duration, after_term: Duration) -> Self {
         self.stop = StopOptions {
             after_close,
@@ -163,6 +172,7 @@ impl Builder {
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
         let plan = SignalPlan::new(S::SIGNALS);
+        sys::HangupWatch::prepare();
 
         // std's stdout and stderr are reentrant locks. One that another thread holds at the fork
         // would stay locked forever in the child (its owner does not exist there), and every
@@ -194,7 +204,19 @@ impl Builder {
                 drop(out);
                 drop(err);
                 let own_group = !self.same_process_group;
-                child_main(server, child, &mut buf, &self.keep_fds, &plan, own_group)
+                let watch = sys::HangupWatch {
+                    after_close: self.stop.after_close,
+                    after_term: self.stop.after_term,
+                };
+                child_main(
+                    server,
+                    child,
+                    &mut buf,
+                    &self.keep_fds,
+                    &plan,
+                    own_group,
+                    watch,
+                )
             }
             Ok(pid) => {
                 drop(stdio);
@@ -239,6 +261,7 @@ fn child_main<S: Server>(
     keep: &[RawFd],
     plan: &SignalPlan,
     own_group: bool,
+    watch: sys::HangupWatch,
 ) -> ! {
     // 0. A process group of its own (see `Builder::same_process_group`). A signal the terminal
     //    sent to the parent's job before that is pending here (everything is blocked): meant for
@@ -270,6 +293,16 @@ fn child_main<S: Server>(
     }
     // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
     sys::close_fds_except(keep);
+    // 2b. The hang-up watch: once the client is gone (closed, exited, SIGKILLed), this process
+    //     ends on `stop`'s schedule even if a handler never returns and nobody can signal it.
+    //     Its thread starts while every signal is blocked, and keeps them blocked.
+    if let Err(e) = watch.start(channel.as_fd()) {
+        let _ = channel.write_error(&RemoteError::new(
+            RemoteErrorKind::Initialize,
+            format!("the server cannot start its hang-up watch thread: {e}"),
+        ));
+        sys::exit_now(1)
+    }
     // 3. Our signals go to a flag handler that wakes this thread's loop; then nothing is
     //    blocked any more (everything was, across the fork).
     plan.each_caught(|sig| {
@@ -287,7 +320,10 @@ fn child_main<S: Server>(
                 finish(server, 0)
             }
             let end = run_loop(server, &mut channel, buf, plan);
-            drop(channel);
+            // The client sees end of stream now, but the socket stays open until `_exit`:
+            // the hang-up watch still waits on it (its descriptor number must not be reused),
+            // and bounds `finalize_server` once the client is gone.
+            sys::shutdown(channel.as_fd(), libc::SHUT_WR);
             end.exit_code()
         }
         Ok(Err(e)) => {

@@ -224,6 +224,14 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
     Ok(out)
 }
 
+/// `shutdown(2)`: ends the connection in one or both directions for every descriptor of the
+/// socket (unlike `close`, which ends it only when the last one goes). Errors (not connected
+/// any more) are ignored.
+pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: libc::c_int) {
+    // SAFETY: shutdown on a borrowed socket, integer arguments.
+    unsafe { libc::shutdown(sock.as_raw_fd(), how) };
+}
+
 /// The uid of the process at the other end of a connected UNIX socket (`SO_PEERCRED`).
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: ucred is plain data.
