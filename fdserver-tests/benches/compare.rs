@@ -6,6 +6,10 @@
 //! FDSERVER_BENCH_ROWS=1,2 FDSERVER_BENCH_PINS=cpu0 cargo bench ...        # a subset
 //! ```
 //!
+//! Rows 4w, 4t and 4t100 compare fdserver with itself: row 4 with every protection on, against
+//! the same with the hang-up watch or the descriptor tombstones turned off
+//! (`__private::bench_hardening`, for this bench only), to report what each costs per start.
+//!
 //! Every row measures fdserver (A) and a raw baseline written directly on libc in this binary
 //! (B) in alternating pairs of samples (A B, B A, ...), and prints the median per-operation time of
 //! each, their min and max, and the median of the per-pair ratios A/B. Each row runs unpinned
@@ -246,6 +250,23 @@ fn main() {
             guarded(&cfg, "4b start+stop vs raw protocol", m, || {
                 rows.push(row_start_stop(&cfg, m, "4b", "start+call+stop".into(), ""))
             });
+        }
+    }
+    // 4w, 4t, 4t100: what two of a server's protections cost at start (issue 10): the
+    // hang-up watch thread, and the descriptor tombstones (with the bench's own ~10 inherited
+    // descriptors, and with 100 more open in the parent). Row 4's fdserver side against itself
+    // with that protection turned off.
+    for (id, watch, tombs, extra_fds) in [
+        ("4w", false, true, 0),
+        ("4t", true, false, 0),
+        ("4t100", true, false, 100),
+    ] {
+        for &m in &same_cpu {
+            if want(id) {
+                guarded(&cfg, id, m, || {
+                    rows.push(row_hardening(&cfg, m, id, watch, tombs, extra_fds))
+                });
+            }
         }
     }
     // Row 5: the preloader. 5: warm command vs posix_spawn of /bin/true; 5i: the same client
@@ -579,6 +600,49 @@ fn row_start_stop(cfg: &Cfg, m: Mode, id: &str, what: String, extra: &str) -> Ro
         result: Ok(p),
         target,
         extra: extra.to_string(),
+    }
+}
+
+/// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
+/// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
+/// off (B), with `extra_fds` more descriptors open in this process (inherited by every server).
+/// The ratio is what the protection costs per start + call + stop.
+fn row_hardening(cfg: &Cfg, m: Mode, id: &str, watch: bool, tombs: bool, extra_fds: usize) -> Row {
+    m.settle();
+    let held: Vec<std::fs::File> = (0..extra_fds)
+        .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+        .collect();
+    let mut on = BenchServer::new(CHUNK);
+    let mut off = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| timed(k, || fdside::start_call_stop(&mut on)),
+        &mut |k| {
+            fdserver::__private::bench_hardening(watch, tombs);
+            let t = timed(k, || fdside::start_call_stop(&mut off));
+            fdserver::__private::bench_hardening(true, true);
+            t
+        },
+        cfg.pairs,
+    );
+    let open_here = fdside::open_fd_count();
+    drop(held);
+    let (what, off_what) = if watch {
+        ("start+call+stop vs without tombstones", "no tombstones")
+    } else {
+        (
+            "start+call+stop vs without hang-up watch",
+            "no hang-up watch",
+        )
+    };
+    Row {
+        id: id.into(),
+        what: what.into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: format!("raw column = fdserver with {off_what}; {open_here} descriptors open here"),
     }
 }
 

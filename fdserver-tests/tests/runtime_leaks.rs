@@ -15,11 +15,19 @@ use fdserver_tests::{
     send_with_fds, serial, watchdog, Probe, ProbeState, SECS,
 };
 
-/// What a server's `fds` request reports: its socket and every descriptor open in it.
+/// What a server's `fds` request reports: its socket and every descriptor open in it that is
+/// not a tombstone (issue 10, item 9: inherited descriptors it was not asked to keep are
+/// released, their numbers held by tombstones).
 fn server_fds(s: &mut ServerHandle) -> (RawFd, Vec<RawFd>) {
     let reply = s.call(["fds"]).unwrap();
     let nums: Vec<RawFd> = reply.iter().map(|x| x.parse().unwrap()).collect();
     (nums[0], nums[1..].to_vec())
+}
+
+/// The numbers the server holds tombstones over.
+fn server_tombstones(s: &mut ServerHandle) -> Vec<RawFd> {
+    let reply = s.call(["tombstones"]).unwrap();
+    reply.iter().map(|x| x.parse().unwrap()).collect()
 }
 
 fn std_fds_open_here() -> Vec<RawFd> {
@@ -73,6 +81,17 @@ fn a_fresh_server_has_only_0_1_2_and_its_socket() {
         assert!(!fds.contains(&extra), "{extra} leaked into the server");
     }
     assert!(!fds.contains(&sock_a.as_raw_fd()));
+    // Their numbers are held by tombstones (issue 10, item 9), which hold none of the files.
+    let tombs = server_tombstones(&mut s);
+    for extra in [
+        pr.as_raw_fd(),
+        pw.as_raw_fd(),
+        file.as_raw_fd(),
+        high.as_raw_fd(),
+        sock_a.as_raw_fd(),
+    ] {
+        assert!(tombs.contains(&extra), "{extra} not tombstoned: {tombs:?}");
+    }
     assert_eq!(s.stop().unwrap().status.code(), Some(0));
 }
 
@@ -415,4 +434,97 @@ fn a_client_socket_with_passcred_and_passpidfd_still_talks_to_its_server() {
         "descriptors leaked (SO_PASSPIDFD: {pidfd})"
     );
     assert!(s.stop().unwrap().status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 9: descriptors owned by the server value
+// ---------------------------------------------------------------------------------------------
+
+/// A server value that owns a file opened before `start`. `open_then_write` opens new files in
+/// the server (kept open) until one gets a number above the owned file's, then writes through
+/// the owned `File`; it answers whether any new file got the owned file's number, and what the
+/// write did.
+struct OwnsAFile {
+    log: std::fs::File,
+    dir: std::path::PathBuf,
+    opened: Vec<std::fs::File>,
+}
+
+impl Server for OwnsAFile {
+    type Client = ServerHandle;
+
+    fn handle(
+        &mut self,
+        ctx: &mut fdserver::Context<'_>,
+        _msg: fdserver::Message<'_>,
+    ) -> Result<(), fdserver::RemoteError> {
+        use std::io::Write;
+        let mine = self.log.as_raw_fd();
+        let mut aliased = false;
+        for i in 0..256 {
+            let f = std::fs::File::create(self.dir.join(format!("other-{i}")))?;
+            let n = f.as_raw_fd();
+            aliased |= n == mine;
+            self.opened.push(f);
+            if n > mine {
+                break;
+            }
+        }
+        let wrote = match self.log.write_all(b"through the server value") {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+        };
+        ctx.reply([aliased.to_string(), wrote])?;
+        Ok(())
+    }
+}
+
+/// The server value's `File` (opened before `start`, not kept) must not alias a file the server
+/// opens later: its number stays taken, and writing through it fails with `EBADF`. Before the
+/// fix the descriptor was closed in the child, the next `open` reused the number, and the write
+/// "succeeded" into the other file.
+#[test]
+fn a_file_the_server_value_owns_fails_instead_of_aliasing_a_later_file() {
+    let _s = serial();
+    let _wd = watchdog("server_value_file", SECS(30));
+    let dir = std::path::PathBuf::from(format!("/tmp/fdserver-owned-fd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let mut server = OwnsAFile {
+        log: std::fs::File::create(dir.join("log")).unwrap(),
+        dir: dir.clone(),
+        opened: Vec::new(),
+    };
+    let mut s = server.start().unwrap();
+    let reply = s.call(["open_then_write"]).unwrap();
+    s.stop().unwrap();
+    let written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::read(p).is_ok_and(|b| !b.is_empty()))
+        .map(|p| p.display().to_string())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        reply[0], "false",
+        "a file opened in the server got the owned file's number"
+    );
+    assert_eq!(reply[1], format!("errno {}", libc::EBADF));
+    assert!(written.is_empty(), "the write landed in {written:?}");
+}
+
+/// Releasing still works through a tombstone: the server's inherited copy of a socket end no
+/// longer keeps the peer from seeing end of stream once our own copy is closed.
+#[test]
+fn a_socket_end_a_server_inherited_does_not_keep_its_peer_from_end_of_stream() {
+    let _s = serial();
+    let _wd = watchdog("tombstoned_socket_eof", SECS(30));
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let mut s = Probe::default().start().unwrap();
+    assert!(server_tombstones(&mut s).contains(&theirs.as_raw_fd()));
+    drop(theirs);
+    let mut buf = [0u8; 1];
+    use std::io::Read;
+    assert_eq!(ours.read(&mut buf).unwrap(), 0, "end of stream");
+    assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
 }

@@ -118,9 +118,20 @@
 //! message is an error and the descriptors that did arrive are closed. Reads leave room for the
 //! control data a socket option set by anyone adds to every read (`SO_PASSCRED` credentials,
 //! `SO_PASSPIDFD` pidfds, `SO_PASSSEC` labels): descriptor passing keeps working, and a pidfd
-//! that arrives that way is closed at once. A forked server closes
-//! every inherited descriptor except 0, 1, 2, its socket and those given to
-//! [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before `start`**.
+//! that arrives that way is closed at once.
+//!
+//! A forked server releases every inherited descriptor except 0, 1, 2, its socket and those
+//! given to [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before
+//! `start`**. The server value may own some of them (a `File` opened before `start`), and safe
+//! code must never reach another file through it. So each released descriptor is replaced by a
+//! *tombstone*, an `O_PATH` descriptor of `/dev/null` (close-on-exec): the original file is
+//! released all the same (a socket's peer sees end of stream), the number stays taken (the
+//! server's own `open`s get other numbers), and every `read`, `write`, `ioctl` or `mmap` through
+//! it fails with `EBADF`. Dropping the owner closes the tombstone. The list of descriptors is
+//! read from `/proc/self/fd` in the parent (one `poll` over the descriptor table where procfs is
+//! missing); descriptors other threads open after that cannot belong to the server value and are
+//! simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
+//! This costs one `dup3` per inherited descriptor at start (see BENCHMARKS.md, rows 4t, 4t100).
 //!
 //! ## A server ends with its client
 //!

@@ -17,6 +17,13 @@ pub fn force_exit_watch_thread(on: bool) {
     crate::sys::force_exit_watch_thread(on);
 }
 
+/// For `benches/compare.rs` only: turns the forked server's hang-up watch and descriptor
+/// tombstones on or off for servers started from now on, so that the bench can measure what
+/// they cost. Both are on by default; turning them off gives up guarantees the crate documents.
+pub fn bench_hardening(hangup_watch: bool, tombstones: bool) {
+    crate::start::set_bench_hardening(hangup_watch, tombstones);
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::channel::Channel;
@@ -48,8 +49,9 @@ impl Builder {
         Self::default()
     }
 
-    /// Keeps `fd` open (under the same number) in the server; every other inherited descriptor
-    /// but 0, 1, 2 and the server's socket is closed.
+    /// Keeps `fd` open (under the same number) in the server. Every other inherited descriptor
+    /// but 0, 1, 2 and the server's socket is released there, its number held by a tombstone
+    /// on which every operation fails with `EBADF` (see the crate docs, "Descriptors").
     pub fn keep_fd(mut self, fd: &impl AsFd) -> Self {
         self.keep_fds.push(fd.as_fd().as_raw_fd());
         self
@@ -156,9 +158,6 @@ impl Builder {
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
-        // The child's end first: the lower descriptor number, so that closing everything above
-        // the descriptors it keeps usually takes a single `close_range`, which also closes
-        // the parent's end there.
         let (child_end, parent_end) = Channel::pair()?;
         let mut child = child_end;
         // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
@@ -171,6 +170,7 @@ impl Builder {
         self.keep_fds.push(child.as_raw_fd());
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
+        let fds = InheritedFds::new(&self.keep_fds);
         let plan = SignalPlan::new(S::SIGNALS);
         sys::HangupWatch::prepare();
 
@@ -184,15 +184,18 @@ impl Builder {
         let stdio = (std::io::stdout().lock(), std::io::stderr().lock());
         let all = sys::sigset(true);
         let old_mask = sys::set_sigmask(&all);
-        // SAFETY: the child branch below only makes async-signal-safe calls (close, sigaction,
-        // close_range, pthread_sigmask, and std's reentrant unlock, a futex wake) before handing
-        // control to the user's server, and never returns: it ends in `_exit`.
+        // SAFETY: before handing control to the user's server, the child branch below makes
+        // only async-signal-safe calls (setpgid, sigaction, open, dup3, close_range, fcntl,
+        // pthread_sigmask; std's flush of its stdout buffer into a closed descriptor and its
+        // reentrant unlock, both on locks this thread owns), plus one `pthread_create` (the
+        // hang-up watch), which glibc supports in a forked child; and it never returns: it ends
+        // in `_exit`.
         let pid = unsafe { sys::fork() };
         match pid {
             Ok(0) => {
-                // Child. Never returns. The parent's end is closed with every other descriptor
-                // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
-                // here (we `_exit`).
+                // Child. Never returns. The parent's end is released with every other
+                // descriptor not kept (`InheritedFds::apply` in `child_main`); its `Channel` is
+                // never dropped here (we `_exit`).
                 std::mem::forget(parent_end);
                 let (mut out, err) = stdio;
                 // The parent's pending partial line is in this copy of stdout's buffer; the
@@ -204,19 +207,11 @@ impl Builder {
                 drop(out);
                 drop(err);
                 let own_group = !self.same_process_group;
-                let watch = sys::HangupWatch {
+                let watch = hangup_watch_enabled().then_some(sys::HangupWatch {
                     after_close: self.stop.after_close,
                     after_term: self.stop.after_term,
-                };
-                child_main(
-                    server,
-                    child,
-                    &mut buf,
-                    &self.keep_fds,
-                    &plan,
-                    own_group,
-                    watch,
-                )
+                });
+                child_main(server, child, &mut buf, &fds, &plan, own_group, watch)
             }
             Ok(pid) => {
                 drop(stdio);
@@ -241,6 +236,62 @@ impl Builder {
     }
 }
 
+/// What a forked server does with the descriptors it inherits, decided in the parent.
+///
+/// Every inherited descriptor but 0, 1, 2, the server's socket and those given to
+/// [`Builder::keep_fd`] is released in the child: a leaked socket end there would keep its peer
+/// from ever seeing end of stream. But the server value, copied by `fork`, may own some of them
+/// (a `File` opened before `start`); closing them would let the child's next `open` reuse the
+/// number, and that value would then read and write another file through safe code. So each
+/// one is replaced by a *tombstone* (`dup3` of an `O_PATH` descriptor of `/dev/null`): the file
+/// is released all the same, the number stays taken, and every operation through it fails with
+/// `EBADF`. Descriptors opened by other threads after this list was made cannot belong to the
+/// server value (it is borrowed by `start`): they are simply closed.
+struct InheritedFds {
+    /// What stays open, usable: 0, 1, 2 are never touched; these above them.
+    keep: Vec<RawFd>,
+    /// Open in the parent when listed, not kept: tombstoned in the child.
+    tombs: Vec<RawFd>,
+    /// `keep` and `tombs`, sorted: what the final `close_range` sweep spares.
+    spare: Vec<RawFd>,
+}
+
+impl InheritedFds {
+    fn new(keep: &[RawFd]) -> Self {
+        let mut tombs = Vec::new();
+        if tombstones_enabled() {
+            sys::list_open_fds(&mut tombs);
+            tombs.retain(|&fd| fd > 2 && keep.binary_search(&fd).is_err());
+        }
+        let mut spare: Vec<RawFd> = keep.iter().chain(&tombs).copied().collect();
+        spare.sort_unstable();
+        spare.dedup();
+        InheritedFds {
+            keep: keep.to_vec(),
+            tombs,
+            spare,
+        }
+    }
+
+    /// In the child: tombstones, then closes everything else above 2 that is not kept.
+    /// Async-signal-safe. Without `/dev/null` (an unusual chroot), falls back to closing.
+    fn apply(&self) {
+        let Some(tomb) = (!self.tombs.is_empty()).then(sys::open_tombstone).flatten() else {
+            sys::close_fds_except(&self.keep);
+            return;
+        };
+        for &fd in &self.tombs {
+            sys::tombstone(tomb, fd);
+        }
+        // Also closes `tomb` itself, unless its number was in the list (closed by another
+        // thread after the listing, so that the tombstone now sits there as it should).
+        sys::close_fds_except(&self.spare);
+        if tomb <= 2 {
+            sys::close_raw(tomb);
+        }
+    }
+}
+
 /// The signals a terminal sends to its foreground job (and SIGTTIN/SIGTTOU, sent to background
 /// jobs that touch it): discarded in a server that leaves the parent's process group.
 const JOB_SIGNALS: [libc::c_int; 7] = [
@@ -258,10 +309,10 @@ fn child_main<S: Server>(
     server: &mut S,
     mut channel: Channel,
     buf: &mut MessageBuf,
-    keep: &[RawFd],
+    fds: &InheritedFds,
     plan: &SignalPlan,
     own_group: bool,
-    watch: sys::HangupWatch,
+    watch: Option<sys::HangupWatch>,
 ) -> ! {
     // 0. A process group of its own (see `Builder::same_process_group`). A signal the terminal
     //    sent to the parent's job before that is pending here (everything is blocked): meant for
@@ -291,12 +342,12 @@ fn child_main<S: Server>(
     if !plan.declares(libc::SIGPIPE) {
         let _ = sys::set_disposition(libc::SIGPIPE, sys::Disposition::Ignore);
     }
-    // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
-    sys::close_fds_except(keep);
+    // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep stay usable.
+    fds.apply();
     // 2b. The hang-up watch: once the client is gone (closed, exited, SIGKILLed), this process
     //     ends on `stop`'s schedule even if a handler never returns and nobody can signal it.
     //     Its thread starts while every signal is blocked, and keeps them blocked.
-    if let Err(e) = watch.start(channel.as_fd()) {
+    if let Err(e) = watch.map_or(Ok(()), |w| w.start(channel.as_fd())) {
         let _ = channel.write_error(&RemoteError::new(
             RemoteErrorKind::Initialize,
             format!("the server cannot start its hang-up watch thread: {e}"),
@@ -352,4 +403,22 @@ fn finish<S: Server>(server: &mut S, code: i32) -> ! {
     // `_exit` skips std's own flush of stdout at exit. (Stderr is unbuffered: nothing to do.)
     let _ = std::io::stdout().flush();
     sys::exit_now(code)
+}
+
+/// Turns the runtime's costlier protections off, for `benches/compare.rs` alone, which measures
+/// what they cost (see `__private::bench_hardening`).
+static NO_HANGUP_WATCH: AtomicBool = AtomicBool::new(false);
+static NO_TOMBSTONES: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_bench_hardening(hangup_watch: bool, tombstones: bool) {
+    NO_HANGUP_WATCH.store(!hangup_watch, Ordering::SeqCst);
+    NO_TOMBSTONES.store(!tombstones, Ordering::SeqCst);
+}
+
+fn tombstones_enabled() -> bool {
+    !NO_TOMBSTONES.load(Ordering::Relaxed)
+}
+
+fn hangup_watch_enabled() -> bool {
+    !NO_HANGUP_WATCH.load(Ordering::Relaxed)
 }

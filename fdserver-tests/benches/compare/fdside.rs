@@ -198,3 +198,8 @@ pub fn server_allocs(client: &mut ServerHandle) -> u64 {
     let reply = client.call(["allocs"]).expect("allocs");
     reply[0].parse().expect("allocs number")
 }
+
+/// How many descriptors this process has open (what a server it forks inherits).
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
+}

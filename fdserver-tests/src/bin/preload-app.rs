@@ -14,7 +14,7 @@
 //! Extra probe commands: `hexargs` (each argument's raw bytes in hex, one per line), `hexenv NAME`
 //! (the variable's raw bytes in hex, or `<unset>`), `hexcwd` (the working directory's raw bytes
 //! in hex), `fds` (this worker's open descriptors, one
-//! `N -> target` line each), `thread-echo words...` (two helper threads each print the words
+//! `N -> target` line each, `N -> /dev/null (tombstone)` for the runtime's tombstones), `thread-echo words...` (two helper threads each print the words
 //! with `println!`, joined before the command returns).
 
 use std::ffi::OsString;
@@ -291,7 +291,14 @@ fn raw_command(args: &[OsString]) -> Option<i32> {
             // The directory's own descriptor is closed by now: keep only the open ones.
             for fd in listed {
                 if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-                    println!("{fd} -> {}", target.display());
+                    let n: i32 = fd.parse().unwrap_or(-1);
+                    // The runtime's tombstones (an inherited number held, its file released).
+                    let tomb = if fdserver_tests::is_tombstone(n) {
+                        " (tombstone)"
+                    } else {
+                        ""
+                    };
+                    println!("{fd} -> {}{tomb}", target.display());
                 }
             }
             Some(0)

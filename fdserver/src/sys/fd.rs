@@ -1,4 +1,5 @@
-//! Descriptors: closing all but some, close-on-exec, pipes, `dup2`, locks, raw writes.
+//! Descriptors: closing all but some, tombstones, close-on-exec, pipes, `dup2`, locks, raw
+//! writes.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -21,6 +22,121 @@ pub(crate) fn close_fds_except(keep: &[RawFd]) {
         from = from.max(k + 1);
     }
     close_range(from, u32::MAX);
+}
+
+/// Appends the numbers of this process's open descriptors to `out` (sorted ascending): from
+/// `/proc/self/fd` (read with `getdents64`, nothing allocated but `out`'s growth), or where
+/// procfs is missing, by one `poll` over every number below the descriptor limit (capped at
+/// 65536). The directory's own descriptor is left out.
+pub(crate) fn list_open_fds(out: &mut Vec<RawFd>) {
+    let start = out.len();
+    if list_from_proc(out).is_err() {
+        out.truncate(start);
+        list_by_poll(out);
+    }
+    out[start..].sort_unstable();
+}
+
+fn list_from_proc(out: &mut Vec<RawFd>) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path; the flags ask for a close-on-exec directory descriptor.
+    let dir = cvt(unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh descriptor nobody else owns; closed when `_guard` drops.
+    let _guard = unsafe { OwnedFd::from_raw_fd(dir) };
+    #[repr(C, align(8))]
+    struct Buf([u8; 4096]);
+    let mut buf = Buf([0; 4096]);
+    loop {
+        // SAFETY: getdents64 writes at most `len` bytes of records into `buf`.
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.0.as_mut_ptr(), buf.0.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut off = 0;
+        while off < n as usize {
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+            let reclen = u16::from_ne_bytes([buf.0[off + 16], buf.0[off + 17]]) as usize;
+            let name = &buf.0[off + 19..off + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            let mut fd: Option<RawFd> = None;
+            for &b in name {
+                fd = match (fd, b) {
+                    (acc, b'0'..=b'9') => acc
+                        .unwrap_or(0)
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(RawFd::from(b - b'0'))),
+                    _ => None,
+                };
+                if fd.is_none() {
+                    break;
+                }
+            }
+            if let Some(fd) = fd {
+                if fd != dir {
+                    out.push(fd);
+                }
+            }
+            off += reclen;
+        }
+    }
+}
+
+fn list_by_poll(out: &mut Vec<RawFd>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 16) as RawFd
+    } else {
+        1024
+    };
+    let mut pfds: Vec<libc::pollfd> = (0..max)
+        .map(|fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of `max` pollfds; zero timeout. Closed numbers report POLLNVAL.
+    if unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) } >= 0 {
+        out.extend(
+            pfds.iter()
+                .filter(|p| p.revents & libc::POLLNVAL == 0)
+                .map(|p| p.fd),
+        );
+    }
+}
+
+/// Opens the source of tombstones: `/dev/null` with `O_PATH` (close-on-exec). Every `read`,
+/// `write`, `ioctl` or `mmap` on such a descriptor fails with `EBADF`, and it is no directory
+/// (`openat` relative to it fails with `ENOTDIR`). `None` if it cannot be opened.
+/// Async-signal-safe.
+pub(crate) fn open_tombstone() -> Option<RawFd> {
+    // SAFETY: a NUL-terminated path; O_PATH opens no file for I/O.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    (fd >= 0).then_some(fd)
+}
+
+/// Puts the tombstone `tomb` (from [`open_tombstone`]) over descriptor number `fd`
+/// (close-on-exec): whatever `fd` referred to is released (a socket's peer sees end of stream
+/// once no other copy remains), and the number stays taken, so it is never reused while
+/// something still holds it. Async-signal-safe.
+pub(crate) fn tombstone(tomb: RawFd, fd: RawFd) {
+    if tomb != fd {
+        // SAFETY: dup3 over a number the caller owns (an inherited descriptor nobody in this
+        // process uses as what it was).
+        unsafe { libc::dup3(tomb, fd, libc::O_CLOEXEC) };
+    }
 }
 
 fn close_range(first: u32, last: u32) {
@@ -189,4 +305,36 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 succeeded: two fresh descriptors owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_by_poll_finds_what_procfs_lists() {
+        // Other tests of this binary may open or close descriptors meanwhile: compare a listing
+        // by each method made while a few descriptors of ours are open, on our numbers only.
+        let (r, w) = pipe().unwrap();
+        let high = {
+            // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new one or -1.
+            let n = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 700) };
+            assert!(n >= 700);
+            // SAFETY: a fresh descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(n) }
+        };
+        let mine = [r.as_raw_fd(), w.as_raw_fd(), high.as_raw_fd()];
+        let (mut by_proc, mut by_poll) = (Vec::new(), Vec::new());
+        list_from_proc(&mut by_proc).unwrap();
+        list_by_poll(&mut by_poll);
+        for fd in mine {
+            assert!(by_proc.contains(&fd), "{fd} not in {by_proc:?}");
+            assert!(by_poll.contains(&fd), "{fd} not in {by_poll:?}");
+        }
+        drop(high);
+        let mut after = Vec::new();
+        list_open_fds(&mut after);
+        assert!(!after.contains(&mine[2]));
+        assert!(after.windows(2).all(|p| p[0] < p[1]), "sorted: {after:?}");
+    }
 }
