@@ -151,9 +151,14 @@
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
 //! only the calling thread exists in the child, and whatever locks other threads held at that
-//! moment stay locked forever there. fdserver's own path from `fork` to the server loop makes only
-//! async-signal-safe system calls: everything it needs (buffers, descriptor lists, signal sets) is
-//! prepared in the parent, and all signals are blocked across the `fork`.
+//! moment stay locked forever there. fdserver's own path from `fork` to your
+//! `initialize_server` makes only async-signal-safe system calls (everything it needs, buffers,
+//! descriptor lists, signal sets, the watch thread's stack, is prepared in the parent, and all
+//! signals are blocked across the `fork`), with two exceptions, both safe in the child: it
+//! releases std's stdout and stderr locks, which the forking thread holds (below), and it starts
+//! one thread of its own, the hang-up watch, with `pthread_create` (glibc resets its own locks at
+//! `fork`, as it must for the threads you start in `initialize_server`). That thread takes no lock
+//! and allocates nothing, so a server may itself fork (the preloader's templates do).
 //!
 //! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
 //! thread at the fork would stay locked forever in the child, where every `println!`, every panic
@@ -165,13 +170,15 @@
 //! * Output the parent had buffered but not flushed (a partial line) is written once, by the
 //!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
 //!   not block it.
-//! * The price: `start` waits while another thread of the parent holds `stdout` or `stderr`
+//! * The price: `start` waits while *another* thread of the parent holds `stdout` or `stderr`
 //!   locked: for the length of a print in progress, normally microseconds, but for as long as a
 //!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
 //!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
-//!   `start`** deadlocks the program: release the guard first. std offers no `try_lock` for these
-//!   locks, so no design can both never wait for them and never hand the server a lock that stays
-//!   locked; fdserver gives the server working stdio and documents the wait.
+//!   `start`** (joining it, or waiting on a channel it answers after `start`) deadlocks the
+//!   program: release the guard first. A guard held by the thread that calls `start` is fine
+//!   (the locks are reentrant). std offers no `try_lock` for these locks, so no design can both
+//!   never wait for them and never hand the server a lock that stays locked forever; fdserver
+//!   gives the server working stdio and documents the wait.
 //! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
 //!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
 //!   std's stdin in a server whose parent reads it from another thread.
@@ -181,8 +188,9 @@
 //!
 //! * **Safe**: system calls; allocation with the system allocator (glibc resets its malloc locks
 //!   in the child) or with an allocator that registers fork handlers (jemalloc, mimalloc do);
-//!   everything owned by the server value itself; `stdout()`/`stderr()` and `println!` (see
-//!   above); threads you start in `initialize_server`.
+//!   everything owned by the server value itself, except descriptors it opened before `start`
+//!   (they fail with `EBADF` in the server: see "Descriptors"); `stdout()`/`stderr()` and
+//!   `println!` (see above); threads you start in `initialize_server`.
 //! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
 //!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
 //!   fork (their threads do not exist in the child).
