@@ -21,11 +21,12 @@
 //!
 //! For syscall and instruction counting (see BENCHMARKS.md), the binary also runs one side of
 //! one row in a loop, unpinned: `compare --trace <what> <n>`, `what` one of `fd-call`,
-//! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`,
-//! `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
+//! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`
+//! (and `fd-start-nowatch`, `fd-start-notombs`, `fd-start-bare`: without the hang-up watch, the
+//! tombstones, or both), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
 //! chunks), or row 5's `preload-warm`, `preload-inprocess`, `raw-spawn` (`n` client processes),
 //! `preload-protocol` (`n` warm commands sent by the bench itself, timed phase by phase).
-//! It prints page faults and context switches per operation (`getrusage`) to stderr.
+//! It prints page faults, context switches and CPU time per operation (`getrusage`) to stderr.
 //!
 //! Row 5 measures the preloader from outside, as whole processes (`posix_spawn` + `waitpid`):
 //! `preload-app` (this package's binary, built by cargo with the bench) and the `wordindex`
@@ -847,10 +848,25 @@ fn trace(args: &[String]) {
             raw::bulk(peer.fd(), &chunk, n);
             peer.finish();
         }
-        "fd-start" => {
+        "fd-start" | "fd-start-nowatch" | "fd-start-notombs" | "fd-start-bare" => {
+            // Row 4's fdserver side; the variants turn the hang-up watch, the tombstones, or both
+            // off (rows 4w and 4t in CPU time). FDSERVER_TRACE_EXTRA_FDS=n opens n more
+            // descriptors here first (inherited by every server), as row 4t100 does.
+            let watch = !matches!(what, "fd-start-nowatch" | "fd-start-bare");
+            let tombs = !matches!(what, "fd-start-notombs" | "fd-start-bare");
+            fdserver::__private::bench_hardening(watch, tombs);
+            let extra: usize = std::env::var("FDSERVER_TRACE_EXTRA_FDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let held: Vec<std::fs::File> = (0..extra)
+                .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+                .collect();
             for _ in 0..n {
                 fdside::start_call_stop(&mut server);
             }
+            drop(held);
+            fdserver::__private::bench_hardening(true, true);
         }
         "raw-start-protocol" => {
             for _ in 0..n {
@@ -872,14 +888,21 @@ fn trace(args: &[String]) {
         os::rusage(libc::RUSAGE_CHILDREN),
     );
     let per = |a: libc::c_long, b: libc::c_long| (b - a) as f64 / n as f64;
+    // CPU time (user + system), which other processes' load disturbs much less than wall time.
+    let cpu_us = |r: &libc::rusage| {
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        tv(r.ru_utime) + tv(r.ru_stime)
+    };
     eprintln!(
-        "per op: self minflt {:.1} nvcsw {:.2} nivcsw {:.2} | reaped children minflt {:.1} nvcsw {:.2} nivcsw {:.2}",
+        "per op: self minflt {:.1} nvcsw {:.2} nivcsw {:.2} cpu {:.1} us | reaped children minflt {:.1} nvcsw {:.2} nivcsw {:.2} cpu {:.1} us",
         per(self0.ru_minflt, self1.ru_minflt),
         per(self0.ru_nvcsw, self1.ru_nvcsw),
         per(self0.ru_nivcsw, self1.ru_nivcsw),
+        (cpu_us(&self1) - cpu_us(&self0)) / n as f64,
         per(kids0.ru_minflt, kids1.ru_minflt),
         per(kids0.ru_nvcsw, kids1.ru_nvcsw),
         per(kids0.ru_nivcsw, kids1.ru_nivcsw),
+        (cpu_us(&kids1) - cpu_us(&kids0)) / n as f64,
     );
 }
 
