@@ -167,7 +167,9 @@ impl Received {
 /// more count as truncated and are closed); a pidfd the kernel attaches because of
 /// `SO_PASSPIDFD` is closed here, and credentials and security labels are ignored.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
-    let mut cmsg = RecvCmsgBuf([0; 512]);
+    // Not zeroed (512 bytes on every receive): the kernel writes the control messages it
+    // returns and sets `msg_controllen` to their length, and only those bytes are read below.
+    let mut cmsg = std::mem::MaybeUninit::<RecvCmsgBuf>::uninit();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -176,7 +178,7 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = size_of::<RecvCmsgBuf>() as _;
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if dontwait {
@@ -191,7 +193,7 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
     };
     let mut slot = 0;
     // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
-    // range, and each SCM_RIGHTS or SCM_PIDFD payload holds (cmsg_len - CMSG_LEN(0)) /
+    // range (so only bytes the kernel wrote are read), and each SCM_RIGHTS or SCM_PIDFD payload holds (cmsg_len - CMSG_LEN(0)) /
     // sizeof(int) fds that the kernel just installed in this process and that nothing else owns
     // yet.
     unsafe {
