@@ -131,7 +131,7 @@
 //! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
 //! missing); descriptors other threads open after that cannot belong to the server value (which
 //! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
-//! This costs about 10 µs plus half a microsecond per inherited descriptor at start (see
+//! This costs about 30 µs of CPU time per start, plus about 0.8 µs per inherited descriptor (see
 //! BENCHMARKS.md, rows 4t, 4t100).
 //!
 //! ## A server ends with its client

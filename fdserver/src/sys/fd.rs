@@ -29,9 +29,10 @@ pub(crate) fn close_fds_except(keep: &[RawFd]) {
 /// procfs is missing, by one `poll` over every number below the descriptor limit (capped at
 /// 65536). The directory's own descriptor is left out.
 ///
-/// Measured at a start (the parent's pages fault again after every `fork`): about 10 µs plus
-/// 0.3 µs per open descriptor (procfs builds a dentry for each); a `poll` over 1024 numbers
-/// costs about 25 µs there, and reading the table's size from `/proc/self/status` about 20 µs.
+/// Measured at a start (the parent's pages fault again after every `fork`): about 16 µs of CPU
+/// with a few descriptors, plus 0.5 µs per open descriptor (procfs builds a dentry for each); a
+/// `poll` over 1024 numbers costs about 27 µs there, and reading the table's size from
+/// `/proc/self/status` then polling it about 22 µs.
 /// The child then spends about as much per descriptor on its `dup3`, so the listing's
 /// per-descriptor cost changes nothing in kind.
 pub(crate) fn list_open_fds(out: &mut Vec<RawFd>) {
