@@ -139,7 +139,9 @@ fn spawn_detached(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> i
     Ok(())
 }
 
-/// The watch thread. Only system calls: no lock, no allocation, no panic.
+/// The watch thread. Only system calls, and only those every seccomp preset of a sandboxed
+/// server allows (`ppoll`, `clock_gettime`, `getpid`, `tgkill`): no lock, no allocation, no
+/// panic.
 extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
     let fd = SOCK.load(Ordering::SeqCst);
     loop {
@@ -150,8 +152,8 @@ extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
             events: 0,
             revents: 0,
         };
-        // SAFETY: one valid pollfd, no timeout.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        // SAFETY: one valid pollfd, no timeout, no signal mask change.
+        let r = unsafe { libc::ppoll(&mut pfd, 1, ptr::null(), ptr::null()) };
         if r > 0 {
             if pfd.revents & libc::POLLNVAL != 0 {
                 return ptr::null_mut(); // no socket to watch (not expected)
@@ -169,8 +171,13 @@ extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
     ] {
         at = add(at, wait);
         sleep_until(at);
-        // SAFETY: kill/getpid take integers; signalling our own process.
-        unsafe { libc::kill(libc::getpid(), sig) };
+        // To the server's main thread, which runs its loop: in a forked child its thread id is
+        // the process id. (SIGKILL ends the whole process whichever thread it is sent to.)
+        // SAFETY: getpid and tgkill take integers; signalling our own process.
+        unsafe {
+            let pid = libc::getpid();
+            libc::syscall(libc::SYS_tgkill, pid, pid, sig);
+        }
     }
     ptr::null_mut()
 }
@@ -189,22 +196,29 @@ fn add(t: libc::timespec, ns: u64) -> libc::timespec {
     let total = t.tv_nsec as u64 + ns % 1_000_000_000;
     let secs = (ns / 1_000_000_000).saturating_add(total / 1_000_000_000);
     libc::timespec {
-        tv_sec: t
-            .tv_sec
-            .saturating_add(secs.min(i64::MAX as u64) as libc::time_t),
+        tv_sec: t.tv_sec.saturating_add(secs.min(i64::MAX as u64) as libc::time_t),
         tv_nsec: (total % 1_000_000_000) as libc::c_long,
     }
 }
 
+/// Sleeps until `t` (`CLOCK_MONOTONIC`), with `ppoll` on no descriptor (which sandboxes allow
+/// where they refuse `clock_nanosleep`).
 fn sleep_until(t: libc::timespec) {
-    // SAFETY: a valid timespec; TIMER_ABSTIME, so an interrupted sleep is simply resumed.
-    while unsafe {
-        libc::clock_nanosleep(
-            libc::CLOCK_MONOTONIC,
-            libc::TIMER_ABSTIME,
-            &t,
-            ptr::null_mut(),
-        )
-    } == libc::EINTR
-    {}
+    loop {
+        let n = now();
+        let (mut sec, mut nsec) = (t.tv_sec - n.tv_sec, t.tv_nsec - n.tv_nsec);
+        if nsec < 0 {
+            sec -= 1;
+            nsec += 1_000_000_000;
+        }
+        if sec < 0 || (sec == 0 && nsec == 0) {
+            return;
+        }
+        let left = libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        // SAFETY: no descriptors (a null array of length 0), a valid timeout, no mask change.
+        unsafe { libc::ppoll(ptr::null_mut(), 0, &left, ptr::null()) };
+    }
 }
