@@ -21,12 +21,14 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 static SOCK: AtomicI32 = AtomicI32::new(-1);
 static AFTER_CLOSE_NS: AtomicU64 = AtomicU64::new(0);
 static AFTER_TERM_NS: AtomicU64 = AtomicU64::new(0);
+/// Set to 1 by the watch thread once it runs its own code (a futex word `start` waits on).
+static RUNNING: AtomicU32 = AtomicU32::new(0);
 /// The process whose watch runs (0: none). A pid, not a flag: a process forked from a server
 /// inherits its memory but not its threads, and may start a watch of its own.
 static WATCHING_PID: AtomicI32 = AtomicI32::new(0);
@@ -83,7 +85,10 @@ impl HangupWatch {
 
     /// Starts watching `sock`, whose descriptor must stay open (under the same number) for the
     /// rest of the process's life. Fails if a watch already runs in this process, or if the
-    /// thread cannot be created.
+    /// thread cannot be created. Returns once the thread runs its own code: from then on it
+    /// makes no system call but `ppoll`, `clock_gettime`, `getpid` and `tgkill` (so that a
+    /// seccomp filter applied right after, to every thread, does not meet the C library's
+    /// thread start-up calls in it).
     pub(crate) fn start(&self, sock: BorrowedFd<'_>) -> io::Result<()> {
         // SAFETY: getpid cannot fail.
         let me = unsafe { libc::getpid() };
@@ -96,11 +101,25 @@ impl HangupWatch {
         SOCK.store(sock.as_raw_fd(), Ordering::SeqCst);
         AFTER_CLOSE_NS.store(nanos(self.after_close), Ordering::SeqCst);
         AFTER_TERM_NS.store(nanos(self.after_term), Ordering::SeqCst);
+        RUNNING.store(0, Ordering::SeqCst);
         let r = spawn_detached(watch_main);
         if r.is_err() {
             WATCHING_PID.store(0, Ordering::SeqCst);
+            return r;
         }
-        r
+        while RUNNING.load(Ordering::SeqCst) == 0 {
+            // SAFETY: FUTEX_WAIT on a static, aligned u32 while it still holds 0; no timeout.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    RUNNING.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0u32,
+                    ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+        Ok(())
     }
 }
 
@@ -140,10 +159,20 @@ fn spawn_detached(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> i
 }
 
 /// The watch thread. Only system calls, and only those every seccomp preset of a sandboxed
-/// server allows (`ppoll`, `clock_gettime`, `getpid`, `tgkill`): no lock, no allocation, no
-/// panic.
+/// server allows (`futex` once, then `ppoll`, `clock_gettime`, `getpid`, `tgkill`): no lock, no
+/// allocation, no panic.
 extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
     let fd = SOCK.load(Ordering::SeqCst);
+    RUNNING.store(1, Ordering::SeqCst);
+    // SAFETY: FUTEX_WAKE on a static, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            RUNNING.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
     loop {
         // No event asked for: only POLLHUP, POLLERR (and POLLNVAL) are reported, and data
         // arriving on the socket does not wake this thread.
@@ -196,7 +225,9 @@ fn add(t: libc::timespec, ns: u64) -> libc::timespec {
     let total = t.tv_nsec as u64 + ns % 1_000_000_000;
     let secs = (ns / 1_000_000_000).saturating_add(total / 1_000_000_000);
     libc::timespec {
-        tv_sec: t.tv_sec.saturating_add(secs.min(i64::MAX as u64) as libc::time_t),
+        tv_sec: t
+            .tv_sec
+            .saturating_add(secs.min(i64::MAX as u64) as libc::time_t),
         tv_nsec: (total % 1_000_000_000) as libc::c_long,
     }
 }
