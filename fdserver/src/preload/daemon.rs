@@ -869,9 +869,13 @@ fn template_for<A: Application, R>(
     if t.current.is_none() {
         let watched = stamps(state.app.watched_files(key));
         let mut template = Template::new(state.app.clone(), key.to_owned(), state.huge_pages);
-        // The template's workers may run for a long time: `stop` must not hurry them.
+        // The template's workers may run for a long time: `stop` must not hurry them. These
+        // are also the template's own schedule once its connection to this server ends (its
+        // hang-up watch): a retired template (see `retire`) finishes its running workers, for
+        // up to a day, before SIGTERM. Shutting down and replacing a wedged template pass
+        // shorter periods to `stop_with`, and can signal it.
         let started = Builder::new()
-            .stop_timeouts(Duration::from_secs(2), Duration::from_secs(2))
+            .stop_timeouts(Duration::from_secs(24 * 3600), Duration::from_secs(2))
             .start_handle(&mut template);
         drop(template);
         match started {
