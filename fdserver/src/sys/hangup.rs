@@ -3,20 +3,24 @@
 //! depending on anyone being able to signal it.
 //!
 //! A small thread (started with `pthread_create`, all signals blocked, a 64 KiB stack reserved
-//! once in the parent, no lock and no allocation of its own) waits in `poll` for the socket's hang-up only: `POLLHUP` (the
-//! peer closed its end, its process died, or it shut the connection down both ways) or
-//! `POLLERR`. It asks for no event, so data arriving on the socket never wakes it: the kernel
-//! filters wake-ups by event, and a call costs nothing more. A half-close (`shutdown(SHUT_WR)` by a
-//! peer that still reads) is not a hang-up. Once the hang-up is seen, the thread waits
-//! `after_close`, sends SIGTERM to its process, waits `after_term`, and sends SIGKILL: if the
-//! process has exited by then (its loop saw the end of stream), the thread went with it.
+//! once in the parent, no lock and no allocation of its own) waits in `ppoll` for the socket's
+//! hang-up only: `POLLHUP` (the peer closed its end, its process died, or it shut the connection
+//! down both ways) or `POLLERR`. It asks for no event, so data arriving on the socket never wakes
+//! it: the kernel filters wake-ups by event, and a call costs nothing more. A half-close
+//! (`shutdown(SHUT_WR)` by a peer that still reads) is not a hang-up. Once the hang-up is seen,
+//! the thread waits `after_close`, sends SIGTERM to the process's main thread (the loop's),
+//! waits `after_term`, and sends SIGKILL: if the process has exited by then (its loop saw the end
+//! of stream), the thread went with it. Its only system calls are `futex` (once, at start),
+//! `ppoll`, `clock_gettime`, `getpid` and `tgkill`, which a sandbox's seccomp filter allows.
 //!
 //! `PR_SET_PDEATHSIG` would not do: it fires when the *thread* that forked the process exits, so
 //! a server started from a short-lived thread would die with that thread, and it says nothing
 //! about a client that closed the connection but lives on.
 //!
 //! One watch per process (a forked server serves one client); the forked server starts it before
-//! `initialize_server`, so a long initialisation is covered too.
+//! `initialize_server`, so a long initialisation is covered too. [`HangupWatch::start`] may be
+//! called later instead (a sandbox that needs a single thread while it applies its layers starts
+//! it inside them).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
