@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::sys;
-use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
-
-/// Largest write buffer a channel keeps between messages.
-const WBUF_KEEP: usize = 1 << 20;
+use crate::wire::{self, Message, MessageBuf};
 
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
@@ -42,7 +39,13 @@ pub struct Channel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    /// A write stopped part-way through a message: not even a last message can follow.
+    /// (`broken` alone may mean only the read direction is out of step.)
+    write_broken: bool,
     peer_gone: bool,
+    /// The channel of a running server loop: every wait also watches for a signal that ends the
+    /// loop (see [`sys::wait_loop_socket`]).
+    stop_on_signal: bool,
     wbuf: Vec<u8>,
     writes: u64,
     /// The operation in progress, named by a time-out.
@@ -74,7 +77,9 @@ impl Channel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            write_broken: false,
             peer_gone: false,
+            stop_on_signal: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
             op: Operation::ReadArray,
@@ -166,10 +171,27 @@ impl Channel {
     /// Marks the channel unusable (e.g. a call timed out with its reply still in flight).
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
+        self.write_broken = true;
     }
 
-    /// How many write operations have started on this channel (lets a server tell whether a
-    /// handler began its reply).
+    /// Writes `error` as the last message on a channel that an earlier error broke, if the write
+    /// direction is still in step (the break was on the read side: an oversized scalar, data
+    /// where a descriptor was due, a descriptor glued to a frame) and the peer is still there.
+    /// The channel stays broken. A server calls this just before it closes the connection, so
+    /// that its peer learns why (`["error", kind, text]`) instead of reading a bare end of
+    /// stream.
+    pub(crate) fn write_last_error(&mut self, error: &RemoteError) -> Result<(), Error> {
+        if self.write_broken || self.peer_gone {
+            return Err(Error::Broken);
+        }
+        let was_broken = std::mem::replace(&mut self.broken, false);
+        let r = self.write_error(error);
+        self.broken |= was_broken;
+        r
+    }
+
+    /// How many write operations have put at least one byte on the wire (lets a server tell
+    /// whether a handler began its reply: a write refused before its first byte does not count).
     pub(crate) fn writes(&self) -> u64 {
         self.writes
     }
@@ -185,6 +207,18 @@ impl Channel {
         } else {
             Ok(())
         }
+    }
+
+    /// Makes this the channel of a running server loop (`true`) or an ordinary one: see
+    /// [`sys::wait_loop_socket`]. Its socket must be the one the loop waits on.
+    pub(crate) fn set_stop_on_signal(&mut self, on: bool) {
+        self.stop_on_signal = on;
+    }
+
+    /// Whether system calls must not block: with a deadline or on a loop's channel, every wait
+    /// is a `poll` (never a blocking `recvmsg`/`sendmsg`, which SA_RESTART would resume).
+    fn nonblocking(&self, deadline: Option<Instant>) -> bool {
+        deadline.is_some() || self.stop_on_signal
     }
 
     fn read_deadline(&self) -> Option<Instant> {
@@ -209,7 +243,7 @@ impl Channel {
     ) -> Result<bool, Error> {
         let mut got = 0;
         while got < buf.len() {
-            match sys::recv(self.fd.as_fd(), &mut buf[got..], deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut buf[got..], self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.fd_count() > 0 || r.truncated {
                         let clean = at_boundary && got == 0 && r.n == 1 && buf[0] == 0;
@@ -247,19 +281,38 @@ impl Channel {
         match e.raw_os_error() {
             Some(libc::EINTR) => Ok(()),
             Some(libc::EAGAIN) => {
-                if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
-                    Ok(())
+                let wake = if self.stop_on_signal {
+                    sys::wait_loop_socket(events, deadline)?
+                } else if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
+                    sys::Wake::Ready
                 } else {
-                    if !clean {
-                        self.broken = true;
+                    sys::Wake::TimedOut
+                };
+                let err = match wake {
+                    sys::Wake::Ready => return Ok(()),
+                    sys::Wake::TimedOut => {
+                        let timeout = if events == libc::POLLIN {
+                            self.read_timeout
+                        } else {
+                            self.write_timeout
+                        };
+                        Error::timed_out(self.op, timeout.unwrap_or_default())
                     }
-                    let timeout = if events == libc::POLLIN {
-                        self.read_timeout
-                    } else {
-                        self.write_timeout
-                    };
-                    Err(Error::timed_out(self.op, timeout.unwrap_or_default()))
+                    // The loop is ending: whatever was half read or half written is abandoned.
+                    sys::Wake::Stop(sig) => Error::Io(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        match sig {
+                            libc::SIGTERM => "SIGTERM arrived: the server loop is ending",
+                            libc::SIGINT => "SIGINT arrived: the server loop is ending",
+                            _ => "a terminating signal arrived: the server loop is ending",
+                        },
+                    )),
+                };
+                if !clean {
+                    self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
+                Err(err)
             }
             Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
                 // A reset reads as end of stream, like Passenger.
@@ -279,6 +332,7 @@ impl Channel {
             _ => {
                 if !clean {
                     self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
                 Err(Error::Io(e))
             }
@@ -292,13 +346,15 @@ impl Channel {
         mut fd: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
-            match sys::send(self.fd.as_fd(), iov, fd, deadline.is_some()) {
+            match sys::send(self.fd.as_fd(), iov, fd, self.nonblocking(deadline)) {
                 Ok(n) => {
                     if n > 0 {
+                        if !sent_any {
+                            self.writes += 1;
+                        }
                         sent_any = true;
                         fd = None; // the descriptor went with the first byte
                     }
@@ -375,16 +431,13 @@ impl Channel {
         self.op = Operation::WriteArray;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
-        let all = prefix
-            .into_iter()
-            .map(Elem::Fixed)
-            .chain(elements.into_iter().map(Elem::User));
-        // A success reply never fails for its size: past 64 KiB it goes as a scalar.
-        let encoded = if prefix == Some(b"ok") {
-            wire::encode_reply(&mut buf, all)
-        } else {
-            wire::encode_array(&mut buf, all)
-        };
+        let encoded = wire::encode_array(
+            &mut buf,
+            prefix
+                .into_iter()
+                .map(Elem::Fixed)
+                .chain(elements.into_iter().map(Elem::User)),
+        );
         let result = encoded.and_then(|()| {
             let deadline = self.write_deadline();
             match fd {
@@ -392,10 +445,6 @@ impl Channel {
                 Some(fd) => self.send_frame_then_fd(&buf, fd, deadline),
             }
         });
-        if buf.capacity() > WBUF_KEEP {
-            // After a large reply: do not keep its memory for the rest of the connection.
-            buf = Vec::with_capacity(256);
-        }
         self.wbuf = buf;
         result.map_err(|e| match e {
             // Report the caller's element index, not ours.
@@ -447,10 +496,7 @@ impl Channel {
     // Replies (the fdserver convention on top of array messages)
     // ----------------------------------------------------------------------------------------
 
-    /// Writes a success reply: `["ok", values...]`. One whose body exceeds 65535 bytes is sent
-    /// as `["ok_scalar"]` followed by a scalar holding the same body (see [`wire::OK_SCALAR`]),
-    /// which [`read_reply`](Self::read_reply) reads back as `["ok", values...]`: a reply never
-    /// fails for its size.
+    /// Writes a success reply: `["ok", values...]`.
     pub fn write_ok<I, T>(&mut self, values: I) -> Result<(), Error>
     where
         I: IntoIterator<Item = T>,
@@ -488,20 +534,28 @@ impl Channel {
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         loop {
-            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, deadline.is_some()) {
-                Ok((_, true)) => return Ok(()),
+            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {
+                Ok((_, true)) => {
+                    self.writes += 1;
+                    return Ok(());
+                }
                 Ok((sent, false)) => {
+                    if sent > 0 {
+                        self.writes += 1;
+                    }
                     let rest = self.send_all(&mut [IoSlice::new(&frame[sent..])], None, deadline);
                     if rest.is_err() && sent > 0 {
                         self.broken = true;
+                        self.write_broken = true;
                     }
                     rest?;
                     self.op = Operation::SendFd;
                     let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
                     if sent_fd.is_err() {
-                        self.broken = true; // the reply went out without its descriptor
+                        // The reply went out without its descriptor.
+                        self.broken = true;
+                        self.write_broken = true;
                     }
                     return sent_fd;
                 }
@@ -510,57 +564,22 @@ impl Channel {
         }
     }
 
-    /// Writes an error reply: `["error", kind, message, details...]` (see [`RemoteError`]). NUL
-    /// bytes are replaced (by U+FFFD) and an over-long kind (1000 bytes) or message (60 000) is
-    /// cut, so that the reply itself cannot fail to encode; details that would not fit next to
-    /// the message are left out.
+    /// Writes an error reply: `["error", kind, message]`. NUL bytes in the message are replaced
+    /// and an over-long message is cut, so that the reply itself cannot fail to encode.
     pub fn write_error(&mut self, error: &RemoteError) -> Result<(), Error> {
-        const MAX_TEXT: usize = 60_000;
-        const MAX_KIND: usize = 1_000;
         let mut msg = error.message().replace('\0', "\u{FFFD}");
-        if msg.len() > MAX_TEXT {
-            let mut cut = MAX_TEXT;
+        if msg.len() > 60_000 {
+            let mut cut = 60_000;
             while !msg.is_char_boundary(cut) {
                 cut -= 1;
             }
             msg.truncate(cut);
         }
-        let mut kind = error.kind().as_str().replace('\0', "\u{FFFD}");
-        if kind.len() > MAX_KIND {
-            let mut cut = MAX_KIND;
-            while !kind.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            kind.truncate(cut);
-        }
-        let clean = |d: &Vec<u8>| -> Vec<u8> {
-            if d.contains(&0) {
-                let mut out = Vec::with_capacity(d.len() + 2);
-                for &b in d {
-                    if b == 0 {
-                        out.extend_from_slice("\u{FFFD}".as_bytes());
-                    } else {
-                        out.push(b);
-                    }
-                }
-                out
-            } else {
-                d.clone()
-            }
-        };
-        let details: Vec<Vec<u8>> = error.details().iter().map(clean).collect();
-        let room = wire::MAX_BODY.saturating_sub(b"error".len() + kind.len() + msg.len() + 3);
-        let need: usize = details.iter().map(|d| d.len() + 1).sum();
-        let details = if need <= room { &details[..] } else { &[] };
-        self.write_array(
-            [&b"error"[..], kind.as_bytes(), msg.as_bytes()]
-                .into_iter()
-                .chain(details.iter().map(Vec::as_slice)),
-        )
+        let kind = error.kind().as_str().replace('\0', "\u{FFFD}");
+        self.write_array([&b"error"[..], kind.as_bytes(), msg.as_bytes()])
     }
 
-    /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`; a
-    /// reply too large for an array message, `["ok_scalar"]` and its scalar, reads the same),
+    /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`),
     /// [`Error::Remote`] for `["error", kind, message]`, [`Error::Disconnected`] at end of stream.
     ///
     /// The first read asks for the five bytes of the shortest reply there is, `["ok"]`
@@ -630,7 +649,11 @@ impl Channel {
         let mut got = 0;
         let mut fd = None;
         while got < 2 {
-            match sys::recv(self.fd.as_fd(), &mut head[got..want], deadline.is_some()) {
+            match sys::recv(
+                self.fd.as_fd(),
+                &mut head[got..want],
+                self.nonblocking(deadline),
+            ) {
                 Ok(mut r) => {
                     if r.n == 0 {
                         self.peer_gone = true;
@@ -685,7 +708,7 @@ impl Channel {
             match sys::recv(
                 self.fd.as_fd(),
                 &mut buf.body[body_got..limit],
-                deadline.is_some(),
+                self.nonblocking(deadline),
             ) {
                 Ok(mut r) => {
                     if r.n == 0 {
@@ -731,9 +754,6 @@ impl Channel {
                 "a reply frame shorter than any reply".into(),
             )));
         }
-        if buf.message().name() == OK_SCALAR {
-            self.read_spilled_reply(buf)?;
-        }
         if !with_fd {
             return Ok(None);
         }
@@ -747,23 +767,6 @@ impl Channel {
                 self.recv_fd_until(deadline)?.ok_or(Error::Disconnected)?,
             )),
         }
-    }
-
-    /// After `["ok_scalar"]`: reads the scalar holding the reply's body into `buf` (see
-    /// [`wire::OK_SCALAR`]), so that it reads as the `["ok", ...]` reply it stands for.
-    fn read_spilled_reply(&mut self, buf: &mut MessageBuf) -> Result<(), Error> {
-        if !self.read_scalar_into(&mut buf.body)? {
-            self.broken = true;
-            return Err(Error::Protocol(ProtocolError::UnexpectedEof));
-        }
-        self.op = Operation::ReadReply;
-        buf.index().map_err(Error::Protocol)?;
-        if buf.message().name() != b"ok" {
-            return Err(Error::Protocol(ProtocolError::BadReply(
-                "the scalar after \"ok_scalar\" does not hold an \"ok\" reply".into(),
-            )));
-        }
-        Ok(())
     }
 
     // ----------------------------------------------------------------------------------------
@@ -869,7 +872,7 @@ impl Channel {
         self.check()?;
         loop {
             let mut byte = [0u8; 1];
-            match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut byte, self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.n == 0 {
                         self.peer_gone = true;
@@ -894,19 +897,18 @@ impl Channel {
     }
 }
 
-/// `Ok` for an `["ok", ...]` reply (and the `["ok_scalar"]` announcement of a large one),
-/// [`Error::Remote`] for `["error", kind, message, details...]`, a protocol error for anything
-/// else.
+/// `Ok` for an `["ok", ...]` reply, [`Error::Remote`] for `["error", kind, message]`, a protocol
+/// error for anything else.
 pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
     match msg.name() {
-        b"ok" | OK_SCALAR => Ok(()),
+        b"ok" => Ok(()),
         b"error" => {
             let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
             let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
-            Err(Error::Remote(
-                RemoteError::new(RemoteErrorKind::from_wire(&kind), text)
-                    .with_details(msg.iter().skip(3).map(<[u8]>::to_vec)),
-            ))
+            Err(Error::Remote(RemoteError::new(
+                RemoteErrorKind::from_wire(&kind),
+                text,
+            )))
         }
         other => Err(Error::Protocol(ProtocolError::BadReply(format!(
             "expected \"ok\" or \"error\", got {:?}",

@@ -14,7 +14,7 @@
 //!
 //! #[fdserver::fdserver]
 //! impl MyServer {
-//!     fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
+//!     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
 //!         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
 //!     }
 //! }
@@ -68,10 +68,6 @@
 //! * [`Server`]: what a server is; [`Server::start`] (or [`Builder`], for options) forks one and
 //!   returns its client, [`serve`] runs one in the current process (e.g. on an inherited fd 3).
 //! * [`ServerHandle`]: the parent's handle: `pid`, `call`, raw channel, `stop`.
-//! * [`Spawn`]: start a server *program* (`exec`, no fork) on an inherited socket, with the same
-//!   client; [`Connection`]: a generated client also drives any [`Channel`] peer.
-//! * [`args`]: how each type travels ([`Json`] for serde values, feature `serde`);
-//!   [`WireError`] and [`CallError`]: error types that come back to the client as themselves.
 //! * [`Channel`]: the message channel (arrays, scalars, descriptors, deadlines).
 //! * [`Error`]: everything that can fail, in one enum.
 //! * [`preload`]: a Spring-style preloader built on all of the above.
@@ -118,22 +114,31 @@
 //! element is a status.
 //!
 //! * `["ok", value, ...]`: success; scalars and descriptors the handler sends follow it.
-//! * `["ok_scalar"]` then a scalar message holding the body of `["ok", value, ...]`: success,
-//!   for a reply too large for an array message (over 65535 bytes); read as the plain form.
-//! * `["error", kind, message, details...]`: failure, where `kind` is one of `unknown_message`,
-//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize`, `sandbox` (the server's sandbox could not be applied), `io`
-//!   (an `io::Error`, details: its kind and OS error number) or the code of a handler's own
-//!   [`WireError`] type (details: its fields); see [`RemoteErrorKind`] and
-//!   [`args`](crate::args#errors). A peer that knows only `["error", kind, message]` ignores the
-//!   details. After any of these the server keeps serving, except after a
-//!   handler panicked part-way through writing its reply: then the stream cannot be repaired, so
-//!   the server closes it and exits with status 101.
+//! * `["error", kind, message]`: failure, where `kind` is one of `unknown_message`,
+//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize` or
+//!   `sandbox` (see [`RemoteErrorKind`]). After any of these the server keeps serving, except when a
+//!   handler had already begun writing its reply: a second reply would answer the client's next
+//!   request, so instead the server closes the stream and exits, with status 101 after a panic
+//!   and 1 after an `Err`. A request is answered by exactly one reply.
+//! * A request that leaves the incoming stream impossible to resynchronise (a scalar over the
+//!   server's limit, data where a descriptor was due, a descriptor glued to a message's bytes)
+//!   is answered with a last `["error", "protocol", text]` saying why, then the server closes the
+//!   connection and exits with status 1, so a peer in any language reads the reason instead of a
+//!   bare end of stream.
 //!
 //! A forked server sends `["ready"]` once `initialize_server` succeeded (or
 //! `["error", "initialize", message]`); [`Server::start`] consumes it. [`serve`] on an inherited
 //! socket sends nothing unprompted.
 //!
 //! ## Signals
+//!
+//! A forked server leads a process group of its own (in its parent's session), so the signals
+//! a terminal sends to the parent's job (Ctrl-C, Ctrl-\, Ctrl-Z, window resizes) do not reach
+//! it: an interactive program that handles Ctrl-C keeps its servers. Outside the foreground job,
+//! it ignores SIGTTIN and SIGTTOU unless it declares them, so reading the terminal fails with
+//! `EIO` instead of stopping it. [`Builder::same_process_group`] keeps it in the parent's job
+//! instead (for `#[fdserver]` servers too: `Builder::new().same_process_group(true).start(&mut
+//! server)`).
 //!
 //! A forked server resets every signal disposition to its default and ignores SIGHUP, unless it
 //! declares a SIGHUP handler. The signals it declares in [`Server::SIGNALS`], plus SIGTERM and
@@ -142,6 +147,14 @@
 //! that arrives while a handler runs is handled before the next message. SIGTERM and SIGINT
 //! without a declared handler end the loop cleanly: `finalize_server` runs and the server exits
 //! with status 0.
+//!
+//! They end it promptly in every state of the loop's channel, as Passenger's servers did: a
+//! message half read (the rest is abandoned), a handler waiting on [`Context::channel`] for more
+//! from the client, a reply blocked because the client does not read it. Every wait of the
+//! loop's channel watches for them, and the operation cut short fails with an `Interrupted`
+//! [`Error::Io`] that ends the loop (no reply is sent). Your own code in a handler (a loop, a
+//! blocking call on another descriptor) is not interrupted: the signal is handled when the
+//! handler returns, and [`ServerHandle::stop`] ends a handler that never does with SIGKILL.
 //!
 //! Those signals are not blocked while your handlers run, and their recording handler is
 //! installed with `SA_RESTART`: blocking reads and writes in your code are restarted, but calls
@@ -154,28 +167,86 @@
 //!
 //! Every descriptor fdserver creates is close-on-exec; received ones too (`MSG_CMSG_CLOEXEC`).
 //! Sends use `MSG_NOSIGNAL`, so a dead peer is an error, not a SIGPIPE. A truncated control
-//! message is an error and the descriptors that did arrive are closed. A forked server closes
-//! every inherited descriptor except 0, 1, 2, its socket and those given to
-//! [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before `start`**.
+//! message is an error and the descriptors that did arrive are closed. Reads leave room for the
+//! control data a socket option set by anyone adds to every read (`SO_PASSCRED` credentials,
+//! `SO_PASSPIDFD` pidfds, `SO_PASSSEC` labels): descriptor passing keeps working, and a pidfd
+//! that arrives that way is closed at once.
+//!
+//! A forked server releases every inherited descriptor except 0, 1, 2, its socket and those
+//! given to [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before
+//! `start`**. The server value may own some of them (a `File` opened before `start`), and safe
+//! code must never reach another file through it. So each released descriptor is replaced by a
+//! *tombstone*, an `O_PATH` descriptor of `/dev/null` (close-on-exec): the original file is
+//! released all the same (a socket's peer sees end of stream), the number stays taken (the
+//! server's own `open`s get other numbers), and every `read`, `write`, `ioctl` or `mmap` through
+//! it fails with `EBADF`. Dropping the owner closes the tombstone. The parent lists its open
+//! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
+//! missing); descriptors other threads open after that cannot belong to the server value (which
+//! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
+//! This costs about 30 µs of CPU time per start, plus about 0.8 µs per inherited descriptor (see
+//! BENCHMARKS.md, rows 4t, 4t100).
+//!
+//! ## A server ends with its client
+//!
+//! A forked server runs a small thread, its *hang-up watch*, that waits for its connection to
+//! end, however it ends: [`ServerHandle::stop`] or a dropped handle, a parent that exited, crashed
+//! or was SIGKILLed. From then on the server follows `stop`'s schedule by itself: SIGTERM
+//! `after_close` later, SIGKILL `after_term` after that (3 s and 3 s unless
+//! [`Builder::stop_timeouts`] says otherwise), unless it has exited first, as it does at once
+//! when its loop is waiting for a message. So a handler that never returns cannot keep a server
+//! alive past its client, and this does not depend on anyone being able to signal the server:
+//! [`ServerHandle::stop`] still ends and reaps it after the parent dropped the privileges to
+//! signal it. The watch asks `poll` for no event on the socket, so calls never wake it; a client
+//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
+//! watch (it runs in your process).
 //!
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
 //! only the calling thread exists in the child, and whatever locks other threads held at that
-//! moment stay locked forever there. fdserver's own path from `fork` to the server loop makes only
-//! async-signal-safe system calls: everything it needs (buffers, descriptor lists, signal sets) is
-//! prepared in the parent, and all signals are blocked across the `fork`.
+//! moment stay locked forever there. fdserver's own path from `fork` to your
+//! `initialize_server` makes only async-signal-safe system calls (everything it needs, buffers,
+//! descriptor lists, signal sets, the watch thread's stack, is prepared in the parent, and all
+//! signals are blocked across the `fork`), with two exceptions, both safe in the child: it
+//! releases std's stdout and stderr locks, which the forking thread holds (below), and it starts
+//! one thread of its own, the hang-up watch, with `pthread_create` (glibc resets its own locks at
+//! `fork`, as it must for the threads you start in `initialize_server`). That thread takes no lock
+//! and allocates nothing, so a server may itself fork (the preloader's templates do).
+//!
+//! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
+//! thread at the fork would stay locked forever in the child, where every `println!`, every panic
+//! message and the final flush would block. So `start` takes both locks across the `fork` and the
+//! child releases them first thing. What the runtime guarantees:
+//!
+//! * In the server, `println!`, `eprintln!` and panic messages work from every thread (the loop's
+//!   and the ones you start), and the server's stdout is flushed when it exits.
+//! * Output the parent had buffered but not flushed (a partial line) is written once, by the
+//!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
+//!   not block it.
+//! * The price: `start` waits while *another* thread of the parent holds `stdout` or `stderr`
+//!   locked: for the length of a print in progress, normally microseconds, but for as long as a
+//!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
+//!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
+//!   `start`** (joining it, or waiting on a channel it answers after `start`) deadlocks the
+//!   program: release the guard first. A guard held by the thread that calls `start` is fine
+//!   (the locks are reentrant). std offers no `try_lock` for these locks, so no design can both
+//!   never wait for them and never hand the server a lock that stays locked forever; fdserver
+//!   gives the server working stdio and documents the wait.
+//! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
+//!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
+//!   std's stdin in a server whose parent reads it from another thread.
 //!
 //! Your code in the child (`initialize_server`, handlers, `finalize_server`) runs under these
 //! rules when the parent has other threads:
 //!
 //! * **Safe**: system calls; allocation with the system allocator (glibc resets its malloc locks
 //!   in the child) or with an allocator that registers fork handlers (jemalloc, mimalloc do);
-//!   everything owned by the server value itself; threads you start in `initialize_server`.
-//! * **Not safe**: any lock another thread might have held at the fork: a `static Mutex`, a
-//!   logger's lock, `std::io::stdout()`/`stderr()` if another thread prints concurrently (the child
-//!   flushes them at exit), `std::env::set_var`; thread pools and async runtimes created before
-//!   the fork (their threads do not exist in the child).
+//!   everything owned by the server value itself, except descriptors it opened before `start`
+//!   (they fail with `EBADF` in the server: see "Descriptors"); `stdout()`/`stderr()` and
+//!   `println!` (see above); threads you start in `initialize_server`.
+//! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
+//!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
+//!   fork (their threads do not exist in the child).
 //! * **Reseed** random number generators in `initialize_server`: the child starts with a copy of
 //!   the parent's state (Passenger 2.2 learned this the hard way).
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with
@@ -221,11 +292,7 @@ mod channel;
 #[cfg(target_os = "linux")]
 mod client;
 #[cfg(target_os = "linux")]
-mod connection;
-#[cfg(target_os = "linux")]
 mod error;
-#[cfg(target_os = "linux")]
-mod io_kind;
 #[cfg(target_os = "linux")]
 pub mod preload;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
@@ -239,15 +306,11 @@ mod server_loop;
 #[cfg(target_os = "linux")]
 mod signal;
 #[cfg(target_os = "linux")]
-mod spawn;
-#[cfg(target_os = "linux")]
 mod start;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
 pub mod wire;
-#[cfg(target_os = "linux")]
-mod wire_error;
 
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
@@ -263,7 +326,7 @@ pub mod __private;
 ///
 /// #[fdserver::fdserver]
 /// impl MyServer {
-///     fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
+///     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
 ///         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
 ///     }
 /// }
@@ -288,16 +351,13 @@ pub mod __private;
 /// * `MyServer::start(&mut self) -> Result<MyServerClient, fdserver::Error>`, an inherent method,
 ///   so `MyServer.start()` works without importing the trait. For options use
 ///   [`Builder`]: `Builder::new().timeout(...).start(&mut server)`.
-/// * `pub struct MyServerClient<C = ServerHandle>`: one method per handler, with the handler's
-///   parameters (minus the context), returning `Result<T, fdserver::Error>` where `T` is what
-///   the handler returns (its `Ok` type for a `Result`), or `Result<T, fdserver::CallError<E>>`
-///   for a `typed_errors` handler returning `Result<T, E>` (see [`WireError`]). `C` is what it
-///   talks through ([`Connection`]): for a server fdserver started ([`Server::start`],
-///   [`Spawn`]) the [`ServerHandle`], with `pid()`, `stop()`, `stop_with(options)`,
-///   `signal(sig)`, `handle()` / `handle_mut()` / `into_handle()`; or any [`Channel`]
-///   (`MyServerClient::from(channel)`: a server another program started, a Ruby peer). Both
-///   have `set_timeout(deadline)`, `channel()` (the raw [`Channel`]), `into_connection()`,
-///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server.
+/// * `pub struct MyServerClient`: one method per handler, with the handler's parameters (minus
+///   the context), returning `Result<T, fdserver::Error>` where `T` is what the handler returns
+///   (its `Ok` type for a `Result`). It also has `pid()`, `stop()`, `stop_with(options)`,
+///   `signal(sig)`, `set_timeout(deadline)`, `channel()` (the raw [`Channel`]),
+///   `handle()` / `handle_mut()` / `into_handle()` (the untyped
+///   [`ServerHandle`]), `From<ServerHandle>` and `Debug`. Dropping it stops
+///   the server.
 ///
 /// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
 /// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited
@@ -342,36 +402,20 @@ pub mod __private;
 /// client still sends it; its stub parameter and error messages call it `argN`, N counting
 /// the client's parameters from 1). Each type decides how the value travels (see
 /// [`args`] for the table): strings, numbers, `bool`, `char`, paths and `Option`s
-/// of those are elements of the array message; `Vec<u8>`, lists (`Vec<T>` of those) and
-/// [`Json<T>`](Json) (any serde type, feature `serde`) are scalar messages and `File`,
-/// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array.
-/// `&str`, `&[u8]`, `&Path` and `&OsStr` parameters borrow from the received message (no
-/// allocation). The client method takes `&str` for `String`, `&[u8]` for `Vec<u8>`,
-/// `impl AsRef<Path>` for `PathBuf` and `&Path`, `impl AsRef<OsStr>` for `OsString` and
-/// `&OsStr`, `&[impl AsRef<str>]` for `Vec<String>`, `&T` for `Json<T>`, `impl AsFd` for
-/// descriptors and the type itself otherwise. Your own `FromStr + Display` types need one line,
+/// of those are elements of the array message; `Vec<u8>` is a scalar message and `File`,
+/// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array. The client
+/// method takes `&str` for `String`, `&[u8]` for `Vec<u8>`, `impl AsRef<Path>` for `PathBuf`,
+/// `impl AsRef<OsStr>` for `OsString`, `impl AsFd` for descriptors and the type itself
+/// otherwise. Your own `FromStr + Display` types need one line,
 /// [`display_fromstr_arg!`](crate::display_fromstr_arg).
 ///
 /// A parameter of type `&mut fdserver::Context<'_>` (anywhere in the list) is not sent by the
 /// client: it gives the handler [`Context::quit`] (end the loop after
 /// this reply), [`Context::pid`] and the raw channel.
 ///
-/// What the client method returns, for the common handler return types:
-///
-/// | handler returns | client method returns | a handler `Err(e)` arrives as |
-/// |---|---|---|
-/// | `T` | `Result<T, fdserver::Error>` | (none) |
-/// | `Result<T, String>`, any `Result<T, E: Display>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `failed`, `e.to_string()` |
-/// | `io::Result<T>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `io`; `io::Error::from(err)` has the server's `kind()` and `raw_os_error()` |
-/// | `Result<T, MyError>`, `MyError: WireError` | `Result<T, fdserver::Error>` | `Error::Remote` with `MyError`'s code; [`CallError::from_error`] rebuilds it |
-/// | the same, with `#[fdserver(typed_errors)]` (also for `String` and `io::Error`) | `Result<T, fdserver::CallError<MyError>>` | `CallError::Handler(e)`, matchable; fdserver's own errors in `CallError::Fdserver` |
-///
 /// A handler returns `()`, a value, a tuple of up to 12 values, or a `Result` of those whose
 /// error implements `Display` (`io::Result<File>`, `Result<u32, String>`, your own `Result<T>`
-/// alias...). Descriptors, `Vec<u8>`, lists and `Json` values may appear in any of these, and
-/// a result of any size arrives (see [`args`](crate::args#large-results)). An `io::Error` comes
-/// back with its kind and OS error number; a [`WireError`] type comes back as itself (see
-/// [`args`](crate::args#errors) for the error mapping).
+/// alias...). Descriptors and `Vec<u8>` may appear in any of these.
 ///
 /// ## On the wire
 ///
@@ -380,7 +424,7 @@ pub mod __private;
 ///
 /// request:  ["put", key, n]      then the scalar `data`, then the descriptor `log`
 /// reply:    ["ok", u64]          then the descriptor
-/// or:       ["error", "io", "No such file or directory (os error 2)", "not_found", "2"]
+/// or:       ["error", "failed", "<the io::Error's text>"]
 /// ```
 ///
 /// When the request is wrong the reply is `["error", kind, message]` and the server keeps
@@ -391,7 +435,7 @@ pub mod __private;
 /// | no handler by that name | `unknown_message` | `unknown message "nope"` |
 /// | wrong number of array elements | `bad_arguments` | `hello: expected 2 arguments (first_name, last_name), got 1` |
 /// | an element does not parse | `bad_arguments` | ``add: parameter `a`: invalid digit found in string (got "x")`` |
-/// | the handler returned `Err(e)` | `failed` (`io`, or the code of a [`WireError`]) | `e.to_string()` |
+/// | the handler returned `Err(e)` | `failed` | `e.to_string()` |
 /// | the handler panicked | `panicked` | the panic message |
 ///
 /// Out-of-band arguments are always read before the server answers, even when the inline ones
@@ -512,7 +556,6 @@ pub mod __private;
 /// |---|---|---|
 /// | the impl | `#[fdserver(client = "Name")]` | name of the client type (default: the server's name + `Client`) |
 /// | the impl | `#[fdserver(client_vis = "pub(crate)")]` | visibility of the client (default `pub`; at least that of the server type) |
-/// | the impl or a method | `#[fdserver(typed_errors)]` | client methods of handlers returning `Result<T, E>` return `Result<T, CallError<E>>` (`E: WireError`) |
 /// | a method | `#[fdserver(name = "msg")]` | the message name |
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
@@ -526,18 +569,15 @@ pub mod __private;
 /// receiver other than `&mut self` / `&self` (`self`, `self: Box<Self>`); generic, `async`,
 /// `unsafe` or `extern` handlers; a function without a receiver that is neither a constructor
 /// nor `#[fdserver(skip)]`; parameters that are patterns other than a name or `_`; parameter or
-/// return types that cannot travel (references other than `&str`, `&[u8]`, `&Path`, `&OsStr`
-/// parameters, any reference in a result, slices, arrays, tuples as parameters, nested
-/// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor, a byte
-/// payload, a list or a `Json`; a `Json<T>` without the `serde` feature, which says how to
-/// enable it; in a `typed_errors` server, an error type that is not a [`WireError`];
+/// return types that cannot travel (references, slices, arrays, tuples as parameters, nested
+/// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor or `Vec<u8>`;
 /// other types without [`FromArg`](crate::args::FromArg) / [`ToArg`](crate::args::ToArg) are
 /// reported by the compiler with a note on what is supported); two handlers with the same
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
-/// `from`, `into_connection`) or a method named `start`; invalid, uncatchable or duplicate signals;
-/// hooks with parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks
-/// of one kind; generic or trait impl blocks.
+/// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
+/// parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks of one
+/// kind; generic or trait impl blocks.
 ///
 /// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
 /// prefixes its locals with `__fdserver_`, so it compiles under `#![no_implicit_prelude]` and
@@ -545,18 +585,11 @@ pub mod __private;
 pub use fdserver_macros::fdserver;
 
 #[cfg(target_os = "linux")]
-pub use args::Json;
-#[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 #[cfg(target_os = "linux")]
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
-pub use connection::Connection;
-#[cfg(target_os = "linux")]
 pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
-#[cfg(target_os = "linux")]
-/// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
-pub use fdserver_macros::WireError;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
@@ -566,10 +599,6 @@ pub use server::{BoxError, Context, LoopEnd, Server};
 #[cfg(target_os = "linux")]
 pub use signal::{Signal, UnknownSignal};
 #[cfg(target_os = "linux")]
-pub use spawn::Spawn;
-#[cfg(target_os = "linux")]
 pub use start::Builder;
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
-#[cfg(target_os = "linux")]
-pub use wire_error::{CallError, WireError};

@@ -1,11 +1,9 @@
-use std::collections::HashMap;
-
 struct Server;
 
 #[fdserver::fdserver]
 impl Server {
-    fn table(&mut self) -> HashMap<String, u32> {
-        HashMap::new()
+    fn list(&mut self) -> Vec<String> {
+        Vec::new()
     }
 }
 
