@@ -6,6 +6,10 @@
 //! FDSERVER_BENCH_ROWS=1,2 FDSERVER_BENCH_PINS=cpu0 cargo bench ...        # a subset
 //! ```
 //!
+//! Rows 4w, 4t and 4t100 compare fdserver with itself: row 4 with every protection on, against
+//! the same with the hang-up watch or the descriptor tombstones turned off
+//! (`__private::bench_hardening`, for this bench only), to report what each costs per start.
+//!
 //! Every row measures fdserver (A) and a raw baseline written directly on libc in this binary
 //! (B) in alternating pairs of samples (A B, B A, ...), and prints the median per-operation time of
 //! each, their min and max, and the median of the per-pair ratios A/B. Each row runs unpinned
@@ -17,11 +21,12 @@
 //!
 //! For syscall and instruction counting (see BENCHMARKS.md), the binary also runs one side of
 //! one row in a loop, unpinned: `compare --trace <what> <n>`, `what` one of `fd-call`,
-//! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`,
-//! `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
+//! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`
+//! (and `fd-start-nowatch`, `fd-start-notombs`, `fd-start-bare`: without the hang-up watch, the
+//! tombstones, or both), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
 //! chunks), or row 5's `preload-warm`, `preload-inprocess`, `raw-spawn` (`n` client processes),
 //! `preload-protocol` (`n` warm commands sent by the bench itself, timed phase by phase).
-//! It prints page faults and context switches per operation (`getrusage`) to stderr.
+//! It prints page faults, context switches and CPU time per operation (`getrusage`) to stderr.
 //!
 //! Row 5 measures the preloader from outside, as whole processes (`posix_spawn` + `waitpid`):
 //! `preload-app` (this package's binary, built by cargo with the bench) and the `wordindex`
@@ -256,6 +261,23 @@ fn main() {
             guarded(&cfg, "4b start+stop vs raw protocol", m, || {
                 rows.push(row_start_stop(&cfg, m, "4b", "start+call+stop".into(), ""))
             });
+        }
+    }
+    // 4w, 4t, 4t100: what two of a server's protections cost at start (issue 10): the
+    // hang-up watch thread, and the descriptor tombstones (with the bench's own ~10 inherited
+    // descriptors, and with 100 more open in the parent). Row 4's fdserver side against itself
+    // with that protection turned off.
+    for (id, watch, tombs, extra_fds) in [
+        ("4w", false, true, 0),
+        ("4t", true, false, 0),
+        ("4t100", true, false, 100),
+    ] {
+        for &m in &same_cpu {
+            if want(id) {
+                guarded(&cfg, id, m, || {
+                    rows.push(row_hardening(&cfg, m, id, watch, tombs, extra_fds))
+                });
+            }
         }
     }
     // Row 5: the preloader. 5: warm command vs posix_spawn of /bin/true; 5i: the same client
@@ -739,6 +761,47 @@ fn row_serde_call(cfg: &Cfg, m: Mode, report: &mut AllocReport) -> Row {
         result: Ok(p),
         target: None,
         extra: "client clones the value on both sides".into(),
+
+/// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
+/// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
+/// off (B), with `extra_fds` more descriptors open in this process (inherited by every server).
+/// The ratio is what the protection costs per start + call + stop.
+fn row_hardening(cfg: &Cfg, m: Mode, id: &str, watch: bool, tombs: bool, extra_fds: usize) -> Row {
+    m.settle();
+    let held: Vec<std::fs::File> = (0..extra_fds)
+        .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+        .collect();
+    let mut on = BenchServer::new(CHUNK);
+    let mut off = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| timed(k, || fdside::start_call_stop(&mut on)),
+        &mut |k| {
+            fdserver::__private::bench_hardening(watch, tombs);
+            let t = timed(k, || fdside::start_call_stop(&mut off));
+            fdserver::__private::bench_hardening(true, true);
+            t
+        },
+        cfg.pairs,
+    );
+    let open_here = fdside::open_fd_count();
+    drop(held);
+    let (what, off_what) = if watch {
+        ("start+call+stop vs without tombstones", "no tombstones")
+    } else {
+        (
+            "start+call+stop vs without hang-up watch",
+            "no hang-up watch",
+        )
+    };
+    Row {
+        id: id.into(),
+        what: what.into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: format!("raw column = fdserver with {off_what}; {open_here} descriptors open here"),
     }
 }
 
@@ -943,10 +1006,25 @@ fn trace(args: &[String]) {
             raw::bulk(peer.fd(), &chunk, n);
             peer.finish();
         }
-        "fd-start" => {
+        "fd-start" | "fd-start-nowatch" | "fd-start-notombs" | "fd-start-bare" => {
+            // Row 4's fdserver side; the variants turn the hang-up watch, the tombstones, or both
+            // off (rows 4w and 4t in CPU time). FDSERVER_TRACE_EXTRA_FDS=n opens n more
+            // descriptors here first (inherited by every server), as row 4t100 does.
+            let watch = !matches!(what, "fd-start-nowatch" | "fd-start-bare");
+            let tombs = !matches!(what, "fd-start-notombs" | "fd-start-bare");
+            fdserver::__private::bench_hardening(watch, tombs);
+            let extra: usize = std::env::var("FDSERVER_TRACE_EXTRA_FDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let held: Vec<std::fs::File> = (0..extra)
+                .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+                .collect();
             for _ in 0..n {
                 fdside::start_call_stop(&mut server);
             }
+            drop(held);
+            fdserver::__private::bench_hardening(true, true);
         }
         "raw-start-protocol" => {
             for _ in 0..n {
@@ -968,14 +1046,21 @@ fn trace(args: &[String]) {
         os::rusage(libc::RUSAGE_CHILDREN),
     );
     let per = |a: libc::c_long, b: libc::c_long| (b - a) as f64 / n as f64;
+    // CPU time (user + system), which other processes' load disturbs much less than wall time.
+    let cpu_us = |r: &libc::rusage| {
+        let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        tv(r.ru_utime) + tv(r.ru_stime)
+    };
     eprintln!(
-        "per op: self minflt {:.1} nvcsw {:.2} nivcsw {:.2} | reaped children minflt {:.1} nvcsw {:.2} nivcsw {:.2}",
+        "per op: self minflt {:.1} nvcsw {:.2} nivcsw {:.2} cpu {:.1} us | reaped children minflt {:.1} nvcsw {:.2} nivcsw {:.2} cpu {:.1} us",
         per(self0.ru_minflt, self1.ru_minflt),
         per(self0.ru_nvcsw, self1.ru_nvcsw),
         per(self0.ru_nivcsw, self1.ru_nivcsw),
+        (cpu_us(&self1) - cpu_us(&self0)) / n as f64,
         per(kids0.ru_minflt, kids1.ru_minflt),
         per(kids0.ru_nvcsw, kids1.ru_nvcsw),
         per(kids0.ru_nivcsw, kids1.ru_nivcsw),
+        (cpu_us(&kids1) - cpu_us(&kids0)) / n as f64,
     );
 }
 

@@ -81,6 +81,17 @@ fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
+/// Whether `fd` is one of the runtime's tombstones: an `O_PATH` descriptor of `/dev/null`
+/// (what a forked server finds over each inherited descriptor it was not asked to keep).
+pub fn is_tombstone(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL only queries the descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    flags != -1
+        && flags & libc::O_PATH != 0
+        && std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|t| t == std::path::Path::new("/dev/null"))
+}
+
 /// Whether `pid` is a zombie (exited, not reaped).
 pub fn is_zombie(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -445,13 +456,16 @@ pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// |---|---|
 /// | `echo args...` | `["ok", args...]` |
 /// | `pid` | `["ok", pid]` |
-/// | `fds` | `["ok", socket fd, open fds...]` as listed in `/proc/self/fd` |
+/// | `fds` | `["ok", socket fd, open fds...]` as listed in `/proc/self/fd`, tombstones left out |
+/// | `tombstones` | `["ok", fds...]`: the inherited numbers the runtime put tombstones over |
 /// | `count` | `["ok", signals handled so far]` |
 /// | `fail text` | error reply, kind `failed` |
 /// | `panic` | the handler panics before replying |
 /// | `partial_panic` | replies `["ok", "partial"]`, then panics |
+/// | `reply_then_fail` | replies `["ok", "partial"]`, then returns an error (kind `failed`) |
 /// | `quit` | replies `["ok"]` and ends the loop |
 /// | `hang` | replies `["ok"]`, ignores SIGTERM, never reads again |
+/// | `pause` | replies `["ok", "pausing"]`, then waits in `pause(2)` until a caught signal |
 /// | `exit code` | `_exit(code)` without replying |
 /// | `scalar_echo` + a scalar | `["ok"]`, then the scalar back |
 /// | `fd_write text` + a descriptor | writes `text` into the descriptor, then `["ok"]` |
@@ -474,7 +488,20 @@ pub fn probe_handle(
         b"fds" => {
             let sock = ctx.channel().as_raw_fd();
             let mut out = vec![sock.to_string()];
-            out.extend(open_fds().iter().map(|fd| fd.to_string()));
+            out.extend(
+                open_fds()
+                    .iter()
+                    .filter(|&&fd| !is_tombstone(fd))
+                    .map(|fd| fd.to_string()),
+            );
+            ctx.reply(&out)?;
+        }
+        b"tombstones" => {
+            let out: Vec<String> = open_fds()
+                .into_iter()
+                .filter(|&fd| is_tombstone(fd))
+                .map(|fd| fd.to_string())
+                .collect();
             ctx.reply(&out)?;
         }
         b"count" => ctx.reply([state.signals.to_string()])?,
@@ -483,6 +510,10 @@ pub fn probe_handle(
         b"partial_panic" => {
             ctx.reply(["partial"])?;
             panic!("probe panics after replying");
+        }
+        b"reply_then_fail" => {
+            ctx.reply(["partial"])?;
+            return Err(RemoteError::failed("failed after replying"));
         }
         b"quit" => {
             ctx.quit();
@@ -496,6 +527,11 @@ pub fn probe_handle(
                 // SAFETY: pause only waits for a signal.
                 unsafe { libc::pause() };
             }
+        }
+        b"pause" => {
+            ctx.reply(["pausing"])?;
+            // SAFETY: pause only waits for a signal (it returns after a caught one's handler).
+            unsafe { libc::pause() };
         }
         b"exit" => {
             let code: i32 = msg.str(1)?.parse().map_err(RemoteError::bad_arguments)?;

@@ -233,9 +233,17 @@ fn missing_and_superfluous_descriptors_from_raw_clients() {
     assert_eq!(&got, b"raw");
 
     // Data where a descriptor was expected: the server cannot resynchronise the stream, so it
-    // closes the connection and exits with status 1.
+    // says why in a last message (issue 10, item 10), closes the connection and exits with
+    // status 1.
     ch.write_array(["write_to", "x"]).unwrap();
     ch.write_array(["not a descriptor"]).unwrap();
+    let e = ch.read_reply(&mut buf).unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(re) if re.kind() == &RemoteErrorKind::Protocol
+            && re.message().starts_with("write_to: parameter `out`: ")
+            && re.message().contains("expected a file descriptor")),
+        "{e:?}"
+    );
     let e = c
         .handle_mut()
         .with_channel(|ch| ch.read_reply(&mut buf).map(|_| ()))
@@ -246,4 +254,166 @@ fn missing_and_superfluous_descriptors_from_raw_clients() {
     );
     let stopped = c.stop().unwrap();
     assert_eq!(stopped.status.code(), Some(1), "{stopped}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 4: out-of-band values that fail after the request went out
+// ---------------------------------------------------------------------------------------------
+
+/// Longer than a scalar's `u32` length can say. Zeroed memory the kernel maps on demand: never
+/// touched, it costs address space, not RAM.
+const OVER_4_GIB: usize = (u32::MAX as usize) + 1;
+
+struct OutOfBand;
+
+#[fdserver]
+impl OutOfBand {
+    fn len(&mut self, data: Vec<u8>) -> u64 {
+        data.len() as u64
+    }
+
+    fn take(&mut self, _file: File) -> u32 {
+        1
+    }
+
+    /// A result whose scalar cannot be sent.
+    fn huge(&mut self) -> Vec<u8> {
+        vec![0u8; OVER_4_GIB]
+    }
+
+    fn echo(&mut self, text: String) -> String {
+        text
+    }
+}
+
+/// A scalar argument over 4 GiB is refused before the request's first byte, so the channel stays
+/// in step. Before the fix the request array went out, the scalar failed, and the next call's
+/// array was read by the server as that scalar (a hang without a deadline).
+#[test]
+fn a_scalar_argument_over_4_gib_fails_before_the_request_and_the_next_call_works() {
+    let _wd = watchdog("oversized_scalar_argument", SECS(60));
+    let mut c = fdserver::Builder::new()
+        .timeout(Some(SECS(10)))
+        .start(&mut OutOfBand)
+        .unwrap();
+    let huge = vec![0u8; OVER_4_GIB];
+    match c.len(&huge) {
+        Err(Error::ScalarTooLarge { len, .. }) => assert_eq!(len, OVER_4_GIB as u64),
+        other => panic!("expected ScalarTooLarge, got {other:?}"),
+    }
+    drop(huge);
+    assert_eq!(c.len(b"abc").unwrap(), 3);
+    assert_eq!(c.echo("still in step").unwrap(), "still in step");
+}
+
+/// A handler's scalar result over 4 GiB is an ordinary `failed` error reply, checked before
+/// `["ok"]`, and the server keeps serving. Before the fix `["ok"]` went out, the scalar failed,
+/// and the error reply followed as a second answer.
+#[test]
+fn a_scalar_result_over_4_gib_is_an_error_reply_and_the_server_keeps_serving() {
+    let _wd = watchdog("oversized_scalar_result", SECS(60));
+    let mut c = fdserver::Builder::new()
+        .timeout(Some(SECS(10)))
+        .start(&mut OutOfBand)
+        .unwrap();
+    let err = c.huge().unwrap_err();
+    let remote = err
+        .as_remote()
+        .unwrap_or_else(|| panic!("expected an error reply: {err:?}"));
+    assert_eq!(remote.kind(), &RemoteErrorKind::Failed);
+    assert!(remote.message().contains("4294967296"), "{remote}");
+    assert_eq!(c.echo("next").unwrap(), "next");
+}
+
+/// A descriptor argument the kernel refuses to pass (`ETOOMANYREFS`: more descriptors in
+/// flight than the sender's descriptor limit allows) fails after the request array went out:
+/// the channel is then broken, and the next call says so at once. Before the fix the next call's
+/// array went out as the descriptor the server was waiting for.
+///
+/// Runs in a forked process that drops root (root may exceed the in-flight limit).
+#[test]
+fn a_descriptor_argument_that_fails_after_the_request_breaks_the_channel() {
+    let _wd = watchdog("descriptor_send_fails_mid_call", SECS(60));
+    let pid = fdserver_tests::fork_child(&[], || {
+        let Ok(mut c) = fdserver::Builder::new()
+            .timeout(Some(SECS(10)))
+            .start(&mut OutOfBand)
+        else {
+            return 1;
+        };
+        let (a, _b) = UnixStream::pair().unwrap();
+        // SAFETY: raw credential and limit system calls; this process has one thread.
+        unsafe {
+            if libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) != 0
+                || libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) != 0
+            {
+                return 2;
+            }
+            let lim = libc::rlimit {
+                rlim_cur: 16,
+                rlim_max: 16,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return 3;
+            }
+        }
+        // Put descriptors in flight (nobody reads `_b`) until the kernel refuses more.
+        let mut refused = false;
+        for _ in 0..64 {
+            let sent = fdserver::Channel::new(a.try_clone().unwrap()).send_fd(io::stdin());
+            if let Err(Error::Io(e)) = sent {
+                if e.raw_os_error() == Some(libc::ETOOMANYREFS) {
+                    refused = true;
+                    break;
+                }
+                return 4;
+            }
+        }
+        if !refused {
+            return 5;
+        }
+        match c.take(io::stdin()) {
+            Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {}
+            _ => return 6,
+        }
+        if !matches!(c.echo("next"), Err(Error::Broken)) {
+            return 7;
+        }
+        // The server is still waiting for the descriptor; closing the connection ends it.
+        match c.stop() {
+            Ok(st) if st.status.success() => 0,
+            _ => 8,
+        }
+    });
+    assert_eq!(fdserver_tests::wait_child(pid).code(), Some(0));
+}
+
+/// Issue 10, item 10: a scalar over the server's limit cannot be skipped, so the server closes
+/// the connection, but first tells the client why, as an error reply of kind `protocol` naming
+/// the message and the parameter. Before the fix the client saw only `ServerExited(exit 1)`.
+#[test]
+fn a_scalar_over_the_servers_limit_is_answered_with_a_protocol_error_before_the_close() {
+    let _wd = watchdog("scalar_over_limit_last_word", SECS(60));
+    let mut c = fdserver::Builder::new()
+        .max_scalar_size(16)
+        .timeout(Some(SECS(10)))
+        .start(&mut OutOfBand)
+        .unwrap();
+    assert_eq!(c.len(&[7u8; 16]).unwrap(), 16);
+    let e = c.len(&[7u8; 100]).unwrap_err();
+    let remote = e
+        .as_remote()
+        .unwrap_or_else(|| panic!("expected a reply: {e:?}"));
+    assert_eq!(remote.kind(), &RemoteErrorKind::Protocol, "{remote}");
+    assert!(
+        remote.message().starts_with("len: parameter `data`: ")
+            && remote
+                .message()
+                .contains("100 bytes exceeds the limit of 16"),
+        "{remote}"
+    );
+    assert!(
+        matches!(c.echo("after"), Err(Error::ServerExited(st)) if st.code() == Some(1)),
+        "the server closed the connection"
+    );
 }

@@ -257,7 +257,9 @@ fn worker_calling_the_client_again_is_served() {
 }
 
 /// A worker holds only its descriptors 0, 1, 2: not the template's channel, not the server's
-/// socket, not another client's connection (a second client runs meanwhile).
+/// socket, not another client's connection (a second client runs meanwhile). The numbers the
+/// template inherited from the server are held by tombstones, which hold no file (issue 10,
+/// item 9).
 #[test]
 fn worker_holds_only_its_stdio() {
     let _wd = wd("worker_holds_only_its_stdio");
@@ -267,6 +269,7 @@ fn worker_holds_only_its_stdio() {
     let out = pl.ok(&["fds"]);
     let fds: Vec<&str> = out
         .lines()
+        .filter(|l| !l.ends_with(" -> /dev/null (tombstone)"))
         .map(|l| l.split_once(" -> ").expect("`fd -> target`").0)
         .collect();
     assert_eq!(fds, vec!["0", "1", "2"], "worker descriptors:\n{out}");

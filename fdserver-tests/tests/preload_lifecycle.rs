@@ -278,6 +278,33 @@ fn large_preload_output_does_not_hang() {
     );
 }
 
+/// Issue 10, item 1: a preload whose helper thread prints finishes (the template does not keep
+/// std's stdout lock from its fork), and a command's helper threads can print in the worker.
+/// Before the fix the helper thread blocked for good on the lock the template's main thread had
+/// kept since the fork, and the client waited for a template that never became ready (here:
+/// killed by `RUN_LIMIT`).
+#[test]
+fn threads_that_print_in_a_preload_and_in_a_command_do_not_block() {
+    let _wd = wd("threads_that_print_in_a_preload_and_in_a_command_do_not_block");
+    let mut pl = Pl::new("thrprint");
+    pl.set(
+        "APP_PRELOAD_THREAD",
+        "printed by the preload's helper thread",
+    );
+    let out = pl.ok(&["thread-echo", "hello", "there"]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["thread 0: hello there", "thread 1: hello there"]);
+    assert!(
+        pl.log().contains("printed by the preload's helper thread"),
+        "the helper thread's line reached the server's log: {:?}",
+        pl.log()
+    );
+    // Warm, the same again from the same template.
+    assert_eq!(pl.ok(&["thread-echo", "warm"]).lines().count(), 2);
+    assert_eq!(pl.preloads(), ["dev"]);
+}
+
 /// `stop` while a template is still preloading: the server stops within the grace period, the
 /// preloading template does not outlive it, and the client waiting for it ends with an error.
 #[test]

@@ -280,8 +280,11 @@ fn scalar_length_u32_max_closes_connection() {
     let mut h = start();
     h.channel().write_array(["scalar"]).unwrap();
     // 2^32-1 announced, 64 MiB is the server's limit: refused before allocating, and the
-    // half-read stream cannot be resynchronised, so the server closes it (exit status 1).
+    // half-read stream cannot be resynchronised, so the server says why in a last message
+    // (issue 10, item 10) and closes it (exit status 1).
     raw_write(h.channel().as_fd(), b"\xff\xff\xff\xffsome bytes").unwrap();
+    let why = expect_error_reply(&mut h, RemoteErrorKind::Protocol);
+    assert!(why.contains("4294967295 bytes exceeds the limit"), "{why}");
     let mut buf = MessageBuf::new();
     expect_server_exited(h.with_channel(|ch| ch.read_reply(&mut buf).map(|_| ())), 1);
     assert_eq!(stop_expect(h, 1), Shutdown::AlreadyExited);
@@ -303,6 +306,11 @@ fn scalar_over_configured_limit_closes_connection_but_at_limit_is_fine() {
     assert_eq!(n[1], b"1024");
     h.channel().write_array(["scalar"]).unwrap();
     h.channel().write_scalar(&[1u8; 1025]).unwrap();
+    let why = expect_error_reply(&mut h, RemoteErrorKind::Protocol);
+    assert!(
+        why.contains("1025 bytes exceeds the limit of 1024"),
+        "{why}"
+    );
     expect_server_exited(h.with_channel(|ch| ch.read_reply(&mut buf).map(|_| ())), 1);
     stop_expect(h, 1);
 }
@@ -353,12 +361,15 @@ fn fd_glued_to_frame_bytes_closes_connection_and_fd() {
     let fds = open_fds();
     let mut h = start();
     // The descriptor rides on the first bytes of a real frame: the stream cannot be
-    // resynchronised, so the connection is closed (exit 1) and the descriptor closed.
+    // resynchronised, so the server says why (issue 10, item 10), closes the connection
+    // (exit 1) and closes the descriptor.
     let (r, w) = pipe();
     send_with_fds(h.channel().as_fd(), b"\x00\x05echo\x00", &[w.as_raw_fd()]).unwrap();
     drop(w);
     assert_eq!(read_to_eof(r.as_fd()).unwrap(), b"");
     drop(r);
+    let why = expect_error_reply(&mut h, RemoteErrorKind::Protocol);
+    assert!(why.contains("file descriptor arrived"), "{why}");
     expect_server_exited(h.call(["echo"]), 1);
     stop_expect(h, 1);
     assert_eq!(open_fds(), fds);
@@ -387,9 +398,12 @@ fn message_where_an_fd_is_expected_closes_connection() {
     drop((r, w));
 
     // Then a message instead of the descriptor: the handler's recv_fd ate one byte of it, the
-    // stream is out of sync, the server closes the connection (exit 1).
+    // stream is out of sync: the server says so (issue 10, item 10) and closes the connection
+    // (exit 1).
     h.channel().write_array(["fd"]).unwrap();
     h.channel().write_array(["not", "a", "descriptor"]).unwrap();
+    let why = expect_error_reply(&mut h, RemoteErrorKind::Protocol);
+    assert!(why.contains("expected a file descriptor"), "{why}");
     expect_server_exited(h.with_channel(|ch| ch.read_reply(&mut buf).map(|_| ())), 1);
     stop_expect(h, 1);
     assert_eq!(open_fds(), fds);

@@ -15,11 +15,19 @@ use fdserver_tests::{
     send_with_fds, serial, watchdog, Probe, ProbeState, SECS,
 };
 
-/// What a server's `fds` request reports: its socket and every descriptor open in it.
+/// What a server's `fds` request reports: its socket and every descriptor open in it that is
+/// not a tombstone (issue 10, item 9: inherited descriptors it was not asked to keep are
+/// released, their numbers held by tombstones).
 fn server_fds(s: &mut ServerHandle) -> (RawFd, Vec<RawFd>) {
     let reply = s.call(["fds"]).unwrap();
     let nums: Vec<RawFd> = reply.iter().map(|x| x.parse().unwrap()).collect();
     (nums[0], nums[1..].to_vec())
+}
+
+/// The numbers the server holds tombstones over.
+fn server_tombstones(s: &mut ServerHandle) -> Vec<RawFd> {
+    let reply = s.call(["tombstones"]).unwrap();
+    reply.iter().map(|x| x.parse().unwrap()).collect()
 }
 
 fn std_fds_open_here() -> Vec<RawFd> {
@@ -73,6 +81,17 @@ fn a_fresh_server_has_only_0_1_2_and_its_socket() {
         assert!(!fds.contains(&extra), "{extra} leaked into the server");
     }
     assert!(!fds.contains(&sock_a.as_raw_fd()));
+    // Their numbers are held by tombstones (issue 10, item 9), which hold none of the files.
+    let tombs = server_tombstones(&mut s);
+    for extra in [
+        pr.as_raw_fd(),
+        pw.as_raw_fd(),
+        file.as_raw_fd(),
+        high.as_raw_fd(),
+        sock_a.as_raw_fd(),
+    ] {
+        assert!(tombs.contains(&extra), "{extra} not tombstoned: {tombs:?}");
+    }
     assert_eq!(s.stop().unwrap().status.code(), Some(0));
 }
 
@@ -292,4 +311,220 @@ fn a_server_started_from_a_server_handler_inherits_nothing_of_its_parent() {
     assert!(outer_sock == inner_sock || !inner_fds.contains(&outer_sock));
     assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
     assert_no_children();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 8: control messages other than SCM_RIGHTS
+// ---------------------------------------------------------------------------------------------
+
+/// `SO_PASSPIDFD` (Linux 6.5; the generic value, as on x86-64 and arm64).
+const SO_PASSPIDFD: libc::c_int = 76;
+
+/// Sets a boolean `SOL_SOCKET` option; `false` if the kernel does not know it.
+fn enable(sock: RawFd, opt: libc::c_int) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid pointer to an int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            opt,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOPROTOOPT),
+            "setsockopt({opt}): {e}"
+        );
+    }
+    r == 0
+}
+
+/// (device, inode) of a descriptor, to tell which file a received descriptor is.
+fn identity(fd: RawFd) -> (u64, u64) {
+    // SAFETY: an all-zero stat is a valid out-value; fstat only writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an open descriptor with a valid out-pointer.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    (st.st_dev, st.st_ino)
+}
+
+/// With `SO_PASSCRED` and/or `SO_PASSPIDFD` set on the receiving socket (by whoever holds it),
+/// every read also brings credentials and/or a pidfd. Descriptor passing still works, the pidfds
+/// are closed (none is left over after 50 rounds), and more descriptors than fit are still an
+/// error with everything closed. Before the fix the 32-byte control buffer had room for
+/// `SCM_RIGHTS` only: with `SO_PASSCRED` every received descriptor was truncated away
+/// (`TooManyFds`), and with `SO_PASSPIDFD` one pidfd leaked per read.
+#[test]
+fn credentials_and_pidfds_attached_by_socket_options_break_nothing_and_leak_nothing() {
+    let _s = serial();
+    let _wd = watchdog("control_messages", SECS(60));
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    let want = identity(file.as_raw_fd());
+    for opts in [
+        &[libc::SO_PASSCRED][..],
+        &[SO_PASSPIDFD],
+        &[libc::SO_PASSCRED, SO_PASSPIDFD],
+    ] {
+        let (mut a, mut b) = Channel::pair().unwrap();
+        if !opts.iter().all(|&o| enable(b.as_raw_fd(), o)) {
+            eprintln!("skipping {opts:?}: not supported by this kernel");
+            continue;
+        }
+        let before = open_fds();
+        for i in 0..50 {
+            let n = i.to_string();
+            a.write_array(["round", n.as_str()]).unwrap();
+            assert_eq!(b.read_strings().unwrap().unwrap(), ["round", n.as_str()]);
+            a.write_scalar(n.as_bytes()).unwrap();
+            assert_eq!(b.read_scalar().unwrap().unwrap(), n.as_bytes());
+            a.send_fd(&file).unwrap();
+            let got = b.recv_fd().unwrap().expect("a descriptor");
+            assert_eq!(identity(got.as_raw_fd()), want, "{opts:?}");
+            drop(got);
+            a.write_ok_with_fd(["with", "fd"], &file).unwrap();
+            let mut buf = fdserver::MessageBuf::new();
+            let (reply, got) = b.read_reply_with_fd(&mut buf).unwrap();
+            assert_eq!(reply.to_strings().unwrap(), ["ok", "with", "fd"]);
+            assert_eq!(identity(got.as_raw_fd()), want, "{opts:?}");
+        }
+        assert_eq!(open_fds(), before, "descriptors leaked with {opts:?}");
+        // Five descriptors on one byte: more than a read accepts; all closed, an error.
+        let five = [file.as_raw_fd(); 5];
+        send_with_fds(a.as_fd(), &[0], &five);
+        assert!(
+            matches!(b.recv_fd(), Err(Error::Protocol(ProtocolError::TooManyFds))),
+            "{opts:?}"
+        );
+        assert_eq!(open_fds(), before, "descriptors leaked with {opts:?}");
+    }
+}
+
+/// The same options on a client's end of a forked server: calls and replies carrying
+/// descriptors work and leak nothing.
+#[test]
+fn a_client_socket_with_passcred_and_passpidfd_still_talks_to_its_server() {
+    let _s = serial();
+    let _wd = watchdog("control_messages_server", SECS(60));
+    let mut s = Builder::new().start_handle(&mut Probe::default()).unwrap();
+    let sock = s.channel().as_raw_fd();
+    let pidfd = enable(sock, SO_PASSPIDFD);
+    assert!(enable(sock, libc::SO_PASSCRED));
+    let before = open_fds();
+    for i in 0..20 {
+        let text = format!("round {i}");
+        assert_eq!(s.call(["echo", text.as_str()]).unwrap(), [text.as_str()]);
+        let got = s
+            .with_channel(|ch| {
+                ch.write_array(["fd_back", text.as_str()])?;
+                let mut buf = fdserver::MessageBuf::new();
+                ch.read_reply(&mut buf)?;
+                Ok(ch.recv_fd()?.expect("a descriptor"))
+            })
+            .unwrap();
+        assert_eq!(read_n(got.as_fd(), text.len()), text.as_bytes());
+    }
+    assert_eq!(
+        open_fds(),
+        before,
+        "descriptors leaked (SO_PASSPIDFD: {pidfd})"
+    );
+    assert!(s.stop().unwrap().status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 9: descriptors owned by the server value
+// ---------------------------------------------------------------------------------------------
+
+/// A server value that owns a file opened before `start`. `open_then_write` opens new files in
+/// the server (kept open) until one gets a number above the owned file's, then writes through
+/// the owned `File`; it answers whether any new file got the owned file's number, and what the
+/// write did.
+struct OwnsAFile {
+    log: std::fs::File,
+    dir: std::path::PathBuf,
+    opened: Vec<std::fs::File>,
+}
+
+impl Server for OwnsAFile {
+    type Client = ServerHandle;
+
+    fn handle(
+        &mut self,
+        ctx: &mut fdserver::Context<'_>,
+        _msg: fdserver::Message<'_>,
+    ) -> Result<(), fdserver::RemoteError> {
+        use std::io::Write;
+        let mine = self.log.as_raw_fd();
+        let mut aliased = false;
+        for i in 0..256 {
+            let f = std::fs::File::create(self.dir.join(format!("other-{i}")))?;
+            let n = f.as_raw_fd();
+            aliased |= n == mine;
+            self.opened.push(f);
+            if n > mine {
+                break;
+            }
+        }
+        let wrote = match self.log.write_all(b"through the server value") {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+        };
+        ctx.reply([aliased.to_string(), wrote])?;
+        Ok(())
+    }
+}
+
+/// The server value's `File` (opened before `start`, not kept) must not alias a file the server
+/// opens later: its number stays taken, and writing through it fails with `EBADF`. Before the
+/// fix the descriptor was closed in the child, the next `open` reused the number, and the write
+/// "succeeded" into the other file.
+#[test]
+fn a_file_the_server_value_owns_fails_instead_of_aliasing_a_later_file() {
+    let _s = serial();
+    let _wd = watchdog("server_value_file", SECS(30));
+    let dir = std::path::PathBuf::from(format!("/tmp/fdserver-owned-fd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let mut server = OwnsAFile {
+        log: std::fs::File::create(dir.join("log")).unwrap(),
+        dir: dir.clone(),
+        opened: Vec::new(),
+    };
+    let mut s = server.start().unwrap();
+    let reply = s.call(["open_then_write"]).unwrap();
+    s.stop().unwrap();
+    let written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::read(p).is_ok_and(|b| !b.is_empty()))
+        .map(|p| p.display().to_string())
+        .collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        reply[0], "false",
+        "a file opened in the server got the owned file's number"
+    );
+    assert_eq!(reply[1], format!("errno {}", libc::EBADF));
+    assert!(written.is_empty(), "the write landed in {written:?}");
+}
+
+/// Releasing still works through a tombstone: the server's inherited copy of a socket end no
+/// longer keeps the peer from seeing end of stream once our own copy is closed.
+#[test]
+fn a_socket_end_a_server_inherited_does_not_keep_its_peer_from_end_of_stream() {
+    let _s = serial();
+    let _wd = watchdog("tombstoned_socket_eof", SECS(30));
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let mut s = Probe::default().start().unwrap();
+    assert!(server_tombstones(&mut s).contains(&theirs.as_raw_fd()));
+    drop(theirs);
+    let mut buf = [0u8; 1];
+    use std::io::Read;
+    assert_eq!(ours.read(&mut buf).unwrap(), 0, "end of stream");
+    assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
 }

@@ -118,11 +118,19 @@ fn scalar_over_the_servers_maximum_is_refused() {
             Ok(())
         })
         .unwrap_err();
-    // The server refused the scalar and, its channel broken, closed the connection and exited.
+    // The server refused the scalar and, its channel broken, said why in one last message
+    // (issue 10, item 10: before, the connection just closed), then closed it and exited 1.
     match &err {
-        Error::Remote(r) => assert_eq!(r.kind(), &RemoteErrorKind::Failed, "{r}"),
-        Error::ServerExited(st) => assert_eq!(st.code(), Some(1), "{st}"),
-        other => panic!("unexpected {other:?}"),
+        Error::Remote(r) => {
+            assert_eq!(r.kind(), &RemoteErrorKind::Protocol, "{r}");
+            assert!(r.message().contains("exceeds the limit of 1000"), "{r}");
+            assert!(r.message().contains("closes the connection"), "{r}");
+        }
+        other => panic!("expected the server's last word, got {other:?}"),
+    }
+    match s.call(["echo", "x"]) {
+        Err(Error::ServerExited(st)) => assert_eq!(st.code(), Some(1), "{st}"),
+        other => panic!("expected ServerExited(exit 1), got {other:?}"),
     }
     let st = s.stop().unwrap();
     assert_eq!(st.status.code(), Some(1), "broken channel: non-zero exit");
@@ -352,6 +360,50 @@ fn panic_after_a_partial_reply_ends_the_server_with_101() {
     assert_eq!(st.status.code(), Some(101));
 }
 
+/// Issue 10, item 3: a handler that began its reply and then returned `Err` must not produce a
+/// second reply. Before the fix the error reply followed the first one, and the next call read
+/// it as its own answer (`failed: failed after replying` for an `echo`).
+#[test]
+fn an_error_after_a_partial_reply_closes_the_connection_instead_of_a_second_reply() {
+    let _wd = watchdog("error_after_partial_reply", SECS(30));
+    let mut s = start();
+    assert_eq!(s.call(["reply_then_fail"]).unwrap(), ["partial"]);
+    match s.call(["echo", "mine"]) {
+        Err(Error::ServerExited(st)) => assert_eq!(st.code(), Some(1), "{st}"),
+        other => panic!("expected ServerExited(exit 1), got {other:?}"),
+    }
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::AlreadyExited);
+    assert_eq!(st.status.code(), Some(1));
+}
+
+/// The same through `serve`: the loop ends with `ChannelFailed` naming the handler, and the peer
+/// sees end of stream right after the first reply.
+#[test]
+fn serve_ends_with_channel_failed_when_a_handler_fails_after_replying() {
+    let _s = fdserver_tests::serial(); // the in-process loop is one per process
+    let _wd = watchdog("serve_error_after_partial_reply", SECS(30));
+    let (mut peer, theirs) = fdserver::Channel::pair().unwrap();
+    let t = std::thread::spawn(move || fdserver::serve(&mut Probe::default(), theirs));
+    peer.write_array(["reply_then_fail"]).unwrap();
+    let mut buf = MessageBuf::new();
+    assert_eq!(
+        peer.read_reply(&mut buf).unwrap().to_strings().unwrap(),
+        ["ok", "partial"]
+    );
+    assert!(matches!(
+        peer.read_reply(&mut buf),
+        Err(Error::Disconnected)
+    ));
+    match t.join().unwrap().unwrap() {
+        fdserver::LoopEnd::ChannelFailed(why) => {
+            assert!(why.contains("\"reply_then_fail\""), "{why}");
+            assert!(why.contains("failed after replying"), "{why}");
+        }
+        other => panic!("expected ChannelFailed, got {other:?}"),
+    }
+}
+
 #[test]
 fn initialize_server_error_is_returned_by_start() {
     let _wd = watchdog("initialize_server_error", SECS(30));
@@ -457,7 +509,31 @@ fn stop_kills_a_server_that_ignores_sigterm_and_never_reads() {
 }
 
 #[test]
-fn stop_terminates_a_server_that_does_not_see_the_close() {
+fn stop_ends_the_connection_even_when_another_process_holds_a_copy_of_our_end() {
+    let _wd = watchdog("stop_shuts_down_every_copy", SECS(30));
+    let (r, w) = pipe();
+    let mut p = Probe(ProbeState {
+        report: Some(w.as_raw_fd()),
+        ..Default::default()
+    });
+    let mut s = Builder::new()
+        .keep_fd(&w)
+        .stop_timeouts(SECS(20), SECS(20))
+        .start_handle(&mut p)
+        .unwrap();
+    drop(w);
+    // Another copy of our end (as a forked worker would hold): `stop` shuts the connection down
+    // (issue 10, item 6), so the server sees end of stream anyway and exits by itself.
+    let extra = s.channel().as_fd().try_clone_to_owned().unwrap();
+    let st = s.stop().unwrap();
+    assert_eq!(st.how, Shutdown::Graceful, "{st}");
+    assert_eq!(st.status.code(), Some(0));
+    assert_eq!(read_to_eof(r), b"F", "finalize_server ran");
+    drop(extra);
+}
+
+#[test]
+fn stop_terminates_a_server_whose_handler_returns_on_sigterm() {
     let _wd = watchdog("stop_terminates", SECS(30));
     let (r, w) = pipe();
     let mut p = Probe(ProbeState {
@@ -470,18 +546,13 @@ fn stop_terminates_a_server_that_does_not_see_the_close() {
         .start_handle(&mut p)
         .unwrap();
     drop(w);
-    // Another copy of our end (as a forked worker would hold): closing ours is not end of
-    // stream for the server, so stop has to send SIGTERM, which ends the loop cleanly.
-    let extra = s.channel().as_fd().try_clone_to_owned().unwrap();
-    let st = s.stop_with(fdserver::StopOptions {
-        after_close: Duration::from_millis(100),
-        after_term: SECS(20),
-    });
-    let st = st.unwrap();
+    // The handler waits in pause(2): closing the connection does not end it, SIGTERM does
+    // (pause returns once the signal's recording handler ran), and the loop then ends cleanly.
+    assert_eq!(s.call(["pause"]).unwrap(), ["pausing"]);
+    let st = s.stop().unwrap();
     assert_eq!(st.how, Shutdown::Terminated, "{st}");
     assert_eq!(st.status.code(), Some(0), "SIGTERM is a clean exit");
     assert_eq!(read_to_eof(r), b"F", "finalize_server ran");
-    drop(extra);
 }
 
 #[test]
@@ -558,6 +629,127 @@ fn client_death_in_the_middle_of_a_call_makes_the_server_exit() {
         wait_pid_gone(pid, SECS(20)),
         "server {pid} outlived its client"
     );
+}
+
+/// Reads the little-endian pids a forked test process wrote to `r` (until end of stream).
+fn read_pids(r: OwnedFd) -> Vec<u32> {
+    read_to_eof(r)
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Waits up to 20 s for each pid to be gone; kills (and reports) those still there, so that a
+/// failing test leaves nothing running.
+fn assert_all_gone(pids: &[u32], what: &str) {
+    let stuck: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&pid| !wait_pid_gone(pid, SECS(20)))
+        .collect();
+    for &pid in &stuck {
+        // SAFETY: kill takes integers; these are servers this test started (root may kill them).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        stuck.is_empty(),
+        "{what}: servers {stuck:?} outlived their client"
+    );
+}
+
+/// Issue 10, item 6: the parent is SIGKILLed while its server is stuck in a handler that ignores
+/// SIGTERM and never returns. The server's hang-up watch ends it, within the grace periods
+/// (here 0.2 s + 0.2 s) of the hang-up. Before the fix it lived forever.
+#[test]
+fn a_server_stuck_in_a_handler_ends_when_its_parent_is_sigkilled() {
+    let _wd = watchdog("stuck_server_parent_killed", SECS(60));
+    let (r, w) = pipe();
+    let w_raw = w.as_raw_fd();
+    let client = fork_child(&[w_raw], move || {
+        let Ok(mut server) = Builder::new()
+            .stop_timeouts(Duration::from_millis(200), Duration::from_millis(200))
+            .start_handle(&mut Probe::default())
+        else {
+            return 1;
+        };
+        fdserver_tests::write_raw(w_raw, &server.pid().to_le_bytes());
+        if server.call(["hang"]).is_err() {
+            return 2;
+        }
+        std::mem::forget(server);
+        // SAFETY: this intermediate client dies by SIGKILL, without stopping its server.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        3
+    });
+    drop(w);
+    let pids = read_pids(r);
+    let st = wait_child(client);
+    assert_all_gone(&pids, "parent SIGKILLed");
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+}
+
+/// Issue 10, item 6: after the parent drops privileges it may no longer signal its (root)
+/// servers (`EPERM`). `stop` and a drop still end and reap a server stuck in a handler that
+/// ignores SIGTERM: the connection's end sets off the server's own hang-up watch. Before the fix
+/// `stop` failed with `EPERM`, having consumed the handle, and the server stayed.
+#[test]
+fn stop_and_drop_after_a_privilege_drop_still_end_and_reap_the_server() {
+    let _wd = watchdog("stop_after_privilege_drop", SECS(60));
+    let (r, w) = pipe();
+    let w_raw = w.as_raw_fd();
+    let client = fork_child(&[w_raw], move || {
+        let start = || {
+            Builder::new()
+                .stop_timeouts(Duration::from_millis(200), Duration::from_millis(200))
+                .start_handle(&mut Probe::default())
+        };
+        let (Ok(mut stopped), Ok(mut dropped)) = (start(), start()) else {
+            return 1;
+        };
+        for s in [&stopped, &dropped] {
+            fdserver_tests::write_raw(w_raw, &s.pid().to_le_bytes());
+        }
+        if stopped.call(["hang"]).is_err() || dropped.call(["hang"]).is_err() {
+            return 2;
+        }
+        // SAFETY: raw credential system calls in this single-threaded process.
+        unsafe {
+            if libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) != 0
+                || libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) != 0
+            {
+                return 3;
+            }
+        }
+        if stopped.signal(Signal::SIGTERM).is_ok() {
+            return 4; // the premise: we may not signal it any more
+        }
+        let (spid, dpid) = (stopped.pid(), dropped.pid());
+        match stopped.stop() {
+            Ok(st) if st.how == Shutdown::Killed && st.status.signal() == Some(libc::SIGKILL) => {}
+            Ok(_) => return 5,
+            Err(_) => return 6,
+        }
+        drop(dropped);
+        if fdserver_tests::is_unreaped_child(spid) || fdserver_tests::is_unreaped_child(dpid) {
+            return 7;
+        }
+        0
+    });
+    drop(w);
+    let pids = read_pids(r);
+    let st = wait_child(client);
+    assert_all_gone(&pids, "stop after a privilege drop");
+    assert_eq!(st.code(), Some(0), "{st}");
+}
+
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits: the runtime must not use it, and
+/// a server started from a short-lived thread serves on after that thread has ended.
+#[test]
+fn a_server_started_from_a_short_lived_thread_outlives_the_thread() {
+    let _wd = watchdog("server_from_short_lived_thread", SECS(30));
+    let mut s = std::thread::spawn(start).join().unwrap();
+    assert_eq!(s.call(["echo", "still here"]).unwrap(), ["still here"]);
+    assert_eq!(s.stop().unwrap().how, Shutdown::Graceful);
 }
 
 // ---------------------------------------------------------------------------------------------

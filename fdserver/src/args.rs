@@ -93,6 +93,13 @@
 //! with `unknown_message` without reading anything further, so do not send out-of-band items
 //! with a message the server does not know.
 //!
+//! The generated code on both sides checks what it can before a call's or a reply's first byte
+//! (a `Vec<u8>` longer than a scalar's `u32` length can carry is refused there, and nothing is
+//! sent: the channel stays usable). A failure after the first byte (the kernel refusing to pass a
+//! descriptor, `ETOOMANYREFS`) leaves the peer waiting for the rest, so it marks the channel
+//! broken: a client's later calls fail with [`Error::Broken`](crate::Error::Broken), and a
+//! server closes the connection instead of answering twice.
+//!
 //! ## Your own types
 //!
 //! ```

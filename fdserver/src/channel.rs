@@ -42,7 +42,13 @@ pub struct Channel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    /// A write stopped part-way through a message: not even a last message can follow.
+    /// (`broken` alone may mean only the read direction is out of step.)
+    write_broken: bool,
     peer_gone: bool,
+    /// The channel of a running server loop: every wait also watches for a signal that ends the
+    /// loop (see [`sys::wait_loop_socket`]).
+    stop_on_signal: bool,
     wbuf: Vec<u8>,
     writes: u64,
     /// The operation in progress, named by a time-out.
@@ -74,7 +80,9 @@ impl Channel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            write_broken: false,
             peer_gone: false,
+            stop_on_signal: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
             op: Operation::ReadArray,
@@ -166,10 +174,27 @@ impl Channel {
     /// Marks the channel unusable (e.g. a call timed out with its reply still in flight).
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
+        self.write_broken = true;
     }
 
-    /// How many write operations have started on this channel (lets a server tell whether a
-    /// handler began its reply).
+    /// Writes `error` as the last message on a channel that an earlier error broke, if the write
+    /// direction is still in step (the break was on the read side: an oversized scalar, data
+    /// where a descriptor was due, a descriptor glued to a frame) and the peer is still there.
+    /// The channel stays broken. A server calls this just before it closes the connection, so
+    /// that its peer learns why (`["error", kind, text]`) instead of reading a bare end of
+    /// stream.
+    pub(crate) fn write_last_error(&mut self, error: &RemoteError) -> Result<(), Error> {
+        if self.write_broken || self.peer_gone {
+            return Err(Error::Broken);
+        }
+        let was_broken = std::mem::replace(&mut self.broken, false);
+        let r = self.write_error(error);
+        self.broken |= was_broken;
+        r
+    }
+
+    /// How many write operations have put at least one byte on the wire (lets a server tell
+    /// whether a handler began its reply: a write refused before its first byte does not count).
     pub(crate) fn writes(&self) -> u64 {
         self.writes
     }
@@ -185,6 +210,18 @@ impl Channel {
         } else {
             Ok(())
         }
+    }
+
+    /// Makes this the channel of a running server loop (`true`) or an ordinary one: see
+    /// [`sys::wait_loop_socket`]. Its socket must be the one the loop waits on.
+    pub(crate) fn set_stop_on_signal(&mut self, on: bool) {
+        self.stop_on_signal = on;
+    }
+
+    /// Whether system calls must not block: with a deadline or on a loop's channel, every wait
+    /// is a `poll` (never a blocking `recvmsg`/`sendmsg`, which SA_RESTART would resume).
+    fn nonblocking(&self, deadline: Option<Instant>) -> bool {
+        deadline.is_some() || self.stop_on_signal
     }
 
     fn read_deadline(&self) -> Option<Instant> {
@@ -209,7 +246,7 @@ impl Channel {
     ) -> Result<bool, Error> {
         let mut got = 0;
         while got < buf.len() {
-            match sys::recv(self.fd.as_fd(), &mut buf[got..], deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut buf[got..], self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.fd_count() > 0 || r.truncated {
                         let clean = at_boundary && got == 0 && r.n == 1 && buf[0] == 0;
@@ -247,19 +284,38 @@ impl Channel {
         match e.raw_os_error() {
             Some(libc::EINTR) => Ok(()),
             Some(libc::EAGAIN) => {
-                if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
-                    Ok(())
+                let wake = if self.stop_on_signal {
+                    sys::wait_loop_socket(events, deadline)?
+                } else if sys::wait_fd(self.fd.as_fd(), events, deadline)? {
+                    sys::Wake::Ready
                 } else {
-                    if !clean {
-                        self.broken = true;
+                    sys::Wake::TimedOut
+                };
+                let err = match wake {
+                    sys::Wake::Ready => return Ok(()),
+                    sys::Wake::TimedOut => {
+                        let timeout = if events == libc::POLLIN {
+                            self.read_timeout
+                        } else {
+                            self.write_timeout
+                        };
+                        Error::timed_out(self.op, timeout.unwrap_or_default())
                     }
-                    let timeout = if events == libc::POLLIN {
-                        self.read_timeout
-                    } else {
-                        self.write_timeout
-                    };
-                    Err(Error::timed_out(self.op, timeout.unwrap_or_default()))
+                    // The loop is ending: whatever was half read or half written is abandoned.
+                    sys::Wake::Stop(sig) => Error::Io(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        match sig {
+                            libc::SIGTERM => "SIGTERM arrived: the server loop is ending",
+                            libc::SIGINT => "SIGINT arrived: the server loop is ending",
+                            _ => "a terminating signal arrived: the server loop is ending",
+                        },
+                    )),
+                };
+                if !clean {
+                    self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
+                Err(err)
             }
             Some(libc::ECONNRESET) | Some(libc::EPIPE) if events == libc::POLLIN => {
                 // A reset reads as end of stream, like Passenger.
@@ -279,6 +335,7 @@ impl Channel {
             _ => {
                 if !clean {
                     self.broken = true;
+                    self.write_broken |= events == libc::POLLOUT;
                 }
                 Err(Error::Io(e))
             }
@@ -292,13 +349,15 @@ impl Channel {
         mut fd: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
-            match sys::send(self.fd.as_fd(), iov, fd, deadline.is_some()) {
+            match sys::send(self.fd.as_fd(), iov, fd, self.nonblocking(deadline)) {
                 Ok(n) => {
                     if n > 0 {
+                        if !sent_any {
+                            self.writes += 1;
+                        }
                         sent_any = true;
                         fd = None; // the descriptor went with the first byte
                     }
@@ -488,20 +547,28 @@ impl Channel {
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        self.writes += 1;
         loop {
-            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, deadline.is_some()) {
-                Ok((_, true)) => return Ok(()),
+            match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {
+                Ok((_, true)) => {
+                    self.writes += 1;
+                    return Ok(());
+                }
                 Ok((sent, false)) => {
+                    if sent > 0 {
+                        self.writes += 1;
+                    }
                     let rest = self.send_all(&mut [IoSlice::new(&frame[sent..])], None, deadline);
                     if rest.is_err() && sent > 0 {
                         self.broken = true;
+                        self.write_broken = true;
                     }
                     rest?;
                     self.op = Operation::SendFd;
                     let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
                     if sent_fd.is_err() {
-                        self.broken = true; // the reply went out without its descriptor
+                        // The reply went out without its descriptor.
+                        self.broken = true;
+                        self.write_broken = true;
                     }
                     return sent_fd;
                 }
@@ -630,7 +697,11 @@ impl Channel {
         let mut got = 0;
         let mut fd = None;
         while got < 2 {
-            match sys::recv(self.fd.as_fd(), &mut head[got..want], deadline.is_some()) {
+            match sys::recv(
+                self.fd.as_fd(),
+                &mut head[got..want],
+                self.nonblocking(deadline),
+            ) {
                 Ok(mut r) => {
                     if r.n == 0 {
                         self.peer_gone = true;
@@ -685,7 +756,7 @@ impl Channel {
             match sys::recv(
                 self.fd.as_fd(),
                 &mut buf.body[body_got..limit],
-                deadline.is_some(),
+                self.nonblocking(deadline),
             ) {
                 Ok(mut r) => {
                     if r.n == 0 {
@@ -869,7 +940,7 @@ impl Channel {
         self.check()?;
         loop {
             let mut byte = [0u8; 1];
-            match sys::recv(self.fd.as_fd(), &mut byte, deadline.is_some()) {
+            match sys::recv(self.fd.as_fd(), &mut byte, self.nonblocking(deadline)) {
                 Ok(r) => {
                     if r.n == 0 {
                         self.peer_gone = true;

@@ -1,6 +1,7 @@
 //! The client side of a forked server: [`ServerHandle`].
 
 use std::fmt;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -346,14 +347,41 @@ impl ServerHandle {
         Ok(self.status)
     }
 
+    /// Ends the connection for every copy of our end (`shutdown`, then `close`): the server sees
+    /// end of stream, and its hang-up watch starts its own stop schedule.
+    fn hang_up(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+        }
+    }
+
+    /// SIGKILL and reap. If this process may not signal the server any more (`EPERM` after a
+    /// privilege drop), it hangs up instead (SIGCONT first: allowed within a session, it wakes
+    /// a stopped server) and waits for the server's hang-up watch, which kills it on its own
+    /// schedule.
     fn kill_and_reap(&mut self) -> Result<ExitStatus, Error> {
-        self.exit.kill(libc::SIGKILL)?;
+        if self.exit.kill(libc::SIGKILL).is_err() {
+            let _ = self.exit.kill(libc::SIGCONT);
+            self.hang_up();
+        }
         Ok(self.wait_exit(None)?.expect("waited without deadline"))
     }
 
-    /// Stops the server: closes the connection (the server sees end of stream and exits), waits
-    /// up to the first grace period, sends SIGTERM, waits up to the second, sends SIGKILL, and
-    /// reaps it. Returns how it ended.
+    /// Stops the server: ends the connection (the server sees end of stream and exits), waits up
+    /// to the first grace period, sends SIGTERM, waits up to the second, sends SIGKILL, and reaps
+    /// it. Returns how it ended.
+    ///
+    /// The connection is shut down, not just closed, so the server sees it end even if another
+    /// process holds a copy of this end of the socket.
+    ///
+    /// `stop` does not return while the server runs. If this process can no longer signal the
+    /// server (`EPERM`, e.g. after dropping privileges), it waits instead for the server's own
+    /// hang-up watch, which follows the same schedule from the moment the connection ended (see
+    /// [`Builder::stop_timeouts`](crate::Builder::stop_timeouts)). It fails only if the server
+    /// cannot be waited for or reaped (something else in this process reaped it), and then the
+    /// server has already exited: nothing is left behind. [`Stopped::how`] is
+    /// [`Shutdown::Graceful`] if the server exited within the first grace period,
+    /// [`Shutdown::Killed`] if it ended by SIGKILL, [`Shutdown::Terminated`] otherwise.
     ///
     /// ```
     /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle, Shutdown};
@@ -374,7 +402,8 @@ impl ServerHandle {
         self.stop_inner()
     }
 
-    /// [`stop`](Self::stop) with other grace periods.
+    /// [`stop`](Self::stop) with other grace periods. The server's own hang-up watch keeps the
+    /// periods it was started with, so longer ones here do not give it more time.
     pub fn stop_with(mut self, options: StopOptions) -> Result<Stopped, Error> {
         self.stop = options;
         self.stop_inner()
@@ -382,7 +411,10 @@ impl ServerHandle {
 
     fn stop_inner(&mut self) -> Result<Stopped, Error> {
         let already = self.status.is_some() || self.try_wait()?.is_some();
-        self.channel = None; // close: the server sees end of stream
+        // Deadlines count from before the hang-up: the server's watch starts its own schedule
+        // only once it sees the hang-up, so ours always runs out first.
+        let closed_at = Instant::now();
+        self.hang_up();
         if already {
             return Ok(Stopped {
                 status: self.status.expect("checked"),
@@ -390,28 +422,47 @@ impl ServerHandle {
                 grace: self.stop,
             });
         }
-        let now = Instant::now();
-        if let Some(status) = self.wait_exit(Some(now + self.stop.after_close))? {
+        let graceful_until = closed_at + self.stop.after_close;
+        if let Some(status) = self.wait_exit(Some(graceful_until))? {
+            // Seen only after the deadline (this thread ran late): it was not graceful.
+            let how = if Instant::now() <= graceful_until {
+                Shutdown::Graceful
+            } else {
+                how_it_ended(status)
+            };
             return Ok(Stopped {
                 status,
-                how: Shutdown::Graceful,
+                how,
                 grace: self.stop,
             });
         }
-        self.exit.kill(libc::SIGTERM)?;
-        if let Some(status) = self.wait_exit(Some(Instant::now() + self.stop.after_term))? {
+        // May fail with EPERM: the server's hang-up watch sends the same signal.
+        let _ = self.exit.kill(libc::SIGTERM);
+        let deadline = Instant::now().max(graceful_until) + self.stop.after_term;
+        if let Some(status) = self.wait_exit(Some(deadline))? {
+            let how = how_it_ended(status);
             return Ok(Stopped {
                 status,
-                how: Shutdown::Terminated,
+                how,
                 grace: self.stop,
             });
         }
         let status = self.kill_and_reap()?;
         Ok(Stopped {
             status,
-            how: Shutdown::Killed,
+            how: how_it_ended(status),
             grace: self.stop,
         })
+    }
+}
+
+/// How a server that did not exit within the first grace period ended: by SIGKILL (from `stop`
+/// or its own hang-up watch), or otherwise (after SIGTERM).
+fn how_it_ended(status: ExitStatus) -> Shutdown {
+    if status.signal() == Some(libc::SIGKILL) {
+        Shutdown::Killed
+    } else {
+        Shutdown::Terminated
     }
 }
 

@@ -125,15 +125,29 @@
 //!   (an `io::Error`, details: its kind and OS error number) or the code of a handler's own
 //!   [`WireError`] type (details: its fields); see [`RemoteErrorKind`] and
 //!   [`args`](crate::args#errors). A peer that knows only `["error", kind, message]` ignores the
-//!   details. After any of these the server keeps serving, except after a
-//!   handler panicked part-way through writing its reply: then the stream cannot be repaired, so
-//!   the server closes it and exits with status 101.
+//!   details. After any of these the server keeps serving, except when a handler had already
+//!   begun writing its reply: a second reply would answer the client's next request, so instead
+//!   the server closes the stream and exits, with status 101 after a panic and 1 after an `Err`.
+//!   A request is answered by exactly one reply.
+//! * A request that leaves the incoming stream impossible to resynchronise (a scalar over the
+//!   server's limit, data where a descriptor was due, a descriptor glued to a message's bytes)
+//!   is answered with a last `["error", "protocol", text]` saying why, then the server closes the
+//!   connection and exits with status 1, so a peer in any language reads the reason instead of a
+//!   bare end of stream.
 //!
 //! A forked server sends `["ready"]` once `initialize_server` succeeded (or
 //! `["error", "initialize", message]`); [`Server::start`] consumes it. [`serve`] on an inherited
 //! socket sends nothing unprompted.
 //!
 //! ## Signals
+//!
+//! A forked server leads a process group of its own (in its parent's session), so the signals
+//! a terminal sends to the parent's job (Ctrl-C, Ctrl-\, Ctrl-Z, window resizes) do not reach
+//! it: an interactive program that handles Ctrl-C keeps its servers. Outside the foreground job,
+//! it ignores SIGTTIN and SIGTTOU unless it declares them, so reading the terminal fails with
+//! `EIO` instead of stopping it. [`Builder::same_process_group`] keeps it in the parent's job
+//! instead (for `#[fdserver]` servers too: `Builder::new().same_process_group(true).start(&mut
+//! server)`).
 //!
 //! A forked server resets every signal disposition to its default and ignores SIGHUP, unless it
 //! declares a SIGHUP handler. The signals it declares in [`Server::SIGNALS`], plus SIGTERM and
@@ -142,6 +156,14 @@
 //! that arrives while a handler runs is handled before the next message. SIGTERM and SIGINT
 //! without a declared handler end the loop cleanly: `finalize_server` runs and the server exits
 //! with status 0.
+//!
+//! They end it promptly in every state of the loop's channel, as Passenger's servers did: a
+//! message half read (the rest is abandoned), a handler waiting on [`Context::channel`] for more
+//! from the client, a reply blocked because the client does not read it. Every wait of the
+//! loop's channel watches for them, and the operation cut short fails with an `Interrupted`
+//! [`Error::Io`] that ends the loop (no reply is sent). Your own code in a handler (a loop, a
+//! blocking call on another descriptor) is not interrupted: the signal is handled when the
+//! handler returns, and [`ServerHandle::stop`] ends a handler that never does with SIGKILL.
 //!
 //! Those signals are not blocked while your handlers run, and their recording handler is
 //! installed with `SA_RESTART`: blocking reads and writes in your code are restarted, but calls
@@ -154,28 +176,86 @@
 //!
 //! Every descriptor fdserver creates is close-on-exec; received ones too (`MSG_CMSG_CLOEXEC`).
 //! Sends use `MSG_NOSIGNAL`, so a dead peer is an error, not a SIGPIPE. A truncated control
-//! message is an error and the descriptors that did arrive are closed. A forked server closes
-//! every inherited descriptor except 0, 1, 2, its socket and those given to
-//! [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before `start`**.
+//! message is an error and the descriptors that did arrive are closed. Reads leave room for the
+//! control data a socket option set by anyone adds to every read (`SO_PASSCRED` credentials,
+//! `SO_PASSPIDFD` pidfds, `SO_PASSSEC` labels): descriptor passing keeps working, and a pidfd
+//! that arrives that way is closed at once.
+//!
+//! A forked server releases every inherited descriptor except 0, 1, 2, its socket and those
+//! given to [`Builder::keep_fd`], so **open files and sockets in `initialize_server`, not before
+//! `start`**. The server value may own some of them (a `File` opened before `start`), and safe
+//! code must never reach another file through it. So each released descriptor is replaced by a
+//! *tombstone*, an `O_PATH` descriptor of `/dev/null` (close-on-exec): the original file is
+//! released all the same (a socket's peer sees end of stream), the number stays taken (the
+//! server's own `open`s get other numbers), and every `read`, `write`, `ioctl` or `mmap` through
+//! it fails with `EBADF`. Dropping the owner closes the tombstone. The parent lists its open
+//! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
+//! missing); descriptors other threads open after that cannot belong to the server value (which
+//! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
+//! This costs about 30 µs of CPU time per start, plus about 0.8 µs per inherited descriptor (see
+//! BENCHMARKS.md, rows 4t, 4t100).
+//!
+//! ## A server ends with its client
+//!
+//! A forked server runs a small thread, its *hang-up watch*, that waits for its connection to
+//! end, however it ends: [`ServerHandle::stop`] or a dropped handle, a parent that exited, crashed
+//! or was SIGKILLed. From then on the server follows `stop`'s schedule by itself: SIGTERM
+//! `after_close` later, SIGKILL `after_term` after that (3 s and 3 s unless
+//! [`Builder::stop_timeouts`] says otherwise), unless it has exited first, as it does at once
+//! when its loop is waiting for a message. So a handler that never returns cannot keep a server
+//! alive past its client, and this does not depend on anyone being able to signal the server:
+//! [`ServerHandle::stop`] still ends and reaps it after the parent dropped the privileges to
+//! signal it. The watch asks `poll` for no event on the socket, so calls never wake it; a client
+//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
+//! watch (it runs in your process).
 //!
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
 //! only the calling thread exists in the child, and whatever locks other threads held at that
-//! moment stay locked forever there. fdserver's own path from `fork` to the server loop makes only
-//! async-signal-safe system calls: everything it needs (buffers, descriptor lists, signal sets) is
-//! prepared in the parent, and all signals are blocked across the `fork`.
+//! moment stay locked forever there. fdserver's own path from `fork` to your
+//! `initialize_server` makes only async-signal-safe system calls (everything it needs, buffers,
+//! descriptor lists, signal sets, the watch thread's stack, is prepared in the parent, and all
+//! signals are blocked across the `fork`), with two exceptions, both safe in the child: it
+//! releases std's stdout and stderr locks, which the forking thread holds (below), and it starts
+//! one thread of its own, the hang-up watch, with `pthread_create` (glibc resets its own locks at
+//! `fork`, as it must for the threads you start in `initialize_server`). That thread takes no lock
+//! and allocates nothing, so a server may itself fork (the preloader's templates do).
+//!
+//! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
+//! thread at the fork would stay locked forever in the child, where every `println!`, every panic
+//! message and the final flush would block. So `start` takes both locks across the `fork` and the
+//! child releases them first thing. What the runtime guarantees:
+//!
+//! * In the server, `println!`, `eprintln!` and panic messages work from every thread (the loop's
+//!   and the ones you start), and the server's stdout is flushed when it exits.
+//! * Output the parent had buffered but not flushed (a partial line) is written once, by the
+//!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
+//!   not block it.
+//! * The price: `start` waits while *another* thread of the parent holds `stdout` or `stderr`
+//!   locked: for the length of a print in progress, normally microseconds, but for as long as a
+//!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
+//!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
+//!   `start`** (joining it, or waiting on a channel it answers after `start`) deadlocks the
+//!   program: release the guard first. A guard held by the thread that calls `start` is fine
+//!   (the locks are reentrant). std offers no `try_lock` for these locks, so no design can both
+//!   never wait for them and never hand the server a lock that stays locked forever; fdserver
+//!   gives the server working stdio and documents the wait.
+//! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
+//!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
+//!   std's stdin in a server whose parent reads it from another thread.
 //!
 //! Your code in the child (`initialize_server`, handlers, `finalize_server`) runs under these
 //! rules when the parent has other threads:
 //!
 //! * **Safe**: system calls; allocation with the system allocator (glibc resets its malloc locks
 //!   in the child) or with an allocator that registers fork handlers (jemalloc, mimalloc do);
-//!   everything owned by the server value itself; threads you start in `initialize_server`.
-//! * **Not safe**: any lock another thread might have held at the fork: a `static Mutex`, a
-//!   logger's lock, `std::io::stdout()`/`stderr()` if another thread prints concurrently (the child
-//!   flushes them at exit), `std::env::set_var`; thread pools and async runtimes created before
-//!   the fork (their threads do not exist in the child).
+//!   everything owned by the server value itself, except descriptors it opened before `start`
+//!   (they fail with `EBADF` in the server: see "Descriptors"); `stdout()`/`stderr()` and
+//!   `println!` (see above); threads you start in `initialize_server`.
+//! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
+//!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
+//!   fork (their threads do not exist in the child).
 //! * **Reseed** random number generators in `initialize_server`: the child starts with a copy of
 //!   the parent's state (Passenger 2.2 learned this the hard way).
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with

@@ -14,13 +14,20 @@ use crate::channel::Channel;
 use crate::connection::Connection;
 use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::server::{BoxError, Context};
-use crate::wire::{Message, MessageBuf};
+use crate::wire::{self, Message, MessageBuf};
 use crate::wire_error::{CallError, WireError};
 
 /// Makes every server handle created from now on wait for its server with a watcher thread
 /// instead of a pidfd, the fallback for systems without pidfds (for fdserver's own tests).
 pub fn force_exit_watch_thread(on: bool) {
     crate::sys::force_exit_watch_thread(on);
+}
+
+/// For `benches/compare.rs` only: turns the forked server's hang-up watch and descriptor
+/// tombstones on or off for servers started from now on, so that the bench can measure what
+/// they cost. Both are on by default; turning them off gives up guarantees the crate documents.
+pub fn bench_hardening(hangup_watch: bool, tombstones: bool) {
+    crate::start::set_bench_hardening(hangup_watch, tombstones);
 }
 
 /// How much of an offending element an error message quotes.
@@ -515,11 +522,19 @@ fn send_values<V: ToValues>(
     let mut encoded: [Option<Encoded<'_>>; MAX_VALUES] =
         std::array::from_fn(|i| (i < len).then(|| values.__encode(i)));
     for (i, e) in encoded.iter_mut().enumerate() {
-        if let Some(Encoded::Invalid(why)) = e {
-            return Err(RemoteError::failed(format_args!(
-                "{message}: reply value {} cannot be sent: {why}",
-                i + 1
-            )));
+        match e {
+            Some(Encoded::Invalid(why)) => {
+                return Err(RemoteError::failed(format_args!(
+                    "{message}: reply value {} cannot be sent: {why}",
+                    i + 1
+                )));
+            }
+            // Too long for the wire format's `u32` length: refused before the first byte, so
+            // that this is an ordinary error reply and the server keeps serving.
+            Some(Encoded::Scalar(data)) => {
+                wire::scalar_header(data.len())?;
+            }
+            _ => {}
         }
     }
     // Out-of-band values apart, so the inline ones can be borrowed while these are sent.
@@ -540,18 +555,28 @@ fn send_values<V: ToValues>(
         Some(Encoded::Fd(fd)) => channel.write_ok_with_fd(inline, fd)?,
         Some(other) => {
             channel.write_ok(inline)?;
-            send_encoded(channel, other)?;
+            send_after_first_byte(channel, other)?;
         }
         None => channel.write_ok(inline)?,
     }
     for e in out_of_band {
-        send_encoded(channel, e)?;
+        send_after_first_byte(channel, e)?;
     }
     Ok(())
 }
 
 /// Most values in a reply (tuples of up to 12).
 const MAX_VALUES: usize = 12;
+
+/// Sends an out-of-band value that follows a message already on the wire: failing leaves the
+/// peer waiting for it, so the channel is marked broken.
+fn send_after_first_byte(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
+    let r = send_encoded(channel, encoded);
+    if r.is_err() {
+        channel.mark_broken();
+    }
+    r
+}
 
 fn send_encoded(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
     match encoded {
@@ -577,12 +602,20 @@ pub fn call<V: FromValues, const N: usize>(
     arguments: [Encoded<'_>; N],
 ) -> Result<V, Error> {
     for (i, a) in arguments.iter().enumerate() {
-        if let Encoded::Invalid(why) = a {
-            return Err(Error::Encode {
-                message: message.to_owned(),
-                value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
-                reason: why.reason().to_owned(),
-            });
+        match a {
+            Encoded::Invalid(why) => {
+                return Err(Error::Encode {
+                    message: message.to_owned(),
+                    value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
+                    reason: why.reason().to_owned(),
+                });
+            }
+            // Too long for the wire format's `u32` length: refused before the request's first
+            // byte, so the channel stays in step.
+            Encoded::Scalar(data) => {
+                wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
+            }
+            _ => {}
         }
     }
     connection.with_channel(|channel| {
@@ -593,8 +626,11 @@ pub fn call<V: FromValues, const N: usize>(
         channel
             .write_array(iter::once(message.as_bytes()).chain(inline))
             .map_err(|e| e.in_call(message.as_bytes()))?;
+        // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
+        // leaves the server waiting for this value, so it breaks the channel (later calls fail
+        // with `Error::Broken` instead of feeding the server the next request as this value).
         for argument in arguments {
-            send_encoded(channel, argument).map_err(|e| e.in_call(message.as_bytes()))?;
+            send_after_first_byte(channel, argument).map_err(|e| e.in_call(message.as_bytes()))?;
         }
         read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
     })

@@ -87,7 +87,9 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
         Ok(()) => {
             #[cfg(feature = "sandbox")]
             if let Some(p) = &mut sandbox {
-                p.apply().map_err(|f| Error::Sandbox(f.into_error()))?;
+                // No hang-up watch in `serve` (this is the caller's process).
+                p.apply(|| Ok(()))
+                    .map_err(|f| Error::Sandbox(f.into_error()))?;
             }
             let mut buf = MessageBuf::with_max_capacity();
             let end = run_loop(server, &mut channel, &mut buf, &plan);
@@ -111,6 +113,7 @@ struct ServeGuard {
 impl Drop for ServeGuard {
     fn drop(&mut self) {
         sys::set_loop_thread(false);
+        sys::set_stop_signals(0);
         if let Some(mask) = &self.old_mask {
             sys::set_sigmask(mask);
         }

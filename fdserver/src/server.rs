@@ -62,6 +62,11 @@ pub trait Server: Sized {
     /// Answers one message. Write the reply with [`Context::reply`] (or any raw channel
     /// operation); return `Err` to send an error reply `["error", kind, message]` instead.
     /// A message that needs no answer may simply return `Ok(())` without writing.
+    ///
+    /// An `Err` returned after the handler has begun writing its reply (a failure while sending
+    /// the scalars or descriptors that follow `["ok", ...]`) cannot become an error reply: the
+    /// client would read it as the answer to its next request. The server then closes the
+    /// connection and exits with status 1 ([`LoopEnd::ChannelFailed`]).
     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError>;
 
     /// Runs on the server loop when one of [`SIGNALS`](Server::SIGNALS) arrives.
@@ -165,7 +170,8 @@ pub enum LoopEnd {
     /// A handler panicked after it had begun writing its reply, so the stream could not be
     /// resynchronised; the connection was closed.
     PanickedMidReply,
-    /// The channel failed (an I/O error or a stream that cannot be resynchronised).
+    /// The channel failed (an I/O error or a stream that cannot be resynchronised, e.g. a
+    /// handler returned `Err` after it had begun its reply); the connection was closed.
     ChannelFailed(String),
 }
 

@@ -54,6 +54,14 @@ impl SignalPlan {
         self.declared & (1 << sig) != 0
     }
 
+    /// The signals that end the loop: SIGTERM and SIGINT, unless the server handles them.
+    pub(crate) fn stop_mask(&self) -> u64 {
+        [libc::SIGTERM, libc::SIGINT]
+            .into_iter()
+            .filter(|&sig| !self.declares(sig))
+            .fold(0, |mask, sig| mask | 1 << sig)
+    }
+
     pub(crate) fn each_caught(&self, mut f: impl FnMut(i32)) {
         for sig in 1..64 {
             // SAFETY: `caught` is an initialised sigset; sigismember only reads it.
@@ -65,6 +73,11 @@ impl SignalPlan {
 }
 
 /// The server loop: wait for a message or a signal, dispatch, repeat.
+///
+/// SIGTERM and SIGINT (unless declared) end it in every state: every wait of the channel's reads
+/// and writes, the loop's and its handlers', also watches for them (see
+/// [`sys::wait_loop_socket`]), so a half-read message or a reply blocked on a client that does
+/// not read is abandoned, and the loop ends with [`LoopEnd::Signal`].
 pub(crate) fn run_loop<S: Server>(
     server: &mut S,
     channel: &mut Channel,
@@ -72,6 +85,20 @@ pub(crate) fn run_loop<S: Server>(
     plan: &SignalPlan,
 ) -> LoopEnd {
     sys::set_wait_socket(channel.as_fd());
+    sys::set_stop_signals(plan.stop_mask());
+    channel.set_stop_on_signal(true);
+    let end = serve_messages(server, channel, buf, plan);
+    channel.set_stop_on_signal(false);
+    sys::set_stop_signals(0);
+    end
+}
+
+fn serve_messages<S: Server>(
+    server: &mut S,
+    channel: &mut Channel,
+    buf: &mut MessageBuf,
+    plan: &SignalPlan,
+) -> LoopEnd {
     loop {
         // Arm the wait before looking at the flags: a signal landing between the check and the
         // wait then makes the wait return at once (see `sys::arm_wait`).
@@ -113,6 +140,8 @@ pub(crate) fn run_loop<S: Server>(
 
         match channel.read_into(buf) {
             Ok(true) => {}
+            // SIGTERM or SIGINT in the middle of a message: ended at the top of the loop.
+            Err(_) if sys::stop_requested().is_some() => continue,
             Ok(false) => return LoopEnd::Disconnected,
             Err(e) if e.is_disconnect() => return LoopEnd::Disconnected,
             Err(e) if !channel.is_broken() && !matches!(e, Error::TimedOut { .. }) => {
@@ -124,7 +153,12 @@ pub(crate) fn run_loop<S: Server>(
                 continue;
             }
             Err(Error::TimedOut { .. }) => continue,
-            Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+            Err(e) => {
+                // The frame cannot be skipped (a descriptor glued to its bytes, a failed read
+                // part-way): say why, then close.
+                last_word(channel, RemoteErrorKind::Protocol, &e.to_string());
+                return LoopEnd::ChannelFailed(e.to_string());
+            }
         }
 
         let writes_before = channel.writes();
@@ -134,13 +168,33 @@ pub(crate) fn run_loop<S: Server>(
             let r = server.handle(&mut ctx, msg);
             (r, ctx.quitting())
         }));
+        let failed = !matches!(outcome, Ok((Ok(()), _))) || channel.is_broken();
+        if failed && sys::stop_requested().is_some() {
+            // The handler's channel operation was cut short by SIGTERM or SIGINT (or it failed
+            // as they arrived): no reply, the loop ends at its top.
+            continue;
+        }
         let quit = match outcome {
             Ok((Ok(()), quit)) => quit,
             Ok((Err(err), quit)) => {
                 if channel.peer_gone() {
                     return LoopEnd::Disconnected;
                 }
+                if channel.writes() != writes_before {
+                    // The handler began its reply: an error reply now would be a second one,
+                    // which the client would read as the answer to its next request. The stream
+                    // cannot be repaired, so it is closed, as after a panic part-way through.
+                    return LoopEnd::ChannelFailed(format!(
+                        "the handler for {:?} returned an error after it had begun its reply \
+                         ({err}); the connection was closed",
+                        String::from_utf8_lossy(buf.message().name())
+                    ));
+                }
                 if channel.is_broken() {
+                    // Broken on the read side (an oversized scalar, data where a descriptor was
+                    // due): nothing was written for this request, so one last message can
+                    // still tell the client why the connection closes.
+                    last_word(channel, RemoteErrorKind::Protocol, err.message());
                     return LoopEnd::ChannelFailed(err.to_string());
                 }
                 if let Err(e) = channel.write_error(&err) {
@@ -149,17 +203,19 @@ pub(crate) fn run_loop<S: Server>(
                 quit
             }
             Err(panic) => {
-                if channel.writes() != writes_before || channel.is_broken() {
+                let text = format!(
+                    "handler for {:?} panicked: {}",
+                    String::from_utf8_lossy(buf.message().name()),
+                    panic_message(&*panic)
+                );
+                if channel.writes() != writes_before {
                     return LoopEnd::PanickedMidReply;
                 }
-                let err = RemoteError::new(
-                    RemoteErrorKind::Panicked,
-                    format!(
-                        "handler for {:?} panicked: {}",
-                        String::from_utf8_lossy(buf.message().name()),
-                        panic_message(&*panic)
-                    ),
-                );
+                if channel.is_broken() {
+                    last_word(channel, RemoteErrorKind::Panicked, &text);
+                    return LoopEnd::PanickedMidReply;
+                }
+                let err = RemoteError::new(RemoteErrorKind::Panicked, text);
                 if let Err(e) = channel.write_error(&err) {
                     return end_for(e);
                 }
@@ -173,9 +229,26 @@ pub(crate) fn run_loop<S: Server>(
             return LoopEnd::Disconnected;
         }
         if channel.is_broken() {
+            if channel.writes() == writes_before {
+                last_word(
+                    channel,
+                    RemoteErrorKind::Protocol,
+                    "the handler left the request stream out of step",
+                );
+            }
             return LoopEnd::ChannelFailed("channel broken by a handler".into());
         }
     }
+}
+
+/// The last message on a stream that cannot be resynchronised: `["error", kind, why]`, so that
+/// the peer (a Ruby `MessageChannel` reads `nil` otherwise) learns why the connection closes.
+/// Written only if the write direction is still in step; failures are ignored (the connection
+/// closes either way).
+fn last_word(channel: &mut Channel, kind: RemoteErrorKind, why: &str) {
+    let text =
+        format!("{why} (the server closes the connection: the stream cannot be resynchronised)");
+    let _ = channel.write_last_error(&RemoteError::new(kind, text));
 }
 
 fn end_for(e: Error) -> LoopEnd {

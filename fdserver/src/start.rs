@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::channel::Channel;
@@ -39,6 +40,7 @@ pub struct Builder {
     timeout: Option<Duration>,
     start_timeout: Option<Duration>,
     max_scalar: Option<u64>,
+    same_process_group: bool,
     #[cfg(feature = "sandbox")]
     sandbox: Option<crate::sandbox::Sandbox>,
 }
@@ -49,8 +51,9 @@ impl Builder {
         Self::default()
     }
 
-    /// Keeps `fd` open (under the same number) in the server; every other inherited descriptor
-    /// but 0, 1, 2 and the server's socket is closed.
+    /// Keeps `fd` open (under the same number) in the server. Every other inherited descriptor
+    /// but 0, 1, 2 and the server's socket is released there, its number held by a tombstone
+    /// on which every operation fails with `EBADF` (see the crate docs, "Descriptors").
     pub fn keep_fd(mut self, fd: &impl AsFd) -> Self {
         self.keep_fds.push(fd.as_fd().as_raw_fd());
         self
@@ -58,6 +61,15 @@ impl Builder {
 
     /// How long [`ServerHandle::stop`] waits after closing the connection before SIGTERM, and
     /// after SIGTERM before SIGKILL (defaults: 3 s and 3 s, as Passenger).
+    ///
+    /// The server keeps the same schedule itself once its client is gone, whoever closed the
+    /// connection (`stop`, a dropped handle, a parent that exited or was SIGKILLed): a thread of
+    /// the server (its *hang-up watch*) sends it SIGTERM `after_close` after the hang-up and
+    /// SIGKILL `after_term` later, unless it has exited by then. So a server stuck in a handler
+    /// never outlives its client by more than `after_close + after_term`, even when nobody can
+    /// signal it (a parent that dropped privileges), and these periods also bound
+    /// `finalize_server` once the client has gone. [`ServerHandle::stop_with`] can shorten
+    /// the schedule for one stop, not lengthen the server's own.
     pub fn stop_timeouts(mut self, after_close: Duration, after_term: Duration) -> Self {
         self.stop = StopOptions {
             after_close,
@@ -82,6 +94,46 @@ impl Builder {
     /// Largest scalar each side accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
+        self
+    }
+
+    /// Keeps the server in this process's process group (`true`), instead of a group of its own
+    /// (the default).
+    ///
+    /// By default a server leads a process group of its own, in the same session, so that the
+    /// signals a terminal sends to the foreground job (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, Ctrl-Z's
+    /// SIGTSTP, SIGWINCH) and a `kill` of the parent's group reach the parent only: an
+    /// interactive program that handles Ctrl-C itself keeps its servers. Such a server is not in
+    /// the terminal's foreground job, so it ignores SIGTTIN and SIGTTOU (unless it declares
+    /// them): reading from the terminal fails with `EIO` instead of stopping the server, and it
+    /// may write to the terminal even with `stty tostop`. Signals meant for the parent's job that
+    /// reach the server during `start`, before it has left the group, are discarded.
+    ///
+    /// With `true`, the server is part of the parent's job, as Passenger's servers were: Ctrl-C
+    /// sends it SIGINT too (which ends its loop unless it declares a handler), Ctrl-Z stops it
+    /// with the job, and its terminal access follows the job's (a background job's read stops
+    /// it).
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let own = fdserver::Builder::new().start_handle(&mut Echo)?;
+    /// let shared = fdserver::Builder::new().same_process_group(true).start_handle(&mut Echo)?;
+    /// // SAFETY: getpgid and getpgrp only query process groups.
+    /// unsafe {
+    ///     assert_eq!(libc::getpgid(own.pid() as i32), own.pid() as i32);
+    ///     assert_eq!(libc::getpgid(shared.pid() as i32), libc::getpgrp());
+    /// }
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn same_process_group(mut self, yes: bool) -> Self {
+        self.same_process_group = yes;
         self
     }
 
@@ -125,9 +177,6 @@ impl Builder {
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
-        // The child's end first: the lower descriptor number, so that closing everything above
-        // the descriptors it keeps usually takes a single `close_range`, which also closes
-        // the parent's end there.
         let (child_end, parent_end) = Channel::pair()?;
         let mut child = child_end;
         // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
@@ -140,34 +189,59 @@ impl Builder {
         self.keep_fds.push(child.as_raw_fd());
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
+        let fds = InheritedFds::new(&self.keep_fds);
         let plan = SignalPlan::new(S::SIGNALS);
+        sys::HangupWatch::prepare();
 
-        // Hold the standard streams' locks across the fork: a lock another thread held at that
-        // moment would stay locked forever in the child, which flushes stdout and stderr at
-        // exit (and prints panic messages). The locks are reentrant and the child's only thread
-        // is their owner, so it can still use them.
-        let mut stdio_locks = (std::io::stdout().lock(), std::io::stderr().lock());
-        // Empty stdout's buffer first: the child flushes it at exit, and would otherwise write
-        // the parent's pending output a second time.
-        let _ = stdio_locks.0.flush();
+        // std's stdout and stderr are reentrant locks. One that another thread holds at the fork
+        // would stay locked forever in the child (its owner does not exist there), and every
+        // print, panic message and the final flush of stdout would block for good. So this
+        // thread takes both across the fork, waiting for a print in progress elsewhere (see
+        // the crate docs, "Fork safety"), and the child releases them at once: there their
+        // owner is the child's only thread. Stdout is not flushed here: its buffer may hold a
+        // partial line that a full pipe would block on; the child drops its copy instead.
+        let stdio = (std::io::stdout().lock(), std::io::stderr().lock());
         let all = sys::sigset(true);
         let old_mask = sys::set_sigmask(&all);
-        // SAFETY: the child branch below only makes async-signal-safe calls (close, sigaction,
-        // close_range, pthread_sigmask) before handing control to the user's server, and never
-        // returns: it ends in `_exit`.
+        // SAFETY: before handing control to the user's server, the child branch below makes
+        // only async-signal-safe calls (setpgid, sigaction, open, dup3, close_range, fcntl,
+        // pthread_sigmask; std's flush of its stdout buffer into a closed descriptor and its
+        // reentrant unlock, both on locks this thread owns), plus one `pthread_create` (the
+        // hang-up watch), which glibc supports in a forked child; and it never returns: it ends
+        // in `_exit`.
         let pid = unsafe { sys::fork() };
-        if !matches!(pid, Ok(0)) {
-            drop(stdio_locks);
-        }
         match pid {
             Ok(0) => {
-                // Child. Never returns. The parent's end is closed with every other descriptor
-                // not kept (`close_fds_except` in `child_main`); its `Channel` is never dropped
-                // here (we `_exit`).
+                // Child. Never returns. The parent's end is released with every other
+                // descriptor not kept (`InheritedFds::apply` in `child_main`); its `Channel` is
+                // never dropped here (we `_exit`).
                 std::mem::forget(parent_end);
-                child_main(server, child, &mut buf, &self.keep_fds, &plan, &mut sandbox)
+                let (mut out, err) = stdio;
+                // The parent's pending partial line is in this copy of stdout's buffer; the
+                // parent writes it. Empty the copy without writing it (std counts `EBADF` on
+                // stdout as written), or the server's own first flush would repeat it.
+                sys::with_stdout_closed(|| {
+                    let _ = out.flush();
+                });
+                drop(out);
+                drop(err);
+                let own_group = !self.same_process_group;
+                let watch = hangup_watch_enabled().then_some(sys::HangupWatch {
+                    after_close: self.stop.after_close,
+                    after_term: self.stop.after_term,
+                });
+                child_main(
+                    server,
+                    child,
+                    &mut buf,
+                    &fds,
+                    &plan,
+                    ChildSetup { own_group, watch },
+                    &mut sandbox,
+                )
             }
             Ok(pid) => {
+                drop(stdio);
                 sys::set_sigmask(&old_mask);
                 drop(child);
                 drop(buf);
@@ -189,6 +263,7 @@ impl Builder {
                 Ok(handle)
             }
             Err(e) => {
+                drop(stdio);
                 sys::set_sigmask(&old_mask);
                 Err(Error::Io(e))
             }
@@ -196,18 +271,112 @@ impl Builder {
     }
 }
 
+/// What a forked server does with the descriptors it inherits, decided in the parent.
+///
+/// Every inherited descriptor but 0, 1, 2, the server's socket and those given to
+/// [`Builder::keep_fd`] is released in the child: a leaked socket end there would keep its peer
+/// from ever seeing end of stream. But the server value, copied by `fork`, may own some of them
+/// (a `File` opened before `start`); closing them would let the child's next `open` reuse the
+/// number, and that value would then read and write another file through safe code. So each
+/// one is replaced by a *tombstone* (`dup3` of an `O_PATH` descriptor of `/dev/null`): the file
+/// is released all the same, the number stays taken, and every operation through it fails with
+/// `EBADF`. Descriptors opened by other threads after this list was made cannot belong to the
+/// server value (it is borrowed by `start`): they are simply closed.
+struct InheritedFds {
+    /// What stays open, usable: 0, 1, 2 are never touched; these above them.
+    keep: Vec<RawFd>,
+    /// Open in the parent when listed, not kept: tombstoned in the child.
+    tombs: Vec<RawFd>,
+    /// `keep` and `tombs`, sorted: what the final `close_range` sweep spares.
+    spare: Vec<RawFd>,
+}
+
+impl InheritedFds {
+    fn new(keep: &[RawFd]) -> Self {
+        let mut tombs = Vec::new();
+        if tombstones_enabled() {
+            sys::list_open_fds(&mut tombs);
+            tombs.retain(|&fd| fd > 2 && keep.binary_search(&fd).is_err());
+        }
+        let mut spare: Vec<RawFd> = keep.iter().chain(&tombs).copied().collect();
+        spare.sort_unstable();
+        spare.dedup();
+        InheritedFds {
+            keep: keep.to_vec(),
+            tombs,
+            spare,
+        }
+    }
+
+    /// In the child: tombstones, then closes everything else above 2 that is not kept.
+    /// Async-signal-safe. Without `/dev/null` (an unusual chroot), falls back to closing.
+    fn apply(&self) {
+        let Some(tomb) = (!self.tombs.is_empty()).then(sys::open_tombstone).flatten() else {
+            sys::close_fds_except(&self.keep);
+            return;
+        };
+        for &fd in &self.tombs {
+            sys::tombstone(tomb, fd);
+        }
+        // Also closes `tomb` itself, unless its number was in the list (closed by another
+        // thread after the listing, so that the tombstone now sits there as it should).
+        sys::close_fds_except(&self.spare);
+        if tomb <= 2 {
+            sys::close_raw(tomb);
+        }
+    }
+}
+
+/// The signals a terminal sends to its foreground job (and SIGTTIN/SIGTTOU, sent to background
+/// jobs that touch it): discarded in a server that leaves the parent's process group.
+const JOB_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGWINCH,
+    libc::SIGHUP,
+];
+
+/// What the child does besides serving: leave the parent's process group, and the hang-up
+/// watch it starts (`None` only when the bench turns it off).
+struct ChildSetup {
+    own_group: bool,
+    watch: Option<sys::HangupWatch>,
+}
+
 /// The forked child, from just after `fork` to `_exit`.
 fn child_main<S: Server>(
     server: &mut S,
     mut channel: Channel,
     buf: &mut MessageBuf,
-    keep: &[RawFd],
+    fds: &InheritedFds,
     plan: &SignalPlan,
+    setup: ChildSetup,
     sandbox: &mut SandboxStage,
 ) -> ! {
+    let ChildSetup { own_group, watch } = setup;
+    // 0. A process group of its own (see `Builder::same_process_group`). A signal the terminal
+    //    sent to the parent's job before that is pending here (everything is blocked): meant for
+    //    the parent, it is discarded (setting a signal to "ignore" drops its pending instances).
+    //    SIGTTIN and SIGTTOU stay ignored: outside the foreground job, a read from the terminal
+    //    fails with EIO instead of stopping the server.
+    let mut preset = plan.preset;
+    if own_group {
+        let _ = sys::new_process_group();
+        for sig in JOB_SIGNALS {
+            let _ = sys::set_disposition(sig, sys::Disposition::Ignore);
+        }
+        for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+            if !plan.declares(sig) {
+                preset |= 1 << sig; // left ignored by the reset below
+            }
+        }
+    }
     // 1. Signals: every disposition back to default, SIGHUP ignored unless the server handles
     //    it (Passenger ignored it after installing the user's handlers, so theirs never ran).
-    sys::reset_signal_dispositions(plan.sigmax, plan.preset);
+    sys::reset_signal_dispositions(plan.sigmax, preset);
     if !plan.declares(libc::SIGHUP) {
         let _ = sys::set_disposition(libc::SIGHUP, sys::Disposition::Ignore);
     }
@@ -216,8 +385,25 @@ fn child_main<S: Server>(
     if !plan.declares(libc::SIGPIPE) {
         let _ = sys::set_disposition(libc::SIGPIPE, sys::Disposition::Ignore);
     }
-    // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep.
-    sys::close_fds_except(keep);
+    // 2. Descriptors: only 0, 1, 2, our socket and what the caller asked to keep stay usable.
+    fds.apply();
+    // 2b. The hang-up watch: once the client is gone (closed, exited, SIGKILLed), this process
+    //     ends on `stop`'s schedule even if a handler never returns and nobody can signal it.
+    //     Its thread starts while every signal is blocked, and keeps them blocked. A server
+    //     with a sandbox starts it later, inside the sandbox (whose per-thread layers need a
+    //     single thread, and which the watch must not escape): see `apply_sandbox`.
+    let watch_now = if sandbox_is_active(sandbox) {
+        None
+    } else {
+        watch
+    };
+    if let Err(e) = watch_now.map_or(Ok(()), |w| w.start(channel.as_fd())) {
+        let _ = channel.write_error(&RemoteError::new(
+            RemoteErrorKind::Initialize,
+            format!("the server cannot start its hang-up watch thread: {e}"),
+        ));
+        sys::exit_now(1)
+    }
     // 3. Our signals go to a flag handler that wakes this thread's loop; then nothing is
     //    blocked any more (everything was, across the fork).
     plan.each_caught(|sig| {
@@ -232,7 +418,13 @@ fn child_main<S: Server>(
         Ok(Ok(())) => {
             // The sandbox takes effect here: after initialize_server, which could still open
             // what the server needs, and before the first message.
-            if let Err(e) = apply_sandbox(sandbox) {
+            let sock = channel.as_raw_fd();
+            let start_watch = || match watch {
+                // SAFETY: `sock` is this server's socket, open until `_exit`.
+                Some(w) => w.start(unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) }),
+                None => Ok(()),
+            };
+            if let Err(e) = apply_sandbox(sandbox, start_watch) {
                 let _ = channel.write_error(&e);
                 finish(server, 1)
             }
@@ -241,7 +433,10 @@ fn child_main<S: Server>(
                 finish(server, 0)
             }
             let end = run_loop(server, &mut channel, buf, plan);
-            drop(channel);
+            // The client sees end of stream now, but the socket stays open until `_exit`:
+            // the hang-up watch still waits on it (its descriptor number must not be reused),
+            // and bounds `finalize_server` once the client is gone.
+            sys::shutdown(channel.as_fd(), libc::SHUT_WR);
             end.exit_code()
         }
         Ok(Err(e)) => {
@@ -268,14 +463,33 @@ type SandboxStage = Option<crate::sandbox::Prepared>;
 #[cfg(not(feature = "sandbox"))]
 type SandboxStage = ();
 
+/// Applies the sandbox, if any; `start_watch` starts the hang-up watch inside it, after its
+/// per-thread layers and before seccomp (which covers every thread).
 #[cfg(feature = "sandbox")]
-fn apply_sandbox(sandbox: &mut SandboxStage) -> Result<(), RemoteError> {
-    crate::sandbox::apply_in_child(sandbox)
+fn apply_sandbox(
+    sandbox: &mut SandboxStage,
+    start_watch: impl FnOnce() -> std::io::Result<()>,
+) -> Result<(), RemoteError> {
+    crate::sandbox::apply_in_child(sandbox, start_watch)
 }
 
 #[cfg(not(feature = "sandbox"))]
-fn apply_sandbox(_: &mut SandboxStage) -> Result<(), RemoteError> {
+fn apply_sandbox(
+    _: &mut SandboxStage,
+    _: impl FnOnce() -> std::io::Result<()>,
+) -> Result<(), RemoteError> {
     Ok(())
+}
+
+/// Whether a sandbox will be applied (the hang-up watch then starts inside it).
+#[cfg(feature = "sandbox")]
+fn sandbox_is_active(sandbox: &SandboxStage) -> bool {
+    crate::sandbox::is_active(sandbox)
+}
+
+#[cfg(not(feature = "sandbox"))]
+fn sandbox_is_active(_: &SandboxStage) -> bool {
+    false
 }
 
 fn finish<S: Server>(server: &mut S, code: i32) -> ! {
@@ -286,4 +500,22 @@ fn finish<S: Server>(server: &mut S, code: i32) -> ! {
     // `_exit` skips std's own flush of stdout at exit. (Stderr is unbuffered: nothing to do.)
     let _ = std::io::stdout().flush();
     sys::exit_now(code)
+}
+
+/// Turns the runtime's costlier protections off, for `benches/compare.rs` alone, which measures
+/// what they cost (see `__private::bench_hardening`).
+static NO_HANGUP_WATCH: AtomicBool = AtomicBool::new(false);
+static NO_TOMBSTONES: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_bench_hardening(hangup_watch: bool, tombstones: bool) {
+    NO_HANGUP_WATCH.store(!hangup_watch, Ordering::SeqCst);
+    NO_TOMBSTONES.store(!tombstones, Ordering::SeqCst);
+}
+
+fn tombstones_enabled() -> bool {
+    !NO_TOMBSTONES.load(Ordering::Relaxed)
+}
+
+fn hangup_watch_enabled() -> bool {
+    !NO_HANGUP_WATCH.load(Ordering::Relaxed)
 }

@@ -233,3 +233,8 @@ pub fn fork_typed_call_stop() {
     let stopped = client.stop().expect("stop");
     assert!(stopped.status.success(), "server exit: {stopped}");
 }
+
+/// How many descriptors this process has open (what a server it forks inherits).
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
+}

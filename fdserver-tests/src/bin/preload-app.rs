@@ -3,9 +3,10 @@
 //! environment of the client that started it).
 //!
 //! Preload: appends a line to `$APP_COUNTER` (counts preloads); prints `$APP_PRELOAD_OUTPUT`
-//! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists. `$APP_WATCH` is the
-//! watched file. The template key is `$APP_ENV` (default "dev"). `$APP_PRELOAD_TIMEOUT_MS` sets
-//! `Options::preload_timeout`.
+//! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists; with
+//! `$APP_PRELOAD_THREAD` set, starts a helper thread that prints that text to stdout and joins it.
+//! `$APP_WATCH` is the watched file. The template key is `$APP_ENV` (default "dev").
+//! `$APP_PRELOAD_TIMEOUT_MS` sets `Options::preload_timeout`.
 //!
 //! Gate (for tests that need a preload in progress): if `$APP_GATE` names a directory and the
 //! key equals `$APP_GATE_KEY`, the preload opens the FIFO `$APP_GATE/started` for writing, writes
@@ -14,7 +15,9 @@
 //! Extra probe commands: `hexargs` (each argument's raw bytes in hex, one per line), `hexenv NAME`
 //! (the variable's raw bytes in hex, or `<unset>`), `hexcwd` (the working directory's raw bytes
 //! in hex), `fds` (this worker's open descriptors, one
-//! `N -> target` line each).
+//! `N -> target` line each, `N -> /dev/null (tombstone)` for the runtime's tombstones),
+//! `thread-echo words...` (two helper threads each print the words with `println!`, joined
+//! before the command returns).
 //!
 //! Parity probes (what a fresh process would show, compared with `FDSERVER_PRELOAD=0` runs):
 //! `sigstate` (blocked, ignored and caught signals), `thread` (the running thread's name),
@@ -79,6 +82,13 @@ impl Application for App {
                 release.read_to_end(&mut sink)?;
             }
         }
+        if let Some(text) = env("APP_PRELOAD_THREAD") {
+            // A helper thread that prints, joined: the preload finishes only if the thread can
+            // take stdout's lock in the template.
+            std::thread::spawn(move || println!("{text}"))
+                .join()
+                .map_err(|_| "the preload's helper thread panicked")?;
+        }
         if let Some(n) = env("APP_PRELOAD_OUTPUT").and_then(|s| s.parse::<usize>().ok()) {
             let mut out = std::io::stdout().lock();
             let line = [b'x'; 99];
@@ -127,6 +137,21 @@ impl Application for App {
             "exit" => args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             "echo" => {
                 println!("{}", rest());
+                0
+            }
+            "thread-echo" => {
+                let text = rest();
+                let threads: Vec<_> = (0..2)
+                    .map(|i| {
+                        let text = text.clone();
+                        std::thread::spawn(move || println!("thread {i}: {text}"))
+                    })
+                    .collect();
+                for t in threads {
+                    if t.join().is_err() {
+                        return 4;
+                    }
+                }
                 0
             }
             "args" => {
@@ -290,7 +315,14 @@ fn raw_command(args: &[OsString]) -> Option<i32> {
             // The directory's own descriptor is closed by now: keep only the open ones.
             for fd in listed {
                 if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-                    println!("{fd} -> {}", target.display());
+                    let n: i32 = fd.parse().unwrap_or(-1);
+                    // The runtime's tombstones (an inherited number held, its file released).
+                    let tomb = if fdserver_tests::is_tombstone(n) {
+                        " (tombstone)"
+                    } else {
+                        ""
+                    };
+                    println!("{fd} -> {}{tomb}", target.display());
                 }
             }
             Some(0)

@@ -31,6 +31,7 @@ const SCRUBBED: &[&str] = &[
     "XDG_RUNTIME_DIR",
     "APP_COUNTER",
     "APP_PRELOAD_OUTPUT",
+    "APP_PRELOAD_THREAD",
     "APP_FAIL_IF",
     "APP_CRASH_IF",
     "APP_WATCH",

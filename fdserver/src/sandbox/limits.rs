@@ -17,7 +17,10 @@ use crate::error::Error;
 /// | `FileSize(bytes)` | a write that would grow a file past `bytes` fails with `EFBIG` (SIGXFSZ is ignored, unless the server handles it) | yes |
 /// | `Processes(n)` | `fork`/`clone` fail with `EAGAIN` once the server's *user* has `n` processes, counted system-wide, the server included | yes |
 ///
-/// `Processes` counts every process of the server's real user id, not just the server's
+/// `Processes` counts threads too, and a forked server always has two: its loop's and the
+/// runtime's hang-up watch (which ends it once its client is gone), so `Processes(2)` lets it
+/// start no process or thread of its own. It counts every process of the server's real user
+/// id, not just the server's
 /// children, and the kernel never applies it to root (uid 0): use it with an
 /// [`Identity`](super::Identity) of a user of its own (`start` refuses it for uid 0). To forbid
 /// new processes outright, [`Preset::NoNewProcesses`](super::Preset::NoNewProcesses) is simpler.

@@ -619,8 +619,15 @@ impl Prepared {
     }
 
     /// Applies every layer, in the documented order, to the calling process (which must have
-    /// exactly one thread). On failure the process is left partly sandboxed: end it.
-    pub(crate) fn apply(&mut self) -> Result<(), Fail> {
+    /// exactly one thread), and starts the runtime's hang-up watch thread with `start_watch`
+    /// after the per-thread layers and before seccomp: the watch inherits the namespaces, limits,
+    /// `no_new_privs`, identity, capabilities and Landlock domain, and seccomp's
+    /// `SECCOMP_FILTER_FLAG_TSYNC` covers it too. On failure the process is left partly
+    /// sandboxed: end it.
+    pub(crate) fn apply(
+        &mut self,
+        start_watch: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), Fail> {
         if !self.active {
             return Ok(());
         }
@@ -650,15 +657,22 @@ impl Prepared {
         if let Some(ids) = &mut self.identity {
             identity::verify(ids)?;
         }
-        // TODO(issue 10, item 6): the runtime's hang-up detection ends a server whose client is
-        // gone even while a handler runs. Once it lands, check here that whatever it arms
-        // survives the layers below (its system calls allowed by every preset, its signals
-        // within the Landlock domain) and add a test that a sandboxed server stuck in a
-        // handler ends when its client is killed (tests/sandbox_parent_death.rs).
         // 5. Landlock.
         if let Some(ruleset) = self.landlock.take() {
             landlock::apply(ruleset)?;
         }
+        // 5b. The runtime's hang-up watch (issue 10, item 6), which ends the server once its
+        //     client is gone even while a handler runs: started here, it inherits every layer
+        //     above, and the seccomp filter below (applied to all threads) allows its calls
+        //     (ppoll, clock_gettime, getpid, tgkill to its own process, within the Landlock
+        //     domain).
+        start_watch().map_err(|e| {
+            Fail::errno(
+                Layer::Threads,
+                "cannot start the server's hang-up watch thread",
+                e.raw_os_error().unwrap_or(libc::EAGAIN),
+            )
+        })?;
         // 6. Seccomp, last: its filters may forbid the calls the steps above make.
         if let Some(filters) = &self.seccomp {
             filters.apply()?;
@@ -791,11 +805,19 @@ pub(crate) fn choose(
 }
 
 /// Applies a prepared sandbox in the child, turning a failure into the error reply to send.
-pub(crate) fn apply_in_child(prepared: &mut Option<Prepared>) -> Result<(), RemoteError> {
+pub(crate) fn apply_in_child(
+    prepared: &mut Option<Prepared>,
+    start_watch: impl FnOnce() -> std::io::Result<()>,
+) -> Result<(), RemoteError> {
     match prepared {
-        Some(p) => p.apply().map_err(|f| f.into_error().to_remote()),
+        Some(p) => p.apply(start_watch).map_err(|f| f.into_error().to_remote()),
         None => Ok(()),
     }
+}
+
+/// Whether `prepared` will apply a sandbox (and start the hang-up watch inside it).
+pub(crate) fn is_active(prepared: &Option<Prepared>) -> bool {
+    prepared.as_ref().is_some_and(|p| p.active)
 }
 
 /// `start`'s error when the server's sandbox failed: `Error::Sandbox` instead of the raw reply.

@@ -110,7 +110,8 @@ pub struct Seccomp {
 impl Seccomp {
     /// The system calls fdserver's server loop makes once the sandbox is applied (reading and
     /// writing its socket, passing descriptors, waiting in `poll`, its signal handling, memory,
-    /// exit). [`allow_only`](Self::allow_only) always allows them.
+    /// shutting its socket down for writing when the loop ends, exit), and those of its hang-up
+    /// watch thread (`ppoll`, `clock_gettime`, `getpid`, `tgkill`). [`allow_only`](Self::allow_only) always allows them.
     #[cfg(target_arch = "x86_64")]
     pub const RUNTIME: &'static [Syscall] = &[
         libc::SYS_read,
@@ -124,6 +125,7 @@ impl Seccomp {
         libc::SYS_poll,
         libc::SYS_ppoll,
         libc::SYS_close,
+        libc::SYS_shutdown,
         libc::SYS_fcntl,
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,
@@ -160,6 +162,7 @@ impl Seccomp {
         libc::SYS_sendto,
         libc::SYS_ppoll,
         libc::SYS_close,
+        libc::SYS_shutdown,
         libc::SYS_fcntl,
         libc::SYS_rt_sigreturn,
         libc::SYS_rt_sigprocmask,

@@ -3,11 +3,14 @@
 //!
 //! Everything in this module that the forked child calls before its server loop
 //! (`reset_signal_dispositions`, `close_fds_except`, `set_disposition`, `set_loop_thread`,
-//! `set_sigmask`, `exit_now`) is async-signal-safe: no allocation, no locks.
+//! `set_sigmask`, `exit_now`) is async-signal-safe: no allocation, no locks. The one exception is
+//! [`HangupWatch::start`], which creates a thread (`pthread_create`, which glibc and musl support
+//! in a forked child: they reset their own locks at `fork`).
 
 use std::io;
 
 mod fd;
+mod hangup;
 mod memory;
 mod poll;
 mod process;
@@ -15,6 +18,7 @@ mod signal;
 mod socket;
 
 pub(crate) use fd::*;
+pub(crate) use hangup::*;
 pub(crate) use memory::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;

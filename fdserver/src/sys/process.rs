@@ -236,6 +236,13 @@ pub(crate) fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// `setpgid(0, 0)`: a new process group led by the caller, in the same session.
+/// Async-signal-safe.
+pub(crate) fn new_process_group() -> io::Result<()> {
+    // SAFETY: setpgid takes integers only.
+    cvt(unsafe { libc::setpgid(0, 0) }).map(drop)
+}
+
 /// `setsid(2)`: a new session and process group led by the caller.
 pub(crate) fn setsid() -> io::Result<()> {
     // SAFETY: setsid takes no arguments.

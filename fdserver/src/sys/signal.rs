@@ -105,6 +105,76 @@ pub(crate) fn signals_pending() -> bool {
     PENDING.load(Ordering::SeqCst) != 0
 }
 
+/// Bit `n` set = signal `n` ends the running loop (SIGTERM and SIGINT unless the server handles
+/// them itself). Set by the loop when it starts, cleared when it ends.
+static STOP_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets which signals end the running loop (see [`stop_requested`]).
+pub(crate) fn set_stop_signals(mask: u64) {
+    STOP_SIGNALS.store(mask, Ordering::SeqCst);
+}
+
+/// The signal that ends the running loop, if one arrived and was not yet taken.
+pub(crate) fn stop_requested() -> Option<libc::c_int> {
+    let hits = PENDING.load(Ordering::SeqCst) & STOP_SIGNALS.load(Ordering::SeqCst);
+    (hits != 0).then(|| hits.trailing_zeros() as libc::c_int)
+}
+
+/// What woke [`wait_loop_socket`].
+pub(crate) enum Wake {
+    /// The socket is ready (or hung up: the next operation will tell).
+    Ready,
+    /// The deadline passed.
+    TimedOut,
+    /// A signal that ends the loop arrived (see [`stop_requested`]).
+    Stop(libc::c_int),
+}
+
+/// Waits until the loop's socket (see [`set_wait_socket`]) is ready for `events`, the deadline
+/// passes, or a signal that ends the loop arrives: the wait of every read and write the loop and
+/// its handlers make on their channel, so that SIGTERM ends the loop in every state (half a
+/// message read, a reply blocked on a client that does not read). Race-free like
+/// [`wait_readable_or_signal`]: the wake-up slot is armed before the check. Other caught signals
+/// stay pending for the loop and the wait goes on.
+pub(crate) fn wait_loop_socket(
+    events: libc::c_short,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<Wake> {
+    WAIT_FDS[0].events.store(events, Ordering::SeqCst);
+    let wake = loop {
+        arm_wait();
+        if let Some(sig) = stop_requested() {
+            break Ok(Wake::Stop(sig));
+        }
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break Ok(Wake::TimedOut);
+                }
+                // Rounded up, so as never to wake before the deadline and spin.
+                left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: as in `wait_readable_or_signal`.
+        let r = unsafe { libc::poll(WAIT_FDS.as_ptr() as *mut libc::pollfd, 2, timeout) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break Err(e);
+        }
+        if WAIT_FDS[0].revents.load(Ordering::SeqCst) != 0 {
+            break Ok(Wake::Ready);
+        }
+        // Woken by the slot (a signal, looked at on the next round) or by the time-out.
+    };
+    WAIT_FDS[0].events.store(libc::POLLIN, Ordering::SeqCst);
+    wake
+}
+
 /// Makes `sock` the descriptor the loop's waits watch (once, when a loop starts).
 pub(crate) fn set_wait_socket(sock: BorrowedFd<'_>) {
     WAIT_FDS[0].fd.store(sock.as_raw_fd(), Ordering::SeqCst);

@@ -26,13 +26,40 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Aligned storage for a control message holding up to `MAX_FDS_PER_RECV` descriptors.
+/// Aligned storage for the control message of a send: one `SCM_RIGHTS` descriptor.
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 64]);
 
+/// `SCM_PIDFD` (`SO_PASSPIDFD`, Linux 6.5): a pidfd of the sender, installed in the receiver.
+const SCM_PIDFD: libc::c_int = 0x04;
+
+/// Room for the security label of `SCM_SECURITY` (`SO_PASSSEC`) in [`RecvCmsgBuf`] (SELinux
+/// contexts are well under this).
+const SECURITY_LABEL_ROOM: usize = 256;
+
+/// Aligned storage for the control messages of a receive. Besides our `SCM_RIGHTS` (up to
+/// `MAX_FDS_PER_RECV` descriptors), the kernel attaches to every read whatever options set on
+/// the socket ask for, whoever set them: `SCM_CREDENTIALS` (`SO_PASSCRED`), `SCM_PIDFD`
+/// (`SO_PASSPIDFD`), `SCM_SECURITY` (`SO_PASSSEC`). All must fit, or the kernel truncates the
+/// control data (`MSG_CTRUNC`) and our descriptors with it.
+#[repr(C, align(8))]
+struct RecvCmsgBuf([u8; 512]);
+
+const fn cmsg_space(payload: usize) -> usize {
+    // CMSG_SPACE: the header and the payload, each rounded up to the alignment of `size_t`.
+    let align = size_of::<usize>();
+    size_of::<libc::cmsghdr>().next_multiple_of(align) + payload.next_multiple_of(align)
+}
+
 const _: () = {
-    // CMSG_SPACE(4 * sizeof(int)) = 16 (header) + 16 = 32 on 64-bit Linux; keep room to spare.
-    assert!(size_of::<CmsgBuf>() >= 16 + MAX_FDS_PER_RECV * size_of::<RawFd>() + 8);
+    assert!(size_of::<CmsgBuf>() >= cmsg_space(size_of::<RawFd>()));
+    assert!(
+        size_of::<RecvCmsgBuf>()
+            >= cmsg_space(MAX_FDS_PER_RECV * size_of::<RawFd>())
+                + cmsg_space(size_of::<libc::ucred>())
+                + cmsg_space(size_of::<RawFd>())
+                + cmsg_space(SECURITY_LABEL_ROOM)
+    );
 };
 
 /// Points `msg`'s control data at `cmsg`, holding one `SCM_RIGHTS` descriptor: `fd`.
@@ -136,9 +163,13 @@ impl Received {
 }
 
 /// One `recvmsg` into `buf` with `MSG_CMSG_CLOEXEC`; every descriptor that arrives is wrapped in
-/// an `OwnedFd` at once.
+/// an `OwnedFd` at once. Descriptors of `SCM_RIGHTS` are returned (up to `MAX_FDS_PER_RECV`;
+/// more count as truncated and are closed); a pidfd the kernel attaches because of
+/// `SO_PASSPIDFD` is closed here, and credentials and security labels are ignored.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
-    let mut cmsg = CmsgBuf([0; 64]);
+    // Not zeroed (512 bytes on every receive): the kernel writes the control messages it
+    // returns and sets `msg_controllen` to their length, and only those bytes are read below.
+    let mut cmsg = std::mem::MaybeUninit::<RecvCmsgBuf>::uninit();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -147,10 +178,8 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    msg.msg_controllen =
-        unsafe { libc::CMSG_SPACE((MAX_FDS_PER_RECV * size_of::<RawFd>()) as u32) } as _;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<RecvCmsgBuf>() as _;
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if dontwait {
         flags |= libc::MSG_DONTWAIT;
@@ -164,18 +193,25 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
     };
     let mut slot = 0;
     // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
-    // range, and each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) fds that
-    // the kernel just installed in this process and that nothing else owns yet.
+    // range (so only bytes the kernel wrote are read), and each SCM_RIGHTS or SCM_PIDFD payload holds (cmsg_len - CMSG_LEN(0)) /
+    // sizeof(int) fds that the kernel just installed in this process and that nothing else owns
+    // yet.
     unsafe {
         let mut hdr = libc::CMSG_FIRSTHDR(&msg);
         while !hdr.is_null() {
-            if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
+            let level = (*hdr).cmsg_level;
+            let kind = (*hdr).cmsg_type;
+            if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
                 let data = libc::CMSG_DATA(hdr);
                 let bytes = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                 for i in 0..bytes / size_of::<RawFd>() {
                     let fd = ptr::read_unaligned(data.cast::<RawFd>().add(i));
                     let owned = OwnedFd::from_raw_fd(fd);
-                    if slot < MAX_FDS_PER_RECV {
+                    if kind == SCM_PIDFD {
+                        // Not asked for by the protocol (the socket's SO_PASSPIDFD, set by
+                        // someone else): closed right here.
+                        drop(owned);
+                    } else if slot < MAX_FDS_PER_RECV {
                         out.fds[slot] = Some(owned);
                         slot += 1;
                     } else {
@@ -183,10 +219,19 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
                     }
                 }
             }
+            // SCM_CREDENTIALS and SCM_SECURITY carry no descriptor: nothing to close.
             hdr = libc::CMSG_NXTHDR(&msg, hdr);
         }
     }
     Ok(out)
+}
+
+/// `shutdown(2)`: ends the connection in one or both directions for every descriptor of the
+/// socket (unlike `close`, which ends it only when the last one goes). Errors (not connected
+/// any more) are ignored.
+pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: libc::c_int) {
+    // SAFETY: shutdown on a borrowed socket, integer arguments.
+    unsafe { libc::shutdown(sock.as_raw_fd(), how) };
 }
 
 /// The uid of the process at the other end of a connected UNIX socket (`SO_PEERCRED`).
