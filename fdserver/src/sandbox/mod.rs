@@ -146,7 +146,7 @@ pub use identity::Identity;
 pub use landlock::{Landlock, LandlockReport};
 pub use limits::Limit;
 pub use namespaces::Namespace;
-pub use seccomp::{Preset, Seccomp, SeccompReport, Violation};
+pub use seccomp::{Preset, Seccomp, SeccompReport, Syscall, Violation};
 
 /// A description of what a server may no longer do, applied after `initialize_server` and
 /// before the first message (see the [module docs](self)).
