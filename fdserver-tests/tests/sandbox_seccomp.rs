@@ -1,7 +1,7 @@
 //! The seccomp layer (issue 15, item 5): each preset denies what it says with EPERM while the
 //! server keeps serving, passing descriptors and handling signals; an explicit deny list; an
 //! allow list under which fdserver's own runtime still works (the typed API included, with
-//! `Violation::Kill`).
+//! `Violation::Kill`); deny lists that would take the runtime's own calls away are refused.
 
 mod sandbox_common;
 
@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use fdserver::sandbox::{Preset, Sandbox, Seccomp, Syscall, Violation};
 use fdserver::{Error, Signal};
 use fdserver_tests::{pipe, read_n, watchdog, write_raw, SECS};
-use sandbox_common::{start, try_errno};
+use sandbox_common::{sandbox_layer, start, start_jail, try_errno, Jail};
 
 fn seccomp(s: Seccomp) -> Sandbox {
     Sandbox::new().seccomp(s)
@@ -163,6 +163,69 @@ fn kill_ends_the_server_with_sigsys_at_the_first_violation() {
     match e {
         Error::ServerExited(status) => assert_eq!(status.signal(), Some(libc::SIGSYS)),
         other => panic!("expected the server to be killed, got {other:?}"),
+    }
+}
+
+#[test]
+fn denying_a_call_of_the_runtime_fails_start_naming_it() {
+    let _wd = watchdog(
+        "denying_a_call_of_the_runtime_fails_start_naming_it",
+        SECS(30),
+    );
+    // Each would break the server: no hang-up watch (a server stuck in a handler would outlive
+    // its client), no replies, no loop, no typed descriptor results.
+    for (nr, name, why) in [
+        (libc::SYS_tgkill, "tgkill", "hang-up watch"),
+        (libc::SYS_sendmsg, "sendmsg", "writes replies"),
+        (libc::SYS_recvmsg, "recvmsg", "reads requests"),
+        (libc::SYS_sendmmsg, "sendmmsg", "carries a descriptor"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_poll, "poll", "waits"),
+    ] {
+        let e = start(seccomp(Seccomp::new().deny([libc::SYS_uname, nr])))
+            .err()
+            .unwrap_or_else(|| panic!("deny({name}) was accepted"));
+        assert_eq!(sandbox_layer(&e), fdserver::sandbox::Layer::Seccomp);
+        let text = e.to_string();
+        assert!(text.contains(&format!("`{name}`")), "{text}");
+        assert!(text.contains(why), "{text}");
+        assert!(text.contains("remove it from `Seccomp::deny`"), "{text}");
+    }
+}
+
+#[test]
+fn a_server_that_cannot_send_ready_fails_start_saying_why() {
+    let _wd = watchdog(
+        "a_server_that_cannot_send_ready_fails_start_saying_why",
+        SECS(30),
+    );
+    // The server's own filter, installed in initialize_server, refuses the runtime's sendmsg:
+    // "ready" cannot go, but the reason still reaches `start` (written with plain `write`).
+    let jail = Jail {
+        deny_in_init: vec![libc::SYS_sendmsg],
+        ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
+    };
+    let e = start_jail(jail).err().expect("start failed");
+    let text = e.to_string();
+    assert!(
+        text.contains("could not send its \"ready\" message"),
+        "{text}"
+    );
+    assert!(text.contains("Operation not permitted"), "{text}");
+    assert!(text.contains("Seccomp::RUNTIME"), "{text}");
+    // With `write` refused too, the server still fails, with a non-zero status (the reason
+    // goes to its stderr). No report pipe: finalize_server writes nothing.
+    let mut jail = Jail {
+        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_write],
+        ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
+    };
+    match fdserver::Builder::new()
+        .start(&mut jail)
+        .err()
+        .expect("start failed")
+    {
+        Error::ServerExited(status) => assert_eq!(status.code(), Some(1), "{status}"),
+        other => panic!("expected the server to exit with status 1, got {other:?}"),
     }
 }
 

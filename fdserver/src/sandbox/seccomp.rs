@@ -113,7 +113,8 @@ impl Seccomp {
     /// reply that carries one, waiting in `poll`, its signal handling, memory, shutting its
     /// socket down for writing when the loop ends, exit), std's for the standard streams, and
     /// those of its hang-up watch thread (`ppoll`, `clock_gettime`, `getpid`, `tgkill`).
-    /// [`allow_only`](Self::allow_only) always allows them.
+    /// [`allow_only`](Self::allow_only) always allows them, and [`deny`](Self::deny) refuses
+    /// to deny them (`start` fails, naming the call and what the runtime needs it for).
     ///
     /// The list was checked by running every kind of typed call, descriptor passing both
     /// ways, large (`ok_scalar`) replies, signals, `stop` (also of a server stuck in a
@@ -213,6 +214,23 @@ impl Seccomp {
     }
 
     /// Denies these system calls (`libc::SYS_*`), whatever their arguments.
+    ///
+    /// The calls fdserver's runtime makes in the server ([`RUNTIME`](Self::RUNTIME)) cannot be
+    /// denied: denying `tgkill` would disable the hang-up watch (a server stuck in a handler
+    /// would outlive its client), `sendmsg` or `poll` the server loop. `start` (and
+    /// [`Sandbox::check`](super::Sandbox::check)) then fails with [`Error::Sandbox`] naming the
+    /// call and what the runtime needs it for.
+    ///
+    /// ```
+    /// use fdserver::sandbox::{Layer, Sandbox, Seccomp};
+    ///
+    /// let e = Sandbox::new()
+    ///     .seccomp(Seccomp::new().deny([libc::SYS_ptrace, libc::SYS_tgkill]))
+    ///     .check()
+    ///     .unwrap_err();
+    /// assert!(matches!(&e, fdserver::Error::Sandbox(s) if s.layer() == Layer::Seccomp));
+    /// assert!(e.to_string().contains("`tgkill`"));
+    /// ```
     pub fn deny(mut self, syscalls: impl IntoIterator<Item = Syscall>) -> Self {
         self.deny.extend(syscalls);
         self
@@ -336,6 +354,16 @@ impl Seccomp {
                      with them (and they can only restrict the server further)",
                 ));
             }
+            if let Some((name, why)) = runtime_call(nr) {
+                return Err(fail(
+                    Layer::Seccomp,
+                    format!(
+                        "the deny list has `{name}` (system call {nr}), which fdserver's runtime \
+                         makes in the sandboxed server: {why}; remove it from `Seccomp::deny` \
+                         (`Seccomp::RUNTIME` lists every call the runtime needs)"
+                    ),
+                ));
+            }
             add(&mut deny, nr, None);
         }
         let denied: Vec<Syscall> = deny.keys().copied().collect();
@@ -400,6 +428,118 @@ impl Seccomp {
         };
         Ok((Filters { programs }, report))
     }
+}
+
+/// Why fdserver's runtime needs each call of [`Seccomp::RUNTIME`] (its name, and what for):
+/// what [`Seccomp::deny`] says when it refuses one.
+fn runtime_call(nr: Syscall) -> Option<(&'static str, &'static str)> {
+    const MEMORY: &str = "the memory allocator needs it (requests and replies of any size are \
+                          buffered in memory)";
+    const STDIO: &str = "the server's standard streams use it (panic messages, the final flush \
+                         of stdout), and std's I/O on descriptors";
+    Some(match nr {
+        libc::SYS_read => ("read", STDIO),
+        libc::SYS_write => ("write", STDIO),
+        libc::SYS_readv => ("readv", STDIO),
+        libc::SYS_writev => ("writev", STDIO),
+        libc::SYS_recvmsg => (
+            "recvmsg",
+            "the server loop reads requests, and the descriptors they carry, with it",
+        ),
+        libc::SYS_sendmsg => (
+            "sendmsg",
+            "the server loop writes replies, and descriptors, with it (and `start` waits for \
+             the \"ready\" message it sends)",
+        ),
+        libc::SYS_sendmmsg => (
+            "sendmmsg",
+            "a reply that carries a descriptor (a typed result holding a `File` or an \
+             `OwnedFd`) goes out in one sendmmsg",
+        ),
+        libc::SYS_recvfrom => ("recvfrom", "std's socket reads use it"),
+        libc::SYS_sendto => ("sendto", "std's socket writes use it"),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_poll => (
+            "poll",
+            "the server loop waits in it for the next request and for signals",
+        ),
+        libc::SYS_ppoll => (
+            "ppoll",
+            "the hang-up watch thread waits in it for the client to go, then for its grace \
+             periods (and poll is ppoll on some architectures)",
+        ),
+        libc::SYS_close => (
+            "close",
+            "descriptors received in requests, and those handed back in replies, are closed \
+             with it",
+        ),
+        libc::SYS_shutdown => (
+            "shutdown",
+            "the loop shuts its socket down for writing when it ends, so that the client sees \
+             end of stream at once",
+        ),
+        libc::SYS_fcntl => (
+            "fcntl",
+            "std and the runtime read and set descriptor flags with it (closing a descriptor \
+             checks it first in debug builds)",
+        ),
+        libc::SYS_rt_sigreturn => (
+            "rt_sigreturn",
+            "every signal handler returns through it: the loop's own (SIGTERM, SIGINT and the \
+             server's declared signals) included",
+        ),
+        libc::SYS_rt_sigprocmask => (
+            "rt_sigprocmask",
+            "the runtime masks and unmasks signals with it",
+        ),
+        libc::SYS_rt_sigaction => (
+            "rt_sigaction",
+            "the runtime sets and restores signal dispositions with it (`serve` restores the \
+             caller's when its loop ends)",
+        ),
+        libc::SYS_sigaltstack => (
+            "sigaltstack",
+            "std sets up and removes threads' signal stacks with it",
+        ),
+        libc::SYS_restart_syscall => (
+            "restart_syscall",
+            "the kernel resumes a call that a handled signal interrupted with it",
+        ),
+        libc::SYS_getpid => (
+            "getpid",
+            "the hang-up watch and the signal handler find their own process with it",
+        ),
+        libc::SYS_gettid => (
+            "gettid",
+            "the signal handler checks with it whether it runs on the loop's thread",
+        ),
+        libc::SYS_tgkill => (
+            "tgkill",
+            "the hang-up watch thread sends the server SIGTERM and then SIGKILL with it once the \
+             client is gone (without it a server stuck in a handler outlives its client), and a \
+             signal caught on another thread is forwarded to the loop's with it",
+        ),
+        libc::SYS_mmap => ("mmap", MEMORY),
+        libc::SYS_munmap => ("munmap", MEMORY),
+        libc::SYS_mremap => ("mremap", MEMORY),
+        libc::SYS_mprotect => ("mprotect", MEMORY),
+        libc::SYS_brk => ("brk", MEMORY),
+        libc::SYS_madvise => ("madvise", MEMORY),
+        libc::SYS_futex => (
+            "futex",
+            "std's locks (stdout's, stderr's) and the start of the hang-up watch wait on futexes",
+        ),
+        libc::SYS_sched_yield => ("sched_yield", "std's locks yield with it"),
+        libc::SYS_clock_gettime => (
+            "clock_gettime",
+            "deadlines and the hang-up watch's grace periods read the clock with it where the \
+             vDSO does not answer",
+        ),
+        libc::SYS_getrandom => ("getrandom", "std's hash maps seed themselves with it"),
+        libc::SYS_exit => ("exit", "the hang-up watch thread ends with it"),
+        libc::SYS_exit_group => ("exit_group", "the server ends with it"),
+        _ => return None,
+    })
 }
 
 fn io_uring() -> [i64; 3] {
@@ -554,6 +694,48 @@ mod tests {
         for nr in [libc::SYS_execve, 520, 547] {
             assert!(compares(&x32, nr), "{nr}");
             assert!(!compares(&plain, nr), "{nr}");
+        }
+    }
+
+    #[test]
+    fn every_runtime_call_says_why_it_is_needed() {
+        for &nr in Seccomp::RUNTIME {
+            assert!(runtime_call(nr).is_some(), "system call {nr}");
+        }
+        // And nothing else claims to be the runtime's.
+        for nr in 0..1024 {
+            assert_eq!(
+                runtime_call(nr).is_some(),
+                Seccomp::RUNTIME.contains(&nr),
+                "system call {nr}"
+            );
+        }
+    }
+
+    #[test]
+    fn denying_a_runtime_call_is_refused_naming_it() {
+        for &nr in Seccomp::RUNTIME {
+            let e = Seccomp::new().deny([nr]).prepare().err().expect("refused");
+            let (name, _) = runtime_call(nr).unwrap();
+            let text = e.to_string();
+            assert!(text.contains(&format!("`{name}`")), "{text}");
+            assert!(text.contains("Seccomp::RUNTIME"), "{text}");
+        }
+        let e = Seccomp::new()
+            .deny([libc::SYS_ptrace, libc::SYS_tgkill])
+            .prepare()
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("hang-up watch"), "{e}");
+    }
+
+    #[test]
+    fn no_preset_denies_a_runtime_call() {
+        for preset in [Preset::NoNetwork, Preset::NoExec, Preset::NoNewProcesses] {
+            let (_, report) = Seccomp::new().preset(preset).prepare().unwrap();
+            for nr in &report.denied {
+                assert!(!Seccomp::RUNTIME.contains(nr), "{preset:?} denies {nr}");
+            }
         }
     }
 
