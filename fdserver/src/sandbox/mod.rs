@@ -86,6 +86,17 @@
 //! the kernel refuses in a process with other threads; where a container's seccomp profile
 //! refuses `unshare`, it reads `/proc/self/stat`.)
 //!
+//! ## When the client is gone
+//!
+//! A sandboxed server started with [`start`](crate::Builder::start) ends when its client is
+//! gone (closed, exited, SIGKILLed), even while a handler is stuck, on the schedule of
+//! [`Builder::stop_timeouts`](crate::Builder::stop_timeouts), like any forked server: its
+//! hang-up watch thread starts inside the sandbox, after the per-thread layers (so it inherits
+//! them) and before seccomp (whose filter covers every thread). The watch's system calls
+//! (`ppoll`, `clock_gettime`, `getpid`, `tgkill`) are among [`Seccomp::RUNTIME`], which
+//! [`Seccomp::allow_only`] always allows and [`Seccomp::deny`] refuses to deny, so no sandbox
+//! can disable it.
+//!
 //! ## What needs root
 //!
 //! Changing the user ([`Identity`]), new namespaces without a user namespace, emptying the
