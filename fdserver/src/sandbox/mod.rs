@@ -553,6 +553,10 @@ impl crate::ServerHandle {
     /// What the server's sandbox enforces, if it has one (feature `sandbox`): known before
     /// the fork, and in force since `start` returned (a layer that could not be applied would
     /// have made `start` fail).
+    ///
+    /// `None` for a server started with [`Spawn`](crate::Spawn), even one whose program
+    /// applies a sandbox of its own in [`serve`](crate::serve): that happens in another
+    /// program, which tells the client nothing about it.
     pub fn sandbox(&self) -> Option<&SandboxReport> {
         self.sandbox.as_deref()
     }

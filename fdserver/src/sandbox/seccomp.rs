@@ -618,8 +618,9 @@ pub struct SeccompReport {
 impl fmt::Display for SeccompReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let presets: Vec<&str> = self.presets.iter().map(|p| p.as_str()).collect();
+        let calls = |n: usize| if n == 1 { "call" } else { "calls" };
         match &self.allowed {
-            Some(list) => write!(f, "allow list of {} calls", list.len())?,
+            Some(list) => write!(f, "allow list of {} {}", list.len(), calls(list.len()))?,
             None => f.write_str("deny list")?,
         }
         if !presets.is_empty() {
@@ -627,8 +628,9 @@ impl fmt::Display for SeccompReport {
         }
         write!(
             f,
-            ", {} calls denied, on violation: {}, {} BPF instructions",
+            ", {} {} denied, on violation: {}, {} BPF instructions",
             self.denied.len(),
+            calls(self.denied.len()),
             match self.violation {
                 Violation::Errno(libc::EPERM) => "fail with EPERM".to_owned(),
                 Violation::Errno(libc::EACCES) => "fail with EACCES".to_owned(),
@@ -670,6 +672,21 @@ mod tests {
         let allowed = report.allowed.unwrap();
         assert!(allowed.contains(&libc::SYS_lseek));
         assert!(Seccomp::RUNTIME.iter().all(|nr| allowed.contains(nr)));
+    }
+
+    #[test]
+    fn the_report_counts_calls_in_english() {
+        let (_, one) = Seccomp::new()
+            .deny([libc::SYS_uname])
+            .prepare_for(false)
+            .unwrap();
+        let text = one.to_string();
+        assert!(text.starts_with("deny list, 1 call denied, "), "{text}");
+        let (_, two) = Seccomp::new()
+            .deny([libc::SYS_uname, libc::SYS_ptrace])
+            .prepare_for(false)
+            .unwrap();
+        assert!(two.to_string().contains(", 2 calls denied, "), "{two}");
     }
 
     #[test]
