@@ -221,8 +221,7 @@ fn a_server_that_cannot_send_ready_fails_start_saying_why() {
     };
     match fdserver::Builder::new()
         .start(&mut jail)
-        .err()
-        .expect("start failed")
+        .expect_err("start failed")
     {
         Error::ServerExited(status) => assert_eq!(status.code(), Some(1), "{status}"),
         other => panic!("expected the server to exit with status 1, got {other:?}"),
