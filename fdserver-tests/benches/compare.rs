@@ -761,6 +761,8 @@ fn row_serde_call(cfg: &Cfg, m: Mode, report: &mut AllocReport) -> Row {
         result: Ok(p),
         target: None,
         extra: "client clones the value on both sides".into(),
+    }
+}
 
 /// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
 /// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
