@@ -137,9 +137,10 @@ fn descriptor_results() {
     // The error side of `io::Result<File>`: no descriptor follows, the stream stays in step.
     let e = c.open_log("no/such/dir/x").unwrap_err();
     assert!(
-        matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Failed),
+        matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Io),
         "{e:?}"
     );
+    assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::NotFound);
 
     // A tuple with a descriptor between inline values and a scalar.
     let (greeting, mut stream, payload, n) = c.connect("hi").unwrap();
