@@ -280,6 +280,15 @@ fn main() {
             }
         }
     }
+    // 4f: what forking from fdserver's fork thread costs at start (issue 13): row 4's fdserver
+    // side against the same forked from the calling thread.
+    for &m in &same_cpu {
+        if want("4f") {
+            guarded(&cfg, "4f fork thread", m, || {
+                rows.push(row_fork_thread(&cfg, m))
+            });
+        }
+    }
     // Row 5: the preloader. 5: warm command vs posix_spawn of /bin/true; 5i: the same client
     // binary run in-process (FDSERVER_PRELOAD=0), which splits 5's gap into "exec of a Rust
     // binary" and "the preloader"; 5w: the wordindex example, warm vs cold.
@@ -649,6 +658,41 @@ fn row_start_stop(cfg: &Cfg, m: Mode, id: &str, what: String, extra: &str) -> Ro
         result: Ok(p),
         target,
         extra: extra.to_string(),
+    }
+}
+
+/// Row 4f: row 4's fdserver side (start + first call + stop) forked from the fork thread, the
+/// default (A), against the same forked from the calling thread (B). The ratio is what the
+/// hand-off to the fork thread costs per start (issue 13, item 1).
+fn row_fork_thread(cfg: &Cfg, m: Mode) -> Row {
+    m.settle();
+    let mut a = BenchServer::new(CHUNK);
+    let mut b = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(&mut a, fdserver::Builder::new())
+            })
+        },
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(
+                    &mut b,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                )
+            })
+        },
+        cfg.pairs,
+    );
+    Row {
+        id: "4f".into(),
+        what: "start+call+stop vs forked on the calling thread".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "raw column = fdserver forking from the calling thread".into(),
     }
 }
 
@@ -1027,6 +1071,15 @@ fn trace(args: &[String]) {
             }
             drop(held);
             fdserver::__private::bench_hardening(true, true);
+        }
+        "fd-start-callthread" => {
+            // Row 4f's other side: row 4's fdserver side forked from the calling thread.
+            for _ in 0..n {
+                fdside::start_call_stop_with(
+                    &mut server,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                );
+            }
         }
         "raw-start-protocol" => {
             for _ in 0..n {

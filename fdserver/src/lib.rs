@@ -212,15 +212,21 @@
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
-//! only the calling thread exists in the child, and whatever locks other threads held at that
-//! moment stay locked forever there. fdserver's own path from `fork` to your
-//! `initialize_server` makes only async-signal-safe system calls (everything it needs, buffers,
-//! descriptor lists, signal sets, the watch thread's stack, is prepared in the parent, and all
-//! signals are blocked across the `fork`), with two exceptions, both safe in the child: it
-//! releases std's stdout and stderr locks, which the forking thread holds (below), and it starts
-//! one thread of its own, the hang-up watch, with `pthread_create` (glibc resets its own locks at
-//! `fork`, as it must for the threads you start in `initialize_server`). That thread takes no lock
-//! and allocates nothing, so a server may itself fork (the preloader's templates do).
+//! only the forking thread exists in the child, and whatever locks other threads held at that
+//! moment stay locked forever there. `start` forks from a thread of fdserver's own, a *fork
+//! thread* (one per server type, see "Threads and async"), so that the server starts with fresh
+//! thread-locals, not a copy of the calling thread's (an async runtime's context among them);
+//! [`Builder::fork_on_calling_thread`] forks from the calling thread instead. fdserver's own
+//! path from `fork` to your `initialize_server` makes only async-signal-safe system calls
+//! (everything it needs, buffers, descriptor lists, signal sets, the watch thread's stack, is
+//! prepared in the parent, and all signals are blocked across the `fork`), with two exceptions,
+//! both safe in the child: it releases std's stdout and stderr locks, which the calling thread
+//! took for the fork (below), and it starts one thread of its own, the hang-up watch, with
+//! `pthread_create` (glibc resets its own locks at `fork`, as it must for the threads you start
+//! in `initialize_server`). That thread takes no lock and allocates nothing, so a server may
+//! itself fork (the preloader's templates do). Before anything else, the child moves the server
+//! value off the calling thread's stack onto its own: glibc gives the stacks of the threads a
+//! forked process lacks to the next threads it creates.
 //!
 //! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
 //! thread at the fork would stay locked forever in the child, where every `println!`, every panic
@@ -237,10 +243,14 @@
 //!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
 //!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
 //!   `start`** (joining it, or waiting on a channel it answers after `start`) deadlocks the
-//!   program: release the guard first. A guard held by the thread that calls `start` is fine
-//!   (the locks are reentrant). std offers no `try_lock` for these locks, so no design can both
-//!   never wait for them and never hand the server a lock that stays locked forever; fdserver
-//!   gives the server working stdio and documents the wait.
+//!   program: release the guard first. std offers no `try_lock` for these locks, so no design
+//!   can both never wait for them and never hand the server a lock that stays locked forever;
+//!   fdserver gives the server working stdio and documents the wait.
+//! * A guard held by the thread that calls `start` does not block `start` (the locks are
+//!   reentrant), but the server, forked from the fork thread, finds that lock held by a thread it
+//!   does not have, and its prints to that stream block: release the guard before `start`, or
+//!   use [`Builder::fork_on_calling_thread`] (the server is then a copy of the calling thread,
+//!   which owns the lock there).
 //! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
 //!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
 //!   std's stdin in a server whose parent reads it from another thread.
@@ -255,7 +265,11 @@
 //!   `println!` (see above); threads you start in `initialize_server`.
 //! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
 //!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
-//!   fork (their threads do not exist in the child).
+//!   fork (their threads do not exist in the child: build new ones in the server, see "Threads
+//!   and async"); `parking_lot` (and tokio with its `parking_lot` feature, part of `full`),
+//!   whose process-wide table of parked threads the child inherits listing the parent's threads,
+//!   whose memory the child's new threads reuse (parking_lot issue #515); data on another
+//!   thread's stack (the server value may borrow from the heap and statics, not from a stack).
 //! * **Reseed** random number generators in `initialize_server`: the child starts with a copy of
 //!   the parent's state (Passenger 2.2 learned this the hard way).
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with
@@ -304,6 +318,8 @@ mod client;
 mod connection;
 #[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
+mod fork_thread;
 #[cfg(target_os = "linux")]
 mod io_kind;
 #[cfg(target_os = "linux")]
