@@ -172,7 +172,9 @@ fn fork_thread(type_name: &'static str) -> io::Result<&'static ForkThread> {
 /// a test would send its servers' output, panic messages included, to that test's buffer, and a
 /// server forked while another thread held its lock would block for good on its first print. A
 /// thread started with `pthread_create` has no capture, nor do the threads it starts.
-fn spawn_uncaptured<T: Send>(spawn: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+pub(crate) fn spawn_uncaptured<T: Send>(
+    spawn: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     struct Job<'a, T> {
         spawn: Option<Box<dyn FnOnce() -> io::Result<T> + Send + 'a>>,
         result: Option<io::Result<T>>,

@@ -324,6 +324,8 @@ mod fork_thread;
 mod io_kind;
 #[cfg(target_os = "linux")]
 pub mod preload;
+#[cfg(target_os = "linux")]
+mod reaper;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub mod sandbox;
 #[cfg(target_os = "linux")]
@@ -393,7 +395,8 @@ pub mod __private;
 ///   `signal(sig)`, `handle()` / `handle_mut()` / `into_handle()`; or any [`Channel`]
 ///   (`MyServerClient::from(channel)`: a server another program started, a Ruby peer). Both
 ///   have `set_timeout(deadline)`, `channel()` (the raw [`Channel`]), `into_connection()`,
-///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server.
+///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server in the background
+///   (it returns at once; see [`ServerHandle`]).
 ///
 /// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
 /// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited

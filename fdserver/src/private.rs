@@ -30,6 +30,12 @@ pub fn bench_hardening(hangup_watch: bool, tombstones: bool) {
     crate::start::set_bench_hardening(hangup_watch, tombstones);
 }
 
+/// For tests: waits until fdserver's reaper thread has finished every stop it was handed
+/// (dropped clients), or `timeout` passes; returns whether it has.
+pub fn wait_background_stops(timeout: std::time::Duration) -> bool {
+    crate::reaper::wait_settled(timeout)
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 
