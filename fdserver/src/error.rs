@@ -124,6 +124,54 @@ impl Error {
         }
     }
 
+    /// Whether the server (or peer) this error came from must be replaced: its connection can no
+    /// longer carry calls, because the server is gone ([`Disconnected`](Error::Disconnected),
+    /// [`ServerExited`](Error::ServerExited)), the stream is out of step or may be
+    /// ([`Broken`](Error::Broken), [`TimedOut`](Error::TimedOut): the late reply would answer
+    /// the next call; [`Protocol`](Error::Protocol), an [`Io`](Error::Io) error on the socket,
+    /// a [`ScalarTooLarge`](Error::ScalarTooLarge) scalar), or it never started (a failed
+    /// start: `initialize` and `sandbox` error replies, [`Error::Sandbox`]). A remote error
+    /// of kind `protocol` counts too (the server may have closed the connection after it).
+    ///
+    /// `false` for errors after which the same server keeps serving: an error reply from the
+    /// handler or about the request (`failed`, `io`, `bad_arguments`, `unknown_message`,
+    /// `panicked` before any reply, your own [`WireError`](crate::WireError) codes), and
+    /// errors raised before anything was sent ([`Encode`](Error::Encode),
+    /// [`ElementContainsNul`](Error::ElementContainsNul),
+    /// [`MessageTooLarge`](Error::MessageTooLarge)), or while decoding a reply that arrived
+    /// whole ([`MissingElement`](Error::MissingElement), [`InvalidUtf8`](Error::InvalidUtf8)).
+    /// When in doubt it says `true`: replacing a server costs a start, reusing a broken one
+    /// would answer a call with another's reply.
+    ///
+    /// ```
+    /// use fdserver::{Error, RemoteError};
+    /// assert!(Error::Disconnected.needs_restart());
+    /// assert!(Error::Broken.needs_restart());
+    /// assert!(!Error::from(RemoteError::failed("disk full")).needs_restart());
+    /// ```
+    pub fn needs_restart(&self) -> bool {
+        match self {
+            Error::Io(_)
+            | Error::Disconnected
+            | Error::ServerExited(_)
+            | Error::Protocol(_)
+            | Error::TimedOut { .. }
+            | Error::Broken
+            | Error::ScalarTooLarge { .. } => true,
+            Error::ElementContainsNul { .. }
+            | Error::MessageTooLarge { .. }
+            | Error::MissingElement { .. }
+            | Error::InvalidUtf8 { .. }
+            | Error::Encode { .. } => false,
+            Error::Remote(r) => matches!(
+                r.kind(),
+                RemoteErrorKind::Protocol | RemoteErrorKind::Initialize | RemoteErrorKind::Sandbox
+            ),
+            #[cfg(feature = "sandbox")]
+            Error::Sandbox(_) => true,
+        }
+    }
+
     /// A time-out of `operation` after `timeout`, not yet tied to a call.
     pub(crate) fn timed_out(operation: Operation, timeout: Duration) -> Error {
         Error::TimedOut {

@@ -667,7 +667,7 @@ pub use signal::{Signal, UnknownSignal};
 #[cfg(target_os = "linux")]
 pub use spawn::Spawn;
 #[cfg(target_os = "linux")]
-pub use start::Builder;
+pub use start::{Builder, DEFAULT_CALL_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
 #[cfg(target_os = "linux")]

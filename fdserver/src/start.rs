@@ -33,7 +33,7 @@ use crate::wire::MessageBuf;
 /// assert!(server.pid() > 0);
 /// # Ok::<(), fdserver::Error>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Builder {
     keep_fds: Vec<RawFd>,
     stop: StopOptions,
@@ -46,8 +46,34 @@ pub struct Builder {
     sandbox: Option<crate::sandbox::Sandbox>,
 }
 
+/// The deadline every call of a started server gets unless told otherwise (30 s): each wait of
+/// a call (writing the request, reading the reply and each scalar or descriptor after it) gives
+/// up after this long with [`Error::TimedOut`], and the client is then broken
+/// ([`Error::needs_restart`]). Set with [`Builder::timeout`] or [`Spawn::timeout`]
+/// (`None` disables it), or per client with `set_timeout`.
+///
+/// [`Spawn::timeout`]: crate::Spawn::timeout
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            keep_fds: Vec::new(),
+            stop: StopOptions::default(),
+            timeout: Some(DEFAULT_CALL_TIMEOUT),
+            start_timeout: None,
+            max_scalar: None,
+            same_process_group: false,
+            fork_on_calling_thread: false,
+            #[cfg(feature = "sandbox")]
+            sandbox: None,
+        }
+    }
+}
+
 impl Builder {
-    /// Default options: no deadlines, stop grace periods of 3 s + 3 s.
+    /// Default options: calls time out after [`DEFAULT_CALL_TIMEOUT`] (30 s), `start` waits
+    /// for `initialize_server` as long as it takes, stop grace periods of 3 s + 3 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -79,7 +105,28 @@ impl Builder {
         self
     }
 
-    /// A deadline for each read and write on the client's channel (default: none).
+    /// A deadline for each read and write on the client's channel: each wait of a call
+    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). `None` disables it: a call then waits for its
+    /// server as long as it takes, e.g. for handlers that legitimately run for minutes, or a
+    /// raw channel that waits for events. A call that times out breaks the client
+    /// ([`Error::needs_restart`]): the late reply would otherwise answer the next call.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = fdserver::Builder::new().start_handle(&mut Echo)?;
+    /// assert_eq!(server.channel().read_timeout(), Some(fdserver::DEFAULT_CALL_TIMEOUT));
+    /// let mut patient = fdserver::Builder::new().timeout(None).start_handle(&mut Echo)?;
+    /// assert_eq!(patient.channel().read_timeout(), None);
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
