@@ -130,7 +130,7 @@ impl Error {
     /// ([`Broken`](Error::Broken), [`TimedOut`](Error::TimedOut): the late reply would answer
     /// the next call; [`Protocol`](Error::Protocol), an [`Io`](Error::Io) error on the socket,
     /// a [`ScalarTooLarge`](Error::ScalarTooLarge) scalar), or it never started (a failed
-    /// start: `initialize` and `sandbox` error replies, [`Error::Sandbox`]). A remote error
+    /// start: `initialize` and `sandbox` error replies, `Error::Sandbox`). A remote error
     /// of kind `protocol` counts too (the server may have closed the connection after it).
     ///
     /// `false` for errors after which the same server keeps serving: an error reply from the
