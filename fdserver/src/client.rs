@@ -324,6 +324,20 @@ impl ServerHandle {
         self.watch().kill(signal as i32).map_err(Error::Io)
     }
 
+    /// Why this handle can no longer carry calls, if it cannot: its connection is broken or its
+    /// peer gone, or its server is known to have exited. Makes no system call.
+    pub(crate) fn unusable_reason(&self) -> Option<String> {
+        if let Some(status) = self.status {
+            return Some(format!("server exited ({status})"));
+        }
+        match &self.channel {
+            None => Some("connection closed".into()),
+            Some(c) if c.is_broken() => Some("connection broken by an earlier error".into()),
+            Some(c) if c.peer_gone() => Some("the server closed the connection".into()),
+            Some(_) => None,
+        }
+    }
+
     /// If the server has exited, reaps it and returns its status; never blocks.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         if self.status.is_none() {

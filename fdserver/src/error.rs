@@ -98,6 +98,9 @@ pub enum Error {
     /// a layer failed in the server, which then exited (see [`sandbox`](crate::sandbox)).
     #[cfg(feature = "sandbox")]
     Sandbox(crate::sandbox::SandboxError),
+    /// A [`Pool`](crate::Pool) could not give a call a server: none was free in time, or the
+    /// pool gave up restarting one.
+    Pool(crate::pool::PoolError),
     /// A typed call's argument could not be encoded for the wire (a list item containing a NUL
     /// byte, a value `serde_json` refuses); nothing was sent.
     Encode {
@@ -138,7 +141,8 @@ impl Error {
     /// `panicked` before any reply, your own [`WireError`](crate::WireError) codes), and
     /// errors raised before anything was sent ([`Encode`](Error::Encode),
     /// [`ElementContainsNul`](Error::ElementContainsNul),
-    /// [`MessageTooLarge`](Error::MessageTooLarge)), or while decoding a reply that arrived
+    /// [`MessageTooLarge`](Error::MessageTooLarge)), a [`Pool`](Error::Pool)'s own errors,
+    /// or errors while decoding a reply that arrived
     /// whole ([`MissingElement`](Error::MissingElement), [`InvalidUtf8`](Error::InvalidUtf8)).
     /// When in doubt it says `true`: replacing a server costs a start, reusing a broken one
     /// would answer a call with another's reply.
@@ -162,7 +166,8 @@ impl Error {
             | Error::MessageTooLarge { .. }
             | Error::MissingElement { .. }
             | Error::InvalidUtf8 { .. }
-            | Error::Encode { .. } => false,
+            | Error::Encode { .. }
+            | Error::Pool(_) => false,
             Error::Remote(r) => matches!(
                 r.kind(),
                 RemoteErrorKind::Protocol | RemoteErrorKind::Initialize | RemoteErrorKind::Sandbox
@@ -246,6 +251,7 @@ impl fmt::Display for Error {
                 value,
                 reason,
             } => write!(f, "call {message:?}: {value} cannot be sent: {reason}"),
+            Error::Pool(p) => write!(f, "{p}"),
         }
     }
 }

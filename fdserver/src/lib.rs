@@ -323,6 +323,8 @@ mod fork_thread;
 #[cfg(target_os = "linux")]
 mod io_kind;
 #[cfg(target_os = "linux")]
+mod pool;
+#[cfg(target_os = "linux")]
 pub mod preload;
 #[cfg(target_os = "linux")]
 mod reaper;
@@ -396,7 +398,13 @@ pub mod __private;
 ///   (`MyServerClient::from(channel)`: a server another program started, a Ruby peer). Both
 ///   have `set_timeout(deadline)`, `channel()` (the raw [`Channel`]), `into_connection()`,
 ///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server in the background
-///   (it returns at once; see [`ServerHandle`]).
+///   (it returns at once; see [`ServerHandle`]). It implements [`Client`].
+/// * `pub struct MyServerPool`: a [`Pool`] of `MyServerClient`s that threads share (`Clone`,
+///   `Send`, `Sync`), with one method per handler taking `&self`
+///   (`pool.hello("Joe", "Dalton")`): each call goes to an idle server, and a server that failed
+///   is replaced on the next use. `MyServerPool::start(PoolOptions::new(4), MyServer)` starts
+///   it; it derefs to [`Pool`] (`get`, `status`, `revive`, ...). A handler marked
+///   `#[fdserver(idempotent)]` is run once more, on another server, when its server fails.
 ///
 /// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
 /// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited
@@ -612,6 +620,7 @@ pub mod __private;
 /// | the impl | `#[fdserver(client = "Name")]` | name of the client type (default: the server's name + `Client`) |
 /// | the impl | `#[fdserver(client_vis = "pub(crate)")]` | visibility of the client (default `pub`; at least that of the server type) |
 /// | the impl or a method | `#[fdserver(typed_errors)]` | client methods of handlers returning `Result<T, E>` return `Result<T, CallError<E>>` (`E: WireError`) |
+/// | a method | `#[fdserver(idempotent)]` | the typed pool may run a call of this handler once more, on another server, when its server fails |
 /// | a method | `#[fdserver(name = "msg")]` | the message name |
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
@@ -656,6 +665,11 @@ pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 #[cfg(target_os = "linux")]
 /// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
 pub use fdserver_macros::WireError;
+#[cfg(target_os = "linux")]
+pub use pool::{
+    CallFailure, Client, Pool, PoolError, PoolOptions, Pooled, RestartPolicy, ServerState,
+    ServerStatus,
+};
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
