@@ -302,10 +302,15 @@ impl ServerHandle {
             .iter()
             .map(Either::Left)
             .chain(request.map(Either::Right));
-        let r = channel.write_array(elements).and_then(|()| {
-            let msg = channel.read_reply(&mut buf)?;
-            let strings = msg.to_strings()?;
-            Ok(strings.into_iter().skip(1).collect())
+        let label = name.as_ref().map_or("", |n| {
+            std::str::from_utf8(n.as_ref()).unwrap_or("<not UTF-8>")
+        });
+        let r = crate::trace::call(label, Some(self.pid as u32), || {
+            channel.write_array(elements).and_then(|()| {
+                let msg = channel.read_reply(&mut buf)?;
+                let strings = msg.to_strings()?;
+                Ok(strings.into_iter().skip(1).collect())
+            })
         });
         self.reply = buf;
         let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));

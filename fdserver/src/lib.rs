@@ -345,6 +345,8 @@ mod start;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
+mod trace;
+#[cfg(target_os = "linux")]
 pub mod wire;
 #[cfg(target_os = "linux")]
 mod wire_error;

@@ -380,6 +380,12 @@ impl<C: Client> Core<C> {
             Ok(c) => {
                 if slot.started_once {
                     slot.restarts += 1;
+                    crate::trace::pool_restarted(
+                        i,
+                        c.handle().pid(),
+                        slot.restarts,
+                        slot.last_error.as_deref(),
+                    );
                 }
                 slot.started_once = true;
                 slot.pid = Some(c.handle().pid());
@@ -401,7 +407,10 @@ impl<C: Client> Core<C> {
         slot.pid = None;
         slot.failures = if failed { slot.failures + 1 } else { 0 };
         slot.state = match self.restart.max_failures {
-            Some(max) if slot.failures >= max => SlotState::Failed,
+            Some(max) if slot.failures >= max => {
+                crate::trace::pool_gave_up(i, slot.failures, slot.last_error.as_deref());
+                SlotState::Failed
+            }
             _ => SlotState::Down {
                 retry_at: now + self.restart.backoff(slot.failures),
             },

@@ -624,22 +624,26 @@ pub fn call<V: FromValues, const N: usize>(
             _ => {}
         }
     }
-    connection.with_channel(|channel| {
-        let inline = arguments.iter().filter_map(|a| match a {
-            Encoded::Element(e) => Some(e.as_bytes()),
-            _ => None,
-        });
-        channel
-            .write_array(iter::once(message.as_bytes()).chain(inline))
-            .map_err(|e| e.in_call(message.as_bytes()))?;
-        // The request is on the wire: a failure from here (e.g. `ETOOMANYREFS` for a
-        // descriptor) leaves the server waiting for this value, so it marks the channel broken
-        // and later calls fail with `Error::Broken` instead of feeding the server the next
-        // request as this value.
-        for argument in arguments {
-            send_after_first_byte(channel, argument).map_err(|e| e.in_call(message.as_bytes()))?;
-        }
-        read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+    let pid = connection.__pid();
+    crate::trace::call(message, pid, || {
+        connection.with_channel(|channel| {
+            let inline = arguments.iter().filter_map(|a| match a {
+                Encoded::Element(e) => Some(e.as_bytes()),
+                _ => None,
+            });
+            channel
+                .write_array(iter::once(message.as_bytes()).chain(inline))
+                .map_err(|e| e.in_call(message.as_bytes()))?;
+            // The request is on the wire: a failure from here (e.g. `ETOOMANYREFS` for a
+            // descriptor) leaves the server waiting for this value, so it marks the channel broken
+            // and later calls fail with `Error::Broken` instead of feeding the server the next
+            // request as this value.
+            for argument in arguments {
+                send_after_first_byte(channel, argument)
+                    .map_err(|e| e.in_call(message.as_bytes()))?;
+            }
+            read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+        })
     })
 }
 

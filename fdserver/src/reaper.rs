@@ -114,11 +114,13 @@ impl Escalation {
             Phase::Closed { .. } if Instant::now() <= self.graceful_until => Shutdown::Graceful,
             _ => how_it_ended(status),
         };
-        Ok(Stopped {
+        let stopped = Stopped {
             status,
             how,
             grace: self.grace,
-        })
+        };
+        crate::trace::stopped(self.pid as u32, &stopped);
+        Ok(stopped)
     }
 
     /// Drives the stop to its end on this thread, waiting on the exit descriptor.

@@ -368,15 +368,18 @@ impl Builder {
             channel.set_max_scalar_size(max);
         }
         let mut handle = ServerHandle::new(pid, channel, self.stop)?;
+        let ready = handle.await_ready(self.start_timeout);
+        #[cfg(feature = "sandbox")]
+        let ready = ready.map_err(crate::sandbox::ready_error);
+        if let Err(e) = ready {
+            crate::trace::start_failed(std::any::type_name::<S>(), &e);
+            return Err(e);
+        }
         #[cfg(feature = "sandbox")]
         {
-            handle
-                .await_ready(self.start_timeout)
-                .map_err(crate::sandbox::ready_error)?;
             handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
         }
-        #[cfg(not(feature = "sandbox"))]
-        handle.await_ready(self.start_timeout)?;
+        crate::trace::started(handle.pid(), std::any::type_name::<S>());
         Ok(handle)
     }
 }
