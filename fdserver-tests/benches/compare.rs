@@ -661,84 +661,6 @@ fn row_start_stop(cfg: &Cfg, m: Mode, id: &str, what: String, extra: &str) -> Ro
     }
 }
 
-/// Row 4f: row 4's fdserver side (start + first call + stop) forked from the fork thread, the
-/// default (A), against the same forked from the calling thread (B). The ratio is what the
-/// hand-off to the fork thread costs per start (issue 13, item 1).
-fn row_fork_thread(cfg: &Cfg, m: Mode) -> Row {
-    m.settle();
-    let mut a = BenchServer::new(CHUNK);
-    let mut b = BenchServer::new(CHUNK);
-    let p = pairs(
-        cfg,
-        10_000,
-        &mut |k| {
-            timed(k, || {
-                fdside::start_call_stop_with(&mut a, fdserver::Builder::new())
-            })
-        },
-        &mut |k| {
-            timed(k, || {
-                fdside::start_call_stop_with(
-                    &mut b,
-                    fdserver::Builder::new().fork_on_calling_thread(true),
-                )
-            })
-        },
-        cfg.pairs,
-    );
-    Row {
-        id: "4f".into(),
-        what: "start+call+stop vs forked on the calling thread".into(),
-        pin: m.pin,
-        result: Ok(p),
-        target: None,
-        extra: "raw column = fdserver forking from the calling thread".into(),
-    }
-}
-
-/// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
-/// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
-/// off (B), with `extra_fds` more descriptors open in this process (inherited by every server).
-/// The ratio is what the protection costs per start + call + stop.
-fn row_hardening(cfg: &Cfg, m: Mode, id: &str, watch: bool, tombs: bool, extra_fds: usize) -> Row {
-    m.settle();
-    let held: Vec<std::fs::File> = (0..extra_fds)
-        .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
-        .collect();
-    let mut on = BenchServer::new(CHUNK);
-    let mut off = BenchServer::new(CHUNK);
-    let p = pairs(
-        cfg,
-        10_000,
-        &mut |k| timed(k, || fdside::start_call_stop(&mut on)),
-        &mut |k| {
-            fdserver::__private::bench_hardening(watch, tombs);
-            let t = timed(k, || fdside::start_call_stop(&mut off));
-            fdserver::__private::bench_hardening(true, true);
-            t
-        },
-        cfg.pairs,
-    );
-    let open_here = fdside::open_fd_count();
-    drop(held);
-    let (what, off_what) = if watch {
-        ("start+call+stop vs without tombstones", "no tombstones")
-    } else {
-        (
-            "start+call+stop vs without hang-up watch",
-            "no hang-up watch",
-        )
-    };
-    Row {
-        id: id.into(),
-        what: what.into(),
-        pin: m.pin,
-        result: Ok(p),
-        target: None,
-        extra: format!("raw column = fdserver with {off_what}; {open_here} descriptors open here"),
-    }
-}
-
 /// Row 4e: a server program started with `fdserver::Spawn` (exec of `typed-server`), first
 /// typed call, stop, vs the same typed server forked with `start` (row 4's path), same call,
 /// same stop. The ratio is what a fork-free start costs.
@@ -848,6 +770,84 @@ fn row_serde_call(cfg: &Cfg, m: Mode, report: &mut AllocReport) -> Row {
         result: Ok(p),
         target: None,
         extra: "client clones the value on both sides".into(),
+    }
+}
+
+/// Row 4f: row 4's fdserver side (start + first call + stop) forked from the fork thread, the
+/// default (A), against the same forked from the calling thread (B). The ratio is what the
+/// hand-off to the fork thread costs per start (issue 13, item 1).
+fn row_fork_thread(cfg: &Cfg, m: Mode) -> Row {
+    m.settle();
+    let mut a = BenchServer::new(CHUNK);
+    let mut b = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(&mut a, fdserver::Builder::new())
+            })
+        },
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(
+                    &mut b,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                )
+            })
+        },
+        cfg.pairs,
+    );
+    Row {
+        id: "4f".into(),
+        what: "start+call+stop vs forked on the calling thread".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "raw column = fdserver forking from the calling thread".into(),
+    }
+}
+
+/// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
+/// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
+/// off (B), with `extra_fds` more descriptors open in this process (inherited by every server).
+/// The ratio is what the protection costs per start + call + stop.
+fn row_hardening(cfg: &Cfg, m: Mode, id: &str, watch: bool, tombs: bool, extra_fds: usize) -> Row {
+    m.settle();
+    let held: Vec<std::fs::File> = (0..extra_fds)
+        .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+        .collect();
+    let mut on = BenchServer::new(CHUNK);
+    let mut off = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| timed(k, || fdside::start_call_stop(&mut on)),
+        &mut |k| {
+            fdserver::__private::bench_hardening(watch, tombs);
+            let t = timed(k, || fdside::start_call_stop(&mut off));
+            fdserver::__private::bench_hardening(true, true);
+            t
+        },
+        cfg.pairs,
+    );
+    let open_here = fdside::open_fd_count();
+    drop(held);
+    let (what, off_what) = if watch {
+        ("start+call+stop vs without tombstones", "no tombstones")
+    } else {
+        (
+            "start+call+stop vs without hang-up watch",
+            "no hang-up watch",
+        )
+    };
+    Row {
+        id: id.into(),
+        what: what.into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: format!("raw column = fdserver with {off_what}; {open_here} descriptors open here"),
     }
 }
 

@@ -536,7 +536,7 @@ fn send_values<V: ToValues>(
                 )));
             }
             // Too long for the wire format's `u32` length: refused before the first byte, so
-            // the failure is an ordinary error reply and the server keeps serving.
+            // that this is an ordinary error reply and the server keeps serving.
             Some(Encoded::Scalar(data)) => {
                 wire::scalar_header(data.len())?;
             }
@@ -571,6 +571,9 @@ fn send_values<V: ToValues>(
     Ok(())
 }
 
+/// Most values in a reply (tuples of up to 12).
+const MAX_VALUES: usize = 12;
+
 /// Sends an out-of-band value that follows a message already on the wire: failing leaves the
 /// peer waiting for it, so the channel is marked broken.
 fn send_after_first_byte(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
@@ -580,9 +583,6 @@ fn send_after_first_byte(channel: &mut Channel, encoded: Encoded<'_>) -> Result<
     }
     r
 }
-
-/// Most values in a reply (tuples of up to 12).
-const MAX_VALUES: usize = 12;
 
 fn send_encoded(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
     match encoded {
@@ -616,8 +616,8 @@ pub fn call<V: FromValues, const N: usize>(
                     reason: why.reason().to_owned(),
                 });
             }
-            // Too long for the wire format's `u32` length: refused before the first byte, so
-            // the channel stays in step.
+            // Too long for the wire format's `u32` length: refused before the request's first
+            // byte, so the channel stays in step.
             Encoded::Scalar(data) => {
                 wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
             }
@@ -634,10 +634,9 @@ pub fn call<V: FromValues, const N: usize>(
             channel
                 .write_array(iter::once(message.as_bytes()).chain(inline))
                 .map_err(|e| e.in_call(message.as_bytes()))?;
-            // The request is on the wire: a failure from here (e.g. `ETOOMANYREFS` for a
-            // descriptor) leaves the server waiting for this value, so it marks the channel broken
-            // and later calls fail with `Error::Broken` instead of feeding the server the next
-            // request as this value.
+            // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
+            // leaves the server waiting for this value, so it breaks the channel (later calls fail
+            // with `Error::Broken` instead of feeding the server the next request as this value).
             for argument in arguments {
                 send_after_first_byte(channel, argument)
                     .map_err(|e| e.in_call(message.as_bytes()))?;

@@ -208,11 +208,6 @@ pub fn server_allocs(client: &mut ServerHandle) -> u64 {
     reply[0].parse().expect("allocs number")
 }
 
-/// How many descriptors this process has open (what a server it forks inherits).
-pub fn open_fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
-}
-
 /// Row 4e: a server *program* started with `fdserver::Spawn` (exec), first call, stop.
 #[inline(never)]
 pub fn spawn_call_stop() {
@@ -237,4 +232,9 @@ pub fn fork_typed_call_stop() {
     debug_assert_eq!(greeting, "Hello Joe Dalton, how are you?");
     let stopped = client.stop().expect("stop");
     assert!(stopped.status.success(), "server exit: {stopped}");
+}
+
+/// How many descriptors this process has open (what a server it forks inherits).
+pub fn open_fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
 }
