@@ -21,6 +21,9 @@ pub struct Server {
     pub client_vis: Visibility,
     /// The typed pool: `{Server}Pool`.
     pub pool: Ident,
+    /// With fdserver's `tokio` feature: `{Server}AsyncClient` and `{Server}AsyncPool`.
+    pub async_client: Ident,
+    pub async_pool: Ident,
     pub handlers: Vec<Handler>,
     pub signal_handlers: Vec<SignalHandler>,
     pub hooks: Vec<Hook>,
@@ -193,11 +196,21 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
         .unwrap_or_else(|| Ident::new(&format!("{}Client", self_name.unraw()), Span::call_site()));
     let client_vis = args.client_vis.unwrap_or_else(|| syn::parse_quote!(pub));
     let pool = Ident::new(&format!("{}Pool", self_name.unraw()), Span::call_site());
+    let async_client = Ident::new(
+        &format!("{}AsyncClient", self_name.unraw()),
+        Span::call_site(),
+    );
+    let async_pool = Ident::new(
+        &format!("{}AsyncPool", self_name.unraw()),
+        Span::call_site(),
+    );
 
     let mut server = Server {
         self_ty: (*item.self_ty).clone(),
         self_name,
         pool,
+        async_client,
+        async_pool,
         client,
         client_vis,
         handlers: Vec::new(),

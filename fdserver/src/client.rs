@@ -329,6 +329,24 @@ impl ServerHandle {
         self.watch().kill(signal as i32).map_err(Error::Io)
     }
 
+    /// Takes the connection out (for the async handle, which drives it on a runtime): from then
+    /// on this handle is the process only.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn take_channel(&mut self) -> Channel {
+        self.channel.take().expect("channel present until stop")
+    }
+
+    /// The grace periods `stop` gives the server.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stop_options(&self) -> StopOptions {
+        self.stop
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn set_stop_options(&mut self, options: StopOptions) {
+        self.stop = options;
+    }
+
     /// Why this handle can no longer carry calls, if it cannot: its connection is broken or its
     /// peer gone, or its server is known to have exited. Makes no system call.
     pub(crate) fn unusable_reason(&self) -> Option<String> {
@@ -457,11 +475,21 @@ impl ServerHandle {
     /// caller or by the reaper. The handle keeps no exit watch afterwards unless it already
     /// knew the status.
     pub(crate) fn begin_stop(&mut self) -> Result<Result<Stopped, Escalation>, Error> {
+        self.begin_stop_then(|| {})
+    }
+
+    /// [`begin_stop`](Self::begin_stop), with `hang_up` run where the connection is closed
+    /// (the async handle's connection is not this handle's).
+    pub(crate) fn begin_stop_then(
+        &mut self,
+        hang_up: impl FnOnce(),
+    ) -> Result<Result<Stopped, Escalation>, Error> {
         let already = self.status.is_some() || self.try_wait()?.is_some();
         // Deadlines count from before the hang-up: the server's watch starts its own schedule
         // only once it sees the hang-up, so ours always runs out first.
         let closed_at = Instant::now();
         self.hang_up();
+        hang_up();
         if already {
             return Ok(Ok(Stopped {
                 status: self.status.expect("checked"),

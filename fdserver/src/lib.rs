@@ -310,6 +310,8 @@ compile_error!(
 // above instead of a cascade of missing `libc` symbols.
 #[cfg(target_os = "linux")]
 pub mod args;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+mod asyncio;
 #[cfg(target_os = "linux")]
 mod channel;
 #[cfg(target_os = "linux")]
@@ -656,6 +658,10 @@ pub use fdserver_macros::fdserver;
 
 #[cfg(target_os = "linux")]
 pub use args::Json;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+pub use asyncio::{
+    AsyncChannel, AsyncClient, AsyncConnection, AsyncPool, AsyncPooled, AsyncServerHandle,
+};
 #[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 #[cfg(target_os = "linux")]

@@ -216,6 +216,21 @@ impl PoolOptions {
     pub fn size(&self) -> usize {
         self.size
     }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn builder_ref(&self) -> &Builder {
+        &self.builder
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn restart_policy(&self) -> RestartPolicy {
+        self.restart
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn checkout_timeout_value(&self) -> Option<Duration> {
+        self.checkout_timeout
+    }
 }
 
 /// What a server of a pool is doing, in [`ServerStatus`].
@@ -293,7 +308,7 @@ pub(crate) struct Core<C> {
     restart: RestartPolicy,
 }
 
-impl<C: Client> Core<C> {
+impl<C> Core<C> {
     pub(crate) fn new(size: usize, restart: RestartPolicy) -> Self {
         let now = Instant::now();
         Core {
@@ -372,23 +387,18 @@ impl<C: Client> Core<C> {
         self.slots[i].state = SlotState::Starting;
     }
 
-    /// The start of slot `i` (reserved by `Step::Start`) ended: the client, busy for its
-    /// caller, or the error (the slot goes down, or is given up on).
-    pub(crate) fn started(&mut self, i: usize, r: Result<&C, &Error>, now: Instant) {
+    /// The start of slot `i` (reserved by `Step::Start`) ended: the new server's pid (its
+    /// client is busy for its caller), or the error (the slot goes down, or is given up on).
+    pub(crate) fn started(&mut self, i: usize, r: Result<u32, &Error>, now: Instant) {
         let slot = &mut self.slots[i];
         match r {
-            Ok(c) => {
+            Ok(pid) => {
                 if slot.started_once {
                     slot.restarts += 1;
-                    crate::trace::pool_restarted(
-                        i,
-                        c.handle().pid(),
-                        slot.restarts,
-                        slot.last_error.as_deref(),
-                    );
+                    crate::trace::pool_restarted(i, pid, slot.restarts, slot.last_error.as_deref());
                 }
                 slot.started_once = true;
-                slot.pid = Some(c.handle().pid());
+                slot.pid = Some(pid);
                 slot.calls_this_life = 0;
                 slot.state = SlotState::Busy;
             }
@@ -445,6 +455,15 @@ impl<C: Client> Core<C> {
                 // in the background).
                 self.down(i, failed, now);
             }
+        }
+    }
+
+    /// A start of slot `i` was abandoned (its future dropped): the slot is down again, to be
+    /// started by the next call that needs it.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn start_abandoned(&mut self, i: usize, now: Instant) {
+        if matches!(self.slots[i].state, SlotState::Starting) {
+            self.slots[i].state = SlotState::Down { retry_at: now };
         }
     }
 
@@ -603,7 +622,7 @@ impl<C: Client + Send + 'static> Pool<C> {
         for i in 0..options.size {
             core.begin_start(i);
             let client = starter()?;
-            core.started(i, Ok(&client), now);
+            core.started(i, Ok(client.handle().pid()), now);
             core.checkin(i, Ok(client), false, now);
         }
         Ok(Pool {
@@ -651,7 +670,8 @@ impl<C: Client + Send + 'static> Pool<C> {
                         .starter
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()))();
-                    self.lock().started(i, r.as_ref(), Instant::now());
+                    self.lock()
+                        .started(i, r.as_ref().map(|c| c.handle().pid()), Instant::now());
                     self.shared.changed.notify_all();
                     return r.map(|client| self.guard(i, client));
                 }

@@ -240,7 +240,54 @@ impl Builder {
     /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
     /// the kernel would then reap the server itself, and neither `stop` nor a failing call could
     /// learn how it ended. Restore SIGCHLD's default disposition first.
-    pub fn start_handle<S: Server>(mut self, server: &mut S) -> Result<ServerHandle, Error> {
+    pub fn start_handle<S: Server>(self, server: &mut S) -> Result<ServerHandle, Error> {
+        self.fork_server(server)?.ready()
+    }
+
+    /// Forks the server and returns, for a tokio runtime, its [`AsyncServerHandle`] once its
+    /// `initialize_server` has succeeded (feature `tokio`). `MyServer.start_async()` is the
+    /// same for an `#[fdserver]` server and returns its async client.
+    ///
+    /// The fork happens when this is called, on the calling thread (through the fork thread:
+    /// see [`fork_on_calling_thread`](Self::fork_on_calling_thread)); it takes a few hundred
+    /// microseconds (BENCHMARKS.md, "Issue 13"), like any short system call, so it is done
+    /// inline rather than on a blocking-pool thread. The wait for `initialize_server`, which may
+    /// take as long as the server's initialisation does, is the returned future's: it waits
+    /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
+    /// borrow `server` (it is `Send + 'static` whatever the server type). Call it inside a tokio
+    /// runtime with its I/O driver.
+    ///
+    /// [`AsyncServerHandle`]: crate::AsyncServerHandle
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fdserver::Error> {
+    /// let mut server = fdserver::Builder::new().start_async(&mut Echo).await?;
+    /// assert_eq!(server.call(["echo", "hi"]).await?, ["hi"]);
+    /// server.stop().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn start_async<S: Server>(
+        self,
+        server: &mut S,
+    ) -> impl std::future::Future<Output = Result<crate::AsyncServerHandle, Error>> + Send + 'static
+    {
+        let forked = self.fork_server(server);
+        async move { forked?.ready_async().await }
+    }
+
+    /// Everything of a start up to the fork; the wait for `["ready"]` is the caller's.
+    fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
         if sys::children_autoreaped() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -367,19 +414,77 @@ impl Builder {
         if let Some(max) = self.max_scalar {
             channel.set_max_scalar_size(max);
         }
-        let mut handle = ServerHandle::new(pid, channel, self.stop)?;
-        let ready = handle.await_ready(self.start_timeout);
+        let handle = ServerHandle::new(pid, channel, self.stop)?;
+        Ok(Forked {
+            handle,
+            start_timeout: self.start_timeout,
+            server: std::any::type_name::<S>(),
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        })
+    }
+}
+
+/// A server just forked, before its `["ready"]`.
+struct Forked {
+    handle: ServerHandle,
+    start_timeout: Option<Duration>,
+    /// The server's type, for traces.
+    server: &'static str,
+    #[cfg(feature = "sandbox")]
+    sandbox: SandboxStage,
+}
+
+impl Forked {
+    /// Waits (blocking) for `["ready"]`.
+    fn ready(self) -> Result<ServerHandle, Error> {
+        let Forked {
+            mut handle,
+            start_timeout,
+            server,
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        } = self;
+        let ready = handle.await_ready(start_timeout);
         #[cfg(feature = "sandbox")]
         let ready = ready.map_err(crate::sandbox::ready_error);
         if let Err(e) = ready {
-            crate::trace::start_failed(std::any::type_name::<S>(), &e);
+            crate::trace::start_failed(server, &e);
             return Err(e);
         }
         #[cfg(feature = "sandbox")]
         {
             handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
         }
-        crate::trace::started(handle.pid(), std::any::type_name::<S>());
+        crate::trace::started(handle.pid(), server);
+        Ok(handle)
+    }
+
+    /// Waits for `["ready"]` through the tokio runtime.
+    #[cfg(feature = "tokio")]
+    async fn ready_async(self) -> Result<crate::AsyncServerHandle, Error> {
+        let Forked {
+            handle,
+            start_timeout,
+            server,
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        } = self;
+        #[cfg(feature = "sandbox")]
+        let mut handle = handle;
+        #[cfg(feature = "sandbox")]
+        {
+            handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
+        }
+        let mut handle = crate::AsyncServerHandle::new(handle)?;
+        let ready = handle.await_ready(start_timeout).await;
+        #[cfg(feature = "sandbox")]
+        let ready = ready.map_err(crate::sandbox::ready_error);
+        if let Err(e) = ready {
+            crate::trace::start_failed(server, &e);
+            return Err(e);
+        }
+        crate::trace::started(handle.pid(), server);
         Ok(handle)
     }
 }

@@ -58,6 +58,47 @@ mod imp {
         r
     }
 
+    /// Runs one async client call inside a `call` span and reports its outcome.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn call_async<R>(
+        message: &str,
+        pid: Option<u32>,
+        f: impl std::future::Future<Output = Result<R, Error>>,
+    ) -> Result<R, Error> {
+        use tracing::Instrument;
+        let span = tracing::debug_span!(
+            target: "fdserver",
+            "call",
+            message,
+            pid,
+            outcome = tracing::field::Empty,
+            micros = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return f.await;
+        }
+        let started = Instant::now();
+        let r = f.instrument(span.clone()).await;
+        let micros = started.elapsed().as_micros() as u64;
+        span.record("micros", micros);
+        let _entered = span.enter();
+        match &r {
+            Ok(_) => {
+                span.record("outcome", "ok");
+                tracing::debug!(target: "fdserver", micros, "call ok");
+            }
+            Err(e) => {
+                span.record("outcome", tracing::field::display(e));
+                if e.needs_restart() {
+                    tracing::warn!(target: "fdserver", micros, error = %e, "call failed; the server must be replaced");
+                } else {
+                    tracing::debug!(target: "fdserver", micros, error = %e, "call failed");
+                }
+            }
+        }
+        r
+    }
+
     /// A handled message in the server: its span, entered until `end`.
     pub(crate) struct Handled {
         span: tracing::Span,
@@ -133,6 +174,16 @@ mod imp {
         f: impl FnOnce() -> Result<R, Error>,
     ) -> Result<R, Error> {
         f()
+    }
+
+    #[cfg(feature = "tokio")]
+    #[inline(always)]
+    pub(crate) async fn call_async<R>(
+        _: &str,
+        _: Option<u32>,
+        f: impl std::future::Future<Output = Result<R, Error>>,
+    ) -> Result<R, Error> {
+        f.await
     }
 
     pub(crate) struct Handled;
