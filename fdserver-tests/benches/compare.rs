@@ -6,6 +6,9 @@
 //! FDSERVER_BENCH_ROWS=1,2 FDSERVER_BENCH_PINS=cpu0 cargo bench ...        # a subset
 //! ```
 //!
+//! Rows 13a, 13p1-13p4, 13t1-13t4 and 13r (issue 13: async calls, pools, restarts) are in
+//! `compare/issue13.rs`; the async ones need `--features async`.
+//!
 //! Rows 4w, 4t and 4t100 compare fdserver with itself: row 4 with every protection on, against
 //! the same with the hang-up watch or the descriptor tombstones turned off
 //! (`__private::bench_hardening`, for this bench only), to report what each costs per start.
@@ -41,6 +44,8 @@
 mod count_alloc;
 #[path = "compare/fdside.rs"]
 mod fdside;
+#[path = "compare/issue13.rs"]
+mod issue13;
 #[path = "compare/measure.rs"]
 mod measure;
 #[path = "compare/os.rs"]
@@ -289,6 +294,8 @@ fn main() {
             });
         }
     }
+    // 13a, 13p1-4, 13t1-4, 13r: async calls, pools and restarts (issue 13; see issue13.rs).
+    issue13::rows(&cfg, &same_cpu, &want, &mut rows);
     // Row 5: the preloader. 5: warm command vs posix_spawn of /bin/true; 5i: the same client
     // binary run in-process (FDSERVER_PRELOAD=0), which splits 5's gap into "exec of a Rust
     // binary" and "the preloader"; 5w: the wordindex example, warm vs cold.
@@ -982,6 +989,9 @@ fn trace(args: &[String]) {
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
     if what.starts_with("preload-") || what == "raw-spawn" {
         return trace_preload(what, n);
+    }
+    if issue13::trace(what, n) {
+        return;
     }
     let _wd = fdserver_tests::watchdog("bench trace", Duration::from_secs(600));
     let mut server = BenchServer::new(CHUNK);

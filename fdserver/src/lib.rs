@@ -209,6 +209,48 @@
 //! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
 //! watch (it runs in your process).
 //!
+//! ## Threads and async
+//!
+//! A connection carries one call at a time (the protocol has no request ids), so a client's
+//! calls take `&mut self`; sharing work between threads or tasks is a pool's job.
+//!
+//! | type | `Send` | `Sync` | share it |
+//! |---|---|---|---|
+//! | [`ServerHandle`], `MyServerClient`, [`Channel`] | yes | yes | one caller at a time (`&mut self`); move it to any thread |
+//! | [`Pool`], `MyServerPool` | yes | yes | any number of threads at once (`&self`, `Clone`) |
+//! | [`Pooled`] (a checked-out server) | yes | yes | its caller's, until dropped |
+//! | `AsyncServerHandle`, `MyServerAsyncClient`, `AsyncChannel` (feature `tokio`) | yes | yes | one task at a time |
+//! | `AsyncPool`, `MyServerAsyncPool` (feature `tokio`) | yes | yes | any number of tasks at once |
+//! | [`Builder`], [`PoolOptions`], [`Error`], [`CallError`] | yes | yes | |
+//!
+//! (`tests/api_threads.rs` checks each line at compile time; the async futures are `Send`, and
+//! `start_async`'s is `'static`: spawn them on any runtime.)
+//!
+//! **From threads**: one client per thread, or a [`Pool`] that all threads share: a call goes to
+//! an idle server, waits (with a bound) when all are busy, and a server that died, timed out or
+//! broke its connection is replaced on the next use that needs it. Not a client behind a
+//! `Mutex`: its callers would queue behind its slowest call.
+//!
+//! **From tokio** (feature `tokio`): `MyServer.start_async().await` gives `MyServerAsyncClient`,
+//! whose methods are the handlers' as `async fn` (`client.hello("Joe", "Dalton").await`); every
+//! wait goes through the runtime (its I/O driver and timers), never a blocking call on a runtime
+//! thread; `MyServerAsyncPool` is the pool for tasks. The blocking client on a runtime thread
+//! would block that thread for each call's whole length: use it only inside `spawn_blocking`.
+//! Starting is a fork done inline (a few hundred microseconds, like any short system call) and
+//! an asynchronous wait for `initialize`. A call's future may be dropped at any `.await`
+//! (`tokio::time::timeout`, `select!`): its client stays usable and never hands a call
+//! another's reply (see `MyServerAsyncClient`'s docs for the exact rules); a pool replaces a
+//! server whose call was dropped.
+//!
+//! **Starting and stopping anywhere**: `start` works on any thread, including a tokio worker,
+//! inside `block_on`, in `spawn_blocking` and in thread pools: servers are forked from a thread
+//! of fdserver's own, so a server starts with none of its parent's runtime context and can build
+//! and use runtimes of its own (in `initialize_server` or in a handler; see "Fork safety" for
+//! tokio's `parking_lot` feature). Dropping any client returns at once: the stop is finished by
+//! fdserver's reaper thread. Every call has a deadline ([`DEFAULT_CALL_TIMEOUT`], 30 s) unless
+//! told otherwise, and [`Error::needs_restart`] says whether a failed call's server must be
+//! replaced.
+//!
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)

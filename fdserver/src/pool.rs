@@ -569,8 +569,20 @@ pub struct Pool<C> {
 struct Shared<C> {
     core: Mutex<Core<C>>,
     changed: Condvar,
+    /// Callers waiting on `changed` (so that giving a server back wakes nobody, with no system
+    /// call, when nobody waits).
+    waiting: std::sync::atomic::AtomicUsize,
     starter: Mutex<Starter<C>>,
     checkout_timeout: Option<Duration>,
+}
+
+impl<C> Shared<C> {
+    /// Wakes the waiting callers, if any.
+    fn wake(&self) {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+    }
 }
 
 impl<C> Clone for Pool<C> {
@@ -629,6 +641,7 @@ impl<C: Client + Send + 'static> Pool<C> {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 changed: Condvar::new(),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
                 starter: Mutex::new(starter),
                 checkout_timeout: options.checkout_timeout,
             }),
@@ -659,7 +672,7 @@ impl<C: Client + Send + 'static> Pool<C> {
                         Err(why) => {
                             self.lock().checkin(i, Err(why), false, Instant::now());
                             drop(client);
-                            self.shared.changed.notify_all();
+                            self.shared.wake();
                         }
                     }
                 }
@@ -672,7 +685,7 @@ impl<C: Client + Send + 'static> Pool<C> {
                         .unwrap_or_else(|p| p.into_inner()))();
                     self.lock()
                         .started(i, r.as_ref().map(|c| c.handle().pid()), Instant::now());
-                    self.shared.changed.notify_all();
+                    self.shared.wake();
                     return r.map(|client| self.guard(i, client));
                 }
                 Step::Wait(retry_at) => {
@@ -687,7 +700,12 @@ impl<C: Client + Send + 'static> Pool<C> {
                         (Some(d), Some(r)) => Some(d.min(r)),
                         (d, r) => d.or(r),
                     };
-                    let _core = match until {
+                    // Counted while the lock is held: a give-back, which takes the lock, sees
+                    // the count before it notifies.
+                    self.shared
+                        .waiting
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let core = match until {
                         None => self
                             .shared
                             .changed
@@ -701,6 +719,10 @@ impl<C: Client + Send + 'static> Pool<C> {
                                 .0
                         }
                     };
+                    self.shared
+                        .waiting
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(core);
                 }
                 Step::Fail(e) => return Err(e),
             }
@@ -766,7 +788,7 @@ impl<C: Client + Send + 'static> Pool<C> {
     /// restarted on the next use.
     pub fn revive(&self) {
         self.lock().revive(Instant::now());
-        self.shared.changed.notify_all();
+        self.shared.wake();
     }
 
     fn lock(&self) -> MutexGuard<'_, Core<C>> {
@@ -842,7 +864,7 @@ impl<C: Client> Drop for Pooled<C> {
         drop(core);
         // Stopped in the background (`ServerHandle`'s drop returns at once).
         drop(dead);
-        self.shared.changed.notify_all();
+        self.shared.wake();
     }
 }
 
