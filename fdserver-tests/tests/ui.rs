@@ -6,6 +6,11 @@
 //! After changing a message, regenerate the `.stderr` files with
 //! `TRYBUILD=overwrite cargo test -p fdserver-tests --test ui`, then read them.
 
+// With the `async` feature (fdserver's `tokio`), the async stubs and the async pool name each
+// handler's types once more, so a type error is reported once per front end and the expected
+// `.stderr` files (written for the sync front end) do not match. These cases run in the default
+// build, which `.ci/run` tests first.
+#[cfg(not(feature = "async"))]
 #[test]
 fn ui() {
     let t = trybuild::TestCases::new();
