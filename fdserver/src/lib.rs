@@ -208,8 +208,11 @@
 //! alive past its client, and this does not depend on anyone being able to signal the server:
 //! [`ServerHandle::stop`] still ends and reaps it after the parent dropped the privileges to
 //! signal it. The watch asks `poll` for no event on the socket, so calls never wake it; a client
-//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
-//! watch (it runs in your process).
+//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. A program
+//! started by [`Spawn`] runs the same watch: `serve` starts it on the socket `Spawn` handed
+//! over (named in the environment variable `FDSERVER_HANGUP_WATCH`), with `Spawn`'s grace
+//! periods. `serve` on any other socket starts no watch (it runs in your process, which may
+//! have to outlive its peer).
 //!
 //! ## Threads and async
 //!
