@@ -56,12 +56,25 @@
 //!
 //! ## Large results
 //!
-//! A result never fails for its size after the handler ran: a reply whose array would exceed
+//! A result never fails for its size after the handler ran, up to what the wire format can
+//! carry: 4 GiB − 1 bytes per scalar (its length is a `u32`; a `Vec<u8>` result longer than that
+//! gets an error reply from the server, which keeps serving). A reply whose array would exceed
 //! 65535 bytes is sent as the array `["ok_scalar"]` followed by a scalar message holding the
 //! whole reply body (`ok`, then each inline value, each followed by NUL, exactly an array body
 //! with a `u32` length); out-of-band values follow as usual. The client reads it as the plain
-//! `["ok", ...]` reply, up to its scalar limit
-//! ([`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default).
+//! `["ok", ...]` reply.
+//!
+//! The client's scalar limit ([`Builder::max_scalar_size`](crate::Builder::max_scalar_size),
+//! [`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default)
+//! does not apply to the reply of its own call (typed calls and `ServerHandle::call`, sync and
+//! async): that reply is what the call asked for, and refusing it would fail the call after
+//! the handler's side effects were done and break the channel. The limit bounds what a side
+//! reads unasked: a server reading a request's scalars, and raw `Channel::read_scalar` calls.
+//! Memory grows with the bytes that actually arrive, never with an announced length alone; a
+//! server you do not trust can still make a call hold as much as its result type carries (up
+//! to 4 GiB per scalar value), so give such a server (a sandboxed parser) result types that
+//! stay small, or read its large data through a raw channel with a limit.
+//!
 //! So small replies keep the plain form a Passenger peer reads with `channel.read`, and a peer
 //! that may get large ones adds one line:
 //! `reply = channel.read_scalar.split("\0", -1)[0...-1] if reply == ["ok_scalar"]`.

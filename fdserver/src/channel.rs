@@ -16,6 +16,12 @@ const WBUF_KEEP: usize = 1 << 20;
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
 
+/// The limit a client's call reads its own reply with: any scalar the wire can carry (its
+/// length is a `u32`). The channel's own limit bounds what arrives unasked; a result is what
+/// the call asked for, and must not fail for its size after the handler ran (see
+/// [`args`](crate::args#large-results)).
+pub(crate) const REPLY_MAX_SCALAR: u64 = u32::MAX as u64;
+
 /// One end of a MessageChannel: a connected `SOCK_STREAM` UNIX socket that carries
 /// array messages, scalar messages and file descriptors, in any order both sides agree on.
 ///
@@ -150,7 +156,10 @@ impl Channel {
         self.write_timeout
     }
 
-    /// Sets the largest scalar [`read_scalar`](Self::read_scalar) accepts (default 64 MiB).
+    /// Sets the largest scalar [`read_scalar`](Self::read_scalar) and
+    /// [`read_reply`](Self::read_reply) accept (default 64 MiB). A typed client's call and
+    /// [`ServerHandle::call`](crate::ServerHandle::call) read the reply they asked for without
+    /// it (see [`args`](crate::args#large-results)).
     pub fn set_max_scalar_size(&mut self, max: u64) {
         self.max_scalar = max;
     }

@@ -307,8 +307,13 @@ impl ServerHandle {
         });
         let r = crate::trace::call(label, Some(self.pid as u32), || {
             channel.write_array(elements).and_then(|()| {
-                let msg = channel.read_reply(&mut buf)?;
-                let strings = msg.to_strings()?;
+                // The reply this call asked for arrives at any size (an `ok_scalar` body is
+                // not held to the limit on what arrives unasked).
+                let limit = channel.max_scalar_size();
+                channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+                let msg = channel.read_reply(&mut buf);
+                channel.set_max_scalar_size(limit);
+                let strings = msg?.to_strings()?;
                 Ok(strings.into_iter().skip(1).collect())
             })
         });

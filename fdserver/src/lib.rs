@@ -106,7 +106,8 @@
 //!   and writes nothing. A zero-length body is the empty message. A body that does not end in NUL
 //!   is a [`ProtocolError::MissingTerminator`] (Passenger silently dropped the trailing bytes).
 //! * **Scalar message**: `u32` big-endian length, then the bytes. Reads refuse lengths over a
-//!   limit (default 64 MiB), which breaks the channel.
+//!   limit (default 64 MiB), which breaks the channel; a client's call reads its own reply
+//!   without it (see [`args`](crate::args#large-results)).
 //! * **File descriptor**: one `sendmsg` of exactly one data byte `00` with an `SCM_RIGHTS`
 //!   control message holding one descriptor.
 //! * **End of stream** at a message boundary reads as "no message" (`None` / `Ok(false)`); in the

@@ -792,7 +792,23 @@ pub fn call_typed<V: FromValues, E: WireError, const N: usize>(
     call(connection, state, message, params, arguments).map_err(CallError::from_error)
 }
 
+/// Reads and decodes the reply to the call just sent. Its scalars (an `ok_scalar` body, a
+/// `Vec<u8>` or `String` result) are accepted at any size the wire can carry: the channel's
+/// scalar limit bounds what arrives unasked, not the result the call asked for (see
+/// [`args`](crate::args#large-results)).
 fn read_reply_values<V: FromValues>(
+    channel: &mut Channel,
+    state: &mut ClientState,
+    message: &'static str,
+) -> Result<V, Error> {
+    let limit = channel.max_scalar_size();
+    channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+    let r = decode_reply_values(channel, state, message);
+    channel.set_max_scalar_size(limit);
+    r
+}
+
+fn decode_reply_values<V: FromValues>(
     channel: &mut Channel,
     state: &mut ClientState,
     message: &'static str,

@@ -113,7 +113,9 @@ impl Spawn {
         self
     }
 
-    /// Largest scalar the client accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
+    /// Largest scalar the client accepts in raw reads of its channel (default
+    /// [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)). A call reads the reply it asked for
+    /// at any size (see [`args`](crate::args#large-results)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
         self

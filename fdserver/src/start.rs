@@ -139,7 +139,10 @@ impl Builder {
         self
     }
 
-    /// Largest scalar each side accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
+    /// Largest scalar each side accepts unasked (default
+    /// [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)): the server in a request, the client
+    /// in raw reads of its channel. A call reads the reply it asked for at any size (see
+    /// [`args`](crate::args#large-results)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
         self

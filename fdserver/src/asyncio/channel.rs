@@ -157,6 +157,11 @@ impl AsyncChannel {
         self.max_scalar = max;
     }
 
+    /// The largest scalar a read accepts.
+    pub fn max_scalar_size(&self) -> u64 {
+        self.max_scalar
+    }
+
     /// Whether an earlier error (or a write dropped part-way) left the channel unusable.
     pub fn is_broken(&self) -> bool {
         self.broken
@@ -432,11 +437,12 @@ impl AsyncChannel {
         let mut scratch = MessageBuf::new();
         let mut store = Store::default();
         while let Some(reader) = &mut self.pending {
+            // A reply a call asked for: at any size, as in `receive_reply`.
             match reader.advance(
                 &mut self.incoming,
                 &mut scratch,
                 &mut store,
-                self.max_scalar,
+                crate::channel::REPLY_MAX_SCALAR,
             ) {
                 Ok(Step::Done(_)) => self.pending = None,
                 Ok(Step::More) => self.more(Operation::ReadReply).await?,
@@ -518,7 +524,10 @@ impl AsyncChannel {
             let Some(reader) = &mut self.pending else {
                 unreachable!("receive_reply follows send_request")
             };
-            match reader.advance(&mut self.incoming, reply, store, self.max_scalar) {
+            // The reply this call asked for: at any size the wire can carry (see
+            // `REPLY_MAX_SCALAR`); the channel's limit bounds what arrives unasked.
+            let limit = crate::channel::REPLY_MAX_SCALAR;
+            match reader.advance(&mut self.incoming, reply, store, limit) {
                 Ok(Step::Done(r)) => {
                     self.pending = None;
                     return r;

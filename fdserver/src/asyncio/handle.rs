@@ -135,8 +135,12 @@ impl AsyncServerHandle {
         let r: Result<Vec<String>, Error> = async {
             let channel = self.channel();
             channel.write_array(&elements).await?;
-            let msg = channel.read_reply(&mut buf).await?;
-            Ok(msg.to_strings()?.into_iter().skip(1).collect())
+            // The reply this call asked for arrives at any size (as `ServerHandle::call`).
+            let limit = channel.max_scalar_size();
+            channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+            let msg = channel.read_reply(&mut buf).await;
+            channel.set_max_scalar_size(limit);
+            Ok(msg?.to_strings()?.into_iter().skip(1).collect())
         }
         .await;
         self.reply = buf;
