@@ -240,3 +240,38 @@ fn a_result_over_the_clients_scalar_limit_arrives() {
     assert_eq!(c.count().unwrap(), 1);
     c.stop().unwrap();
 }
+
+/// Review F7: a string argument with a NUL byte is refused before anything is sent, naming the
+/// call and the parameter (not "element 1", its place in the request array), and the server
+/// keeps serving.
+#[test]
+fn a_nul_in_a_string_argument_names_the_call_and_the_parameter() {
+    let _wd = watchdog("a_nul_in_a_string_argument", SECS(30));
+    let mut c = Values::default().start().unwrap();
+    // `sep` is the second inline element (after `words`, which travels as a scalar).
+    let e = c.join(&["a", "b"], "x\0y").unwrap_err();
+    match &e {
+        fdserver::Error::Encode { message, value, .. } => {
+            assert_eq!(
+                (message.as_str(), value.as_str()),
+                ("join", "parameter `sep`")
+            );
+        }
+        other => panic!("expected Encode, got {other:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains("call \"join\": parameter `sep` cannot be sent"),
+        "{text}"
+    );
+    assert!(text.contains("NUL byte"), "{text}");
+    assert!(!text.contains("element"), "{text}");
+    assert!(!e.needs_restart());
+    let e = c.words("a\0b").unwrap_err();
+    assert!(
+        e.to_string().contains("call \"words\": parameter `text`"),
+        "{e}"
+    );
+    assert_eq!(c.join(&["a", "b"], "-").unwrap(), "a-b");
+    c.stop().unwrap();
+}

@@ -48,10 +48,12 @@
 //! another language sends `""` for "nothing" and a value's plain text for "something". Only inline
 //! types can be optional.
 //!
-//! **Strings** cannot contain NUL bytes (the array format cannot carry them): sending one is
-//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing; a list item
-//! or a JSON value that cannot be encoded is [`Error::Encode`](crate::Error::Encode), naming the
-//! parameter. Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
+//! **Strings** cannot contain NUL bytes (the array format cannot carry them): a typed call
+//! with one in a string argument, a list item or a JSON value that cannot be encoded, or a
+//! `&[u8]`/`Vec<u8>` argument over 4 GiB − 1 bytes is [`Error::Encode`](crate::Error::Encode),
+//! naming the call and the parameter (`call "join": parameter `sep` cannot be sent: ...`), and
+//! sends nothing (a raw [`Channel::write_array`](crate::Channel::write_array) says
+//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) with the element's index). Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
 //! values) is at most 65535 bytes: a longer one is refused before anything is sent.
 //!
 //! ## Large results

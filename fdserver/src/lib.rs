@@ -717,7 +717,7 @@ pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
 pub use connection::Connection;
 #[cfg(target_os = "linux")]
-pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+pub use error::{BrokenCause, Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 #[cfg(target_os = "linux")]
 /// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
 pub use fdserver_macros::WireError;

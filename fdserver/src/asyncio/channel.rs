@@ -12,7 +12,7 @@ use super::incoming::Incoming;
 use crate::__private::Store;
 use crate::args::Form;
 use crate::channel::{check_reply, Channel, DEFAULT_MAX_SCALAR};
-use crate::error::{Error, Operation, ProtocolError};
+use crate::error::{BrokenCause, Error, Operation, ProtocolError};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
 
@@ -57,6 +57,9 @@ pub struct AsyncChannel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    /// Set with `broken` by a call that timed out with its reply still to come; any other break
+    /// is mid-message.
+    late_reply: Option<Option<String>>,
     /// Bytes sent by the write (or request) in progress; `None` between writes. A new operation
     /// that finds bytes here knows the last write was dropped part-way.
     writing: Option<usize>,
@@ -79,7 +82,7 @@ impl AsyncChannel {
     /// `channel` is broken, or outside a tokio runtime with I/O enabled.
     pub fn new(channel: Channel) -> Result<AsyncChannel, Error> {
         if channel.is_broken() {
-            return Err(Error::Broken);
+            return Err(channel.broken_error());
         }
         let (read_timeout, write_timeout, max_scalar) = (
             channel.read_timeout(),
@@ -108,6 +111,7 @@ impl AsyncChannel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            late_reply: None,
             writing: None,
             pending: None,
         })
@@ -167,8 +171,12 @@ impl AsyncChannel {
         self.broken
     }
 
-    /// Marks the channel unusable.
-    pub(crate) fn mark_broken(&mut self) {
+    /// Marks the channel unusable because the call `call` timed out with its reply still to
+    /// come (unless it was broken already, which says more).
+    pub(crate) fn mark_late_reply(&mut self, call: Option<String>) {
+        if !self.broken {
+            self.late_reply = Some(call);
+        }
         self.broken = true;
     }
 
@@ -185,7 +193,12 @@ impl AsyncChannel {
             Some(_) => self.broken = true,
         }
         if self.broken {
-            return Err(Error::Broken);
+            return Err(Error::Broken {
+                cause: match &self.late_reply {
+                    Some(call) => BrokenCause::LateReply { call: call.clone() },
+                    None => BrokenCause::MidMessage,
+                },
+            });
         }
         Ok(())
     }
