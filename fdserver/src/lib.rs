@@ -87,14 +87,15 @@
 //! | Feature | Since | Where the kernel lacks it |
 //! |---|---|---|
 //! | `pidfd_open`, `pidfd_send_signal`: wait on and signal a server through a descriptor | Linux 5.3 | a watcher thread per server waits with `waitid(WNOWAIT)`; signals go to the pid of the still-unreaped child (also used where a seccomp profile or valgrind refuses pidfds) |
-//! | `close_range`: close inherited descriptors in a forked server | Linux 5.9 | closed one by one, up to the descriptor limit |
+//! | `close_range`: in a forked server, the final sweep that closes descriptors the parent's listing missed (opened by other threads after it) and the tombstones' source; the listed inherited ones are tombstones by then (`dup3`, any kernel; see "Descriptors"), or, without `/dev/null`, all closed by this sweep | Linux 5.9 | closed one by one, up to the descriptor limit |
 //! | `MADV_COLLAPSE`: huge pages for a preloaded heap ([`preload`]) | Linux 6.1 | skipped (`MADV_HUGEPAGE` alone) |
 //! | `SO_PEERPIDFD`: the [`preload`] client stops a server through the kernel's pidfd of it | Linux 6.5 | a pidfd of the `SO_PEERCRED` pid, kept only while the connection shows that process alive |
 //! | `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`: the [`preload`] client signals a worker's process group | Linux 6.9 | `kill(-pid)`, only while the worker's pidfd shows it running |
 //! | `close_range` with `CLOSE_RANGE_CLOEXEC`: the [`preload`] server and templates keep nothing their first client inherited | Linux 5.11 | not done: such descriptors stay open in the server |
 //!
 //! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, `signalfd` flags,
-//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`) is older than Linux 3.2.
+//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH` and `dup3`) is
+//! older than Linux 3.2.
 //!
 //! ## Wire format
 //!

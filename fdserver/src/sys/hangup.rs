@@ -180,6 +180,8 @@ fn socket_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     }
     // SAFETY: fstat succeeded, so it filled the struct.
     let st = unsafe { st.assume_init() };
+    // `dev_t` and `ino_t` are not `u64` on every target.
+    #[allow(clippy::unnecessary_cast)]
     Ok((st.st_dev as u64, st.st_ino as u64))
 }
 
