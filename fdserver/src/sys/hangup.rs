@@ -263,7 +263,9 @@ extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
         at = add(at, wait);
         sleep_until(at);
         // To the server's main thread, which runs its loop: in a forked child its thread id is
-        // the process id. (SIGKILL ends the whole process whichever thread it is sent to.)
+        // the process id. (In a spawned program whose `serve` runs on another thread, the
+        // process-wide handler `serve` installed passes SIGTERM on to the serving thread. SIGKILL
+        // ends the whole process whichever thread it is sent to.)
         // SAFETY: getpid and tgkill take integers; signalling our own process.
         unsafe {
             let pid = libc::getpid();
