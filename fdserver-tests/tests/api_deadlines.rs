@@ -58,8 +58,25 @@ fn needs_restart_tells_which_errors_leave_the_server_unusable() {
     assert!(matches!(e, Error::TimedOut { .. }), "{e}");
     assert!(e.needs_restart());
     let e = s.call(["echo"]).unwrap_err();
-    assert!(matches!(e, Error::Broken), "{e}");
+    assert!(matches!(e, Error::Broken { .. }), "{e}");
     assert!(e.needs_restart());
+    // Review F7: the text says what happened (not "mid-message") and what to do.
+    assert!(
+        matches!(&e, Error::Broken { cause: fdserver::BrokenCause::LateReply { call: Some(c) }, .. } if c == "echo"),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("earlier call (\"echo\") timed out before its reply arrived"),
+        "{text}"
+    );
+    assert!(text.contains("would answer the next call"), "{text}");
+    assert!(
+        text.contains("stop this server and start a new one"),
+        "{text}"
+    );
+    assert!(text.contains("a Pool replaces it by itself"), "{text}");
+    assert!(!text.contains("mid-message"), "{text}");
     s.stop().unwrap();
 
     // A server that died.
