@@ -85,8 +85,20 @@ impl Outcome {
 }
 
 /// Dies by `sig` (its default action), as the command would have; exits `128 + sig` if that
-/// action does not end the process.
+/// action does not end the process. Without a core dump: the worker that died by it has dumped
+/// the command's own (where the system puts cores); the client's would replace or bury it.
 fn die_by(sig: libc::c_int) -> ! {
+    if dumps_core(sig) {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: integer and valid-pointer arguments; this process is about to end.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+    }
     let _ = sys::set_disposition(sig, sys::Disposition::Default);
     let mut only = sys::sigset(true);
     sys::sigset_del(&mut only, sig);
@@ -94,6 +106,23 @@ fn die_by(sig: libc::c_int) -> ! {
     let _ = sys::kill(sys::getpid() as i32, sig);
     // Still alive: the signal's default action is not to terminate.
     std::process::exit(128 + sig)
+}
+
+/// Signals whose default action dumps core (signal(7)).
+fn dumps_core(sig: libc::c_int) -> bool {
+    matches!(
+        sig,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+            | libc::SIGSYS
+    )
 }
 
 /// Stops this process with `sig` (its default action), as the command would have stopped.
