@@ -711,8 +711,15 @@ impl Dir {
             Some(d) => d.to_owned(),
             None => default_dir(),
         };
-        // Absolute, so that it means the same to the server (which runs in `/`) and in messages.
-        let path = std::path::absolute(&path).unwrap_or(path);
+        // A relative path would name another directory (so another server) in every working
+        // directory.
+        if !path.is_absolute() {
+            return Err(Unusable(format!(
+                "the preloader's directory {} is not an absolute path (it would be another \
+                 directory, and another server, in each working directory)",
+                path.display()
+            )));
+        }
         let (file, owner) = open_private_dir(&path)?;
         Ok(Dir {
             file,
