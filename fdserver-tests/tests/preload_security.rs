@@ -365,7 +365,8 @@ fn a_recycled_worker_pid_is_never_signalled() {
     for out in outs {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(
-            out.stderr.contains("went away before the command finished"),
+            out.stderr.contains("ended while the command ran")
+                && out.stderr.contains("the command was ended"),
             "{out:?}"
         );
     }
