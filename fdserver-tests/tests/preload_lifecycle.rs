@@ -125,6 +125,71 @@ fn stop_lets_running_commands_finish() {
     assert_gone(tpid, "the retired template, once its command ended");
 }
 
+/// A template someone stopped (`kill -STOP`, a debugger that detached badly) does not outlive
+/// `--preloader stop`: the server continues each template it lets go, so that an idle one sees
+/// its channel close and exits.
+#[test]
+fn stop_ends_a_stopped_idle_template() {
+    let _wd = wd("stop_ends_a_stopped_idle_template");
+    let pl = Pl::new("stopstp");
+    pl.ok(&["echo", "warm"]);
+    let st = pl.server();
+    let tpid = st.template("dev").expect("a template");
+    // SAFETY: tpid is the template this test's server started (listed by its status).
+    unsafe { libc::kill(tpid as i32, libc::SIGSTOP) };
+    assert!(wait_until(|| state(tpid) == Some('T')), "template stopped");
+    pl.stop();
+    assert_gone(st.server, "server after stop");
+    assert_gone(tpid, "the stopped template after stop");
+}
+
+/// `--preloader stop` of a server someone stopped (SIGSTOP), with its stopped template: the
+/// stop continues the server (SIGCONT after SIGTERM, as `kill` does for a stopped job), which
+/// then stops as usual, in its grace period, and lets its template go (continuing it too).
+/// Without the SIGCONT, the server only died of the SIGKILL after the grace period, without
+/// cleaning up (no "stopped" line in its log).
+#[test]
+fn stop_continues_a_stopped_server() {
+    let _wd = wd("stop_continues_a_stopped_server");
+    let pl = Pl::new("stopsrv");
+    pl.ok(&["echo", "warm"]);
+    let st = pl.server();
+    let tpid = st.template("dev").expect("a template");
+    for pid in [tpid, st.server] {
+        // SAFETY: this test's own server and its template (listed by its status).
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        assert!(wait_until(|| state(pid) == Some('T')), "{pid} stopped");
+    }
+    pl.stop();
+    assert_gone(st.server, "the stopped server after stop");
+    assert_gone(tpid, "its stopped template after stop");
+    let log = pl.log();
+    assert!(
+        log.contains("stopped (running commands finish in their templates)"),
+        "the server stopped by itself: {log}"
+    );
+}
+
+/// A stopped template whose server is killed (SIGKILL: it cannot continue its templates) is
+/// continued by the kernel (its parent-death signal is SIGCONT once preloaded), sees its
+/// channel close and exits.
+#[test]
+fn a_stopped_template_exits_when_its_server_is_killed() {
+    let _wd = wd("a_stopped_template_exits_when_its_server_is_killed");
+    let pl = Pl::new("killstp");
+    pl.ok(&["echo", "warm"]);
+    let st = pl.server();
+    let tpid = st.template("dev").expect("a template");
+    // SAFETY: this test's own server and its template (listed by its status).
+    unsafe { libc::kill(tpid as i32, libc::SIGSTOP) };
+    assert!(wait_until(|| state(tpid) == Some('T')), "template stopped");
+    // SAFETY: as above.
+    unsafe { libc::kill(st.server as i32, libc::SIGKILL) };
+    assert_gone(st.server, "killed server");
+    assert_gone(tpid, "the stopped template of a killed server");
+    pl.stop();
+}
+
 /// `--preloader restart` while a command runs: a new server and template at once, and the
 /// running command finishes in its old template (finding 13 of the review).
 #[test]

@@ -1310,7 +1310,7 @@ pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
 }
 
 /// Stops the server at the other end of `conn`: `["stop"]` (every version understands it as its
-/// first request), then SIGTERM, wait up to `grace`, SIGKILL, wait. The signals go through a
+/// first request), then SIGTERM and SIGCONT, wait up to `grace`, SIGKILL, wait. The signals go through a
 /// pidfd of the process that listens on the socket (from the kernel, not from anything the
 /// server says).
 fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
@@ -1324,6 +1324,9 @@ fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
         Err(_) => return Ok(()),
     };
     sys::pidfd_kill(pidfd.as_fd(), libc::SIGTERM)?;
+    // A stopped server (SIGSTOP) acts on SIGTERM only once continued: it then lets its
+    // templates go, continuing those that are stopped too (as `kill` does for a stopped job).
+    let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGCONT);
     if sys::wait_fd(pidfd.as_fd(), libc::POLLIN, Some(Instant::now() + grace))? {
         return Ok(());
     }

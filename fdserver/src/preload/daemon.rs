@@ -956,6 +956,9 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
         let mut t = slot.lock();
         t.closed = true;
         if let Some((handle, _)) = t.current.take() {
+            // A template someone stopped (SIGSTOP) would never see its channel close: it is
+            // continued first (it is our unreaped child, so its pidfd names exactly it).
+            let _ = sys::pidfd_kill(handle.pidfd(), libc::SIGCONT);
             handle.detach();
         }
         set_info(&slot, None);
@@ -1839,7 +1842,9 @@ fn retire(handle: ServerHandle) {
     let spawned = std::thread::Builder::new()
         .name("preload-retire".into())
         .spawn(move || {
-            // Closing the channel ends its loop; its finalize waits for its workers.
+            // Closing the channel ends its loop; its finalize waits for its workers. A stopped
+            // template (SIGSTOP) is continued, or it would never see the channel close.
+            let _ = sys::pidfd_kill(handle.pidfd(), libc::SIGCONT);
             let _ = handle.stop_with(StopOptions {
                 after_close: Duration::from_secs(24 * 3600),
                 after_term: Duration::from_secs(2),

@@ -179,8 +179,11 @@
 //!   ends (to end a running command, end it: Ctrl-C, `kill`). The same holds whatever stops a
 //!   server: a newer build, its socket or directory gone, the idle timeout. This is chosen so
 //!   that managing the preloader never ends a user's command, which the same command run
-//!   without it would not have seen; a template still preloading is ended at once. A command
-//!   that was waiting for the server (for a preload, say) starts the next one.
+//!   without it would not have seen; a template still preloading is ended at once. A template
+//!   someone stopped (SIGSTOP) is continued, so that it sees the stop (`stop` continues a
+//!   stopped server too, and a template whose server was killed is continued by the kernel:
+//!   its parent-death signal is SIGCONT). A command that was waiting for the server (for a
+//!   preload, say) starts the next one.
 //! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
 //!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
 //! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template

@@ -178,9 +178,11 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
     };
     // Nobody watches us while we preload but the server, which set PR_SET_PDEATHSIG: we die
     // with it. Only while preloading: a preloaded template outlives its server until its
-    // workers finish.
+    // workers finish. Then the server's death continues us instead (SIGCONT: a no-op unless
+    // we were stopped), so that a template someone stopped (SIGSTOP) sees its channel close
+    // and exits even after a server killed before it could continue us itself.
     let r = catch_unwind(AssertUnwindSafe(|| template.app.preload(&template.key)));
-    sys::set_parent_death_signal(0);
+    sys::set_parent_death_signal(libc::SIGCONT);
     let _ = std::io::stdout().flush();
     log_directly();
     let failure = match r {
