@@ -246,6 +246,43 @@ fn a_client_with_no_new_privs_runs_in_process() {
     assert_in_process(&out, "no_new_privs");
 }
 
+/// Finding 1, with finding 4's fix: a template starts with the environment of the command that
+/// needs it, so a confined client (here `no_new_privs`) of a key without a template would choose
+/// what an unconfined template loads and runs (`LD_LIBRARY_PATH`, the application's
+/// configuration). The server starts no template for it: the command runs in-process, and the
+/// key's template is started later by an unconfined command, with that one's environment.
+#[test]
+fn a_confined_client_starts_no_template() {
+    let _wd = wd("a_confined_client_starts_no_template");
+    let pl = Pl::new("nnpnew");
+    pl.ok(&["echo", "warm"]);
+    let mut c = pl.cmd(["preload-conf"]);
+    c.env("APP_ENV", "other")
+        .env("APP_CONF", "chosen-by-the-sandbox");
+    verbose(&mut c);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let out = output(c, RUN_LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    assert_in_process(&out, "no_new_privs");
+    assert_eq!(pl.server().template("other"), None, "no template for it");
+    assert!(
+        pl.log().contains("not started for a confined client"),
+        "{}",
+        pl.log()
+    );
+    let mut c = pl.cmd(["preload-conf"]);
+    c.env("APP_ENV", "other").env("APP_CONF", "its-own");
+    let out = output(c, RUN_LIMIT);
+    assert!(out.stdout.contains("\"its-own\""), "{out:?}");
+    assert!(pl.server().template("other").is_some());
+}
+
 /// A new cgroup (pids controller) under this process's own: `pids.max` as given. `None` (with a
 /// skip line) where none can be made.
 struct Cgroup {

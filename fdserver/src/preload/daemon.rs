@@ -1281,12 +1281,13 @@ fn ensure_template<A: Application>(
     let watched = stamps(files);
     let (env, client) = match requester {
         Requester::Command(client) => {
-            let env = client
-                .as_ref()
-                .map(|c| template_environment(key, c.as_fd()));
+            let env = match client.as_ref() {
+                Some(c) => Some(template_environment(key, c.as_fd())?),
+                None => None,
+            };
             (env, Some(client))
         }
-        Requester::Restart(conn) => (Some(template_environment(key, conn)), None),
+        Requester::Restart(conn) => (Some(template_environment(key, conn)?), None),
         Requester::Background => (None, None),
     };
     let env = env
@@ -1317,8 +1318,38 @@ fn ensure_template<A: Application>(
 /// (template keys stand for environments: `RAILS_ENV` and the configuration that goes with
 /// it), without the variables that only inject code (`LD_PRELOAD`, `LD_AUDIT`: a client with
 /// one runs in-process). If it cannot be read, the server's own (and the log says why).
-fn template_environment(key: &str, conn: BorrowedFd<'_>) -> Vec<(OsString, OsString)> {
-    match super::context::environ_of_peer(conn) {
+///
+/// Only a process confined nowhere more than this server gives its environment: a template
+/// runs in the server's context, so a sandboxed process (of the same uid, that reaches the
+/// socket) must not choose what it loads and runs there (`LD_LIBRARY_PATH`, `GCONV_PATH`, the
+/// application's own configuration). For such a process, `Err(("confined", why))`: no template
+/// is started for it, and the client runs its command in-process (a template would refuse its
+/// command anyway).
+fn template_environment(
+    key: &str,
+    conn: BorrowedFd<'_>,
+) -> Result<Vec<(OsString, OsString)>, (&'static str, String)> {
+    use super::context::{judge, unreadable, ProcessContext, Verdict};
+    let verdict = match (
+        ProcessContext::of_this_process(),
+        ProcessContext::of_peer(conn),
+    ) {
+        (Ok(own), Ok(peer)) => {
+            // Attributes and loader variables are not the point here (the template judges
+            // them for each command): the same on both sides.
+            let attrs = super::attrs::Attrs::of_this_process(0);
+            judge(&own, &attrs, &[], &peer, &attrs, std::iter::empty())
+        }
+        (Err(e), _) | (_, Err(e)) => unreadable(&e),
+    };
+    if let Verdict::InProcess(why) = verdict {
+        log(&format!(
+            "template {key:?} not started for a confined client ({why}): it runs its command \
+             in-process"
+        ));
+        return Err(("confined", why));
+    }
+    Ok(match super::context::environ_of_peer(conn) {
         Ok(env) => env,
         Err(e) => {
             log(&format!(
@@ -1327,7 +1358,7 @@ fn template_environment(key: &str, conn: BorrowedFd<'_>) -> Vec<(OsString, OsStr
             ));
             std::env::vars_os().collect()
         }
-    }
+    })
 }
 
 /// A template's wait status, for the log: "killed by signal 9 (SIGKILL)", "exit status 1".

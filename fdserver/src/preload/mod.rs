@@ -236,7 +236,10 @@
 //!   safety). Build with threads if you like, then join them.
 //! * Its output goes to the server's log, never to a client.
 //! * It sees the environment of the command that started its template (a command of its
-//!   key); that environment is the template's for as long as it lives.
+//!   key); that environment is the template's for as long as it lives. A command confined
+//!   anywhere more than the server (a sandbox, see [When a command runs
+//!   in-process](#when-a-command-runs-in-process)) starts no template: it runs in-process, so
+//!   that a sandboxed process cannot choose what an unconfined template loads and runs.
 //! * `run` owns the worker process: it may change the environment, exit, or exec. Install
 //!   signal handlers there, not before `Preloader::main` (a worker gets those of a fresh
 //!   `main`, but the threads or state such handlers rely on are the template's).
