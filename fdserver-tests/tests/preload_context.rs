@@ -138,6 +138,67 @@ fn a_client_with_fewer_capabilities_runs_in_process() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
+/// Finding 1. A client with other groups (`sg`, `newgrp`, `setpriv --groups`, a group removed
+/// since the server started) has them in its command, warm as cold: a worker would have the
+/// template's. Other supplementary groups and another effective gid, each on its own.
+#[test]
+fn a_client_with_other_groups_runs_in_process() {
+    let _wd = wd("a_client_with_other_groups_runs_in_process");
+    if !as_root("a_client_with_other_groups_runs_in_process") {
+        return;
+    }
+    let pl = Pl::new("groups");
+    let with_groups = |groups: &'static [libc::gid_t]| {
+        move |c: &mut Command| {
+            verbose(c);
+            // A process whose effective gid is not its real one runs in the loader's secure
+            // mode, which drops LD_LIBRARY_PATH (set by cargo): that alone would make the
+            // command below run in-process. Nothing here has it.
+            c.env_remove("LD_LIBRARY_PATH");
+            // SAFETY: setgroups is async-signal-safe; the list is static.
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    };
+    // The server (and its template) start with groups 4242 and 4244; the command has only 4242,
+    // as after `setpriv --groups` or a group removed since the server started.
+    let mut first = pl.cmd(["echo", "warm"]);
+    with_groups(&[4242, 4244])(&mut first);
+    let first = output(first, RUN_LIMIT);
+    assert!(first.status.success(), "{first:?}");
+    let out = same(
+        "other supplementary groups",
+        pl.both(&["ids"], with_groups(&[4242])),
+    );
+    assert!(out.stdout.contains("groups [4242]\n"), "{out:?}");
+    assert_in_process(&out, "supplementary groups");
+    let out = same(
+        "another effective gid",
+        pl.both(&["ids"], |c| {
+            verbose(c);
+            c.env_remove("LD_LIBRARY_PATH");
+            // SAFETY: setgroups and setegid are async-signal-safe; the list is on the stack.
+            unsafe {
+                c.pre_exec(|| {
+                    let groups: [libc::gid_t; 2] = [4242, 4244];
+                    if libc::setgroups(2, groups.as_ptr()) != 0 || libc::setegid(4243) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }),
+    );
+    assert!(out.stdout.contains("egid 4243"), "{out:?}");
+    assert_in_process(&out, "group ids");
+}
+
 /// A Landlock domain that forbids creating regular files, applied before exec: with
 /// `no_new_privs` (as an unprivileged process must), or without (root may).
 fn landlocked(nnp: bool) -> impl Fn(&mut Command) {

@@ -29,7 +29,8 @@
 //! (std's `env::args` and `/proc/self/cmdline`, in hex), `stop-self SIG` (sends itself the
 //! signal, then says `continued`), `readline` (reads a line from stdin and echoes it), `create
 //! NAME` (creates a file and prints its mode), `exists PATH`, `mapped NAME` (whether a mapping
-//! of this process names it: a preloaded library).
+//! of this process names it: a preloaded library), `ids` (real and effective gid,
+//! supplementary groups).
 //!
 //! `run_without_preload`: `--version` prints `preload-app 1` without preloading; `--version
 //! preloaded` prints whether this process preloaded.
@@ -367,6 +368,20 @@ fn parity_command(args: &[OsString]) -> Option<i32> {
                 {
                     println!("{l}");
                 }
+            }
+            Some(0)
+        }
+        b"ids" => {
+            // SAFETY: plain queries of this process; a buffer of the size given.
+            unsafe {
+                let mut groups = [0 as libc::gid_t; 256];
+                let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+                println!(
+                    "gid {} egid {} groups {:?}",
+                    libc::getgid(),
+                    libc::getegid(),
+                    &groups[..n.max(0) as usize]
+                );
             }
             Some(0)
         }
