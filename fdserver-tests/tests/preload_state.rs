@@ -281,8 +281,13 @@ fn an_idle_server_exits_with_its_templates() {
     let _wd = wd("an_idle_server_exits_with_its_templates");
     let mut pl = Pl::new("idle");
     pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "1s");
-    pl.ok(&["echo", "x"]);
+    // The pids are taken while a command keeps the server busy: after a plain command, a
+    // loaded machine could let the second go by before `status` asks.
+    let mut c = Running::spawn(pl.cmd(["wait"]));
+    c.expect_pid("ready");
     let st = pl.server();
+    c.signal(libc::SIGTERM);
+    c.wait();
     assert_gone(st.server, "the idle server");
     assert_gone(st.template("dev").unwrap(), "its template");
     assert!(pl.log().contains("idle for 1s: stopping"), "{}", pl.log());
