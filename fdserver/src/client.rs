@@ -305,12 +305,17 @@ impl ServerHandle {
         let label = name.as_ref().map_or("", |n| {
             std::str::from_utf8(n.as_ref()).unwrap_or("<not UTF-8>")
         });
+        // One deadline for the whole call (request and reply), however the reply trickles.
+        let clock = crate::__private::CallClock::start(channel);
         let r = crate::trace::call(label, Some(self.pid as u32), || {
-            channel.write_array(elements).and_then(|()| {
+            let r = clock.arm_or_fail(channel).and_then(|()| {
+                channel.write_array(elements)?;
+                clock.arm_or_fail(channel)?;
                 let msg = channel.read_reply(&mut buf)?;
                 let strings = msg.to_strings()?;
                 Ok(strings.into_iter().skip(1).collect())
-            })
+            });
+            clock.finish(channel, r)
         });
         self.reply = buf;
         let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));

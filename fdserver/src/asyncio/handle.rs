@@ -95,7 +95,7 @@ impl AsyncServerHandle {
         self.channel.as_mut().expect("channel present until stop")
     }
 
-    /// Sets a deadline for each wait of a call (`None`: wait forever).
+    /// Sets the deadline of each call, for the whole call (`None`: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.channel().set_timeout(timeout);
     }
@@ -118,6 +118,13 @@ impl AsyncServerHandle {
 
     /// Sends `request` (`[name, args...]`) and returns the values of the `["ok", values...]`
     /// reply as strings (see [`ServerHandle::call`]).
+    ///
+    /// Like a typed call, it has one deadline for the whole call (the channel's
+    /// [timeout](Self::set_timeout)) and may be dropped at any `.await`: a call dropped after its
+    /// request went out leaves its reply due, and the next call on this handle (raw or typed)
+    /// reads that reply and drops it before its own, so no call gets another's reply; an
+    /// [`AsyncPool`](crate::AsyncPool) replaces a server whose call was dropped. A call dropped
+    /// part-way through its request breaks the connection ([`Error::Broken`]).
     pub async fn call<I, T>(&mut self, request: I) -> Result<Vec<String>, Error>
     where
         I: IntoIterator<Item = T>,
@@ -134,9 +141,8 @@ impl AsyncServerHandle {
         let mut buf = std::mem::take(&mut self.reply);
         let r: Result<Vec<String>, Error> = async {
             let channel = self.channel();
-            channel.write_array(&elements).await?;
-            let msg = channel.read_reply(&mut buf).await?;
-            Ok(msg.to_strings()?.into_iter().skip(1).collect())
+            channel.call_raw(&elements, &mut buf).await?;
+            Ok(buf.message().to_strings()?.into_iter().skip(1).collect())
         }
         .await;
         self.reply = buf;
