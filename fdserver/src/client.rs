@@ -507,6 +507,75 @@ impl ServerHandle {
     }
 }
 
+/// The grace periods of a server a pool retired without killing it (its connection broke, or it
+/// closed it): short, so that retired servers do not linger (each is capped by the builder's).
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_millis(250);
+
+impl ServerHandle {
+    /// A pool retires this server: hangs up, and has the reaper end it in the background, then
+    /// run `on_done` (at once if it had already exited). `kill`: SIGKILL at once (its call was
+    /// abandoned, so what it is doing is of no use to anyone); otherwise the stop schedule,
+    /// shortened to [`RETIRE_GRACE`] each.
+    pub(crate) fn retire(&mut self, kill: bool, on_done: reaper::OnDone) {
+        self.retire_then(kill, on_done, || {});
+    }
+
+    /// [`retire`](Self::retire), with `hang_up` run where the connection is closed.
+    pub(crate) fn retire_then(
+        &mut self,
+        kill: bool,
+        on_done: reaper::OnDone,
+        hang_up: impl FnOnce(),
+    ) {
+        self.stop = StopOptions {
+            after_close: self.stop.after_close.min(RETIRE_GRACE),
+            after_term: self.stop.after_term.min(RETIRE_GRACE),
+        };
+        self.stop_then(kill, on_done, hang_up);
+    }
+
+    /// Stops the server in the background (its own schedule; `kill`: SIGKILL at once), then
+    /// runs `on_done` with the outcome, on the reaper's thread (or here, if it had exited).
+    pub(crate) fn stop_then(
+        &mut self,
+        kill: bool,
+        on_done: reaper::OnDone,
+        hang_up: impl FnOnce(),
+    ) {
+        if self.exit.is_none() {
+            hang_up();
+            on_done(match self.status {
+                Some(status) => Ok(Stopped {
+                    status,
+                    how: Shutdown::AlreadyExited,
+                    grace: self.stop,
+                }),
+                None => Err(Error::Disconnected),
+            });
+            return;
+        }
+        match self.begin_stop_then(hang_up) {
+            Ok(Ok(stopped)) => on_done(Ok(stopped)),
+            Ok(Err(mut escalation)) => {
+                if kill {
+                    escalation.kill_now();
+                }
+                if let Err(returned) = reaper::stop_in_background(escalation, Some(on_done)) {
+                    let (escalation, on_done) = *returned;
+                    let r = escalation.run_blocking();
+                    if let Some(on_done) = on_done {
+                        on_done(r);
+                    }
+                }
+            }
+            Err(e) => {
+                self.hang_up();
+                on_done(Err(e));
+            }
+        }
+    }
+}
+
 impl Drop for ServerHandle {
     /// Returns at once: a server that has not exited gets its connection closed here, and the
     /// rest of the escalation (SIGTERM, SIGKILL, reap) is finished in the background by

@@ -235,6 +235,18 @@ impl Builder {
         self.start_handle(server).map(S::Client::from)
     }
 
+    /// A pool's start (or restart): its wait for `initialize_server` ends by `deadline` (what
+    /// is left of the checkout of the call that restarts it) and by this builder's
+    /// `start_timeout`, and is never unbounded ([`DEFAULT_CALL_TIMEOUT`] when neither is set).
+    pub(crate) fn bounded_start(mut self, deadline: Option<std::time::Instant>) -> Self {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        self.start_timeout = match (self.start_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b).or(Some(DEFAULT_CALL_TIMEOUT)),
+        };
+        self
+    }
+
     /// Forks the server and returns the untyped handle.
     ///
     /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
@@ -287,7 +299,7 @@ impl Builder {
     }
 
     /// Everything of a start up to the fork; the wait for `["ready"]` is the caller's.
-    fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
+    pub(crate) fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
         if sys::children_autoreaped() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -426,7 +438,7 @@ impl Builder {
 }
 
 /// A server just forked, before its `["ready"]`.
-struct Forked {
+pub(crate) struct Forked {
     handle: ServerHandle,
     start_timeout: Option<Duration>,
     /// The server's type, for traces.
@@ -437,7 +449,7 @@ struct Forked {
 
 impl Forked {
     /// Waits (blocking) for `["ready"]`.
-    fn ready(self) -> Result<ServerHandle, Error> {
+    pub(crate) fn ready(self) -> Result<ServerHandle, Error> {
         let Forked {
             mut handle,
             start_timeout,

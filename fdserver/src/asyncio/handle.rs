@@ -187,6 +187,26 @@ impl AsyncServerHandle {
         }
     }
 
+    /// A pool retires this server (see `ServerHandle::retire`).
+    pub(crate) fn retire(&mut self, kill: bool, on_done: reaper::OnDone) {
+        let channel = self.channel.take();
+        self.process.retire_then(kill, on_done, || {
+            if let Some(channel) = channel {
+                sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+            }
+        });
+    }
+
+    /// Stops the server in the background on its schedule, then runs `on_done` (a pool's stop).
+    pub(crate) fn stop_then(&mut self, on_done: reaper::OnDone) {
+        let channel = self.channel.take();
+        self.process.stop_then(false, on_done, || {
+            if let Some(channel) = channel {
+                sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+            }
+        });
+    }
+
     /// Shuts the connection down both ways (the server sees end of stream at once, whoever else
     /// holds a copy of the socket) and drops it.
     fn hang_up(&mut self) {
