@@ -5,7 +5,8 @@
 //!
 //! The process counts look at this process's children whose name is a `Lingerer`'s (a forked
 //! server's name is its forking thread's, `fdserver Lingerer`, cut to 15 bytes), so that the
-//! servers of other tests running alongside do not count.
+//! servers of other test binaries' helpers do not count; the tests here run one at a time
+//! (`serial()`), and the counting ones first wait for the earlier tests' servers to be stopped.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fdserver::{Builder, Error, Operation, Pool, PoolError, PoolOptions, ServerState, Shutdown};
-use fdserver_tests::{child_pids, pipe, wait_pid_gone, watchdog, SECS};
+use fdserver_tests::{child_pids, pipe, serial, wait_pid_gone, watchdog, SECS};
 
 /// A server whose `initialize` blocks on a pipe when told to, and whose handler can block.
 #[derive(Clone)]
@@ -76,6 +77,7 @@ fn slow_restarts(gate: i32, slow: Arc<AtomicBool>) -> impl FnMut() -> Lingerer +
 /// than its checkout deadline, then fails with the start's time-out.
 #[test]
 fn a_blocking_pool_restart_is_bounded_by_the_checkout_deadline() {
+    let _s = serial();
     let _wd = watchdog("pool_restart_bounded", SECS(30));
     let (rd, wr) = pipe();
     let slow = Arc::new(AtomicBool::new(false));
@@ -119,6 +121,7 @@ fn a_blocking_pool_restart_is_bounded_by_the_checkout_deadline() {
 /// Finding 11: the status says what made the pool replace a server.
 #[test]
 fn the_status_says_why_a_server_was_replaced() {
+    let _s = serial();
     let _wd = watchdog("pool_last_error", SECS(30));
     let pool = LingererPool::start(PoolOptions::new(1), Lingerer { init_gate: -1 }).unwrap();
     let e = pool.die().unwrap_err();
@@ -130,6 +133,7 @@ fn the_status_says_why_a_server_was_replaced() {
 /// Finding 13: `stop` ends every server, waits for each, and closes the pool.
 #[test]
 fn a_blocking_pool_stops_every_server_and_waits() {
+    let _s = serial();
     let _wd = watchdog("pool_stop", SECS(30));
     let pool = LingererPool::start(PoolOptions::new(2), Lingerer { init_gate: -1 }).unwrap();
     let pids: Vec<u32> = pool.status().iter().map(|s| s.pid.unwrap()).collect();
@@ -150,7 +154,10 @@ fn a_blocking_pool_stops_every_server_and_waits() {
 /// and counted until reaped: never more than twice the pool's size alive.
 #[test]
 fn timed_out_pool_calls_do_not_pile_up_servers() {
+    let _s = serial();
     let _wd = watchdog("pool_timeouts_bounded", SECS(60));
+    assert!(fdserver::__private::wait_background_stops(SECS(30)));
+    assert_eq!(lingerers(), 0, "servers of earlier tests are still running");
     let (rd, wr) = pipe();
     let pool = LingererPool::start(
         PoolOptions::new(2).builder(
@@ -182,6 +189,7 @@ mod tokio_pools {
     /// Finding 4, async pool.
     #[tokio::test(flavor = "current_thread")]
     async fn an_async_pool_restart_is_bounded_by_the_checkout_deadline() {
+        let _s = serial();
         let _wd = watchdog("async_pool_restart_bounded", SECS(30));
         let (rd, wr) = pipe();
         let slow = Arc::new(AtomicBool::new(false));
@@ -218,7 +226,10 @@ mod tokio_pools {
     /// returns: never more than 4 servers alive, and every call still gets a server in turn.
     #[tokio::test(flavor = "current_thread")]
     async fn cancelled_pool_calls_do_not_pile_up_servers() {
+        let _s = serial();
         let _wd = watchdog("async_pool_cancels_bounded", SECS(60));
+        assert!(fdserver::__private::wait_background_stops(SECS(30)));
+        assert_eq!(lingerers(), 0, "servers of earlier tests are still running");
         let (rd, wr) = pipe();
         let pool = LingererAsyncPool::start(
             PoolOptions::new(2).builder(Builder::new().keep_fd(&rd)),
@@ -251,6 +262,7 @@ mod tokio_pools {
     /// Finding 13, async: `stop().await`.
     #[tokio::test(flavor = "current_thread")]
     async fn an_async_pool_stops_every_server_and_waits() {
+        let _s = serial();
         let _wd = watchdog("async_pool_stop", SECS(30));
         let pool = LingererAsyncPool::start(PoolOptions::new(2), Lingerer { init_gate: -1 })
             .await
@@ -271,6 +283,7 @@ mod tokio_pools {
     /// Finding 11, async.
     #[tokio::test(flavor = "current_thread")]
     async fn the_async_status_says_why_a_server_was_replaced() {
+        let _s = serial();
         let _wd = watchdog("async_pool_last_error", SECS(30));
         let pool = LingererAsyncPool::start(PoolOptions::new(1), Lingerer { init_gate: -1 })
             .await

@@ -41,15 +41,20 @@ type AsyncStarter<C> = Box<dyn FnMut(Option<Instant>) -> StartFuture<C> + Send>;
 /// A pool of servers that tokio tasks share: [`Pool`](crate::Pool)'s behaviour (a call gets an
 /// idle server, waits with a bound when all are busy, a failed server is replaced on the next
 /// use that needs it, under the [`RestartPolicy`](crate::RestartPolicy)), with every wait
-/// through the runtime: no blocking call on a runtime thread. Starts and restarts fork inline
-/// (a few hundred microseconds) and wait for the server's `initialize` asynchronously.
+/// through the runtime, except the fork itself: starts and restarts fork inline (see
+/// [`Builder::start_async`](crate::Builder::start_async) for what that costs) and wait for
+/// the server's `initialize` asynchronously, up to the checkout deadline (see
+/// [`PoolOptions::checkout_timeout`](crate::PoolOptions::checkout_timeout)).
 ///
 /// `Clone`, `Send` and `Sync`. `#[fdserver]` servers get a typed one, `MyServerAsyncPool`, whose
 /// methods are the handlers' (`pool.hello("Joe", "Dalton").await`). Every future here may be
 /// dropped at any `.await`: a checkout dropped while it waits takes nothing; one dropped while
 /// it starts a server leaves that server to be stopped in the background and its place to the
-/// next call; a call dropped while its server works leaves that server to finish the reply,
-/// which its next call reads first (see the async client's docs).
+/// next call; a call dropped while its server works has that server replaced: the server is
+/// killed at once (nobody will read its reply) and a new one started for the next call that
+/// needs it. Retired servers are counted until they are reaped, and while there are as many
+/// as the pool's size no replacement starts (callers wait, up to their checkout deadline), so a
+/// pool of `n` never runs more than `2n` processes however fast its calls are cancelled.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -220,25 +225,52 @@ impl<C: AsyncClient> AsyncPool<C> {
                     }
                 }
                 Step::Start(i) => {
-                    // Should this future be dropped while the server starts, the slot goes
-                    // back to the next caller (and the half-started server is stopped).
+                    // Should this future be dropped while it waits for the starter's lock, the
+                    // slot goes back to the next caller.
                     let abandon = Abandon {
                         shared: &self.shared,
                         index: Some(i),
                     };
-                    // Only the fork holds the starter's lock; the wait for `initialize`, bounded by
-                    // this checkout's deadline, does not.
-                    let r = {
+                    // Only the fork holds the starter's lock.
+                    let start = {
                         let mut starter = self.shared.starter.lock().await;
-                        let start = (starter)(deadline);
-                        drop(starter);
-                        start.await
+                        (starter)(deadline)
                     };
                     abandon.disarm();
-                    self.lock()
-                        .started(i, r.as_ref().map(|c| c.handle().pid()), Instant::now());
-                    self.shared.wake();
-                    return r.map(|client| self.guard(i, client));
+                    // The wait for `initialize` (bounded by this checkout's deadline) runs in a
+                    // task of its own: should this future be dropped meanwhile, the start goes
+                    // on and the new server joins the pool (idle), rather than be stopped
+                    // uncounted while its replacement forks.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        let r = start.await;
+                        shared.lock().started(
+                            i,
+                            r.as_ref().map(|c| c.handle().pid()),
+                            Instant::now(),
+                        );
+                        let r = r.map(|client| Handoff {
+                            shared: Arc::clone(&shared),
+                            index: i,
+                            client: Some(client),
+                        });
+                        // Dropped unread (the checkout is gone), the handoff checks the server
+                        // in.
+                        let _ = tx.send(r);
+                        shared.wake();
+                    });
+                    return match rx.await {
+                        Ok(Ok(mut handoff)) => {
+                            let client = handoff.client.take().expect("handed over once");
+                            Ok(self.guard(i, client))
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::Io(std::io::Error::other(
+                            "the task starting a pool server ended without a result (its runtime \
+                             is shutting down)",
+                        ))),
+                    };
                 }
                 Step::Wait(retry_at) => {
                     // Counted and registered, then the state is looked at again, so no
@@ -407,6 +439,24 @@ impl<C> Drop for Abandon<'_, C> {
     fn drop(&mut self) {
         if let Some(i) = self.index {
             self.shared.lock().start_abandoned(i, Instant::now());
+            self.shared.wake();
+        }
+    }
+}
+
+/// A server a start task hands to its checkout: checked in (idle) if the checkout is gone.
+struct Handoff<C> {
+    shared: Arc<Shared<C>>,
+    index: usize,
+    client: Option<C>,
+}
+
+impl<C> Drop for Handoff<C> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.shared
+                .lock()
+                .checkin(self.index, Ok(client), false, Instant::now());
             self.shared.wake();
         }
     }
