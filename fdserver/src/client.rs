@@ -294,7 +294,6 @@ impl ServerHandle {
             return Err(Error::ServerExited(status));
         }
         let mut buf = std::mem::take(&mut self.reply);
-        let channel = self.channel.as_mut().expect("channel present until stop");
         // The name is kept to name the call in a time-out.
         let mut request = request.into_iter();
         let name = request.next();
@@ -305,9 +304,12 @@ impl ServerHandle {
         let label = name.as_ref().map_or("", |n| {
             std::str::from_utf8(n.as_ref()).unwrap_or("<not UTF-8>")
         });
-        // One deadline for the whole call (request and reply), however the reply trickles.
-        let clock = crate::__private::CallClock::start(channel);
-        let r = crate::trace::call(label, Some(self.pid as u32), || {
+        let pid = Some(self.pid as u32);
+        // The span's outcome is what the caller gets (after `exit_error`).
+        let r = crate::trace::call(label, pid, || {
+            let channel = self.channel.as_mut().expect("channel present until stop");
+            // One deadline for the whole call (request and reply), however the reply trickles.
+            let clock = crate::__private::CallClock::start(channel);
             let r = clock.arm_or_fail(channel).and_then(|()| {
                 channel.write_array(elements)?;
                 clock.arm_or_fail(channel)?;
@@ -315,14 +317,16 @@ impl ServerHandle {
                 let strings = msg.to_strings()?;
                 Ok(strings.into_iter().skip(1).collect())
             });
-            clock.finish(channel, r)
+            let r = clock
+                .finish(channel, r)
+                .map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
+            if matches!(r, Err(Error::TimedOut { .. })) {
+                channel.mark_broken();
+            }
+            r.map_err(|e| self.exit_error(e))
         });
         self.reply = buf;
-        let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
-        if matches!(r, Err(Error::TimedOut { .. })) {
-            channel.mark_broken();
-        }
-        r.map_err(|e| self.exit_error(e))
+        r
     }
 
     /// Sends a signal to the server (through its pidfd, or to its pid, which cannot have been
@@ -370,10 +374,24 @@ impl ServerHandle {
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         if self.status.is_none() {
             if let Some(raw) = sys::try_reap(self.pid)? {
-                self.status = Some(ExitStatus::from_raw(raw));
+                self.reaped(raw);
             }
         }
         Ok(self.status)
+    }
+
+    /// Records the status of the server, reaped here (not by a stop): traced as stopped.
+    fn reaped(&mut self, raw: i32) {
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        crate::trace::stopped(
+            self.pid as u32,
+            &Stopped {
+                status,
+                how: Shutdown::AlreadyExited,
+                grace: self.stop,
+            },
+        );
     }
 
     /// Turns a disconnect into `ServerExited` when the server is (about to be) dead.
@@ -401,7 +419,7 @@ impl ServerHandle {
         }
         if sys::wait_fd(self.watch().fd(), libc::POLLIN, deadline)? {
             let raw = sys::reap(self.pid)?;
-            self.status = Some(ExitStatus::from_raw(raw));
+            self.reaped(raw);
         }
         Ok(self.status)
     }

@@ -821,25 +821,29 @@ pub async fn call_async<V: FromValues, const N: usize>(
         }
     }
     let pid = connection.__pid();
-    let r = crate::trace::call_async(message, pid, async {
-        let channel = connection.channel();
-        channel.begin_call();
-        channel.settle().await?;
-        channel
-            .send_request(message, &arguments, V::__FORMS)
-            .await?;
-        let ClientState { reply, store } = state;
-        channel.receive_reply(reply, store).await?;
-        let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
-        let values = V::__decode(&mut decoder);
-        decoder.finish_reply()?;
-        values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+    // The span's outcome is what the caller gets: the error after `call_failed` maps it.
+    crate::trace::call_async(message, pid, async {
+        let r = async {
+            let channel = connection.channel();
+            channel.begin_call();
+            channel.settle().await?;
+            channel
+                .send_request(message, &arguments, V::__FORMS)
+                .await?;
+            let ClientState { reply, store } = state;
+            channel.receive_reply(reply, store).await?;
+            let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
+            let values = V::__decode(&mut decoder);
+            decoder.finish_reply()?;
+            values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+        }
+        .await;
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(connection.call_failed(e.in_call(message.as_bytes())).await),
+        }
     })
-    .await;
-    match r {
-        Ok(v) => Ok(v),
-        Err(e) => Err(connection.call_failed(e.in_call(message.as_bytes())).await),
-    }
+    .await
 }
 
 /// [`call_async`] for a `typed_errors` handler.

@@ -138,18 +138,23 @@ impl AsyncServerHandle {
             .map(|n| n.as_ref().to_vec())
             .chain(request.map(|e| e.as_ref().to_vec()))
             .collect();
-        let mut buf = std::mem::take(&mut self.reply);
-        let r: Result<Vec<String>, Error> = async {
-            let channel = self.channel();
-            channel.call_raw(&elements, &mut buf).await?;
-            Ok(buf.message().to_strings()?.into_iter().skip(1).collect())
-        }
-        .await;
-        self.reply = buf;
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.call_failed(e.in_call(&name_bytes)).await),
-        }
+        let label = String::from_utf8_lossy(&name_bytes).into_owned();
+        let pid = Some(self.pid());
+        crate::trace::call_async(&label, pid, async {
+            let mut buf = std::mem::take(&mut self.reply);
+            let r: Result<Vec<String>, Error> = async {
+                let channel = self.channel();
+                channel.call_raw(&elements, &mut buf).await?;
+                Ok(buf.message().to_strings()?.into_iter().skip(1).collect())
+            }
+            .await;
+            self.reply = buf;
+            match r {
+                Ok(v) => Ok(v),
+                Err(e) => Err(self.call_failed(e.in_call(&name_bytes)).await),
+            }
+        })
+        .await
     }
 
     /// Stops the server without blocking the runtime: closes the connection, then the same
