@@ -219,3 +219,45 @@ fn a_blocking_call_times_out_however_its_reply_trickles() {
     drop(c);
     peer.join().unwrap();
 }
+
+/// Macro hygiene (finding 8): a user type named `C` as a handler's parameter and return type;
+/// the generated clients' type parameter (sync and async) must not capture it.
+mod user_type_named_c {
+    use std::fmt;
+    use std::str::FromStr;
+
+    pub struct C(pub u32);
+
+    impl fmt::Display for C {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl FromStr for C {
+        type Err = std::num::ParseIntError;
+        fn from_str(s: &str) -> Result<C, Self::Err> {
+            s.parse().map(C)
+        }
+    }
+
+    fdserver::display_fromstr_arg!(C);
+
+    pub struct Counter;
+
+    #[fdserver::fdserver]
+    impl Counter {
+        fn next(&mut self, c: C) -> C {
+            C(c.0 + 1)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_user_type_named_c_is_not_captured() {
+        let _wd = fdserver_tests::watchdog("user_type_c", fdserver_tests::SECS(60));
+        let mut sync = Counter.start().unwrap();
+        assert_eq!(sync.next(C(1)).unwrap().0, 2);
+        let mut client = Counter.start_async().await.unwrap();
+        assert_eq!(client.next(C(2)).await.unwrap().0, 3);
+    }
+}
