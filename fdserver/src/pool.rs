@@ -248,7 +248,12 @@ impl PoolOptions {
     }
 
     /// How long a call waits for a free server before failing with [`PoolError::Timeout`]
-    /// (`None`: as long as it takes).
+    /// (`None`: as long as it takes). It also bounds a restart: a call that restarts a dead
+    /// server waits for the new server's `initialize` until this deadline (or the builder's
+    /// [`start_timeout`](crate::Builder::start_timeout), if shorter), then fails with
+    /// [`Error::TimedOut`] (operation `Start`) and the server goes down for its back-off. With
+    /// neither set, a pool's start waits up to [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT):
+    /// a pool's start is never unbounded.
     pub fn checkout_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.checkout_timeout = timeout;
         self

@@ -46,10 +46,11 @@ pub struct Builder {
     sandbox: Option<crate::sandbox::Sandbox>,
 }
 
-/// The deadline every call of a started server gets unless told otherwise (30 s): each wait of
-/// a call (writing the request, reading the reply and each scalar or descriptor after it) gives
-/// up after this long with [`Error::TimedOut`], and the client is then broken
-/// ([`Error::needs_restart`]). Set with [`Builder::timeout`] or [`Spawn::timeout`]
+/// The deadline every call of a started server gets unless told otherwise (30 s): a call as a
+/// whole (writing the request, reading the reply and each scalar or descriptor after it,
+/// however slowly the bytes come) gives up after this long with [`Error::TimedOut`], and the
+/// client is then broken ([`Error::needs_restart`]). The same for the blocking and the async
+/// clients, typed or raw ([`ServerHandle::call`](crate::ServerHandle::call)). Set with [`Builder::timeout`] or [`Spawn::timeout`]
 /// (`None` disables it), or per client with `set_timeout`.
 ///
 /// [`Spawn::timeout`]: crate::Spawn::timeout
@@ -105,8 +106,8 @@ impl Builder {
         self
     }
 
-    /// A deadline for each read and write on the client's channel: each wait of a call
-    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). `None` disables it: a call then waits for its
+    /// The deadline of each call of the client, for the whole call (default
+    /// [`DEFAULT_CALL_TIMEOUT`], 30 s); the channel's own operations get it each. `None` disables it: a call then waits for its
     /// server as long as it takes, e.g. for handlers that legitimately run for minutes, or a
     /// raw channel that waits for events. A call that times out breaks the client
     /// ([`Error::needs_restart`]): the late reply would otherwise answer the next call.
@@ -260,10 +261,14 @@ impl Builder {
     /// `initialize_server` has succeeded (feature `tokio`). `MyServer.start_async()` is the
     /// same for an `#[fdserver]` server and returns its async client.
     ///
-    /// The fork happens when this is called, on the calling thread (through the fork thread:
-    /// see [`fork_on_calling_thread`](Self::fork_on_calling_thread)); it takes a few hundred
-    /// microseconds (BENCHMARKS.md, "Issue 13"), like any short system call, so it is done
-    /// inline rather than on a blocking-pool thread. The wait for `initialize_server`, which may
+    /// The fork happens when this is called, blocking the calling thread until the fork thread
+    /// has forked (see [`fork_on_calling_thread`](Self::fork_on_calling_thread)): it needs
+    /// `server`, which the returned future does not borrow. Its cost grows with the parent's
+    /// memory, as the kernel copies its page tables: the review of issue 13 measured 0.36-0.42
+    /// ms (median) for a small test process and about 100 ms for one with 1 GiB touched (see
+    /// BENCHMARKS.md for the fork's cost by heap size). For a parent that large, start from a
+    /// blocking-pool thread so the runtime thread stays free:
+    /// `tokio::task::spawn_blocking(move || builder.start_async(&mut server)).await?.await`. The wait for `initialize_server`, which may
     /// take as long as the server's initialisation does, is the returned future's: it waits
     /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
     /// borrow `server` (it is `Send + 'static` whatever the server type). Call it inside a tokio
