@@ -183,6 +183,10 @@ fn timed_out_pool_calls_do_not_pile_up_servers() {
 }
 
 #[cfg(feature = "async")]
+// `serial()`'s guard is held across awaits on purpose: it keeps the other tests of this binary
+// (other threads) from forking `Lingerer`s while these count them; each test runs alone on its
+// own current-thread runtime, so nothing on that runtime waits for the lock.
+#[allow(clippy::await_holding_lock)]
 mod tokio_pools {
     use super::*;
 
