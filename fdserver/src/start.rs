@@ -268,7 +268,8 @@ impl Builder {
     /// ms (median) for a small test process and about 100 ms for one with 1 GiB touched (see
     /// BENCHMARKS.md for the fork's cost by heap size). For a parent that large, start from a
     /// blocking-pool thread so the runtime thread stays free:
-    /// `tokio::task::spawn_blocking(move || builder.start_async(&mut server)).await?.await`. The wait for `initialize_server`, which may
+    /// `tokio::task::spawn_blocking(move || builder.start_async(&mut server))` forks there, and
+    /// its join handle's output is the future to await for `initialize`. The wait for `initialize_server`, which may
     /// take as long as the server's initialisation does, is the returned future's: it waits
     /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
     /// borrow `server` (it is `Send + 'static` whatever the server type). Call it inside a tokio
