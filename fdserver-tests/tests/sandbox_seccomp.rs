@@ -9,7 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use fdserver::sandbox::{Preset, Sandbox, Seccomp, Violation};
 use fdserver::Error;
 use fdserver_tests::{watchdog, SECS};
-use sandbox_common::{start, try_errno};
+use sandbox_common::{start, start_jail, try_errno, Jail};
 
 fn seccomp(s: Seccomp) -> Sandbox {
     Sandbox::new().seccomp(s)
@@ -138,6 +138,25 @@ fn the_runtime_survives_an_allow_list_that_kills() {
             .on_violation(Violation::Kill),
     ))
     .unwrap();
+    s.assert_runtime_works();
+    s.stop_cleanly();
+}
+
+#[test]
+fn the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair() {
+    let _wd = watchdog(
+        "the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair",
+        SECS(30),
+    );
+    // On a stream pair a reply and its descriptor leave in one `sendmmsg`, which RUNTIME must
+    // allow (on the default record pair they are one `sendmsg`).
+    let mut jail = Jail::new(seccomp(
+        Seccomp::new()
+            .allow_only([libc::SYS_pipe2])
+            .on_violation(Violation::Kill),
+    ));
+    jail.stream = true;
+    let mut s = start_jail(jail).unwrap();
     s.assert_runtime_works();
     s.stop_cleanly();
 }

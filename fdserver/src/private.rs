@@ -24,6 +24,13 @@ pub fn bench_hardening(hangup_watch: bool, tombstones: bool) {
     crate::start::set_bench_hardening(hangup_watch, tombstones);
 }
 
+/// For the test suite only: the two ends of a pair as [`Server::start`](crate::Server::start)
+/// creates it (both reading ahead; `SOCK_SEQPACKET` if `seqpacket` and the system allows it,
+/// else `SOCK_STREAM`), to exercise read-ahead in one process.
+pub fn read_ahead_pair(seqpacket: bool) -> std::io::Result<(Channel, Channel)> {
+    Channel::owned_pair(seqpacket)
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 

@@ -1,7 +1,7 @@
 //! Sockets: the socket pair, `sendmsg`/`recvmsg` with descriptors (`SCM_RIGHTS`), peer credentials.
 
 use std::io::{self, IoSlice};
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
@@ -24,6 +24,55 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     })?;
     // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected `SOCK_SEQPACKET` UNIX socket pair, both ends close-on-exec, each able to send
+/// records of at most `max_record` bytes and no more: its send buffer (`SO_SNDBUF`) is set so
+/// that the kernel refuses (`EMSGSIZE`) any longer record, whoever writes it. Returns the pair and
+/// the largest record the kernel accepts (at most `max_record`, less if `net.core.wmem_max`
+/// caps the buffer).
+pub(crate) fn seqpacket_pair(max_record: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The kernel doubles the value asked for, and refuses a record longer than that minus 32.
+    let ask = ((max_record + 32) / 2) as libc::c_int;
+    let mut largest = max_record;
+    for sock in [&a, &b] {
+        // SAFETY: a valid int option value of the right size.
+        cvt(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&ask as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        let mut got: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid out-pointers of the right size.
+        cvt(unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        largest = largest.min((got as usize).saturating_sub(32));
+    }
+    Ok((a, b, largest))
 }
 
 /// Aligned storage for the control message of a send: one `SCM_RIGHTS` descriptor.
@@ -154,6 +203,9 @@ pub(crate) struct Received {
     pub fds: [Option<OwnedFd>; MAX_FDS_PER_RECV],
     /// The kernel had more descriptors than fitted (`MSG_CTRUNC`); it closed the rest.
     pub truncated: bool,
+    /// A record (`SOCK_SEQPACKET`) was longer than the buffers (`MSG_TRUNC`): the kernel dropped
+    /// the rest of it.
+    pub record_cut: bool,
 }
 
 impl Received {
@@ -167,29 +219,48 @@ impl Received {
 /// more count as truncated and are closed); a pidfd the kernel attaches because of
 /// `SO_PASSPIDFD` is closed here, and credentials and security labels are ignored.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
+    recv2(sock, buf, &mut [], dontwait)
+}
+
+/// [`recv`] into `buf`, then, for what does not fit there, into `spare` (whose bytes the kernel
+/// writes, from its start, as many as the returned count exceeds `buf.len()`).
+pub(crate) fn recv2(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    spare: &mut [MaybeUninit<u8>],
+    dontwait: bool,
+) -> io::Result<Received> {
     // Not zeroed (512 bytes on every receive): the kernel writes the control messages it
     // returns and sets `msg_controllen` to their length, and only those bytes are read below.
-    let mut cmsg = std::mem::MaybeUninit::<RecvCmsgBuf>::uninit();
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut cmsg = MaybeUninit::<RecvCmsgBuf>::uninit();
+    let mut iov = [
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+        libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        },
+    ];
     // SAFETY: an all-zero msghdr is a valid "empty" value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = if spare.is_empty() { 1 } else { 2 };
     msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = size_of::<RecvCmsgBuf>() as _;
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if dontwait {
         flags |= libc::MSG_DONTWAIT;
     }
-    // SAFETY: msg describes live, writable buffers (buf, cmsg) for the duration of the call.
+    // SAFETY: msg describes live, writable buffers (buf, spare, cmsg) for the duration of the
+    // call.
     let n = cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
     let mut out = Received {
         n,
         fds: Default::default(),
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        record_cut: msg.msg_flags & libc::MSG_TRUNC != 0,
     };
     let mut slot = 0;
     // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
@@ -224,6 +295,19 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
         }
     }
     Ok(out)
+}
+
+/// Whether the peer of a connected socket has shut down its writing side or closed it (`poll`
+/// reports `POLLRDHUP`), right now.
+pub(crate) fn peer_done_writing(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 /// `shutdown(2)`: ends the connection in one or both directions for every descriptor of the

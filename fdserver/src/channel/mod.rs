@@ -4,11 +4,16 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf};
+
+mod read_ahead;
+
+use read_ahead::ReadAhead;
 
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
@@ -18,6 +23,9 @@ pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
 ///
 /// Reads never take more bytes from the socket than the message being read still lacks, so
 /// descriptors sent between messages are never swallowed, and a socket can be handed on mid-stream.
+/// (The one exception is the pair [`Server::start`](crate::Server::start) creates, whose both
+/// ends are fdserver's: those read ahead, and refuse to lend or give up their socket while they
+/// hold bytes read ahead. See [`as_fd`](Channel::as_fd) and [`into_parts`](Channel::into_parts).)
 ///
 /// ```
 /// use fdserver::Channel;
@@ -50,6 +58,34 @@ pub struct Channel {
     writes: u64,
     /// The operation in progress, named by a time-out.
     op: Operation,
+    /// Bytes and descriptors read ahead: only on the pair `start` creates (see `read_ahead`).
+    ra: Option<Box<ReadAhead>>,
+    /// The socket was lent out (`as_fd`, `as_raw_fd`): a stream channel reads exactly from
+    /// then on.
+    lent: AtomicBool,
+    /// On a `SOCK_SEQPACKET` socket: the longest record a write may send (see `read_ahead`).
+    record_max: Option<usize>,
+}
+
+/// What a channel had read from its socket ahead of the messages it returned: returned by
+/// [`Channel::into_parts`] together with the socket, so that nothing read is lost when the socket
+/// changes hands. Only the channels of the pair [`Server::start`](crate::Server::start) creates
+/// read ahead; for every other channel it is always empty.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Buffered {
+    /// The bytes, in stream order: what the socket would have returned next.
+    pub bytes: Vec<u8>,
+    /// The descriptors that arrived with them, each with the index in `bytes` of the byte it was
+    /// sent with (a descriptor's own `00` byte in the wire format).
+    pub fds: Vec<(usize, OwnedFd)>,
+}
+
+impl Buffered {
+    /// Whether nothing was buffered.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.fds.is_empty()
+    }
 }
 
 /// An element that is either a fixed prefix or one of the caller's elements.
@@ -83,6 +119,68 @@ impl Channel {
             wbuf: Vec::with_capacity(256),
             writes: 0,
             op: Operation::ReadArray,
+            ra: None,
+            lent: AtomicBool::new(false),
+            record_max: None,
+        }
+    }
+
+    /// The two ends of a pair whose both ends are fdserver's, reading ahead (see `read_ahead`):
+    /// `SOCK_SEQPACKET` if `records` and the system allows it, else `SOCK_STREAM`. Their buffers
+    /// are allocated here (for a server: in the parent, before the fork).
+    pub(crate) fn owned_pair(records: bool) -> io::Result<(Channel, Channel)> {
+        let seqpacket = records
+            .then(|| sys::seqpacket_pair(read_ahead::RECORD_MAX).ok())
+            .flatten();
+        let (a, b, record_max) = match seqpacket {
+            Some((a, b, max)) => (a, b, Some(max)),
+            None => {
+                let (a, b) = sys::socketpair()?;
+                (a, b, None)
+            }
+        };
+        let make = |fd: OwnedFd| {
+            let mut c = Channel::new(fd);
+            c.ra = Some(Box::new(ReadAhead::new(record_max.is_some())));
+            c.record_max = record_max;
+            c
+        };
+        Ok((make(a), make(b)))
+    }
+
+    /// Whether the socket is a `SOCK_SEQPACKET` one (the pair `start` creates, where the system
+    /// allows it): see [`Builder::seqpacket`](crate::Builder::seqpacket).
+    pub fn is_seqpacket(&self) -> bool {
+        self.record_max.is_some()
+    }
+
+    /// The socket, for the runtime's own use (waits, `shutdown`): unlike [`as_fd`](Self::as_fd),
+    /// it neither refuses nor stops the read-ahead.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// How many bytes this channel has read from its socket ahead of the messages it returned,
+    /// and not yet returned (always 0 but on the channels of the pair
+    /// [`Server::start`](crate::Server::start) creates, and there too between calls unless the
+    /// peer sent more than was asked for). While it is not 0, [`as_fd`](Self::as_fd) and
+    /// [`into_fd`](Self::into_fd) refuse.
+    pub fn buffered(&self) -> usize {
+        self.ra.as_ref().map_or(0, |ra| ra.len())
+    }
+
+    /// Panics, saying what to do, if this channel holds bytes read ahead (see
+    /// [`buffered`](Self::buffered)).
+    fn refuse_if_buffered(&self, what: &str) {
+        if let Some(ra) = self.ra.as_ref().filter(|ra| ra.len() > 0) {
+            panic!(
+                "Channel::{what}: the channel holds {} byte(s) and {} descriptor(s) it read ahead \
+                 from its socket, which a reader of the socket would miss; read the messages \
+                 they belong to through the channel first (`Channel::buffered` says how much \
+                 is held), or take the socket with `Channel::into_parts`, which returns them",
+                ra.len(),
+                ra.fd_count()
+            );
         }
     }
 
@@ -197,8 +295,36 @@ impl Channel {
     }
 
     /// Gives back the socket.
+    ///
+    /// # Panics
+    /// If the channel holds bytes it read ahead (only the channels of the pair
+    /// [`Server::start`](crate::Server::start) creates do, and only when the peer sent more than
+    /// was read): they would be lost. Use [`into_parts`](Self::into_parts) to get them too.
     pub fn into_fd(self) -> OwnedFd {
+        self.refuse_if_buffered("into_fd");
         self.fd
+    }
+
+    /// Gives back the socket and whatever the channel read ahead from it (empty but on the
+    /// channels of the pair [`Server::start`](crate::Server::start) creates): the bytes the
+    /// socket would have returned next, and their descriptors.
+    ///
+    /// ```
+    /// let (mut a, b) = fdserver::Channel::pair()?;
+    /// a.write_array(["hello"])?;
+    /// let (fd, buffered) = b.into_parts();
+    /// assert!(buffered.is_empty()); // a plain channel never reads ahead
+    /// let mut b = fdserver::Channel::new(fd);
+    /// assert_eq!(b.read_strings()?, Some(vec!["hello".to_string()]));
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn into_parts(mut self) -> (OwnedFd, Buffered) {
+        let buffered = self
+            .ra
+            .take()
+            .map(|ra| ra.into_buffered())
+            .unwrap_or_default();
+        (self.fd, buffered)
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -234,8 +360,22 @@ impl Channel {
     // ----------------------------------------------------------------------------------------
 
     /// Fills `buf` completely. `Ok(false)`: clean end of stream before the first byte, allowed only
-    /// when `at_boundary` (this is the first read of a message). Never reads past `buf`.
+    /// when `at_boundary` (this is the first read of a message).
     fn fill(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+        at_boundary: bool,
+    ) -> Result<bool, Error> {
+        if self.reads_ahead() {
+            self.ra_fill(buf, deadline, at_boundary)
+        } else {
+            self.exact_fill(buf, deadline, at_boundary)
+        }
+    }
+
+    /// [`fill`](Self::fill), never reading past `buf`.
+    fn exact_fill(
         &mut self,
         buf: &mut [u8],
         deadline: Option<Instant>,
@@ -349,7 +489,26 @@ impl Channel {
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
-            match sys::send(self.fd.as_fd(), iov, fd, self.nonblocking(deadline)) {
+            // On a record socket, no record longer than the kernel accepts.
+            let mut part = [IoSlice::new(&[]); 4];
+            let iov_now: &[IoSlice<'_>] = match self.record_max {
+                Some(max) if iov.len() > part.len() || total_len(iov) > max => {
+                    let mut room = max;
+                    let mut k = 0;
+                    for s in iov.iter().take(part.len()) {
+                        if room == 0 {
+                            break;
+                        }
+                        let take = s.len().min(room);
+                        part[k] = IoSlice::new(&s[..take]);
+                        room -= take;
+                        k += 1;
+                    }
+                    &part[..k]
+                }
+                _ => iov,
+            };
+            match sys::send(self.fd.as_fd(), iov_now, fd, self.nonblocking(deadline)) {
                 Ok(n) => {
                     if n > 0 {
                         if !sent_any {
@@ -464,6 +623,13 @@ impl Channel {
         self.check()?;
         self.op = Operation::ReadArray;
         let deadline = self.read_deadline();
+        if self.reads_ahead() {
+            if !self.ra_read_frame(&mut buf.body, deadline)? {
+                return Ok(false);
+            }
+            buf.index()?;
+            return Ok(true);
+        }
         let mut hdr = [0u8; 2];
         if !self.fill(&mut hdr, deadline, true)? {
             return Ok(false);
@@ -527,13 +693,21 @@ impl Channel {
     }
 
     /// A frame and a descriptor in one `sendmmsg`; finishes with plain sends if the socket took
-    /// only part of it.
+    /// only part of it. On a record socket, one record: the frame and the descriptor's `00` byte,
+    /// which the descriptor comes with (as it does when sent on its own).
     fn send_frame_then_fd(
         &mut self,
         frame: &[u8],
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
+        if self.record_max.is_some_and(|max| frame.len() < max) {
+            return self.send_all(
+                &mut [IoSlice::new(frame), IoSlice::new(&[0])],
+                Some(fd),
+                deadline,
+            );
+        }
         loop {
             match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {
                 Ok((_, true)) => {
@@ -643,6 +817,9 @@ impl Channel {
         self.check()?;
         self.op = Operation::ReadReply;
         let deadline = self.read_deadline();
+        if self.reads_ahead() {
+            return self.ra_read_reply_frame(buf, with_fd, deadline);
+        }
         let extra = usize::from(with_fd);
         let want = SHORTEST + extra;
         let mut head = [0u8; SHORTEST + 1];
@@ -870,6 +1047,9 @@ impl Channel {
     /// follows).
     fn recv_fd_until(&mut self, deadline: Option<Instant>) -> Result<Option<OwnedFd>, Error> {
         self.check()?;
+        if self.reads_ahead() {
+            return self.ra_recv_fd(deadline);
+        }
         loop {
             let mut byte = [0u8; 1];
             match sys::recv(self.fd.as_fd(), &mut byte, self.nonblocking(deadline)) {
@@ -897,6 +1077,10 @@ impl Channel {
     }
 }
 
+fn total_len(iov: &[IoSlice<'_>]) -> usize {
+    iov.iter().map(|s| s.len()).sum()
+}
+
 /// `Ok` for an `["ok", ...]` reply, [`Error::Remote`] for `["error", kind, message]`, a protocol
 /// error for anything else.
 pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
@@ -917,27 +1101,43 @@ pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
     }
 }
 
+/// Lends the socket, for writes, socket options, waits, or a copy to hand on.
+///
+/// On the channels of the pair [`Server::start`](crate::Server::start) creates, which read
+/// ahead, the channel reads exactly from the first call on (what each message lacks, never
+/// more), so that the socket can be read by others between messages.
+///
+/// # Panics
+/// If the channel holds bytes it read ahead (see [`Channel::buffered`]): a reader of the socket
+/// would miss them, and `poll` would not see them. Read the messages they belong to through the
+/// channel first, or take everything with [`Channel::into_parts`].
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
+        self.refuse_if_buffered("as_fd");
+        self.lent.store(true, Ordering::Relaxed);
         self.fd.as_fd()
     }
 }
 
+/// As [`AsFd`]: panics if the channel holds bytes it read ahead, and makes it read exactly from
+/// then on.
 impl AsRawFd for Channel {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
+/// As [`Channel::into_fd`]: panics if the channel holds bytes it read ahead.
 impl IntoRawFd for Channel {
     fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
+        self.into_fd().into_raw_fd()
     }
 }
 
+/// As [`Channel::into_fd`]: panics if the channel holds bytes it read ahead.
 impl From<Channel> for OwnedFd {
     fn from(c: Channel) -> OwnedFd {
-        c.fd
+        c.into_fd()
     }
 }
 
