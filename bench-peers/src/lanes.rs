@@ -152,8 +152,8 @@ pub trait Helper {
 pub fn start_helper(row: Row, lane: Lane) -> Box<dyn Helper> {
     match (row, lane) {
         (Row::Call, Lane::Fdserver) => Box::new(fdside::TypedHello::start()),
-        (Row::Fd, Lane::Fdserver) => Box::new(fdside::FdCall::start()),
-        (Row::Fd, Lane::FdserverTyped) => Box::new(fdside::TypedFd::start()),
+        (Row::Fd, Lane::Fdserver) => Box::new(fdside::TypedFd::start(true)),
+        (Row::Fd, Lane::FdserverTyped) => Box::new(fdside::TypedFd::start(false)),
         (Row::Bulk, Lane::Fdserver) => Box::new(fdside::Bulk::start()),
         (Row::Call, Lane::Raw) => Box::new(raw::PingPong::start()),
         (Row::Fd, Lane::Raw) => Box::new(raw::FdPass::start()),

@@ -30,10 +30,43 @@
 //! | `Vec<u8>` | `&[u8]` | scalar | a scalar message with the bytes |
 //! | `OwnedFd`, `File`, `UnixStream`, `UnixListener`, `UnixDatagram`, `TcpStream`, `TcpListener`, `UdpSocket` | `impl AsFd` | fd | one descriptor (`SCM_RIGHTS`) |
 //! | your `From<OwnedFd> + AsFd` type, after [`fd_arg!`](crate::fd_arg) | same | fd | one descriptor |
+//! | return values only: `BorrowedFd<'_>`, `&File`, `&OwnedFd`, `&UnixStream`, ... (a descriptor the server keeps, lent) | the stub returns `OwnedFd`, `File`, `UnixStream`, ... | fd | one descriptor |
 //!
 //! Replies use the same forms (see [`Reply`]): `()` is `["ok"]`, a value `v` is `["ok", v]`, a
 //! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array, and `Result<T, E>`
 //! sends `T` on `Ok` and the error reply `["error", "failed", e.to_string()]` on `Err`.
+//!
+//! **A descriptor the server keeps** is returned borrowed, tied to `&self`: `BorrowedFd<'_>` or a
+//! shared reference to one of the descriptor types above (alone, in a tuple, or in `Result`). The
+//! kernel gives the client its own copy; the server's stays open, with no `dup` per call (an owned
+//! `File` would have to be a fresh copy, closed once sent). The client stub returns the owned
+//! type (`OwnedFd` for `BorrowedFd`):
+//!
+//! ```
+//! use std::fs::File;
+//! use std::io::Write;
+//! use std::os::fd::{AsFd, BorrowedFd};
+//!
+//! struct Logs { current: File }
+//!
+//! #[fdserver::fdserver]
+//! impl Logs {
+//!     fn current(&self) -> &File {
+//!         &self.current
+//!     }
+//!
+//!     fn raw(&self) -> BorrowedFd<'_> {
+//!         self.current.as_fd()
+//!     }
+//! }
+//!
+//! let mut logs = Logs { current: File::create(std::env::temp_dir().join("fdserver-logs-doc"))? };
+//! // A descriptor opened before `start` is kept in the server only if asked (see `Builder::keep_fd`).
+//! let mut client = fdserver::Builder::new().keep_fd(&logs.current).start(&mut logs)?;
+//! let mut file: File = client.current()?;
+//! file.write_all(b"appended through the server's own file\n")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! **`Option<T>`** is one element: `None` is the empty element `""`; `Some(v)` is `v`'s element,
 //! except that when that element is empty or starts with the byte `0x01`, a `0x01` byte is put
