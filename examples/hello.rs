@@ -8,7 +8,9 @@
 //!
 //! With `--serve-fd N` the program serves on socket N, handed over by another program that
 //! talks Passenger's MessageChannel: send `["hello", "Joe", "Dalton"]`, read
-//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`.
+//! `["ok", "Hello Joe Dalton, how are you?", "1234"]`. A Rust program gets the typed client for
+//! it with `fdserver::Spawn::new(command).start()` (`command`: this program with
+//! `--serve-fd 3`), or `MyServerClient::from(channel)` over a socket it already has.
 
 use fdserver::Channel;
 
@@ -17,7 +19,7 @@ struct MyServer;
 #[fdserver::fdserver]
 impl MyServer {
     /// Greets someone, with a pointless number.
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             1234,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-const FLAGS: &[&str] = &["no_run", "should_panic", "compile_fail"];
+const FLAGS: &[&str] = &["no_run", "should_panic", "compile_fail", "serde"];
 
 /// One ```rust block of the README.
 pub struct Snippet {
@@ -123,7 +123,7 @@ pub fn render(snippets: &[Snippet]) -> String {
         let mut doc = String::new();
         let _ = writeln!(doc, "README.md, the snippet at line {}:\n", s.line);
         let mut fence = String::from("```rust");
-        for f in &s.flags {
+        for f in s.flags.iter().filter(|f| *f != "serde") {
             fence.push(',');
             fence.push_str(f);
         }
@@ -139,9 +139,15 @@ pub fn render(snippets: &[Snippet]) -> String {
         }
         doc.push_str("```\n");
         assert!(!doc.contains("\"####"), "README snippet contains \"####");
+        // `serde`: the snippet needs fdserver's `serde` feature (this crate's `serde` feature).
+        let cfg = if s.flags.iter().any(|f| f == "serde") {
+            "#[cfg(feature = \"serde\")]\n"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "#[doc = r####\"{doc}\"####]\npub struct ReadmeLine{};\n",
+            "{cfg}#[doc = r####\"{doc}\"####]\npub struct ReadmeLine{};\n",
             s.line
         );
     }

@@ -13,9 +13,11 @@ use crate::errors::Errors;
 pub struct ImplArgs {
     pub client: Option<Ident>,
     pub client_vis: Option<Visibility>,
+    /// `typed_errors`: every handler's error travels back as itself (`CallError<E>`).
+    pub typed_errors: bool,
 }
 
-const IMPL_KEYS: &str = "`client = \"Name\"`, `client_vis = \"pub(crate)\"`";
+const IMPL_KEYS: &str = "`client = \"Name\"`, `client_vis = \"pub(crate)\"`, `typed_errors`";
 
 pub fn parse_impl_args(tokens: TokenStream, errs: &mut Errors) -> ImplArgs {
     let mut args = ImplArgs::default();
@@ -37,6 +39,12 @@ pub fn parse_impl_args(tokens: TokenStream, errs: &mut Errors) -> ImplArgs {
             }
             let lit: LitStr = meta.value()?.parse()?;
             args.client_vis = Some(lit.parse::<Visibility>()?);
+            Ok(())
+        } else if meta.path.is_ident("typed_errors") {
+            if args.typed_errors {
+                return Err(meta.error("duplicate `typed_errors` key"));
+            }
+            args.typed_errors = true;
             Ok(())
         } else {
             Err(meta.error(format!(
@@ -90,10 +98,12 @@ pub struct MethodAttrs {
     pub hook: Option<(HookKind, Span)>,
     /// The first `#[fdserver]` attribute, if any.
     pub first: Option<Span>,
+    /// `typed_errors`: this handler's error travels back as itself.
+    pub typed_errors: Option<Span>,
 }
 
 pub const METHOD_KEYS: &str = "`name = \"...\"`, `signal = \"SIGxxx\"`, `skip`, `before_fork`, \
-                               `initialize`, `finalize`, `sandbox`";
+                               `initialize`, `finalize`, `sandbox`, `typed_errors`";
 
 impl MethodAttrs {
     fn role(&self) -> Option<&'static str> {
@@ -160,6 +170,12 @@ pub fn take_method_attrs(attrs: &mut Vec<Attribute>, errs: &mut Errors) -> Metho
                 "skip" => {
                     conflict(&out, "`skip`")?;
                     out.skip = Some(span);
+                }
+                "typed_errors" => {
+                    if out.typed_errors.is_some() {
+                        return Err(syn::Error::new(span, "duplicate `typed_errors` key"));
+                    }
+                    out.typed_errors = Some(span);
                 }
                 "signal" => {
                     conflict(&out, "`signal`")?;

@@ -21,6 +21,7 @@ pub const CLIENT_METHODS: &[&str] = &[
     "set_timeout",
     "signal",
     "from",
+    "into_connection",
 ];
 
 /// Signals a server may handle on its loop (the names of `fdserver::Signal`'s variants).

@@ -20,6 +20,7 @@ use proc_macro::TokenStream;
 
 mod attr;
 mod check;
+mod derive;
 mod errors;
 mod expand;
 mod model;
@@ -28,4 +29,11 @@ mod model;
 #[proc_macro_attribute]
 pub fn fdserver(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::run(args.into(), input.into()).into()
+}
+
+/// Derives `fdserver::WireError`: the error travels as `["error", code, text, fields...]` and
+/// the client rebuilds it. See `fdserver::WireError` for the documentation.
+#[proc_macro_derive(WireError, attributes(wire_error))]
+pub fn derive_wire_error(input: TokenStream) -> TokenStream {
+    derive::run(input.into()).into()
 }

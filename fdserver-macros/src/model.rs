@@ -39,8 +39,11 @@ pub struct Handler {
     pub args: Vec<HandlerArg>,
     /// The handler's return type (`()` when it has none).
     pub ret: Type,
-    /// What the client stub returns inside `Result<_, fdserver::Error>`.
+    /// What the client stub returns inside `Result<_, ...>`.
     pub client_ret: Type,
+    /// `Some(E)` for a `typed_errors` handler returning `Result<T, E>`: the stub returns
+    /// `Result<T, fdserver::CallError<E>>` (else `Result<T, fdserver::Error>`).
+    pub client_err: Option<Type>,
     /// Set by `check` when a cross-method rule fails; such handlers are not generated.
     pub valid: bool,
 }
@@ -70,16 +73,26 @@ pub struct ValueParam {
 /// What a client stub takes for a parameter.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ClientTy {
-    /// The handler's own type, by value.
+    /// The handler's own type, by value (`&str`, `&[u8]`, `u32`, ...).
     Same,
     /// `&str` for `String`.
     Str,
     /// `&[u8]` for `Vec<u8>`.
     Bytes,
-    /// `impl AsRef<Path>` for `PathBuf`.
+    /// `impl AsRef<Path>` for `PathBuf` and `&Path`.
     Path,
-    /// `impl AsRef<OsStr>` for `OsString`.
+    /// `impl AsRef<OsStr>` for `OsString` and `&OsStr`.
     OsStr,
+    /// `&[impl AsRef<str>]` for `Vec<String>` and `Vec<&str>`.
+    ListStr,
+    /// `&[impl AsRef<Path>]` for `Vec<PathBuf>` and `Vec<&Path>`.
+    ListPath,
+    /// `&[impl AsRef<OsStr>]` for `Vec<OsString>` and `Vec<&OsStr>`.
+    ListOsStr,
+    /// `&[T]` for any other `Vec<T>`.
+    List,
+    /// `&T` for `Json<T>`.
+    Json,
     /// `impl AsFd` for descriptor types.
     Fd,
     /// `Option<&str>` for `Option<String>`.
@@ -193,6 +206,15 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
         if attrs.skip.is_some() {
             continue;
         }
+        if let Some(span) = attrs.typed_errors {
+            if !attrs.signals.is_empty() || attrs.hook.is_some() {
+                errs.at(
+                    span,
+                    "`typed_errors` applies to handlers (their errors travel back to the client); \
+                     signal handlers and hooks have no client to reply to",
+                );
+            }
+        }
         if !attrs.signals.is_empty() {
             if let Some(s) = signal_handler(&f, attrs.signals, errs) {
                 server.signal_handlers.push(s);
@@ -202,7 +224,8 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
                 server.hooks.push(h);
             }
         } else if f.sig.receiver().is_some() {
-            if let Some(h) = handler(&f, attrs.name, errs) {
+            let typed = args.typed_errors || attrs.typed_errors.is_some();
+            if let Some(h) = handler(&f, attrs.name, typed, errs) {
                 server.handlers.push(h);
             }
         } else if attrs.first.is_some() {
@@ -494,19 +517,35 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
     let (what, owned_hint) = match role {
         Role::Param => (
             "a handler parameter",
-            "handler parameters must be owned: take `String` instead of `&str`, `Vec<u8>` \
-             instead of `&[u8]`, `PathBuf` instead of `&Path`, `File` or `OwnedFd` instead of a \
-             borrowed descriptor",
+            "the borrowed parameters are `&str`, `&[u8]`, `&Path` and `&OsStr` (they borrow \
+             from the received message); take other types by value (`u32`, `File` or `OwnedFd` \
+             instead of a borrowed descriptor, `String` instead of `&String`)",
         ),
         Role::Return => (
             "a handler's return value",
-            "handlers must return owned values: `String` instead of `&str`, `Vec<u8>` instead \
-             of `&[u8]`, `PathBuf` instead of `&Path` (a descriptor the server keeps may be \
-             returned borrowed: `&File`, `&OwnedFd`, `BorrowedFd<'_>`, ...)",
+            "handlers must return owned values (the reply is sent after the handler returns): \
+             `String` instead of `&str`, `Vec<u8>` instead of `&[u8]`, `PathBuf` instead of \
+             `&Path`, `OsString` instead of `&OsStr` (a descriptor the server keeps may be \
+             returned borrowed from `self`: `&File`, `&OwnedFd`, `BorrowedFd<'_>`, ...)",
         ),
     };
     if role == Role::Return && borrowed_fd_return(ty).is_some() {
         return Ok(());
+    }
+    if let (Role::Param, Type::Reference(r)) = (role, strip(ty)) {
+        if r.mutability.is_none() && borrowed_kind(&r.elem).is_some() {
+            return match &r.lifetime {
+                Some(l) if l.ident != "_" => Err(syn::Error::new_spanned(
+                    r,
+                    format_args!(
+                        "write `&{}` without a lifetime: a borrowed parameter borrows from the \
+                         received message, for the duration of the call",
+                        pretty(&r.elem)
+                    ),
+                )),
+                _ => Ok(()),
+            };
+        }
     }
     match strip(ty) {
         Type::Path(p) => {
@@ -514,17 +553,28 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
                 let args = type_args(seg);
                 if seg.ident == "Option" && args.len() == 1 {
                     let inner = match client_ty(args[0]) {
-                        ClientTy::Fd => Some("a descriptor"),
-                        ClientTy::Bytes => Some("a byte payload (`Vec<u8>`)"),
+                        ClientTy::Fd => Some(("a descriptor", "use two handlers")),
+                        ClientTy::Bytes => Some((
+                            "a byte payload (`Vec<u8>`)",
+                            "send an empty `Vec<u8>`, or use two handlers",
+                        )),
+                        ClientTy::ListStr
+                        | ClientTy::ListPath
+                        | ClientTy::ListOsStr
+                        | ClientTy::List => Some(("a list (`Vec<T>`)", "send an empty list")),
+                        ClientTy::Json => Some(("a JSON value", "use `Json<Option<T>>`")),
+                        _ if is_borrowed_bytes(args[0]) => Some((
+                            "a byte payload (`&[u8]`)",
+                            "send an empty slice, or use two handlers",
+                        )),
                         _ => None,
                     };
-                    if let Some(inner) = inner {
+                    if let Some((inner, instead)) = inner {
                         return Err(syn::Error::new_spanned(
                             ty,
                             format_args!(
                                 "`Option` cannot hold {inner}: only values that travel as one \
-                                 array element can be optional (send an empty `Vec<u8>`, or use \
-                                 two handlers)"
+                                 array element can be optional ({instead})"
                             ),
                         ));
                     }
@@ -532,6 +582,10 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
             }
             for seg in &p.path.segments {
                 let args = type_args(seg);
+                if seg.ident == "Json" {
+                    // Whatever serde carries: checked by its traits, not here.
+                    continue;
+                }
                 if role == Role::Return && seg.ident == "Result" {
                     // Only the `T` of `Result<T, E>` travels; `E` is displayed.
                     if let Some(ok) = args.first() {
@@ -563,9 +617,8 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
             if role == Role::Return
                 && r.mutability.is_some()
                 && borrowed_fd_return(&r.elem).is_none()
-                && last_segment(&r.elem).is_some_and(|seg| {
-                    FD_TYPES.contains(&seg.ident.to_string().as_str())
-                }) =>
+                && last_segment(&r.elem)
+                    .is_some_and(|seg| FD_TYPES.contains(&seg.ident.to_string().as_str())) =>
         {
             Err(syn::Error::new_spanned(
                 r,
@@ -620,7 +673,39 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
     }
 }
 
+/// For `&T` parameters that borrow from the message: `str`, `[u8]`, `Path`, `OsStr`.
+fn borrowed_kind(elem: &Type) -> Option<ClientTy> {
+    match strip(elem) {
+        Type::Slice(s) => last_segment(&s.elem)
+            .is_some_and(|seg| seg.ident == "u8" && seg.arguments.is_empty())
+            .then_some(ClientTy::Same),
+        other => {
+            let seg = last_segment(other)?;
+            if !seg.arguments.is_empty() {
+                return None;
+            }
+            match seg.ident.to_string().as_str() {
+                "str" => Some(ClientTy::Str),
+                "Path" => Some(ClientTy::Path),
+                "OsStr" => Some(ClientTy::OsStr),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn is_borrowed_bytes(ty: &Type) -> bool {
+    matches!(strip(ty), Type::Reference(r) if matches!(strip(&r.elem), Type::Slice(_)))
+}
+
 fn client_ty(ty: &Type) -> ClientTy {
+    if let Type::Reference(r) = strip(ty) {
+        return match borrowed_kind(&r.elem) {
+            Some(ClientTy::Path) => ClientTy::Path,
+            Some(ClientTy::OsStr) => ClientTy::OsStr,
+            _ => ClientTy::Same,
+        };
+    }
     let Some(seg) = last_segment(ty) else {
         return ClientTy::Same;
     };
@@ -635,6 +720,16 @@ fn client_ty(ty: &Type) -> ClientTy {
         "Vec" if args.len() == 1 && last_segment(args[0]).is_some_and(|s| s.ident == "u8") => {
             ClientTy::Bytes
         }
+        "Vec" if args.len() == 1 => match client_ty(args[0]) {
+            ClientTy::Str => ClientTy::ListStr,
+            ClientTy::Path => ClientTy::ListPath,
+            ClientTy::OsStr => ClientTy::ListOsStr,
+            _ if matches!(strip(args[0]), Type::Reference(r) if borrowed_kind(&r.elem) == Some(ClientTy::Str)) => {
+                ClientTy::ListStr
+            }
+            _ => ClientTy::List,
+        },
+        "Json" if args.len() == 1 => ClientTy::Json,
         "Option" if args.len() == 1 => match client_ty(args[0]) {
             ClientTy::Str => ClientTy::OptStr,
             ClientTy::Path => ClientTy::OptPath,
@@ -681,7 +776,27 @@ fn client_value(ty: &Type) -> Type {
     }
 }
 
-fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Option<Handler> {
+/// For a `typed_errors` handler: the error type of its `Result` return type, written out when
+/// the type is `Result<T, E>`, else `<R as TypedReply>::Error` (for aliases such as
+/// `io::Result<T>`). `None` when the return type is not a `Result` (nothing to type).
+fn client_err(ret: &Type) -> Option<Type> {
+    let seg = last_segment(ret)?;
+    if seg.ident != "Result" {
+        return None;
+    }
+    let args = type_args(seg);
+    Some(match args.get(1) {
+        Some(e) => (*e).clone(),
+        None => syn::parse_quote!(<#ret as ::fdserver::args::TypedReply>::Error),
+    })
+}
+
+fn handler(
+    f: &ImplItemFn,
+    name: Option<syn::LitStr>,
+    typed_errors: bool,
+    errs: &mut Errors,
+) -> Option<Handler> {
     let mut ok = check_shape(&f.sig, "handler", errs);
     let mut args = Vec::new();
     let mut ctx_seen = false;
@@ -774,6 +889,7 @@ fn handler(f: &ImplItemFn, name: Option<syn::LitStr>, errs: &mut Errors) -> Opti
         docs: docs(f),
         args,
         client_ret: client_ret(&ret),
+        client_err: if typed_errors { client_err(&ret) } else { None },
         ret,
         valid: true,
     })
@@ -888,8 +1004,13 @@ fn hook(f: &ImplItemFn, kind: HookKind, attr_span: Span, errs: &mut Errors) -> O
 }
 
 impl ClientTy {
-    /// The stub's parameter type.
+    /// The stub's parameter type for a handler parameter of type `ty`.
     pub fn stub_type(self, ty: &Type) -> TokenStream {
+        let inner = || {
+            last_segment(ty)
+                .and_then(|seg| type_args(seg).first().map(|t| (*t).clone()))
+                .unwrap_or_else(|| ty.clone())
+        };
         match self {
             ClientTy::Same => ty.to_token_stream(),
             ClientTy::Str => quote!(&str),
@@ -900,11 +1021,32 @@ impl ClientTy {
             ClientTy::OptStr => quote!(::core::option::Option<&str>),
             ClientTy::OptPath => quote!(::core::option::Option<&::std::path::Path>),
             ClientTy::OptOsStr => quote!(::core::option::Option<&::std::ffi::OsStr>),
+            ClientTy::ListStr => quote!(&[impl ::core::convert::AsRef<str>]),
+            ClientTy::ListPath => quote!(&[impl ::core::convert::AsRef<::std::path::Path>]),
+            ClientTy::ListOsStr => quote!(&[impl ::core::convert::AsRef<::std::ffi::OsStr>]),
+            ClientTy::List => {
+                let inner = inner();
+                quote!(&[#inner])
+            }
+            ClientTy::Json => {
+                let inner = inner();
+                quote!(&#inner)
+            }
         }
     }
 
     /// A statement turning the stub's parameter into something that implements `ToArg`.
     pub fn conversion(self, ident: &Ident) -> TokenStream {
+        let list = |target: TokenStream| {
+            quote! {
+                let #ident = ::fdserver::args::List::new(
+                    ::core::iter::Iterator::map(
+                        <[_]>::iter(#ident),
+                        |__fdserver_item| ::core::convert::AsRef::<#target>::as_ref(__fdserver_item),
+                    ),
+                );
+            }
+        };
         match self {
             ClientTy::Path => quote! {
                 let #ident: &::std::path::Path =
@@ -916,6 +1058,12 @@ impl ClientTy {
             },
             ClientTy::Fd => quote! {
                 let #ident: ::std::os::fd::BorrowedFd<'_> = ::std::os::fd::AsFd::as_fd(&#ident);
+            },
+            ClientTy::ListStr => list(quote!(str)),
+            ClientTy::ListPath => list(quote!(::std::path::Path)),
+            ClientTy::ListOsStr => list(quote!(::std::ffi::OsStr)),
+            ClientTy::Json => quote! {
+                let #ident = ::fdserver::Json(#ident);
             },
             _ => TokenStream::new(),
         }

@@ -49,6 +49,9 @@ mod os;
 mod preload;
 #[path = "compare/raw.rs"]
 mod raw;
+#[cfg(feature = "serde")]
+#[path = "compare/serde_rows.rs"]
+mod serde_rows;
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -247,6 +250,13 @@ fn main() {
         }
     }
     for &m in &same_cpu {
+        if want("4e") {
+            guarded(&cfg, "4e exec spawn+stop", m, || {
+                rows.push(row_spawn(&cfg, m))
+            });
+        }
+    }
+    for &m in &same_cpu {
         if want("4b") {
             guarded(&cfg, "4b start+stop vs raw protocol", m, || {
                 rows.push(row_start_stop(&cfg, m, "4b", "start+call+stop".into(), ""))
@@ -334,6 +344,27 @@ fn main() {
                     .iter()
                     .map(|m| unavailable("5w", "wordindex stats: warm vs cold", m, &e)),
             ),
+        }
+    }
+    // Row 8: serde values, JSON vs a binary codec (needs `--features serde`).
+    for &m in &modes {
+        if want("8c") || want("8") {
+            #[cfg(feature = "serde")]
+            guarded(&cfg, "8 serde", m, || {
+                if want("8c") {
+                    rows.push(row_serde_codec(&cfg, m));
+                }
+                if want("8") {
+                    rows.push(row_serde_call(&cfg, m, &mut report));
+                }
+            });
+            #[cfg(not(feature = "serde"))]
+            rows.push(unavailable(
+                "8",
+                "serde call: JSON vs postcard",
+                &m,
+                "build with --features serde",
+            ));
         }
     }
     for &size in cfg.heap_sizes.iter().filter(|_| want("6")) {
@@ -618,6 +649,118 @@ fn row_start_stop(cfg: &Cfg, m: Mode, id: &str, what: String, extra: &str) -> Ro
         result: Ok(p),
         target,
         extra: extra.to_string(),
+    }
+}
+
+/// Row 4e: a server program started with `fdserver::Spawn` (exec of `typed-server`), first
+/// typed call, stop, vs the same typed server forked with `start` (row 4's path), same call,
+/// same stop. The ratio is what a fork-free start costs.
+fn row_spawn(cfg: &Cfg, m: Mode) -> Row {
+    m.settle();
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| timed(k, fdside::spawn_call_stop),
+        &mut |k| timed(k, fdside::fork_typed_call_stop),
+        cfg.pairs,
+    );
+    Row {
+        id: "4e".into(),
+        what: "exec spawn + call + stop vs fork start".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "typed-server --serve-fd 3 (release) vs Greeter.start()".into(),
+    }
+}
+
+/// Row 8c: encode + decode of the realistic value, JSON vs postcard (no I/O).
+#[cfg(feature = "serde")]
+fn row_serde_codec(cfg: &Cfg, m: Mode) -> Row {
+    let r = serde_rows::Report::sample();
+    assert_eq!(serde_rows::json_codec(&r), r);
+    assert_eq!(serde_rows::binary_codec(&r), r);
+    let p = pairs(
+        cfg,
+        1 << 20,
+        &mut |k| timed(k, || drop(black_box(serde_rows::json_codec(black_box(&r))))),
+        &mut |k| {
+            timed(k, || {
+                drop(black_box(serde_rows::binary_codec(black_box(&r))))
+            })
+        },
+        cfg.pairs,
+    );
+    let (json, bin) = serde_rows::sizes(&r);
+    Row {
+        id: "8c".into(),
+        what: "serde codec: JSON vs postcard (enc+dec)".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: format!("struct of 5 fields + Vec<u32> of 100; {json} B JSON, {bin} B postcard"),
+    }
+}
+
+/// Row 8: a typed call sending the value and getting it back, `Json<Report>` vs
+/// `Postcard<Report>`, on one server.
+#[cfg(feature = "serde")]
+fn row_serde_call(cfg: &Cfg, m: Mode, report: &mut AllocReport) -> Row {
+    // One server per side (the same server type), as in the other rows.
+    let mut client = serde_rows::start();
+    let mut other = serde_rows::start();
+    m.settle();
+    let r = serde_rows::Report::sample();
+    assert_eq!(serde_rows::json_call(&mut client, &r), r);
+    assert_eq!(serde_rows::binary_call(&mut other, &r), r);
+    let p = pairs(
+        cfg,
+        1 << 20,
+        &mut |k| {
+            timed(k, || {
+                drop(black_box(serde_rows::json_call(&mut client, &r)))
+            })
+        },
+        &mut |k| {
+            timed(k, || {
+                drop(black_box(serde_rows::binary_call(&mut other, &r)))
+            })
+        },
+        cfg.pairs,
+    );
+    other.stop().expect("stop");
+    if m.pin == "no" {
+        let n = cfg.alloc_calls;
+        for (what, call) in [
+            (
+                "8 serde call, JSON, per call",
+                serde_rows::json_call as fn(&mut _, &_) -> _,
+            ),
+            ("8 serde call, postcard, per call", serde_rows::binary_call),
+        ] {
+            let s0 = client.allocs().expect("allocs");
+            let c0 = allocs();
+            for _ in 0..n {
+                black_box(call(&mut client, &r));
+            }
+            let c1 = allocs();
+            let s1 = client.allocs().expect("allocs");
+            report.add(
+                what,
+                (s1 - s0) as f64 / n as f64,
+                (c1 - c0) as f64 / n as f64,
+                0.0,
+            );
+        }
+    }
+    client.stop().expect("stop");
+    Row {
+        id: "8".into(),
+        what: "serde call echo(value): JSON vs postcard".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "client clones the value on both sides".into(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::thread;
 
 use fdserver::{fdserver, Channel, MessageBuf};
-use fdserver_tests::{watchdog, SECS};
+use fdserver_tests::{serial, watchdog, SECS};
 
 struct Counting;
 
@@ -78,11 +78,31 @@ impl Meter {
         self.sample();
         s
     }
+
+    /// The seed's typed `hello`, with borrowed arguments: only its result allocates.
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
+        self.sample();
+        (
+            format!("Hello {first_name} {last_name}, how are you?"),
+            1234,
+        )
+    }
+
+    /// A borrowed scalar: received into a buffer kept from one message to the next.
+    fn len(&mut self, data: &[u8], name: &str) -> (usize, usize) {
+        self.sample();
+        (data.len(), name.len())
+    }
 }
 
 /// Serves `Meter` on a thread, sends `LAST` requests, returns the server's allocations per
 /// message between the `WARM`th and the `LAST`th request.
 fn per_message(request: &[&str]) -> f64 {
+    per_message_with(request, None)
+}
+
+/// [`per_message`], each request followed by the scalar `scalar`.
+fn per_message_with(request: &[&str], scalar: Option<&[u8]>) -> f64 {
     let (mut client, server_end) = Channel::pair().unwrap();
     let server = thread::spawn(move || {
         let mut meter = Meter::default();
@@ -92,6 +112,9 @@ fn per_message(request: &[&str]) -> f64 {
     let mut buf = MessageBuf::new();
     for _ in 0..LAST {
         client.write_array(request).unwrap();
+        if let Some(data) = scalar {
+            client.write_scalar(data).unwrap();
+        }
         client.read_reply(&mut buf).unwrap();
     }
     drop(client);
@@ -102,9 +125,21 @@ fn per_message(request: &[&str]) -> f64 {
 
 #[test]
 fn dispatch_allocates_nothing_per_message() {
+    // One `serve` loop per process at a time.
+    let _serial = serial();
     let _wd = watchdog("dispatch_allocates_nothing_per_message", SECS(30));
     assert_eq!(per_message(&["add", "40", "2"]), 0.0);
     assert_eq!(per_message(&["mixed", "true", "7", "1.5"]), 0.0);
     // A `String` argument is one allocation: the argument value itself.
     assert_eq!(per_message(&["echo", "some text"]), 1.0);
+}
+
+#[test]
+fn borrowed_arguments_allocate_nothing() {
+    let _serial = serial();
+    let _wd = watchdog("borrowed_arguments_allocate_nothing", SECS(30));
+    // `hello(&str, &str)`: the greeting it returns is the only allocation (3 with `String`s).
+    assert_eq!(per_message(&["hello", "Joe", "Dalton"]), 1.0);
+    // A `&[u8]` of 32 KiB: read into a pooled buffer, nothing allocated once warm.
+    assert_eq!(per_message_with(&["len", "n"], Some(&[7; 32 << 10])), 0.0);
 }

@@ -154,9 +154,10 @@ fn descriptor_results() {
     // The error side of `io::Result<File>`: no descriptor follows, the stream stays in step.
     let e = c.open_log("no/such/dir/x").unwrap_err();
     assert!(
-        matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Failed),
+        matches!(&e, Error::Remote(r) if r.kind() == &RemoteErrorKind::Io),
         "{e:?}"
     );
+    assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::NotFound);
 
     // A tuple with a descriptor between inline values and a scalar.
     let (greeting, mut stream, payload, n) = c.connect("hi").unwrap();
@@ -203,11 +204,13 @@ fn borrowed_descriptor_results_lend_what_the_server_keeps() {
     // server's goes too).
     for i in 0..3 {
         let lent: OwnedFd = c.lend().unwrap();
-        File::from(lent).write_all(format!("{i}").as_bytes()).unwrap();
+        File::from(lent)
+            .write_all(format!("{i}").as_bytes())
+            .unwrap();
     }
     // `&UnixStream` inside a tuple: the client gets a `UnixStream`, the server keeps its end.
     let (_greeting, mut theirs, _, _) = c.connect("hi").unwrap();
-    let (tag, lent, n): (String, UnixStream, u32) = c.lend_peer("t".into()).unwrap();
+    let (tag, lent, n): (String, UnixStream, u32) = c.lend_peer("t").unwrap();
     assert_eq!((tag.as_str(), n), ("t", 5));
     drop(lent);
     theirs.write_all(b"still connected\n").unwrap();

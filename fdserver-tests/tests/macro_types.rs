@@ -511,8 +511,8 @@ fn remote_errors_and_unknown_messages() {
     let e = remote(c.fallible(true).unwrap_err());
     assert_eq!(e, (RemoteErrorKind::Failed, "it failed, as asked".into()));
     let e = remote(c.io_result("/definitely/not/here").unwrap_err());
-    assert_eq!(e.0, RemoteErrorKind::Failed);
-    assert!(e.1.contains("No such file or directory"), "{}", e.1);
+    assert_eq!(e.0, RemoteErrorKind::Io);
+    assert_eq!(e.1, "No such file or directory (os error 2)");
     let e = remote(c.fmt_result(true).unwrap_err());
     assert_eq!(
         e,

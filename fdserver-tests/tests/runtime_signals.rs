@@ -321,13 +321,14 @@ fn a_handler_writing_to_a_closed_pipe_gets_an_error_not_sigpipe() {
         ch.read_reply(&mut buf).map(|m| m.to_vec())
     });
     // Rust code expects EPIPE (std ignores SIGPIPE before main): the handler's `?` turns it
-    // into a `failed` reply, and the server keeps serving.
+    // into an `io` reply carrying EPIPE, and the server keeps serving.
     let err = res.unwrap_err();
     assert_eq!(
         err.as_remote().map(|r| r.kind().clone()),
-        Some(fdserver::RemoteErrorKind::Failed),
+        Some(fdserver::RemoteErrorKind::Io),
         "{err:?}"
     );
+    assert_eq!(std::io::Error::from(err).raw_os_error(), Some(libc::EPIPE));
     assert_eq!(s.call(["echo", "alive"]).unwrap(), ["alive"]);
     assert_clean_exit(s);
 }

@@ -68,9 +68,9 @@ fn privsep_example_separates_the_broker_and_the_parser() {
     for line in [
         "good.conf: 2 entries, longest key \"listen_backlog\"",
         "bad.conf: rejected by the parser: line 2: no '=' in",
-        "escape.conf: refused by the broker: server error: failed: Too many levels of symbolic links",
-        "../etc/passwd: refused by the broker: server error: failed: \"../etc/passwd\" is not a plain file name",
-        "the parser cannot read /etc/passwd: server error: failed: Permission denied",
+        "escape.conf: refused by the broker: server error: io: Too many levels of symbolic links",
+        "../etc/passwd: refused by the broker: server error: io: \"../etc/passwd\" is not a plain file name",
+        "the parser cannot read /etc/passwd: server error: io: Permission denied",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }

@@ -9,5 +9,9 @@
 fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/fail/*.rs");
+    // What a user without fdserver's `serde` feature is told (with it, these compile).
+    if cfg!(not(feature = "serde")) {
+        t.compile_fail("tests/ui/fail_no_serde/*.rs");
+    }
     t.pass("tests/ui/pass/*.rs");
 }

@@ -5,36 +5,43 @@
 //! parameter and each reply value has a [`Form`]:
 //!
 //! * [`Form::Inline`]: one element of the array message (strings, numbers, paths, ...).
-//! * [`Form::Scalar`]: a scalar message (byte payloads of any size, `Vec<u8>`).
+//! * [`Form::Scalar`]: a scalar message (byte payloads, lists, JSON values: any size).
 //! * [`Form::Fd`]: a file descriptor passed with `SCM_RIGHTS` (`File`, `OwnedFd`, sockets).
 //!
 //! Inline values go into the array, in order; **out-of-band** values (scalars and descriptors)
 //! follow the array on the stream, in parameter order (or tuple order for replies). A request
-//! for `fn put(&mut self, key: String, data: Vec<u8>, log: File, n: u32)` is the array
+//! for `fn put(&mut self, key: &str, data: &[u8], log: File, n: u32)` is the array
 //! `["put", key, n]`, then the scalar `data`, then the descriptor `log`.
 //!
 //! ## Wire mapping
 //!
 //! | Rust type (handler side) | Client stub takes | Form | On the wire |
 //! |---|---|---|---|
-//! | `String` | `&str` | inline | the UTF-8 bytes |
+//! | `String`, `&str` | `&str` | inline | the UTF-8 bytes |
 //! | `bool` | `bool` | inline | `true` / `false` (`1` / `0` accepted) |
 //! | `i8` ... `i128`, `u8` ... `u128`, `isize`, `usize` | same | inline | decimal (`Display` / `FromStr`) |
 //! | `f32`, `f64` | same | inline | `Display` (shortest exact round trip), `NaN`, `inf`, `-inf` |
 //! | `NonZeroU32` etc., `IpAddr`, `Ipv4Addr`, `Ipv6Addr`, `SocketAddr` | same | inline | `Display` / `FromStr` |
 //! | `char` | `char` | inline | the character's UTF-8 bytes |
-//! | `PathBuf` | `impl AsRef<Path>` | inline | the path's bytes (need not be UTF-8) |
-//! | `OsString` | `impl AsRef<OsStr>` | inline | the bytes (need not be UTF-8) |
+//! | `PathBuf`, `&Path` | `impl AsRef<Path>` | inline | the path's bytes (need not be UTF-8) |
+//! | `OsString`, `&OsStr` | `impl AsRef<OsStr>` | inline | the bytes (need not be UTF-8) |
 //! | `Option<T>` (`T` inline) | `Option<T>` (`Option<&str>` for `Option<String>`, ...) | inline | see below |
 //! | your type, after [`display_fromstr_arg!`](crate::display_fromstr_arg) | same | inline | `Display` / `FromStr` |
-//! | `Vec<u8>` | `&[u8]` | scalar | a scalar message with the bytes |
+//! | `Vec<u8>`, `&[u8]` | `&[u8]` | scalar | a scalar message with the bytes |
+//! | `Vec<T>` (`T` inline, not `u8`; `Vec<&str>` too) | `&[impl AsRef<str>]` for strings, `&[impl AsRef<Path>]` / `&[impl AsRef<OsStr>]` for paths, else `&[T]` | scalar | a **list**: each item's element followed by a NUL byte (`["a", ""]` is `61 00 00`); empty: an empty scalar |
+//! | [`Json<T>`](crate::Json) (`T: Serialize + Deserialize`, feature `serde`) | `&T` | scalar | `serde_json`'s encoding of the `T` |
 //! | `OwnedFd`, `File`, `UnixStream`, `UnixListener`, `UnixDatagram`, `TcpStream`, `TcpListener`, `UdpSocket` | `impl AsFd` | fd | one descriptor (`SCM_RIGHTS`) |
 //! | your `From<OwnedFd> + AsFd` type, after [`fd_arg!`](crate::fd_arg) | same | fd | one descriptor |
 //! | return values only: `BorrowedFd<'_>`, `&File`, `&OwnedFd`, `&UnixStream`, ... (a descriptor the server keeps, lent) | the stub returns `OwnedFd`, `File`, `UnixStream`, ... | fd | one descriptor |
 //!
+//! **Borrowed parameters** (`&str`, `&[u8]`, `&Path`, `&OsStr`, and `Option`s and lists of
+//! them) point into the received message for the duration of the call, so taking them costs no
+//! allocation: a typed `hello(&str, &str)` allocates only its result. Scalars are read into
+//! buffers the server keeps from one message to the next (up to 4 of at most 1 MiB each).
+//! Results must be owned.
+//!
 //! Replies use the same forms (see [`Reply`]): `()` is `["ok"]`, a value `v` is `["ok", v]`, a
-//! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array, and `Result<T, E>`
-//! sends `T` on `Ok` and the error reply `["error", "failed", e.to_string()]` on `Err`.
+//! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array.
 //!
 //! **A descriptor the server keeps** is returned borrowed, tied to `&self`: `BorrowedFd<'_>` or a
 //! shared reference to one of the descriptor types above (alone, in a tuple, or in `Result`). The
@@ -75,9 +82,40 @@
 //! types can be optional.
 //!
 //! **Strings** cannot contain NUL bytes (the array format cannot carry them): sending one is
-//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing. Send
-//! arbitrary bytes as `Vec<u8>`. An array message (name plus inline values) is at most 65535
-//! bytes.
+//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing; a list item
+//! or a JSON value that cannot be encoded is [`Error::Encode`](crate::Error::Encode), naming the
+//! parameter. Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
+//! values) is at most 65535 bytes: a longer one is refused before anything is sent.
+//!
+//! ## Large results
+//!
+//! A result never fails for its size after the handler ran: a reply whose array would exceed
+//! 65535 bytes is sent as the array `["ok_scalar"]` followed by a scalar message holding the
+//! whole reply body (`ok`, then each inline value, each followed by NUL, exactly an array body
+//! with a `u32` length); out-of-band values follow as usual. The client reads it as the plain
+//! `["ok", ...]` reply, up to its scalar limit
+//! ([`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default).
+//! So small replies keep the plain form a Passenger peer reads with `channel.read`, and a peer
+//! that may get large ones adds one line:
+//! `reply = channel.read_scalar.split("\0", -1)[0...-1] if reply == ["ok_scalar"]`.
+//! (Making every `String` result a scalar would have cost every call a second read and changed
+//! the seed's `["ok", "Hello ...", "1234"]`; refusing large results at compile time would have
+//! ruled out `String` results.)
+//!
+//! ## Errors
+//!
+//! A handler's `Err(e)` becomes the error reply `["error", kind, text, details...]`:
+//!
+//! | handler returns | kind | text | details | client gets |
+//! |---|---|---|---|---|
+//! | any `E: Display` | `failed` | `e.to_string()` | none | [`Error::Remote`](crate::Error::Remote) |
+//! | `std::io::Error` (`io::Result<T>`; also boxed, or [`Error::Io`](crate::Error::Io)) | `io` | the error's text | its [`io::ErrorKind`](std::io::ErrorKind) in snake case (`not_found`, `permission_denied`, `is_a_directory`...), its OS error number or `""` | `Error::Remote`; `io::Error::from(err)` has the same `kind()` and `raw_os_error()` |
+//! | [`RemoteError`] | its kind | its text | its details | `Error::Remote` as sent |
+//! | a [`WireError`](crate::WireError) type (`#[derive(fdserver::WireError)]`) | the variant's code (`insufficient_funds`) | `e.to_string()` | each field's element | `Error::Remote`, or in a `typed_errors` server [`CallError::Handler(e)`](crate::CallError) |
+//!
+//! and the server keeps serving. fdserver's own failures keep their kinds (`bad_arguments`,
+//! `unknown_message`, `panicked`, `protocol`) and arrive as
+//! [`CallError::Fdserver`](crate::CallError) in a `typed_errors` server.
 //!
 //! ## Keeping the stream in sync
 //!
@@ -138,6 +176,7 @@
 //! Anything else implements [`FromArg`] (to be received) and [`ToArg`] (to be sent) by hand;
 //! both must agree on the [`Form`].
 
+use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
 use std::fmt::{self, Display};
 use std::fs::File;
@@ -161,6 +200,8 @@ use crate::error::RemoteError;
 /// use fdserver::args::{Form, FromArg, ToArg};
 /// assert_eq!(<u32 as FromArg>::FORM, Form::Inline);
 /// assert_eq!(<Vec<u8> as FromArg>::FORM, Form::Scalar);
+/// assert_eq!(<Vec<String> as FromArg>::FORM, Form::Scalar); // a list
+/// assert_eq!(<&str as FromArg>::FORM, Form::Inline);
 /// assert_eq!(<std::fs::File as ToArg>::FORM, Form::Fd);
 /// assert_eq!(<&str as ToArg>::FORM, Form::Inline);
 /// ```
@@ -225,18 +266,23 @@ impl std::error::Error for ArgError {}
 
 /// What arrived for one value: input of [`FromArg::from_arg`].
 ///
+/// A scalar arrives as the buffer it was read into: take it ([`scalar`](Self::scalar)) for an
+/// owned value, or borrow it ([`scalar_bytes`](Self::scalar_bytes)) for a value that lives as
+/// long as the call (`&[u8]` parameters, lists of `&str`).
+///
 /// ```
 /// use fdserver::args::Received;
 /// assert_eq!(Received::Element(b"7").parse::<i8>().unwrap(), 7);
-/// let err = Received::Scalar(b"data".to_vec()).fd().unwrap_err();
+/// let mut data = b"data".to_vec();
+/// let err = Received::Scalar(&mut data).fd().unwrap_err();
 /// assert_eq!(err.reason(), "expected a file descriptor, got a scalar");
 /// ```
 #[derive(Debug)]
 pub enum Received<'a> {
     /// An array element (for [`Form::Inline`] values).
     Element(&'a [u8]),
-    /// A scalar message (for [`Form::Scalar`] values).
-    Scalar(Vec<u8>),
+    /// A scalar message (for [`Form::Scalar`] values), in the buffer it was read into.
+    Scalar(&'a mut Vec<u8>),
     /// A descriptor (for [`Form::Fd`] values).
     Fd(OwnedFd),
 }
@@ -287,8 +333,22 @@ impl<'a> Received<'a> {
         self.str()?.parse().map_err(ArgError::new)
     }
 
-    /// The scalar's bytes.
+    /// The scalar's bytes, taken out of the buffer they were read into.
     pub fn scalar(self) -> Result<Vec<u8>, ArgError> {
+        match self {
+            Received::Scalar(s) => Ok(std::mem::take(s)),
+            other => Err(other.mismatch("a scalar")),
+        }
+    }
+
+    /// The scalar's bytes, borrowed for as long as the value decoded from them lives.
+    ///
+    /// ```
+    /// use fdserver::args::Received;
+    /// let mut buf = b"abc".to_vec();
+    /// assert_eq!(Received::Scalar(&mut buf).scalar_bytes().unwrap(), b"abc");
+    /// ```
+    pub fn scalar_bytes(self) -> Result<&'a [u8], ArgError> {
         match self {
             Received::Scalar(s) => Ok(s),
             other => Err(other.mismatch("a scalar")),
@@ -410,19 +470,25 @@ impl fmt::Write for ElementWriter {
 /// ```
 /// use fdserver::args::{Encoded, ToArg};
 /// assert!(matches!(42u16.to_arg(), Encoded::Element(e) if e.as_bytes() == b"42"));
-/// assert!(matches!(b"bytes".to_vec().to_arg(), Encoded::Scalar(b"bytes")));
+/// assert!(matches!(b"bytes".to_vec().to_arg(), Encoded::Scalar(s) if *s == *b"bytes"));
 /// let file = std::fs::File::open("/dev/null")?;
 /// assert!(matches!(file.to_arg(), Encoded::Fd(_)));
+/// // A list item cannot hold a NUL byte: the value cannot be sent, and nothing is.
+/// assert!(matches!(vec!["a\0b".to_string()].to_arg(), Encoded::Invalid(_)));
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Debug)]
 pub enum Encoded<'a> {
     /// An array element ([`Form::Inline`]).
     Element(Element<'a>),
-    /// A scalar message ([`Form::Scalar`]).
-    Scalar(&'a [u8]),
+    /// A scalar message ([`Form::Scalar`]): borrowed bytes, or bytes built for sending (a
+    /// list, a JSON document).
+    Scalar(Cow<'a, [u8]>),
     /// A descriptor ([`Form::Fd`]); the sender keeps its own copy.
     Fd(BorrowedFd<'a>),
+    /// The value cannot be sent (a list item containing a NUL byte, a serialisation error); the
+    /// call or reply fails before anything is written.
+    Invalid(ArgError),
 }
 
 /// A type a handler can take as a parameter, and a client can receive in a reply.
@@ -438,7 +504,7 @@ pub enum Encoded<'a> {
 /// #[derive(Debug, PartialEq)]
 /// struct Even(u32);
 ///
-/// impl FromArg for Even {
+/// impl FromArg<'_> for Even {
 ///     const FORM: Form = Form::Inline;
 ///     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
 ///         let n: u32 = arg.parse()?;
@@ -456,19 +522,43 @@ pub enum Encoded<'a> {
 /// assert_eq!(Even::from_arg(Received::Element(b"4")).unwrap(), Even(4));
 /// assert_eq!(Even::from_arg(Received::Element(b"5")).unwrap_err().reason(), "must be even");
 /// ```
+///
+/// The lifetime `'a` is that of the received message: a handler's `&str`, `&[u8]`, `&Path` and
+/// `&OsStr` parameters borrow from it instead of allocating. Owned types implement
+/// `FromArg<'a>` for every `'a`; what a client receives must be owned (`for<'a> FromArg<'a>`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be received as an fdserver argument or reply value",
     label = "this type does not implement `fdserver::args::FromArg`",
-    note = "supported: String, bool, integers, floats, char, PathBuf, OsString, Option<T>, Vec<u8> (as a scalar), OwnedFd, File, UnixStream and other descriptors",
-    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);` (see the `fdserver::args` docs)"
+    note = "supported: String, &str, bool, integers, floats, char, PathBuf, &Path, OsString, &OsStr, Option<T> and Vec<T> of those, Vec<u8> and &[u8] (as a scalar), OwnedFd, File, UnixStream and other descriptors",
+    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);`; for any serde type, wrap it in `fdserver::Json<T>` (feature `serde`) (see the `fdserver::args` docs)"
 )]
-pub trait FromArg: Sized {
+pub trait FromArg<'a>: Sized {
     /// How the value travels. Must be the same as the [`ToArg::FORM`] of what the peer sends.
     const FORM: Form;
 
     /// Builds the value from what arrived (always of the variant matching [`FORM`](Self::FORM)).
-    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError>;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError>;
 }
+
+/// A type whose values can be items of a list (`Vec<T>`, which travels as one scalar: each
+/// item's element followed by a NUL byte). Implemented for the inline types except `u8`
+/// (`Vec<u8>` is a byte payload), for `Option`s of list items, and by
+/// [`display_fromstr_arg!`](crate::display_fromstr_arg); implement it (it has no methods) for
+/// your own inline [`FromArg`] / [`ToArg`] types.
+///
+/// ```
+/// fn list_item<T: fdserver::args::ListItem>() {}
+/// list_item::<String>();
+/// list_item::<Option<u32>>();
+/// list_item::<&std::path::Path>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an item of an fdserver list (`Vec<{Self}>`)",
+    label = "not a list item",
+    note = "list items travel inline: strings, numbers, paths, `Option`s of those, `display_fromstr_arg!` types; `Vec<u8>` is a byte payload, not a list",
+    note = "for your own inline `FromArg`/`ToArg` type, add `impl fdserver::args::ListItem for YourType {{}}`; for anything else, use `fdserver::Json<Vec<T>>` (feature `serde`)"
+)]
+pub trait ListItem {}
 
 /// A type a client can send as an argument, and a handler can return in a reply.
 ///
@@ -478,8 +568,8 @@ pub trait FromArg: Sized {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be sent as an fdserver argument or reply value",
     label = "this type does not implement `fdserver::args::ToArg`",
-    note = "supported: String, bool, integers, floats, char, PathBuf, OsString, Option<T>, Vec<u8> (as a scalar), OwnedFd, File, UnixStream and other descriptors",
-    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);` (see the `fdserver::args` docs)"
+    note = "supported: String, &str, bool, integers, floats, char, PathBuf, &Path, OsString, &OsStr, Option<T> and Vec<T> of those, Vec<u8> and &[u8] (as a scalar), OwnedFd, File, UnixStream and other descriptors",
+    note = "for your own `FromStr + Display` type, add `fdserver::display_fromstr_arg!(YourType);`; for any serde type, wrap it in `fdserver::Json<T>` (feature `serde`) (see the `fdserver::args` docs)"
 )]
 pub trait ToArg {
     /// How the value travels (the variant [`to_arg`](Self::to_arg) returns).
@@ -502,12 +592,13 @@ impl<T: ToArg + ?Sized> ToArg for &T {
 
 macro_rules! display_fromstr {
     ($($t:ty)*) => {$(
-        impl FromArg for $t {
+        impl FromArg<'_> for $t {
             const FORM: Form = Form::Inline;
             fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
                 arg.parse()
             }
         }
+        impl ListItem for $t {}
         impl ToArg for $t {
             const FORM: Form = Form::Inline;
             fn to_arg(&self) -> Encoded<'_> {
@@ -518,13 +609,38 @@ macro_rules! display_fromstr {
 }
 
 display_fromstr! {
-    i8 i16 i32 i64 i128 isize u8 u16 u32 u64 u128 usize f32 f64
+    i8 i16 i32 i64 i128 isize u16 u32 u64 u128 usize f32 f64
     NonZeroI8 NonZeroI16 NonZeroI32 NonZeroI64 NonZeroI128 NonZeroIsize
     NonZeroU8 NonZeroU16 NonZeroU32 NonZeroU64 NonZeroU128 NonZeroUsize
     IpAddr Ipv4Addr Ipv6Addr SocketAddr
 }
 
-impl FromArg for bool {
+// `u8` is inline too, but not a list item: `Vec<u8>` is a byte payload.
+impl FromArg<'_> for u8 {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+        arg.parse()
+    }
+}
+
+impl ToArg for u8 {
+    const FORM: Form = Form::Inline;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Element(Element::display(self))
+    }
+}
+
+impl ListItem for bool {}
+impl ListItem for char {}
+impl ListItem for String {}
+impl ListItem for &str {}
+impl ListItem for PathBuf {}
+impl ListItem for &Path {}
+impl ListItem for OsString {}
+impl ListItem for &OsStr {}
+impl<T: ListItem> ListItem for Option<T> {}
+
+impl FromArg<'_> for bool {
     const FORM: Form = Form::Inline;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         match arg.element()? {
@@ -542,7 +658,7 @@ impl ToArg for bool {
     }
 }
 
-impl FromArg for char {
+impl FromArg<'_> for char {
     const FORM: Form = Form::Inline;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         let s = arg.str()?;
@@ -561,7 +677,7 @@ impl ToArg for char {
     }
 }
 
-impl FromArg for String {
+impl FromArg<'_> for String {
     const FORM: Form = Form::Inline;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         arg.str().map(str::to_owned)
@@ -575,6 +691,34 @@ impl ToArg for String {
     }
 }
 
+impl<'a> FromArg<'a> for &'a str {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        arg.str()
+    }
+}
+
+impl<'a> FromArg<'a> for &'a Path {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        Ok(Path::new(OsStr::from_bytes(arg.element()?)))
+    }
+}
+
+impl<'a> FromArg<'a> for &'a OsStr {
+    const FORM: Form = Form::Inline;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        Ok(OsStr::from_bytes(arg.element()?))
+    }
+}
+
+impl<'a> FromArg<'a> for &'a [u8] {
+    const FORM: Form = Form::Scalar;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        arg.scalar_bytes()
+    }
+}
+
 impl ToArg for str {
     const FORM: Form = Form::Inline;
     fn to_arg(&self) -> Encoded<'_> {
@@ -582,7 +726,7 @@ impl ToArg for str {
     }
 }
 
-impl FromArg for PathBuf {
+impl FromArg<'_> for PathBuf {
     const FORM: Form = Form::Inline;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         Ok(PathBuf::from(OsStr::from_bytes(arg.element()?)))
@@ -603,7 +747,7 @@ impl ToArg for Path {
     }
 }
 
-impl FromArg for OsString {
+impl FromArg<'_> for OsString {
     const FORM: Form = Form::Inline;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         Ok(OsStr::from_bytes(arg.element()?).to_owned())
@@ -634,9 +778,9 @@ const fn option_form(inner: Form) -> Form {
     }
 }
 
-impl<T: FromArg> FromArg for Option<T> {
+impl<'a, T: FromArg<'a>> FromArg<'a> for Option<T> {
     const FORM: Form = option_form(T::FORM);
-    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
         let e = arg.element()?;
         match e.first() {
             None => Ok(None),
@@ -669,7 +813,7 @@ impl<T: ToArg> ToArg for Option<T> {
 // Scalars
 // ---------------------------------------------------------------------------------------------
 
-impl FromArg for Vec<u8> {
+impl FromArg<'_> for Vec<u8> {
     const FORM: Form = Form::Scalar;
     fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
         arg.scalar()
@@ -679,14 +823,124 @@ impl FromArg for Vec<u8> {
 impl ToArg for Vec<u8> {
     const FORM: Form = Form::Scalar;
     fn to_arg(&self) -> Encoded<'_> {
-        Encoded::Scalar(self)
+        Encoded::Scalar(Cow::Borrowed(self))
     }
 }
 
 impl ToArg for [u8] {
     const FORM: Form = Form::Scalar;
     fn to_arg(&self) -> Encoded<'_> {
-        Encoded::Scalar(self)
+        Encoded::Scalar(Cow::Borrowed(self))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists
+// ---------------------------------------------------------------------------------------------
+
+const fn list_item_form(inner: Form) -> Form {
+    match inner {
+        Form::Inline => Form::Scalar,
+        _ => panic!(
+            "fdserver: `Vec<T>` needs an inline `T` (one array element per item): lists of \
+             descriptors or byte payloads cannot be sent"
+        ),
+    }
+}
+
+/// `Vec<T>` of inline items: one scalar holding each item's element followed by a NUL byte
+/// (the body of an array message, without its 64 KiB limit). An empty list is an empty scalar.
+impl<'a, T: FromArg<'a> + ListItem> FromArg<'a> for Vec<T> {
+    const FORM: Form = list_item_form(T::FORM);
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        let bytes = arg.scalar_bytes()?;
+        let Some(body) = bytes.strip_suffix(b"\0") else {
+            return if bytes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                Err(ArgError::new("list scalar does not end with a NUL byte"))
+            };
+        };
+        let mut out = Vec::with_capacity(body.iter().filter(|&&b| b == 0).count() + 1);
+        for (i, item) in body.split(|&b| b == 0).enumerate() {
+            let value = T::from_arg(Received::Element(item))
+                .map_err(|e| ArgError::new(format_args!("item {}: {e}", i + 1)))?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+}
+
+impl<T: ToArg + ListItem> ToArg for Vec<T> {
+    const FORM: Form = list_item_form(T::FORM);
+    fn to_arg(&self) -> Encoded<'_> {
+        self.as_slice().to_arg()
+    }
+}
+
+impl<T: ToArg + ListItem> ToArg for [T] {
+    const FORM: Form = list_item_form(T::FORM);
+    fn to_arg(&self) -> Encoded<'_> {
+        List::new(self).into_encoded()
+    }
+}
+
+/// A list built for sending: what a client method taking `&[impl AsRef<str>]` (for a
+/// `Vec<String>` parameter) sends. Each item's element, followed by a NUL byte, in one scalar.
+///
+/// ```
+/// use fdserver::args::{Encoded, List, ToArg};
+/// let list = List::new(["a", "", "c"]);
+/// assert!(matches!(list.to_arg(), Encoded::Scalar(s) if *s == *b"a\0\0c\0"));
+/// assert!(matches!(List::new(["x\0y"]).to_arg(), Encoded::Invalid(_)));
+/// ```
+#[derive(Debug)]
+pub struct List(Result<Vec<u8>, ArgError>);
+
+impl List {
+    /// Encodes the items (each must travel inline).
+    pub fn new<I>(items: I) -> List
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item.to_arg() {
+                Encoded::Element(e) if !e.as_bytes().contains(&0) => {
+                    out.extend_from_slice(e.as_bytes());
+                    out.push(0);
+                }
+                Encoded::Element(_) => {
+                    return List(Err(ArgError::new(format_args!(
+                        "list item {} contains a NUL byte, which the wire format cannot carry",
+                        i + 1
+                    ))))
+                }
+                Encoded::Invalid(e) => {
+                    return List(Err(ArgError::new(format_args!("list item {}: {e}", i + 1))))
+                }
+                _ => return List(Err(ArgError::new("list items must travel inline"))),
+            }
+        }
+        List(Ok(out))
+    }
+
+    fn into_encoded(self) -> Encoded<'static> {
+        match self.0 {
+            Ok(bytes) => Encoded::Scalar(Cow::Owned(bytes)),
+            Err(e) => Encoded::Invalid(e),
+        }
+    }
+}
+
+impl ToArg for List {
+    const FORM: Form = Form::Scalar;
+    fn to_arg(&self) -> Encoded<'_> {
+        match &self.0 {
+            Ok(bytes) => Encoded::Scalar(Cow::Borrowed(bytes)),
+            Err(e) => Encoded::Invalid(e.clone()),
+        }
     }
 }
 
@@ -721,7 +975,7 @@ impl ToArg for [u8] {
 #[macro_export]
 macro_rules! display_fromstr_arg {
     ($($t:ty),+ $(,)?) => {$(
-        impl $crate::args::FromArg for $t {
+        impl $crate::args::FromArg<'_> for $t {
             const FORM: $crate::args::Form = $crate::args::Form::Inline;
             fn from_arg(
                 arg: $crate::args::Received<'_>,
@@ -729,6 +983,7 @@ macro_rules! display_fromstr_arg {
                 arg.parse()
             }
         }
+        impl $crate::args::ListItem for $t {}
         impl $crate::args::ToArg for $t {
             const FORM: $crate::args::Form = $crate::args::Form::Inline;
             fn to_arg(&self) -> $crate::args::Encoded<'_> {
@@ -754,12 +1009,12 @@ macro_rules! display_fromstr_arg {
 /// }
 /// fdserver::fd_arg!(PipeWriter);
 ///
-/// assert_eq!(<PipeWriter as fdserver::args::FromArg>::FORM, fdserver::args::Form::Fd);
+/// assert_eq!(<PipeWriter as fdserver::args::FromArg<'_>>::FORM, fdserver::args::Form::Fd);
 /// ```
 #[macro_export]
 macro_rules! fd_arg {
     ($($t:ty),+ $(,)?) => {$(
-        impl $crate::args::FromArg for $t {
+        impl $crate::args::FromArg<'_> for $t {
             const FORM: $crate::args::Form = $crate::args::Form::Fd;
             fn from_arg(
                 arg: $crate::args::Received<'_>,
@@ -843,8 +1098,11 @@ pub trait FromValues: Sized {
     /// reads it together with the reply).
     #[doc(hidden)]
     const __FIRST_OUT_OF_BAND_IS_FD: bool = false;
+    /// The form of each value, in order.
     #[doc(hidden)]
-    fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self>;
+    const __FORMS: &'static [Form];
+    #[doc(hidden)]
+    fn __decode(decoder: &mut Decoder<'_>) -> Option<Self>;
 }
 
 /// Whether the first form in `forms` that is not inline is a descriptor.
@@ -870,9 +1128,14 @@ impl<T: ToArg> ToValues for T {
     }
 }
 
-impl<T: FromArg> FromValues for T {
-    const __FIRST_OUT_OF_BAND_IS_FD: bool = first_out_of_band_is_fd(&[T::FORM]);
-    fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
+impl<T> FromValues for T
+where
+    T: for<'a> FromArg<'a>,
+{
+    const __FIRST_OUT_OF_BAND_IS_FD: bool =
+        first_out_of_band_is_fd(&[<T as FromArg<'static>>::FORM]);
+    const __FORMS: &'static [Form] = &[<T as FromArg<'static>>::FORM];
+    fn __decode(decoder: &mut Decoder<'_>) -> Option<Self> {
         decoder.take::<T>(0)
     }
 }
@@ -888,7 +1151,8 @@ impl ToValues for () {
 }
 
 impl FromValues for () {
-    fn __decode(_: &mut Decoder<'_, '_>) -> Option<Self> {
+    const __FORMS: &'static [Form] = &[];
+    fn __decode(_: &mut Decoder<'_>) -> Option<Self> {
         Some(())
     }
 }
@@ -911,9 +1175,14 @@ macro_rules! tuple_values {
             }
         }
 
-        impl<$($t: FromArg),+> FromValues for ($($t,)+) {
-            const __FIRST_OUT_OF_BAND_IS_FD: bool = first_out_of_band_is_fd(&[$($t::FORM),+]);
-            fn __decode(decoder: &mut Decoder<'_, '_>) -> Option<Self> {
+        impl<$($t),+> FromValues for ($($t,)+)
+        where
+            $($t: for<'a> FromArg<'a>,)+
+        {
+            const __FIRST_OUT_OF_BAND_IS_FD: bool =
+                first_out_of_band_is_fd(&[$(<$t as FromArg<'static>>::FORM),+]);
+            const __FORMS: &'static [Form] = &[$(<$t as FromArg<'static>>::FORM),+];
+            fn __decode(decoder: &mut Decoder<'_>) -> Option<Self> {
                 // Take every member before giving up on any: out-of-band ones must be read.
                 $(let $v = decoder.take::<$t>($i);)+
                 Some(($($v?,)+))
@@ -936,12 +1205,20 @@ tuple_values!(11; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8,
 tuple_values!(12; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8, J j 9, K k 10, L l 11);
 
 /// What a handler may return: [`ToValues`] (`()`, a value, a tuple), or `Result<V, E>` with
-/// `E: Display`, whose `Err` reaches the client as the error reply
-/// `["error", "failed", e.to_string()]` ([`Error::Remote`](crate::Error::Remote) with kind
-/// [`Failed`](crate::RemoteErrorKind::Failed)), except that a [`RemoteError`] is sent as it is,
-/// so a handler can choose the kind. Type aliases such as `io::Result<T>` work too.
+/// `E: Display`, whose `Err` reaches the client as an error reply:
 ///
-/// The client stub returns `Result<V, fdserver::Error>` in both cases.
+/// * a [`RemoteError`] is sent as it is, so a handler can choose the kind;
+/// * an `std::io::Error` (also inside a `Box<dyn Error + Send + Sync>`, or an
+///   [`Error::Io`](crate::Error::Io)) as `["error", "io", text, kind, errno]`
+///   ([`RemoteError::io`]), which the client turns back into an `io::Error` with the same
+///   `kind()` and `raw_os_error()`;
+/// * a [`WireError`](crate::WireError) type as `["error", code, text, fields...]`;
+/// * any other error as `["error", "failed", e.to_string()]`
+///   ([`Error::Remote`](crate::Error::Remote) with kind [`Failed`](crate::RemoteErrorKind::Failed)).
+///
+/// Type aliases such as `io::Result<T>` work too. The client method returns
+/// `Result<V, fdserver::Error>`, or `Result<V, fdserver::CallError<E>>` in a `typed_errors`
+/// server (see [`WireError`](crate::WireError)).
 ///
 /// ```
 /// use fdserver::{RemoteError, RemoteErrorKind};
@@ -957,8 +1234,12 @@ tuple_values!(12; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8,
 ///         Err(RemoteError::failed("insufficient funds"))
 ///     }
 ///
-///     fn parse(&mut self, text: String) -> Result<u64, std::num::ParseIntError> {
+///     fn parse(&mut self, text: &str) -> Result<u64, std::num::ParseIntError> {
 ///         text.trim().parse()
+///     }
+///
+///     fn open(&mut self, path: &std::path::Path) -> std::io::Result<u64> {
+///         Ok(std::fs::metadata(path)?.len())
 ///     }
 /// }
 ///
@@ -969,6 +1250,8 @@ tuple_values!(12; A a 0, B b 1, C c 2, D d 3, E e 4, F f 5, G g 6, H h 7, I i 8,
 /// assert_eq!(e.to_string(), "server error: failed: insufficient funds");
 /// assert_eq!(c.parse(" 12 ")?, 12);
 /// assert_eq!(c.parse("x").unwrap_err().to_string(), "server error: failed: invalid digit found in string");
+/// let e = std::io::Error::from(c.open("/no/such/file").unwrap_err());
+/// assert_eq!((e.kind(), e.raw_os_error()), (std::io::ErrorKind::NotFound, Some(libc::ENOENT)));
 /// # Ok::<(), fdserver::Error>(())
 /// ```
 #[diagnostic::on_unimplemented(
@@ -994,13 +1277,193 @@ impl<T: ToValues> Reply for T {
 impl<T: ToValues, E: Display + 'static> Reply for Result<T, E> {
     type Ok = T;
     fn into_reply(self) -> Result<T, RemoteError> {
-        self.map_err(
-            |e| match (&e as &dyn std::any::Any).downcast_ref::<RemoteError>() {
-                // A handler that chose its error kind keeps it.
-                Some(remote) => remote.clone(),
-                None => RemoteError::failed(e),
-            },
-        )
+        self.map_err(|e| error_reply(&e))
+    }
+}
+
+/// The error reply for a handler's `Err(e)` (see [`Reply`]).
+fn error_reply<E: Display + 'static>(e: &E) -> RemoteError {
+    let any = e as &dyn std::any::Any;
+    if let Some(remote) = any.downcast_ref::<RemoteError>() {
+        // A handler that chose its error kind keeps it.
+        return remote.clone();
+    }
+    if let Some(io) = any.downcast_ref::<std::io::Error>() {
+        return RemoteError::io(io);
+    }
+    if let Some(error) = any.downcast_ref::<crate::Error>() {
+        return match error {
+            crate::Error::Io(io) => RemoteError::io(io),
+            crate::Error::Remote(remote) => remote.clone(),
+            other => RemoteError::failed(other),
+        };
+    }
+    let boxed = any
+        .downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+        .map(|b| &**b as &(dyn std::error::Error + 'static))
+        .or_else(|| {
+            any.downcast_ref::<Box<dyn std::error::Error>>()
+                .map(|b| &**b as &(dyn std::error::Error + 'static))
+        });
+    if let Some(io) = boxed.and_then(|b| b.downcast_ref::<std::io::Error>()) {
+        return RemoteError::io(io);
+    }
+    RemoteError::failed(e)
+}
+
+/// The return type of a handler whose error travels as itself: `Result<T, E>` with
+/// `E: `[`WireError`](crate::WireError). In a `typed_errors` server the client method of such
+/// a handler returns `Result<T, fdserver::CallError<E>>`.
+///
+/// ```
+/// fn typed<R: fdserver::args::TypedReply>() {}
+/// typed::<std::io::Result<u32>>();
+/// typed::<Result<(), String>>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of a `typed_errors` handler",
+    label = "not `Result<T, E>` with `E: fdserver::WireError`",
+    note = "derive `fdserver::WireError` on the error type, return `String` or `std::io::Error`, or leave `typed_errors` off"
+)]
+pub trait TypedReply: Reply {
+    /// The error type the client gets back.
+    type Error: crate::WireError;
+
+    #[doc(hidden)]
+    fn __into_result(self) -> Result<Self::Ok, Self::Error>;
+}
+
+impl<T: ToValues, E: crate::WireError> TypedReply for Result<T, E> {
+    type Error = E;
+    fn __into_result(self) -> Result<T, E> {
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serde values
+// ---------------------------------------------------------------------------------------------
+
+/// A value carried as JSON in a scalar message: any `serde` type as a parameter or a result,
+/// with the `serde` feature (`fdserver = { version = "0.1", features = ["serde"] }`).
+///
+/// `Json<T>` travels as one scalar holding `serde_json`'s encoding of the `T`: readable in every
+/// language (`JSON.parse(channel.read_scalar)` in Ruby), without the 64 KiB limit of array
+/// messages. A handler takes `Json<T>` (`T: Deserialize`, so `Json<Query<'_>>` may borrow from
+/// the received scalar) and returns `Json<T>` (`T: Serialize`); the client method takes `&T`
+/// and returns `Json<T>` (which derefs to `T`; `.0` or [`into_inner`](Json::into_inner) takes
+/// it out). Why JSON and not a binary codec: see BENCHMARKS.md ("Issue 14").
+///
+/// Why a wrapper rather than every serde type automatically: `String`, numbers and paths are
+/// serde types too, and travel as array elements a Passenger peer reads as plain text; a
+/// wrapper keeps each value's wire form visible in the handler's signature. A serde type used
+/// without it is a compile error whose note points here, and so is `Json` without the feature.
+///
+#[cfg_attr(feature = "serde", doc = "```")]
+#[cfg_attr(not(feature = "serde"), doc = "```ignore")]
+/// use std::collections::BTreeMap;
+/// use fdserver::Json;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// enum Shape { Circle { r: f64 }, Square(f64) }
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Drawing { name: String, shapes: Vec<Shape>, tags: BTreeMap<String, u32> }
+///
+/// struct Store;
+///
+/// #[fdserver::fdserver]
+/// impl Store {
+///     fn area(&mut self, drawing: Json<Drawing>) -> Json<Vec<f64>> {
+///         Json(drawing.shapes.iter().map(|s| match s {
+///             Shape::Circle { r } => 3.0 * r * r,
+///             Shape::Square(a) => a * a,
+///         }).collect())
+///     }
+/// }
+///
+/// let mut store = Store.start()?;
+/// let drawing = Drawing {
+///     name: "d".into(),
+///     shapes: vec![Shape::Circle { r: 1.0 }, Shape::Square(2.0)],
+///     tags: BTreeMap::from([("x".to_string(), 1)]),
+/// };
+/// assert_eq!(*store.area(&drawing)?, [3.0, 4.0]);
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    /// The value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Json<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Json<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T> From<T> for Json<T> {
+    fn from(value: T) -> Self {
+        Json(value)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'a, T: serde::Deserialize<'a>> FromArg<'a> for Json<T> {
+    const FORM: Form = Form::Scalar;
+    fn from_arg(arg: Received<'a>) -> Result<Self, ArgError> {
+        serde_json::from_slice(arg.scalar_bytes()?)
+            .map(Json)
+            .map_err(|e| ArgError::new(format_args!("JSON: {e}")))
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<T: serde::Serialize> ToArg for Json<T> {
+    const FORM: Form = Form::Scalar;
+    fn to_arg(&self) -> Encoded<'_> {
+        match serde_json::to_vec(&self.0) {
+            Ok(bytes) => Encoded::Scalar(Cow::Owned(bytes)),
+            Err(e) => Encoded::Invalid(ArgError::new(format_args!("JSON: {e}"))),
+        }
+    }
+}
+
+/// Without the `serde` feature, `Json<T>` exists only to say what to do.
+#[cfg(not(feature = "serde"))]
+#[diagnostic::on_unimplemented(
+    message = "`fdserver::Json<{Self}>` needs fdserver's `serde` feature, which is off",
+    label = "`Json` values travel as JSON only with the `serde` feature",
+    note = "enable it in Cargo.toml: `fdserver = {{ version = \"0.1\", features = [\"serde\"] }}`"
+)]
+pub trait SerdeFeatureIsOff {}
+
+#[cfg(not(feature = "serde"))]
+impl<T: SerdeFeatureIsOff> FromArg<'_> for Json<T> {
+    const FORM: Form = Form::Scalar;
+    fn from_arg(_: Received<'_>) -> Result<Self, ArgError> {
+        Err(ArgError::new("the serde feature is off"))
+    }
+}
+
+#[cfg(not(feature = "serde"))]
+impl<T: SerdeFeatureIsOff> ToArg for Json<T> {
+    const FORM: Form = Form::Scalar;
+    fn to_arg(&self) -> Encoded<'_> {
+        Encoded::Invalid(ArgError::new("the serde feature is off"))
     }
 }
 
@@ -1015,7 +1478,7 @@ mod tests {
         }
     }
 
-    fn back<T: FromArg>(bytes: &[u8]) -> Result<T, ArgError> {
+    fn back<'a, T: FromArg<'a>>(bytes: &'a [u8]) -> Result<T, ArgError> {
         T::from_arg(Received::Element(bytes))
     }
 

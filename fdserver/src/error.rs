@@ -98,6 +98,16 @@ pub enum Error {
     /// a layer failed in the server, which then exited (see [`sandbox`](crate::sandbox)).
     #[cfg(feature = "sandbox")]
     Sandbox(crate::sandbox::SandboxError),
+    /// A typed call's argument could not be encoded for the wire (a list item containing a NUL
+    /// byte, a value `serde_json` refuses); nothing was sent.
+    Encode {
+        /// The message name of the call.
+        message: String,
+        /// Which value: ``parameter `name` ``.
+        value: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -183,6 +193,11 @@ impl fmt::Display for Error {
             Error::Remote(r) => write!(f, "server error: {r}"),
             #[cfg(feature = "sandbox")]
             Error::Sandbox(s) => write!(f, "{s}"),
+            Error::Encode {
+                message,
+                value,
+                reason,
+            } => write!(f, "call {message:?}: {value} cannot be sent: {reason}"),
         }
     }
 }
@@ -219,9 +234,17 @@ impl From<RemoteError> for Error {
 }
 
 impl From<Error> for io::Error {
+    /// The `io::Error` a caller of `?` in an `io::Result` function wants: an [`Error::Io`] as it
+    /// is; an error reply of kind [`io`](RemoteErrorKind::Io) (a handler's `io::Error`) rebuilt
+    /// with the server's [`kind()`](io::Error::kind) and
+    /// [`raw_os_error()`](io::Error::raw_os_error) (see [`RemoteError::to_io_error`]); time-outs
+    /// as `TimedOut`, a dead server as `UnexpectedEof`, the rest as `Other`.
     fn from(e: Error) -> Self {
         match e {
             Error::Io(e) => e,
+            Error::Remote(r) if r.kind == RemoteErrorKind::Io => r
+                .to_io_error()
+                .unwrap_or_else(|| io::Error::other(Error::Remote(r))),
             Error::TimedOut { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::Disconnected | Error::ServerExited(_) => {
                 io::Error::new(io::ErrorKind::UnexpectedEof, e)
@@ -338,6 +361,12 @@ pub enum RemoteErrorKind {
     /// the layer's name (`landlock: ...`).
     Sandbox,
     /// Any other kind string, kept verbatim.
+    /// `io`: the handler returned an `std::io::Error`. The reply carries its kind and OS error
+    /// number (`["error", "io", text, kind, errno]`, see [`RemoteError::io`]), and
+    /// [`RemoteError::to_io_error`] rebuilds it. The server keeps serving.
+    Io,
+    /// Any other kind string, kept verbatim: the code of a handler's own error type (see
+    /// [`WireError`](crate::WireError)), or what another peer sent.
     Other(String),
 }
 
@@ -352,6 +381,7 @@ impl RemoteErrorKind {
             RemoteErrorKind::Protocol => "protocol",
             RemoteErrorKind::Initialize => "initialize",
             RemoteErrorKind::Sandbox => "sandbox",
+            RemoteErrorKind::Io => "io",
             RemoteErrorKind::Other(s) => s,
         }
     }
@@ -366,12 +396,19 @@ impl RemoteErrorKind {
             "protocol" => RemoteErrorKind::Protocol,
             "initialize" => RemoteErrorKind::Initialize,
             "sandbox" => RemoteErrorKind::Sandbox,
+            "io" => RemoteErrorKind::Io,
             other => RemoteErrorKind::Other(other.to_owned()),
         }
     }
 }
 
-/// An error reply from a server: `["error", kind, message]` on the wire.
+/// An error reply from a server: `["error", kind, text, details...]` on the wire.
+///
+/// `kind` says what failed (see [`RemoteErrorKind`]), `text` is for people, and the optional
+/// `details` are the values a program needs to rebuild a structured error: the kind and OS error
+/// number of an `io::Error` (kind `io`), or the fields of a handler's own error type (see
+/// [`WireError`](crate::WireError)). A peer that knows only `["error", kind, text]` reads the
+/// first three elements and ignores the rest.
 ///
 /// Handlers return it to report a failure to the client:
 ///
@@ -380,11 +417,16 @@ impl RemoteErrorKind {
 /// let e = RemoteError::failed("disk full");
 /// assert_eq!(e.kind(), &RemoteErrorKind::Failed);
 /// assert_eq!(e.to_string(), "failed: disk full");
+///
+/// let e = RemoteError::new(RemoteErrorKind::Other("quota".into()), "over quota by 5 MiB")
+///     .with_details(["5242880"]);
+/// assert_eq!(e.details(), [b"5242880".to_vec()]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteError {
     kind: RemoteErrorKind,
     message: String,
+    details: Vec<Vec<u8>>,
 }
 
 impl RemoteError {
@@ -393,7 +435,19 @@ impl RemoteError {
         RemoteError {
             kind,
             message: message.into(),
+            details: Vec::new(),
         }
+    }
+
+    /// The same error with these details (the elements after the text on the wire; none may
+    /// contain a NUL byte, see [`Channel::write_error`](crate::Channel::write_error)).
+    pub fn with_details<I, T>(mut self, details: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<Vec<u8>>,
+    {
+        self.details = details.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The handler failed (kind `failed`).
@@ -414,6 +468,48 @@ impl RemoteError {
         )
     }
 
+    /// An `io::Error`, faithfully: `["error", "io", text, kind, errno]`, where `text` is the
+    /// error's `Display`, `kind` its [`io::ErrorKind`] in snake case (`not_found`,
+    /// `permission_denied`, ...; see [`crate::args`] for the list) and `errno` its
+    /// [`raw_os_error`](io::Error::raw_os_error) in decimal, or empty when it has none.
+    ///
+    /// ```
+    /// use std::io;
+    /// let e = fdserver::RemoteError::io(&io::Error::from_raw_os_error(libc::EACCES));
+    /// assert_eq!(e.to_string(), "io: Permission denied (os error 13)");
+    /// assert_eq!(e.details(), [b"permission_denied".to_vec(), b"13".to_vec()]);
+    /// let back = e.to_io_error().unwrap();
+    /// assert_eq!((back.kind(), back.raw_os_error()), (io::ErrorKind::PermissionDenied, Some(13)));
+    /// ```
+    pub fn io(error: &io::Error) -> Self {
+        let errno = error
+            .raw_os_error()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        Self::new(RemoteErrorKind::Io, error.to_string())
+            .with_details([crate::io_kind::name(error.kind()).to_owned(), errno])
+    }
+
+    /// For an error of kind [`io`](RemoteErrorKind::Io): the `io::Error` it describes, with the
+    /// same [`kind()`](io::Error::kind) and [`raw_os_error()`](io::Error::raw_os_error) as the
+    /// server's. With an OS error number it is `io::Error::from_raw_os_error(errno)` (whose text
+    /// is the server's text); without one, an error of the same kind carrying the server's text.
+    /// `None` for other kinds, and for an `io` reply whose details are malformed.
+    pub fn to_io_error(&self) -> Option<io::Error> {
+        if self.kind != RemoteErrorKind::Io {
+            return None;
+        }
+        let kind = std::str::from_utf8(self.details.first()?).ok()?;
+        let errno = std::str::from_utf8(self.details.get(1)?).ok()?;
+        if !errno.is_empty() {
+            return errno.parse().ok().map(io::Error::from_raw_os_error);
+        }
+        Some(io::Error::new(
+            crate::io_kind::from_name(kind),
+            self.message.clone(),
+        ))
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> &RemoteErrorKind {
         &self.kind
@@ -422,6 +518,11 @@ impl RemoteError {
     /// The human-readable message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The elements after the text (empty for most kinds; see the type's docs).
+    pub fn details(&self) -> &[Vec<u8>] {
+        &self.details
     }
 }
 
@@ -435,7 +536,8 @@ impl std::error::Error for RemoteError {}
 
 impl From<Error> for RemoteError {
     /// Lets handlers use `?` on channel operations: the failure reaches the client as `failed`,
-    /// except a missing or non-UTF-8 element of the request, which is `bad_arguments`.
+    /// except a missing or non-UTF-8 element of the request, which is `bad_arguments`, and an
+    /// [`Error::Io`], which is [`RemoteError::io`].
     fn from(e: Error) -> Self {
         match e {
             Error::Remote(r) => r,
@@ -443,13 +545,15 @@ impl From<Error> for RemoteError {
             e @ (Error::MissingElement { .. } | Error::InvalidUtf8 { .. }) => {
                 RemoteError::bad_arguments(e)
             }
+            Error::Io(e) => RemoteError::io(&e),
             other => RemoteError::failed(other),
         }
     }
 }
 
 impl From<io::Error> for RemoteError {
+    /// [`RemoteError::io`]: the client gets the kind and OS error number back.
     fn from(e: io::Error) -> Self {
-        RemoteError::failed(e)
+        RemoteError::io(&e)
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! #[fdserver::fdserver]
 //! impl MyServer {
-//!     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+//!     fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
 //!         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
 //!     }
 //! }
@@ -68,6 +68,10 @@
 //! * [`Server`]: what a server is; [`Server::start`] (or [`Builder`], for options) forks one and
 //!   returns its client, [`serve`] runs one in the current process (e.g. on an inherited fd 3).
 //! * [`ServerHandle`]: the parent's handle: `pid`, `call`, raw channel, `stop`.
+//! * [`Spawn`]: start a server *program* (`exec`, no fork) on an inherited socket, with the same
+//!   client; [`Connection`]: a generated client also drives any [`Channel`] peer.
+//! * [`args`]: how each type travels ([`Json`] for serde values, feature `serde`);
+//!   [`WireError`] and [`CallError`]: error types that come back to the client as themselves.
 //! * [`Channel`]: the message channel (arrays, scalars, descriptors, deadlines).
 //! * [`Error`]: everything that can fail, in one enum.
 //! * [`preload`]: a Spring-style preloader built on all of the above.
@@ -124,12 +128,17 @@
 //! element is a status.
 //!
 //! * `["ok", value, ...]`: success; scalars and descriptors the handler sends follow it.
-//! * `["error", kind, message]`: failure, where `kind` is one of `unknown_message`,
-//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize` or
-//!   `sandbox` (see [`RemoteErrorKind`]). After any of these the server keeps serving, except when a
-//!   handler had already begun writing its reply: a second reply would answer the client's next
-//!   request, so instead the server closes the stream and exits, with status 101 after a panic
-//!   and 1 after an `Err`. A request is answered by exactly one reply.
+//! * `["ok_scalar"]` then a scalar message holding the body of `["ok", value, ...]`: success,
+//!   for a reply too large for an array message (over 65535 bytes); read as the plain form.
+//! * `["error", kind, message, details...]`: failure, where `kind` is one of `unknown_message`,
+//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize`, `sandbox` (the server's sandbox could not be applied), `io`
+//!   (an `io::Error`, details: its kind and OS error number) or the code of a handler's own
+//!   [`WireError`] type (details: its fields); see [`RemoteErrorKind`] and
+//!   [`args`](crate::args#errors). A peer that knows only `["error", kind, message]` ignores the
+//!   details. After any of these the server keeps serving, except when a handler had already
+//!   begun writing its reply: a second reply would answer the client's next request, so instead
+//!   the server closes the stream and exits, with status 101 after a panic and 1 after an `Err`.
+//!   A request is answered by exactly one reply.
 //! * A request that leaves the incoming stream impossible to resynchronise (a scalar over the
 //!   server's limit, data where a descriptor was due, a descriptor glued to a message's bytes)
 //!   is answered with a last `["error", "protocol", text]` saying why, then the server closes the
@@ -302,7 +311,11 @@ mod channel;
 #[cfg(target_os = "linux")]
 mod client;
 #[cfg(target_os = "linux")]
+mod connection;
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
+mod io_kind;
 #[cfg(target_os = "linux")]
 pub mod preload;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
@@ -316,11 +329,15 @@ mod server_loop;
 #[cfg(target_os = "linux")]
 mod signal;
 #[cfg(target_os = "linux")]
+mod spawn;
+#[cfg(target_os = "linux")]
 mod start;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
 pub mod wire;
+#[cfg(target_os = "linux")]
+mod wire_error;
 
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
@@ -336,7 +353,7 @@ pub mod __private;
 ///
 /// #[fdserver::fdserver]
 /// impl MyServer {
-///     fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+///     fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
 ///         (format!("Hello {first_name} {last_name}, how are you?"), 1234)
 ///     }
 /// }
@@ -361,13 +378,16 @@ pub mod __private;
 /// * `MyServer::start(&mut self) -> Result<MyServerClient, fdserver::Error>`, an inherent method,
 ///   so `MyServer.start()` works without importing the trait. For options use
 ///   [`Builder`]: `Builder::new().timeout(...).start(&mut server)`.
-/// * `pub struct MyServerClient`: one method per handler, with the handler's parameters (minus
-///   the context), returning `Result<T, fdserver::Error>` where `T` is what the handler returns
-///   (its `Ok` type for a `Result`). It also has `pid()`, `stop()`, `stop_with(options)`,
-///   `signal(sig)`, `set_timeout(deadline)`, `channel()` (the raw [`Channel`]),
-///   `handle()` / `handle_mut()` / `into_handle()` (the untyped
-///   [`ServerHandle`]), `From<ServerHandle>` and `Debug`. Dropping it stops
-///   the server.
+/// * `pub struct MyServerClient<C = ServerHandle>`: one method per handler, with the handler's
+///   parameters (minus the context), returning `Result<T, fdserver::Error>` where `T` is what
+///   the handler returns (its `Ok` type for a `Result`), or `Result<T, fdserver::CallError<E>>`
+///   for a `typed_errors` handler returning `Result<T, E>` (see [`WireError`]). `C` is what it
+///   talks through ([`Connection`]): for a server fdserver started ([`Server::start`],
+///   [`Spawn`]) the [`ServerHandle`], with `pid()`, `stop()`, `stop_with(options)`,
+///   `signal(sig)`, `handle()` / `handle_mut()` / `into_handle()`; or any [`Channel`]
+///   (`MyServerClient::from(channel)`: a server another program started, a Ruby peer). Both
+///   have `set_timeout(deadline)`, `channel()` (the raw [`Channel`]), `into_connection()`,
+///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server.
 ///
 /// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
 /// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited
@@ -412,20 +432,36 @@ pub mod __private;
 /// client still sends it; its stub parameter and error messages call it `argN`, N counting
 /// the client's parameters from 1). Each type decides how the value travels (see
 /// [`args`] for the table): strings, numbers, `bool`, `char`, paths and `Option`s
-/// of those are elements of the array message; `Vec<u8>` is a scalar message and `File`,
-/// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array. The client
-/// method takes `&str` for `String`, `&[u8]` for `Vec<u8>`, `impl AsRef<Path>` for `PathBuf`,
-/// `impl AsRef<OsStr>` for `OsString`, `impl AsFd` for descriptors and the type itself
-/// otherwise. Your own `FromStr + Display` types need one line,
+/// of those are elements of the array message; `Vec<u8>`, lists (`Vec<T>` of those) and
+/// [`Json<T>`](Json) (any serde type, feature `serde`) are scalar messages and `File`,
+/// `OwnedFd`, `UnixStream` etc. are passed descriptors, both sent after the array.
+/// `&str`, `&[u8]`, `&Path` and `&OsStr` parameters borrow from the received message (no
+/// allocation). The client method takes `&str` for `String`, `&[u8]` for `Vec<u8>`,
+/// `impl AsRef<Path>` for `PathBuf` and `&Path`, `impl AsRef<OsStr>` for `OsString` and
+/// `&OsStr`, `&[impl AsRef<str>]` for `Vec<String>`, `&T` for `Json<T>`, `impl AsFd` for
+/// descriptors and the type itself otherwise. Your own `FromStr + Display` types need one line,
 /// [`display_fromstr_arg!`](crate::display_fromstr_arg).
 ///
 /// A parameter of type `&mut fdserver::Context<'_>` (anywhere in the list) is not sent by the
 /// client: it gives the handler [`Context::quit`] (end the loop after
 /// this reply), [`Context::pid`] and the raw channel.
 ///
+/// What the client method returns, for the common handler return types:
+///
+/// | handler returns | client method returns | a handler `Err(e)` arrives as |
+/// |---|---|---|
+/// | `T` | `Result<T, fdserver::Error>` | (none) |
+/// | `Result<T, String>`, any `Result<T, E: Display>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `failed`, `e.to_string()` |
+/// | `io::Result<T>` | `Result<T, fdserver::Error>` | `Error::Remote`, kind `io`; `io::Error::from(err)` has the server's `kind()` and `raw_os_error()` |
+/// | `Result<T, MyError>`, `MyError: WireError` | `Result<T, fdserver::Error>` | `Error::Remote` with `MyError`'s code; [`CallError::from_error`] rebuilds it |
+/// | the same, with `#[fdserver(typed_errors)]` (also for `String` and `io::Error`) | `Result<T, fdserver::CallError<MyError>>` | `CallError::Handler(e)`, matchable; fdserver's own errors in `CallError::Fdserver` |
+///
 /// A handler returns `()`, a value, a tuple of up to 12 values, or a `Result` of those whose
 /// error implements `Display` (`io::Result<File>`, `Result<u32, String>`, your own `Result<T>`
-/// alias...). Descriptors and `Vec<u8>` may appear in any of these.
+/// alias...). Descriptors, `Vec<u8>`, lists and `Json` values may appear in any of these, and
+/// a result of any size arrives (see [`args`](crate::args#large-results)). An `io::Error` comes
+/// back with its kind and OS error number; a [`WireError`] type comes back as itself (see
+/// [`args`](crate::args#errors) for the error mapping).
 ///
 /// ## On the wire
 ///
@@ -434,7 +470,7 @@ pub mod __private;
 ///
 /// request:  ["put", key, n]      then the scalar `data`, then the descriptor `log`
 /// reply:    ["ok", u64]          then the descriptor
-/// or:       ["error", "failed", "<the io::Error's text>"]
+/// or:       ["error", "io", "No such file or directory (os error 2)", "not_found", "2"]
 /// ```
 ///
 /// When the request is wrong the reply is `["error", kind, message]` and the server keeps
@@ -445,7 +481,7 @@ pub mod __private;
 /// | no handler by that name | `unknown_message` | `unknown message "nope"` |
 /// | wrong number of array elements | `bad_arguments` | `hello: expected 2 arguments (first_name, last_name), got 1` |
 /// | an element does not parse | `bad_arguments` | ``add: parameter `a`: invalid digit found in string (got "x")`` |
-/// | the handler returned `Err(e)` | `failed` | `e.to_string()` |
+/// | the handler returned `Err(e)` | `failed` (`io`, or the code of a [`WireError`]) | `e.to_string()` |
 /// | the handler panicked | `panicked` | the panic message |
 ///
 /// Out-of-band arguments are always read before the server answers, even when the inline ones
@@ -566,6 +602,7 @@ pub mod __private;
 /// |---|---|---|
 /// | the impl | `#[fdserver(client = "Name")]` | name of the client type (default: the server's name + `Client`) |
 /// | the impl | `#[fdserver(client_vis = "pub(crate)")]` | visibility of the client (default `pub`; at least that of the server type) |
+/// | the impl or a method | `#[fdserver(typed_errors)]` | client methods of handlers returning `Result<T, E>` return `Result<T, CallError<E>>` (`E: WireError`) |
 /// | a method | `#[fdserver(name = "msg")]` | the message name |
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
@@ -579,15 +616,18 @@ pub mod __private;
 /// receiver other than `&mut self` / `&self` (`self`, `self: Box<Self>`); generic, `async`,
 /// `unsafe` or `extern` handlers; a function without a receiver that is neither a constructor
 /// nor `#[fdserver(skip)]`; parameters that are patterns other than a name or `_`; parameter or
-/// return types that cannot travel (references, slices, arrays, tuples as parameters, nested
-/// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor or `Vec<u8>`;
+/// return types that cannot travel (references other than `&str`, `&[u8]`, `&Path`, `&OsStr`
+/// parameters, any reference in a result, slices, arrays, tuples as parameters, nested
+/// tuples, `impl Trait`, `dyn Trait`, pointers, `Self`, `Option` of a descriptor, a byte
+/// payload, a list or a `Json`; a `Json<T>` without the `serde` feature, which says how to
+/// enable it; in a `typed_errors` server, an error type that is not a [`WireError`];
 /// other types without [`FromArg`](crate::args::FromArg) / [`ToArg`](crate::args::ToArg) are
 /// reported by the compiler with a note on what is supported); two handlers with the same
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
-/// `from`) or a method named `start`; invalid, uncatchable or duplicate signals; hooks with
-/// parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks of one
-/// kind; generic or trait impl blocks.
+/// `from`, `into_connection`) or a method named `start`; invalid, uncatchable or duplicate signals;
+/// hooks with parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks
+/// of one kind; generic or trait impl blocks.
 ///
 /// The generated code names everything by absolute path (`::fdserver::...`, `::core::...`) and
 /// prefixes its locals with `__fdserver_`, so it compiles under `#![no_implicit_prelude]` and
@@ -595,11 +635,18 @@ pub mod __private;
 pub use fdserver_macros::fdserver;
 
 #[cfg(target_os = "linux")]
+pub use args::Json;
+#[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 #[cfg(target_os = "linux")]
 pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
+pub use connection::Connection;
+#[cfg(target_os = "linux")]
 pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+#[cfg(target_os = "linux")]
+/// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
+pub use fdserver_macros::WireError;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
@@ -609,6 +656,10 @@ pub use server::{BoxError, Context, LoopEnd, Server};
 #[cfg(target_os = "linux")]
 pub use signal::{Signal, UnknownSignal};
 #[cfg(target_os = "linux")]
+pub use spawn::Spawn;
+#[cfg(target_os = "linux")]
 pub use start::Builder;
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
+#[cfg(target_os = "linux")]
+pub use wire_error::{CallError, WireError};

@@ -1,15 +1,21 @@
 //! Support for the code that `#[fdserver]` generates. Not a public API: nothing here is covered
 //! by semver, and only generated code should call it.
 
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::iter;
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 
-use crate::args::{Element, Encoded, Form, FromArg, FromValues, Received, Reply, ToArg, ToValues};
+use crate::args::{
+    ArgError, Encoded, Form, FromArg, FromValues, Received, Reply, ToArg, ToValues, TypedReply,
+};
 use crate::channel::Channel;
+use crate::connection::Connection;
 use crate::error::{Error, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::server::{BoxError, Context};
 use crate::wire::{self, Message, MessageBuf};
+use crate::wire_error::{CallError, WireError};
 
 /// Makes every server handle created from now on wait for its server with a watcher thread
 /// instead of a pidfd, the fallback for systems without pidfds (for fdserver's own tests).
@@ -34,16 +40,85 @@ pub fn read_ahead_pair(seqpacket: bool) -> std::io::Result<(Channel, Channel)> {
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 
-/// The generated client's per-connection state: a reply buffer reused across calls.
+/// The generated client's per-connection state: a reply buffer and an out-of-band store, reused
+/// across calls.
 #[derive(Debug, Default)]
 pub struct ClientState {
     reply: MessageBuf,
+    store: Store,
 }
 
 impl ClientState {
     /// A fresh state.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+/// Largest scalar buffer kept for reuse, and how many are kept.
+const SPARE_MAX_BYTES: usize = 1 << 20;
+const SPARE_MAX_COUNT: usize = 4;
+
+/// Where the out-of-band values of one message (scalars, descriptors) are received before they
+/// are decoded, so that borrowed parameters (`&[u8]`) can point into them. Scalar buffers are
+/// kept for the next message (up to 4 of at most 1 MiB each), so a borrowed scalar parameter
+/// costs no allocation once warm.
+#[derive(Debug, Default)]
+pub struct Store {
+    slots: Vec<Slot>,
+    spare: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Scalar(Vec<u8>),
+    Fd(Option<OwnedFd>),
+    /// Not received (an earlier failure stopped the reading).
+    Missing,
+}
+
+impl Store {
+    /// Empties the slots (closing unclaimed descriptors), keeping scalar buffers for reuse.
+    fn clear(&mut self) {
+        for slot in self.slots.drain(..) {
+            if let Slot::Scalar(mut buf) = slot {
+                if buf.capacity() > 0
+                    && buf.capacity() <= SPARE_MAX_BYTES
+                    && self.spare.len() < SPARE_MAX_COUNT
+                {
+                    buf.clear();
+                    self.spare.push(buf);
+                }
+            }
+        }
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+}
+
+thread_local! {
+    static POOLED: Cell<Option<Store>> = const { Cell::new(None) };
+}
+
+/// The server side's store for one request, taken from this thread's pool and given back when
+/// dropped.
+#[derive(Debug)]
+pub struct PooledStore(Store);
+
+impl PooledStore {
+    /// This thread's store (a new one on first use).
+    pub fn take() -> PooledStore {
+        PooledStore(POOLED.with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for PooledStore {
+    fn drop(&mut self) {
+        let mut store = std::mem::take(&mut self.0);
+        store.clear();
+        let _ = POOLED.try_with(|p| p.set(Some(store)));
     }
 }
 
@@ -69,57 +144,127 @@ enum Failure {
 }
 
 /// Decodes the values of a request (after the name) or of a reply (after `"ok"`): inline values
-/// from the message's elements, out-of-band values from the channel, in order.
+/// from the message's elements, out-of-band values from the channel.
 ///
-/// Every out-of-band value is received even after an earlier value failed to decode, so that
-/// the stream stays in step; the first failure is reported by `finish_*`.
-pub struct Decoder<'m, 'c> {
+/// Every out-of-band value is received first, in order, into a [`Store`] (so the stream stays in
+/// step whatever fails later); then [`take`](Self::take) decodes each value, borrowing from the
+/// message and the store. The first failure is reported by `finish_*`.
+pub struct Decoder<'m> {
     msg: Message<'m>,
-    channel: &'c mut Channel,
     target: Target,
     next: usize,
     inline_mask: u64,
     inline_count: usize,
     failure: Option<Failure>,
-    receiving: bool,
-    /// A descriptor read together with the reply (see `Channel::read_reply_with_fd`): the
-    /// first out-of-band value, handed out instead of reading one.
-    prefetched_fd: Option<OwnedFd>,
+    oob: std::slice::IterMut<'m, Slot>,
 }
 
-impl<'m, 'c> Decoder<'m, 'c> {
-    /// Decodes the arguments of the request `msg` to `message`.
+impl<'m> Decoder<'m> {
+    /// Decodes the arguments of the request `msg` to `message`, whose value parameters are named
+    /// `params` and travel as `forms`.
     pub fn request(
-        ctx: &'c mut Context<'_>,
+        ctx: &mut Context<'_>,
         msg: Message<'m>,
         message: &'static str,
         params: &'static [&'static str],
+        forms: &[Form],
+        store: &'m mut PooledStore,
     ) -> Self {
-        Self::new(ctx.channel(), msg, Target::Request { message, params })
+        Self::new(
+            ctx.channel(),
+            msg,
+            Target::Request { message, params },
+            forms,
+            &mut store.0,
+            None,
+        )
     }
 
-    fn new(channel: &'c mut Channel, msg: Message<'m>, target: Target) -> Self {
+    fn new(
+        channel: &mut Channel,
+        msg: Message<'m>,
+        target: Target,
+        forms: &[Form],
+        store: &'m mut Store,
+        mut prefetched_fd: Option<OwnedFd>,
+    ) -> Self {
+        let mut inline_mask = 0;
+        let mut inline_count = 0;
+        let mut failure = None;
+        let mut receiving = !channel.is_broken();
+        store.clear();
+        for (index, form) in forms.iter().enumerate() {
+            let slot = match form {
+                Form::Inline => {
+                    inline_count += 1;
+                    if index < 64 {
+                        inline_mask |= 1 << index;
+                    }
+                    continue;
+                }
+                Form::Fd if prefetched_fd.is_some() => Slot::Fd(prefetched_fd.take()),
+                _ if !receiving => Slot::Missing,
+                Form::Scalar => {
+                    let mut buf = store.buffer();
+                    match channel.read_scalar_into(&mut buf) {
+                        Ok(true) => Slot::Scalar(buf),
+                        Ok(false) => Self::lost(
+                            &mut failure,
+                            &mut receiving,
+                            index,
+                            channel,
+                            Error::Disconnected,
+                        ),
+                        Err(e) => Self::lost(&mut failure, &mut receiving, index, channel, e),
+                    }
+                }
+                Form::Fd => match channel.recv_fd() {
+                    Ok(Some(fd)) => Slot::Fd(Some(fd)),
+                    Ok(None) => Self::lost(
+                        &mut failure,
+                        &mut receiving,
+                        index,
+                        channel,
+                        Error::Disconnected,
+                    ),
+                    Err(e) => Self::lost(&mut failure, &mut receiving, index, channel, e),
+                },
+            };
+            store.slots.push(slot);
+        }
         Decoder {
             msg,
-            channel,
             target,
             next: 1,
-            inline_mask: 0,
-            inline_count: 0,
-            failure: None,
-            receiving: true,
-            prefetched_fd: None,
+            inline_mask,
+            inline_count,
+            failure,
+            oob: store.slots.iter_mut(),
         }
     }
 
+    /// Records a receive failure (the first one wins); after a disconnect or a broken stream
+    /// nothing more can be read.
+    fn lost(
+        failure: &mut Option<Failure>,
+        receiving: &mut bool,
+        index: usize,
+        channel: &Channel,
+        error: Error,
+    ) -> Slot {
+        if error.is_disconnect() || channel.is_broken() {
+            *receiving = false;
+        }
+        if !matches!(failure, Some(Failure::Receive { .. })) {
+            *failure = Some(Failure::Receive { index, error });
+        }
+        Slot::Missing
+    }
+
     /// Decodes value number `index` (`None` if it, or an earlier value, failed).
-    pub fn take<T: FromArg>(&mut self, index: usize) -> Option<T> {
+    pub fn take<T: FromArg<'m>>(&mut self, index: usize) -> Option<T> {
         match T::FORM {
             Form::Inline => {
-                self.inline_count += 1;
-                if index < 64 {
-                    self.inline_mask |= 1 << index;
-                }
                 let element = self.msg.get(self.next);
                 self.next += 1;
                 let element = element?; // missing: reported as a count mismatch
@@ -138,47 +283,18 @@ impl<'m, 'c> Decoder<'m, 'c> {
                     }
                 }
             }
-            Form::Scalar => {
-                let received = self.receive(index, |ch| {
-                    let mut data = Vec::new();
-                    Ok(ch.read_scalar_into(&mut data)?.then_some(data))
-                })?;
-                self.convert(index, Received::Scalar(received))
-            }
-            Form::Fd => {
-                let received = match self.prefetched_fd.take() {
-                    Some(fd) => fd,
-                    None => self.receive(index, Channel::recv_fd)?,
+            Form::Scalar | Form::Fd => {
+                let received = match self.oob.next()? {
+                    Slot::Scalar(buf) => Received::Scalar(buf),
+                    Slot::Fd(fd) => Received::Fd(fd.take()?),
+                    Slot::Missing => return None,
                 };
-                self.convert(index, Received::Fd(received))
+                self.convert(index, received)
             }
         }
     }
 
-    fn receive<R>(
-        &mut self,
-        index: usize,
-        f: impl FnOnce(&mut Channel) -> Result<Option<R>, Error>,
-    ) -> Option<R> {
-        if !self.receiving || self.channel.is_broken() {
-            return None;
-        }
-        let error = match f(self.channel) {
-            Ok(Some(r)) => return Some(r),
-            Ok(None) => Error::Disconnected,
-            Err(e) => e,
-        };
-        // After a disconnect or a broken stream nothing more can be read.
-        if error.is_disconnect() || self.channel.is_broken() {
-            self.receiving = false;
-        }
-        if !matches!(self.failure, Some(Failure::Receive { .. })) {
-            self.failure = Some(Failure::Receive { index, error });
-        }
-        None
-    }
-
-    fn convert<T: FromArg>(&mut self, index: usize, received: Received<'_>) -> Option<T> {
+    fn convert<T: FromArg<'m>>(&mut self, index: usize, received: Received<'m>) -> Option<T> {
         match T::from_arg(received) {
             Ok(v) if self.failure.is_none() => Some(v),
             Ok(_) => None,
@@ -292,6 +408,16 @@ fn quote(bytes: &[u8]) -> String {
     }
 }
 
+/// The request check of a handler without parameters: `bad_arguments` if the request has any.
+pub fn expect_no_arguments(msg: Message<'_>, message: &'static str) -> Result<(), RemoteError> {
+    match msg.len().saturating_sub(1) {
+        0 => Ok(()),
+        got => Err(RemoteError::bad_arguments(format_args!(
+            "{message}: expected no arguments, got {got}"
+        ))),
+    }
+}
+
 /// The error a handler arm returns if its arguments vanished after a successful decode (a bug).
 pub fn internal(message: &str) -> RemoteError {
     RemoteError::failed(format_args!(
@@ -300,43 +426,154 @@ pub fn internal(message: &str) -> RemoteError {
 }
 
 /// Sends a handler's return value: `["ok", inline values...]`, then its out-of-band values; or
-/// the error reply for `Err`.
-///
-/// What can be checked before the first byte is (a scalar too long for the wire format's `u32`
-/// length), so that such a failure is an ordinary error reply and the server keeps serving.
-/// A failure after the first byte (a descriptor the kernel refuses to pass) marks the channel
-/// broken: the loop then closes the connection rather than answer twice.
-pub fn reply<R: Reply>(ctx: &mut Context<'_>, ret: R) -> Result<(), RemoteError> {
-    let values = ret.into_reply()?;
-    let len = <R::Ok as ToValues>::__LEN;
-    for i in (0..len).filter(|&i| <R::Ok as ToValues>::__form(i) == Form::Scalar) {
-        if let Encoded::Scalar(data) = values.__encode(i) {
-            wire::scalar_header(data.len())?;
+/// the error reply for `Err` (see [`Reply`]).
+pub fn reply<R: Reply>(
+    ctx: &mut Context<'_>,
+    message: &'static str,
+    ret: R,
+) -> Result<(), RemoteError> {
+    send_values(ctx, message, ret.into_reply()?)
+}
+
+/// [`reply`] for a `typed_errors` handler: its error travels as itself.
+pub fn reply_typed<R: TypedReply>(
+    ctx: &mut Context<'_>,
+    message: &'static str,
+    ret: R,
+) -> Result<(), RemoteError> {
+    match ret.__into_result() {
+        Ok(values) => send_values(ctx, message, values),
+        Err(e) => Err(e.to_remote()),
+    }
+}
+
+/// Picks how a handler's return value is sent, by autoref specialisation in the generated
+/// dispatch: `Result<T, E>` with `E: WireError` sends `E` as itself ([`SendWireError`]);
+/// anything else goes through [`Reply`] ([`SendReply`]). So the wire form of an error depends on
+/// its type only, not on whether the server is `typed_errors`.
+pub struct ReplySelect<R>(PhantomData<R>);
+
+impl<R> ReplySelect<R> {
+    /// The selector for return type `R`.
+    pub fn new() -> Self {
+        ReplySelect(PhantomData)
+    }
+}
+
+impl<R> Default for ReplySelect<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The specialised path of [`ReplySelect`].
+pub trait SendWireError<R> {
+    /// Sends `ret`.
+    fn __fdserver_send(
+        &self,
+        ctx: &mut Context<'_>,
+        message: &'static str,
+        ret: R,
+    ) -> Result<(), RemoteError>;
+}
+
+impl<T: ToValues, E: WireError> SendWireError<Result<T, E>> for ReplySelect<Result<T, E>> {
+    fn __fdserver_send(
+        &self,
+        ctx: &mut Context<'_>,
+        message: &'static str,
+        ret: Result<T, E>,
+    ) -> Result<(), RemoteError> {
+        match ret {
+            Ok(values) => send_values(ctx, message, values),
+            Err(e) => Err(e.to_remote()),
         }
     }
-    let inline = (0..len)
-        .filter(|&i| <R::Ok as ToValues>::__form(i) == Form::Inline)
-        .map(|i| match values.__encode(i) {
-            Encoded::Element(e) => e,
-            _ => Element::bytes(b""),
-        });
-    let mut out_of_band = (0..len).filter(|&i| <R::Ok as ToValues>::__form(i) != Form::Inline);
+}
+
+/// The general path of [`ReplySelect`].
+pub trait SendReply<R> {
+    /// Sends `ret`.
+    fn __fdserver_send(
+        &self,
+        ctx: &mut Context<'_>,
+        message: &'static str,
+        ret: R,
+    ) -> Result<(), RemoteError>
+    where
+        R: Reply;
+}
+
+impl<R> SendReply<R> for &ReplySelect<R> {
+    fn __fdserver_send(
+        &self,
+        ctx: &mut Context<'_>,
+        message: &'static str,
+        ret: R,
+    ) -> Result<(), RemoteError>
+    where
+        R: Reply,
+    {
+        reply(ctx, message, ret)
+    }
+}
+
+/// Writes `["ok", inline values...]` and the out-of-band values. Every value is encoded first:
+/// one that cannot be sent fails the call with nothing written.
+fn send_values<V: ToValues>(
+    ctx: &mut Context<'_>,
+    message: &'static str,
+    values: V,
+) -> Result<(), RemoteError> {
+    let len = V::__LEN;
+    let mut encoded: [Option<Encoded<'_>>; MAX_VALUES] =
+        std::array::from_fn(|i| (i < len).then(|| values.__encode(i)));
+    for (i, e) in encoded.iter_mut().enumerate() {
+        match e {
+            Some(Encoded::Invalid(why)) => {
+                return Err(RemoteError::failed(format_args!(
+                    "{message}: reply value {} cannot be sent: {why}",
+                    i + 1
+                )));
+            }
+            // Too long for the wire format's `u32` length: refused before the first byte, so
+            // that this is an ordinary error reply and the server keeps serving.
+            Some(Encoded::Scalar(data)) => {
+                wire::scalar_header(data.len())?;
+            }
+            _ => {}
+        }
+    }
+    // Out-of-band values apart, so the inline ones can be borrowed while these are sent.
+    let mut out_of_band: [Option<Encoded<'_>>; MAX_VALUES] = std::array::from_fn(|_| None);
+    for (i, e) in encoded[..len].iter_mut().enumerate() {
+        if V::__form(i) != Form::Inline {
+            out_of_band[i] = e.take();
+        }
+    }
+    let inline = encoded[..len].iter().filter_map(|e| match e {
+        Some(Encoded::Element(e)) => Some(e.as_bytes()),
+        _ => None,
+    });
+    let mut out_of_band = out_of_band.into_iter().flatten();
+    let channel = ctx.channel();
     match out_of_band.next() {
         // The reply and a first descriptor leave in one system call.
-        Some(first) => match values.__encode(first) {
-            Encoded::Fd(fd) => ctx.channel().write_ok_with_fd(inline, fd)?,
-            other => {
-                ctx.reply(inline)?;
-                send_after_first_byte(ctx.channel(), other)?;
-            }
-        },
-        None => ctx.reply(inline)?,
+        Some(Encoded::Fd(fd)) => channel.write_ok_with_fd(inline, fd)?,
+        Some(other) => {
+            channel.write_ok(inline)?;
+            send_after_first_byte(channel, other)?;
+        }
+        None => channel.write_ok(inline)?,
     }
-    for i in out_of_band {
-        send_after_first_byte(ctx.channel(), values.__encode(i))?;
+    for e in out_of_band {
+        send_after_first_byte(channel, e)?;
     }
     Ok(())
 }
+
+/// Most values in a reply (tuples of up to 12).
+const MAX_VALUES: usize = 12;
 
 /// Sends an out-of-band value that follows a message already on the wire: failing leaves the
 /// peer waiting for it, so the channel is marked broken.
@@ -350,59 +587,72 @@ fn send_after_first_byte(channel: &mut Channel, encoded: Encoded<'_>) -> Result<
 
 fn send_encoded(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error> {
     match encoded {
-        Encoded::Scalar(data) => channel.write_scalar(data),
+        Encoded::Scalar(data) => channel.write_scalar(&data),
         Encoded::Fd(fd) => channel.send_fd(fd),
-        Encoded::Element(_) => Ok(()),
+        Encoded::Element(_) | Encoded::Invalid(_) => Ok(()),
     }
 }
 
-/// Encodes a client argument, once, for [`send_request`] and [`send_out_of_band`].
+/// Encodes a client argument, once, for [`call`].
 pub fn encode<T: ToArg + ?Sized>(value: &T) -> Encoded<'_> {
     value.to_arg()
 }
 
-/// Writes the request array `[message, inline arguments...]`, after checking what can be
-/// checked of the out-of-band arguments that follow it (a scalar too long for the wire format's
-/// `u32` length): a call that fails before its first byte leaves the channel in step.
-pub fn send_request<const N: usize>(
-    channel: &mut Channel,
-    message: &str,
-    arguments: [&Encoded<'_>; N],
-) -> Result<(), Error> {
-    for a in arguments {
-        if let Encoded::Scalar(data) = a {
-            wire::scalar_header(data.len())?;
-        }
-    }
-    let inline = arguments.into_iter().filter_map(|a| match a {
-        Encoded::Element(e) => Some(e.as_bytes()),
-        _ => None,
-    });
-    channel
-        .write_array(iter::once(message.as_bytes()).chain(inline))
-        .map_err(|e| e.in_call(message.as_bytes()))
-}
-
-/// Sends a client argument of the call to `message` after the request array if it is
-/// out-of-band. The request is on the wire by then: a failure (e.g. `ETOOMANYREFS` for a
-/// descriptor) leaves the server waiting for this value, so it marks the channel broken, and
-/// later calls fail with [`Error::Broken`] instead of feeding the server the next request as
-/// this value.
-pub fn send_out_of_band(
-    channel: &mut Channel,
-    message: &str,
-    argument: Encoded<'_>,
-) -> Result<(), Error> {
-    send_after_first_byte(channel, argument).map_err(|e| e.in_call(message.as_bytes()))
-}
-
-/// Reads the reply to `message` and decodes its values.
-pub fn read_reply<V: FromValues>(
-    channel: &mut Channel,
+/// A client call: sends `[message, inline arguments...]` and the out-of-band arguments, reads
+/// the reply and decodes its values. An argument that cannot be encoded fails the call with
+/// [`Error::Encode`] before anything is sent.
+pub fn call<V: FromValues, const N: usize>(
+    connection: &mut impl Connection,
     state: &mut ClientState,
     message: &'static str,
+    params: &'static [&'static str],
+    arguments: [Encoded<'_>; N],
 ) -> Result<V, Error> {
-    read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+    for (i, a) in arguments.iter().enumerate() {
+        match a {
+            Encoded::Invalid(why) => {
+                return Err(Error::Encode {
+                    message: message.to_owned(),
+                    value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
+                    reason: why.reason().to_owned(),
+                });
+            }
+            // Too long for the wire format's `u32` length: refused before the request's first
+            // byte, so the channel stays in step.
+            Encoded::Scalar(data) => {
+                wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
+            }
+            _ => {}
+        }
+    }
+    connection.with_channel(|channel| {
+        let inline = arguments.iter().filter_map(|a| match a {
+            Encoded::Element(e) => Some(e.as_bytes()),
+            _ => None,
+        });
+        channel
+            .write_array(iter::once(message.as_bytes()).chain(inline))
+            .map_err(|e| e.in_call(message.as_bytes()))?;
+        // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
+        // leaves the server waiting for this value, so it breaks the channel (later calls fail
+        // with `Error::Broken` instead of feeding the server the next request as this value).
+        for argument in arguments {
+            send_after_first_byte(channel, argument).map_err(|e| e.in_call(message.as_bytes()))?;
+        }
+        read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+    })
+}
+
+/// [`call`] for a `typed_errors` handler: an error reply of `E`'s becomes
+/// [`CallError::Handler`].
+pub fn call_typed<V: FromValues, E: WireError, const N: usize>(
+    connection: &mut impl Connection,
+    state: &mut ClientState,
+    message: &'static str,
+    params: &'static [&'static str],
+    arguments: [Encoded<'_>; N],
+) -> Result<V, CallError<E>> {
+    call(connection, state, message, params, arguments).map_err(CallError::from_error)
 }
 
 fn read_reply_values<V: FromValues>(
@@ -410,17 +660,75 @@ fn read_reply_values<V: FromValues>(
     state: &mut ClientState,
     message: &'static str,
 ) -> Result<V, Error> {
+    let ClientState { reply, store } = state;
     let (msg, fd) = if V::__FIRST_OUT_OF_BAND_IS_FD {
-        let (msg, fd) = channel.read_reply_with_fd(&mut state.reply)?;
+        let (msg, fd) = channel.read_reply_with_fd(reply)?;
         (msg, Some(fd))
     } else {
-        (channel.read_reply(&mut state.reply)?, None)
+        (channel.read_reply(reply)?, None)
     };
-    let mut decoder = Decoder::new(channel, msg, Target::Reply { message });
-    decoder.prefetched_fd = fd;
+    let mut decoder = Decoder::new(
+        channel,
+        msg,
+        Target::Reply { message },
+        V::__FORMS,
+        store,
+        fd,
+    );
     let values = V::__decode(&mut decoder);
     decoder.finish_reply()?;
     values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+}
+
+/// `#[derive(WireError)]`: the error reply for a variant with code `code`.
+pub fn wire_error_reply(
+    code: &'static str,
+    error: &dyn fmt::Display,
+    details: Vec<Vec<u8>>,
+) -> RemoteError {
+    RemoteError::new(RemoteErrorKind::from_wire(code), error.to_string()).with_details(details)
+}
+
+/// `#[derive(WireError)]`: fails the build for a field that would not travel inline.
+pub const fn wire_error_field_is_inline(form: Form) {
+    if !matches!(form, Form::Inline) {
+        panic!(
+            "a field of a `#[derive(WireError)]` type must travel inline (strings, numbers, \
+             paths, `Option`s of those, `display_fromstr_arg!` types): the error reply is one \
+             array message, so byte payloads, lists, JSON values and descriptors cannot be fields"
+        )
+    }
+}
+
+/// `#[derive(WireError)]`: one field as an element (fields travel inline).
+pub fn wire_error_detail<T: ToArg + ?Sized>(value: &T) -> Vec<u8> {
+    match value.to_arg() {
+        Encoded::Element(e) => e.as_bytes().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// `#[derive(WireError)]`: the reply has exactly `n` details.
+pub fn wire_error_count(remote: &RemoteError, n: usize) -> Result<(), ArgError> {
+    match remote.details().len() {
+        got if got == n => Ok(()),
+        got => Err(ArgError::new(format_args!(
+            "expected {n} field(s), got {got}"
+        ))),
+    }
+}
+
+/// `#[derive(WireError)]`: field number `index` (`what`, for the error message).
+pub fn wire_error_field<T>(remote: &RemoteError, index: usize, what: &str) -> Result<T, ArgError>
+where
+    T: for<'a> FromArg<'a>,
+{
+    let bytes = remote
+        .details()
+        .get(index)
+        .ok_or_else(|| ArgError::new(format_args!("{what} is missing")))?;
+    T::from_arg(Received::Element(bytes))
+        .map_err(|e| ArgError::new(format_args!("{what}: {e} (got {})", quote(bytes))))
 }
 
 /// What an `initialize` hook may return.

@@ -41,6 +41,52 @@ where
     Ok(())
 }
 
+/// The status of a success reply whose body is too large for an array message: the frame
+/// `["ok_scalar"]` is followed by a scalar message holding the reply's whole body (`ok`, then
+/// every value, each followed by a NUL byte), as an array body would, with a `u32` length.
+pub const OK_SCALAR: &[u8] = b"ok_scalar";
+
+/// Appends a success reply `["ok", elements...]` to `out`: an array message when its body fits
+/// in 65535 bytes, else `["ok_scalar"]` and a scalar message holding that body (see
+/// [`OK_SCALAR`]). An element containing NUL is an error and leaves `out` as it was.
+pub(crate) fn encode_reply<I, T>(out: &mut Vec<u8>, elements: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = T>,
+    T: AsRef<[u8]>,
+{
+    let start = out.len();
+    out.extend_from_slice(&[0, 0]);
+    for (index, e) in elements.into_iter().enumerate() {
+        let e = e.as_ref();
+        if e.contains(&0) {
+            out.truncate(start);
+            return Err(Error::ElementContainsNul { index });
+        }
+        out.extend_from_slice(e);
+        out.push(0);
+    }
+    let len = out.len() - start - 2;
+    if len <= MAX_BODY {
+        out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+        return Ok(());
+    }
+    // Rare: move the body behind the announcement and the scalar's header.
+    let header = match scalar_header(len) {
+        Ok(h) => h,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let mut head = Vec::with_capacity(2 + OK_SCALAR.len() + 1 + 4);
+    head.extend_from_slice(&((OK_SCALAR.len() + 1) as u16).to_be_bytes());
+    head.extend_from_slice(OK_SCALAR);
+    head.push(0);
+    head.extend_from_slice(&header);
+    out.splice(start..start + 2, head);
+    Ok(())
+}
+
 /// The 4-byte header of a scalar message of `len` bytes.
 pub fn scalar_header(len: usize) -> Result<[u8; 4], Error> {
     u32::try_from(len)

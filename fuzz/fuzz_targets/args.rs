@@ -29,7 +29,7 @@ use fdserver::{Channel, MessageBuf};
 use libfuzzer_sys::fuzz_target;
 
 /// `from_arg`, then if it parsed: `to_arg` gives an element without NUL that parses back equal.
-fn round_trip<T: FromArg + ToArg + Debug>(element: &[u8], same: impl Fn(&T, &T) -> bool) {
+fn round_trip<T: for<'a> FromArg<'a> + ToArg + Debug>(element: &[u8], same: impl Fn(&T, &T) -> bool) {
     let Ok(v) = T::from_arg(Received::Element(element)) else {
         return;
     };

@@ -108,8 +108,8 @@ pub struct HelloServer;
 
 #[fdserver::fdserver]
 impl HelloServer {
-    /// The seed's example handler.
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    /// The seed's example handler (borrowed arguments: only the greeting is allocated).
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             1234,
@@ -206,6 +206,32 @@ pub fn start_call_stop_with(server: &mut BenchServer, builder: Builder) {
 pub fn server_allocs(client: &mut ServerHandle) -> u64 {
     let reply = client.call(["allocs"]).expect("allocs");
     reply[0].parse().expect("allocs number")
+}
+
+/// Row 4e: a server *program* started with `fdserver::Spawn` (exec), first call, stop.
+#[inline(never)]
+pub fn spawn_call_stop() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_typed-server"));
+    command.args(["--serve-fd", "3"]);
+    let mut client: fdserver_tests::greeter::GreeterClient = fdserver::Spawn::new(command)
+        .start()
+        .expect("spawn typed-server");
+    let (greeting, _) = client.hello("Joe", "Dalton").expect("hello");
+    debug_assert_eq!(greeting, "Hello Joe Dalton, how are you?");
+    let stopped = client.stop().expect("stop");
+    assert!(stopped.status.success(), "server exit: {stopped}");
+}
+
+/// Row 4e's baseline: the same typed server forked (`start`), first call, stop.
+#[inline(never)]
+pub fn fork_typed_call_stop() {
+    let mut client = fdserver_tests::greeter::Greeter::default()
+        .start()
+        .expect("start greeter");
+    let (greeting, _) = client.hello("Joe", "Dalton").expect("hello");
+    debug_assert_eq!(greeting, "Hello Joe Dalton, how are you?");
+    let stopped = client.stop().expect("stop");
+    assert!(stopped.status.success(), "server exit: {stopped}");
 }
 
 /// How many descriptors this process has open (what a server it forks inherits).

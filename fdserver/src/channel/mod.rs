@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::sys;
-use crate::wire::{self, Message, MessageBuf};
+use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
+
+/// Largest write buffer a channel keeps between messages.
+const WBUF_KEEP: usize = 1 << 20;
 
 mod read_ahead;
 
@@ -590,13 +593,16 @@ impl Channel {
         self.op = Operation::WriteArray;
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
-        let encoded = wire::encode_array(
-            &mut buf,
-            prefix
-                .into_iter()
-                .map(Elem::Fixed)
-                .chain(elements.into_iter().map(Elem::User)),
-        );
+        let all = prefix
+            .into_iter()
+            .map(Elem::Fixed)
+            .chain(elements.into_iter().map(Elem::User));
+        // A success reply never fails for its size: past 64 KiB it goes as a scalar.
+        let encoded = if prefix == Some(b"ok") {
+            wire::encode_reply(&mut buf, all)
+        } else {
+            wire::encode_array(&mut buf, all)
+        };
         let result = encoded.and_then(|()| {
             let deadline = self.write_deadline();
             match fd {
@@ -604,6 +610,10 @@ impl Channel {
                 Some(fd) => self.send_frame_then_fd(&buf, fd, deadline),
             }
         });
+        if buf.capacity() > WBUF_KEEP {
+            // After a large reply: do not keep its memory for the rest of the connection.
+            buf = Vec::with_capacity(256);
+        }
         self.wbuf = buf;
         result.map_err(|e| match e {
             // Report the caller's element index, not ours.
@@ -662,7 +672,10 @@ impl Channel {
     // Replies (the fdserver convention on top of array messages)
     // ----------------------------------------------------------------------------------------
 
-    /// Writes a success reply: `["ok", values...]`.
+    /// Writes a success reply: `["ok", values...]`. One whose body exceeds 65535 bytes is sent
+    /// as `["ok_scalar"]` followed by a scalar holding the same body (see [`wire::OK_SCALAR`]),
+    /// which [`read_reply`](Self::read_reply) reads back as `["ok", values...]`: a reply never
+    /// fails for its size.
     pub fn write_ok<I, T>(&mut self, values: I) -> Result<(), Error>
     where
         I: IntoIterator<Item = T>,
@@ -738,28 +751,65 @@ impl Channel {
         }
     }
 
-    /// Writes an error reply: `["error", kind, message]`. NUL bytes in the message are replaced
-    /// and an over-long message is cut, so that the reply itself cannot fail to encode.
+    /// Writes an error reply: `["error", kind, message, details...]` (see [`RemoteError`]). NUL
+    /// bytes are replaced (by U+FFFD) and an over-long kind (1000 bytes) or message (60 000) is
+    /// cut, so that the reply itself cannot fail to encode; details that would not fit next to
+    /// the message are left out.
     pub fn write_error(&mut self, error: &RemoteError) -> Result<(), Error> {
+        const MAX_TEXT: usize = 60_000;
+        const MAX_KIND: usize = 1_000;
         let mut msg = error.message().replace('\0', "\u{FFFD}");
-        if msg.len() > 60_000 {
-            let mut cut = 60_000;
+        if msg.len() > MAX_TEXT {
+            let mut cut = MAX_TEXT;
             while !msg.is_char_boundary(cut) {
                 cut -= 1;
             }
             msg.truncate(cut);
         }
-        let kind = error.kind().as_str().replace('\0', "\u{FFFD}");
-        self.write_array([&b"error"[..], kind.as_bytes(), msg.as_bytes()])
+        let mut kind = error.kind().as_str().replace('\0', "\u{FFFD}");
+        if kind.len() > MAX_KIND {
+            let mut cut = MAX_KIND;
+            while !kind.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            kind.truncate(cut);
+        }
+        let clean = |d: &Vec<u8>| -> Vec<u8> {
+            if d.contains(&0) {
+                let mut out = Vec::with_capacity(d.len() + 2);
+                for &b in d {
+                    if b == 0 {
+                        out.extend_from_slice("\u{FFFD}".as_bytes());
+                    } else {
+                        out.push(b);
+                    }
+                }
+                out
+            } else {
+                d.clone()
+            }
+        };
+        let details: Vec<Vec<u8>> = error.details().iter().map(clean).collect();
+        let room = wire::MAX_BODY.saturating_sub(b"error".len() + kind.len() + msg.len() + 3);
+        let need: usize = details.iter().map(|d| d.len() + 1).sum();
+        let details = if need <= room { &details[..] } else { &[] };
+        self.write_array(
+            [&b"error"[..], kind.as_bytes(), msg.as_bytes()]
+                .into_iter()
+                .chain(details.iter().map(Vec::as_slice)),
+        )
     }
 
-    /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`),
+    /// Reads a reply into `buf`: `Ok(message)` for `["ok", values...]` (element 0 is `"ok"`; a
+    /// reply too large for an array message, `["ok_scalar"]` and its scalar, reads the same),
     /// [`Error::Remote`] for `["error", kind, message]`, [`Error::Disconnected`] at end of stream.
     ///
     /// The first read asks for the five bytes of the shortest reply there is, `["ok"]`
     /// (`00 03 6F 6B 00`; an error reply is longer): such a reply arrives in one `recvmsg`, and no
     /// valid reply is ever read past. A frame shorter than that is not a reply; if bytes after
-    /// it were taken with it, the channel is broken.
+    /// it were taken with it, the channel is broken. (A channel of the pair
+    /// [`Server::start`](crate::Server::start) creates reads a whole reply in one `recvmsg`, and
+    /// keeps what follows it for the next read.)
     pub fn read_reply<'b>(&mut self, buf: &'b mut MessageBuf) -> Result<Message<'b>, Error> {
         self.read_reply_frame(buf, false)?;
         Ok(buf.message())
@@ -931,6 +981,9 @@ impl Channel {
                 "a reply frame shorter than any reply".into(),
             )));
         }
+        if buf.message().name() == OK_SCALAR {
+            self.read_spilled_reply(buf)?;
+        }
         if !with_fd {
             return Ok(None);
         }
@@ -944,6 +997,23 @@ impl Channel {
                 self.recv_fd_until(deadline)?.ok_or(Error::Disconnected)?,
             )),
         }
+    }
+
+    /// After `["ok_scalar"]`: reads the scalar holding the reply's body into `buf` (see
+    /// [`wire::OK_SCALAR`]), so that it reads as the `["ok", ...]` reply it stands for.
+    fn read_spilled_reply(&mut self, buf: &mut MessageBuf) -> Result<(), Error> {
+        if !self.read_scalar_into(&mut buf.body)? {
+            self.broken = true;
+            return Err(Error::Protocol(ProtocolError::UnexpectedEof));
+        }
+        self.op = Operation::ReadReply;
+        buf.index().map_err(Error::Protocol)?;
+        if buf.message().name() != b"ok" {
+            return Err(Error::Protocol(ProtocolError::BadReply(
+                "the scalar after \"ok_scalar\" does not hold an \"ok\" reply".into(),
+            )));
+        }
+        Ok(())
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1081,18 +1151,19 @@ fn total_len(iov: &[IoSlice<'_>]) -> usize {
     iov.iter().map(|s| s.len()).sum()
 }
 
-/// `Ok` for an `["ok", ...]` reply, [`Error::Remote`] for `["error", kind, message]`, a protocol
-/// error for anything else.
+/// `Ok` for an `["ok", ...]` reply (and the `["ok_scalar"]` announcement of a large one),
+/// [`Error::Remote`] for `["error", kind, message, details...]`, a protocol error for anything
+/// else.
 pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
     match msg.name() {
-        b"ok" => Ok(()),
+        b"ok" | OK_SCALAR => Ok(()),
         b"error" => {
             let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b""));
             let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
-            Err(Error::Remote(RemoteError::new(
-                RemoteErrorKind::from_wire(&kind),
-                text,
-            )))
+            Err(Error::Remote(
+                RemoteError::new(RemoteErrorKind::from_wire(&kind), text)
+                    .with_details(msg.iter().skip(3).map(<[u8]>::to_vec)),
+            ))
         }
         other => Err(Error::Protocol(ProtocolError::BadReply(format!(
             "expected \"ok\" or \"error\", got {:?}",

@@ -419,6 +419,9 @@ impl Channel {
         }
         buf.index().map_err(Error::Protocol)?;
         super::check_reply(buf.message())?;
+        if buf.message().name() == crate::wire::OK_SCALAR {
+            self.read_spilled_reply(buf)?;
+        }
         if !with_fd {
             return Ok(None);
         }

@@ -314,6 +314,34 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A close-on-exec duplicate of `fd` at the lowest free number `>= min` (`F_DUPFD_CLOEXEC`);
+/// never replaces an open descriptor.
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a valid descriptor with integer arguments.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// In a child between `fork` and `exec` (async-signal-safe: two syscalls, no allocation): makes
+/// `fd` available as `target` across `exec`: `dup2` (whose copy is not close-on-exec), or, when
+/// it already is `target`, clears its close-on-exec flag.
+pub(crate) fn inherit_at(fd: RawFd, target: RawFd) -> io::Result<()> {
+    if fd == target {
+        // SAFETY: fcntl on a descriptor number with integer arguments.
+        cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+        return Ok(());
+    }
+    loop {
+        // SAFETY: dup2 between descriptor numbers; `target` is ours to replace in this child.
+        match cvt(unsafe { libc::dup2(fd, target) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

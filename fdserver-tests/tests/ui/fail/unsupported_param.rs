@@ -2,7 +2,7 @@ struct Server;
 
 #[fdserver::fdserver]
 impl Server {
-    fn greet(&mut self, name: &str) -> String {
+    fn greet(&mut self, name: &String) -> String {
         name.to_owned()
     }
 

@@ -1,9 +1,11 @@
+use std::collections::HashMap;
+
 struct Server;
 
 #[fdserver::fdserver]
 impl Server {
-    fn list(&mut self) -> Vec<String> {
-        Vec::new()
+    fn table(&mut self) -> HashMap<String, u32> {
+        HashMap::new()
     }
 }
 
