@@ -223,18 +223,12 @@ pub(crate) fn install_fds(
 /// The descriptors this process inherited besides 0, 1, 2: open and not close-on-exec (what
 /// `exec` passed on), in ascending order, at most [`MAX_EXTRA_FDS`].
 pub(crate) fn inherited_fds() -> Vec<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    let mut fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd: &RawFd| {
-            // SAFETY: fcntl F_GETFD only queries (the directory's own descriptor is
-            // close-on-exec: excluded).
-            fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0
-        })
-        .collect();
-    fds.sort_unstable();
+    // The runtime's own listing (`getdents64` on `/proc/self/fd`, sorted, its directory left
+    // out; a `poll` over the table where procfs is missing).
+    let mut fds = Vec::new();
+    crate::sys::list_open_fds(&mut fds);
+    // SAFETY: fcntl F_GETFD only queries.
+    fds.retain(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0);
     fds.truncate(MAX_EXTRA_FDS);
     fds
 }
