@@ -331,11 +331,11 @@ fn main() {
                     });
                 }
             }
-            Err(e) => {
-                rows.extend(same_cpu.iter().map(|m| {
-                    unavailable("5s", "static client warm cmd vs fork+exec true", m, &e)
-                }))
-            }
+            Err(e) => rows.extend(
+                same_cpu
+                    .iter()
+                    .map(|m| unavailable("5s", "static client warm cmd vs fork+exec true", m, &e)),
+            ),
         }
     }
     if want("5w") {

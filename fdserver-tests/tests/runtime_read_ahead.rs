@@ -276,6 +276,54 @@ fn a_read_timeout_before_a_message_leaves_the_channel_usable() {
     }
 }
 
+/// The socket's receive time-out (`SO_RCVTIMEO`), in microseconds.
+fn recv_timeout_us(fd: std::os::fd::BorrowedFd<'_>) -> i64 {
+    // SAFETY: a zeroed timeval is a valid out-value.
+    let mut tv: libc::timeval = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0);
+    tv.tv_sec * 1_000_000 + tv.tv_usec
+}
+
+#[test]
+fn a_record_channel_waits_for_a_deadline_inside_recvmsg_and_lends_its_socket_without_it() {
+    let _wd = watchdog("read_ahead_rcvtimeo", SECS(30));
+    let (mut r, mut w) = fdserver::__private::read_ahead_pair(true).unwrap();
+    let raw = fdserver::__private::channel_socket(&r)
+        .try_clone_to_owned()
+        .unwrap();
+    r.set_read_timeout(Some(std::time::Duration::from_millis(30)));
+    let t = std::time::Instant::now();
+    let e = r.read_strings().unwrap_err();
+    assert!(matches!(e, Error::TimedOut { .. }), "{e}");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(30));
+    // (The kernel keeps it in clock ticks: rounded up to the next one.)
+    let set = recv_timeout_us(raw.as_fd());
+    assert!(
+        (30_000..40_000).contains(&set),
+        "the wait was the socket's: {set} µs"
+    );
+    w.write_array(["in time"]).unwrap();
+    assert_eq!(r.read_strings().unwrap().unwrap(), ["in time"]);
+    // Lent: whoever reads the socket now must not see reads fail after 30 ms.
+    let _ = r.as_fd();
+    assert_eq!(recv_timeout_us(raw.as_fd()), 0);
+    // And the channel keeps its deadline, through `poll`.
+    let e = r.read_strings().unwrap_err();
+    assert!(matches!(e, Error::TimedOut { .. }), "{e}");
+    assert_eq!(recv_timeout_us(raw.as_fd()), 0);
+}
+
 #[test]
 fn a_lent_stream_channel_reads_exactly_so_the_socket_can_be_shared() {
     let _wd = watchdog("read_ahead_lent_stream", SECS(30));

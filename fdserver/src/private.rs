@@ -37,6 +37,11 @@ pub fn read_ahead_pair(seqpacket: bool) -> std::io::Result<(Channel, Channel)> {
     Channel::owned_pair(seqpacket)
 }
 
+/// For the test suite only: a channel's socket, without lending it (see [`Channel::as_fd`]).
+pub fn channel_socket(channel: &Channel) -> std::os::fd::BorrowedFd<'_> {
+    channel.socket()
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 

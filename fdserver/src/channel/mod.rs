@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
@@ -68,6 +68,9 @@ pub struct Channel {
     lent: AtomicBool,
     /// On a `SOCK_SEQPACKET` socket: the longest record a write may send (see `read_ahead`).
     record_max: Option<usize>,
+    /// The receive time-out set on the socket (`SO_RCVTIMEO`, nanoseconds; 0: none), with which
+    /// a record channel waits for a message inside `recvmsg` (see `read_ahead`).
+    rcvtimeo: AtomicU64,
 }
 
 /// What a channel had read from its socket ahead of the messages it returned: returned by
@@ -125,6 +128,7 @@ impl Channel {
             ra: None,
             lent: AtomicBool::new(false),
             record_max: None,
+            rcvtimeo: AtomicU64::new(0),
         }
     }
 
@@ -170,6 +174,14 @@ impl Channel {
     /// [`into_fd`](Self::into_fd) refuse.
     pub fn buffered(&self) -> usize {
         self.ra.as_ref().map_or(0, |ra| ra.len())
+    }
+
+    /// Takes back the receive time-out the channel set on its socket (`SO_RCVTIMEO`), before
+    /// the socket is lent or given away: others' reads of it must not fail after that long.
+    fn clear_recv_timeout(&self) {
+        if self.rcvtimeo.swap(0, Ordering::Relaxed) != 0 {
+            let _ = sys::set_recv_timeout(self.fd.as_fd(), None);
+        }
     }
 
     /// Panics, saying what to do, if this channel holds bytes read ahead (see
@@ -305,6 +317,7 @@ impl Channel {
     /// was read): they would be lost. Use [`into_parts`](Self::into_parts) to get them too.
     pub fn into_fd(self) -> OwnedFd {
         self.refuse_if_buffered("into_fd");
+        self.clear_recv_timeout();
         self.fd
     }
 
@@ -322,6 +335,7 @@ impl Channel {
     /// # Ok::<(), fdserver::Error>(())
     /// ```
     pub fn into_parts(mut self) -> (OwnedFd, Buffered) {
+        self.clear_recv_timeout();
         let buffered = self
             .ra
             .take()
@@ -1186,6 +1200,7 @@ impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.refuse_if_buffered("as_fd");
         self.lent.store(true, Ordering::Relaxed);
+        self.clear_recv_timeout();
         self.fd.as_fd()
     }
 }

@@ -181,9 +181,15 @@ impl Channel {
             "receiving into a non-empty read-ahead buffer"
         );
         // A stream client waiting for a message that is not there yet waits in `poll` first (see
-        // the module docs). A record client blocks in `recvmsg`, as does one with no deadline;
-        // the server loop has polled (with its signal slot) before it reads a request.
+        // the module docs). A record client blocks in `recvmsg`, with a deadline too: the
+        // socket's receive time-out (`SO_RCVTIMEO`) is the channel's read time-out, which is
+        // what is left of a deadline that starts with this wait. The server loop has polled (with
+        // its signal slot) before it reads a request.
         let mut dontwait = self.nonblocking(deadline);
+        if clean && records && !self.stop_on_signal && deadline.is_some() && self.recv_timeout_set()
+        {
+            dontwait = false;
+        }
         if clean && !records && !self.stop_on_signal {
             self.on_io_error(
                 std::io::Error::from_raw_os_error(libc::EAGAIN),
@@ -209,6 +215,28 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// Makes the socket's receive time-out (`SO_RCVTIMEO`) the channel's read time-out, unless
+    /// it is already (one `setsockopt` when the time-out changes). `false` if it cannot be: the
+    /// socket is lent out, or the option failed; the wait is then a `poll`.
+    fn recv_timeout_set(&mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.lent.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(t) = self.read_timeout.filter(|t| !t.is_zero()) else {
+            return false;
+        };
+        let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);
+        if self.rcvtimeo.load(Ordering::Relaxed) == nanos {
+            return true;
+        }
+        if sys::set_recv_timeout(self.fd.as_fd(), Some(t)).is_err() {
+            return false;
+        }
+        self.rcvtimeo.store(nanos, Ordering::Relaxed);
+        true
     }
 
     /// Accounts for what a receive into a destination of `dst_len` bytes, then the (empty)

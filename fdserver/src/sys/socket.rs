@@ -4,6 +4,7 @@ use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::time::Duration;
 
 use super::{cvt, cvt_size};
 
@@ -295,6 +296,30 @@ pub(crate) fn recv2(
         }
     }
     Ok(out)
+}
+
+/// Sets the socket's receive time-out (`SO_RCVTIMEO`; `None`: wait forever): a blocking
+/// `recvmsg` that waits that long fails with `EAGAIN`.
+pub(crate) fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    let t = timeout.unwrap_or_default();
+    let mut tv = libc::timeval {
+        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    if timeout.is_some_and(|t| !t.is_zero()) && tv.tv_sec == 0 && tv.tv_usec == 0 {
+        tv.tv_usec = 1; // under a microsecond: not "forever"
+    }
+    // SAFETY: a valid timeval of the size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Whether the peer of a connected socket has shut down its writing side or closed it (`poll`
