@@ -39,8 +39,14 @@ impl HelloServer {
 pub struct TypedHello(HelloServerClient);
 
 impl TypedHello {
-    pub fn start() -> TypedHello {
-        TypedHello(HelloServer.start().expect("start fdserver server"))
+    /// `seqpacket`: the default pair; else a stream one (lane `fdserver-stream`).
+    pub fn start(seqpacket: bool) -> TypedHello {
+        TypedHello(
+            fdserver::Builder::new()
+                .seqpacket(seqpacket)
+                .start(&mut HelloServer)
+                .expect("start fdserver server"),
+        )
     }
 }
 
@@ -202,10 +208,12 @@ pub struct TypedFd {
 }
 
 impl TypedFd {
-    pub fn start(kept: bool) -> TypedFd {
+    /// `seqpacket`: the default pair; else a stream one (lane `fdserver-stream`).
+    pub fn start(kept: bool, seqpacket: bool) -> TypedFd {
         TypedFd {
-            client: FdTypedServer { devnull: None }
-                .start()
+            client: fdserver::Builder::new()
+                .seqpacket(seqpacket)
+                .start(&mut FdTypedServer { devnull: None })
                 .expect("start fdserver server"),
             kept,
         }

@@ -549,6 +549,15 @@ fn send_values<V: ToValues>(
             _ => {}
         }
     }
+    if (0..len).all(|i| V::__form(i) == Form::Inline) {
+        // The common reply: an array message alone.
+        let inline = encoded[..len].iter().filter_map(|e| match e {
+            Some(Encoded::Element(e)) => Some(e.as_bytes()),
+            _ => None,
+        });
+        ctx.channel().write_ok(inline)?;
+        return Ok(());
+    }
     // Out-of-band values apart, so the inline ones can be borrowed while these are sent.
     let mut out_of_band: [Option<Encoded<'_>>; MAX_VALUES] = std::array::from_fn(|_| None);
     for (i, e) in encoded[..len].iter_mut().enumerate() {
