@@ -22,7 +22,7 @@ pub struct HelloServer;
 
 #[fdserver::fdserver]
 impl HelloServer {
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             NUMBER,
@@ -89,7 +89,7 @@ pub struct HeapHelloServer {
 
 #[fdserver::fdserver]
 impl HeapHelloServer {
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             NUMBER,
