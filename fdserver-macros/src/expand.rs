@@ -171,16 +171,19 @@ fn server_impl(server: &Server) -> TokenStream {
                 let call = quote_spanned! {ret.span()=>
                     ::fdserver::__private::sandbox_result(__fdserver_result)
                 };
-                quote! {
-                    ::fdserver::__fdserver_with_sandbox_feature! {
-                        #(#cfgs)*
-                        fn sandbox(
-                            &self,
-                        ) -> ::core::option::Option<::fdserver::sandbox::Sandbox> {
-                            let __fdserver_result: #ret = Self::#ident(self);
-                            #call
-                        }
+                let item = quote! {
+                    #(#cfgs)*
+                    fn sandbox(
+                        &self,
+                    ) -> ::core::option::Option<::fdserver::sandbox::Sandbox> {
+                        let __fdserver_result: #ret = Self::#ident(self);
+                        #call
                     }
+                };
+                // The pass-through macro is invoked at the hook's `#[fdserver(sandbox)]`, so that
+                // its error without the feature points there, not at `#[fdserver]`.
+                quote_spanned! {h.attr_span=>
+                    ::fdserver::__fdserver_with_sandbox_feature! { #item }
                 }
             }
         }

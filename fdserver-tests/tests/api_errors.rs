@@ -270,3 +270,23 @@ fn stop_says_the_handler_did_not_return() {
     );
     drop(mine);
 }
+
+#[test]
+fn a_remote_error_debug_prints_its_details_as_text() {
+    // As a client sees an io error (`{:?}` through `unwrap`, anyhow, a log).
+    let e = RemoteError::new(
+        fdserver::RemoteErrorKind::Io,
+        "Bad file descriptor (os error 9)",
+    )
+    .with_details(["other", "9"]);
+    assert_eq!(
+        format!("{e:?}"),
+        r#"RemoteError { kind: Io, message: "Bad file descriptor (os error 9)", details: ["other", "9"] }"#
+    );
+    // Bytes that are not UTF-8 stay exact, as a byte string.
+    let e = RemoteError::failed("x").with_details([vec![b'a', 0xff], vec![]]);
+    assert!(
+        format!("{e:?}").ends_with(r#"details: [b"a\xff", ""] }"#),
+        "{e:?}"
+    );
+}

@@ -253,6 +253,34 @@ fn exec_spawn_failures_are_clear() {
     assert_eq!(open_fds(), fds_before, "descriptors leaked");
 }
 
+/// A program that runs but never serves makes the first call wait for it; with a deadline
+/// (as the `Spawn` docs advise) the call times out instead, and `stop` still ends and reaps it.
+/// The handle knows nothing of a sandbox the program might apply itself.
+#[test]
+fn a_spawned_program_that_never_serves_times_out_with_a_deadline() {
+    let _serial = serial();
+    let _wd = watchdog(
+        "a_spawned_program_that_never_serves_times_out_with_a_deadline",
+        SECS(30),
+    );
+    let mut command = Command::new("sleep");
+    command.arg("100");
+    let ms = std::time::Duration::from_millis(200);
+    let mut client: GreeterClient = Spawn::new(command)
+        .timeout(Some(ms))
+        .stop_timeouts(ms, ms)
+        .start()
+        .unwrap();
+    assert!(client.handle().sandbox().is_none());
+    let e = client.hello("a", "b").unwrap_err();
+    assert!(matches!(&e, Error::TimedOut { .. }), "{e:?}");
+    let pid = client.pid();
+    let stopped = client.stop().unwrap();
+    // `sleep` ignores its socket's end of stream; SIGTERM ends it.
+    assert_eq!(stopped.how, Shutdown::Terminated, "{stopped}");
+    assert!(!is_unreaped_child(pid));
+}
+
 /// `Command::spawn` reports a failed `exec` through a pipe it opens at the lowest free
 /// descriptor; when that is the number the server's socket goes to, the child's `dup2` would
 /// replace the pipe and the failure would read as success. `Spawn` keeps the number busy.

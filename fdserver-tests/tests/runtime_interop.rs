@@ -1,7 +1,11 @@
 //! Interop (issue 2, "Serve in the current process on ... an inherited fd"): the `hello` example
 //! run as `hello --serve-fd 3`, spawned the way a Ruby or Python program would spawn it (a
 //! socket-pair end on fd 3, `O_NONBLOCK` set), spoken to in raw Passenger MessageChannel bytes,
-//! and by a small Python port of Passenger's MessageChannel when `python3` is installed.
+//! and by a small Python port of Passenger's MessageChannel when `python3` is installed; and a
+//! Ruby MessageChannel written from Passenger's format (`tests/ruby/`) driving `hello` and the
+//! typed servers of `src/bin/ruby-peer.rs` (every value form, descriptors with `send_io` and
+//! `recv_io`, large replies, errors) when `ruby` is installed (`.ci/run` installs it where it
+//! can).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -306,4 +310,58 @@ fn python_port_of_passengers_message_channel_talks_to_hello() {
         "python client failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
+}
+
+/// Writes a line to this process's stderr directly, past the test harness's output capture:
+/// a skipped test says so in the run's output.
+fn say_skipped(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[test]
+fn ruby_message_channel_drives_hello_and_typed_servers() {
+    let _wd = watchdog("ruby_interop", SECS(120));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ruby/drive.rb");
+    let peer = env!("CARGO_BIN_EXE_ruby-peer");
+    let hello = hello_binary();
+    let mut cmd = Command::new("ruby");
+    cmd.arg(&script).arg(hello).arg(peer).stdin(Stdio::null());
+    // The peer's `Json<T>` handler exists with the `serde` feature only.
+    if cfg!(feature = "serde") {
+        cmd.arg("json");
+    }
+    // If this test process dies (the watchdog aborts it), Ruby dies with it, and the servers it
+    // started then see end of stream: nothing is left running.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only affects the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            say_skipped(
+                "SKIPPED ruby_message_channel_drives_hello_and_typed_servers: `ruby` is not \
+                 installed (`apt-get install ruby`; .ci/run installs it where it can)",
+            );
+            return;
+        }
+        Err(e) => panic!("running ruby: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.ends_with("ALL OK\n"),
+        "the Ruby peer failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    // Every check ran (a check missing from the output would be a script that stopped early).
+    let checks = stdout.lines().filter(|l| l.starts_with("ok  ")).count();
+    let expected = if cfg!(feature = "serde") { 42 } else { 40 };
+    assert_eq!(checks, expected, "checks passed:\n{stdout}");
 }

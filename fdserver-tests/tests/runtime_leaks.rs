@@ -442,8 +442,8 @@ fn a_client_socket_with_passcred_and_passpidfd_still_talks_to_its_server() {
 
 /// A server value that owns a file opened before `start`. `open_then_write` opens new files in
 /// the server (kept open) until one gets a number above the owned file's, then writes through
-/// the owned `File`; it answers whether any new file got the owned file's number, and what the
-/// write did.
+/// the owned `File`; it answers whether any new file got the owned file's number, what the
+/// write did, and what `metadata()` says through it.
 struct OwnsAFile {
     log: std::fs::File,
     dir: std::path::PathBuf,
@@ -474,7 +474,19 @@ impl Server for OwnsAFile {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
         };
-        ctx.reply([aliased.to_string(), wrote])?;
+        // What `fstat` tells through the tombstone (documented): `/dev/null`'s metadata.
+        let meta = match self.log.metadata() {
+            Ok(m) => {
+                use std::os::unix::fs::FileTypeExt;
+                format!(
+                    "char device {}, {} bytes",
+                    m.file_type().is_char_device(),
+                    m.len()
+                )
+            }
+            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+        };
+        ctx.reply([aliased.to_string(), wrote, meta])?;
         Ok(())
     }
 }
@@ -511,6 +523,9 @@ fn a_file_the_server_value_owns_fails_instead_of_aliasing_a_later_file() {
     );
     assert_eq!(reply[1], format!("errno {}", libc::EBADF));
     assert!(written.is_empty(), "the write landed in {written:?}");
+    // `metadata()` (fstat) works on an `O_PATH` descriptor: it describes `/dev/null`, not the
+    // file the value owned (as the crate docs say).
+    assert_eq!(reply[2], "char device true, 0 bytes");
 }
 
 /// Releasing still works through a tombstone: the server's inherited copy of a socket end no

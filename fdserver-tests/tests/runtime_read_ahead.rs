@@ -107,6 +107,29 @@ fn descriptors_read_ahead_come_out_with_their_own_byte() {
 }
 
 #[test]
+fn a_reply_too_large_for_an_array_message_crosses_with_its_descriptor() {
+    let _wd = watchdog("read_ahead_ok_scalar_with_fd", SECS(30));
+    for (mut r, mut w, kind) in pairs() {
+        let big = "z".repeat(200 << 10); // longer than a record and than an array message
+        let expected = big.clone();
+        let t = std::thread::spawn(move || {
+            w.write_ok_with_fd([big.as_str(), "tail"], labelled("big one"))
+                .unwrap();
+            w
+        });
+        let mut buf = MessageBuf::new();
+        let (m, fd) = r.read_reply_with_fd(&mut buf).unwrap();
+        assert_eq!(
+            m.to_strings().unwrap(),
+            ["ok".to_string(), expected, "tail".to_string()],
+            "{kind}"
+        );
+        assert_eq!(label_of(fd), "big one", "{kind}");
+        drop(t.join().unwrap());
+    }
+}
+
+#[test]
 fn into_parts_returns_the_buffered_bytes_and_descriptors_at_their_positions() {
     let _wd = watchdog("read_ahead_into_parts", SECS(30));
     for (mut r, w, kind) in pairs() {

@@ -1,15 +1,19 @@
 //! The seccomp layer (issue 15, item 5): each preset denies what it says with EPERM while the
 //! server keeps serving, passing descriptors and handling signals; an explicit deny list; an
-//! allow list under which fdserver's own runtime still works; `Violation::Kill`.
+//! allow list under which fdserver's own runtime still works (the typed API included, with
+//! `Violation::Kill`); deny lists that would take the runtime's own calls away are refused.
 
 mod sandbox_common;
 
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 
-use fdserver::sandbox::{Preset, Sandbox, Seccomp, Violation};
-use fdserver::Error;
-use fdserver_tests::{watchdog, SECS};
-use sandbox_common::{start, start_jail, try_errno, Jail};
+use fdserver::sandbox::{Preset, Sandbox, Seccomp, Syscall, Violation};
+use fdserver::{Error, Signal};
+use fdserver_tests::{pipe, read_n, watchdog, write_raw, SECS};
+use sandbox_common::{sandbox_layer, start, start_jail, try_errno, Jail};
 
 fn seccomp(s: Seccomp) -> Sandbox {
     Sandbox::new().seccomp(s)
@@ -178,5 +182,247 @@ fn kill_ends_the_server_with_sigsys_at_the_first_violation() {
     match e {
         Error::ServerExited(status) => assert_eq!(status.signal(), Some(libc::SIGSYS)),
         other => panic!("expected the server to be killed, got {other:?}"),
+    }
+}
+
+#[test]
+fn denying_a_call_of_the_runtime_fails_start_naming_it() {
+    let _wd = watchdog(
+        "denying_a_call_of_the_runtime_fails_start_naming_it",
+        SECS(30),
+    );
+    // Each would break the server: no hang-up watch (a server stuck in a handler would outlive
+    // its client), no replies, no loop, no typed descriptor results.
+    for (nr, name, why) in [
+        (libc::SYS_tgkill, "tgkill", "hang-up watch"),
+        (libc::SYS_sendmsg, "sendmsg", "writes replies"),
+        (libc::SYS_sendto, "sendto", "writes replies"),
+        (libc::SYS_recvmsg, "recvmsg", "reads requests"),
+        (libc::SYS_sendmmsg, "sendmmsg", "carries a descriptor"),
+        #[cfg(target_arch = "x86_64")]
+        (libc::SYS_poll, "poll", "waits"),
+    ] {
+        let e = start(seccomp(Seccomp::new().deny([libc::SYS_uname, nr])))
+            .err()
+            .unwrap_or_else(|| panic!("deny({name}) was accepted"));
+        assert_eq!(sandbox_layer(&e), fdserver::sandbox::Layer::Seccomp);
+        let text = e.to_string();
+        assert!(text.contains(&format!("`{name}`")), "{text}");
+        assert!(text.contains(why), "{text}");
+        assert!(text.contains("remove it from `Seccomp::deny`"), "{text}");
+    }
+}
+
+#[test]
+fn a_server_that_cannot_send_ready_fails_start_saying_why() {
+    let _wd = watchdog(
+        "a_server_that_cannot_send_ready_fails_start_saying_why",
+        SECS(30),
+    );
+    // The server's own filter, installed in initialize_server, refuses the runtime's sends
+    // (`send` for a message alone, `sendmsg` with descriptors): "ready" cannot go, but the
+    // reason still reaches `start` (written with plain `write`).
+    let jail = Jail {
+        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_sendto],
+        ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
+    };
+    let e = start_jail(jail).err().expect("start failed");
+    let text = e.to_string();
+    assert!(
+        text.contains("could not send its \"ready\" message"),
+        "{text}"
+    );
+    assert!(text.contains("Operation not permitted"), "{text}");
+    assert!(text.contains("Seccomp::RUNTIME"), "{text}");
+    // With `write` refused too, the server still fails, with a non-zero status (the reason
+    // goes to its stderr). No report pipe: finalize_server writes nothing.
+    let mut jail = Jail {
+        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_sendto, libc::SYS_write],
+        ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
+    };
+    match fdserver::Builder::new()
+        .start(&mut jail)
+        .expect_err("start failed")
+    {
+        Error::ServerExited(status) => assert_eq!(status.code(), Some(1), "{status}"),
+        other => panic!("expected the server to exit with status 1, got {other:?}"),
+    }
+}
+
+/// Reads everything from `fd` with plain `read` calls (std's `File::read_to_string` would `statx`
+/// and `lseek` first, which the strict server's allow list does not have).
+fn read_all(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reads at most `chunk.len()` bytes into `chunk` from a descriptor the caller
+        // keeps open.
+        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        match n {
+            0 => return Ok(out),
+            n if n > 0 => out.extend_from_slice(&chunk[..n as usize]),
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// A typed server whose sandbox allows fdserver's runtime calls (`Seccomp::RUNTIME`) and
+/// nothing else, and kills the server on any other call. Its handlers make no system call of
+/// their own but `read`, `write` and `close`, so whatever kills it is the runtime's: the typed
+/// reply paths with a descriptor (one `sendmsg` on the default record pair, one `sendmmsg` on a
+/// stream pair: see `the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair`), alone
+/// and with a value large enough to go
+/// as `ok_scalar`; descriptors received as `File` and `OwnedFd`; large replies and arguments;
+/// lists; io errors; a declared signal; finalize.
+#[derive(Debug, Default)]
+struct Strict {
+    /// Opened by `initialize` (before the sandbox): what `give*` hand out.
+    files: Vec<File>,
+    /// A pipe kept open in the server: the signal handler writes `S`, finalize `F`.
+    report: RawFd,
+}
+
+#[fdserver::fdserver]
+impl Strict {
+    fn give(&mut self) -> io::Result<File> {
+        self.files
+            .pop()
+            .ok_or_else(|| io::Error::other("no file left"))
+    }
+
+    fn give_owned(&mut self) -> io::Result<OwnedFd> {
+        self.give().map(OwnedFd::from)
+    }
+
+    fn give_with(&mut self, n: usize) -> io::Result<(String, File)> {
+        Ok(("y".repeat(n), self.give()?))
+    }
+
+    fn take(&mut self, input: File) -> io::Result<Vec<u8>> {
+        read_all(&input)
+    }
+
+    fn take_owned(&mut self, input: OwnedFd, tag: &str) -> io::Result<String> {
+        Ok(format!(
+            "{tag}:{}",
+            String::from_utf8_lossy(&read_all(&input)?)
+        ))
+    }
+
+    fn big(&mut self, n: usize) -> String {
+        "x".repeat(n)
+    }
+
+    fn blob(&mut self, data: &[u8]) -> usize {
+        data.len()
+    }
+
+    fn list(&mut self, items: Vec<String>) -> Vec<String> {
+        items
+    }
+
+    fn missing(&mut self) -> io::Result<File> {
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    #[fdserver(signal = "SIGUSR1")]
+    fn usr1(&mut self) {
+        write_raw(self.report, b"S");
+    }
+
+    #[fdserver(initialize)]
+    fn open_files(&mut self) -> Result<(), fdserver::BoxError> {
+        for _ in 0..8 {
+            self.files.push(File::open("/proc/self/status")?);
+        }
+        Ok(())
+    }
+
+    #[fdserver(finalize)]
+    fn done(&mut self) {
+        write_raw(self.report, b"F");
+    }
+
+    #[fdserver(sandbox)]
+    fn strict(&self) -> Sandbox {
+        Sandbox::new().seccomp(
+            Seccomp::new()
+                .allow_only(Vec::<Syscall>::new())
+                .on_violation(Violation::Kill),
+        )
+    }
+}
+
+/// The server's `/proc/self/status`, read through a descriptor it handed over.
+fn status_of(f: impl Into<OwnedFd>) -> String {
+    String::from_utf8(read_all(&f.into()).unwrap()).unwrap()
+}
+
+#[test]
+fn the_typed_api_works_under_an_allow_list_of_nothing_that_kills() {
+    let _wd = watchdog(
+        "the_typed_api_works_under_an_allow_list_of_nothing_that_kills",
+        SECS(30),
+    );
+    let (report, wr) = pipe();
+    let mut server = Strict {
+        report: wr.as_raw_fd(),
+        ..Strict::default()
+    };
+    let mut c = fdserver::Builder::new()
+        .keep_fd(&wr)
+        .start(&mut server)
+        .unwrap();
+    drop(wr);
+    let pid = c.pid();
+    let report_of = c.handle().sandbox().unwrap().seccomp.clone().unwrap();
+    assert_eq!(report_of.violation, Violation::Kill);
+    // A descriptor as the whole result: the runtime's reply is one system call. The file is the
+    // server's own status, which shows its filter.
+    let status = status_of(c.give().unwrap());
+    assert!(status.contains(&format!("Pid:\t{pid}\n")), "{status}");
+    assert!(status.contains("Seccomp:\t2\n"), "{status}");
+    status_of(c.give_owned().unwrap());
+    // With a small value, then with one that makes the reply go as `ok_scalar`.
+    let (s, f) = c.give_with(10).unwrap();
+    assert_eq!(s, "y".repeat(10));
+    status_of(f);
+    let (s, f) = c.give_with(1 << 20).unwrap();
+    assert_eq!(s.len(), 1 << 20);
+    status_of(f);
+    // Descriptors to the server.
+    let (rd, mut w) = pipe().map_pair();
+    w.write_all(b"to the server").unwrap();
+    drop(w);
+    assert_eq!(c.take(File::from(rd)).unwrap(), b"to the server");
+    let (rd, mut w) = pipe().map_pair();
+    w.write_all(b"owned").unwrap();
+    drop(w);
+    assert_eq!(c.take_owned(rd, "tag").unwrap(), "tag:owned");
+    // Large values both ways, lists, an error.
+    assert_eq!(c.big(3 << 20).unwrap().len(), 3 << 20);
+    assert_eq!(c.blob(&vec![7; 5 << 20]).unwrap(), 5 << 20);
+    let items: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+    assert_eq!(c.list(&items).unwrap(), items);
+    let e = c.missing().unwrap_err();
+    assert_eq!(io::Error::from(e).raw_os_error(), Some(libc::ENOENT));
+    // A declared signal, then more calls.
+    c.signal(Signal::SIGUSR1).unwrap();
+    assert_eq!(read_n(report.as_fd(), 1), b"S");
+    status_of(c.give().unwrap());
+    // Stop: end of stream, finalize, exit 0.
+    let stopped = c.stop().unwrap();
+    assert!(stopped.status.success(), "{stopped}");
+    assert_eq!(read_n(report.as_fd(), 1), b"F");
+}
+
+/// A pipe as (read end, write end as a `File`).
+trait MapPair {
+    fn map_pair(self) -> (OwnedFd, File);
+}
+
+impl MapPair for (OwnedFd, OwnedFd) {
+    fn map_pair(self) -> (OwnedFd, File) {
+        (self.0, File::from(self.1))
     }
 }

@@ -11,7 +11,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use fdserver::sandbox::{Identity, Landlock, Layer, Limit, Preset, Sandbox, Seccomp};
+use fdserver::sandbox::{Identity, Landlock, Layer, Limit, Preset, Sandbox, Seccomp, Syscall};
 use fdserver::{Builder, Channel, Error, Server};
 use fdserver_tests::{
     child_pids, fork_child, pipe, read_n, serial, wait_child, wait_pid_gone, watchdog, SECS,
@@ -302,36 +302,48 @@ fn a_sandboxed_server_ends_when_its_client_is_killed() {
 }
 
 #[test]
-#[ignore = "TODO(issue 10, item 6): a server stuck in a handler ends only once the runtime's \
-            hang-up detection lands; then un-ignore"]
 fn a_sandboxed_server_stuck_in_a_handler_ends_when_its_client_is_killed() {
     let _s = serial();
     let _wd = watchdog(
         "a_sandboxed_server_stuck_in_a_handler_ends_when_its_client_is_killed",
-        SECS(30),
+        SECS(60),
     );
-    let (rd, wr) = pipe();
-    let client = fork_child(&[wr.as_raw_fd()], || {
-        // The CPU limit bounds the spin should the server outlive this test.
-        let mut s = start(
-            Sandbox::new()
-                .landlock(Landlock::new())
-                .limit(Limit::CpuTime(std::time::Duration::from_secs(20))),
-        )
-        .unwrap();
-        fdserver_tests::write_raw(wr.as_raw_fd(), &s.server.pid().to_le_bytes());
-        s.server.call(["spin"]).unwrap();
-        loop {
-            // SAFETY: pause only waits for a signal.
-            unsafe { libc::pause() };
-        }
-    });
-    let server = u32::from_le_bytes(read_n(rd.as_fd(), 4).try_into().unwrap());
-    // SAFETY: `client` is our unreaped child.
-    unsafe { libc::kill(client, libc::SIGKILL) };
-    let _ = wait_child(client);
-    assert!(
-        wait_pid_gone(server, SECS(10)),
-        "the server outlived its client"
-    );
+    // The CPU limit bounds the spin should the server outlive this test. Under the allow list
+    // (whose violations fail with EPERM rather than kill), a call of the hang-up watch missing
+    // from Seccomp::RUNTIME would leave the server running.
+    let cpu = Limit::CpuTime(std::time::Duration::from_secs(20));
+    for sandbox in [
+        Sandbox::new().landlock(Landlock::new()).limit(cpu),
+        Sandbox::new()
+            .seccomp(Seccomp::new().allow_only(Vec::<Syscall>::new()))
+            .limit(cpu),
+    ] {
+        let (rd, wr) = pipe();
+        let client = fork_child(&[wr.as_raw_fd()], || {
+            let mut jail = Jail::new(sandbox);
+            let secs = std::time::Duration::from_secs(1);
+            let mut server = Builder::new()
+                .stop_timeouts(secs, secs)
+                .start(&mut jail)
+                .unwrap();
+            // Once the server replied, it spins: only then may the test kill this client.
+            server.call(["spin"]).unwrap();
+            fdserver_tests::write_raw(wr.as_raw_fd(), &server.pid().to_le_bytes());
+            loop {
+                // SAFETY: pause only waits for a signal.
+                unsafe { libc::pause() };
+            }
+        });
+        let server = u32::from_le_bytes(read_n(rd.as_fd(), 4).try_into().unwrap());
+        // SAFETY: `client` is our unreaped child.
+        unsafe { libc::kill(client, libc::SIGKILL) };
+        let _ = wait_child(client);
+        // The server's hang-up watch ends it: SIGTERM after 1 s (the spinning handler goes
+        // on), SIGKILL 1 s later.
+        assert!(
+            wait_pid_gone(server, SECS(10)),
+            "the server outlived its client"
+        );
+    }
+    no_children();
 }

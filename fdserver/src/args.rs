@@ -1567,11 +1567,16 @@ impl<T: SerdeFeatureIsOff> FromArg<'_> for Json<T> {
     }
 }
 
+// Not bounded by `SerdeFeatureIsOff`: every `Json` in a `#[fdserver]` signature is decoded on
+// one side (a parameter by the server, a result by the client), where the `FromArg` bound above
+// reports it; a bound here too would report each one a second time, for the other side.
 #[cfg(not(feature = "serde"))]
-impl<T: SerdeFeatureIsOff> ToArg for Json<T> {
+impl<T> ToArg for Json<T> {
     const FORM: Form = Form::Scalar;
     fn to_arg(&self) -> Encoded<'_> {
-        Encoded::Invalid(ArgError::new("the serde feature is off"))
+        Encoded::Invalid(ArgError::new(
+            "`fdserver::Json` needs fdserver's `serde` feature, which is off",
+        ))
     }
 }
 

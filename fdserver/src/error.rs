@@ -422,11 +422,33 @@ impl RemoteErrorKind {
 ///     .with_details(["5242880"]);
 /// assert_eq!(e.details(), [b"5242880".to_vec()]);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteError {
     kind: RemoteErrorKind,
     message: String,
     details: Vec<Vec<u8>>,
+}
+
+/// Shows each detail as text (`["not_found", "2"]`), not as a list of byte values; one that is
+/// not UTF-8 as a byte string (`b"\xff"`).
+impl fmt::Debug for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Detail<'a>(&'a [u8]);
+        impl fmt::Debug for Detail<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match std::str::from_utf8(self.0) {
+                    Ok(s) => fmt::Debug::fmt(s, f),
+                    Err(_) => write!(f, "b\"{}\"", self.0.escape_ascii()),
+                }
+            }
+        }
+        let details: Vec<Detail<'_>> = self.details.iter().map(|d| Detail(d)).collect();
+        f.debug_struct("RemoteError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("details", &details)
+            .finish()
+    }
 }
 
 impl RemoteError {

@@ -198,7 +198,9 @@
 //! *tombstone*, an `O_PATH` descriptor of `/dev/null` (close-on-exec): the original file is
 //! released all the same (a socket's peer sees end of stream), the number stays taken (the
 //! server's own `open`s get other numbers), and every `read`, `write`, `ioctl` or `mmap` through
-//! it fails with `EBADF`. Dropping the owner closes the tombstone. The parent lists its open
+//! it fails with `EBADF`. Calls that work on any `O_PATH` descriptor still answer, for
+//! `/dev/null`: `metadata()` (`fstat`) describes a character device of length 0, not the
+//! released file. Dropping the owner closes the tombstone. The parent lists its open
 //! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
 //! missing); descriptors other threads open after that cannot belong to the server value (which
 //! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.

@@ -27,7 +27,12 @@ use crate::sys;
 ///
 /// A program served with `serve` sends nothing before the first request, so `start` returns
 /// once the program is running (a failed `exec` is its error); a program that exits at once
-/// makes the first call fail with [`Error::ServerExited`] and its status. The program's
+/// makes the first call fail with [`Error::ServerExited`] and its status. A program that runs
+/// but never serves (the wrong program, wrong arguments, stuck before `serve`) makes the first
+/// call wait until it exits, since there is no deadline by default: give one with
+/// [`timeout`](Self::timeout), and the call fails with [`Error::TimedOut`] instead (as in the
+/// example). A program that applies its own sandbox in `serve` reports it to nobody:
+/// [`ServerHandle::sandbox`] is `None` for a spawned server. The program's
 /// standard streams are what the `Command` says; `Stdio::piped()` ones are closed (the handle
 /// keeps no `Child`), so give it files, or let it inherit yours.
 ///
@@ -46,7 +51,9 @@ use crate::sys;
 /// # fn hello_binary() -> std::path::PathBuf { unimplemented!() }
 /// let mut command = Command::new(hello_binary()); // a program that serves MyServer
 /// command.args(["--serve-fd", "3"]);
-/// let mut server: MyServerClient = fdserver::Spawn::new(command).start()?;
+/// let mut server: MyServerClient = fdserver::Spawn::new(command)
+///     .timeout(Some(std::time::Duration::from_secs(5)))
+///     .start()?;
 /// let (reply, _) = server.hello("Joe", "Dalton")?;
 /// assert_eq!(reply, "Hello Joe Dalton, how are you?");
 /// server.stop()?;

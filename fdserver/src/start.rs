@@ -465,9 +465,16 @@ fn child_main<S: Server>(
                 let _ = channel.write_error(&e);
                 finish(server, 1)
             }
-            if channel.write_array(["ready"]).is_err() {
+            match channel.write_array(["ready"]) {
+                Ok(()) => {}
                 // The parent is gone already.
-                finish(server, 0)
+                Err(Error::Disconnected) => finish(server, 0),
+                // Something in the server refuses the runtime its socket (a filter of its
+                // own, its sandbox): fail, saying why where `start` can read it.
+                Err(e) => {
+                    ready_unsent(channel.as_raw_fd(), &e);
+                    finish(server, 1)
+                }
             }
             let end = run_loop(server, &mut channel, buf, plan);
             // The client sees end of stream now, but the socket stays open until `_exit`:
@@ -527,6 +534,26 @@ fn sandbox_is_active(sandbox: &SandboxStage) -> bool {
 #[cfg(not(feature = "sandbox"))]
 fn sandbox_is_active(_: &SandboxStage) -> bool {
     false
+}
+
+/// Tells the parent that `["ready"]` could not be sent (and why): as an `initialize` error
+/// reply written with plain `write`, which a filter that refused `sendmsg` may still allow, or
+/// else on stderr.
+fn ready_unsent(sock: RawFd, e: &Error) {
+    let text = format!(
+        "the server (pid {}) could not send its \"ready\" message after initialize_server and \
+         its sandbox: {e}; something in the server refuses fdserver's runtime a system call it \
+         needs (a seccomp filter installed in initialize_server? Seccomp::RUNTIME lists the \
+         runtime's calls)",
+        std::process::id()
+    );
+    let mut frame = Vec::new();
+    let kind = RemoteErrorKind::Initialize;
+    let sent = crate::wire::encode_array(&mut frame, ["error", kind.as_str(), &text]).is_ok()
+        && sys::write_raw(sock, &frame);
+    if !sent {
+        sys::write_raw(2, format!("fdserver: {text}\n").as_bytes());
+    }
 }
 
 fn finish<S: Server>(server: &mut S, code: i32) -> ! {

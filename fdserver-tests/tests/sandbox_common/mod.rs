@@ -49,6 +49,9 @@ pub struct Jail {
     pub death_signal: Option<i32>,
     /// Started on a `SOCK_STREAM` pair (`Builder::seqpacket(false)`).
     pub stream: bool,
+    /// `initialize_server` installs a seccomp filter of its own that fails these system calls
+    /// with `EPERM` (see [`deny_on_this_thread`]).
+    pub deny_in_init: Vec<libc::c_long>,
     pub state: ProbeState,
 }
 
@@ -371,6 +374,9 @@ impl Server for Jail {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) };
         }
+        if !self.deny_in_init.is_empty() {
+            deny_on_this_thread(&self.deny_in_init)?;
+        }
         if self.thread_in_init {
             let (rd, wr) = pipe();
             std::mem::forget(wr);
@@ -389,6 +395,47 @@ impl Server for Jail {
     fn sandbox(&self) -> Option<Sandbox> {
         self.sandbox.clone()
     }
+}
+
+/// Installs a seccomp filter on the calling thread (no `TSYNC`) that fails `syscalls` with
+/// `EPERM`: a server's own filter, as user code could install one in `initialize_server`,
+/// outside fdserver's sandbox. Sets `no_new_privs`, which an unprivileged filter needs.
+pub fn deny_on_this_thread(syscalls: &[libc::c_long]) -> std::io::Result<()> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // Load seccomp_data.nr (offset 0); each listed number jumps to the final EPERM.
+    let n = syscalls.len();
+    let mut prog = vec![insn(LD_W_ABS, 0, 0, 0)];
+    for (i, &nr) in syscalls.iter().enumerate() {
+        prog.push(insn(JEQ_K, (n - i) as u8, 0, nr as u32));
+    }
+    prog.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
+    prog.push(insn(
+        RET_K,
+        0,
+        0,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+    ));
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments, then with a pointer to a valid filter program that
+    // outlives the call (the kernel copies it).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Sends a "try" request and returns its errno (0: it worked).

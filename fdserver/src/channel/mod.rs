@@ -728,12 +728,25 @@ impl Channel {
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        if self.record_max.is_some_and(|max| frame.len() < max) {
-            return self.send_all(
-                &mut [IoSlice::new(frame), IoSlice::new(&[0])],
-                Some(fd),
-                deadline,
-            );
+        if let Some(max) = self.record_max {
+            if frame.len() < max {
+                return self.send_all(
+                    &mut [IoSlice::new(frame), IoSlice::new(&[0])],
+                    Some(fd),
+                    deadline,
+                );
+            }
+            // A frame longer than a record (an `ok_scalar` reply): its records, then the
+            // descriptor's own.
+            self.send_all(&mut [IoSlice::new(frame)], None, deadline)?;
+            self.op = Operation::SendFd;
+            let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
+            if sent_fd.is_err() {
+                // The reply went out without its descriptor.
+                self.broken = true;
+                self.write_broken = true;
+            }
+            return sent_fd;
         }
         loop {
             match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {

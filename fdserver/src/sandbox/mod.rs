@@ -86,6 +86,17 @@
 //! the kernel refuses in a process with other threads; where a container's seccomp profile
 //! refuses `unshare`, it reads `/proc/self/stat`.)
 //!
+//! ## When the client is gone
+//!
+//! A sandboxed server started with [`start`](crate::Builder::start) ends when its client is
+//! gone (closed, exited, SIGKILLed), even while a handler is stuck, on the schedule of
+//! [`Builder::stop_timeouts`](crate::Builder::stop_timeouts), like any forked server: its
+//! hang-up watch thread starts inside the sandbox, after the per-thread layers (so it inherits
+//! them) and before seccomp (whose filter covers every thread). The watch's system calls
+//! (`ppoll`, `clock_gettime`, `getpid`, `tgkill`) are among [`Seccomp::RUNTIME`], which
+//! [`Seccomp::allow_only`] always allows and [`Seccomp::deny`] refuses to deny, so no sandbox
+//! can disable it.
+//!
 //! ## What needs root
 //!
 //! Changing the user ([`Identity`]), new namespaces without a user namespace, emptying the
@@ -146,7 +157,7 @@ pub use identity::Identity;
 pub use landlock::{Landlock, LandlockReport};
 pub use limits::Limit;
 pub use namespaces::Namespace;
-pub use seccomp::{Preset, Seccomp, SeccompReport, Violation};
+pub use seccomp::{Preset, Seccomp, SeccompReport, Syscall, Violation};
 
 /// A description of what a server may no longer do, applied after `initialize_server` and
 /// before the first message (see the [module docs](self)).
@@ -542,6 +553,10 @@ impl crate::ServerHandle {
     /// What the server's sandbox enforces, if it has one (feature `sandbox`): known before
     /// the fork, and in force since `start` returned (a layer that could not be applied would
     /// have made `start` fail).
+    ///
+    /// `None` for a server started with [`Spawn`](crate::Spawn), even one whose program
+    /// applies a sandbox of its own in [`serve`](crate::serve): that happens in another
+    /// program, which tells the client nothing about it.
     pub fn sandbox(&self) -> Option<&SandboxReport> {
         self.sandbox.as_deref()
     }

@@ -108,10 +108,22 @@ pub struct Seccomp {
 }
 
 impl Seccomp {
-    /// The system calls fdserver's server loop makes once the sandbox is applied (reading and
-    /// writing its socket, passing descriptors, waiting in `poll`, its signal handling, memory,
-    /// shutting its socket down for writing when the loop ends, exit), and those of its hang-up
-    /// watch thread (`ppoll`, `clock_gettime`, `getpid`, `tgkill`). [`allow_only`](Self::allow_only) always allows them.
+    /// The system calls fdserver's runtime makes in a server once the sandbox is applied: its
+    /// loop's (reading and writing its socket, passing descriptors both ways, `sendmmsg` for a
+    /// reply that carries one, waiting in `poll`, its signal handling, memory, shutting its
+    /// socket down for writing when the loop ends, exit), std's for the standard streams, and
+    /// those of its hang-up watch thread (`ppoll`, `clock_gettime`, `getpid`, `tgkill`).
+    /// [`allow_only`](Self::allow_only) always allows them, and [`deny`](Self::deny) refuses
+    /// to deny them (`start` fails, naming the call and what the runtime needs it for).
+    ///
+    /// The list was checked by running every kind of typed call, descriptor passing both
+    /// ways, large (`ok_scalar`) replies, signals, `stop` (also of a server stuck in a
+    /// handler) and a client killed mid-call under `strace -f`, and is tested under
+    /// `allow_only` with [`Violation::Kill`]. It does not cover what your own code makes std
+    /// do: starting a thread (`clone3`/`clone`, `set_robust_list`, `rseq`, ...),
+    /// `std::thread::sleep` (`clock_nanosleep`), `File::read_to_string` (`statx`, `lseek`), or
+    /// a panic while `RUST_BACKTRACE` is set (the backtrace is symbolised from the binary:
+    /// `openat`, `statx`, ...). Add those to the allow list if your handlers need them.
     #[cfg(target_arch = "x86_64")]
     pub const RUNTIME: &'static [Syscall] = &[
         libc::SYS_read,
@@ -202,6 +214,23 @@ impl Seccomp {
     }
 
     /// Denies these system calls (`libc::SYS_*`), whatever their arguments.
+    ///
+    /// The calls fdserver's runtime makes in the server ([`RUNTIME`](Self::RUNTIME)) cannot be
+    /// denied: denying `tgkill` would disable the hang-up watch (a server stuck in a handler
+    /// would outlive its client), `sendmsg` or `poll` the server loop. `start` (and
+    /// [`Sandbox::check`](super::Sandbox::check)) then fails with [`Error::Sandbox`] naming the
+    /// call and what the runtime needs it for.
+    ///
+    /// ```
+    /// use fdserver::sandbox::{Layer, Sandbox, Seccomp};
+    ///
+    /// let e = Sandbox::new()
+    ///     .seccomp(Seccomp::new().deny([libc::SYS_ptrace, libc::SYS_tgkill]))
+    ///     .check()
+    ///     .unwrap_err();
+    /// assert!(matches!(&e, fdserver::Error::Sandbox(s) if s.layer() == Layer::Seccomp));
+    /// assert!(e.to_string().contains("`tgkill`"));
+    /// ```
     pub fn deny(mut self, syscalls: impl IntoIterator<Item = Syscall>) -> Self {
         self.deny.extend(syscalls);
         self
@@ -325,6 +354,16 @@ impl Seccomp {
                      with them (and they can only restrict the server further)",
                 ));
             }
+            if let Some((name, why)) = runtime_call(nr) {
+                return Err(fail(
+                    Layer::Seccomp,
+                    format!(
+                        "the deny list has `{name}` (system call {nr}), which fdserver's runtime \
+                         makes in the sandboxed server: {why}; remove it from `Seccomp::deny` \
+                         (`Seccomp::RUNTIME` lists every call the runtime needs)"
+                    ),
+                ));
+            }
             add(&mut deny, nr, None);
         }
         let denied: Vec<Syscall> = deny.keys().copied().collect();
@@ -389,6 +428,122 @@ impl Seccomp {
         };
         Ok((Filters { programs }, report))
     }
+}
+
+/// Why fdserver's runtime needs each call of [`Seccomp::RUNTIME`] (its name, and what for):
+/// what [`Seccomp::deny`] says when it refuses one.
+fn runtime_call(nr: Syscall) -> Option<(&'static str, &'static str)> {
+    const MEMORY: &str = "the memory allocator needs it (requests and replies of any size are \
+                          buffered in memory)";
+    const STDIO: &str = "the server's standard streams use it (panic messages, the final flush \
+                         of stdout), and std's I/O on descriptors";
+    Some(match nr {
+        libc::SYS_read => ("read", STDIO),
+        libc::SYS_write => ("write", STDIO),
+        libc::SYS_readv => ("readv", STDIO),
+        libc::SYS_writev => ("writev", STDIO),
+        libc::SYS_recvmsg => (
+            "recvmsg",
+            "the server loop reads requests, and the descriptors they carry, with it",
+        ),
+        libc::SYS_sendmsg => (
+            "sendmsg",
+            "the server loop writes replies that carry descriptors, and scalars, with it",
+        ),
+        libc::SYS_sendmmsg => (
+            "sendmmsg",
+            "a reply that carries a descriptor (a typed result holding a `File` or an \
+             `OwnedFd`) goes out in one sendmmsg",
+        ),
+        libc::SYS_recvfrom => ("recvfrom", "std's socket reads use it"),
+        libc::SYS_sendto => (
+            "sendto",
+            "the server loop writes replies with it (`send`: a message without descriptors), \
+             and `start` waits for the \"ready\" message it sends; std's socket writes use it \
+             too",
+        ),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_poll => (
+            "poll",
+            "the server loop waits in it for the next request and for signals",
+        ),
+        libc::SYS_ppoll => (
+            "ppoll",
+            "the hang-up watch thread waits in it for the client to go, then for its grace \
+             periods (and poll is ppoll on some architectures)",
+        ),
+        libc::SYS_close => (
+            "close",
+            "descriptors received in requests, and those handed back in replies, are closed \
+             with it",
+        ),
+        libc::SYS_shutdown => (
+            "shutdown",
+            "the loop shuts its socket down for writing when it ends, so that the client sees \
+             end of stream at once",
+        ),
+        libc::SYS_fcntl => (
+            "fcntl",
+            "std and the runtime read and set descriptor flags with it (closing a descriptor \
+             checks it first in debug builds)",
+        ),
+        libc::SYS_rt_sigreturn => (
+            "rt_sigreturn",
+            "every signal handler returns through it: the loop's own (SIGTERM, SIGINT and the \
+             server's declared signals) included",
+        ),
+        libc::SYS_rt_sigprocmask => (
+            "rt_sigprocmask",
+            "the runtime masks and unmasks signals with it",
+        ),
+        libc::SYS_rt_sigaction => (
+            "rt_sigaction",
+            "the runtime sets and restores signal dispositions with it (`serve` restores the \
+             caller's when its loop ends)",
+        ),
+        libc::SYS_sigaltstack => (
+            "sigaltstack",
+            "std sets up and removes threads' signal stacks with it",
+        ),
+        libc::SYS_restart_syscall => (
+            "restart_syscall",
+            "the kernel resumes a call that a handled signal interrupted with it",
+        ),
+        libc::SYS_getpid => (
+            "getpid",
+            "the hang-up watch and the signal handler find their own process with it",
+        ),
+        libc::SYS_gettid => (
+            "gettid",
+            "the signal handler checks with it whether it runs on the loop's thread",
+        ),
+        libc::SYS_tgkill => (
+            "tgkill",
+            "the hang-up watch thread sends the server SIGTERM and then SIGKILL with it once the \
+             client is gone (without it a server stuck in a handler outlives its client), and a \
+             signal caught on another thread is forwarded to the loop's with it",
+        ),
+        libc::SYS_mmap => ("mmap", MEMORY),
+        libc::SYS_munmap => ("munmap", MEMORY),
+        libc::SYS_mremap => ("mremap", MEMORY),
+        libc::SYS_mprotect => ("mprotect", MEMORY),
+        libc::SYS_brk => ("brk", MEMORY),
+        libc::SYS_madvise => ("madvise", MEMORY),
+        libc::SYS_futex => (
+            "futex",
+            "std's locks (stdout's, stderr's) and the start of the hang-up watch wait on futexes",
+        ),
+        libc::SYS_sched_yield => ("sched_yield", "std's locks yield with it"),
+        libc::SYS_clock_gettime => (
+            "clock_gettime",
+            "deadlines and the hang-up watch's grace periods read the clock with it where the \
+             vDSO does not answer",
+        ),
+        libc::SYS_getrandom => ("getrandom", "std's hash maps seed themselves with it"),
+        libc::SYS_exit => ("exit", "the hang-up watch thread ends with it"),
+        libc::SYS_exit_group => ("exit_group", "the server ends with it"),
+        _ => return None,
+    })
 }
 
 fn io_uring() -> [i64; 3] {
@@ -467,8 +622,9 @@ pub struct SeccompReport {
 impl fmt::Display for SeccompReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let presets: Vec<&str> = self.presets.iter().map(|p| p.as_str()).collect();
+        let calls = |n: usize| if n == 1 { "call" } else { "calls" };
         match &self.allowed {
-            Some(list) => write!(f, "allow list of {} calls", list.len())?,
+            Some(list) => write!(f, "allow list of {} {}", list.len(), calls(list.len()))?,
             None => f.write_str("deny list")?,
         }
         if !presets.is_empty() {
@@ -476,8 +632,9 @@ impl fmt::Display for SeccompReport {
         }
         write!(
             f,
-            ", {} calls denied, on violation: {}, {} BPF instructions",
+            ", {} {} denied, on violation: {}, {} BPF instructions",
             self.denied.len(),
+            calls(self.denied.len()),
             match self.violation {
                 Violation::Errno(libc::EPERM) => "fail with EPERM".to_owned(),
                 Violation::Errno(libc::EACCES) => "fail with EACCES".to_owned(),
@@ -522,6 +679,21 @@ mod tests {
     }
 
     #[test]
+    fn the_report_counts_calls_in_english() {
+        let (_, one) = Seccomp::new()
+            .deny([libc::SYS_uname])
+            .prepare_for(false)
+            .unwrap();
+        let text = one.to_string();
+        assert!(text.starts_with("deny list, 1 call denied, "), "{text}");
+        let (_, two) = Seccomp::new()
+            .deny([libc::SYS_uname, libc::SYS_ptrace])
+            .prepare_for(false)
+            .unwrap();
+        assert!(two.to_string().contains(", 2 calls denied, "), "{two}");
+    }
+
+    #[test]
     fn x32_numbers_are_denied_where_the_kernel_runs_them() {
         let (plain, _) = Seccomp::new()
             .preset(Preset::NoExec)
@@ -543,6 +715,48 @@ mod tests {
         for nr in [libc::SYS_execve, 520, 547] {
             assert!(compares(&x32, nr), "{nr}");
             assert!(!compares(&plain, nr), "{nr}");
+        }
+    }
+
+    #[test]
+    fn every_runtime_call_says_why_it_is_needed() {
+        for &nr in Seccomp::RUNTIME {
+            assert!(runtime_call(nr).is_some(), "system call {nr}");
+        }
+        // And nothing else claims to be the runtime's.
+        for nr in 0..1024 {
+            assert_eq!(
+                runtime_call(nr).is_some(),
+                Seccomp::RUNTIME.contains(&nr),
+                "system call {nr}"
+            );
+        }
+    }
+
+    #[test]
+    fn denying_a_runtime_call_is_refused_naming_it() {
+        for &nr in Seccomp::RUNTIME {
+            let e = Seccomp::new().deny([nr]).prepare().err().expect("refused");
+            let (name, _) = runtime_call(nr).unwrap();
+            let text = e.to_string();
+            assert!(text.contains(&format!("`{name}`")), "{text}");
+            assert!(text.contains("Seccomp::RUNTIME"), "{text}");
+        }
+        let e = Seccomp::new()
+            .deny([libc::SYS_ptrace, libc::SYS_tgkill])
+            .prepare()
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("hang-up watch"), "{e}");
+    }
+
+    #[test]
+    fn no_preset_denies_a_runtime_call() {
+        for preset in [Preset::NoNetwork, Preset::NoExec, Preset::NoNewProcesses] {
+            let (_, report) = Seccomp::new().preset(preset).prepare().unwrap();
+            for nr in &report.denied {
+                assert!(!Seccomp::RUNTIME.contains(nr), "{preset:?} denies {nr}");
+            }
         }
     }
 

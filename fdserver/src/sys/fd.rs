@@ -231,9 +231,10 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// Writes all of `data` to a raw descriptor without taking any lock (std's stdout/stderr locks
-/// may be held by another thread at a `fork`). Errors are ignored: this is for logs.
-pub(crate) fn write_raw(fd: RawFd, data: &[u8]) {
+/// Writes all of `data` to a raw descriptor with plain `write` calls, without taking any lock
+/// (std's stdout/stderr locks may be held by another thread at a `fork`). Returns whether all
+/// of it was written; callers writing logs ignore it.
+pub(crate) fn write_raw(fd: RawFd, data: &[u8]) -> bool {
     let mut off = 0;
     while off < data.len() {
         // SAFETY: the pointer and length describe live bytes of `data`.
@@ -243,9 +244,10 @@ pub(crate) fn write_raw(fd: RawFd, data: &[u8]) {
         } else if r == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
             continue;
         } else {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// `flock(2)`; `Ok(false)` when `nonblocking` and the lock is held elsewhere.

@@ -1,0 +1,1 @@
+//! Compile-time tests of fdserver built with no optional feature: see `tests/ui.rs`.
