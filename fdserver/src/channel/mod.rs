@@ -137,18 +137,21 @@ impl Channel {
     /// are allocated here (for a server: in the parent, before the fork).
     pub(crate) fn owned_pair(records: bool) -> io::Result<(Channel, Channel)> {
         let seqpacket = records
-            .then(|| sys::seqpacket_pair(read_ahead::RECORD_MAX).ok())
-            .flatten();
-        let (a, b, record_max) = match seqpacket {
-            Some((a, b, max)) => (a, b, Some(max)),
+            .then(|| sys::seqpacket_pair(read_ahead::RECORD_BUFFER).ok())
+            .flatten()
+            .filter(|&(_, _, sndbuf)| sndbuf > read_ahead::RECORD_MAX + 32);
+        let (a, b, record_max, capacity) = match seqpacket {
+            // The kernel takes records of up to the send buffer less 32 bytes: a reader always
+            // offers that much room, and writes records of at most RECORD_MAX.
+            Some((a, b, sndbuf)) => (a, b, Some(read_ahead::RECORD_MAX), sndbuf),
             None => {
                 let (a, b) = sys::socketpair()?;
-                (a, b, None)
+                (a, b, None, read_ahead::STREAM_AHEAD)
             }
         };
         let make = |fd: OwnedFd| {
             let mut c = Channel::new(fd);
-            c.ra = Some(Box::new(ReadAhead::new(record_max.is_some())));
+            c.ra = Some(Box::new(ReadAhead::new(record_max.is_some(), capacity)));
             c.record_max = record_max;
             c
         };
@@ -1054,11 +1057,67 @@ impl Channel {
         self.op = Operation::WriteScalar;
         let hdr = wire::scalar_header(data.len())?;
         let deadline = self.write_deadline();
+        if self.record_max.is_some() && data.len() >= read_ahead::SCALAR_ALONE {
+            return self.send_scalar_records(&hdr, data, deadline);
+        }
         self.send_all(
             &mut [IoSlice::new(&hdr), IoSlice::new(data)],
             None,
             deadline,
         )
+    }
+
+    /// A large scalar on a record socket: its header as a record of its own, then the bytes in
+    /// records, all in as few `sendmmsg` as the socket takes. A reader then receives the bytes
+    /// straight into their destination (it knows their length from the header), where a header
+    /// sharing their record would land them in its read-ahead buffer first.
+    fn send_scalar_records(
+        &mut self,
+        hdr: &[u8; 4],
+        data: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let max = self.record_max.expect("a record socket");
+        let mut header_pending = true;
+        let mut at = 0;
+        let mut sent_any = false;
+        while header_pending || at < data.len() {
+            let mut records = [IoSlice::new(&[]); 8];
+            let mut n = 0;
+            if header_pending {
+                records[0] = IoSlice::new(hdr);
+                n = 1;
+            }
+            let mut next = at;
+            while n < records.len() && next < data.len() {
+                let end = data.len().min(next + max);
+                records[n] = IoSlice::new(&data[next..end]);
+                next = end;
+                n += 1;
+            }
+            match sys::send_records(self.fd.as_fd(), &records[..n], self.nonblocking(deadline)) {
+                Ok(0) => {
+                    let e = io::Error::from_raw_os_error(libc::EAGAIN);
+                    self.on_io_error(e, deadline, libc::POLLOUT, !sent_any)?;
+                }
+                Ok(k) => {
+                    if !sent_any {
+                        self.writes += 1;
+                        sent_any = true;
+                    }
+                    let had_header = header_pending;
+                    for (i, r) in records[..k].iter().enumerate() {
+                        if i == 0 && had_header {
+                            header_pending = false;
+                        } else {
+                            at += r.len();
+                        }
+                    }
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLOUT, !sent_any)?,
+            }
+        }
+        Ok(())
     }
 
     /// Reads a scalar message; `None` at end of stream. A length above the limit

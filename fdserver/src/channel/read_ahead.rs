@@ -11,11 +11,11 @@
 //!
 //! The pair is `SOCK_SEQPACKET` where the system allows it, else `SOCK_STREAM`:
 //! - **Records** (`SOCK_SEQPACKET`): the kernel keeps the boundaries of each `sendmsg`, and a
-//!   `recvmsg` takes one whole record. Both ends set their send buffer so that the kernel refuses
-//!   any record longer than [`RECORD_MAX`] (`EMSGSIZE`, whoever writes it), and every receive
-//!   offers at least that much room, so no record is ever cut. A writer splits what it sends into
-//!   records no longer than that; the bytes are those of the wire format, in order, and the
-//!   reader treats the records as one stream. A `recvmsg` blocked on such a socket is woken by
+//!   `recvmsg` takes one whole record. Both ends set their send buffer ([`RECORD_BUFFER`]), and
+//!   the kernel refuses any record longer than it (`EMSGSIZE`, whoever writes it); every receive
+//!   offers at least that much room, so no record is ever cut. fdserver's writes are records of
+//!   at most [`RECORD_MAX`] (a large scalar: its header, then its bytes); the bytes are those of
+//!   the wire format, in order, and the reader treats the records as one stream. A `recvmsg` blocked on such a socket is woken by
 //!   arriving data only, not by the peer reading what this side sent, so a client waits in
 //!   `recvmsg` without a `poll`.
 //! - **Stream** (`SOCK_STREAM`, the fallback, and [`Builder::seqpacket(false)`]): the buffer takes
@@ -48,9 +48,20 @@ use crate::error::{Error, ProtocolError};
 use crate::sys;
 use crate::wire::MessageBuf;
 
-/// The longest record a `SOCK_SEQPACKET` pair carries: a 64 KiB scalar with its header, or the
-/// longest array message, fit in one.
+/// The longest record fdserver writes on a `SOCK_SEQPACKET` pair: the longest array message fits
+/// in one.
 pub(crate) const RECORD_MAX: usize = 68 << 10;
+
+/// The send buffer each end of a `SOCK_SEQPACKET` pair asks for: room for three or four 64 KiB
+/// records in flight (with less, a bulk transfer between two CPUs waits for the reader at every
+/// record: 1.9x slower with 124 KiB), and, as the kernel refuses any record longer than the
+/// buffer less 32 bytes, the read-ahead buffer's size. Allocated in the parent before the fork;
+/// its pages are touched only as data arrives.
+pub(crate) const RECORD_BUFFER: usize = 248 << 10;
+
+/// A scalar at least this long goes on a record socket as a header record and data records,
+/// so that its reader receives the data straight into its destination.
+pub(crate) const SCALAR_ALONE: usize = 4096;
 
 /// What a stream channel reads beyond the message it needs.
 pub(crate) const STREAM_AHEAD: usize = 4096;
@@ -76,11 +87,11 @@ struct Queued {
 }
 
 impl ReadAhead {
-    /// The state of a channel on a record socket (`records`) or a stream. Allocates the buffer
-    /// (not written: its pages are touched only as records arrive).
-    pub(crate) fn new(records: bool) -> Self {
+    /// The state of a channel on a record socket (`records`) or a stream, with a buffer of
+    /// `capacity` bytes (not written: its pages are touched only as data arrives).
+    pub(crate) fn new(records: bool, capacity: usize) -> Self {
         ReadAhead {
-            buf: Vec::with_capacity(if records { RECORD_MAX } else { STREAM_AHEAD }),
+            buf: Vec::with_capacity(capacity),
             start: 0,
             pos: 0,
             fds: Vec::new(),
@@ -252,9 +263,10 @@ impl Channel {
         if r.record_cut {
             self.broken = true;
             return Err(Error::Io(std::io::Error::other(format!(
-                "a record longer than {RECORD_MAX} bytes arrived on the channel and the kernel \
-                 cut it (its writer raised the socket's send buffer, SO_SNDBUF, above what \
-                 fdserver set): bytes were lost, so the connection is closed"
+                "a record longer than the {} bytes a read takes arrived on the channel and the \
+                 kernel cut it (its writer raised the socket's send buffer, SO_SNDBUF, above \
+                 what fdserver set): bytes were lost, so the connection is closed",
+                ra.buf.capacity()
             ))));
         }
         let has_fds = r.fd_count() > 0 || r.truncated;

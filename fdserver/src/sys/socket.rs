@@ -27,12 +27,11 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A connected `SOCK_SEQPACKET` UNIX socket pair, both ends close-on-exec, each able to send
-/// records of at most `max_record` bytes and no more: its send buffer (`SO_SNDBUF`) is set so
-/// that the kernel refuses (`EMSGSIZE`) any longer record, whoever writes it. Returns the pair and
-/// the largest record the kernel accepts (at most `max_record`, less if `net.core.wmem_max`
-/// caps the buffer).
-pub(crate) fn seqpacket_pair(max_record: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+/// A connected `SOCK_SEQPACKET` UNIX socket pair, both ends close-on-exec, with a send buffer
+/// (`SO_SNDBUF`) of about `send_buffer` bytes: the kernel refuses (`EMSGSIZE`) any record longer
+/// than that buffer minus 32 bytes, whoever writes it. Returns the pair and the buffer size the
+/// kernel set (at most `send_buffer`; less where `net.core.wmem_max` caps it).
+pub(crate) fn seqpacket_pair(send_buffer: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let mut fds = [-1 as RawFd; 2];
     // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
     cvt(unsafe {
@@ -45,9 +44,9 @@ pub(crate) fn seqpacket_pair(max_record: usize) -> io::Result<(OwnedFd, OwnedFd,
     })?;
     // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
     let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // The kernel doubles the value asked for, and refuses a record longer than that minus 32.
-    let ask = ((max_record + 32) / 2) as libc::c_int;
-    let mut largest = max_record;
+    // The kernel doubles the value asked for.
+    let ask = (send_buffer / 2) as libc::c_int;
+    let mut largest = 0;
     for sock in [&a, &b] {
         // SAFETY: a valid int option value of the right size.
         cvt(unsafe {
@@ -71,9 +70,36 @@ pub(crate) fn seqpacket_pair(max_record: usize) -> io::Result<(OwnedFd, OwnedFd,
                 &mut len,
             )
         })?;
-        largest = largest.min((got as usize).saturating_sub(32));
+        largest = largest.max(got.max(0) as usize);
     }
     Ok((a, b, largest))
+}
+
+/// Sends each of `records` as one record (`SOCK_SEQPACKET`) with `MSG_NOSIGNAL`, in one
+/// `sendmmsg`. Returns how many went (a record goes whole or not at all).
+pub(crate) fn send_records(
+    sock: BorrowedFd<'_>,
+    records: &[IoSlice<'_>],
+    dontwait: bool,
+) -> io::Result<usize> {
+    const MAX: usize = 8;
+    let n = records.len().min(MAX);
+    // SAFETY: all-zero mmsghdr values are valid empty messages; the fields are filled below.
+    let mut msgs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+    for (m, r) in msgs.iter_mut().zip(&records[..n]) {
+        m.msg_hdr.msg_iov = r as *const IoSlice<'_> as *mut libc::iovec; // ABI-compatible
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msgs and the buffers they point at are live for the duration of the call.
+    let sent = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as _, flags as _) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
 
 /// Aligned storage for the control message of a send: one `SCM_RIGHTS` descriptor.
