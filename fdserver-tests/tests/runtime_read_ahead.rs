@@ -377,8 +377,8 @@ fn an_empty_record_is_not_the_end_of_the_stream() {
 fn a_record_longer_than_a_reader_takes_is_refused_to_its_writer() {
     let _wd = watchdog("read_ahead_long_record", SECS(30));
     let (mut r, mut w) = fdserver::__private::read_ahead_pair(true).unwrap();
-    let big = vec![7u8; 200 << 10];
-    // SAFETY: a write from a live buffer to our own socket.
+    let big = vec![7u8; 400 << 10]; // more than the send buffer (248 KiB)
+                                    // SAFETY: a write from a live buffer to our own socket.
     let n = unsafe { libc::write(w.as_fd().as_raw_fd(), big.as_ptr().cast(), big.len()) };
     assert_eq!(n, -1);
     assert_eq!(

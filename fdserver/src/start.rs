@@ -149,7 +149,7 @@ impl Builder {
     /// BENCHMARKS.md). What changes is visible only to code that takes the raw socket out of the
     /// channel ([`Channel::as_fd`](crate::Channel::as_fd),
     /// [`Channel::into_parts`](crate::Channel::into_parts)): a `recvmsg` on it takes one whole
-    /// record (a shorter buffer loses the rest), and a write sends one record of at most 124 KiB
+    /// record (a shorter buffer loses the rest), and a write sends one record of at most 248 KiB
     /// (a longer one fails with `EMSGSIZE`). Choose `false` if you hand that socket to a program
     /// that reads it as a stream.
     ///
