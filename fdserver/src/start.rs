@@ -434,7 +434,7 @@ fn child_main<S: Server>(
     } else {
         watch
     };
-    if let Err(e) = watch_now.map_or(Ok(()), |w| w.start(channel.socket())) {
+    if let Err(e) = watch_now.map_or(Ok(()), |w| w.start(channel.socket(), false)) {
         let _ = channel.write_error(&RemoteError::new(
             RemoteErrorKind::Initialize,
             format!("the server cannot start its hang-up watch thread: {e}"),
@@ -458,7 +458,7 @@ fn child_main<S: Server>(
             let sock = channel.socket().as_raw_fd();
             let start_watch = || match watch {
                 // SAFETY: `sock` is this server's socket, open until `_exit`.
-                Some(w) => w.start(unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) }),
+                Some(w) => w.start(unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) }, true),
                 None => Ok(()),
             };
             if let Err(e) = apply_sandbox(sandbox, start_watch) {
