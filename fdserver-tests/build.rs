@@ -24,8 +24,9 @@
 //!   Its lines are prepended to the snippet as hidden lines. Flags for rustdoc go on the
 //!   comment's first line: `<!-- doctest no_run -->` (compile, do not run: for a snippet that
 //!   would take over the test process, like a preloader's `main`), `should_panic`,
-//!   `compile_fail`; and `serde` for a snippet that needs fdserver's `serde` feature (it is
-//!   tested when this crate's `serde` feature is on, as `.ci/run` does in its second run).
+//!   `compile_fail`; and `serde` (or `async`) for a snippet that needs fdserver's `serde` (or
+//!   `tokio`) feature: it is tested when this crate's feature of that name is on, as `.ci/run`
+//!   does in its second run.
 //!
 //! The build fails, naming the README line, on a snippet that breaks these rules.
 

@@ -3,7 +3,11 @@
 
 use std::fmt::Write as _;
 
-const FLAGS: &[&str] = &["no_run", "should_panic", "compile_fail", "serde"];
+const FLAGS: &[&str] = &["no_run", "should_panic", "compile_fail", "serde", "async"];
+
+/// Flags that are features of this crate rather than rustdoc's: the snippet is a doctest only
+/// with the feature on.
+const FEATURES: &[&str] = &["serde", "async"];
 
 /// One ```rust block of the README.
 pub struct Snippet {
@@ -123,7 +127,7 @@ pub fn render(snippets: &[Snippet]) -> String {
         let mut doc = String::new();
         let _ = writeln!(doc, "README.md, the snippet at line {}:\n", s.line);
         let mut fence = String::from("```rust");
-        for f in s.flags.iter().filter(|f| *f != "serde") {
+        for f in s.flags.iter().filter(|f| !FEATURES.contains(&f.as_str())) {
             fence.push(',');
             fence.push_str(f);
         }
@@ -139,12 +143,14 @@ pub fn render(snippets: &[Snippet]) -> String {
         }
         doc.push_str("```\n");
         assert!(!doc.contains("\"####"), "README snippet contains \"####");
-        // `serde`: the snippet needs fdserver's `serde` feature (this crate's `serde` feature).
-        let cfg = if s.flags.iter().any(|f| f == "serde") {
-            "#[cfg(feature = \"serde\")]\n"
-        } else {
-            ""
-        };
+        // `serde`, `async`: the snippet needs that feature of this crate (fdserver's `serde`,
+        // fdserver's `tokio`).
+        let cfg: String = s
+            .flags
+            .iter()
+            .filter(|f| FEATURES.contains(&f.as_str()))
+            .map(|f| format!("#[cfg(feature = \"{f}\")]\n"))
+            .collect();
         let _ = writeln!(
             out,
             "{cfg}#[doc = r####\"{doc}\"####]\npub struct ReadmeLine{};\n",

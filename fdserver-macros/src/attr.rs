@@ -100,10 +100,13 @@ pub struct MethodAttrs {
     pub first: Option<Span>,
     /// `typed_errors`: this handler's error travels back as itself.
     pub typed_errors: Option<Span>,
+    /// `idempotent`: the typed pool may run a failed call of this handler once more, on
+    /// another server.
+    pub idempotent: Option<Span>,
 }
 
 pub const METHOD_KEYS: &str = "`name = \"...\"`, `signal = \"SIGxxx\"`, `skip`, `before_fork`, \
-                               `initialize`, `finalize`, `sandbox`, `typed_errors`";
+                               `initialize`, `finalize`, `sandbox`, `typed_errors`, `idempotent`";
 
 impl MethodAttrs {
     fn role(&self) -> Option<&'static str> {
@@ -176,6 +179,12 @@ pub fn take_method_attrs(attrs: &mut Vec<Attribute>, errs: &mut Errors) -> Metho
                         return Err(syn::Error::new(span, "duplicate `typed_errors` key"));
                     }
                     out.typed_errors = Some(span);
+                }
+                "idempotent" => {
+                    if out.idempotent.is_some() {
+                        return Err(syn::Error::new(span, "duplicate `idempotent` key"));
+                    }
+                    out.idempotent = Some(span);
                 }
                 "signal" => {
                     conflict(&out, "`signal`")?;

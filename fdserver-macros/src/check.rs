@@ -64,17 +64,22 @@ fn check_start(server: &mut Server, errs: &mut Errors) {
     let clash: Vec<Ident> = server
         .method_names
         .iter()
-        .filter(|i| i.unraw() == "start")
+        .filter(|i| i.unraw() == "start" || i.unraw() == "start_async")
         .cloned()
         .collect();
     for ident in clash {
         server.gen_start = false;
+        let name = ident.unraw().to_string();
+        let what = if name == "start" {
+            "it forks the server and returns its client"
+        } else {
+            "with fdserver's `tokio` feature: it starts the server and returns its async client"
+        };
         errs.at(
             ident.span(),
             format_args!(
-                "`start` is generated on `{}` by `#[fdserver]` (it forks the server and returns \
-                 its client); rename this method (a handler can keep the message name with \
-                 `#[fdserver(name = \"start\")]`)",
+                "`{name}` is generated on `{}` by `#[fdserver]` ({what}); rename this method (a \
+                 handler can keep the message name with `#[fdserver(name = \"{name}\")]`)",
                 server.self_name
             ),
         );

@@ -19,6 +19,11 @@ pub struct Server {
     pub self_name: Ident,
     pub client: Ident,
     pub client_vis: Visibility,
+    /// The typed pool: `{Server}Pool`.
+    pub pool: Ident,
+    /// With fdserver's `tokio` feature: `{Server}AsyncClient` and `{Server}AsyncPool`.
+    pub async_client: Ident,
+    pub async_pool: Ident,
     pub handlers: Vec<Handler>,
     pub signal_handlers: Vec<SignalHandler>,
     pub hooks: Vec<Hook>,
@@ -44,6 +49,8 @@ pub struct Handler {
     /// `Some(E)` for a `typed_errors` handler returning `Result<T, E>`: the stub returns
     /// `Result<T, fdserver::CallError<E>>` (else `Result<T, fdserver::Error>`).
     pub client_err: Option<Type>,
+    /// `#[fdserver(idempotent)]`: the typed pool retries a call that failed with its server.
+    pub idempotent: bool,
     /// Set by `check` when a cross-method rule fails; such handlers are not generated.
     pub valid: bool,
 }
@@ -188,10 +195,22 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
         .client
         .unwrap_or_else(|| Ident::new(&format!("{}Client", self_name.unraw()), Span::call_site()));
     let client_vis = args.client_vis.unwrap_or_else(|| syn::parse_quote!(pub));
+    let pool = Ident::new(&format!("{}Pool", self_name.unraw()), Span::call_site());
+    let async_client = Ident::new(
+        &format!("{}AsyncClient", self_name.unraw()),
+        Span::call_site(),
+    );
+    let async_pool = Ident::new(
+        &format!("{}AsyncPool", self_name.unraw()),
+        Span::call_site(),
+    );
 
     let mut server = Server {
         self_ty: (*item.self_ty).clone(),
         self_name,
+        pool,
+        async_client,
+        async_pool,
         client,
         client_vis,
         handlers: Vec::new(),
@@ -215,6 +234,15 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
                 );
             }
         }
+        if let Some(span) = attrs.idempotent {
+            if !attrs.signals.is_empty() || attrs.hook.is_some() {
+                errs.at(
+                    span,
+                    "`idempotent` applies to handlers (it lets a pool repeat a call on another \
+                     server); signal handlers and hooks are not called by clients",
+                );
+            }
+        }
         if !attrs.signals.is_empty() {
             if let Some(s) = signal_handler(&f, attrs.signals, errs) {
                 server.signal_handlers.push(s);
@@ -225,7 +253,9 @@ pub fn build(item: &mut ItemImpl, args: ImplArgs, errs: &mut Errors) -> Option<S
             }
         } else if f.sig.receiver().is_some() {
             let typed = args.typed_errors || attrs.typed_errors.is_some();
-            if let Some(h) = handler(&f, attrs.name, typed, errs) {
+            let idempotent = attrs.idempotent.is_some();
+            if let Some(mut h) = handler(&f, attrs.name, typed, errs) {
+                h.idempotent = idempotent;
                 server.handlers.push(h);
             }
         } else if attrs.first.is_some() {
@@ -890,6 +920,7 @@ fn handler(
         args,
         client_ret: client_ret(&ret),
         client_err: if typed_errors { client_err(&ret) } else { None },
+        idempotent: false,
         ret,
         valid: true,
     })

@@ -6,6 +6,9 @@
 //! FDSERVER_BENCH_ROWS=1,2 FDSERVER_BENCH_PINS=cpu0 cargo bench ...        # a subset
 //! ```
 //!
+//! Rows 13a, 13p1-13p4, 13t1-13t4 and 13r (issue 13: async calls, pools, restarts) are in
+//! `compare/issue13.rs`; the async ones need `--features async`.
+//!
 //! Rows 4w, 4t and 4t100 compare fdserver with itself: row 4 with every protection on, against
 //! the same with the hang-up watch or the descriptor tombstones turned off
 //! (`__private::bench_hardening`, for this bench only), to report what each costs per start.
@@ -41,6 +44,8 @@
 mod count_alloc;
 #[path = "compare/fdside.rs"]
 mod fdside;
+#[path = "compare/issue13.rs"]
+mod issue13;
 #[path = "compare/measure.rs"]
 mod measure;
 #[path = "compare/os.rs"]
@@ -280,6 +285,17 @@ fn main() {
             }
         }
     }
+    // 4f: what forking from fdserver's fork thread costs at start (issue 13): row 4's fdserver
+    // side against the same forked from the calling thread.
+    for &m in &same_cpu {
+        if want("4f") {
+            guarded(&cfg, "4f fork thread", m, || {
+                rows.push(row_fork_thread(&cfg, m))
+            });
+        }
+    }
+    // 13a, 13p1-4, 13t1-4, 13r: async calls, pools and restarts (issue 13; see issue13.rs).
+    issue13::rows(&cfg, &same_cpu, &want, &mut rows);
     // Row 5: the preloader. 5: warm command vs /bin/true, each started as a shell does (fork,
     // execve, waitpid); 5p: the same with posix_spawn; 5i: the same client binary run
     // in-process (FDSERVER_PRELOAD=0), which splits 5's gap into "exec of a Rust binary" and
@@ -772,6 +788,41 @@ fn row_serde_call(cfg: &Cfg, m: Mode, report: &mut AllocReport) -> Row {
     }
 }
 
+/// Row 4f: row 4's fdserver side (start + first call + stop) forked from the fork thread, the
+/// default (A), against the same forked from the calling thread (B). The ratio is what the
+/// hand-off to the fork thread costs per start (issue 13, item 1).
+fn row_fork_thread(cfg: &Cfg, m: Mode) -> Row {
+    m.settle();
+    let mut a = BenchServer::new(CHUNK);
+    let mut b = BenchServer::new(CHUNK);
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(&mut a, fdserver::Builder::new())
+            })
+        },
+        &mut |k| {
+            timed(k, || {
+                fdside::start_call_stop_with(
+                    &mut b,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                )
+            })
+        },
+        cfg.pairs,
+    );
+    Row {
+        id: "4f".into(),
+        what: "start+call+stop vs forked on the calling thread".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "raw column = fdserver forking from the calling thread".into(),
+    }
+}
+
 /// Rows 4w, 4t, 4t100: row 4's fdserver side with every protection on (A) against the same
 /// with the hang-up watch (`watch` false) or the descriptor tombstones (`tombs` false) turned
 /// off (B), with `extra_fds` more descriptors open in this process (inherited by every server).
@@ -970,6 +1021,9 @@ fn trace(args: &[String]) {
     if what.starts_with("preload-") || what == "raw-spawn" {
         return trace_preload(what, n);
     }
+    if issue13::trace(what, n) {
+        return;
+    }
     let _wd = fdserver_tests::watchdog("bench trace", Duration::from_secs(600));
     let mut server = BenchServer::new(CHUNK);
     let chunk = vec![7u8; CHUNK];
@@ -1058,6 +1112,15 @@ fn trace(args: &[String]) {
             }
             drop(held);
             fdserver::__private::bench_hardening(true, true);
+        }
+        "fd-start-callthread" => {
+            // Row 4f's other side: row 4's fdserver side forked from the calling thread.
+            for _ in 0..n {
+                fdside::start_call_stop_with(
+                    &mut server,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                );
+            }
         }
         "raw-start-protocol" => {
             for _ in 0..n {

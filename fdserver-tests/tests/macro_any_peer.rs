@@ -210,6 +210,10 @@ fn exec_spawned_server_on_another_fd_killed_and_dropped() {
     let client = spawn(3);
     let pid = client.pid();
     drop(client);
+    // Stopped in the background (issue 13).
+    assert!(fdserver::__private::wait_background_stops(
+        std::time::Duration::from_secs(20)
+    ));
     assert!(!is_unreaped_child(pid));
     assert!(!process_exists(pid));
 }

@@ -108,10 +108,14 @@ fn signals_reach_the_server_and_stop_escalates_to_sigkill() {
 fn a_dropped_handle_still_stops_and_reaps_its_server() {
     let _s = fallback();
     let _wd = watchdog("no_pidfd_drop", SECS(30));
+    // The reaper that finishes dropped handles' stops keeps an eventfd: start it first.
+    drop(start());
+    assert!(fdserver::__private::wait_background_stops(SECS(20)));
     let before = open_fds();
     let s = start();
     let pid = s.pid();
     drop(s);
+    assert!(fdserver::__private::wait_background_stops(SECS(20)));
     assert!(!is_unreaped_child(pid));
     assert_eq!(open_fds(), before);
 }

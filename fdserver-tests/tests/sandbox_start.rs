@@ -19,6 +19,8 @@ use fdserver_tests::{
 use sandbox_common::{sandbox_layer, start, start_jail, try_errno, Jail};
 
 fn no_children() {
+    // Dropped handles are stopped in the background (issue 13): wait for those first.
+    assert!(fdserver::__private::wait_background_stops(SECS(30)));
     assert_eq!(child_pids(), Vec::<u32>::new(), "a server was left behind");
 }
 
@@ -120,8 +122,9 @@ fn no_descriptor_is_left_behind_in_the_parent() {
             .landlock(Landlock::new().read_only("/usr"))
             .seccomp(Seccomp::new().preset(Preset::NoExec))
     };
-    // Warm up whatever std opens once.
+    // Warm up whatever std opens once, and let earlier tests' dropped servers be reaped.
     start(sandbox()).unwrap().stop_cleanly();
+    assert!(fdserver::__private::wait_background_stops(SECS(30)));
     let before = fdserver_tests::open_fds();
     start(sandbox()).unwrap().stop_cleanly();
     // A start that fails in the server, and one refused before the fork.
@@ -132,6 +135,7 @@ fn no_descriptor_is_left_behind_in_the_parent() {
     };
     assert!(start_jail(failing).is_err());
     assert!(start(Sandbox::new().landlock(Landlock::new().read_only("/nonexistent/x"))).is_err());
+    assert!(fdserver::__private::wait_background_stops(SECS(30)));
     assert_eq!(fdserver_tests::open_fds(), before);
     no_children();
 }

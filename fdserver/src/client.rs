@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::Channel;
 use crate::error::{Error, Operation, ProtocolError};
+use crate::reaper::{self, Escalation};
 use crate::signal::Signal;
 use crate::sys;
 use crate::wire::MessageBuf;
@@ -108,13 +109,24 @@ impl fmt::Display for Stopped {
 ///
 /// A handle always refers to a started server ("not started" and "already started" cannot be
 /// expressed), and [`stop`](Self::stop) consumes it. Dropping the handle stops the server the same
-/// way, ignoring errors. The server is always reaped: no zombie is left behind.
+/// way, but returns at once: it closes the connection, and fdserver's *reaper* (one thread for
+/// every server of the process, started on first use) finishes the escalation in the background
+/// (SIGTERM, SIGKILL, reap), so dropping a client never blocks, not even a runtime's thread. The
+/// server is always reaped: no zombie is left behind. A program that exits while stops are
+/// still under way leaves no zombie either: each orphaned server is reaped by whoever adopts it
+/// (init, or the nearest child subreaper), and a forked server ends itself on the same schedule
+/// once its connection is gone (its hang-up watch, see [`Builder::stop_timeouts`]); a server
+/// program started with [`Spawn`](crate::Spawn) has no such watch and ends when it sees the end
+/// of its connection, unless a handler keeps it busy.
+///
+/// [`Builder::stop_timeouts`]: crate::Builder::stop_timeouts
 ///
 /// When the server has died, the next call fails within milliseconds with
 /// [`Error::ServerExited`] carrying its exit status, rather than hanging.
 pub struct ServerHandle {
     pid: libc::pid_t,
-    exit: sys::ExitWatch,
+    /// `None` only once `Drop` handed the server to the reaper.
+    exit: Option<sys::ExitWatch>,
     channel: Option<Channel>,
     status: Option<ExitStatus>,
     stop: StopOptions,
@@ -142,7 +154,7 @@ impl ServerHandle {
         };
         Ok(ServerHandle {
             pid,
-            exit,
+            exit: Some(exit),
             channel: Some(channel),
             status: None,
             stop,
@@ -209,7 +221,12 @@ impl ServerHandle {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.exit.fd()
+        self.watch().fd()
+    }
+
+    /// The exit watch (present until `Drop`).
+    fn watch(&self) -> &sys::ExitWatch {
+        self.exit.as_ref().expect("exit watch present until drop")
     }
 
     /// The raw channel to the server, for messages, scalars and descriptors the typed API does
@@ -284,10 +301,15 @@ impl ServerHandle {
             .iter()
             .map(Either::Left)
             .chain(request.map(Either::Right));
-        let r = channel.write_array(elements).and_then(|()| {
-            let msg = channel.read_reply(&mut buf)?;
-            let strings = msg.to_strings()?;
-            Ok(strings.into_iter().skip(1).collect())
+        let label = name.as_ref().map_or("", |n| {
+            std::str::from_utf8(n.as_ref()).unwrap_or("<not UTF-8>")
+        });
+        let r = crate::trace::call(label, Some(self.pid as u32), || {
+            channel.write_array(elements).and_then(|()| {
+                let msg = channel.read_reply(&mut buf)?;
+                let strings = msg.to_strings()?;
+                Ok(strings.into_iter().skip(1).collect())
+            })
         });
         self.reply = buf;
         let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
@@ -303,7 +325,39 @@ impl ServerHandle {
         if self.status.is_some() {
             return Ok(());
         }
-        self.exit.kill(signal as i32).map_err(Error::Io)
+        self.watch().kill(signal as i32).map_err(Error::Io)
+    }
+
+    /// Takes the connection out (for the async handle, which drives it on a runtime): from then
+    /// on this handle is the process only.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn take_channel(&mut self) -> Channel {
+        self.channel.take().expect("channel present until stop")
+    }
+
+    /// The grace periods `stop` gives the server.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stop_options(&self) -> StopOptions {
+        self.stop
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn set_stop_options(&mut self, options: StopOptions) {
+        self.stop = options;
+    }
+
+    /// Why this handle can no longer carry calls, if it cannot: its connection is broken or its
+    /// peer gone, or its server is known to have exited. Makes no system call.
+    pub(crate) fn unusable_reason(&self) -> Option<String> {
+        if let Some(status) = self.status {
+            return Some(format!("server exited ({status})"));
+        }
+        match &self.channel {
+            None => Some("connection closed".into()),
+            Some(c) if c.is_broken() => Some("connection broken by an earlier error".into()),
+            Some(c) if c.peer_gone() => Some("the server closed the connection".into()),
+            Some(_) => None,
+        }
     }
 
     /// If the server has exited, reaps it and returns its status; never blocks.
@@ -339,7 +393,7 @@ impl ServerHandle {
         if self.status.is_some() {
             return Ok(self.status);
         }
-        if sys::wait_fd(self.exit.fd(), libc::POLLIN, deadline)? {
+        if sys::wait_fd(self.watch().fd(), libc::POLLIN, deadline)? {
             let raw = sys::reap(self.pid)?;
             self.status = Some(ExitStatus::from_raw(raw));
         }
@@ -359,8 +413,8 @@ impl ServerHandle {
     /// a stopped server) and waits for the server's hang-up watch, which kills it on its own
     /// schedule.
     fn kill_and_reap(&mut self) -> Result<ExitStatus, Error> {
-        if self.exit.kill(libc::SIGKILL).is_err() {
-            let _ = self.exit.kill(libc::SIGCONT);
+        if self.watch().kill(libc::SIGKILL).is_err() {
+            let _ = self.watch().kill(libc::SIGCONT);
             self.hang_up();
         }
         Ok(self.wait_exit(None)?.expect("waited without deadline"))
@@ -409,67 +463,63 @@ impl ServerHandle {
     }
 
     fn stop_inner(&mut self) -> Result<Stopped, Error> {
+        match self.begin_stop()? {
+            Ok(stopped) => Ok(stopped),
+            Err(escalation) => escalation.run_blocking(),
+        }
+    }
+
+    /// The start of every stop: reaps a server that already exited, or closes the connection
+    /// and returns the rest of the escalation (SIGTERM, SIGKILL, reap), to be driven by the
+    /// caller or by the reaper. The handle keeps no exit watch afterwards unless it already
+    /// knew the status.
+    pub(crate) fn begin_stop(&mut self) -> Result<Result<Stopped, Escalation>, Error> {
+        self.begin_stop_then(|| {})
+    }
+
+    /// [`begin_stop`](Self::begin_stop), with `hang_up` run where the connection is closed
+    /// (the async handle's connection is not this handle's).
+    pub(crate) fn begin_stop_then(
+        &mut self,
+        hang_up: impl FnOnce(),
+    ) -> Result<Result<Stopped, Escalation>, Error> {
         let already = self.status.is_some() || self.try_wait()?.is_some();
         // Deadlines count from before the hang-up: the server's watch starts its own schedule
         // only once it sees the hang-up, so ours always runs out first.
         let closed_at = Instant::now();
         self.hang_up();
+        hang_up();
         if already {
-            return Ok(Stopped {
+            return Ok(Ok(Stopped {
                 status: self.status.expect("checked"),
                 how: Shutdown::AlreadyExited,
                 grace: self.stop,
-            });
+            }));
         }
-        let graceful_until = closed_at + self.stop.after_close;
-        if let Some(status) = self.wait_exit(Some(graceful_until))? {
-            // Seen only after the deadline (this thread ran late): it was not graceful.
-            let how = if Instant::now() <= graceful_until {
-                Shutdown::Graceful
-            } else {
-                how_it_ended(status)
-            };
-            return Ok(Stopped {
-                status,
-                how,
-                grace: self.stop,
-            });
-        }
-        // May fail with EPERM: the server's hang-up watch sends the same signal.
-        let _ = self.exit.kill(libc::SIGTERM);
-        let deadline = Instant::now().max(graceful_until) + self.stop.after_term;
-        if let Some(status) = self.wait_exit(Some(deadline))? {
-            let how = how_it_ended(status);
-            return Ok(Stopped {
-                status,
-                how,
-                grace: self.stop,
-            });
-        }
-        let status = self.kill_and_reap()?;
-        Ok(Stopped {
-            status,
-            how: how_it_ended(status),
-            grace: self.stop,
-        })
-    }
-}
-
-/// How a server that did not exit within the first grace period ended: by SIGKILL (from `stop`
-/// or its own hang-up watch), or otherwise (after SIGTERM).
-fn how_it_ended(status: ExitStatus) -> Shutdown {
-    if status.signal() == Some(libc::SIGKILL) {
-        Shutdown::Killed
-    } else {
-        Shutdown::Terminated
+        let exit = self.exit.take().expect("exit watch present until stopped");
+        Ok(Err(Escalation::new(self.pid, exit, self.stop, closed_at)))
     }
 }
 
 impl Drop for ServerHandle {
+    /// Returns at once: a server that has not exited gets its connection closed here, and the
+    /// rest of the escalation (SIGTERM, SIGKILL, reap) is finished in the background by
+    /// fdserver's reaper thread (one for every server of the process). If that thread cannot
+    /// be started (no thread or descriptor left), the stop is finished here instead.
     fn drop(&mut self) {
-        // Last resort on failure, so that no process is left behind.
-        if self.status.is_none() && self.stop_inner().is_err() {
-            let _ = self.kill_and_reap();
+        if self.status.is_some() || self.exit.is_none() {
+            return;
+        }
+        match self.begin_stop() {
+            Ok(Ok(_)) => {}
+            Ok(Err(escalation)) => {
+                if let Err(returned) = reaper::stop_in_background(escalation, None) {
+                    let _ = returned.0.run_blocking();
+                }
+            }
+            // `try_wait` failed: something else in this process reaped the server. Nothing is
+            // left to stop.
+            Err(_) => self.hang_up(),
         }
     }
 }

@@ -43,6 +43,12 @@ pub trait Connection {
         &mut self,
         f: impl FnOnce(&mut Channel) -> Result<R, Error>,
     ) -> Result<R, Error>;
+
+    /// The peer's process id, where known (for `tracing` spans).
+    #[doc(hidden)]
+    fn __pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl Connection for ServerHandle {
@@ -55,6 +61,10 @@ impl Connection for ServerHandle {
         f: impl FnOnce(&mut Channel) -> Result<R, Error>,
     ) -> Result<R, Error> {
         ServerHandle::with_channel(self, f)
+    }
+
+    fn __pid(&self) -> Option<u32> {
+        Some(self.pid())
     }
 }
 

@@ -98,6 +98,9 @@ pub enum Error {
     /// a layer failed in the server, which then exited (see [`sandbox`](crate::sandbox)).
     #[cfg(feature = "sandbox")]
     Sandbox(crate::sandbox::SandboxError),
+    /// A [`Pool`](crate::Pool) could not give a call a server: none was free in time, or the
+    /// pool gave up restarting one.
+    Pool(crate::pool::PoolError),
     /// A typed call's argument could not be encoded for the wire (a list item containing a NUL
     /// byte, a value `serde_json` refuses); nothing was sent.
     Encode {
@@ -121,6 +124,56 @@ impl Error {
                 Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
             ),
             _ => false,
+        }
+    }
+
+    /// Whether the server (or peer) this error came from must be replaced: its connection can no
+    /// longer carry calls, because the server is gone ([`Disconnected`](Error::Disconnected),
+    /// [`ServerExited`](Error::ServerExited)), the stream is out of step or may be
+    /// ([`Broken`](Error::Broken), [`TimedOut`](Error::TimedOut): the late reply would answer
+    /// the next call; [`Protocol`](Error::Protocol), an [`Io`](Error::Io) error on the socket,
+    /// a [`ScalarTooLarge`](Error::ScalarTooLarge) scalar), or it never started (a failed
+    /// start: `initialize` and `sandbox` error replies, `Error::Sandbox`). A remote error
+    /// of kind `protocol` counts too (the server may have closed the connection after it).
+    ///
+    /// `false` for errors after which the same server keeps serving: an error reply from the
+    /// handler or about the request (`failed`, `io`, `bad_arguments`, `unknown_message`,
+    /// `panicked` before any reply, your own [`WireError`](crate::WireError) codes), and
+    /// errors raised before anything was sent ([`Encode`](Error::Encode),
+    /// [`ElementContainsNul`](Error::ElementContainsNul),
+    /// [`MessageTooLarge`](Error::MessageTooLarge)), a [`Pool`](Error::Pool)'s own errors,
+    /// or errors while decoding a reply that arrived
+    /// whole ([`MissingElement`](Error::MissingElement), [`InvalidUtf8`](Error::InvalidUtf8)).
+    /// When in doubt it says `true`: replacing a server costs a start, reusing a broken one
+    /// would answer a call with another's reply.
+    ///
+    /// ```
+    /// use fdserver::{Error, RemoteError};
+    /// assert!(Error::Disconnected.needs_restart());
+    /// assert!(Error::Broken.needs_restart());
+    /// assert!(!Error::from(RemoteError::failed("disk full")).needs_restart());
+    /// ```
+    pub fn needs_restart(&self) -> bool {
+        match self {
+            Error::Io(_)
+            | Error::Disconnected
+            | Error::ServerExited(_)
+            | Error::Protocol(_)
+            | Error::TimedOut { .. }
+            | Error::Broken
+            | Error::ScalarTooLarge { .. } => true,
+            Error::ElementContainsNul { .. }
+            | Error::MessageTooLarge { .. }
+            | Error::MissingElement { .. }
+            | Error::InvalidUtf8 { .. }
+            | Error::Encode { .. }
+            | Error::Pool(_) => false,
+            Error::Remote(r) => matches!(
+                r.kind(),
+                RemoteErrorKind::Protocol | RemoteErrorKind::Initialize | RemoteErrorKind::Sandbox
+            ),
+            #[cfg(feature = "sandbox")]
+            Error::Sandbox(_) => true,
         }
     }
 
@@ -198,6 +251,7 @@ impl fmt::Display for Error {
                 value,
                 reason,
             } => write!(f, "call {message:?}: {value} cannot be sent: {reason}"),
+            Error::Pool(p) => write!(f, "{p}"),
         }
     }
 }
@@ -360,7 +414,6 @@ pub enum RemoteErrorKind {
     /// `sandbox`: the server's sandbox could not be applied; it exits. The message starts with
     /// the layer's name (`landlock: ...`).
     Sandbox,
-    /// Any other kind string, kept verbatim.
     /// `io`: the handler returned an `std::io::Error`. The reply carries its kind and OS error
     /// number (`["error", "io", text, kind, errno]`, see [`RemoteError::io`]), and
     /// [`RemoteError::to_io_error`] rebuilds it. The server keeps serving.

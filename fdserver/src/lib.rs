@@ -131,14 +131,14 @@
 //! * `["ok_scalar"]` then a scalar message holding the body of `["ok", value, ...]`: success,
 //!   for a reply too large for an array message (over 65535 bytes); read as the plain form.
 //! * `["error", kind, message, details...]`: failure, where `kind` is one of `unknown_message`,
-//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize`, `sandbox` (the server's sandbox could not be applied), `io`
-//!   (an `io::Error`, details: its kind and OS error number) or the code of a handler's own
-//!   [`WireError`] type (details: its fields); see [`RemoteErrorKind`] and
-//!   [`args`](crate::args#errors). A peer that knows only `["error", kind, message]` ignores the
-//!   details. After any of these the server keeps serving, except when a handler had already
-//!   begun writing its reply: a second reply would answer the client's next request, so instead
-//!   the server closes the stream and exits, with status 101 after a panic and 1 after an `Err`.
-//!   A request is answered by exactly one reply.
+//!   `bad_arguments`, `failed`, `panicked`, `protocol` (a malformed request), `initialize`,
+//!   `sandbox` (the server's sandbox could not be applied), `io` (an `io::Error`, details: its
+//!   kind and OS error number) or the code of a handler's own [`WireError`] type (details: its
+//!   fields); see [`RemoteErrorKind`] and [`args`](crate::args#errors). A peer that knows only
+//!   `["error", kind, message]` ignores the details. After any of these the server keeps
+//!   serving, except when a handler had already begun writing its reply: a second reply would
+//!   answer the client's next request, so instead the server closes the stream and exits, with
+//!   status 101 after a panic and 1 after an `Err`. A request is answered by exactly one reply.
 //! * A request that leaves the incoming stream impossible to resynchronise (a scalar over the
 //!   server's limit, data where a descriptor was due, a descriptor glued to a message's bytes)
 //!   is answered with a last `["error", "protocol", text]` saying why, then the server closes the
@@ -221,18 +221,66 @@
 //! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
 //! watch (it runs in your process).
 //!
+//! ## Threads and async
+//!
+//! A connection carries one call at a time (the protocol has no request ids), so a client's
+//! calls take `&mut self`; sharing work between threads or tasks is a pool's job.
+//!
+//! | type | `Send` | `Sync` | share it |
+//! |---|---|---|---|
+//! | [`ServerHandle`], `MyServerClient`, [`Channel`] | yes | yes | one caller at a time (`&mut self`); move it to any thread |
+//! | [`Pool`], `MyServerPool` | yes | yes | any number of threads at once (`&self`, `Clone`) |
+//! | [`Pooled`] (a checked-out server) | yes | yes | its caller's, until dropped |
+//! | `AsyncServerHandle`, `MyServerAsyncClient`, `AsyncChannel` (feature `tokio`) | yes | yes | one task at a time |
+//! | `AsyncPool`, `MyServerAsyncPool` (feature `tokio`) | yes | yes | any number of tasks at once |
+//! | [`Builder`], [`PoolOptions`], [`Error`], [`CallError`] | yes | yes | |
+//!
+//! (`tests/api_threads.rs` checks each line at compile time; the async futures are `Send`, and
+//! `start_async`'s is `'static`: spawn them on any runtime.)
+//!
+//! **From threads**: one client per thread, or a [`Pool`] that all threads share: a call goes to
+//! an idle server, waits (with a bound) when all are busy, and a server that died, timed out or
+//! broke its connection is replaced on the next use that needs it. Not a client behind a
+//! `Mutex`: its callers would queue behind its slowest call.
+//!
+//! **From tokio** (feature `tokio`): `MyServer.start_async().await` gives `MyServerAsyncClient`,
+//! whose methods are the handlers' as `async fn` (`client.hello("Joe", "Dalton").await`); every
+//! wait goes through the runtime (its I/O driver and timers), never a blocking call on a runtime
+//! thread; `MyServerAsyncPool` is the pool for tasks. The blocking client on a runtime thread
+//! would block that thread for each call's whole length: use it only inside `spawn_blocking`.
+//! Starting is a fork done inline (a few hundred microseconds, like any short system call) and
+//! an asynchronous wait for `initialize`. A call's future may be dropped at any `.await`
+//! (`tokio::time::timeout`, `select!`): its client stays usable and never hands a call
+//! another's reply (see `MyServerAsyncClient`'s docs for the exact rules); a pool replaces a
+//! server whose call was dropped.
+//!
+//! **Starting and stopping anywhere**: `start` works on any thread, including a tokio worker,
+//! inside `block_on`, in `spawn_blocking` and in thread pools: servers are forked from a thread
+//! of fdserver's own, so a server starts with none of its parent's runtime context and can build
+//! and use runtimes of its own (in `initialize_server` or in a handler; see "Fork safety" for
+//! tokio's `parking_lot` feature). Dropping any client returns at once: the stop is finished by
+//! fdserver's reaper thread. Every call has a deadline ([`DEFAULT_CALL_TIMEOUT`], 30 s) unless
+//! told otherwise, and [`Error::needs_restart`] says whether a failed call's server must be
+//! replaced.
+//!
 //! ## Fork safety
 //!
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
-//! only the calling thread exists in the child, and whatever locks other threads held at that
-//! moment stay locked forever there. fdserver's own path from `fork` to your
-//! `initialize_server` makes only async-signal-safe system calls (everything it needs, buffers,
-//! descriptor lists, signal sets, the watch thread's stack, is prepared in the parent, and all
-//! signals are blocked across the `fork`), with two exceptions, both safe in the child: it
-//! releases std's stdout and stderr locks, which the forking thread holds (below), and it starts
-//! one thread of its own, the hang-up watch, with `pthread_create` (glibc resets its own locks at
-//! `fork`, as it must for the threads you start in `initialize_server`). That thread takes no lock
-//! and allocates nothing, so a server may itself fork (the preloader's templates do).
+//! only the forking thread exists in the child, and whatever locks other threads held at that
+//! moment stay locked forever there. `start` forks from a thread of fdserver's own, a *fork
+//! thread* (one per server type, see "Threads and async"), so that the server starts with fresh
+//! thread-locals, not a copy of the calling thread's (an async runtime's context among them);
+//! [`Builder::fork_on_calling_thread`] forks from the calling thread instead. fdserver's own
+//! path from `fork` to your `initialize_server` makes only async-signal-safe system calls
+//! (everything it needs, buffers, descriptor lists, signal sets, the watch thread's stack, is
+//! prepared in the parent, and all signals are blocked across the `fork`), with two exceptions,
+//! both safe in the child: it releases std's stdout and stderr locks, which the calling thread
+//! took for the fork (below), and it starts one thread of its own, the hang-up watch, with
+//! `pthread_create` (glibc resets its own locks at `fork`, as it must for the threads you start
+//! in `initialize_server`). That thread takes no lock and allocates nothing, so a server may
+//! itself fork (the preloader's templates do). Before anything else, the child moves the server
+//! value off the calling thread's stack onto its own: glibc gives the stacks of the threads a
+//! forked process lacks to the next threads it creates.
 //!
 //! **Standard output and error.** std's `stdout()` and `stderr()` are locks; one held by another
 //! thread at the fork would stay locked forever in the child, where every `println!`, every panic
@@ -249,10 +297,14 @@
 //!   thread keeps a `stdout().lock()` guard (a render loop holding it for seconds delays every
 //!   `start` as long). A thread that holds such a guard **while waiting for a thread that calls
 //!   `start`** (joining it, or waiting on a channel it answers after `start`) deadlocks the
-//!   program: release the guard first. A guard held by the thread that calls `start` is fine
-//!   (the locks are reentrant). std offers no `try_lock` for these locks, so no design can both
-//!   never wait for them and never hand the server a lock that stays locked forever; fdserver
-//!   gives the server working stdio and documents the wait.
+//!   program: release the guard first. std offers no `try_lock` for these locks, so no design
+//!   can both never wait for them and never hand the server a lock that stays locked forever;
+//!   fdserver gives the server working stdio and documents the wait.
+//! * A guard held by the thread that calls `start` does not block `start` (the locks are
+//!   reentrant), but the server, forked from the fork thread, finds that lock held by a thread it
+//!   does not have, and its prints to that stream block: release the guard before `start`, or
+//!   use [`Builder::fork_on_calling_thread`] (the server is then a copy of the calling thread,
+//!   which owns the lock there).
 //! * `std::io::stdin()` is not covered: its lock is held by a thread blocked reading it (an
 //!   interactive prompt), and taking it would make `start` wait for the user to type. Do not read
 //!   std's stdin in a server whose parent reads it from another thread.
@@ -267,7 +319,11 @@
 //!   `println!` (see above); threads you start in `initialize_server`.
 //! * **Not safe**: any other lock another thread might have held at the fork: a `static Mutex`,
 //!   a logger's own lock, `std::env::set_var`; thread pools and async runtimes created before the
-//!   fork (their threads do not exist in the child).
+//!   fork (their threads do not exist in the child: build new ones in the server, see "Threads
+//!   and async"); `parking_lot` (and tokio with its `parking_lot` feature, part of `full`),
+//!   whose process-wide table of parked threads the child inherits listing the parent's threads,
+//!   whose memory the child's new threads reuse (parking_lot issue #515); data on another
+//!   thread's stack (the server value may borrow from the heap and statics, not from a stack).
 //! * **Reseed** random number generators in `initialize_server`: the child starts with a copy of
 //!   the parent's state (Passenger 2.2 learned this the hard way).
 //! * The server value is copied into the child by `fork`. The child never drops it (it ends with
@@ -308,6 +364,8 @@ compile_error!(
 // above instead of a cascade of missing `libc` symbols.
 #[cfg(target_os = "linux")]
 pub mod args;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+mod asyncio;
 #[cfg(target_os = "linux")]
 mod channel;
 #[cfg(target_os = "linux")]
@@ -317,9 +375,15 @@ mod connection;
 #[cfg(target_os = "linux")]
 mod error;
 #[cfg(target_os = "linux")]
+mod fork_thread;
+#[cfg(target_os = "linux")]
 mod io_kind;
 #[cfg(target_os = "linux")]
+mod pool;
+#[cfg(target_os = "linux")]
 pub mod preload;
+#[cfg(target_os = "linux")]
+mod reaper;
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub mod sandbox;
 #[cfg(target_os = "linux")]
@@ -336,6 +400,8 @@ mod spawn;
 mod start;
 #[cfg(target_os = "linux")]
 mod sys;
+#[cfg(target_os = "linux")]
+mod trace;
 #[cfg(target_os = "linux")]
 pub mod wire;
 #[cfg(target_os = "linux")]
@@ -389,7 +455,14 @@ pub mod __private;
 ///   `signal(sig)`, `handle()` / `handle_mut()` / `into_handle()`; or any [`Channel`]
 ///   (`MyServerClient::from(channel)`: a server another program started, a Ruby peer). Both
 ///   have `set_timeout(deadline)`, `channel()` (the raw [`Channel`]), `into_connection()`,
-///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server.
+///   `From` and `Debug`. Dropping a `ServerHandle` client stops the server in the background
+///   (it returns at once; see [`ServerHandle`]). It implements [`Client`].
+/// * `pub struct MyServerPool`: a [`Pool`] of `MyServerClient`s that threads share (`Clone`,
+///   `Send`, `Sync`), with one method per handler taking `&self`
+///   (`pool.hello("Joe", "Dalton")`): each call goes to an idle server, and a server that failed
+///   is replaced on the next use. `MyServerPool::start(PoolOptions::new(4), MyServer)` starts
+///   it; it derefs to [`Pool`] (`get`, `status`, `revive`, ...). A handler marked
+///   `#[fdserver(idempotent)]` is run once more, on another server, when its server fails.
 ///
 /// The handler's doc comments and `#[cfg]` attributes are copied onto its client method (and the
 /// `#[cfg]` onto its dispatch arm). [`serve`] runs a macro server on an inherited
@@ -605,6 +678,7 @@ pub mod __private;
 /// | the impl | `#[fdserver(client = "Name")]` | name of the client type (default: the server's name + `Client`) |
 /// | the impl | `#[fdserver(client_vis = "pub(crate)")]` | visibility of the client (default `pub`; at least that of the server type) |
 /// | the impl or a method | `#[fdserver(typed_errors)]` | client methods of handlers returning `Result<T, E>` return `Result<T, CallError<E>>` (`E: WireError`) |
+/// | a method | `#[fdserver(idempotent)]` | the typed pool may run a call of this handler once more, on another server, when its server fails |
 /// | a method | `#[fdserver(name = "msg")]` | the message name |
 /// | a method | `#[fdserver(skip)]` | not a handler |
 /// | a method | `#[fdserver(signal = "SIGxxx")]` (repeatable) | a signal handler |
@@ -638,6 +712,10 @@ pub use fdserver_macros::fdserver;
 
 #[cfg(target_os = "linux")]
 pub use args::Json;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+pub use asyncio::{
+    AsyncChannel, AsyncClient, AsyncConnection, AsyncPool, AsyncPooled, AsyncServerHandle,
+};
 #[cfg(target_os = "linux")]
 pub use channel::{Channel, DEFAULT_MAX_SCALAR};
 #[cfg(target_os = "linux")]
@@ -649,6 +727,11 @@ pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 #[cfg(target_os = "linux")]
 /// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
 pub use fdserver_macros::WireError;
+#[cfg(target_os = "linux")]
+pub use pool::{
+    CallFailure, Client, Pool, PoolError, PoolOptions, Pooled, RestartPolicy, ServerState,
+    ServerStatus,
+};
 #[cfg(all(target_os = "linux", feature = "sandbox"))]
 pub use sandbox::Sandbox;
 #[cfg(target_os = "linux")]
@@ -660,7 +743,7 @@ pub use signal::{Signal, UnknownSignal};
 #[cfg(target_os = "linux")]
 pub use spawn::Spawn;
 #[cfg(target_os = "linux")]
-pub use start::Builder;
+pub use start::{Builder, DEFAULT_CALL_TIMEOUT};
 #[cfg(target_os = "linux")]
 pub use wire::{Message, MessageBuf};
 #[cfg(target_os = "linux")]

@@ -42,6 +42,12 @@ pub fn channel_socket(channel: &Channel) -> std::os::fd::BorrowedFd<'_> {
     channel.socket()
 }
 
+/// For tests: waits until fdserver's reaper thread has finished every stop it was handed
+/// (dropped clients), or `timeout` passes; returns whether it has.
+pub fn wait_background_stops(timeout: std::time::Duration) -> bool {
+    crate::reaper::wait_settled(timeout)
+}
+
 /// How much of an offending element an error message quotes.
 const QUOTE_MAX: usize = 60;
 
@@ -100,6 +106,29 @@ impl Store {
 
     fn buffer(&mut self) -> Vec<u8> {
         self.spare.pop().unwrap_or_default()
+    }
+
+    /// The async client fills the store itself before decoding (see `Decoder::prefilled`):
+    /// empties it for a new reply.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn start_filling(&mut self) {
+        self.clear();
+    }
+
+    /// A buffer for the next scalar, to receive into.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn scalar_buffer(&mut self) -> Vec<u8> {
+        self.buffer()
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn push_scalar(&mut self, data: Vec<u8>) {
+        self.slots.push(Slot::Scalar(data));
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn push_fd(&mut self, fd: OwnedFd) {
+        self.slots.push(Slot::Fd(Some(fd)));
     }
 }
 
@@ -244,6 +273,36 @@ impl<'m> Decoder<'m> {
             inline_mask,
             inline_count,
             failure,
+            oob: store.slots.iter_mut(),
+        }
+    }
+
+    /// A reply decoder over a store the async client filled with the reply's out-of-band
+    /// values, in order (see `asyncio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn prefilled(
+        msg: Message<'m>,
+        message: &'static str,
+        forms: &[Form],
+        store: &'m mut Store,
+    ) -> Self {
+        let mut inline_mask = 0;
+        let mut inline_count = 0;
+        for (index, form) in forms.iter().enumerate() {
+            if *form == Form::Inline {
+                inline_count += 1;
+                if index < 64 {
+                    inline_mask |= 1 << index;
+                }
+            }
+        }
+        Decoder {
+            msg,
+            target: Target::Reply { message },
+            next: 1,
+            inline_mask,
+            inline_count,
+            failure: None,
             oob: store.slots.iter_mut(),
         }
     }
@@ -639,23 +698,108 @@ pub fn call<V: FromValues, const N: usize>(
             _ => {}
         }
     }
-    connection.with_channel(|channel| {
-        let inline = arguments.iter().filter_map(|a| match a {
-            Encoded::Element(e) => Some(e.as_bytes()),
-            _ => None,
-        });
-        channel
-            .write_array(iter::once(message.as_bytes()).chain(inline))
-            .map_err(|e| e.in_call(message.as_bytes()))?;
-        // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
-        // leaves the server waiting for this value, so it breaks the channel (later calls fail
-        // with `Error::Broken` instead of feeding the server the next request as this value).
-        for argument in arguments {
-            send_after_first_byte(channel, argument).map_err(|e| e.in_call(message.as_bytes()))?;
-        }
-        read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+    let pid = connection.__pid();
+    crate::trace::call(message, pid, || {
+        connection.with_channel(|channel| {
+            let inline = arguments.iter().filter_map(|a| match a {
+                Encoded::Element(e) => Some(e.as_bytes()),
+                _ => None,
+            });
+            channel
+                .write_array(iter::once(message.as_bytes()).chain(inline))
+                .map_err(|e| e.in_call(message.as_bytes()))?;
+            // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
+            // leaves the server waiting for this value, so it breaks the channel (later calls fail
+            // with `Error::Broken` instead of feeding the server the next request as this value).
+            for argument in arguments {
+                send_after_first_byte(channel, argument)
+                    .map_err(|e| e.in_call(message.as_bytes()))?;
+            }
+            read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+        })
     })
 }
+
+/// The async client's call (feature `tokio`): [`call`]'s checks, then the request and the reply
+/// through the runtime. Dropped at any `.await`, it leaves the connection as
+/// `AsyncChannel::settle` expects: nothing sent (nothing to do), part of the request sent
+/// (broken), or the reply due (read and dropped by the next call).
+#[cfg(feature = "tokio")]
+pub async fn call_async<V: FromValues, const N: usize>(
+    connection: &mut impl crate::AsyncConnection,
+    state: &mut ClientState,
+    message: &'static str,
+    params: &'static [&'static str],
+    arguments: [Encoded<'_>; N],
+) -> Result<V, Error> {
+    for (i, a) in arguments.iter().enumerate() {
+        match a {
+            Encoded::Invalid(why) => {
+                return Err(Error::Encode {
+                    message: message.to_owned(),
+                    value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
+                    reason: why.reason().to_owned(),
+                });
+            }
+            Encoded::Scalar(data) => {
+                wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
+            }
+            _ => {}
+        }
+    }
+    let pid = connection.__pid();
+    let r = crate::trace::call_async(message, pid, async {
+        let channel = connection.channel();
+        channel.settle().await?;
+        channel
+            .send_request(message, &arguments, V::__FORMS)
+            .await?;
+        let ClientState { reply, store } = state;
+        channel.receive_reply(reply, store).await?;
+        let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
+        let values = V::__decode(&mut decoder);
+        decoder.finish_reply()?;
+        values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+    })
+    .await;
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) => Err(connection.call_failed(e.in_call(message.as_bytes())).await),
+    }
+}
+
+/// [`call_async`] for a `typed_errors` handler.
+#[cfg(feature = "tokio")]
+pub async fn call_async_typed<V: FromValues, E: WireError, const N: usize>(
+    connection: &mut impl crate::AsyncConnection,
+    state: &mut ClientState,
+    message: &'static str,
+    params: &'static [&'static str],
+    arguments: [Encoded<'_>; N],
+) -> Result<V, CallError<E>> {
+    call_async(connection, state, message, params, arguments)
+        .await
+        .map_err(CallError::from_error)
+}
+
+/// Expands to its input with fdserver's `tokio` feature, to nothing without it: the async items
+/// `#[fdserver]` generates go through it (a proc macro cannot see its runtime crate's features).
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fdserver_if_tokio {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// See the `tokio` version.
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fdserver_if_tokio {
+    ($($t:tt)*) => {};
+}
+
+pub use crate::__fdserver_if_tokio as if_tokio;
 
 /// [`call`] for a `typed_errors` handler: an error reply of `E`'s becomes
 /// [`CallError::Handler`].

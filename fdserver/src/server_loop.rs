@@ -185,10 +185,18 @@ fn serve_messages<S: Server>(
         let writes_before = channel.writes();
         let msg = buf.message();
         let mut ctx = Context::new(channel);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let r = server.handle(&mut ctx, msg);
-            (r, ctx.quitting())
-        }));
+        let traced = crate::trace::Handled::begin(msg.name());
+        let outcome = traced.run(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let r = server.handle(&mut ctx, msg);
+                (r, ctx.quitting())
+            }))
+        });
+        traced.end(match &outcome {
+            Ok((Ok(()), _)) => "ok",
+            Ok((Err(_), _)) => "error",
+            Err(_) => "panicked",
+        });
         let failed = !matches!(outcome, Ok((Ok(()), _))) || channel.is_broken();
         if failed && sys::stop_requested().is_some() {
             // The handler's channel operation was cut short by SIGTERM or SIGINT (or it failed

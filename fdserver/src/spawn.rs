@@ -75,7 +75,7 @@ impl Spawn {
             command,
             fd: 3,
             stop: StopOptions::default(),
-            timeout: None,
+            timeout: Some(crate::DEFAULT_CALL_TIMEOUT),
             max_scalar: None,
         }
     }
@@ -87,7 +87,9 @@ impl Spawn {
         self
     }
 
-    /// A deadline for each read and write on the client's channel (default: none).
+    /// A deadline for each read and write on the client's channel (default
+    /// [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT), 30 s; `None` disables it): see
+    /// [`Builder::timeout`](crate::Builder::timeout).
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self

@@ -33,7 +33,7 @@ use crate::wire::MessageBuf;
 /// assert!(server.pid() > 0);
 /// # Ok::<(), fdserver::Error>(())
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Builder {
     keep_fds: Vec<RawFd>,
     stop: StopOptions,
@@ -43,12 +43,40 @@ pub struct Builder {
     same_process_group: bool,
     /// `seqpacket(false)`: a `SOCK_STREAM` pair.
     stream: bool,
+    fork_on_calling_thread: bool,
     #[cfg(feature = "sandbox")]
     sandbox: Option<crate::sandbox::Sandbox>,
 }
 
+/// The deadline every call of a started server gets unless told otherwise (30 s): each wait of
+/// a call (writing the request, reading the reply and each scalar or descriptor after it) gives
+/// up after this long with [`Error::TimedOut`], and the client is then broken
+/// ([`Error::needs_restart`]). Set with [`Builder::timeout`] or [`Spawn::timeout`]
+/// (`None` disables it), or per client with `set_timeout`.
+///
+/// [`Spawn::timeout`]: crate::Spawn::timeout
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            keep_fds: Vec::new(),
+            stop: StopOptions::default(),
+            timeout: Some(DEFAULT_CALL_TIMEOUT),
+            start_timeout: None,
+            max_scalar: None,
+            same_process_group: false,
+            stream: false,
+            fork_on_calling_thread: false,
+            #[cfg(feature = "sandbox")]
+            sandbox: None,
+        }
+    }
+}
+
 impl Builder {
-    /// Default options: no deadlines, stop grace periods of 3 s + 3 s.
+    /// Default options: calls time out after [`DEFAULT_CALL_TIMEOUT`] (30 s), `start` waits
+    /// for `initialize_server` as long as it takes, stop grace periods of 3 s + 3 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -80,7 +108,28 @@ impl Builder {
         self
     }
 
-    /// A deadline for each read and write on the client's channel (default: none).
+    /// A deadline for each read and write on the client's channel: each wait of a call
+    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). `None` disables it: a call then waits for its
+    /// server as long as it takes, e.g. for handlers that legitimately run for minutes, or a
+    /// raw channel that waits for events. A call that times out breaks the client
+    /// ([`Error::needs_restart`]): the late reply would otherwise answer the next call.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = fdserver::Builder::new().start_handle(&mut Echo)?;
+    /// assert_eq!(server.channel().read_timeout(), Some(fdserver::DEFAULT_CALL_TIMEOUT));
+    /// let mut patient = fdserver::Builder::new().timeout(None).start_handle(&mut Echo)?;
+    /// assert_eq!(patient.channel().read_timeout(), None);
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -172,6 +221,42 @@ impl Builder {
         self
     }
 
+    /// Forks the server from the thread that calls [`start`](Self::start) (`true`), instead of
+    /// from a thread of fdserver's own (the default).
+    ///
+    /// By default every server is forked from a *fork thread* (one per server type, started on
+    /// first use, parked between starts): the server's only thread is a copy of it, with fresh
+    /// thread-locals. So a server started from a tokio worker, inside `block_on`, from a
+    /// `spawn_blocking` task or a rayon pool starts with no runtime context of its parent's, and
+    /// can build and use runtimes of its own (see the crate docs, "Threads and async"). This
+    /// costs two thread wake-ups per start (BENCHMARKS.md, "Issue 13").
+    ///
+    /// With `true` the server is a copy of the calling thread, thread-locals included. Use it
+    /// only from a thread that entered no runtime or thread pool, to save those wake-ups, or to
+    /// keep a `stdout().lock()` or `stderr().lock()` guard of the calling thread usable in the
+    /// server (the server then owns the copy; forked from the fork thread it finds the lock
+    /// held by a thread it does not have).
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = fdserver::Builder::new()
+    ///     .fork_on_calling_thread(true)
+    ///     .start_handle(&mut Echo)?;
+    /// assert_eq!(server.call(["echo", "hi"])?, ["hi"]);
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn fork_on_calling_thread(mut self, yes: bool) -> Self {
+        self.fork_on_calling_thread = yes;
+        self
+    }
+
     /// Runs the server in `sandbox` (feature `sandbox`): prepared here, applied in the server
     /// after `initialize_server` and before the first message (see [`sandbox`](crate::sandbox)).
     /// `start` fails if the server declares a sandbox of its own too.
@@ -191,7 +276,54 @@ impl Builder {
     /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
     /// the kernel would then reap the server itself, and neither `stop` nor a failing call could
     /// learn how it ended. Restore SIGCHLD's default disposition first.
-    pub fn start_handle<S: Server>(mut self, server: &mut S) -> Result<ServerHandle, Error> {
+    pub fn start_handle<S: Server>(self, server: &mut S) -> Result<ServerHandle, Error> {
+        self.fork_server(server)?.ready()
+    }
+
+    /// Forks the server and returns, for a tokio runtime, its [`AsyncServerHandle`] once its
+    /// `initialize_server` has succeeded (feature `tokio`). `MyServer.start_async()` is the
+    /// same for an `#[fdserver]` server and returns its async client.
+    ///
+    /// The fork happens when this is called, on the calling thread (through the fork thread:
+    /// see [`fork_on_calling_thread`](Self::fork_on_calling_thread)); it takes a few hundred
+    /// microseconds (BENCHMARKS.md, "Issue 13"), like any short system call, so it is done
+    /// inline rather than on a blocking-pool thread. The wait for `initialize_server`, which may
+    /// take as long as the server's initialisation does, is the returned future's: it waits
+    /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
+    /// borrow `server` (it is `Send + 'static` whatever the server type). Call it inside a tokio
+    /// runtime with its I/O driver.
+    ///
+    /// [`AsyncServerHandle`]: crate::AsyncServerHandle
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fdserver::Error> {
+    /// let mut server = fdserver::Builder::new().start_async(&mut Echo).await?;
+    /// assert_eq!(server.call(["echo", "hi"]).await?, ["hi"]);
+    /// server.stop().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn start_async<S: Server>(
+        self,
+        server: &mut S,
+    ) -> impl std::future::Future<Output = Result<crate::AsyncServerHandle, Error>> + Send + 'static
+    {
+        let forked = self.fork_server(server);
+        async move { forked?.ready_async().await }
+    }
+
+    /// Everything of a start up to the fork; the wait for `["ready"]` is the caller's.
+    fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
         if sys::children_autoreaped() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -204,11 +336,11 @@ impl Builder {
         // The sandbox, if any, is checked and prepared here, before the fork; it takes effect in
         // the child after `initialize_server`.
         #[cfg(feature = "sandbox")]
-        let mut sandbox = crate::sandbox::choose(self.sandbox.as_ref(), server.sandbox())?;
+        let sandbox = crate::sandbox::choose(self.sandbox.as_ref(), server.sandbox())?;
         #[cfg(feature = "sandbox")]
         self.keep_fds.extend(sandbox.iter().flat_map(|p| p.fds()));
         #[cfg(not(feature = "sandbox"))]
-        let mut sandbox = ();
+        let sandbox = ();
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
@@ -222,11 +354,11 @@ impl Builder {
         if let Some(max) = self.max_scalar {
             child.set_max_scalar_size(max);
         }
-        let mut buf = MessageBuf::with_capacity(4096);
+        let buf = MessageBuf::with_capacity(4096);
         self.keep_fds.push(child.socket().as_raw_fd());
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
-        let fds = InheritedFds::new(&self.keep_fds);
+        let keep_fds = &self.keep_fds;
         let plan = SignalPlan::new(S::SIGNALS);
         sys::HangupWatch::prepare();
 
@@ -238,73 +370,160 @@ impl Builder {
         // owner is the child's only thread. Stdout is not flushed here: its buffer may hold a
         // partial line that a full pipe would block on; the child drops its copy instead.
         let stdio = (std::io::stdout().lock(), std::io::stderr().lock());
-        let all = sys::sigset(true);
-        let old_mask = sys::set_sigmask(&all);
-        // SAFETY: before handing control to the user's server, the child branch below makes
-        // only async-signal-safe calls (setpgid, sigaction, open, dup3, close_range, fcntl,
-        // pthread_sigmask; std's flush of its stdout buffer into a closed descriptor and its
-        // reentrant unlock, both on locks this thread owns), plus one `pthread_create` (the
-        // hang-up watch), which glibc supports in a forked child; and it never returns: it ends
-        // in `_exit`.
-        let pid = unsafe { sys::fork() };
-        match pid {
-            Ok(0) => {
-                // Child. Never returns. The parent's end is released with every other
-                // descriptor not kept (`InheritedFds::apply` in `child_main`); its `Channel` is
-                // never dropped here (we `_exit`).
-                std::mem::forget(parent_end);
-                let (mut out, err) = stdio;
-                // The parent's pending partial line is in this copy of stdout's buffer; the
-                // parent writes it. Empty the copy without writing it (std counts `EBADF` on
-                // stdout as written), or the server's own first flush would repeat it.
-                sys::with_stdout_closed(|| {
-                    let _ = out.flush();
-                });
-                drop(out);
-                drop(err);
-                let own_group = !self.same_process_group;
-                let watch = hangup_watch_enabled().then_some(sys::HangupWatch {
-                    after_close: self.stop.after_close,
-                    after_term: self.stop.after_term,
-                });
-                child_main(
-                    server,
-                    child,
-                    &mut buf,
-                    &fds,
-                    &plan,
-                    ChildSetup { own_group, watch },
-                    &mut sandbox,
-                )
+        let own_group = !self.same_process_group;
+        let watch = hangup_watch_enabled().then_some(sys::HangupWatch {
+            after_close: self.stop.after_close,
+            after_term: self.stop.after_term,
+        });
+        // What the child takes with it, moved out of this frame in the child (see below).
+        let mut for_child = Some(ChildArgs {
+            channel: child,
+            buf,
+            fds: None,
+            plan,
+            setup: ChildSetup { own_group, watch },
+            sandbox,
+            stdio,
+        });
+        let server_ptr: *mut S = server;
+        let mut forked = None;
+        let mut fork_job = || {
+            // Listed here, as late as possible: a descriptor another thread opens after the
+            // listing is closed in the child, and one that a library opens for itself at that
+            // moment (tokio's signal channel, created with a first runtime) would be missed.
+            if let Some(args) = &mut for_child {
+                args.fds = Some(InheritedFds::new(keep_fds));
             }
-            Ok(pid) => {
-                drop(stdio);
-                sys::set_sigmask(&old_mask);
-                drop(child);
-                drop(buf);
-                let mut channel = parent_end;
-                channel.set_timeout(self.timeout);
-                if let Some(max) = self.max_scalar {
-                    channel.set_max_scalar_size(max);
-                }
-                let mut handle = ServerHandle::new(pid, channel, self.stop)?;
-                #[cfg(feature = "sandbox")]
-                {
-                    handle
-                        .await_ready(self.start_timeout)
-                        .map_err(crate::sandbox::ready_error)?;
-                    handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
-                }
-                #[cfg(not(feature = "sandbox"))]
-                handle.await_ready(self.start_timeout)?;
-                Ok(handle)
+            let all = sys::sigset(true);
+            let old_mask = sys::set_sigmask(&all);
+            // SAFETY: before handing control to the user's server, the child branch below
+            // makes only async-signal-safe calls (setpgid, sigaction, open, dup3, close_range,
+            // fcntl, socketpair, pthread_sigmask; std's flush of its stdout buffer into a closed
+            // descriptor and its reentrant unlock, on locks taken for this fork), plus one
+            // `pthread_create` (the hang-up watch), which glibc supports in a forked child; and
+            // it never returns: it ends in `_exit`.
+            let pid = unsafe { sys::fork() };
+            if let Ok(0) = pid {
+                // Child. Never returns. Everything it uses is first moved out of the caller's
+                // frame onto this thread's stack: the caller's thread does not exist here, and
+                // glibc hands its stack to the next thread the server creates (it reclaims the
+                // stacks of a forked process's missing threads), which would overwrite the
+                // server value under the loop. Nothing in the caller's frame is used after
+                // this, and nothing there is dropped (the child ends in `_exit`).
+                let args = for_child.take().expect("taken once");
+                // SAFETY: a bitwise move of the server value: the caller's copy is never used
+                // nor dropped in this process (the parent keeps its own, untouched).
+                let mut server = unsafe { std::ptr::read(server_ptr) };
+                child_start(&mut server, args)
             }
-            Err(e) => {
-                drop(stdio);
-                sys::set_sigmask(&old_mask);
-                Err(Error::Io(e))
-            }
+            sys::set_sigmask(&old_mask);
+            forked = Some(pid);
+        };
+        // Forked from a thread of fdserver's own (see `fork_thread`), unless asked otherwise:
+        // the server must not inherit the calling thread's thread-locals (an async runtime's
+        // context). The job's parent side only forks and records the result while this thread
+        // waits; its child side runs where it is the only thread, so that the values it takes
+        // from this thread (the server value, the stdio guards) are used by one thread only.
+        let ran = if self.fork_on_calling_thread {
+            fork_job();
+            Ok(())
+        } else {
+            crate::fork_thread::run_on_fork_thread(std::any::type_name::<S>(), &mut fork_job)
+        };
+        let ChildArgs {
+            channel: child,
+            buf,
+            stdio,
+            sandbox,
+            ..
+        } = for_child.expect("the parent keeps them");
+        #[cfg(not(feature = "sandbox"))]
+        let () = sandbox;
+        drop(stdio);
+        let pid = match (ran, forked) {
+            (Ok(()), Some(Ok(pid))) => pid,
+            (Ok(()), Some(Err(e))) | (Err(e), _) => return Err(Error::Io(e)),
+            (Ok(()), None) => unreachable!("the fork job ran"),
+        };
+        drop(child);
+        drop(buf);
+        let mut channel = parent_end;
+        channel.set_timeout(self.timeout);
+        if let Some(max) = self.max_scalar {
+            channel.set_max_scalar_size(max);
         }
+        let handle = ServerHandle::new(pid, channel, self.stop)?;
+        Ok(Forked {
+            handle,
+            start_timeout: self.start_timeout,
+            server: std::any::type_name::<S>(),
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        })
+    }
+}
+
+/// A server just forked, before its `["ready"]`.
+struct Forked {
+    handle: ServerHandle,
+    start_timeout: Option<Duration>,
+    /// The server's type, for traces.
+    server: &'static str,
+    #[cfg(feature = "sandbox")]
+    sandbox: SandboxStage,
+}
+
+impl Forked {
+    /// Waits (blocking) for `["ready"]`.
+    fn ready(self) -> Result<ServerHandle, Error> {
+        let Forked {
+            mut handle,
+            start_timeout,
+            server,
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        } = self;
+        let ready = handle.await_ready(start_timeout);
+        #[cfg(feature = "sandbox")]
+        let ready = ready.map_err(crate::sandbox::ready_error);
+        if let Err(e) = ready {
+            crate::trace::start_failed(server, &e);
+            return Err(e);
+        }
+        #[cfg(feature = "sandbox")]
+        {
+            handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
+        }
+        crate::trace::started(handle.pid(), server);
+        Ok(handle)
+    }
+
+    /// Waits for `["ready"]` through the tokio runtime.
+    #[cfg(feature = "tokio")]
+    async fn ready_async(self) -> Result<crate::AsyncServerHandle, Error> {
+        let Forked {
+            handle,
+            start_timeout,
+            server,
+            #[cfg(feature = "sandbox")]
+            sandbox,
+        } = self;
+        #[cfg(feature = "sandbox")]
+        let mut handle = handle;
+        #[cfg(feature = "sandbox")]
+        {
+            handle.sandbox = sandbox.map(|p| Box::new(p.into_report()));
+        }
+        let mut handle = crate::AsyncServerHandle::new(handle)?;
+        let ready = handle.await_ready(start_timeout).await;
+        #[cfg(feature = "sandbox")]
+        let ready = ready.map_err(crate::sandbox::ready_error);
+        if let Err(e) = ready {
+            crate::trace::start_failed(server, &e);
+            return Err(e);
+        }
+        crate::trace::started(handle.pid(), server);
+        Ok(handle)
     }
 }
 
@@ -320,36 +539,78 @@ impl Builder {
 /// `EBADF`. Descriptors opened by other threads after this list was made cannot belong to the
 /// server value (it is borrowed by `start`): they are simply closed.
 struct InheritedFds {
-    /// What stays open, usable: 0, 1, 2 are never touched; these above them.
-    keep: Vec<RawFd>,
     /// Open in the parent when listed, not kept: tombstoned in the child.
     tombs: Vec<RawFd>,
-    /// `keep` and `tombs`, sorted: what the final `close_range` sweep spares.
+    /// In-process channels (both ends inherited, non-blocking): recreated in the child.
+    channels: Vec<sys::InProcess>,
+    /// `keep`, `tombs` and the channels' descriptors, sorted: what the final `close_range`
+    /// sweep spares.
     spare: Vec<RawFd>,
+    /// `keep` and the channels' descriptors, sorted: what it spares with no tombstone.
+    spare_untombed: Vec<RawFd>,
 }
 
 impl InheritedFds {
     fn new(keep: &[RawFd]) -> Self {
         let mut tombs = Vec::new();
+        let mut channels = Vec::new();
         if tombstones_enabled() {
             sys::list_open_fds(&mut tombs);
             tombs.retain(|&fd| fd > 2 && keep.binary_search(&fd).is_err());
+            // An event loop's wake-up channel (tokio's signal self-pipe, a waker pipe) whose
+            // both ends the parent holds: the server gets a private one at the same numbers, so
+            // that a runtime it builds finds a working channel there, not a tombstone (nor the
+            // parent's channel, whose wake-ups the two processes would steal from each other).
+            let kinds: Vec<sys::FdKind> = tombs.iter().filter_map(|&fd| sys::fd_kind(fd)).collect();
+            sys::in_process_channels(&kinds, &mut channels);
+            let paired: Vec<RawFd> = channels.iter().flat_map(sys::InProcess::fds).collect();
+            tombs.retain(|fd| !paired.contains(fd));
         }
-        let mut spare: Vec<RawFd> = keep.iter().chain(&tombs).copied().collect();
+        let mut spare: Vec<RawFd> = keep
+            .iter()
+            .chain(&tombs)
+            .copied()
+            .chain(channels.iter().flat_map(sys::InProcess::fds))
+            .collect();
         spare.sort_unstable();
         spare.dedup();
+        let mut spare_untombed: Vec<RawFd> = keep
+            .iter()
+            .copied()
+            .chain(channels.iter().flat_map(sys::InProcess::fds))
+            .collect();
+        spare_untombed.sort_unstable();
+        spare_untombed.dedup();
         InheritedFds {
-            keep: keep.to_vec(),
             tombs,
+            channels,
             spare,
+            spare_untombed,
         }
     }
 
-    /// In the child: tombstones, then closes everything else above 2 that is not kept.
-    /// Async-signal-safe. Without `/dev/null` (an unusual chroot), falls back to closing.
+    /// In the child: recreates the in-process channels, tombstones, then closes everything
+    /// else above 2 that is not kept. Async-signal-safe. Without `/dev/null` (an unusual
+    /// chroot), falls back to closing.
     fn apply(&self) {
-        let Some(tomb) = (!self.tombs.is_empty()).then(sys::open_tombstone).flatten() else {
-            sys::close_fds_except(&self.keep);
+        let tomb = (!self.tombs.is_empty() || !self.channels.is_empty())
+            .then(sys::open_tombstone)
+            .flatten();
+        for channel in &self.channels {
+            if channel.recreate().is_err() {
+                // No descriptor left for a new channel: the numbers become tombstones (or, with
+                // no tombstone either, are closed by the sweep below).
+                for fd in channel.fds() {
+                    match tomb {
+                        Some(tomb) => sys::tombstone(tomb, fd),
+                        None => sys::close_raw(fd),
+                    }
+                }
+            }
+        }
+        let Some(tomb) = tomb else {
+            // Keep the recreated channels; close the rest.
+            sys::close_fds_except(&self.spare_untombed);
             return;
         };
         for &fd in &self.tombs {
@@ -381,6 +642,43 @@ const JOB_SIGNALS: [libc::c_int; 7] = [
 struct ChildSetup {
     own_group: bool,
     watch: Option<sys::HangupWatch>,
+}
+
+/// What the child takes from the parent's `start`.
+struct ChildArgs<'a> {
+    channel: Channel,
+    buf: MessageBuf,
+    /// Listed by the fork job just before the fork.
+    fds: Option<InheritedFds>,
+    plan: SignalPlan,
+    setup: ChildSetup,
+    sandbox: SandboxStage,
+    stdio: (std::io::StdoutLock<'a>, std::io::StderrLock<'a>),
+}
+
+/// The child's first steps: releases the stdio locks taken for the fork, then `child_main`.
+fn child_start<S: Server>(server: &mut S, args: ChildArgs<'_>) -> ! {
+    let ChildArgs {
+        channel,
+        mut buf,
+        fds,
+        plan,
+        setup,
+        mut sandbox,
+        stdio: (mut out, err),
+    } = args;
+    // The parent's pending partial line is in this copy of stdout's buffer; the parent writes
+    // it. Empty the copy without writing it (std counts `EBADF` on stdout as written), or the
+    // server's own first flush would repeat it. Then unlock both: their owner (the thread that
+    // took them for the fork) does not exist here; unlocking a std lock from another thread is
+    // a counter decrement and a futex store.
+    sys::with_stdout_closed(|| {
+        let _ = out.flush();
+    });
+    drop(out);
+    drop(err);
+    let fds = fds.expect("listed before the fork");
+    child_main(server, channel, &mut buf, &fds, &plan, setup, &mut sandbox)
 }
 
 /// The forked child, from just after `fork` to `_exit`.
@@ -472,7 +770,7 @@ fn child_main<S: Server>(
                 // Something in the server refuses the runtime its socket (a filter of its
                 // own, its sandbox): fail, saying why where `start` can read it.
                 Err(e) => {
-                    ready_unsent(channel.as_raw_fd(), &e);
+                    ready_unsent(channel.socket().as_raw_fd(), &e);
                     finish(server, 1)
                 }
             }

@@ -153,6 +153,21 @@ pub enum CallError<E> {
 }
 
 impl<E> CallError<E> {
+    /// Whether the server must be replaced: never for the handler's own error (the server
+    /// answered and keeps serving), else [`Error::needs_restart`].
+    ///
+    /// ```
+    /// use fdserver::{CallError, Error};
+    /// assert!(!CallError::Handler("disk full").needs_restart());
+    /// assert!(CallError::<&str>::Fdserver(Error::Broken).needs_restart());
+    /// ```
+    pub fn needs_restart(&self) -> bool {
+        match self {
+            CallError::Handler(_) => false,
+            CallError::Fdserver(e) => e.needs_restart(),
+        }
+    }
+
     /// The handler's error, if that is what this is.
     pub fn handler(&self) -> Option<&E> {
         match self {

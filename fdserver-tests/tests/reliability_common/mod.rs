@@ -227,7 +227,9 @@ pub fn spawn_forked(f: impl FnOnce() -> i32) -> libc::pid_t {
     // `f` keeps to what is safe after a fork in a multi-threaded process (see
     // `in_forked_process`). The stdio locks are held across the fork so that the child (and
     // the servers it forks) do not inherit them held by another thread.
-    let pid = with_stdio_locked(|| unsafe { libc::fork() });
+    let guard = fdserver_tests::stdio_fork_guard();
+    let pid = unsafe { libc::fork() };
+    drop(guard);
     assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
     if pid == 0 {
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
@@ -365,33 +367,18 @@ pub fn no_children() -> bool {
     r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
 }
 
-/// Holds this process's stdout and stderr locks for the duration of `f`.
-///
-/// Workaround for a runtime bug (see RELIABILITY.md, "Bugs found"): a server forked while
-/// another thread of this process holds one of those locks (the test harness prints results
-/// from its main thread) deadlocks when it exits, because the child's `finish()` flushes
-/// stdout and stderr. Holding both locks across the fork guarantees that no other thread holds
-/// them at that moment. Remove once the runtime takes the locks itself around `fork`.
-pub fn with_stdio_locked<R>(f: impl FnOnce() -> R) -> R {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.flush();
-    let err = std::io::stderr().lock();
-    let r = f();
-    drop(err);
-    drop(out);
-    r
-}
-
-/// `server.start()` under [`with_stdio_locked`].
+/// `server.start()`. (These tests once held the stdio locks around it, a workaround for a
+/// runtime bug that `start` has since fixed: it takes them itself. Holding them across `start`
+/// now leaves them held in the server, by a thread it does not have: see
+/// `Builder::fork_on_calling_thread`.)
 pub fn start_guarded<S: fdserver::Server>(server: &mut S) -> Result<S::Client, fdserver::Error> {
-    with_stdio_locked(|| server.start())
+    server.start()
 }
 
-/// `builder.start(server)` under [`with_stdio_locked`].
+/// `builder.start(server)`.
 pub fn start_guarded_with<S: fdserver::Server>(
     builder: fdserver::Builder,
     server: &mut S,
 ) -> Result<S::Client, fdserver::Error> {
-    with_stdio_locked(|| builder.start(server))
+    builder.start(server)
 }

@@ -17,6 +17,8 @@ const WBUF_KEEP: usize = 1 << 20;
 mod read_ahead;
 
 use read_ahead::ReadAhead;
+#[cfg(feature = "tokio")]
+pub(crate) use read_ahead::{RECORD_BUFFER, RECORD_MAX, SCALAR_ALONE};
 
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
@@ -140,22 +142,46 @@ impl Channel {
             .then(|| sys::seqpacket_pair(read_ahead::RECORD_BUFFER).ok())
             .flatten()
             .filter(|&(_, _, sndbuf)| sndbuf > read_ahead::RECORD_MAX + 32);
-        let (a, b, record_max, capacity) = match seqpacket {
+        let (a, b, records, capacity) = match seqpacket {
             // The kernel takes records of up to the send buffer less 32 bytes: a reader always
             // offers that much room, and writes records of at most RECORD_MAX.
-            Some((a, b, sndbuf)) => (a, b, Some(read_ahead::RECORD_MAX), sndbuf),
+            Some((a, b, sndbuf)) => (a, b, true, sndbuf),
             None => {
                 let (a, b) = sys::socketpair()?;
-                (a, b, None, read_ahead::STREAM_AHEAD)
+                (a, b, false, read_ahead::STREAM_AHEAD)
             }
         };
-        let make = |fd: OwnedFd| {
-            let mut c = Channel::new(fd);
-            c.ra = Some(Box::new(ReadAhead::new(record_max.is_some(), capacity)));
-            c.record_max = record_max;
-            c
+        Ok((
+            Channel::reading_ahead(a, records, capacity),
+            Channel::reading_ahead(b, records, capacity),
+        ))
+    }
+
+    /// A channel on one end of such a pair, given back by an [`AsyncChannel`] (or on any
+    /// `SOCK_SEQPACKET` socket, whose records only a reader that takes them whole reads right).
+    ///
+    /// [`AsyncChannel`]: crate::AsyncChannel
+    #[cfg(feature = "tokio")]
+    pub(crate) fn owned(fd: OwnedFd, records: bool) -> Channel {
+        let capacity = if records {
+            read_ahead::RECORD_BUFFER
+        } else {
+            read_ahead::STREAM_AHEAD
         };
-        Ok((make(a), make(b)))
+        Channel::reading_ahead(fd, records, capacity)
+    }
+
+    fn reading_ahead(fd: OwnedFd, records: bool, capacity: usize) -> Channel {
+        let mut c = Channel::new(fd);
+        c.ra = Some(Box::new(ReadAhead::new(records, capacity)));
+        c.record_max = records.then_some(read_ahead::RECORD_MAX);
+        c
+    }
+
+    /// Whether this channel reads ahead (one of the pair `start` creates, its socket not lent).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn has_read_ahead(&self) -> bool {
+        self.ra.is_some()
     }
 
     /// Whether the socket is a `SOCK_SEQPACKET` one (the pair `start` creates, where the system

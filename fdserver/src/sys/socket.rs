@@ -362,6 +362,24 @@ pub(crate) fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) 
     .map(drop)
 }
 
+/// Whether `sock` is a `SOCK_SEQPACKET` socket (`false` if it cannot be told).
+#[cfg(feature = "tokio")]
+pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && v == libc::SOCK_SEQPACKET
+}
+
 /// Whether the peer of a connected socket has shut down its writing side or closed it (`poll`
 /// reports `POLLRDHUP`), right now.
 pub(crate) fn peer_done_writing(sock: BorrowedFd<'_>) -> bool {
