@@ -555,3 +555,117 @@ fn a_client_lends_its_socket_only_once_the_reply_is_read_whole() {
         assert!(s.stop().unwrap().status.success());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The async channel (feature `tokio`) on the same pairs
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "async")]
+mod on_tokio {
+    use super::*;
+    use fdserver::AsyncChannel;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A blocking channel handed to the runtime (`AsyncChannel::new`, as `start_async` does)
+    /// after it read ahead: the async channel reads what was buffered first, descriptors
+    /// included, then the socket.
+    #[test]
+    fn an_async_channel_takes_over_what_the_channel_read_ahead() {
+        let _wd = watchdog("read_ahead_async_takeover", SECS(30));
+        for (mut r, w, kind) in pairs() {
+            // One write of two frames, then a descriptor with its own byte, then one more frame.
+            send_with_fds(w.as_fd(), &frames(&[&["first"], &["second", "x"]]), &[]);
+            let fd = labelled("taken over");
+            send_with_fds(w.as_fd(), &[0], &[fd.as_raw_fd()]);
+            drop(fd);
+            send_with_fds(w.as_fd(), &frames(&[&["third"]]), &[]);
+            assert_eq!(r.read_strings().unwrap().unwrap(), ["first"], "{kind}");
+            assert!(
+                r.buffered() > 0,
+                "{kind}: the test needs something buffered"
+            );
+            runtime().block_on(async {
+                let mut a = AsyncChannel::new(r).unwrap();
+                a.set_timeout(Some(SECS(5)));
+                let mut buf = MessageBuf::new();
+                assert!(a.read_array(&mut buf).await.unwrap(), "{kind}");
+                assert_eq!(
+                    buf.message().to_strings().unwrap(),
+                    ["second", "x"],
+                    "{kind}"
+                );
+                let fd = a.recv_fd().await.unwrap().expect("the descriptor");
+                assert_eq!(label_of(fd), "taken over", "{kind}");
+                assert!(a.read_array(&mut buf).await.unwrap(), "{kind}");
+                assert_eq!(buf.message().to_strings().unwrap(), ["third"], "{kind}");
+            });
+        }
+    }
+
+    /// Scalars of every size cross between an async end and a blocking one, both ways, on
+    /// records: the async side writes large ones as a header record and data records (one
+    /// record would exceed the send buffer), and reads whole whatever records come.
+    #[test]
+    fn scalars_of_every_size_cross_between_an_async_end_and_a_blocking_one() {
+        let _wd = watchdog("read_ahead_async_scalars", SECS(60));
+        let sizes = [0usize, 1, 4095, 4096, 70 << 10, 300 << 10, 1 << 20];
+        for (r, w, kind) in pairs() {
+            let rt = runtime();
+            let _enter = rt.enter();
+            let mut a = AsyncChannel::new(r).unwrap();
+            let mut b = w;
+            let t = std::thread::spawn(move || {
+                for &n in &sizes {
+                    let got = b.read_scalar().unwrap().unwrap();
+                    assert_eq!(got.len(), n);
+                    assert!(got.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
+                    b.write_scalar(&got).unwrap();
+                }
+                b
+            });
+            rt.block_on(async {
+                for &n in &sizes {
+                    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                    a.write_scalar(&data).await.unwrap();
+                    let back = a.read_scalar().await.unwrap().unwrap();
+                    assert!(back == data, "{kind}: {n} bytes came back changed");
+                }
+            });
+            drop(t.join().unwrap());
+        }
+    }
+
+    /// A record written raw, longer than what the async channel used to offer a receive (68 KiB)
+    /// and within the send buffer, arrives whole; an empty record is not the end of the stream.
+    #[test]
+    fn an_async_channel_reads_whole_records_and_skips_empty_ones() {
+        let _wd = watchdog("read_ahead_async_records", SECS(30));
+        let (r, w) = fdserver::__private::read_ahead_pair(true).unwrap();
+        // SAFETY: a write of nothing on our own socket.
+        assert_eq!(
+            unsafe { libc::write(w.as_fd().as_raw_fd(), [0u8; 1].as_ptr().cast(), 0) },
+            0
+        );
+        let data = vec![9u8; 200 << 10];
+        let mut record = (data.len() as u32).to_be_bytes().to_vec();
+        record.extend_from_slice(&data);
+        send_with_fds(w.as_fd(), &record, &[]);
+        runtime().block_on(async {
+            let mut a = AsyncChannel::new(r).unwrap();
+            a.set_timeout(Some(SECS(5)));
+            assert_eq!(a.read_scalar().await.unwrap().unwrap(), data);
+            // Given back, it is still a channel that reads whole records.
+            let mut back = a.into_inner().unwrap();
+            assert!(back.is_seqpacket());
+            send_with_fds(w.as_fd(), &frames(&[&["one"], &["two"]]), &[]);
+            assert_eq!(back.read_strings().unwrap().unwrap(), ["one"]);
+            assert_eq!(back.read_strings().unwrap().unwrap(), ["two"]);
+        });
+    }
+}
