@@ -1460,7 +1460,7 @@ impl<T: ToValues, E: crate::WireError> TypedReply for Result<T, E> {
 /// messages. A handler takes `Json<T>` (`T: Deserialize`, so `Json<Query<'_>>` may borrow from
 /// the received scalar) and returns `Json<T>` (`T: Serialize`); the client method takes `&T`
 /// and returns `Json<T>` (which derefs to `T`; `.0` or [`into_inner`](Json::into_inner) takes
-/// it out). Why JSON and not a binary codec: see BENCHMARKS.md ("Issue 14").
+/// it out). Why JSON and not a binary codec: see BENCHMARKS.md (row 8).
 ///
 /// Why a wrapper rather than every serde type automatically: `String`, numbers and paths are
 /// serde types too, and travel as array elements a Passenger peer reads as plain text; a

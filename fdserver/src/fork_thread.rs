@@ -15,7 +15,7 @@
 //!
 //! The caller waits for the fork (its job runs on the fork thread while the caller blocks on a
 //! condition variable); the parent's side of the fork returns at once. What it costs per start
-//! is two thread wake-ups (BENCHMARKS.md, "Issue 13").
+//! is two thread wake-ups (BENCHMARKS.md, row 4f).
 //!
 //! One registry per process: a server that starts servers of its own (in the child, where the
 //! parent's fork threads do not exist) gets fork threads of its own. The registry is a

@@ -229,7 +229,7 @@ impl Builder {
     /// thread-locals. So a server started from a tokio worker, inside `block_on`, from a
     /// `spawn_blocking` task or a rayon pool starts with no runtime context of its parent's, and
     /// can build and use runtimes of its own (see the crate docs, "Threads and async"). This
-    /// costs two thread wake-ups per start (BENCHMARKS.md, "Issue 13").
+    /// costs two thread wake-ups per start (BENCHMARKS.md, row 4f).
     ///
     /// With `true` the server is a copy of the calling thread, thread-locals included. Use it
     /// only from a thread that entered no runtime or thread pool, to save those wake-ups, or to
@@ -286,7 +286,7 @@ impl Builder {
     ///
     /// The fork happens when this is called, on the calling thread (through the fork thread:
     /// see [`fork_on_calling_thread`](Self::fork_on_calling_thread)); it takes a few hundred
-    /// microseconds (BENCHMARKS.md, "Issue 13"), like any short system call, so it is done
+    /// microseconds (BENCHMARKS.md, row 4f), like any short system call, so it is done
     /// inline rather than on a blocking-pool thread. The wait for `initialize_server`, which may
     /// take as long as the server's initialisation does, is the returned future's: it waits
     /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
