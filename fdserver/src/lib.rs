@@ -119,7 +119,7 @@
 //!   can be handed on between messages. The two ends of a started server's pair read ahead (one
 //!   `recvmsg` per message; on `SOCK_SEQPACKET` one record per `recvmsg`, which the writer keeps
 //!   under 68 KiB), keep each descriptor with the byte it came with, and refuse to lend or give
-//!   up their socket while they hold something read ahead ([`Channel::as_fd`],
+//!   up their socket while they hold something read ahead (`Channel::as_fd`,
 //!   [`Channel::into_parts`]).
 //!
 //! ## Replies and errors

@@ -37,7 +37,7 @@ pub fn read_ahead_pair(seqpacket: bool) -> std::io::Result<(Channel, Channel)> {
     Channel::owned_pair(seqpacket)
 }
 
-/// For the test suite only: a channel's socket, without lending it (see [`Channel::as_fd`]).
+/// For the test suite only: a channel's socket, without lending it (see `Channel::as_fd`).
 pub fn channel_socket(channel: &Channel) -> std::os::fd::BorrowedFd<'_> {
     channel.socket()
 }
