@@ -147,6 +147,9 @@ impl AsyncChannel {
 
     /// Gives the socket back as a blocking [`Channel`]: `Err(self)` while the channel holds
     /// bytes or descriptors it has read ahead (which a new reader of the socket would miss).
+    /// The channel reads ahead again if this one came from a channel that did (the pair
+    /// [`Builder::start_async`](crate::Builder::start_async) creates), and reads whole records
+    /// on any `SOCK_SEQPACKET` socket; on another stream it reads exactly.
     pub fn into_inner(self) -> Result<Channel, Box<AsyncChannel>> {
         if !self.incoming.is_empty() {
             return Err(Box::new(self));
