@@ -658,11 +658,7 @@ fn asyncs(server: &Server) -> TokenStream {
                 > + ::core::marker::Send
                        + 'static {
                     let __fdserver_start = ::fdserver::Builder::new().start_async(self);
-                    async move {
-                        __fdserver_start.await.map(
-                            <#client as ::core::convert::From<::fdserver::AsyncServerHandle>>::from,
-                        )
-                    }
+                    async move { __fdserver_start.await.map(<#client as ::core::convert::From<::fdserver::AsyncServerHandle>>::from) }
                 }
             }
         }

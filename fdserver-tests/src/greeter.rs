@@ -42,6 +42,14 @@ impl Greeter {
         crate::open_fds()
     }
 
+    /// Never returns, whatever signal the loop catches (SIGTERM only sets a flag): a server
+    /// stuck in a handler.
+    pub fn hang(&mut self) {
+        loop {
+            std::thread::park();
+        }
+    }
+
     /// Exits the server process with `code` (without replying).
     pub fn exit(&mut self, code: i32) {
         std::process::exit(code)

@@ -33,9 +33,8 @@ fn started_and_spawned_servers_have_the_default_deadline_unless_disabled() {
 #[test]
 fn needs_restart_tells_which_errors_leave_the_server_unusable() {
     let _wd = watchdog("needs_restart", SECS(60));
-    // The default deadline until the time-out below: a panicking handler prints its message
-    // (with a backtrace under RUST_BACKTRACE=1, which takes its time on a busy machine) before
-    // it replies.
+    // The default deadline while the server answers: a panic's report (with RUST_BACKTRACE set,
+    // a symbolised backtrace) can take longer than the short deadline below on a loaded machine.
     let mut s = Builder::new().start_handle(&mut Probe::default()).unwrap();
     // Error replies: the server keeps serving.
     let e = s.call(["fail", "disk full"]).unwrap_err();
@@ -54,13 +53,30 @@ fn needs_restart_tells_which_errors_leave_the_server_unusable() {
     // A call that times out (the server swallows it without replying): a reply may still
     // come, so the connection is done.
     assert_eq!(s.call(["wait_for_next"]).unwrap(), ["waiting"]);
-    s.channel().set_timeout(Some(Duration::from_millis(300)));
+    s.set_timeout(Some(Duration::from_millis(300)));
     let e = s.call(["echo", "swallowed"]).unwrap_err();
     assert!(matches!(e, Error::TimedOut { .. }), "{e}");
     assert!(e.needs_restart());
     let e = s.call(["echo"]).unwrap_err();
-    assert!(matches!(e, Error::Broken), "{e}");
+    assert!(matches!(e, Error::Broken { .. }), "{e}");
     assert!(e.needs_restart());
+    // Review F7: the text says what happened (not "mid-message") and what to do.
+    assert!(
+        matches!(&e, Error::Broken { cause: fdserver::BrokenCause::LateReply { call: Some(c) }, .. } if c == "echo"),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("earlier call (\"echo\") timed out before its reply arrived"),
+        "{text}"
+    );
+    assert!(text.contains("would answer the next call"), "{text}");
+    assert!(
+        text.contains("stop this server and start a new one"),
+        "{text}"
+    );
+    assert!(text.contains("a Pool replaces it by itself"), "{text}");
+    assert!(!text.contains("mid-message"), "{text}");
     s.stop().unwrap();
 
     // A server that died.

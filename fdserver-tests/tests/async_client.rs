@@ -201,3 +201,27 @@ async fn raw_async_channel_round_trip() {
     drop(a);
     assert!(!b.read_array(&mut buf).await.unwrap());
 }
+
+/// Review F5 (issue 14, item 5), async: a result larger than the client's scalar limit arrives
+/// (typed, `ok_scalar` body and a `Vec<u8>` scalar, and through the raw handle's `call`), and
+/// the channel stays in step. Before the fix it failed with `ScalarTooLarge` after the handler
+/// ran, and broke the channel.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_result_over_the_clients_scalar_limit_arrives() {
+    let _wd = watchdog("async_result_over_the_limit", SECS(60));
+    let mut s = Everything::default().start_async().await.unwrap();
+    s.channel().set_max_scalar_size(1000);
+    assert_eq!(s.big(200_000).await.unwrap().len(), 200_000);
+    assert_eq!(s.reverse(&[7; 999]).await.unwrap().len(), 999);
+    let data: Vec<u8> = (0..=255).cycle().take(5000).collect();
+    // The argument is 5000 bytes for the server (whose limit is the default), the result 5000
+    // for this client.
+    let back = s.reverse(&data).await.unwrap();
+    assert_eq!(back.len(), 5000);
+    assert_eq!(back[0], data[4999]);
+    let reply = s.handle_mut().call(["big", "100000"]).await.unwrap();
+    assert_eq!(reply[0].len(), 100_000);
+    assert_eq!(s.channel().max_scalar_size(), 1000);
+    assert_eq!(s.hello("still", "serving").await.unwrap().1, 1234);
+    assert_eq!(s.stop().await.unwrap().how, Shutdown::Graceful);
+}

@@ -11,7 +11,8 @@ use std::process::Command;
 use fdserver::{Channel, Error, MessageBuf, RemoteErrorKind, Shutdown, Signal, Spawn};
 use fdserver_tests::greeter::{Greeter, GreeterClient};
 use fdserver_tests::{
-    fork_peer, is_unreaped_child, open_fds, process_exists, serial, wait_child, watchdog, SECS,
+    fork_child, fork_peer, is_unreaped_child, open_fds, pipe, process_exists, read_n, serial,
+    wait_child, wait_pid_gone, watchdog, SECS,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_typed-server");
@@ -231,6 +232,13 @@ fn exec_spawn_failures_are_clear() {
         matches!(&e, Error::Io(io) if io.kind() == io::ErrorKind::NotFound),
         "{e:?}"
     );
+    // The text says which program could not be started (review F7).
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot start the server program \"/definitely/not/a/program\""),
+        "{text}"
+    );
+    assert!(text.contains("No such file or directory"), "{text}");
 
     let e = Spawn::new(Command::new(SERVER))
         .fd(2)
@@ -310,4 +318,55 @@ fn a_failed_exec_is_reported_when_the_socket_goes_where_spawn_reports_it() {
         matches!(&e, Error::Io(io) if io.kind() == io::ErrorKind::NotFound),
         "{e:?}"
     );
+}
+
+/// Review F4: a spawned program stuck in a handler ends when its parent is SIGKILLed, on the
+/// grace periods (here 0.2 s + 0.2 s), as a forked server does: `Spawn` asks the program's
+/// `serve` for the hang-up watch. Before the fix the program lived on for good.
+#[test]
+fn a_spawned_server_stuck_in_a_handler_ends_when_its_parent_is_sigkilled() {
+    let _serial = serial();
+    let _wd = watchdog("spawned_server_parent_killed", SECS(60));
+    let (r, w) = pipe();
+    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let parent = fork_child(&[w_raw], move || {
+        let mut command = Command::new(SERVER);
+        command.args(["--serve-fd", "3"]);
+        let Ok(mut client) = Spawn::new(command)
+            .stop_timeouts(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_millis(200),
+            )
+            .start::<GreeterClient>()
+        else {
+            return 1;
+        };
+        // Served: the program runs `serve` (and its watch) by now.
+        if client.hello("a", "b").is_err() {
+            return 2;
+        }
+        fdserver_tests::write_raw(w_raw, &client.pid().to_le_bytes());
+        if client.channel().write_array(["hang"]).is_err() {
+            return 3;
+        }
+        std::mem::forget(client);
+        // SAFETY: this intermediate parent dies by SIGKILL, without stopping its server.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        4
+    });
+    drop(w);
+    let pid = u32::from_le_bytes(read_n(std::os::fd::AsFd::as_fd(&r), 4).try_into().unwrap());
+    let st = wait_child(parent);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "{st}"
+    );
+    let gone = wait_pid_gone(pid, SECS(20));
+    if !gone {
+        // SAFETY: kill takes integers; the program this test started (not reaped by anyone
+        // but init, so the pid is its until it is gone).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(gone, "spawned server {pid} outlived its SIGKILLed parent");
 }

@@ -348,9 +348,15 @@ fn a_scalar_argument_over_4_gib_fails_before_the_request_and_the_next_call_works
         .start(&mut OutOfBand)
         .unwrap();
     let huge = vec![0u8; OVER_4_GIB];
+    // Review F7: the error names the call and the parameter.
     match c.len(&huge) {
-        Err(Error::ScalarTooLarge { len, .. }) => assert_eq!(len, OVER_4_GIB as u64),
-        other => panic!("expected ScalarTooLarge, got {other:?}"),
+        Err(e @ Error::Encode { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("call \"len\": parameter `data`"), "{text}");
+            assert!(text.contains(&OVER_4_GIB.to_string()), "{text}");
+            assert!(!e.needs_restart());
+        }
+        other => panic!("expected Encode, got {other:?}"),
     }
     drop(huge);
     assert_eq!(c.len(b"abc").unwrap(), 3);
@@ -427,7 +433,7 @@ fn a_descriptor_argument_that_fails_after_the_request_breaks_the_channel() {
             Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => {}
             _ => return 6,
         }
-        if !matches!(c.echo("next"), Err(Error::Broken)) {
+        if !matches!(c.echo("next"), Err(Error::Broken { .. })) {
             return 7;
         }
         // The server is still waiting for the descriptor; closing the connection ends it.

@@ -60,6 +60,12 @@ impl Values {
         (self.side_effects, "b".repeat(n), vec!["x".repeat(n / 2); 2])
     }
 
+    /// A plain string result of `n` bytes, after a side effect.
+    fn text(&mut self, n: usize) -> String {
+        self.side_effects += 1;
+        "t".repeat(n)
+    }
+
     fn count(&self) -> u32 {
         self.side_effects
     }
@@ -202,5 +208,70 @@ fn a_result_of_one_mib_arrives() {
         200_002
     );
     assert_eq!(c.count().unwrap(), 6);
+    c.stop().unwrap();
+}
+
+/// Review F5 (issue 14, item 5): a result larger than the client's scalar limit arrives, typed
+/// and through the untyped handle, and the channel stays in step: the limit bounds what a side
+/// reads unasked, not the reply of its own call. Before the fix the call failed with
+/// `ScalarTooLarge` after the handler ran, and every later call with `Broken`.
+#[test]
+fn a_result_over_the_clients_scalar_limit_arrives() {
+    let _wd = watchdog("a_result_over_the_clients_scalar_limit_arrives", SECS(60));
+    let mut c = fdserver::Builder::new()
+        .max_scalar_size(1000)
+        .start(&mut Values::default())
+        .unwrap();
+    assert_eq!(c.text(70_000).unwrap().len(), 70_000);
+    let (calls, s, list) = c.big(70_000).unwrap();
+    assert_eq!((calls, s.len(), list[0].len()), (2, 70_000, 35_000));
+    let reply = c.handle_mut().call(["text", "80000"]).unwrap();
+    assert_eq!(reply[0].len(), 80_000);
+    assert_eq!(c.count().unwrap(), 3);
+    // The limit still bounds what a side reads unasked: here the server, a request's scalar.
+    let e = c.bytes_back(&[0; 1001]).unwrap_err();
+    assert!(e.to_string().contains("exceeds the limit of 1000"), "{e}");
+    let _ = c.stop();
+
+    // At the default limit (64 MiB): the review's 100 MiB case, scaled down to just over it.
+    let mut c = Values::default().start().unwrap();
+    let n = (fdserver::DEFAULT_MAX_SCALAR + 1) as usize;
+    assert_eq!(c.text(n).unwrap().len(), n);
+    assert_eq!(c.count().unwrap(), 1);
+    c.stop().unwrap();
+}
+
+/// Review F7: a string argument with a NUL byte is refused before anything is sent, naming the
+/// call and the parameter (not "element 1", its place in the request array), and the server
+/// keeps serving.
+#[test]
+fn a_nul_in_a_string_argument_names_the_call_and_the_parameter() {
+    let _wd = watchdog("a_nul_in_a_string_argument", SECS(30));
+    let mut c = Values::default().start().unwrap();
+    // `sep` is the second inline element (after `words`, which travels as a scalar).
+    let e = c.join(&["a", "b"], "x\0y").unwrap_err();
+    match &e {
+        fdserver::Error::Encode { message, value, .. } => {
+            assert_eq!(
+                (message.as_str(), value.as_str()),
+                ("join", "parameter `sep`")
+            );
+        }
+        other => panic!("expected Encode, got {other:?}"),
+    }
+    let text = e.to_string();
+    assert!(
+        text.contains("call \"join\": parameter `sep` cannot be sent"),
+        "{text}"
+    );
+    assert!(text.contains("NUL byte"), "{text}");
+    assert!(!text.contains("element"), "{text}");
+    assert!(!e.needs_restart());
+    let e = c.words("a\0b").unwrap_err();
+    assert!(
+        e.to_string().contains("call \"words\": parameter `text`"),
+        "{e}"
+    );
+    assert_eq!(c.join(&["a", "b"], "-").unwrap(), "a-b");
     c.stop().unwrap();
 }

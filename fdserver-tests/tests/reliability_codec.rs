@@ -439,9 +439,9 @@ proptest! {
                     match r {
                         Ok(true) => {}
                         Ok(false) => break,
-                        Err(Error::Broken) => panic!("Broken without an earlier breaking error"),
+                        Err(Error::Broken { .. }) => panic!("Broken without an earlier breaking error"),
                         Err(_) if broken => {
-                            assert!(matches!(reader.read_into(&mut buf), Err(Error::Broken)));
+                            assert!(matches!(reader.read_into(&mut buf), Err(Error::Broken { .. })));
                             break;
                         }
                         Err(e) => {

@@ -588,7 +588,7 @@ fn call_after_a_timed_out_call_is_broken_not_desynchronised() {
     let r = h.call(["echo", "mine"]);
     let _ = h.stop_with(SHORT_STOP);
     assert!(
-        matches!(r, Err(Error::Broken)),
+        matches!(r, Err(Error::Broken { .. })),
         "the call after a timed-out call returned {r:?}"
     );
 }
@@ -635,7 +635,7 @@ fn typed_call_after_a_timed_out_call_is_broken_not_desynchronised() {
     let r = client.echo("mine");
     let _ = client.stop_with(SHORT_STOP);
     assert!(
-        matches!(r, Err(Error::Broken)),
+        matches!(r, Err(Error::Broken { .. })),
         "the call after a timed-out call returned {r:?}"
     );
 }

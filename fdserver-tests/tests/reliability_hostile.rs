@@ -602,7 +602,7 @@ fn server_that_stops_reading_times_out_client_write() {
     let r = h.channel().write_scalar(&vec![0u8; 16 << 20]);
     assert!(matches!(r, Err(Error::TimedOut { .. })), "{r:?}");
     assert!(h.channel().is_broken());
-    assert!(matches!(h.call(["echo"]), Err(Error::Broken)));
+    assert!(matches!(h.call(["echo"]), Err(Error::Broken { .. })));
     drop(release_w); // the handler returns; the server then reads our half-written scalar
     let st = h.stop().unwrap();
     assert!(
@@ -691,7 +691,7 @@ fn malformed_replies_are_typed_errors_on_the_client() {
     assert_eq!(h.call(["hugescalar"]).unwrap(), ["scalar follows"]);
     let r = h.channel().read_scalar();
     assert!(matches!(r, Err(Error::ScalarTooLarge { .. })), "{r:?}");
-    assert!(matches!(h.call(["x"]), Err(Error::Broken)));
+    assert!(matches!(h.call(["x"]), Err(Error::Broken { .. })));
     assert_eq!(stop_expect(h, 0), Shutdown::Graceful);
 
     // A reply cut short, then the server exits: the client learns how it ended.

@@ -229,7 +229,7 @@ fn eof_in_the_middle_of_a_message_is_a_protocol_error() {
             "{partial:?}"
         );
         assert!(ch.is_broken());
-        assert!(matches!(ch.read_array(), Err(Error::Broken)));
+        assert!(matches!(ch.read_array(), Err(Error::Broken { .. })));
     }
     let partials: &[&[u8]] = &[b"\x00\x00", b"\x00\x00\x00\x04", b"\x00\x00\x00\x04abc"];
     for partial in partials {
@@ -274,10 +274,30 @@ fn scalar_over_the_limit_is_refused_and_breaks_the_channel() {
         })
     ));
     assert!(ch.is_broken());
-    assert!(matches!(ch.read_scalar(), Err(Error::Broken)));
-    assert!(matches!(ch.read_array(), Err(Error::Broken)));
-    assert!(matches!(ch.write_array(["x"]), Err(Error::Broken)));
-    assert!(matches!(ch.send_fd(&peer), Err(Error::Broken)));
+    assert!(matches!(ch.read_scalar(), Err(Error::Broken { .. })));
+    assert!(matches!(ch.read_array(), Err(Error::Broken { .. })));
+    assert!(matches!(ch.write_array(["x"]), Err(Error::Broken { .. })));
+    let e = ch.send_fd(&peer).unwrap_err();
+    // Review F7: a break mid-message says so, and what to do.
+    assert!(
+        matches!(
+            &e,
+            Error::Broken {
+                cause: fdserver::BrokenCause::MidMessage,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("stopped part-way through a message"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stop this server and start a new one"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -666,7 +686,7 @@ fn read_timeout_in_the_middle_of_a_message_breaks_the_channel() {
         assert!(matches!(ch.read_array(), Err(Error::TimedOut { .. })));
         assert!(ch.is_broken(), "{partial:?}");
         peer.write_all(b"cde\x00").unwrap();
-        assert!(matches!(ch.read_array(), Err(Error::Broken)));
+        assert!(matches!(ch.read_array(), Err(Error::Broken { .. })));
     }
     let (mut ch, mut peer) = raw_pair();
     ch.set_read_timeout(Some(Duration::from_millis(30)));
@@ -847,7 +867,7 @@ fn passenger_scalar_over_the_maximum_is_refused() {
         ch.read_scalar(),
         Err(Error::ScalarTooLarge { len: 101, max: 100 })
     ));
-    assert!(matches!(ch.read_scalar(), Err(Error::Broken)));
+    assert!(matches!(ch.read_scalar(), Err(Error::Broken { .. })));
     drop(ch);
     assert_exit_ok(pid);
 }
@@ -995,7 +1015,7 @@ fn writing_to_a_closed_peer_is_an_error_not_sigpipe() {
         let r3 = a.send_fd(std::io::stdin());
         let all_disconnects = [r1, r2, r3]
             .into_iter()
-            .all(|r| r.is_err_and(|e| e.is_disconnect() || matches!(e, Error::Broken)));
+            .all(|r| r.is_err_and(|e| e.is_disconnect() || matches!(e, Error::Broken { .. })));
         if all_disconnects {
             0
         } else {

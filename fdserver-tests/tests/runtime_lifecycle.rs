@@ -377,6 +377,61 @@ fn an_error_after_a_partial_reply_closes_the_connection_instead_of_a_second_repl
     assert_eq!(st.status.code(), Some(1));
 }
 
+/// Review F6: the handler's error text of an `Err` after a partial reply (and the note after a
+/// panic part-way through a reply) reaches the forked server's stderr, once, naming the server
+/// type and pid. Before the fix it was printed nowhere: the client only learns "exit status: 1".
+#[test]
+fn a_failure_after_a_partial_reply_is_written_to_the_servers_stderr() {
+    let _wd = watchdog("failure_after_partial_reply_stderr", SECS(30));
+    let (r, w) = pipe();
+    let w_raw = w.as_raw_fd();
+    let client = fork_child(&[w_raw], move || {
+        // SAFETY: dup2 onto fd 2 replaces this child's stderr (and its servers') with the pipe.
+        if unsafe { libc::dup2(w_raw, 2) } < 0 {
+            return 90;
+        }
+        // SAFETY: the pipe is now also fd 2; this number is ours and no longer needed.
+        unsafe { libc::close(w_raw) };
+        let mut pids = String::new();
+        for request in ["reply_then_fail", "partial_panic"] {
+            let Ok(mut s) = Probe::default().start() else {
+                return 1;
+            };
+            pids.push_str(&format!("pid={};", s.pid()));
+            if s.call([request]).is_err() || s.call(["echo", "x"]).is_ok() {
+                return 2;
+            }
+            if s.stop().is_err() {
+                return 3;
+            }
+        }
+        // The pids, for the test to look for, after everything the servers wrote.
+        fdserver_tests::write_raw(2, pids.as_bytes());
+        0
+    });
+    drop(w);
+    let out = String::from_utf8_lossy(&read_to_eof(r)).into_owned();
+    assert_eq!(wait_child(client).code(), Some(0), "{out}");
+    let pids: Vec<&str> = out
+        .split("pid=")
+        .skip(1)
+        .map(|p| p.trim_end_matches(';'))
+        .collect();
+    assert_eq!(pids.len(), 2, "{out}");
+    let late = format!("fdserver fdserver_tests::Probe (pid {}): ", pids[0]);
+    assert_eq!(out.matches(&late).count(), 1, "{out}");
+    let line = out.split(&late).nth(1).unwrap().lines().next().unwrap();
+    assert!(line.contains("\"reply_then_fail\""), "{line}");
+    assert!(line.contains("failed after replying"), "{line}");
+    assert!(line.contains("after it had begun its reply"), "{line}");
+    let panicked = format!("fdserver fdserver_tests::Probe (pid {}): ", pids[1]);
+    assert_eq!(out.matches(&panicked).count(), 1, "{out}");
+    assert!(
+        out.contains("a handler panicked after it had begun its reply"),
+        "{out}"
+    );
+}
+
 /// The same through `serve`: the loop ends with `ChannelFailed` naming the handler, and the peer
 /// sees end of stream right after the first reply.
 #[test]

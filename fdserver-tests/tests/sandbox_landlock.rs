@@ -139,10 +139,18 @@ fn a_missing_path_fails_start_before_the_fork() {
     .err()
     .expect("start refused");
     assert_eq!(sandbox_layer(&e), Layer::Landlock);
+    let text = e.to_string();
     assert!(
-        e.to_string().contains("/nonexistent/fdserver-sandbox-test"),
-        "{e}"
+        text.contains("/nonexistent/fdserver-sandbox-test"),
+        "{text}"
     );
+    // Review F7: the path once, then why.
+    assert_eq!(
+        text.matches("/nonexistent/fdserver-sandbox-test").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("No such file or directory"), "{text}");
 }
 
 #[test]

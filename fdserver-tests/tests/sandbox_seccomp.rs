@@ -426,3 +426,48 @@ impl MapPair for (OwnedFd, OwnedFd) {
         (self.0, File::from(self.1))
     }
 }
+
+/// A typed server whose own filter (installed in `initialize_server`, outside fdserver's
+/// sandbox) refuses `sendmmsg`, which the runtime's reply with a descriptor uses.
+struct RefusesReplies;
+
+#[fdserver::fdserver]
+impl RefusesReplies {
+    #[fdserver(initialize)]
+    fn init(&mut self) -> io::Result<()> {
+        sandbox_common::deny_on_this_thread(&[libc::SYS_sendmmsg])
+    }
+
+    fn give(&mut self) -> io::Result<File> {
+        File::open("/dev/null")
+    }
+
+    fn ping(&mut self) -> u32 {
+        7
+    }
+}
+
+/// Review F7: a reply the runtime cannot send (a filter refusing its `sendmmsg`) is reported as
+/// the runtime's failure, pointing at the filter, not as the handler's own `io` error (which
+/// read as though its `open` had been refused). The server keeps serving (nothing of the reply
+/// went out).
+#[test]
+fn a_reply_the_runtime_cannot_send_says_so() {
+    let _wd = watchdog("a_reply_the_runtime_cannot_send_says_so", SECS(30));
+    let mut c = RefusesReplies.start().expect("start");
+    let e = c.give().unwrap_err();
+    let remote = e.as_remote().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(remote.kind(), &fdserver::RemoteErrorKind::Failed, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "give: the handler returned, but the server runtime could not send its reply"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Operation not permitted"), "{text}");
+    assert!(text.contains("seccomp filter"), "{text}");
+    assert!(text.contains("Seccomp::RUNTIME"), "{text}");
+    assert_eq!(c.ping().unwrap(), 7);
+    c.stop().unwrap();
+}

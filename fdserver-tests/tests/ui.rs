@@ -6,9 +6,15 @@
 //! After changing a message, regenerate the `.stderr` files with
 //! `TRYBUILD=overwrite cargo test -p fdserver-tests --test ui`, then read them.
 
+// With the `async` feature (fdserver's `tokio`), the async stubs and the async pool name each
+// handler's types once more, so a type error is reported once per front end and the expected
+// `.stderr` files (written for the sync front end) do not match: the failing cases run in the
+// default build, which `.ci/run` tests first. Correct servers must compile in every build.
 #[test]
 fn ui() {
     let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui/fail/*.rs");
+    if cfg!(not(feature = "async")) {
+        t.compile_fail("tests/ui/fail/*.rs");
+    }
     t.pass("tests/ui/pass/*.rs");
 }

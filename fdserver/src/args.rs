@@ -81,20 +81,35 @@
 //! another language sends `""` for "nothing" and a value's plain text for "something". Only inline
 //! types can be optional.
 //!
-//! **Strings** cannot contain NUL bytes (the array format cannot carry them): sending one is
-//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) and sends nothing; a list item
-//! or a JSON value that cannot be encoded is [`Error::Encode`](crate::Error::Encode), naming the
-//! parameter. Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
+//! **Strings** cannot contain NUL bytes (the array format cannot carry them): a typed call
+//! with one in a string argument, a list item or a JSON value that cannot be encoded, or a
+//! `&[u8]`/`Vec<u8>` argument over 4 GiB − 1 bytes is [`Error::Encode`](crate::Error::Encode),
+//! naming the call and the parameter (`call "join": parameter `sep` cannot be sent: ...`), and
+//! sends nothing (a raw [`Channel::write_array`](crate::Channel::write_array) says
+//! [`Error::ElementContainsNul`](crate::Error::ElementContainsNul) with the element's index). Send arbitrary bytes as `Vec<u8>`. A request's array message (name plus inline
 //! values) is at most 65535 bytes: a longer one is refused before anything is sent.
 //!
 //! ## Large results
 //!
-//! A result never fails for its size after the handler ran: a reply whose array would exceed
+//! A result never fails for its size after the handler ran, up to what the wire format can
+//! carry: 4 GiB − 1 bytes per scalar (its length is a `u32`; a `Vec<u8>` result longer than that
+//! gets an error reply from the server, which keeps serving). A reply whose array would exceed
 //! 65535 bytes is sent as the array `["ok_scalar"]` followed by a scalar message holding the
 //! whole reply body (`ok`, then each inline value, each followed by NUL, exactly an array body
 //! with a `u32` length); out-of-band values follow as usual. The client reads it as the plain
-//! `["ok", ...]` reply, up to its scalar limit
-//! ([`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default).
+//! `["ok", ...]` reply.
+//!
+//! The client's scalar limit ([`Builder::max_scalar_size`](crate::Builder::max_scalar_size),
+//! [`Channel::set_max_scalar_size`](crate::Channel::set_max_scalar_size), 64 MiB by default)
+//! does not apply to the reply of its own call (typed calls and `ServerHandle::call`, sync and
+//! async): that reply is what the call asked for, and refusing it would fail the call after
+//! the handler's side effects were done and break the channel. The limit bounds what a side
+//! reads unasked: a server reading a request's scalars, and raw `Channel::read_scalar` calls.
+//! Memory grows with the bytes that actually arrive, never with an announced length alone; a
+//! server you do not trust can still make a call hold as much as its result type carries (up
+//! to 4 GiB per scalar value), so give such a server (a sandboxed parser) result types that
+//! stay small, or read its large data through a raw channel with a limit.
+//!
 //! So small replies keep the plain form a Passenger peer reads with `channel.read`, and a peer
 //! that may get large ones adds one line:
 //! `reply = channel.read_scalar.split("\0", -1)[0...-1] if reply == ["ok_scalar"]`.

@@ -274,9 +274,10 @@ impl ServerHandle {
             return Err(Error::ServerExited(status));
         }
         let r = f(self.channel());
-        if matches!(r, Err(Error::TimedOut { .. })) {
+        if let Err(Error::TimedOut { message, .. }) = &r {
             // The reply may still come: the next call would read it as its own.
-            self.channel().mark_broken();
+            let call = message.clone();
+            self.channel().mark_late_reply(call);
         }
         r.map_err(|e| self.exit_error(e))
     }
@@ -306,15 +307,20 @@ impl ServerHandle {
         });
         let r = crate::trace::call(label, Some(self.pid as u32), || {
             channel.write_array(elements).and_then(|()| {
-                let msg = channel.read_reply(&mut buf)?;
-                let strings = msg.to_strings()?;
+                // The reply this call asked for arrives at any size (an `ok_scalar` body is
+                // not held to the limit on what arrives unasked).
+                let limit = channel.max_scalar_size();
+                channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+                let msg = channel.read_reply(&mut buf);
+                channel.set_max_scalar_size(limit);
+                let strings = msg?.to_strings()?;
                 Ok(strings.into_iter().skip(1).collect())
             })
         });
         self.reply = buf;
         let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
-        if matches!(r, Err(Error::TimedOut { .. })) {
-            channel.mark_broken();
+        if let Err(Error::TimedOut { message, .. }) = &r {
+            channel.mark_late_reply(message.clone());
         }
         r.map_err(|e| self.exit_error(e))
     }
@@ -372,13 +378,13 @@ impl ServerHandle {
 
     /// Turns a disconnect into `ServerExited` when the server is (about to be) dead.
     fn exit_error(&mut self, e: Error) -> Error {
-        if !e.is_disconnect() && !matches!(e, Error::Broken) {
+        if !e.is_disconnect() && !matches!(e, Error::Broken { .. }) {
             return e;
         }
         if let Some(status) = self.status {
             return Error::ServerExited(status);
         }
-        if matches!(e, Error::Broken) {
+        if matches!(e, Error::Broken { .. }) {
             return e;
         }
         match self.wait_exit(Some(Instant::now() + EXIT_SETTLE)) {

@@ -9,8 +9,9 @@ use std::time::Duration;
 /// Everything that can go wrong talking to a server or a peer.
 ///
 /// Errors that leave the channel mid-message (a time-out after part of a message was read, an
-/// oversized scalar, a malformed stream) also mark it *broken*; every later operation on it then
-/// returns [`Error::Broken`].
+/// oversized scalar, a malformed stream), and a call that timed out with its reply still to
+/// come, also mark it *broken*; every later operation on it then returns [`Error::Broken`],
+/// whose [`BrokenCause`] says which.
 ///
 /// # How errors print
 ///
@@ -57,8 +58,14 @@ pub enum Error {
         /// The deadline that passed.
         timeout: Duration,
     },
-    /// The channel was left mid-message by an earlier error and can no longer be used.
-    Broken,
+    /// The channel can no longer be used: an earlier error left it out of step with its peer.
+    /// `cause` says how; either way, stop the server and start a new one (a
+    /// [`Pool`](crate::Pool) replaces it by itself).
+    #[non_exhaustive]
+    Broken {
+        /// What broke it.
+        cause: BrokenCause,
+    },
     /// An element to write contains a NUL byte; nothing was written.
     ElementContainsNul {
         /// Index of the offending element in the message.
@@ -101,8 +108,9 @@ pub enum Error {
     /// A [`Pool`](crate::Pool) could not give a call a server: none was free in time, or the
     /// pool gave up restarting one.
     Pool(crate::pool::PoolError),
-    /// A typed call's argument could not be encoded for the wire (a list item containing a NUL
-    /// byte, a value `serde_json` refuses); nothing was sent.
+    /// A typed call's argument could not be encoded for the wire (a string or a list item
+    /// containing a NUL byte, a scalar over the format's 4 GiB − 1 bytes, a value `serde_json`
+    /// refuses); nothing was sent.
     Encode {
         /// The message name of the call.
         message: String,
@@ -150,7 +158,6 @@ impl Error {
     /// ```
     /// use fdserver::{Error, RemoteError};
     /// assert!(Error::Disconnected.needs_restart());
-    /// assert!(Error::Broken.needs_restart());
     /// assert!(!Error::from(RemoteError::failed("disk full")).needs_restart());
     /// ```
     pub fn needs_restart(&self) -> bool {
@@ -160,7 +167,7 @@ impl Error {
             | Error::ServerExited(_)
             | Error::Protocol(_)
             | Error::TimedOut { .. }
-            | Error::Broken
+            | Error::Broken { .. }
             | Error::ScalarTooLarge { .. } => true,
             Error::ElementContainsNul { .. }
             | Error::MessageTooLarge { .. }
@@ -224,8 +231,10 @@ impl fmt::Display for Error {
                 }
                 write!(f, "{operation} timed out after {timeout:?}")
             }
-            Error::Broken => f.write_str(
-                "the channel is broken by an earlier error (it was left mid-message) and must be closed",
+            Error::Broken { cause } => write!(
+                f,
+                "{cause}; the connection cannot carry calls any more: stop this server and start \
+                 a new one (a Pool replaces it by itself)"
             ),
             Error::ElementContainsNul { index } => {
                 write!(f, "element {index} contains a NUL byte, which the wire format cannot carry")
@@ -304,6 +313,66 @@ impl From<Error> for io::Error {
                 io::Error::new(io::ErrorKind::UnexpectedEof, e)
             }
             other => io::Error::other(other),
+        }
+    }
+}
+
+/// What broke a channel ([`Error::Broken`]).
+///
+/// ```
+/// use fdserver::{BrokenCause, Error};
+/// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+/// # struct Slow;
+/// # impl Server for Slow {
+/// #     type Client = ServerHandle;
+/// #     fn handle(&mut self, ctx: &mut Context<'_>, _: Message<'_>) -> Result<(), RemoteError> {
+/// #         std::thread::sleep(std::time::Duration::from_millis(300));
+/// #         ctx.reply(["done"])?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// let mut server = fdserver::Builder::new()
+///     .timeout(Some(std::time::Duration::from_millis(50)))
+///     .start_handle(&mut Slow)?;
+/// assert!(matches!(server.call(["slow"]), Err(Error::TimedOut { .. })));
+/// let e = server.call(["next"]).unwrap_err();
+/// assert!(matches!(&e, Error::Broken { cause: BrokenCause::LateReply { call: Some(c) }, .. } if c == "slow"));
+/// assert!(e.to_string().contains("stop this server and start a new one"));
+/// # Ok::<(), fdserver::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokenCause {
+    /// A call gave up before its reply arrived (it timed out): the reply may still come, and
+    /// the next call would read it as its own.
+    LateReply {
+        /// The message name of the call that gave up, where known.
+        call: Option<String>,
+    },
+    /// An earlier error stopped part-way through a message (a read or write cut off, a scalar
+    /// over the limit, data where a descriptor was due, a descriptor the kernel refused after
+    /// the request went out, an async write dropped half-way), so the two sides no longer agree
+    /// where a message begins.
+    MidMessage,
+}
+
+impl fmt::Display for BrokenCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokenCause::LateReply { call } => {
+                f.write_str("the channel is out of step: an earlier call")?;
+                if let Some(call) = call {
+                    write!(f, " ({call:?})")?;
+                }
+                f.write_str(
+                    " timed out before its reply arrived, and that late reply would answer the \
+                     next call",
+                )
+            }
+            BrokenCause::MidMessage => f.write_str(
+                "the channel is broken: an earlier error stopped part-way through a message, so \
+                 the two sides no longer agree where a message begins",
+            ),
         }
     }
 }

@@ -87,14 +87,15 @@
 //! | Feature | Since | Where the kernel lacks it |
 //! |---|---|---|
 //! | `pidfd_open`, `pidfd_send_signal`: wait on and signal a server through a descriptor | Linux 5.3 | a watcher thread per server waits with `waitid(WNOWAIT)`; signals go to the pid of the still-unreaped child (also used where a seccomp profile or valgrind refuses pidfds) |
-//! | `close_range`: close inherited descriptors in a forked server | Linux 5.9 | closed one by one, up to the descriptor limit |
+//! | `close_range`: in a forked server, the final sweep that closes descriptors the parent's listing missed (opened by other threads after it) and the tombstones' source; the listed inherited ones are tombstones by then (`dup3`, any kernel; see "Descriptors"), or, without `/dev/null`, all closed by this sweep | Linux 5.9 | closed one by one, up to the descriptor limit |
 //! | `MADV_COLLAPSE`: huge pages for a preloaded heap ([`preload`]) | Linux 6.1 | skipped (`MADV_HUGEPAGE` alone) |
 //! | `SO_PEERPIDFD`: the [`preload`] client stops a server through the kernel's pidfd of it | Linux 6.5 | a pidfd of the `SO_PEERCRED` pid, kept only while the connection shows that process alive |
 //! | `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`: the [`preload`] client signals a worker's process group | Linux 6.9 | `kill(-pid)`, only while the worker's pidfd shows it running |
 //! | `close_range` with `CLOSE_RANGE_CLOEXEC`: the [`preload`] server and templates keep nothing their first client inherited | Linux 5.11 | not done: such descriptors stay open in the server |
 //!
 //! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, `signalfd` flags,
-//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`) is older than Linux 3.2.
+//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH` and `dup3`) is
+//! older than Linux 3.2.
 //!
 //! ## Wire format
 //!
@@ -109,7 +110,8 @@
 //!   and writes nothing. A zero-length body is the empty message. A body that does not end in NUL
 //!   is a [`ProtocolError::MissingTerminator`] (Passenger silently dropped the trailing bytes).
 //! * **Scalar message**: `u32` big-endian length, then the bytes. Reads refuse lengths over a
-//!   limit (default 64 MiB), which breaks the channel.
+//!   limit (default 64 MiB), which breaks the channel; a client's call reads its own reply
+//!   without it (see [`args`](crate::args#large-results)).
 //! * **File descriptor**: one `sendmsg` of exactly one data byte `00` with an `SCM_RIGHTS`
 //!   control message holding one descriptor.
 //! * **End of stream** at a message boundary reads as "no message" (`None` / `Ok(false)`); in the
@@ -218,8 +220,11 @@
 //! alive past its client, and this does not depend on anyone being able to signal the server:
 //! [`ServerHandle::stop`] still ends and reaps it after the parent dropped the privileges to
 //! signal it. The watch asks `poll` for no event on the socket, so calls never wake it; a client
-//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. `serve` has no
-//! watch (it runs in your process).
+//! that only half-closes (`shutdown(SHUT_WR)`, still reading) is not a hang-up. A program
+//! started by [`Spawn`] runs the same watch: `serve` starts it on the socket `Spawn` handed
+//! over (named in the environment variable `FDSERVER_HANGUP_WATCH`), with `Spawn`'s grace
+//! periods. `serve` on any other socket starts no watch (it runs in your process, which may
+//! have to outlive its peer).
 //!
 //! ## Threads and async
 //!
@@ -723,7 +728,7 @@ pub use client::{ServerHandle, Shutdown, StopOptions, Stopped};
 #[cfg(target_os = "linux")]
 pub use connection::Connection;
 #[cfg(target_os = "linux")]
-pub use error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+pub use error::{BrokenCause, Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 #[cfg(target_os = "linux")]
 /// Derives [`WireError`](trait@WireError) for an error enum or struct: see the trait.
 pub use fdserver_macros::WireError;

@@ -603,7 +603,12 @@ fn send_values<V: ToValues>(
             // Too long for the wire format's `u32` length: refused before the first byte, so
             // that this is an ordinary error reply and the server keeps serving.
             Some(Encoded::Scalar(data)) => {
-                wire::scalar_header(data.len())?;
+                wire::scalar_header(data.len()).map_err(|e| {
+                    RemoteError::failed(format_args!(
+                        "{message}: reply value {} cannot be sent: {e}",
+                        i + 1
+                    ))
+                })?;
             }
             _ => {}
         }
@@ -630,19 +635,43 @@ fn send_values<V: ToValues>(
     });
     let mut out_of_band = out_of_band.into_iter().flatten();
     let channel = ctx.channel();
-    match out_of_band.next() {
-        // The reply and a first descriptor leave in one system call.
-        Some(Encoded::Fd(fd)) => channel.write_ok_with_fd(inline, fd)?,
-        Some(other) => {
-            channel.write_ok(inline)?;
-            send_after_first_byte(channel, other)?;
+    let sent = (|| {
+        match out_of_band.next() {
+            // The reply and a first descriptor leave in one system call.
+            Some(Encoded::Fd(fd)) => channel.write_ok_with_fd(inline, fd)?,
+            Some(other) => {
+                channel.write_ok(inline)?;
+                send_after_first_byte(channel, other)?;
+            }
+            None => channel.write_ok(inline)?,
         }
-        None => channel.write_ok(inline)?,
-    }
-    for e in out_of_band {
-        send_after_first_byte(channel, e)?;
-    }
-    Ok(())
+        for e in out_of_band {
+            send_after_first_byte(channel, e)?;
+        }
+        Ok(())
+    })();
+    sent.map_err(|e| reply_unsent(message, e))
+}
+
+/// The error for a reply the runtime could not send, after the handler succeeded: it says so
+/// (not as though the handler had failed), and for a refused system call points at the likely
+/// cause. (If nothing of the reply went out, the server sends this as the error reply.)
+fn reply_unsent(message: &str, e: Error) -> RemoteError {
+    let refused = matches!(
+        &e,
+        Error::Io(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES | libc::ENOSYS))
+    );
+    let hint = if refused {
+        "; a seccomp filter in the server (its own, installed in initialize_server, or its \
+         sandbox's) refuses a system call fdserver's runtime needs to send replies \
+         (Seccomp::RUNTIME lists them)"
+    } else {
+        ""
+    };
+    RemoteError::failed(format_args!(
+        "{message}: the handler returned, but the server runtime could not send its reply: \
+         {e}{hint}"
+    ))
 }
 
 /// Most values in a reply (tuples of up to 12).
@@ -666,6 +695,46 @@ fn send_encoded(channel: &mut Channel, encoded: Encoded<'_>) -> Result<(), Error
     }
 }
 
+/// [`Error::Encode`] for the argument at `index` (in the handler's parameter order).
+fn argument_error(message: &str, params: &[&str], index: usize, reason: String) -> Error {
+    Error::Encode {
+        message: message.to_owned(),
+        value: format!("parameter `{}`", params.get(index).copied().unwrap_or("?")),
+        reason,
+    }
+}
+
+/// A request array refused for an element with a NUL byte names the call and the parameter,
+/// not the element's place in the array (the message name is element 0; out-of-band arguments
+/// have none). Other errors are named with the call, as a time-out is.
+fn name_inline_argument(
+    e: Error,
+    message: &str,
+    params: &[&str],
+    arguments: &[Encoded<'_>],
+) -> Error {
+    let Error::ElementContainsNul { index } = e else {
+        return e.in_call(message.as_bytes());
+    };
+    let param = arguments
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Encoded::Element(_)))
+        .nth(index.wrapping_sub(1))
+        .map(|(i, _)| i);
+    match param {
+        Some(i) => argument_error(
+            message,
+            params,
+            i,
+            "it contains a NUL byte, which the array format cannot carry (send arbitrary bytes \
+             as `&[u8]` or `Vec<u8>`)"
+                .into(),
+        ),
+        None => e,
+    }
+}
+
 /// Encodes a client argument, once, for [`call`].
 pub fn encode<T: ToArg + ?Sized>(value: &T) -> Encoded<'_> {
     value.to_arg()
@@ -684,16 +753,13 @@ pub fn call<V: FromValues, const N: usize>(
     for (i, a) in arguments.iter().enumerate() {
         match a {
             Encoded::Invalid(why) => {
-                return Err(Error::Encode {
-                    message: message.to_owned(),
-                    value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
-                    reason: why.reason().to_owned(),
-                });
+                return Err(argument_error(message, params, i, why.reason().to_owned()));
             }
             // Too long for the wire format's `u32` length: refused before the request's first
             // byte, so the channel stays in step.
             Encoded::Scalar(data) => {
-                wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
+                wire::scalar_header(data.len())
+                    .map_err(|e| argument_error(message, params, i, e.to_string()))?;
             }
             _ => {}
         }
@@ -707,7 +773,7 @@ pub fn call<V: FromValues, const N: usize>(
             });
             channel
                 .write_array(iter::once(message.as_bytes()).chain(inline))
-                .map_err(|e| e.in_call(message.as_bytes()))?;
+                .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
             // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
             // leaves the server waiting for this value, so it breaks the channel (later calls fail
             // with `Error::Broken` instead of feeding the server the next request as this value).
@@ -735,14 +801,11 @@ pub async fn call_async<V: FromValues, const N: usize>(
     for (i, a) in arguments.iter().enumerate() {
         match a {
             Encoded::Invalid(why) => {
-                return Err(Error::Encode {
-                    message: message.to_owned(),
-                    value: format!("parameter `{}`", params.get(i).copied().unwrap_or("?")),
-                    reason: why.reason().to_owned(),
-                });
+                return Err(argument_error(message, params, i, why.reason().to_owned()));
             }
             Encoded::Scalar(data) => {
-                wire::scalar_header(data.len()).map_err(|e| e.in_call(message.as_bytes()))?;
+                wire::scalar_header(data.len())
+                    .map_err(|e| argument_error(message, params, i, e.to_string()))?;
             }
             _ => {}
         }
@@ -753,7 +816,8 @@ pub async fn call_async<V: FromValues, const N: usize>(
         channel.settle().await?;
         channel
             .send_request(message, &arguments, V::__FORMS)
-            .await?;
+            .await
+            .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
         let ClientState { reply, store } = state;
         channel.receive_reply(reply, store).await?;
         let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
@@ -813,7 +877,23 @@ pub fn call_typed<V: FromValues, E: WireError, const N: usize>(
     call(connection, state, message, params, arguments).map_err(CallError::from_error)
 }
 
+/// Reads and decodes the reply to the call just sent. Its scalars (an `ok_scalar` body, a
+/// `Vec<u8>` or `String` result) are accepted at any size the wire can carry: the channel's
+/// scalar limit bounds what arrives unasked, not the result the call asked for (see
+/// [`args`](crate::args#large-results)).
 fn read_reply_values<V: FromValues>(
+    channel: &mut Channel,
+    state: &mut ClientState,
+    message: &'static str,
+) -> Result<V, Error> {
+    let limit = channel.max_scalar_size();
+    channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+    let r = decode_reply_values(channel, state, message);
+    channel.set_max_scalar_size(limit);
+    r
+}
+
+fn decode_reply_values<V: FromValues>(
     channel: &mut Channel,
     state: &mut ClientState,
     message: &'static str,

@@ -1,5 +1,7 @@
 //! [`serve`]: running a server loop in the current process, e.g. on an inherited socket.
 
+use std::os::fd::BorrowedFd;
+
 use crate::channel::Channel;
 use crate::error::{Error, RemoteError, RemoteErrorKind};
 use crate::server::{LoopEnd, Server};
@@ -42,6 +44,14 @@ use crate::wire::MessageBuf;
 /// Unlike a forked server, no `["ready"]` message is sent: the peer may be any MessageChannel
 /// client. The socket may be non-blocking.
 ///
+/// In a program started by [`Spawn`](crate::Spawn), on the socket `Spawn` handed over (it says
+/// which in the environment variable `FDSERVER_HANGUP_WATCH`), `serve` also starts the server's
+/// hang-up watch, as a forked server does (see the crate docs, "A server ends with its client"):
+/// once the client's end is gone, this process gets SIGTERM after `Spawn`'s `after_close` and
+/// SIGKILL `after_term` later, unless it has exited, even if a handler never returns. The
+/// watch outlives `serve`: such a program should exit once `serve` returns. On any other
+/// socket `serve` starts no watch.
+///
 /// A server that declares a sandbox (`Server::sandbox`, feature `sandbox`) is sandboxed here
 /// too, after `initialize_server`, and that applies to **this whole process**, for good (it
 /// must have a single thread then). If a layer fails, `serve` returns `Error::Sandbox` with
@@ -83,12 +93,23 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     // A declared sandbox is checked before initialize_server, and applied after it.
     #[cfg(feature = "sandbox")]
     let mut sandbox = crate::sandbox::choose(None, server.sandbox())?;
+    #[cfg(feature = "sandbox")]
+    let watch_inside_sandbox = crate::sandbox::is_active(&sandbox);
+    #[cfg(not(feature = "sandbox"))]
+    let watch_inside_sandbox = false;
+    // A program that `Spawn` started for one client ends with that client, as a forked server
+    // does. Started now, so a long initialize_server is covered, unless a sandbox will be
+    // applied: its per-thread layers need a single thread, and it starts the watch inside them.
+    let watch = sys::HangupWatch::from_env(channel.socket());
+    if !watch_inside_sandbox {
+        start_watch(watch, channel.socket())?;
+    }
     match server.initialize_server() {
         Ok(()) => {
             #[cfg(feature = "sandbox")]
             if let Some(p) = &mut sandbox {
-                // No hang-up watch in `serve` (this is the caller's process).
-                p.apply(|| Ok(()))
+                let sock = channel.socket();
+                p.apply(|| start_watch(watch, sock).map_err(std::io::Error::other))
                     .map_err(|f| Error::Sandbox(f.into_error()))?;
             }
             let mut buf = MessageBuf::with_max_capacity();
@@ -99,6 +120,27 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
         Err(e) => Err(Error::Remote(RemoteError::new(
             RemoteErrorKind::Initialize,
             e.to_string(),
+        ))),
+    }
+}
+
+/// Starts the hang-up watch `Spawn` asked for, if any, with every signal blocked in its thread
+/// (they are the serving thread's). A watch already running in this process (an earlier `serve`
+/// of the same client) is kept.
+fn start_watch(watch: Option<sys::HangupWatch>, sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let Some(watch) = watch else {
+        return Ok(());
+    };
+    let old = sys::set_sigmask(&sys::sigset(true));
+    // Until the thread runs: the server may install a seccomp filter of its own next.
+    let r = watch.start(sock, true);
+    sys::set_sigmask(&old);
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("serve: cannot start the hang-up watch thread that Spawn asked for: {e}"),
         ))),
     }
 }

@@ -25,6 +25,14 @@ use crate::sys;
 /// the fork-safety rules do not apply; the price is an `exec` and the program's own start-up
 /// (BENCHMARKS.md, row 4e).
 ///
+/// The program ends with its client, as a forked server does: `Spawn` names the socket it
+/// hands over in the environment variable `FDSERVER_HANGUP_WATCH`, and [`serve`](crate::serve)
+/// on that socket runs the server's *hang-up watch* (see the crate docs, "A server ends with its
+/// client"): once this process's end is gone (`stop`, a dropped client, this process exiting or
+/// SIGKILLed), the program gets SIGTERM after `after_close` and SIGKILL `after_term` later
+/// ([`stop_timeouts`](Self::stop_timeouts)), unless it has exited. `PR_SET_PDEATHSIG` is not
+/// used: it fires when the *thread* that spawned the program exits.
+///
 /// A program served with `serve` sends nothing before the first request, so `start` returns
 /// once the program is running (a failed `exec` is its error); a program that exits at once
 /// makes the first call fail with [`Error::ServerExited`] and its status. A program that runs
@@ -105,7 +113,9 @@ impl Spawn {
         self
     }
 
-    /// Largest scalar the client accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
+    /// Largest scalar the client accepts in raw reads of its channel (default
+    /// [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)). A call reads the reply it asked for
+    /// at any size (see [`args`](crate::args#large-results)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
         self
@@ -120,8 +130,8 @@ impl Spawn {
     ///
     /// Fails with `InvalidInput` for a descriptor number below 3, or if this process ignores
     /// SIGCHLD (the kernel would reap the server and its status would be lost, as for
-    /// [`Builder::start`](crate::Builder::start)); with the error of `Command::spawn` if the
-    /// program cannot be run.
+    /// [`Builder::start`](crate::Builder::start)); with the error of `Command::spawn` (its
+    /// kind, and a text naming the program) if the program cannot be run.
     pub fn start_handle(mut self) -> Result<ServerHandle, Error> {
         if self.fd < 3 {
             return Err(Error::Io(io::Error::new(
@@ -142,6 +152,14 @@ impl Spawn {
             )));
         }
         let (mut parent_end, child_end) = Channel::pair()?;
+        // The program's `serve` on this socket runs the hang-up watch (see `serve`): it ends
+        // on `stop`'s schedule once this end is gone, as a forked server does.
+        let watch = sys::HangupWatch {
+            after_close: self.stop.after_close,
+            after_term: self.stop.after_term,
+        };
+        self.command
+            .env(sys::SPAWN_WATCH_ENV, watch.to_env(child_end.as_fd())?);
         let target = self.fd;
         // `Command::spawn` reports a failed `exec` through a pipe it opens just before forking,
         // at the lowest free descriptor number; if that were `target`, the child's `dup2` below
@@ -163,7 +181,15 @@ impl Spawn {
         let spawned = self.command.spawn();
         drop(holder);
         drop(child_end);
-        let child = spawned.map_err(Error::Io)?;
+        let child = spawned.map_err(|e| {
+            Error::Io(io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot start the server program {:?}: {e}",
+                    self.command.get_program()
+                ),
+            ))
+        })?;
         let pid = child.id() as libc::pid_t;
         // Our handle reaps it; `Child` neither waits nor kills on drop.
         drop(child);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
 use crate::error::{Error, RemoteError, RemoteErrorKind};
-use crate::server::Server;
+use crate::server::{LoopEnd, Server};
 use crate::server_loop::{panic_message, run_loop, SignalPlan};
 use crate::sys;
 use crate::wire::MessageBuf;
@@ -142,7 +142,10 @@ impl Builder {
         self
     }
 
-    /// Largest scalar each side accepts (default [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)).
+    /// Largest scalar each side accepts unasked (default
+    /// [`DEFAULT_MAX_SCALAR`](crate::DEFAULT_MAX_SCALAR)): the server in a request, the client
+    /// in raw reads of its channel. A call reads the reply it asked for at any size (see
+    /// [`args`](crate::args#large-results)).
     pub fn max_scalar_size(mut self, max: u64) -> Self {
         self.max_scalar = Some(max);
         self
@@ -775,6 +778,7 @@ fn child_main<S: Server>(
                 }
             }
             let end = run_loop(server, &mut channel, buf, plan);
+            report_failed_end::<S>(&end);
             // The client sees end of stream now, but the socket stays open until `_exit`:
             // the hang-up watch still waits on it (its descriptor number must not be reused),
             // and bounds `finalize_server` once the client is gone.
@@ -852,6 +856,27 @@ fn ready_unsent(sock: RawFd, e: &Error) {
     if !sent {
         sys::write_raw(2, format!("fdserver: {text}\n").as_bytes());
     }
+}
+
+/// Writes why the loop closed the connection, for a loop that failed (a handler's `Err` or
+/// panic after it had begun its reply, a stream that cannot be resynchronised), to the server's
+/// stderr: its client only sees the connection end and the exit status, and nobody else learns
+/// the handler's error text. Once, prefixed with the server's type and pid.
+fn report_failed_end<S: Server>(end: &LoopEnd) {
+    let why = match end {
+        LoopEnd::ChannelFailed(why) => why.as_str(),
+        LoopEnd::PanickedMidReply => {
+            "a handler panicked after it had begun its reply (its panic message is above); the \
+             connection was closed"
+        }
+        LoopEnd::Disconnected | LoopEnd::Quit | LoopEnd::Signal(_) => return,
+    };
+    let line = format!(
+        "fdserver {} (pid {}): {why}\n",
+        std::any::type_name::<S>(),
+        std::process::id()
+    );
+    sys::write_raw(2, line.as_bytes());
 }
 
 fn finish<S: Server>(server: &mut S, code: i32) -> ! {

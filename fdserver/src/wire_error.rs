@@ -159,7 +159,7 @@ impl<E> CallError<E> {
     /// ```
     /// use fdserver::{CallError, Error};
     /// assert!(!CallError::Handler("disk full").needs_restart());
-    /// assert!(CallError::<&str>::Fdserver(Error::Broken).needs_restart());
+    /// assert!(CallError::<&str>::Fdserver(Error::Disconnected).needs_restart());
     /// ```
     pub fn needs_restart(&self) -> bool {
         match self {

@@ -230,7 +230,7 @@ fuzz_target!(|data: &[u8]| {
         };
         if broken_seen {
             assert!(
-                matches!(r, Err(Error::Broken)),
+                matches!(r, Err(Error::Broken { .. })),
                 "{op:?} on a broken channel: {r:?}"
             );
             break;
@@ -243,7 +243,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Ok(false) => break,
-            Err(Error::Broken) => panic!("Broken before the channel said it was broken"),
+            Err(Error::Broken { .. }) => panic!("Broken before the channel said it was broken"),
             Err(_) => {
                 if ch.is_broken() {
                     broken_seen = true;

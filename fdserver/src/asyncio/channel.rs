@@ -13,7 +13,7 @@ use crate::__private::Store;
 use crate::args::Form;
 use crate::channel::{check_reply, Channel, DEFAULT_MAX_SCALAR};
 use crate::channel::{RECORD_BUFFER, RECORD_MAX, SCALAR_ALONE};
-use crate::error::{Error, Operation, ProtocolError};
+use crate::error::{BrokenCause, Error, Operation, ProtocolError};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
 
@@ -64,6 +64,9 @@ pub struct AsyncChannel {
     write_timeout: Option<Duration>,
     max_scalar: u64,
     broken: bool,
+    /// Set with `broken` by a call that timed out with its reply still to come; any other break
+    /// is mid-message.
+    late_reply: Option<Option<String>>,
     /// Bytes sent by the write (or request) in progress; `None` between writes. A new operation
     /// that finds bytes here knows the last write was dropped part-way.
     writing: Option<usize>,
@@ -93,7 +96,7 @@ impl AsyncChannel {
     /// Fails if `channel` is broken, or outside a tokio runtime with I/O enabled.
     pub fn new(channel: Channel) -> Result<AsyncChannel, Error> {
         if channel.is_broken() {
-            return Err(Error::Broken);
+            return Err(channel.broken_error());
         }
         let (read_timeout, write_timeout, max_scalar) = (
             channel.read_timeout(),
@@ -132,6 +135,7 @@ impl AsyncChannel {
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
             broken: false,
+            late_reply: None,
             writing: None,
             pending: None,
             records,
@@ -194,13 +198,22 @@ impl AsyncChannel {
         self.max_scalar = max;
     }
 
+    /// The largest scalar a read accepts.
+    pub fn max_scalar_size(&self) -> u64 {
+        self.max_scalar
+    }
+
     /// Whether an earlier error (or a write dropped part-way) left the channel unusable.
     pub fn is_broken(&self) -> bool {
         self.broken
     }
 
-    /// Marks the channel unusable.
-    pub(crate) fn mark_broken(&mut self) {
+    /// Marks the channel unusable because the call `call` timed out with its reply still to
+    /// come (unless it was broken already, which says more).
+    pub(crate) fn mark_late_reply(&mut self, call: Option<String>) {
+        if !self.broken {
+            self.late_reply = Some(call);
+        }
         self.broken = true;
     }
 
@@ -217,7 +230,12 @@ impl AsyncChannel {
             Some(_) => self.broken = true,
         }
         if self.broken {
-            return Err(Error::Broken);
+            return Err(Error::Broken {
+                cause: match &self.late_reply {
+                    Some(call) => BrokenCause::LateReply { call: call.clone() },
+                    None => BrokenCause::MidMessage,
+                },
+            });
         }
         Ok(())
     }
@@ -483,11 +501,12 @@ impl AsyncChannel {
         let mut scratch = MessageBuf::new();
         let mut store = Store::default();
         while let Some(reader) = &mut self.pending {
+            // A reply a call asked for: at any size, as in `receive_reply`.
             match reader.advance(
                 &mut self.incoming,
                 &mut scratch,
                 &mut store,
-                self.max_scalar,
+                crate::channel::REPLY_MAX_SCALAR,
             ) {
                 Ok(Step::Done(_)) => self.pending = None,
                 Ok(Step::More) => self.more(Operation::ReadReply).await?,
@@ -563,7 +582,10 @@ impl AsyncChannel {
             let Some(reader) = &mut self.pending else {
                 unreachable!("receive_reply follows send_request")
             };
-            match reader.advance(&mut self.incoming, reply, store, self.max_scalar) {
+            // The reply this call asked for: at any size the wire can carry (see
+            // `REPLY_MAX_SCALAR`); the channel's limit bounds what arrives unasked.
+            let limit = crate::channel::REPLY_MAX_SCALAR;
+            match reader.advance(&mut self.incoming, reply, store, limit) {
                 Ok(Step::Done(r)) => {
                     self.pending = None;
                     return r;

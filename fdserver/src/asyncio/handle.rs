@@ -43,8 +43,8 @@ impl AsyncConnection for AsyncChannel {
     }
 
     async fn call_failed(&mut self, error: Error) -> Error {
-        if matches!(error, Error::TimedOut { .. }) {
-            self.mark_broken();
+        if let Error::TimedOut { message, .. } = &error {
+            self.mark_late_reply(message.clone());
         }
         error
     }
@@ -135,8 +135,12 @@ impl AsyncServerHandle {
         let r: Result<Vec<String>, Error> = async {
             let channel = self.channel();
             channel.write_array(&elements).await?;
-            let msg = channel.read_reply(&mut buf).await?;
-            Ok(msg.to_strings()?.into_iter().skip(1).collect())
+            // The reply this call asked for arrives at any size (as `ServerHandle::call`).
+            let limit = channel.max_scalar_size();
+            channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
+            let msg = channel.read_reply(&mut buf).await;
+            channel.set_max_scalar_size(limit);
+            Ok(msg?.to_strings()?.into_iter().skip(1).collect())
         }
         .await;
         self.reply = buf;
@@ -235,19 +239,19 @@ impl AsyncServerHandle {
     /// Turns a disconnect into `ServerExited` once the server has exited (awaiting its exit on
     /// the runtime, up to a second); a time-out breaks the channel.
     async fn exited_or(&mut self, e: Error) -> Error {
-        if matches!(e, Error::TimedOut { .. }) {
+        if let Error::TimedOut { message, .. } = &e {
             if let Some(c) = &mut self.channel {
-                c.mark_broken();
+                c.mark_late_reply(message.clone());
             }
             return e;
         }
-        if !e.is_disconnect() && !matches!(e, Error::Broken) {
+        if !e.is_disconnect() && !matches!(e, Error::Broken { .. }) {
             return e;
         }
         if let Ok(Some(status)) = self.process.try_wait() {
             return Error::ServerExited(status);
         }
-        if matches!(e, Error::Broken) {
+        if matches!(e, Error::Broken { .. }) {
             return e;
         }
         let Ok(fd) = self.process.pidfd().try_clone_to_owned() else {

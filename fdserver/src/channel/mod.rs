@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
+use crate::error::{BrokenCause, Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
 
@@ -22,6 +22,12 @@ pub(crate) use read_ahead::{RECORD_BUFFER, RECORD_MAX, SCALAR_ALONE};
 
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
+
+/// The limit a client's call reads its own reply with: any scalar the wire can carry (its
+/// length is a `u32`). The channel's own limit bounds what arrives unasked; a result is what
+/// the call asked for, and must not fail for its size after the handler ran (see
+/// [`args`](crate::args#large-results)).
+pub(crate) const REPLY_MAX_SCALAR: u64 = u32::MAX as u64;
 
 /// One end of a MessageChannel: a connected `SOCK_STREAM` UNIX socket that carries
 /// array messages, scalar messages and file descriptors, in any order both sides agree on.
@@ -56,6 +62,9 @@ pub struct Channel {
     /// (`broken` alone may mean only the read direction is out of step.)
     write_broken: bool,
     peer_gone: bool,
+    /// Set with `broken` by a call that gave up with its reply still to come; any other break
+    /// is mid-message.
+    late_reply: Option<Option<String>>,
     /// The channel of a running server loop: every wait also watches for a signal that ends the
     /// loop (see [`sys::wait_loop_socket`]).
     stop_on_signal: bool,
@@ -123,6 +132,7 @@ impl Channel {
             broken: false,
             write_broken: false,
             peer_gone: false,
+            late_reply: None,
             stop_on_signal: false,
             wbuf: Vec::with_capacity(256),
             writes: 0,
@@ -289,7 +299,10 @@ impl Channel {
         self.write_timeout
     }
 
-    /// Sets the largest scalar [`read_scalar`](Self::read_scalar) accepts (default 64 MiB).
+    /// Sets the largest scalar [`read_scalar`](Self::read_scalar) and
+    /// [`read_reply`](Self::read_reply) accept (default 64 MiB). A typed client's call and
+    /// [`ServerHandle::call`](crate::ServerHandle::call) read the reply they asked for without
+    /// it (see [`args`](crate::args#large-results)).
     pub fn set_max_scalar_size(&mut self, max: u64) {
         self.max_scalar = max;
     }
@@ -310,10 +323,29 @@ impl Channel {
         self.peer_gone
     }
 
-    /// Marks the channel unusable (e.g. a call timed out with its reply still in flight).
+    /// Marks the channel unusable: a write or read left it mid-message.
     pub(crate) fn mark_broken(&mut self) {
         self.broken = true;
         self.write_broken = true;
+    }
+
+    /// Marks the channel unusable because the call `call` timed out with its reply still to
+    /// come (unless it was broken already, which says more).
+    pub(crate) fn mark_late_reply(&mut self, call: Option<String>) {
+        if !self.broken {
+            self.late_reply = Some(call);
+        }
+        self.mark_broken();
+    }
+
+    /// The [`Error::Broken`] this channel answers with.
+    pub(crate) fn broken_error(&self) -> Error {
+        Error::Broken {
+            cause: match &self.late_reply {
+                Some(call) => BrokenCause::LateReply { call: call.clone() },
+                None => BrokenCause::MidMessage,
+            },
+        }
     }
 
     /// Writes `error` as the last message on a channel that an earlier error broke, if the write
@@ -324,7 +356,7 @@ impl Channel {
     /// stream.
     pub(crate) fn write_last_error(&mut self, error: &RemoteError) -> Result<(), Error> {
         if self.write_broken || self.peer_gone {
-            return Err(Error::Broken);
+            return Err(self.broken_error());
         }
         let was_broken = std::mem::replace(&mut self.broken, false);
         let r = self.write_error(error);
@@ -375,7 +407,7 @@ impl Channel {
 
     fn check(&self) -> Result<(), Error> {
         if self.broken {
-            Err(Error::Broken)
+            Err(self.broken_error())
         } else {
             Ok(())
         }

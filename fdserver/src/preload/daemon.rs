@@ -616,7 +616,7 @@ impl Idle {
                         "template {key:?} (pid {}) did not say whether it is busy: {e}",
                         handle.pid()
                     ));
-                    if matches!(e, Error::TimedOut { .. } | Error::Broken) {
+                    if matches!(e, Error::TimedOut { .. } | Error::Broken { .. }) {
                         // Wedged, and its channel is out of step (a late answer would be read
                         // as the next command's): replace it, as `run_job` does.
                         if let Some((handle, _)) = t.current.take() {
@@ -1454,7 +1454,7 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
     if let Err(e) = sent {
         log(&format!("template {key:?} failed a request: {e}"));
         let pid = handle.pid();
-        if matches!(e, Error::TimedOut { .. } | Error::Broken) {
+        if matches!(e, Error::TimedOut { .. } | Error::Broken { .. }) {
             // Wedged, and its channel is out of step (a late reply would answer the next
             // command): replace it.
             if let Some((handle, _)) = t.current.take() {

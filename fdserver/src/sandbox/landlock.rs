@@ -145,9 +145,14 @@ impl Landlock {
         for (paths, access) in groups {
             for path in paths {
                 let fd = PathFd::new(path).map_err(|e| {
+                    // The crate's text repeats the path; say it once.
+                    let why = match &e {
+                        landlock::PathFdError::OpenCall { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    };
                     fail(
                         Layer::Landlock,
-                        format!("cannot open {} for a rule: {e}", path.display()),
+                        format!("cannot open {} for a rule: {why}", path.display()),
                     )
                 })?;
                 // A rule on a file can only carry the rights that apply to files.

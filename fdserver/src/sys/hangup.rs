@@ -18,7 +18,11 @@
 //! about a client that closed the connection but lives on.
 //!
 //! One watch per process (a forked server serves one client); the forked server starts it before
-//! `initialize_server`, so a long initialisation is covered too. [`HangupWatch::start`] may be
+//! `initialize_server`, so a long initialisation is covered too. A program started by
+//! [`Spawn`](crate::Spawn) runs one too: `Spawn` names the socket it hands over in an
+//! environment variable ([`SPAWN_WATCH_ENV`]), and `serve` on that socket starts the watch (the
+//! program serves that one client, as a forked server does); `serve` on any other socket does
+//! not (it may run in a process that must outlive its peer). [`HangupWatch::start`] may be
 //! called later instead (a sandbox that needs a single thread while it applies its layers starts
 //! it inside them).
 
@@ -131,6 +135,60 @@ impl HangupWatch {
     }
 }
 
+/// The environment variable through which [`Spawn`](crate::Spawn) asks the program it starts to
+/// run the hang-up watch in [`serve`](crate::serve): `DEV:INO:AFTER_CLOSE_NS:AFTER_TERM_NS`, the
+/// device and inode numbers of the socket it hands over and the grace periods. `serve` honours it
+/// only on that socket (a program that inherited the variable but serves another socket, or that
+/// calls `serve` on a socket of its own, gets no watch).
+pub(crate) const SPAWN_WATCH_ENV: &str = "FDSERVER_HANGUP_WATCH";
+
+impl HangupWatch {
+    /// The value of [`SPAWN_WATCH_ENV`] that makes `serve` on `sock` (the program's end of it)
+    /// run this watch.
+    pub(crate) fn to_env(self, sock: BorrowedFd<'_>) -> io::Result<String> {
+        let (dev, ino) = socket_identity(sock)?;
+        Ok(format!(
+            "{dev}:{ino}:{}:{}",
+            nanos(self.after_close),
+            nanos(self.after_term)
+        ))
+    }
+
+    /// The watch [`SPAWN_WATCH_ENV`] asks for, if it names `sock`.
+    pub(crate) fn from_env(sock: BorrowedFd<'_>) -> Option<HangupWatch> {
+        let value = std::env::var(SPAWN_WATCH_ENV).ok()?;
+        let mut parts = value.split(':').map(|p| p.parse::<u64>().ok());
+        let (Some(dev), Some(ino), Some(close), Some(term), None) = (
+            parts.next().flatten(),
+            parts.next().flatten(),
+            parts.next().flatten(),
+            parts.next().flatten(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        (socket_identity(sock).ok()? == (dev, ino)).then_some(HangupWatch {
+            after_close: Duration::from_nanos(close),
+            after_term: Duration::from_nanos(term),
+        })
+    }
+}
+
+/// The device and inode numbers of `fd`'s file: the same for every descriptor of one socket,
+/// in every process.
+fn socket_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `stat` into the buffer we own; the descriptor is borrowed, open.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    // `dev_t` and `ino_t` are not `u64` on every target.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.st_dev as u64, st.st_ino as u64))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -209,7 +267,9 @@ extern "C" fn watch_main(_: *mut libc::c_void) -> *mut libc::c_void {
         at = add(at, wait);
         sleep_until(at);
         // To the server's main thread, which runs its loop: in a forked child its thread id is
-        // the process id. (SIGKILL ends the whole process whichever thread it is sent to.)
+        // the process id. (In a spawned program whose `serve` runs on another thread, the
+        // process-wide handler `serve` installed passes SIGTERM on to the serving thread. SIGKILL
+        // ends the whole process whichever thread it is sent to.)
         // SAFETY: getpid and tgkill take integers; signalling our own process.
         unsafe {
             let pid = libc::getpid();
