@@ -428,14 +428,16 @@ impl MapPair for (OwnedFd, OwnedFd) {
 }
 
 /// A typed server whose own filter (installed in `initialize_server`, outside fdserver's
-/// sandbox) refuses `sendmmsg`, which the runtime's reply with a descriptor uses.
+/// sandbox) refuses what the runtime's reply with a descriptor uses: `sendmsg` on the default
+/// `SOCK_SEQPACKET` pair (the reply and its descriptor are one record), `sendmmsg` on a stream
+/// pair. Replies without a descriptor (`send`) still go out.
 struct RefusesReplies;
 
 #[fdserver::fdserver]
 impl RefusesReplies {
     #[fdserver(initialize)]
     fn init(&mut self) -> io::Result<()> {
-        sandbox_common::deny_on_this_thread(&[libc::SYS_sendmmsg])
+        sandbox_common::deny_on_this_thread(&[libc::SYS_sendmmsg, libc::SYS_sendmsg])
     }
 
     fn give(&mut self) -> io::Result<File> {
