@@ -389,3 +389,36 @@ fn inherited_descriptors_are_the_commands() {
     assert_eq!(pick(&warm).len(), 2, "{warm:?}");
     assert!(pick(&warm)[0].starts_with("7 -> pipe:") && pick(&warm)[1].starts_with("12 -> pipe:"));
 }
+
+/// Review finding 5: a command that dies by a core-dumping signal leaves its own core (the
+/// worker's), not the client's: the client dies by the same signal without dumping (it used to
+/// dump too, over the worker's core). The shell then shows no "(core dumped)": documented.
+#[test]
+fn a_crash_leaves_the_commands_core_not_the_clients() {
+    let _wd = wd("a_crash_leaves_the_commands_core_not_the_clients");
+    let pl = Pl::new("core");
+    pl.ok(&["echo", "warm"]);
+    let cwd = pl.path("cores");
+    std::fs::create_dir(&cwd).unwrap();
+    let mut c = pl.cmd(["kill", "6"]);
+    c.current_dir(&cwd);
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &l);
+            Ok(())
+        });
+    }
+    let out = output(c, RUN_LIMIT);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    assert!(!out.status.core_dumped(), "the client dumped core: {out:?}");
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if !pattern.starts_with('|') && !pattern.contains('/') {
+        let cores: Vec<_> = std::fs::read_dir(&cwd).unwrap().flatten().collect();
+        assert_eq!(cores.len(), 1, "the worker's core, alone: {cores:?}");
+    }
+}

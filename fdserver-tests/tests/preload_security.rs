@@ -365,7 +365,8 @@ fn a_recycled_worker_pid_is_never_signalled() {
     for out in outs {
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(
-            out.stderr.contains("went away before the command finished"),
+            out.stderr.contains("ended while the command ran")
+                && out.stderr.contains("the command was ended"),
             "{out:?}"
         );
     }
@@ -404,4 +405,27 @@ fn non_private_directory_runs_the_command_in_process() {
     assert!(!pl.files().sock.exists(), "no server in a public directory");
     std::fs::set_permissions(&pl.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(pl.ok(&["echo", "hi"]), "hi\n");
+}
+
+/// Review finding 14: a relative `FDSERVER_PRELOAD_DIR` would be another directory (and
+/// another server) in every working directory: the command runs in-process with one line
+/// saying why, and nothing is created there.
+#[test]
+fn a_relative_directory_runs_the_command_in_process() {
+    let _wd = wd("a_relative_directory_runs_the_command_in_process");
+    let mut pl = Pl::new("reldir");
+    pl.set("FDSERVER_PRELOAD_DIR", "relative-dir");
+    let mut c = pl.cmd(["echo", "here"]);
+    c.current_dir(&pl.dir);
+    let out = output(c, RUN_LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "here\n");
+    assert!(
+        out.stderr.contains("relative-dir is not an absolute path")
+            && out.stderr.contains("without the preloader"),
+        "{out:?}"
+    );
+    assert!(!pl.path("relative-dir").exists(), "nothing created");
+    // (So that the test's own clean-up, run elsewhere, uses the test's directory.)
+    pl.set("FDSERVER_PRELOAD_DIR", pl.dir.clone());
 }

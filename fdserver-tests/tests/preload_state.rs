@@ -218,6 +218,14 @@ fn a_rebuilt_program_restarts_the_server() {
         out.stdout
     };
     assert_eq!(run(&["echo", "one"]), "one\n");
+    // A command of the old build that runs across the rebuild (review finding 2: the new
+    // build's first command used to end it, with SIGTERM).
+    let mut running = Running::spawn({
+        let mut c = pl.command(&app);
+        c.arg("wait");
+        c
+    });
+    let running_worker = running.expect_pid("ready");
     let sock = std::fs::read_dir(&pl.dir)
         .unwrap()
         .flatten()
@@ -257,6 +265,12 @@ fn a_rebuilt_program_restarts_the_server() {
     assert_eq!(pl.preloads().len(), 2, "the new build preloaded");
     assert_eq!(run(&["echo", "three"]), "three\n");
     assert_eq!(pl.preloads().len(), 2, "and serves warm");
+    assert!(
+        alive(running_worker) && running.running(),
+        "the old build's running command goes on"
+    );
+    running.signal(libc::SIGINT);
+    assert_eq!(signal_of(&running.wait()), Some(libc::SIGINT));
     run(&["--preloader", "stop"]);
 }
 
@@ -267,8 +281,13 @@ fn an_idle_server_exits_with_its_templates() {
     let _wd = wd("an_idle_server_exits_with_its_templates");
     let mut pl = Pl::new("idle");
     pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "1s");
-    pl.ok(&["echo", "x"]);
+    // The pids are taken while a command keeps the server busy: after a plain command, a
+    // loaded machine could let the second go by before `status` asks.
+    let mut c = Running::spawn(pl.cmd(["wait"]));
+    c.expect_pid("ready");
     let st = pl.server();
+    c.signal(libc::SIGTERM);
+    c.wait();
     assert_gone(st.server, "the idle server");
     assert_gone(st.template("dev").unwrap(), "its template");
     assert!(pl.log().contains("idle for 1s: stopping"), "{}", pl.log());
@@ -480,4 +499,97 @@ fn the_log_is_bounded() {
         ".log.1 of {old_len} bytes"
     );
     assert_eq!(pl.ok(&["echo", "y"]), "y\n");
+}
+
+/// Review finding 2: a server that exits by itself (here its socket was removed, as a tmp
+/// cleaner does) lets running commands finish: its template exits once they end. (It used to
+/// stop its templates, whose workers got SIGTERM.) The log says the socket was removed, not
+/// that it was "no longer ours" (finding 16).
+#[test]
+fn a_server_that_lost_its_socket_lets_running_commands_finish() {
+    let _wd = wd("a_server_that_lost_its_socket_lets_running_commands_finish");
+    let pl = Pl::new("lostrun");
+    let mut c = Running::spawn(pl.cmd(["wait"]));
+    let wpid = c.expect_pid("ready");
+    let old = pl.server();
+    let tpid = old.template("dev").unwrap();
+    std::fs::remove_file(pl.files().sock).unwrap();
+    assert_gone(old.server, "the server whose socket was removed");
+    assert!(alive(wpid) && c.running(), "the running command goes on");
+    let log = pl.log();
+    assert!(log.contains("was removed"), "{log}");
+    assert!(
+        !log.contains("no longer ours"),
+        "the socket is absent, not another's: {log}"
+    );
+    assert_eq!(pl.ok(&["echo", "next"]), "next\n");
+    c.signal(libc::SIGINT);
+    assert_eq!(signal_of(&c.wait()), Some(libc::SIGINT));
+    assert_gone(tpid, "the old template, once its command ended");
+}
+
+/// Review finding 12: `status` shows the idle timeout the server runs with, which it read when
+/// it started: a different `FDSERVER_PRELOAD_IDLE_TIMEOUT` later does not change it.
+#[test]
+fn status_shows_the_idle_timeout_in_force() {
+    let _wd = wd("status_shows_the_idle_timeout_in_force");
+    let mut pl = Pl::new("idleshow");
+    pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "2m");
+    pl.ok(&["echo", "x"]);
+    pl.set("FDSERVER_PRELOAD_IDLE_TIMEOUT", "5m");
+    let out = pl.ok(&["--preloader", "status"]);
+    assert!(
+        out.contains("idle timeout: 2 min (set when the server started)"),
+        "{out}"
+    );
+}
+
+/// Review finding 16: the server keeps only what it uses: not the readiness pipe (its reader,
+/// the client that started it, is gone), and one descriptor of its directory.
+#[test]
+fn the_server_keeps_no_readiness_pipe_and_one_directory() {
+    let _wd = wd("the_server_keeps_no_readiness_pipe_and_one_directory");
+    let pl = Pl::new("srvfds");
+    pl.ok(&["echo", "x"]);
+    let server = pl.server().server;
+    let links: Vec<String> = std::fs::read_dir(format!("/proc/{server}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some(std::fs::read_link(e.path()).ok()?.display().to_string()))
+        .collect();
+    assert!(
+        !links.iter().any(|l| l.starts_with("pipe:")),
+        "no pipe: {links:?}"
+    );
+    let dir = std::fs::canonicalize(&pl.dir)
+        .unwrap()
+        .display()
+        .to_string();
+    assert_eq!(
+        links.iter().filter(|l| **l == dir).count(),
+        1,
+        "one descriptor of the directory: {links:?}"
+    );
+}
+
+/// Review finding 15: the log stays bounded while a preload runs, however much it prints: the
+/// server copies the template's output into the log (it used to go straight to the file, 30
+/// MB for a preload that printed 30 MB, until the preload ended).
+#[test]
+fn the_log_is_bounded_while_a_preload_runs() {
+    let _wd = wd("the_log_is_bounded_while_a_preload_runs");
+    let mut pl = Pl::new("logpre");
+    pl.set("APP_PRELOAD_OUTPUT", "3000000");
+    let mut gate = Gate::new(&mut pl, "dev");
+    let mut c = Running::spawn(pl.cmd(["echo", "x"]));
+    gate.wait_started(); // printed everything, held before it ends
+    let log = std::fs::metadata(pl.files().log).unwrap().len();
+    // The copying may be a pipe's worth (64 KiB) behind, and a line over.
+    assert!(
+        log <= (1 << 20) + (64 << 10) + 100,
+        "log of {log} bytes while the preload runs"
+    );
+    gate.release();
+    assert_eq!(c.line().as_deref(), Some("x"));
+    assert!(c.wait().success());
 }

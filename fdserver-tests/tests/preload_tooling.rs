@@ -5,8 +5,6 @@
 
 mod preload_common;
 
-use std::io::Read;
-
 use preload_common::*;
 
 fn cmdline(pid: u32) -> String {
@@ -199,35 +197,6 @@ fn template_crash_message_names_the_process_and_the_log() {
     assert_eq!(pl.ok(&["echo", "ok"]), "ok\n");
 }
 
-/// Item 10. `--preloader stop` while a command waits for its template's preload: the command
-/// is told the server was stopped during the preload (it used to read "the peer closed the
-/// connection").
-#[test]
-fn stop_during_preload_says_so() {
-    let _wd = wd("stop_during_preload_says_so");
-    let mut pl = Pl::new("stopmsg");
-    let mut gate = Gate::new(&mut pl, "dev");
-    let mut c = pl.cmd(["echo", "never"]);
-    c.stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    gate.wait_started();
-    pl.stop();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(1));
-    assert!(
-        err.contains(
-            "the preloader server was stopped while the template for \"dev\" was preloading"
-        ),
-        "{err:?}"
-    );
-}
-
 /// Item 10. Errors about the preloader's files name the file.
 #[test]
 fn file_errors_name_the_file() {
@@ -245,4 +214,49 @@ fn file_errors_name_the_file() {
         "{:?}",
         out.stderr
     );
+}
+
+/// Review finding 4: a template preloads with the environment of a command of its key (the
+/// one that started it), not with the server's (the first command's, whatever its key): the
+/// template "test" sees the `test` command's configuration.
+#[test]
+fn templates_preload_with_their_commands_environment() {
+    let _wd = wd("templates_preload_with_their_commands_environment");
+    let pl = Pl::new("tplenv");
+    let conf = |key: &str, value: &str| {
+        let mut c = pl.cmd(["preload-conf"]);
+        c.env("APP_ENV", key).env("APP_CONF", value);
+        output(c, RUN_LIMIT).stdout
+    };
+    assert_eq!(conf("dev", "first"), "Some(\"first\")\n");
+    assert_eq!(conf("test", "second"), "Some(\"second\")\n");
+    // Warm: the template keeps what it preloaded with.
+    assert_eq!(conf("test", "third"), "Some(\"second\")\n");
+}
+
+/// Review finding 16: with `FDSERVER_PRELOAD_VERBOSE`, the command that starts the server says
+/// so; `FDSERVER_PRELOAD=OFF` (any case) turns the preloader off like `off`.
+#[test]
+fn verbose_says_when_it_started_the_server_and_off_ignores_case() {
+    let _wd = wd("verbose_says_when_it_started_the_server_and_off_ignores_case");
+    let pl = Pl::new("vstart");
+    for off in ["OFF", "False", "No"] {
+        let mut c = pl.cmd(["echo", "x"]);
+        c.env("FDSERVER_PRELOAD", off);
+        assert_eq!(output(c, RUN_LIMIT).stdout, "x\n");
+        assert_eq!(pl.status(), None, "FDSERVER_PRELOAD={off} starts no server");
+    }
+    let mut c = pl.cmd(["echo", "x"]);
+    c.env("FDSERVER_PRELOAD_VERBOSE", "1");
+    let out = output(c, RUN_LIMIT);
+    let server = pl.server().server;
+    assert!(
+        out.stderr.contains(&format!(
+            "started a preloader server (pid {server}) for this command"
+        )),
+        "{out:?}"
+    );
+    let mut c = pl.cmd(["echo", "x"]);
+    c.env("FDSERVER_PRELOAD_VERBOSE", "1");
+    assert!(!output(c, RUN_LIMIT).stderr.contains("started a"));
 }

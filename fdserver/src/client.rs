@@ -406,6 +406,15 @@ impl ServerHandle {
         Ok(self.status)
     }
 
+    /// Ends the connection and lets the child run on, unsupervised: nothing waits for it, signals
+    /// it or reaps it here any more (whoever adopts it when this process exits does). For the
+    /// preloader's server, whose templates finish their running commands after it exits.
+    pub(crate) fn detach(mut self) {
+        self.hang_up();
+        // Nothing left to stop: `Drop` stops only a server whose status is unknown.
+        self.status = Some(ExitStatus::from_raw(0));
+    }
+
     /// Ends the connection for every copy of our end (`shutdown`, then `close`): the server sees
     /// end of stream, and its hang-up watch starts its own stop schedule.
     fn hang_up(&mut self) {

@@ -1,12 +1,15 @@
 //! A preloaded application for the preloader's integration tests. Its commands probe what a
-//! worker sees; its preload is steered by environment variables of the server (which inherits the
-//! environment of the client that started it).
+//! worker sees; its preload is steered by environment variables (a template preloads with the
+//! environment of the command that started it).
 //!
 //! Preload: appends a line to `$APP_COUNTER` (counts preloads); prints `$APP_PRELOAD_OUTPUT`
-//! bytes; fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF` exists; with
-//! `$APP_PRELOAD_THREAD` set, starts a helper thread that prints that text to stdout and joins it.
+//! bytes (before the gate below); fails if `$APP_FAIL_IF` exists; aborts if `$APP_CRASH_IF`
+//! exists; with `$APP_PRELOAD_THREAD` set, starts a helper thread that prints that text to stdout
+//! and joins it; records `$APP_CONF` (the `preload-conf` command prints it); with `$APP_KEEP_FD`
+//! set, opens `/dev/null` and keeps it open (`kept-fd` prints its number).
 //! `$APP_WATCH` is the watched file. The template key is `$APP_ENV` (default "dev").
-//! `$APP_PRELOAD_TIMEOUT_MS` sets `Options::preload_timeout`.
+//! `$APP_PRELOAD_TIMEOUT_MS` sets `Options::preload_timeout`, `$APP_HANDSHAKE_TIMEOUT_MS`
+//! `Options::handshake_timeout`.
 //!
 //! Gate (for tests that need a preload in progress): if `$APP_GATE` names a directory and the
 //! key equals `$APP_GATE_KEY`, the preload opens the FIFO `$APP_GATE/started` for writing, writes
@@ -25,7 +28,9 @@
 //! CPU affinity, I/O priority, timer slack, personality, no_new_privs, process name), `self`
 //! (std's `env::args` and `/proc/self/cmdline`, in hex), `stop-self SIG` (sends itself the
 //! signal, then says `continued`), `readline` (reads a line from stdin and echoes it), `create
-//! NAME` (creates a file and prints its mode), `exists PATH`.
+//! NAME` (creates a file and prints its mode), `exists PATH`, `mapped NAME` (whether a mapping
+//! of this process names it: a preloaded library), `ids` (real and effective gid,
+//! supplementary groups).
 //!
 //! `run_without_preload`: `--version` prints `preload-app 1` without preloading; `--version
 //! preloaded` prints whether this process preloaded.
@@ -39,6 +44,10 @@ use fdserver::preload::{Application, Preloader};
 struct App {
     preloaded_by: u32,
     key: String,
+    /// `$APP_CONF` as the preload saw it.
+    conf: Option<String>,
+    /// The descriptor the preload kept open (`$APP_KEEP_FD`).
+    kept: Option<i32>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -69,6 +78,14 @@ impl Application for App {
                 return Err(format!("preload refused: {path} exists").into());
             }
         }
+        if let Some(n) = env("APP_PRELOAD_OUTPUT").and_then(|s| s.parse::<usize>().ok()) {
+            let mut out = std::io::stdout().lock();
+            let line = [b'x'; 99];
+            for _ in 0..n / 100 {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+            }
+        }
         if let Some(dir) = env("APP_GATE") {
             if env("APP_GATE_KEY").as_deref() == Some(key) {
                 let dir = std::path::Path::new(&dir);
@@ -89,14 +106,6 @@ impl Application for App {
                 .join()
                 .map_err(|_| "the preload's helper thread panicked")?;
         }
-        if let Some(n) = env("APP_PRELOAD_OUTPUT").and_then(|s| s.parse::<usize>().ok()) {
-            let mut out = std::io::stdout().lock();
-            let line = [b'x'; 99];
-            for _ in 0..n / 100 {
-                out.write_all(&line)?;
-                out.write_all(b"\n")?;
-            }
-        }
         if let Some(path) = env("APP_COUNTER") {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -106,6 +115,11 @@ impl Application for App {
         }
         self.preloaded_by = std::process::id();
         self.key = key.to_owned();
+        self.conf = env("APP_CONF");
+        if env("APP_KEEP_FD").is_some() {
+            use std::os::fd::IntoRawFd;
+            self.kept = Some(std::fs::File::open("/dev/null")?.into_raw_fd());
+        }
         Ok(())
     }
 
@@ -173,6 +187,14 @@ impl Application for App {
             }
             "template" => {
                 println!("{} {}", self.key, self.preloaded_by);
+                0
+            }
+            "preload-conf" => {
+                println!("{:?}", self.conf);
+                0
+            }
+            "kept-fd" => {
+                println!("{:?}", self.kept);
                 0
             }
             "pid" => {
@@ -349,6 +371,20 @@ fn parity_command(args: &[OsString]) -> Option<i32> {
             }
             Some(0)
         }
+        b"ids" => {
+            // SAFETY: plain queries of this process; a buffer of the size given.
+            unsafe {
+                let mut groups = [0 as libc::gid_t; 256];
+                let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+                println!(
+                    "gid {} egid {} groups {:?}",
+                    libc::getgid(),
+                    libc::getegid(),
+                    &groups[..n.max(0) as usize]
+                );
+            }
+            Some(0)
+        }
         b"thread" => {
             println!("{:?}", std::thread::current().name());
             Some(0)
@@ -440,6 +476,11 @@ fn parity_command(args: &[OsString]) -> Option<i32> {
             println!("{}", std::path::Path::new(arg(1)).exists());
             Some(0)
         }
+        b"mapped" => {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            println!("{}", maps.contains(arg(1)));
+            Some(0)
+        }
         _ => None,
     }
 }
@@ -483,6 +524,9 @@ fn main() {
     let mut options = fdserver::preload::Options::default();
     if let Some(ms) = env("APP_PRELOAD_TIMEOUT_MS").and_then(|s| s.parse().ok()) {
         options.preload_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = env("APP_HANDSHAKE_TIMEOUT_MS").and_then(|s| s.parse().ok()) {
+        options.handshake_timeout = std::time::Duration::from_millis(ms);
     }
     Preloader::new(App::default()).options(options).main()
 }

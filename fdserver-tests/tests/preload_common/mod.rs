@@ -39,7 +39,13 @@ const SCRUBBED: &[&str] = &[
     "APP_GATE",
     "APP_GATE_KEY",
     "APP_PRELOAD_TIMEOUT_MS",
+    "APP_HANDSHAKE_TIMEOUT_MS",
+    "APP_CONF",
+    "APP_KEEP_FD",
     "FDSERVER_PRELOAD_VERBOSE",
+    "FDSERVER_PRELOAD_IDLE_TIMEOUT",
+    "LD_PRELOAD",
+    "LD_AUDIT",
 ];
 
 /// One test's private preloader world: a fresh `0700` directory (hence its own server) and the
@@ -499,6 +505,30 @@ impl Drop for Running {
     }
 }
 
+/// Whether `cond` becomes true within [`RUN_LIMIT`] (checked in a yielding loop: for kernel
+/// state that has no event to wait on, such as another process's stop).
+pub fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + RUN_LIMIT;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    cond()
+}
+
+/// Whether we run as root (tests that build sandboxes need it); prints why `test` skips
+/// otherwise.
+pub fn as_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("{test}: skipped: needs root");
+    }
+    root
+}
+
 /// Asserts that the process `pid` (not necessarily our child) exits within [`RUN_LIMIT`].
 pub fn assert_gone(pid: u32, what: &str) {
     assert!(
@@ -767,6 +797,16 @@ impl Gate {
             }
         }
         String::from_utf8_lossy(&acc).trim().to_owned()
+    }
+
+    /// What the gate has said since, without waiting (`None`: nothing; a preload that reached
+    /// the gate says `preloading <key>`).
+    pub fn try_started(&mut self) -> Option<String> {
+        let mut buf = [0u8; 256];
+        match self.started.read(&mut buf) {
+            Ok(n) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
+            _ => None,
+        }
     }
 
     /// Lets the held preload finish.

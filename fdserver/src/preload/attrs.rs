@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `RLIMIT_NLIMITS` on Linux: every resource limit there is.
 pub(crate) const RLIMITS: usize = 16;
+/// A resource limit that could not be read (left alone, never compared).
+pub(crate) const UNKNOWN_LIMIT: u64 = u64::MAX - 1;
 /// Bytes of CPU mask we forward: 1024 CPUs.
 const AFFINITY_BYTES: usize = 128;
 
@@ -49,7 +51,13 @@ impl Attrs {
     /// This process's attributes. `sig_blocked` is the mask the caller had before it blocked
     /// anything itself. About 25 system calls and one read of `/proc/self/status`.
     pub(crate) fn of_this_process(sig_blocked: u64) -> Attrs {
-        let status = proc_self_status();
+        Attrs::with_status(&proc_status(), sig_blocked)
+    }
+
+    /// [`of_this_process`](Self::of_this_process), with `/proc/self/status` already read
+    /// ([`proc_status`]; the client also looks at it for what only it checks, see
+    /// `context::client_reason`).
+    pub(crate) fn with_status(status: &str, sig_blocked: u64) -> Attrs {
         let field = |key: &str| {
             status
                 .lines()
@@ -81,7 +89,7 @@ impl Attrs {
             if unsafe { libc::getrlimit(r as _, &mut l) } == 0 {
                 *slot = (l.rlim_cur, l.rlim_max);
             } else {
-                *slot = (u64::MAX - 1, u64::MAX - 1); // marker: unknown, leave it
+                *slot = (UNKNOWN_LIMIT, UNKNOWN_LIMIT); // marker: unknown, leave it
             }
         }
         // SAFETY: errno access and getpriority are plain calls; -1 is a valid nice value, so
@@ -209,7 +217,7 @@ impl Attrs {
             unsafe { libc::umask(want.umask as libc::mode_t) };
         }
         for (r, (&have, &w)) in self.rlimits.iter().zip(&want.rlimits).enumerate() {
-            if have == w || w.0 == u64::MAX - 1 {
+            if have == w || w.0 == UNKNOWN_LIMIT {
                 continue;
             }
             let l = libc::rlimit {
@@ -281,7 +289,13 @@ impl Attrs {
     }
 }
 
-/// Names of attributes the worker could not take on (reported with `FDSERVER_PRELOAD_VERBOSE`).
+/// This process's `/proc/self/status` (empty if it cannot be read).
+pub(crate) fn proc_status() -> String {
+    proc_self_status()
+}
+
+/// Names of attributes the worker could not take on (it then hands the command back to the
+/// client, which runs it in-process).
 #[derive(Default)]
 pub(crate) struct Failed {
     names: [&'static str; 8],

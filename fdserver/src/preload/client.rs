@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::attrs::{self, Attrs};
+use super::context;
 use super::{
-    build_id, join_nul, lock_within, os, Application, Dir, Kind, Preloader, Unusable, ENV_ROLE,
-    PROTOCOL_VERSION,
+    build_id, join_nul, lock_within, os, verbose, Application, Dir, Kind, Preloader, Unusable,
+    ENV_ROLE, PROTOCOL_VERSION,
 };
 use crate::channel::Channel;
 use crate::error::Error;
@@ -66,9 +67,10 @@ pub(crate) enum Outcome {
 pub(crate) enum Ran {
     /// The worker ran and ended so.
     Outcome(Outcome),
-    /// The preloader cannot run this command faithfully (the client is confined by a seccomp
-    /// filter its template lacks): run it in-process.
-    InProcess,
+    /// A worker would not be what a fresh run of the command is (the client is sandboxed,
+    /// traced, a background job of its terminal...: see `context`): run it in-process. Why
+    /// (for `FDSERVER_PRELOAD_VERBOSE`).
+    InProcess(String),
 }
 
 impl Outcome {
@@ -85,8 +87,20 @@ impl Outcome {
 }
 
 /// Dies by `sig` (its default action), as the command would have; exits `128 + sig` if that
-/// action does not end the process.
+/// action does not end the process. Without a core dump: the worker that died by it has dumped
+/// the command's own (where the system puts cores); the client's would replace or bury it.
 fn die_by(sig: libc::c_int) -> ! {
+    if dumps_core(sig) {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: integer and valid-pointer arguments; this process is about to end.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+    }
     let _ = sys::set_disposition(sig, sys::Disposition::Default);
     let mut only = sys::sigset(true);
     sys::sigset_del(&mut only, sig);
@@ -94,6 +108,23 @@ fn die_by(sig: libc::c_int) -> ! {
     let _ = sys::kill(sys::getpid() as i32, sig);
     // Still alive: the signal's default action is not to terminate.
     std::process::exit(128 + sig)
+}
+
+/// Signals whose default action dumps core (signal(7)).
+fn dumps_core(sig: libc::c_int) -> bool {
+    matches!(
+        sig,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+            | libc::SIGSYS
+    )
 }
 
 /// Stops this process with `sig` (its default action), as the command would have stopped.
@@ -151,6 +182,10 @@ pub struct Status {
     /// The identity of its build (the executable's ELF build id, in hex; see *State recovery*
     /// in the module docs).
     pub build: String,
+    /// The idle timeout it runs with (`Duration::ZERO`: none). It is read when the server
+    /// starts: a different `FDSERVER_PRELOAD_IDLE_TIMEOUT` takes effect after `--preloader
+    /// restart`.
+    pub idle_timeout: Duration,
     /// Its templates, by key.
     pub templates: Vec<TemplateStatus>,
 }
@@ -206,6 +241,15 @@ impl fmt::Display for Status {
         )?;
         writeln!(f, "  socket: {}", self.socket.display())?;
         writeln!(f, "  log:    {}", self.log)?;
+        if self.idle_timeout.is_zero() {
+            writeln!(f, "  idle timeout: none")?;
+        } else {
+            writeln!(
+                f,
+                "  idle timeout: {} (set when the server started)",
+                human(self.idle_timeout)
+            )?;
+        }
         if self.templates.is_empty() {
             writeln!(f, "  no template yet (the first command starts one)")?;
         }
@@ -272,6 +316,9 @@ pub(crate) enum Failure {
     /// The directory, or the process listening on its socket, cannot be trusted: the command
     /// runs in-process instead.
     Unusable(String),
+    /// The server is in trouble (it does not answer: wedged, or at its connection limit): the
+    /// command runs in-process instead, with this line on stderr.
+    Trouble(String),
     /// Anything else: the command fails with this error.
     Io(io::Error),
 }
@@ -291,17 +338,30 @@ impl From<Unusable> for Failure {
 fn failure_to_io(f: Failure) -> io::Error {
     match f {
         Failure::Unusable(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
+        Failure::Trouble(why) => io::Error::new(io::ErrorKind::TimedOut, why),
         Failure::Io(e) => e,
     }
 }
+
+/// How many times a command is sent again when the server stopped (or its template died)
+/// before its worker started: a command racing `--preloader stop`, a restart, a rebuild's new
+/// server or an idle exit starts (or finds) the next server instead of failing.
+const RETRIES: u32 = 2;
 
 /// Runs one command (this process's arguments) through the preloader.
 pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
     // What exec passed us besides 0, 1, 2 (`3>file`, a jobserver's pipe): the worker gets them
     // under the same numbers. Read before this process opens anything itself.
     let inherited = os::inherited_fds();
-    let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let status = attrs::proc_status();
+    // What only this process can see (a tracer, an injected library, a background job of its
+    // terminal): such a command runs here, and no server is contacted (nor started under a
+    // tracer).
+    if let Some(why) = context::client_reason(&status, &env, inherited.len()) {
+        return Ok(Ran::InProcess(why));
+    }
+    let dir = p.dir()?;
     let key = p.app.template_key(&env);
     // The working directory as a descriptor: the worker `fchdir`s into it, so a directory
     // since deleted, a path that is not UTF-8 or longer than PATH_MAX all work.
@@ -330,10 +390,20 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
     let old_mask = sys::set_sigmask(&set);
     let sigfd = sys::signalfd(&set)?;
     let original = attrs::mask_of(&old_mask);
-    let attrs = Attrs::of_this_process(original);
+    let attrs = Attrs::with_status(&status, original);
 
+    let log = dir.display(Kind::Log);
+    let mut relay = Relay {
+        worker: None,
+        queued: Vec::new(),
+        relayed: Vec::new(),
+        original,
+        parked: false,
+        log: &log,
+        key: &key,
+        server: 0,
+    };
     let result = (|| {
-        let (mut conn, _) = connect_checked(p, &dir)?;
         let full: Vec<OsString> = std::env::args_os().collect();
         let argv = join_nul(full.iter().map(|a| a.as_bytes()));
         let mut envb = Vec::new();
@@ -358,30 +428,87 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
             );
             os::send_with_fds(conn.as_fd(), &request, &fds).map_err(Error::Io)
         };
-        if let Err(e) = send(&mut conn) {
-            // The server may have refused the command (a failed preload, say) and hung up
-            // while we were still sending: its reply, already on the socket, says why.
-            if let Some((kind, text)) = refusal(&conn, p.options.handshake_timeout) {
-                return Err(other(explain(&kind, &text)).into());
+        let (mut retries, mut replaced) = (0, false);
+        loop {
+            let mut c = connect_checked(p, &dir)?;
+            if c.started && verbose() {
+                eprintln!(
+                    "fdserver preloader: started a preloader server (pid {}) for this command",
+                    c.server
+                );
             }
-            return Err(other(format!("sending the command to the server: {e}")).into());
-        }
-        drop(cwd);
-        let log = dir.display(Kind::Log);
-        let mut relay = Relay {
-            worker: None,
-            queued: Vec::new(),
-            original,
-            parked: false,
-            log: &log,
-        };
-        match relay.run(&mut conn, &sigfd)? {
-            Some(outcome) => Ok(Ran::Outcome(outcome)),
-            None => Ok(Ran::InProcess),
+            if let Some(why) = context::confined_against(c.server) {
+                return Ok(Ran::InProcess(why));
+            }
+            relay.server = c.server;
+            let end = match send(&mut c.conn) {
+                Ok(()) => relay.run(&mut c.conn, &sigfd)?,
+                // The server may have refused the command (a failed preload, say) and hung up
+                // while we were still sending: its reply, already on the socket, says why.
+                Err(e) => match refusal(&c.conn, p.options.handshake_timeout) {
+                    Some((kind, text)) if retryable(&kind) => End::Retry(explain(&kind, &text)),
+                    Some((kind, text)) => return Err(other(explain(&kind, &text)).into()),
+                    None => End::Retry(format!("sending the command to the server: {e}")),
+                },
+            };
+            match end {
+                End::Outcome(outcome) => return Ok(Ran::Outcome(outcome)),
+                End::InProcess(why) => {
+                    relay.reraise();
+                    return Ok(Ran::InProcess(why));
+                }
+                End::Replace(why) if !replaced => {
+                    // The server (and so its templates) runs more confined than this command:
+                    // started by a command under lower limits, say. Replace it with one started
+                    // by us; its running commands finish.
+                    if verbose() {
+                        eprintln!(
+                            "fdserver preloader: replacing the preloader server (pid {}): {why}",
+                            c.server
+                        );
+                    }
+                    drop(c);
+                    replace_server(p, &dir, relay.server)?;
+                    replaced = true;
+                    relay.worker = None;
+                }
+                End::Replace(why) => {
+                    relay.reraise();
+                    return Ok(Ran::InProcess(why));
+                }
+                End::Retry(_) if retries < RETRIES => {
+                    retries += 1;
+                    relay.worker = None;
+                }
+                End::Retry(why) => return Err(other(why).into()),
+            }
         }
     })();
+    drop(cwd);
     sys::set_sigmask(&old_mask);
     result
+}
+
+/// Error kinds (`["error", kind, text]`, before the worker started) after which the command is
+/// sent again (see [`RETRIES`]): the server was stopping, or the template died taking it.
+fn retryable(kind: &str) -> bool {
+    matches!(kind, "stopping" | "template")
+}
+
+/// Stops the server `old` (the pid that refused our command as more confined than us), if it
+/// still is the one listening: another client may have replaced it already. Its running
+/// commands finish (see `daemon::serve`).
+fn replace_server<A: Application>(
+    p: &Preloader<A>,
+    dir: &Dir,
+    old: libc::pid_t,
+) -> Result<(), Failure> {
+    if let Some((conn, pid)) = connect(dir)? {
+        if pid == old {
+            stop_server(conn, p.options.stop_grace)?;
+        }
+    }
+    Ok(())
 }
 
 /// The `["error", kind, text]` reply a server left on `conn` before hanging up, if there is one.
@@ -409,9 +536,19 @@ fn refusal(conn: &Channel, timeout: Duration) -> Option<(String, String)> {
 struct Worker {
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// Its template's pid, as the worker saw it, for messages.
+    template: Option<i32>,
 }
 
 impl Worker {
+    /// Waits (a moment at most) for the worker to exit, through its pidfd.
+    fn await_exit(&self) {
+        if let Some(fd) = &self.pidfd {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let _ = sys::wait_fd(fd.as_fd(), libc::POLLIN, Some(deadline));
+        }
+    }
+
     /// Sends `sig` to the worker's process group (the worker leads it). `connected`: the
     /// connection that announced the worker is still open (its template still owns the worker,
     /// so its number is still the worker's).
@@ -443,23 +580,42 @@ struct Relay<'a> {
     worker: Option<Worker>,
     /// Signals to relay once the worker's pid is known.
     queued: Vec<i32>,
+    /// Signals relayed to the worker (raised again here if the worker hands the command back
+    /// without running it).
+    relayed: Vec<i32>,
     /// The signals blocked when the program started: they stay pending for the worker.
     original: u64,
     /// We wrote `S` (suspended before the worker's pid came) and not yet `G`.
     parked: bool,
     log: &'a Path,
+    /// The command's template key, for messages.
+    key: &'a str,
+    /// The server's pid (`SO_PEERCRED`), for messages.
+    server: libc::pid_t,
+}
+
+/// How a command's relay ended.
+enum End {
+    /// The worker ended so.
+    Outcome(Outcome),
+    /// Run the command in this process: why.
+    InProcess(String),
+    /// The server is more confined than this command: replace it (why).
+    Replace(String),
+    /// The server stopped (or the template died) before the worker started: send the command
+    /// again (this error if that fails too).
+    Retry(String),
 }
 
 /// What the relay loop does after a message.
 enum Step {
     Continue,
-    Done(Option<Outcome>),
+    Done(End),
 }
 
 impl Relay<'_> {
-    /// Waits for the worker's status, relaying signals meanwhile. `None`: run the command
-    /// in-process instead (the template refused to run it for a confined client).
-    fn run(&mut self, conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<Option<Outcome>> {
+    /// Waits for the worker's status, relaying signals meanwhile.
+    fn run(&mut self, conn: &mut Channel, sigfd: &OwnedFd) -> io::Result<End> {
         let mut buf = MessageBuf::new();
         loop {
             let ready = sys::poll_in(&[conn.as_fd(), sigfd.as_fd()], None)?;
@@ -489,7 +645,7 @@ impl Relay<'_> {
         conn: &mut Channel,
         buf: &mut MessageBuf,
         sig: i32,
-    ) -> io::Result<Option<Option<Outcome>>> {
+    ) -> io::Result<Option<End>> {
         // The worker may have sent its pid already (it does before it runs anything): then it
         // gets the signal.
         while self.worker.is_none() && sys::poll_now(conn.as_fd()) {
@@ -499,6 +655,7 @@ impl Relay<'_> {
         }
         if let Some(w) = &self.worker {
             w.signal(sig, true);
+            self.relayed.push(sig);
             return Ok(None);
         }
         if self.original & (1u64 << (sig - 1)) != 0 {
@@ -521,6 +678,7 @@ impl Relay<'_> {
                     let _ = send_byte(conn, b'G');
                     self.parked = false;
                     w.signal(sig, true);
+                    self.relayed.push(sig);
                 }
                 None => {
                     stop_by(sig);
@@ -544,22 +702,44 @@ impl Relay<'_> {
         }
     }
 
+    /// The command runs here after all: the signals meant for its worker (queued, or relayed
+    /// to a worker that handed the command back) are raised again for this process, pending
+    /// until the signal mask is restored.
+    fn reraise(&mut self) {
+        for sig in self.queued.drain(..).chain(self.relayed.drain(..)) {
+            let _ = sys::kill(sys::getpid() as i32, sig);
+        }
+    }
+
+    /// The message for a connection that ended while the worker ran: its template died.
+    fn template_died(&self, w: &Worker) -> String {
+        let template = match w.template {
+            Some(t) => format!(" (pid {t}{})", how_it_ended(t, self.server)),
+            None => String::new(),
+        };
+        format!(
+            "the preloader's template for {:?}{template} ended while the command ran (worker \
+             pid {}): the command was ended (SIGTERM). Run it again: the next command starts a \
+             new template (the server's log, {}, says more)",
+            self.key,
+            w.pid,
+            self.log.display()
+        )
+    }
+
     fn on_message(&mut self, conn: &mut Channel, buf: &mut MessageBuf) -> io::Result<Step> {
         match conn.read_into(buf) {
             Ok(true) => {}
             Ok(false) => {
                 end_orphan(self.worker.as_ref());
-                return Err(other(match self.worker {
-                    None => format!(
+                return match &self.worker {
+                    None => Ok(Step::Done(End::Retry(format!(
                         "the preloader server closed the connection before the command started \
                          (it was stopped, or it failed: see {}); run the command again",
                         self.log.display()
-                    ),
-                    Some(_) => format!(
-                        "the preloader's template went away before the command finished (see {})",
-                        self.log.display()
-                    ),
-                }));
+                    )))),
+                    Some(w) => Err(other(self.template_died(w))),
+                };
             }
             Err(e) => {
                 end_orphan(self.worker.as_ref());
@@ -602,9 +782,15 @@ impl Relay<'_> {
                 } else {
                     None
                 };
-                let w = Worker { pid, pidfd };
+                let template = msg.str(3).ok().and_then(|s| s.parse().ok());
+                let w = Worker {
+                    pid,
+                    pidfd,
+                    template,
+                };
                 for sig in std::mem::take(&mut self.queued) {
                     w.signal(sig, true);
+                    self.relayed.push(sig);
                 }
                 self.worker = Some(w);
                 Ok(Step::Continue)
@@ -623,13 +809,24 @@ impl Relay<'_> {
                 }
                 Ok(Step::Continue)
             }
-            b"exit" => Ok(Step::Done(Some(Outcome::Exit(num(1)?)))),
-            b"signal" => Ok(Step::Done(Some(Outcome::Signal(num(1)?)))),
+            b"exit" => Ok(Step::Done(End::Outcome(Outcome::Exit(num(1)?)))),
+            b"signal" => Ok(Step::Done(End::Outcome(Outcome::Signal(num(1)?)))),
             b"error" => {
                 let kind = String::from_utf8_lossy(msg.get(1).unwrap_or(b"")).into_owned();
                 let text = String::from_utf8_lossy(msg.get(2).unwrap_or(b"")).into_owned();
-                if kind == "confined" && self.worker.is_none() {
-                    return Ok(Step::Done(None));
+                match (kind.as_str(), &self.worker) {
+                    ("confined", None) => return Ok(Step::Done(End::InProcess(text))),
+                    ("confined", Some(w)) => {
+                        // The worker handed the command back without running anything, and
+                        // exits: let it be gone before the command runs here.
+                        w.await_exit();
+                        return Ok(Step::Done(End::InProcess(text)));
+                    }
+                    ("outranked", None) => return Ok(Step::Done(End::Replace(text))),
+                    (k, None) if retryable(k) => {
+                        return Ok(Step::Done(End::Retry(explain(&kind, &text))))
+                    }
+                    _ => {}
                 }
                 // After the worker's pid, an error means its template failed (timed out, or
                 // died): nobody will report or stop the worker, so end it ourselves.
@@ -664,6 +861,44 @@ fn end_orphan(worker: Option<&Worker>) {
     w.signal(libc::SIGKILL, false); // what is left of the group
 }
 
+/// How the template `pid`, a child of the server `server`, ended, if it is a zombie still
+/// (`/proc/<pid>/stat`: state `Z`, parent `server`, and its wait status, field 52): ", killed
+/// by signal 9 (SIGKILL)"; empty if that cannot be told.
+fn how_it_ended(pid: i32, server: libc::pid_t) -> String {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return String::new();
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return String::new();
+    };
+    // Field n (1-based, proc(5)) is at index n - 3 after the command name.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (state, ppid, code) = (f.first(), f.get(1), f.get(49));
+    if state != Some(&"Z") || ppid.and_then(|p| p.parse().ok()) != Some(server) {
+        return String::new();
+    }
+    match code.and_then(|c| c.parse::<i32>().ok()) {
+        Some(raw) if libc::WIFSIGNALED(raw) => {
+            let sig = libc::WTERMSIG(raw);
+            format!(
+                ", killed by signal {sig} ({})",
+                super::daemon::signal_name(sig)
+            )
+        }
+        Some(raw) => format!(", exited with code {}", libc::WEXITSTATUS(raw)),
+        None => String::new(),
+    }
+}
+
+/// A connection to a server of our version and build.
+struct Connected {
+    conn: Channel,
+    /// The server's pid (`SO_PEERCRED`).
+    server: libc::pid_t,
+    /// We started that server.
+    started: bool,
+}
+
 /// The server's greeting.
 #[derive(Debug)]
 pub(crate) struct Hello {
@@ -674,15 +909,13 @@ pub(crate) struct Hello {
 }
 
 /// Connects to a server speaking our protocol version and of our build, starting one if needed.
-/// A server of another version or build is stopped and replaced, once.
-fn connect_checked<A: Application>(
-    p: &Preloader<A>,
-    dir: &Dir,
-) -> Result<(Channel, Hello), Failure> {
+/// A server of another version or build is stopped and replaced, once (its running commands
+/// finish).
+fn connect_checked<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<Connected, Failure> {
     let mut restarted = false;
     let mut retried = false;
     loop {
-        let mut conn = connect_or_start(p, dir)?;
+        let (mut conn, server, started) = connect_or_start(p, dir)?;
         let hello = match handshake(&mut conn, p.options.handshake_timeout, dir) {
             Ok(h) => h,
             // A server that was exiting (idle, stopped) as we connected: once more.
@@ -690,10 +923,15 @@ fn connect_checked<A: Application>(
                 retried = true;
                 continue;
             }
+            Err(Handshake::Busy(why)) => return Err(Failure::Trouble(why)),
             Err(Handshake::Closed(e) | Handshake::Failed(e)) => return Err(e.into()),
         };
         if hello.version == PROTOCOL_VERSION && hello.build == build_id() {
-            return Ok((conn, hello));
+            return Ok(Connected {
+                conn,
+                server,
+                started,
+            });
         }
         if restarted {
             return Err(other(format!(
@@ -713,6 +951,8 @@ fn connect_checked<A: Application>(
 enum Handshake {
     /// The connection ended before the greeting.
     Closed(io::Error),
+    /// No greeting within the deadline: the server is wedged, or at its connection limit.
+    Busy(String),
     Failed(io::Error),
 }
 
@@ -728,12 +968,12 @@ fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, 
             )))
         }
         Err(Error::TimedOut { .. }) => {
-            return Err(Handshake::Failed(other(format!(
+            return Err(Handshake::Busy(format!(
                 "the preloader server did not answer within {timeout:?}: it is wedged, or busy \
                  with {} connections (its limit); see {}, or try `--preloader restart`",
                 super::daemon::MAX_CONNECTIONS,
                 dir.display(Kind::Log).display()
-            ))))
+            )))
         }
         Err(e) if !matches!(e, Error::Protocol(_)) => {
             return Err(Handshake::Closed(other(format!(
@@ -762,8 +1002,8 @@ fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, 
 }
 
 /// Connects to the socket, and checks with `SO_PEERCRED` that the server runs as us before
-/// anything is sent. `None`: nobody listens there.
-fn connect(dir: &Dir) -> Result<Option<Channel>, Failure> {
+/// anything is sent. `None`: nobody listens there. With the server's pid (`SO_PEERCRED`).
+fn connect(dir: &Dir) -> Result<Option<(Channel, libc::pid_t)>, Failure> {
     let stream = match UnixStream::connect(dir.socket_addr()) {
         Ok(s) => s,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ECONNREFUSED)) => {
@@ -777,7 +1017,7 @@ fn connect(dir: &Dir) -> Result<Option<Channel>, Failure> {
             .into())
         }
     };
-    let (uid, _) = os::peer_cred(stream.as_fd())?;
+    let (uid, pid) = os::peer_cred(stream.as_fd())?;
     let me = dir.owner(); // checked to be our euid when it was opened
     if uid != me {
         return Err(Failure::Unusable(format!(
@@ -785,30 +1025,34 @@ fn connect(dir: &Dir) -> Result<Option<Channel>, Failure> {
             dir.display(Kind::Sock).display()
         )));
     }
-    Ok(Some(Channel::from(stream)))
+    Ok(Some((Channel::from(stream), pid)))
 }
 
 /// Connects, or (under the start lock, so that racing clients start one server) removes stale
-/// files, starts a server and waits for it to listen.
-fn connect_or_start<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<Channel, Failure> {
-    if let Some(c) = connect(dir)? {
-        return Ok(c);
+/// files, starts a server and waits for it to listen. With the server's pid, and whether we
+/// started it.
+fn connect_or_start<A: Application>(
+    p: &Preloader<A>,
+    dir: &Dir,
+) -> Result<(Channel, libc::pid_t, bool), Failure> {
+    if let Some((c, pid)) = connect(dir)? {
+        return Ok((c, pid, false));
     }
     let lock = dir.open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)?;
     sys::flock(lock.as_fd(), true, false)?;
-    if let Some(c) = connect(dir)? {
-        return Ok(c); // another client started it while we waited for the lock
+    if let Some((c, pid)) = connect(dir)? {
+        return Ok((c, pid, false)); // another client started it while we waited for the lock
     }
     clean_stale(dir)?;
     spawn_server(p, dir)?;
-    let c = connect(dir)?.ok_or_else(|| {
+    let (c, pid) = connect(dir)?.ok_or_else(|| {
         other(format!(
             "the preloader server reported ready but {} refuses connections",
             dir.display(Kind::Sock).display()
         ))
     })?;
     drop(lock);
-    Ok(c)
+    Ok((c, pid, true))
 }
 
 /// Removes the socket and pidfile if no server holds the pidfile's lock. `Ok(false)`: one does.
@@ -834,13 +1078,11 @@ fn clean_stale(dir: &Dir) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Starts the server: this executable with the role variable set, the checked directory as
-/// descriptor 4; it forks into the background (new session) and writes `ready` to descriptor 3
-/// once it listens.
 /// Starts the server: this executable with the role variable set, the readiness pipe as
 /// descriptor 3 and the checked directory as descriptor 4, nothing else but its log as stdout
 /// and stderr; it forks into the background (new session) and writes `ready` to descriptor 3
-/// once it listens.
+/// once it listens. It starts with what it needs from us, not with what only this command was
+/// under ([`server_start_context`]).
 fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
     if let Err(why) = super::idle_timeout(&p.options) {
         eprintln!("fdserver preloader: {why}");
@@ -855,6 +1097,8 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
         .args(std::iter::repeat("").take(64))
         .env(ENV_ROLE, "launch")
         .env(super::ENV_DIR, dir.path())
+        .env_remove(context::INJECTED[0])
+        .env_remove(context::INJECTED[1])
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -878,6 +1122,7 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
             // The server outlives us: it must not keep what we inherited (a pipe whose reader
             // waits for its end, say), only its log, the readiness pipe and the directory.
             os::cloexec_from(5);
+            server_start_context();
             Ok(())
         });
     }
@@ -925,15 +1170,66 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
     }
 }
 
+/// In the child that becomes the server (async-signal-safe: system calls only): undoes what
+/// this one command may have been started under and a worker can take on anyway, so that the
+/// server and its templates do not keep it for every later command: soft resource limits go up
+/// to the hard ones (a template must not die of a command's `ulimit -t`, nor the server run out
+/// of descriptors at a command's `ulimit -n 200`; `RLIMIT_STACK` stays, as it shapes the
+/// address space, and descriptors stop at 65536), the CPU affinity widens to every CPU allowed,
+/// an idle or batch scheduling policy and an idle I/O class go back to the default where
+/// allowed. What cannot be undone (hard limits, a raised nice value, `no_new_privs`...) makes a
+/// later command that is not under it replace the server (see `context`).
+fn server_start_context() {
+    for r in 0..attrs::RLIMITS as libc::c_int {
+        if r == libc::RLIMIT_STACK as libc::c_int {
+            continue;
+        }
+        // SAFETY: an all-zero rlimit is a valid out-value.
+        let mut l: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out-pointer; an unknown resource just fails.
+        if unsafe { libc::getrlimit(r as _, &mut l) } != 0 {
+            continue;
+        }
+        let want = if r == libc::RLIMIT_NOFILE as libc::c_int {
+            l.rlim_max.min(1 << 16).max(l.rlim_cur)
+        } else {
+            l.rlim_max
+        };
+        if l.rlim_cur < want {
+            l.rlim_cur = want;
+            // SAFETY: a valid rlimit, within the hard limit.
+            unsafe { libc::setrlimit(r as _, &l) };
+        }
+    }
+    let all = [0xffu8; 128];
+    // SAFETY: the raw syscall reads 128 bytes of mask; the kernel keeps only allowed CPUs.
+    unsafe { libc::syscall(libc::SYS_sched_setaffinity, 0, all.len(), all.as_ptr()) };
+    // SAFETY: plain queries and changes of this process's scheduling.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy == libc::SCHED_IDLE || policy == libc::SCHED_BATCH {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
+        }
+        // ioprio_get(IOPRIO_WHO_PROCESS, self): class in the top bits; 3 is "idle".
+        let prio = libc::syscall(libc::SYS_ioprio_get, 1, 0);
+        if prio >= 0 && prio >> 13 == 3 {
+            libc::syscall(libc::SYS_ioprio_set, 1, 0, 0);
+        }
+        libc::prctl(libc::PR_SET_TIMERSLACK, 0, 0, 0, 0);
+    }
+}
+
 /// The running server's status, without starting one.
 pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Status>> {
     let dir = p.dir()?;
-    let Some(mut conn) = connect(&dir).map_err(failure_to_io)? else {
+    let Some((mut conn, _)) = connect(&dir).map_err(failure_to_io)? else {
         clean_stale(&dir)?;
         return Ok(None);
     };
     let hello = handshake(&mut conn, p.options.handshake_timeout, &dir).map_err(|e| match e {
         Handshake::Closed(e) | Handshake::Failed(e) => e,
+        Handshake::Busy(why) => io::Error::new(io::ErrorKind::TimedOut, why),
     })?;
     // The pid shown is the kernel's (the process listening on the socket), not the greeting's.
     let server_pid = os::peer_cred(conn.as_fd())?.1 as u32;
@@ -943,12 +1239,18 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
         .read_strings()
         .map_err(io::Error::from)?
         .ok_or_else(|| other("the server closed the connection"))?;
-    // ["ok", uptime_ms, log, (key, state, pid, uptime_ms, resident bytes, workers)*]
+    // ["ok", uptime_ms, log, idle_ms, (key, state, pid, uptime_ms, resident bytes, workers)*]
+    // (without idle_ms before protocol 4)
     let ms = |s: &String| Duration::from_millis(s.parse().unwrap_or(0));
     if reply.first().map(String::as_str) != Some("ok") || reply.len() < 3 {
         return Err(other(format!("bad status reply: {reply:?}")));
     }
-    let templates = reply[3..]
+    let (idle_timeout, first) = if hello.version == PROTOCOL_VERSION {
+        (reply.get(3).map(ms).unwrap_or_default(), 4)
+    } else {
+        (Duration::ZERO, 3)
+    };
+    let templates = reply[first.min(reply.len())..]
         .chunks(6)
         .filter(|c| c.len() == 6)
         .map(|c| TemplateStatus {
@@ -972,6 +1274,7 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
         uptime: ms(&reply[1]),
         version: hello.version,
         build: hello.build,
+        idle_timeout,
         templates,
     }))
 }
@@ -982,7 +1285,7 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
 pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
     let dir = p.dir()?;
     let stopped = match connect(&dir).map_err(failure_to_io)? {
-        Some(conn) => {
+        Some((conn, _)) => {
             stop_server(conn, p.options.stop_grace)?;
             true
         }
@@ -1007,7 +1310,7 @@ pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
 }
 
 /// Stops the server at the other end of `conn`: `["stop"]` (every version understands it as its
-/// first request), then SIGTERM, wait up to `grace`, SIGKILL, wait. The signals go through a
+/// first request), then SIGTERM and SIGCONT, wait up to `grace`, SIGKILL, wait. The signals go through a
 /// pidfd of the process that listens on the socket (from the kernel, not from anything the
 /// server says).
 fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
@@ -1021,6 +1324,9 @@ fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
         Err(_) => return Ok(()),
     };
     sys::pidfd_kill(pidfd.as_fd(), libc::SIGTERM)?;
+    // A stopped server (SIGSTOP) acts on SIGTERM only once continued: it then lets its
+    // templates go, continuing those that are stopped too (as `kill` does for a stopped job).
+    let _ = sys::pidfd_kill(pidfd.as_fd(), libc::SIGCONT);
     if sys::wait_fd(pidfd.as_fd(), libc::POLLIN, Some(Instant::now() + grace))? {
         return Ok(());
     }
@@ -1053,7 +1359,7 @@ pub(crate) fn restart<A: Application>(p: &Preloader<A>) -> io::Result<Restarted>
     let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
-    let (mut conn, _) = connect_checked(p, &dir).map_err(failure_to_io)?;
+    let Connected { mut conn, .. } = connect_checked(p, &dir).map_err(failure_to_io)?;
     conn.write_array(["preload", key.as_str()])
         .map_err(io::Error::from)?;
     let mut buf = MessageBuf::new();

@@ -35,7 +35,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use super::os::ArgvArea;
 use super::template::{ARGV_SLOTS, ENV_KEY};
 use super::{
-    build_id, lock_within, Application, Dir, Kind, Preloader, ENV_ROLE, FIX_DIR, PROTOCOL_VERSION,
+    build_id, lock_within, Application, Dir, Kind, Preloader, Unlinked, ENV_ROLE, FIX_DIR,
+    PROTOCOL_VERSION,
 };
 use crate::channel::Channel;
 use crate::client::{ServerHandle, StopOptions};
@@ -75,7 +76,8 @@ pub(crate) const LOG_LIMIT: u64 = 1 << 20;
 /// Where the log is, for [`bound_log`]: the directory and the log's identity (the server's
 /// stderr must be that file). Unset for `--preloader serve`, which logs to its terminal.
 struct LogFiles {
-    dir: File,
+    /// The server's open directory ([`Dir`], which lives until the process exits).
+    dir: std::os::fd::RawFd,
     log: OsString,
     old: OsString,
 }
@@ -102,7 +104,9 @@ fn bound_log() {
     }
     let copy = || -> io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
-        let dir = files.dir.as_fd();
+        // SAFETY: the directory's descriptor stays open for the life of the server (see
+        // `LogFiles::dir`).
+        let dir = unsafe { BorrowedFd::borrow_raw(files.dir) };
         let mut from = super::os::open_at(dir, &files.log, libc::O_RDONLY)?;
         if (from.metadata()?.dev(), from.metadata()?.ino()) != (meta.dev(), meta.ino()) {
             return Ok(()); // our stderr is not (or no longer) that file
@@ -147,11 +151,14 @@ pub(crate) fn launch<A: Application>(p: &Preloader<A>, role: &OsStr) -> io::Resu
     match unsafe { sys::fork() }? {
         0 => {
             sys::setsid()?;
-            let mut ready = File::from(ready);
-            match serve(p, &dir, Some(&mut ready)) {
+            // Closed (by `serve`) once it said "ready": its reader is gone by then.
+            let mut ready = Some(File::from(ready));
+            match serve(p, &dir, &mut ready) {
                 Ok(()) => sys::exit_now(0),
                 Err(e) => {
-                    let _ = writeln!(ready, "{e}");
+                    if let Some(mut ready) = ready {
+                        let _ = writeln!(ready, "{e}");
+                    }
                     log(&format!("server failed: {e}"));
                     sys::exit_now(1)
                 }
@@ -171,7 +178,7 @@ pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
             format!("{}; to use the preloader, {FIX_DIR}", u.0),
         )
     })?;
-    serve(p, &dir, None)
+    serve(p, &dir, &mut None)
 }
 
 /// A command for a template: the client's socket, positioned after its `["run", key]` (the
@@ -295,6 +302,13 @@ struct TemplateState {
     current: Option<(ServerHandle, Stamps)>,
     /// The server stopped this template: no more commands.
     closed: bool,
+    /// The environment the last template of this key was started with (a command's own, see
+    /// [`template_environment`]); a restart for a watched file reuses it.
+    env: Option<Arc<Vec<(OsString, OsString)>>>,
+    /// The last preload's failure: when it ended, and the error for the client. A command that
+    /// was waiting for that preload gets this error rather than starting (and waiting for)
+    /// another preload; a later command tries again.
+    failed: Option<(Instant, &'static str, String)>,
 }
 
 struct State<A> {
@@ -315,6 +329,11 @@ struct State<A> {
     conns: AtomicUsize,
     /// When a connection last started or ended, in ms since `started`.
     last_activity: AtomicU64,
+    /// The idle timeout in force (for `status`).
+    idle_timeout: Mutex<Duration>,
+    /// Threads stopping wedged templates: joined before the server exits, so that none is left
+    /// running unanswered.
+    wedged: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl<A> State<A> {
@@ -620,7 +639,7 @@ impl Idle {
                         // Wedged, and its channel is out of step (a late answer would be read
                         // as the next command's): replace it, as `run_job` does.
                         if let Some((handle, _)) = t.current.take() {
-                            kill_wedged(handle);
+                            kill_wedged(state, handle);
                             set_info(&slot, None);
                         }
                     }
@@ -657,9 +676,9 @@ fn template_activity(handle: &mut ServerHandle) -> Result<(usize, Duration), Err
 }
 
 /// Serves from `dir` until stopped: started by a client (`ready` is the pipe it waits on, our
-/// stdout and stderr the log), or in the foreground by `--preloader serve` (no `ready`, logging
-/// to the terminal).
-fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) -> io::Result<()> {
+/// stdout and stderr the log; closed once "ready" is written), or in the foreground by
+/// `--preloader serve` (no `ready`, logging to the terminal).
+fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) -> io::Result<()> {
     let foreground = ready.is_none();
     // In the foreground, a server that holds the pidfile is a running one: say so at once.
     let wait = if foreground {
@@ -672,7 +691,7 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
     writeln!(pidfile, "{}", sys::getpid())?;
     if !foreground {
         let _ = LOG_FILES.set(LogFiles {
-            dir: File::from(dir.fd().try_clone_to_owned()?),
+            dir: dir.fd().as_raw_fd(),
             log: dir.name(Kind::Log),
             old: dir.name(Kind::OldLog),
         });
@@ -733,6 +752,8 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
         queue: Mutex::new(queue_rx),
         conns: AtomicUsize::new(0),
         last_activity: AtomicU64::new(0),
+        idle_timeout: Mutex::new(Duration::ZERO),
+        wedged: Mutex::new(Vec::new()),
     });
     let idle_timeout = super::idle_timeout(&p.options).unwrap_or_else(|why| {
         log(&why);
@@ -742,9 +763,10 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
         timeout: idle_timeout,
         next: (!idle_timeout.is_zero()).then(|| Instant::now() + idle_timeout),
     };
-    if let Some(ready) = ready {
+    if let Some(mut ready) = ready.take() {
         ready.write_all(b"ready\n")?;
     }
+    *state.idle_timeout.lock().unwrap_or_else(|e| e.into_inner()) = idle_timeout;
     log(&format!(
         "listening on {} (build {}, idle timeout {})",
         dir.display(Kind::Sock).display(),
@@ -783,7 +805,24 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
             fds.push(listener.as_fd());
             fds.len() - 1
         });
-        let ready = sys::poll_in(&fds, deadline)?;
+        let ready = match sys::poll_in(&fds, deadline) {
+            Ok(r) => r,
+            // More descriptors polled than `RLIMIT_NOFILE` allows (someone lowered it under
+            // our feet): out of descriptors, as for a failing `accept`: stop polling the
+            // listener for a while, rather than fail.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && listen_at.is_some() => {
+                accept_failures += 1;
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                paused_until = Some(Instant::now() + backoff);
+                if accept_failures == 1 {
+                    log(&format!(
+                        "poll: {e} (out of descriptors): new connections wait"
+                    ));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if ready[0] {
             if let Some(sig) = sys::read_signalfd(sigfd.as_fd())? {
                 log(&format!("signal {sig}: stopping"));
@@ -891,7 +930,11 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
     drop(queue_tx); // idle connection threads end
 
     // Shut down: stop accepting, remove our files (only if they are still ours), let a
-    // successor take the pidfile, then stop every template (their workers get SIGTERM).
+    // successor take the pidfile, then let the templates go. Whatever stopped us (`--preloader
+    // stop` or `restart`, a newer build, a lost socket or directory, the idle timeout), a
+    // command that runs is the user's and finishes: each template sees its channel close,
+    // takes no more commands and exits once its running workers have ended (a template still
+    // preloading has none and is ended now).
     drop(listener);
     remove_own_files(dir, sock_id, pid_id);
     drop(pidfile);
@@ -913,11 +956,18 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: Option<&mut File>) 
         let mut t = slot.lock();
         t.closed = true;
         if let Some((handle, _)) = t.current.take() {
-            shutdown_template(handle);
+            // A template someone stopped (SIGSTOP) would never see its channel close: it is
+            // continued first (it is our unreaped child, so its pidfd names exactly it).
+            let _ = sys::pidfd_kill(handle.pidfd(), libc::SIGCONT);
+            handle.detach();
         }
         set_info(&slot, None);
     }
-    log("stopped");
+    let wedged = std::mem::take(&mut *state.wedged.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in wedged {
+        let _ = w.join();
+    }
+    log("stopped (running commands finish in their templates)");
     Ok(())
 }
 
@@ -937,9 +987,9 @@ fn remove_own_files(dir: &Dir, sock: (u64, u64), pid: (u64, u64)) {
         Ok((true, _lock)) => {
             for (kind, id) in [(Kind::Sock, sock), (Kind::Pid, pid)] {
                 match dir.unlink_if(kind, id) {
-                    Ok(true) => {}
-                    Ok(false) => log(&format!(
-                        "{} is no longer ours: left in place",
+                    Ok(Unlinked::Removed | Unlinked::Absent) => {}
+                    Ok(Unlinked::Other) => log(&format!(
+                        "{} is no longer ours (another file is there now): left in place",
                         dir.display(kind).display()
                     )),
                     Err(e) => log(&format!(
@@ -1115,13 +1165,16 @@ fn set_info(slot: &Slot, pid: Option<u32>) {
     i.preloading = None;
 }
 
-/// `["ok", server uptime ms, log, then per template: key, state, pid, uptime ms, resident
-/// bytes, running workers]` (state: `running`, `preloading`, `stopped`; empty fields unknown).
+/// `["ok", server uptime ms, log, idle timeout ms (0: none), then per template: key, state,
+/// pid, uptime ms, resident bytes, running workers]` (state: `running`, `preloading`,
+/// `stopped`; empty fields unknown).
 fn status_reply<A: Application>(state: &State<A>) -> Vec<String> {
+    let idle = *state.idle_timeout.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = vec![
         "ok".to_owned(),
         state.started.elapsed().as_millis().to_string(),
         state.log.clone(),
+        idle.as_millis().to_string(),
     ];
     let slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
     let mut keys: Vec<&String> = slots.keys().collect();
@@ -1168,6 +1221,18 @@ fn slot_of<A>(state: &State<A>, key: &str) -> Option<Arc<Slot>> {
     ))
 }
 
+/// Who needs a template started.
+enum Requester<'a> {
+    /// A command, on this connection (closed, and set to `None`, if it leaves during the
+    /// preload). The template gets the command's environment.
+    Command(&'a mut Option<OwnedFd>),
+    /// `--preloader restart`, on this connection: the template gets its environment.
+    Restart(BorrowedFd<'a>),
+    /// The server itself (a watched file changed): the template gets the environment of the
+    /// previous one.
+    Background,
+}
+
 /// Makes sure `t` holds a live template of `key` whose watched files have not changed: retires
 /// a dead or outdated one, starts (preloads) a new one. On failure, returns the error kind and
 /// text for the client.
@@ -1176,7 +1241,7 @@ fn ensure_template<A: Application>(
     slot: &Slot,
     t: &mut TemplateState,
     key: &str,
-    client: Option<&mut Option<OwnedFd>>,
+    requester: Requester<'_>,
 ) -> Result<(), (&'static str, String)> {
     if let Some((handle, _)) = &mut t.current {
         if handle.channel().is_broken() && matches!(handle.try_wait(), Ok(None)) {
@@ -1187,23 +1252,21 @@ fn ensure_template<A: Application>(
                 "template {key:?} (pid {}) stopped answering: replaced",
                 handle.pid()
             ));
-            kill_wedged(handle);
+            kill_wedged(state, handle);
             set_info(slot, None);
         }
     }
     if let Some((handle, stamps)) = &mut t.current {
-        let dead = !matches!(handle.try_wait(), Ok(None));
+        let ended = handle.try_wait();
+        let dead = !matches!(ended, Ok(None));
         if dead || changed(stamps) {
+            let how = match ended {
+                Ok(Some(status)) => format!("died ({})", describe_status(status)),
+                Ok(None) => "retired: a watched file changed".to_owned(),
+                Err(e) => format!("died ({e})"),
+            };
             let (handle, _) = t.current.take().expect("checked");
-            log(&format!(
-                "template {key:?} (pid {}) {}",
-                handle.pid(),
-                if dead {
-                    "died"
-                } else {
-                    "retired: a watched file changed"
-                }
-            ));
+            log(&format!("template {key:?} (pid {}) {how}", handle.pid()));
             retire(handle);
             set_info(slot, None);
         }
@@ -1216,18 +1279,94 @@ fn ensure_template<A: Application>(
         w.watch(key, &files);
     }
     let watched = stamps(files);
-    match start_template(state, slot, key, client) {
+    let (env, client) = match requester {
+        Requester::Command(client) => {
+            let env = match client.as_ref() {
+                Some(c) => Some(template_environment(key, c.as_fd())?),
+                None => None,
+            };
+            (env, Some(client))
+        }
+        Requester::Restart(conn) => (Some(template_environment(key, conn)?), None),
+        Requester::Background => (None, None),
+    };
+    let env = env
+        .map(Arc::new)
+        .or_else(|| t.env.clone())
+        .unwrap_or_else(|| Arc::new(std::env::vars_os().collect()));
+    t.env = Some(Arc::clone(&env));
+    match start_template(state, slot, key, &env, client) {
         Ok(h) => {
             log(&format!("template {key:?} preloaded (pid {})", h.pid()));
             set_info(slot, Some(h.pid()));
             t.current = Some((h, watched));
+            t.failed = None;
             Ok(())
         }
         Err((kind, text)) => {
             log(&format!("template {key:?}: {text}"));
             set_info(slot, None);
-            Err((kind, format!("{text}; its output is in {}", state.log)))
+            let text = format!("{text}; its output is in {}", state.log);
+            t.failed = Some((Instant::now(), kind, text.clone()));
+            Err((kind, text))
         }
+    }
+}
+
+/// The environment a template of `key` starts (and preloads) with: that of the process at the
+/// other end of `conn` (a command of that key), as a fresh run of the command would have it
+/// (template keys stand for environments: `RAILS_ENV` and the configuration that goes with
+/// it), without the variables that only inject code (`LD_PRELOAD`, `LD_AUDIT`: a client with
+/// one runs in-process). If it cannot be read, the server's own (and the log says why).
+///
+/// Only a process confined nowhere more than this server gives its environment: a template
+/// runs in the server's context, so a sandboxed process (of the same uid, that reaches the
+/// socket) must not choose what it loads and runs there (`LD_LIBRARY_PATH`, `GCONV_PATH`, the
+/// application's own configuration). For such a process, `Err(("confined", why))`: no template
+/// is started for it, and the client runs its command in-process (a template would refuse its
+/// command anyway).
+fn template_environment(
+    key: &str,
+    conn: BorrowedFd<'_>,
+) -> Result<Vec<(OsString, OsString)>, (&'static str, String)> {
+    use super::context::{judge, unreadable, ProcessContext, Verdict};
+    let verdict = match (
+        ProcessContext::of_this_process(),
+        ProcessContext::of_peer(conn),
+    ) {
+        (Ok(own), Ok(peer)) => {
+            // Attributes and loader variables are not the point here (the template judges
+            // them for each command): the same on both sides.
+            let attrs = super::attrs::Attrs::of_this_process(0);
+            judge(&own, &attrs, &[], &peer, &attrs, std::iter::empty())
+        }
+        (Err(e), _) | (_, Err(e)) => unreadable(&e),
+    };
+    if let Verdict::InProcess(why) = verdict {
+        log(&format!(
+            "template {key:?} not started for a confined client ({why}): it runs its command \
+             in-process"
+        ));
+        return Err(("confined", why));
+    }
+    Ok(match super::context::environ_of_peer(conn) {
+        Ok(env) => env,
+        Err(e) => {
+            log(&format!(
+                "template {key:?} preloads with the server's environment: the command's cannot \
+                 be read ({e})"
+            ));
+            std::env::vars_os().collect()
+        }
+    })
+}
+
+/// A template's wait status, for the log: "killed by signal 9 (SIGKILL)", "exit status 1".
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(sig) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        None => status.to_string(),
     }
 }
 
@@ -1239,6 +1378,7 @@ fn start_template<A: Application>(
     state: &State<A>,
     slot: &Slot,
     key: &str,
+    env: &[(OsString, OsString)],
     client: Option<&mut Option<OwnedFd>>,
 ) -> Result<ServerHandle, (&'static str, String)> {
     let fail = |e: &dyn std::fmt::Display| {
@@ -1249,12 +1389,34 @@ fn start_template<A: Application>(
     };
     let (mine, theirs) = Channel::pair().map_err(|e| fail(&e))?;
     let theirs_raw = theirs.as_raw_fd();
+    // Its log (our stderr) as descriptor 4, for once it has preloaded; until then its output
+    // goes through a pipe that a thread of ours copies into the log, bounded.
+    let log_fd = sys::dup_at_least(io::stderr().as_fd(), 10).map_err(|e| fail(&e))?;
+    let log_raw = log_fd.as_raw_fd();
+    let (output, copied) = match copy_output_in_background(key) {
+        Some((w, done)) => (Some(w), Some(done)),
+        None => (None, None),
+    };
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(format!("{}: template {key}", state.app.name()))
         .args(std::iter::repeat("").take(ARGV_SLOTS))
+        .env_clear()
+        .envs(
+            env.iter()
+                .filter(|(k, _)| {
+                    k != ENV_ROLE
+                        && k != ENV_KEY
+                        && !super::context::INJECTED.iter().any(|i| k == OsStr::new(i))
+                })
+                .map(|(k, v)| (k, v)),
+        )
         .env(ENV_ROLE, "template")
         .env(ENV_KEY, key)
         .stdin(Stdio::null());
+    if let Some(w) = output {
+        let copy = w.try_clone().map_err(|e| fail(&e))?;
+        cmd.stdout(Stdio::from(copy)).stderr(Stdio::from(w));
+    }
     // SAFETY: the closure only calls dup2, fcntl and prctl (async-signal-safe) on descriptors
     // open in the child.
     unsafe {
@@ -1267,9 +1429,13 @@ fn start_template<A: Application>(
             } else if libc::dup2(theirs_raw, 3) == -1 {
                 return Err(io::Error::last_os_error());
             }
-            // Only 0, 1, 2 and 3: not what the server inherited from the client that started
-            // it, nor the server's own sockets.
-            super::os::cloexec_from(4);
+            // (log_raw is at least 10: the channel is in place already.)
+            if libc::dup2(log_raw, 4) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // Only 0 to 4: not what the server inherited from the client that started it, nor
+            // the server's own sockets.
+            super::os::cloexec_from(5);
             // While it preloads, nothing but this thread watches it: it dies with the server
             // (the template clears this once preloaded).
             libc::prctl(
@@ -1283,6 +1449,10 @@ fn start_template<A: Application>(
         });
     }
     let child = cmd.spawn().map_err(|e| fail(&e))?;
+    // Our copies of what the template was given: the copying thread sees the end of the pipe
+    // once the template is done with it.
+    drop(cmd);
+    drop(log_fd);
     drop(theirs);
     let pid = child.id() as libc::pid_t;
     drop(child); // not waited for by std: the handle below reaps it
@@ -1319,9 +1489,86 @@ fn start_template<A: Application>(
         }
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    match handle.await_ready(Some(left.max(Duration::from_millis(1)))) {
+    let ready = handle.await_ready(Some(left.max(Duration::from_millis(1))));
+    // The template has closed the pipe (it writes to the log itself once preloaded, and a
+    // failed one exits): its preload's output is all in the log, which is bounded again,
+    // before anything else happens. (Unless the preload kept a copy of its stdout: then the
+    // copying goes on in the background.)
+    if let Some(done) = copied {
+        let _ = done.recv_timeout(Duration::from_secs(1));
+    }
+    match ready {
         Ok(()) => Ok(handle),
         Err(e) => Err(preload_error(state, key, pid, timeout, e)),
+    }
+}
+
+/// Starts a thread that copies what a template writes while it preloads (a pipe: its stdout
+/// and stderr) into our stderr (the log, or the terminal of `--preloader serve`), keeping the
+/// log bounded as it goes ([`bound_log`]) however much the preload prints, until the template
+/// closes the pipe (once preloaded, it writes to the log itself). Whole lines at a time where
+/// it can, so that they do not interleave with the server's own. Returns the pipe's write
+/// end, and what says the copying ended; `None` if no thread could be started (the template
+/// then writes to the log itself).
+fn copy_output_in_background(key: &str) -> Option<(OwnedFd, Receiver<()>)> {
+    let (from, to) = match sys::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!(
+                "template {key:?}: no pipe for its output ({e}): it writes to the log"
+            ));
+            return None;
+        }
+    };
+    let (done_tx, done) = channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("preload-output".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut pending = 0;
+            loop {
+                // SAFETY: reading into the unused part of a live buffer.
+                let n = unsafe {
+                    libc::read(
+                        from.as_raw_fd(),
+                        buf[pending..].as_mut_ptr().cast(),
+                        buf.len() - pending,
+                    )
+                };
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if n <= 0 {
+                    break;
+                }
+                pending += n as usize;
+                let cut = match buf[..pending].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None if pending == buf.len() => pending,
+                    None => 0,
+                };
+                if cut > 0 {
+                    sys::write_raw(2, &buf[..cut]);
+                    buf.copy_within(cut..pending, 0);
+                    pending -= cut;
+                    bound_log();
+                }
+            }
+            if pending > 0 {
+                sys::write_raw(2, &buf[..pending]);
+                bound_log();
+            }
+            drop(from);
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => Some((to, done)),
+        Err(e) => {
+            log(&format!(
+                "template {key:?}: no thread to copy its output ({e}): it writes to the log"
+            ));
+            None
+        }
     }
 }
 
@@ -1408,13 +1655,14 @@ fn preload_now<A: Application>(
     if t.closed {
         return Err(stopping());
     }
-    ensure_template(state, &slot, &mut t, key, None)?;
+    ensure_template(state, &slot, &mut t, key, Requester::Restart(conn))?;
     Ok(t.current.as_ref().map_or(0, |(h, _)| h.pid()))
 }
 
 /// Hands a command to the template of `key`: starts it on first use, restarts it when it died
 /// or a watched file changed.
 fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
+    let arrived = Instant::now();
     let Some(slot) = slot_of(state, key) else {
         reply_error(job.conn, "stopping", "the preloader server is stopping");
         return;
@@ -1430,8 +1678,21 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
         reply_error(job.conn, "stopping", "the preloader server is stopping");
         return;
     }
+    if t.current.is_none() {
+        if let Some((at, kind, text)) = &t.failed {
+            if *at >= arrived {
+                // This command waited for that preload: its outcome is this command's too (not
+                // a second preload and a second wait).
+                let (kind, text) = (*kind, text.clone());
+                drop(t);
+                reply_error(job.conn, kind, &text);
+                return;
+            }
+        }
+    }
     let mut client = Some(job.conn);
-    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key, Some(&mut client)) {
+    let requester = Requester::Command(&mut client);
+    if let Err((kind, text)) = ensure_template(state, &slot, &mut t, key, requester) {
         drop(t);
         if let Some(conn) = client {
             reply_error(conn, kind, &text);
@@ -1460,7 +1721,7 @@ fn run_job<A: Application>(state: &Arc<State<A>>, key: &str, job: Job) {
             if let Some((handle, _)) = t.current.take() {
                 // Not `retire`: a wedged template would keep its 24 h grace, and one more would
                 // pile up at each command. Stop it now (in the background), as `stop` would.
-                kill_wedged(handle);
+                kill_wedged(state, handle);
                 set_info(&slot, None);
             }
         }
@@ -1539,7 +1800,8 @@ fn restart_template<A: Application>(state: Arc<State<A>>, key: String) {
                 None => false, // never started, or failed: the next command starts it
             };
             if outdated {
-                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key, None) {
+                let again = Requester::Background;
+                if let Err((_, text)) = ensure_template(&state, &slot, &mut t, &key, again) {
                     log(&format!("restarting template {key:?} failed: {text}"));
                 }
             }
@@ -1582,23 +1844,10 @@ fn show_title(name: &str, started: Instant) {
         });
 }
 
-/// Stops a template as the server stops: its workers get SIGTERM.
-fn shutdown_template(mut handle: ServerHandle) {
-    let _ = handle.with_channel(|ch| {
-        ch.write_array(["shutdown"])?;
-        let mut buf = crate::MessageBuf::new();
-        ch.read_reply(&mut buf).map(drop)
-    });
-    let _ = handle.stop_with(StopOptions {
-        after_close: Duration::from_secs(2),
-        after_term: Duration::from_secs(1),
-    });
-}
-
 /// Stops a template that stopped answering, in the background: close, SIGTERM after 2 s, SIGKILL
 /// after 2 more, reaped. Its workers' clients then see their connection end and end the
 /// workers' process groups.
-fn kill_wedged(handle: ServerHandle) {
+fn kill_wedged<A>(state: &State<A>, handle: ServerHandle) {
     let spawned = std::thread::Builder::new()
         .name("preload-kill-wedged".into())
         .spawn(move || {
@@ -1607,10 +1856,15 @@ fn kill_wedged(handle: ServerHandle) {
                 after_term: Duration::from_secs(2),
             });
         });
-    if let Err(e) = spawned {
-        log(&format!(
+    match spawned {
+        Ok(t) => {
+            let mut wedged = state.wedged.lock().unwrap_or_else(|e| e.into_inner());
+            wedged.retain(|t| !t.is_finished());
+            wedged.push(t);
+        }
+        Err(e) => log(&format!(
             "cannot start a thread to stop a wedged template: {e}"
-        ));
+        )),
     }
 }
 
@@ -1619,7 +1873,9 @@ fn retire(handle: ServerHandle) {
     let spawned = std::thread::Builder::new()
         .name("preload-retire".into())
         .spawn(move || {
-            // Closing the channel ends its loop; its finalize waits for its workers.
+            // Closing the channel ends its loop; its finalize waits for its workers. A stopped
+            // template (SIGSTOP) is continued, or it would never see the channel close.
+            let _ = sys::pidfd_kill(handle.pidfd(), libc::SIGCONT);
             let _ = handle.stop_with(StopOptions {
                 after_close: Duration::from_secs(24 * 3600),
                 after_term: Duration::from_secs(2),

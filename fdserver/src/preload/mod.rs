@@ -57,8 +57,8 @@
 //!   is not UTF-8 or longer than `PATH_MAX` work.
 //! * **Descriptors**: 0, 1, 2 are the client's own (a terminal stays a terminal), and so are
 //!   the others the caller passed on through `exec` (`7>file`, a jobserver's pipe), under the
-//!   same numbers (up to 64 of them). A number the template itself uses (a file the preload
-//!   opened and kept) cannot be given; `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//!   same numbers (up to 64 of them; with more, or with one under a number the template itself
+//!   uses, a file the preload opened and kept, the command runs in-process).
 //! * **Thread and stack**: `run` runs on the main thread (named `main` in panics) with the main
 //!   thread's stack, growing up to the client's `RLIMIT_STACK`.
 //! * **Signals**: the dispositions of a fresh `main` of the program (std's handlers, SIGPIPE
@@ -66,9 +66,10 @@
 //!   across `exec`: `nohup`, `trap '' INT`); the caller's **signal mask**.
 //! * **Process attributes** an `exec`'d program inherits: umask, every resource limit, nice
 //!   value, scheduling policy and priority, CPU affinity, I/O priority, timer slack,
-//!   personality, `no_new_privs`. The worker changes only those that differ from its
-//!   template's; one it cannot change (raising a hard limit or lowering the nice value needs
-//!   privileges) stays the template's, and `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//!   personality. The worker changes only those that differ from its template's. One it
+//!   cannot take on (raising a hard limit or lowering the nice value needs privileges) is never
+//!   silently left as the template's: see [When a command runs
+//!   in-process](#when-a-command-runs-in-process).
 //! * **Signals from outside**: the client relays every signal it can catch (all but KILL,
 //!   STOP, the faults SEGV, BUS, FPE, ILL, TRAP, SYS, and PIPE, CHLD) to the worker's process
 //!   group. Before the worker exists (its template still preloading), the client does what the
@@ -82,22 +83,80 @@
 //!   signal: the shell sees the job stopped, and `fg` / `bg` continue the client, which
 //!   continues the worker.
 //! * **Exit**: the client exits with the worker's code, or dies by the signal that killed it.
+//! * **The preload's environment**: a template preloads with the environment of the command
+//!   that started it, a command of its key (as that command run without the preloader would
+//!   have), not with the server's.
 //!
-//! What cannot be the same, and why:
+//! ### When a command runs in-process
 //!
-//! * **The terminal's job control for reads and writes.** A background job that reads its
-//!   terminal gets SIGTTIN (and, with `stty tostop`, one that writes gets SIGTTOU) only if the
-//!   terminal is its *controlling* terminal, which requires being in the terminal's session.
-//!   Linux lets a process into a session only by being forked there (`setpgid` cannot cross
-//!   sessions), and the worker is forked by the template, which serves every terminal. So a
-//!   warm background command that reads the terminal is not stopped, `/dev/tty` cannot be
-//!   opened in a worker, and `tcgetpgrp` on the terminal fails there. Run such commands with
-//!   `FDSERVER_PRELOAD=0`. (Spring has the same limit.)
+//! A worker is forked from its template, so it lives in the template's context: what a
+//! process gets when it is *started*, and cannot take on later. When the client's context
+//! differs from the template's there, a worker would not be what a fresh run is, and the
+//! command runs in the client instead, exactly as with `FDSERVER_PRELOAD=0` (it preloads
+//! there); `FDSERVER_PRELOAD_VERBOSE=1` says why. The cases:
+//!
+//! * **A sandbox**: a seccomp filter, `no_new_privs` (which Landlock and an unprivileged
+//!   seccomp filter need), fewer capabilities (in any of the five sets: `setpriv
+//!   --bounding-set`), other group ids or supplementary groups (`newgrp`, `sg`, a group change
+//!   since the server started), another namespace (cgroup, ipc, mnt, net, pid, time, user,
+//!   uts: `unshare`, bwrap, firejail, a container), a cgroup that limits it where the
+//!   template's does not (`memory`, `pids`, `cpu`, `io`, `cpuset`, `devices` limits between
+//!   its cgroup and the common ancestor; another terminal's unlimited scope is fine), or a
+//!   confinement that keeps it from inspecting the server (a Landlock domain, a security
+//!   module: the client checks with `kcmp`).
+//! * **A tracer** (`strace`, `gdb`, `perf`, `valgrind`'s ptrace... : `TracerPid`): the tracer
+//!   would not see the worker. No server is started under a tracer either.
+//! * **Loader variables**: `LD_PRELOAD` or `LD_AUDIT` set (the server and templates never load
+//!   them), or another value than the template's of a variable read at start (`LD_*`,
+//!   `GLIBC_TUNABLES`, `MALLOC_*`).
+//! * **A background job of its terminal**: started with `&` and reading its terminal (or
+//!   writing it, with `stty tostop`), it must stop (SIGTTIN, SIGTTOU) as a job of the
+//!   terminal's session, which a worker is not.
+//! * **Descriptors**: more than 64 inherited, or one under a number the template uses.
+//! * **Attributes** the worker cannot take on (a higher hard limit, a lower nice value, a
+//!   scheduling policy it may not set...), when the template is not just more limited (below).
+//!
+//! When it is the **template that is more confined** (its server was started by a command
+//! under `ulimit -H`, `nice`, `setpriv --no-new-privs`, in a limiting cgroup...) and the
+//! command is nowhere more confined than the template, the command replaces the server: it
+//! stops it (whose running commands finish) and starts one under its own, wider, context, then
+//! runs warm there. The server also starts with what a worker can always take back: soft
+//! resource limits raised to the hard ones (`RLIMIT_STACK` excepted), every allowed CPU, a
+//! normal scheduling policy and I/O class.
+//!
+//! Besides, a command runs in-process, after one line on stderr saying why, when the
+//! preloader cannot be used: an unusable directory (see [Security](#security)), or a server
+//! that does not answer within [`Options::handshake_timeout`] (wedged, or at its connection
+//! limit).
+//!
+//! The sandbox is read by the template from the kernel, not taken from what the client says:
+//! `/proc/<pid>/status` (capabilities, `no_new_privs`, seccomp, groups, tracer), `ns/*` and
+//! `cgroup` of the process at the other end of the client's socket (`SO_PEERCRED`, pinned by
+//! its pidfd), so any process of the user that can reach the socket, sandboxed or not, gets
+//! its command run in its own confinement or not at all. A Landlock domain cannot be read from
+//! outside: an unprivileged process needs `no_new_privs` for it, which is seen; a privileged
+//! one that sets up Landlock without `no_new_privs` is seen only by a client that checks itself
+//! (this one does): keep the preloader's directory out of such sandboxes. These checks cost
+//! about 20 system calls in the template and 3 to 6 in the client per command (see
+//! BENCHMARKS.md).
+//!
+//! ### What cannot be the same, and why
+//!
+//! * **A job put in the background later** (Ctrl-Z, then `bg`) that reads its terminal is not
+//!   stopped: a worker is not in the terminal's session (Linux lets a process into a session
+//!   only by being forked there), and the client decides only at the start. For the same
+//!   reason `/dev/tty` cannot be opened in a worker, and `tcgetpgrp` on the terminal fails
+//!   there. Run such commands with `FDSERVER_PRELOAD=0`.
 //! * **SIGSTOP sent to the client** stops the client only: it cannot be caught, so it cannot
 //!   be relayed. Ctrl-Z (SIGTSTP) stops both.
-//! * **Credentials, namespaces, cgroup, Landlock domain** are the server's (the server serves
-//!   only its own uid). A client confined by a seccomp filter its template lacks runs the
-//!   command in-process instead of escaping the filter.
+//! * **A crash's core dump** is the worker's, the command's own (where the system puts cores).
+//!   The client then dies by the same signal without dumping core itself (it would replace or
+//!   bury the worker's), so a shell shows no "(core dumped)".
+//! * **Resource accounting**: a worker counts in the template's cgroup, not the client's (when
+//!   the client's limits nothing, else it runs in-process); its CPU time is not the client's.
+//! * **The preloaded state** comes from the first command of a key: a later command of the key
+//!   with other values of the variables the preload read gets the state preloaded with the
+//!   first one's (`--preloader restart` preloads again).
 //! * **What a fork shares**: the address-space layout, std's `HashMap` random keys and other
 //!   seeds drawn before the fork are the template's (reseed in `run` what must differ per
 //!   command), and the stack gap below the main stack was sized when the template started
@@ -110,12 +169,21 @@
 //! ## Tooling
 //!
 //! * `--preloader status`: the application, the socket and log paths, the server (pid, as the
-//!   kernel reports the process listening on the socket; uptime; version) and each template
-//!   (pid, uptime, resident memory, running commands, or that it is preloading).
+//!   kernel reports the process listening on the socket; uptime; version; idle timeout) and
+//!   each template (pid, uptime, resident memory, running commands, or that it is preloading).
 //!   [`Preloader::status`] returns the same as a [`Status`].
-//! * `--preloader stop` stops the server and its templates ([`Preloader::stop`]);
+//! * `--preloader stop` stops the server and its idle templates ([`Preloader::stop`]);
 //!   `--preloader restart` stops it, starts a new one and preloads the template of the current
-//!   environment, so that the next command is warm ([`Preloader::restart`]).
+//!   environment, so that the next command is warm ([`Preloader::restart`]). **Running
+//!   commands finish**: their templates take no more commands and exit once their last command
+//!   ends (to end a running command, end it: Ctrl-C, `kill`). The same holds whatever stops a
+//!   server: a newer build, its socket or directory gone, the idle timeout. This is chosen so
+//!   that managing the preloader never ends a user's command, which the same command run
+//!   without it would not have seen; a template still preloading is ended at once. A template
+//!   someone stopped (SIGSTOP) is continued, so that it sees the stop (`stop` continues a
+//!   stopped server too, and a template whose server was killed is continued by the kernel:
+//!   its parent-death signal is SIGCONT). A command that was waiting for the server (for a
+//!   preload, say) starts the next one.
 //! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
 //!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
 //! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template
@@ -130,7 +198,8 @@
 //! * The server exits by itself after [`Options::idle_timeout`] without commands (see
 //!   [State recovery](#state-recovery)).
 //! * `FDSERVER_PRELOAD_VERBOSE=1`: each command says on stderr, before it runs, whether it runs
-//!   preloaded and in which template (pid, age), or in-process.
+//!   preloaded and in which template (pid, age), or in-process and why; and when it started or
+//!   replaced the server.
 //! * Errors name the process that failed (the server, or the template for a key, with its pid
 //!   and the signal that killed it), say where its output went, and what to do.
 //! * [`Application::run_without_preload`]: commands such as `--help` run in the client without
@@ -151,9 +220,9 @@
 //! * The server's accept loop never waits for a template: each connection is served by its own
 //!   thread (idle ones are reused), so clients queue behind a preloading template instead of
 //!   timing out. The template reads a command's arguments, environment, attributes and
-//!   descriptors from the client itself (one `sendmsg` right after its first message); a
-//!   client that stalls halfway holds up its template's next commands for at most 3 s in all,
-//!   then gets a clear error.
+//!   descriptors from the client itself (one `sendmsg` right after its first message); each
+//!   client that stalls halfway holds up its template's next commands for at most 3 s (several
+//!   such clients, one after the other), then gets a clear error.
 //! * A client that dies mid-command takes its worker with it (the template kills the worker's
 //!   process group), so no orphaned worker keeps running; a client whose template dies ends the
 //!   worker itself, through the worker's pidfd.
@@ -166,6 +235,11 @@
 //!   in a worker, and locks held by the others stay locked there (see the crate docs on fork
 //!   safety). Build with threads if you like, then join them.
 //! * Its output goes to the server's log, never to a client.
+//! * It sees the environment of the command that started its template (a command of its
+//!   key); that environment is the template's for as long as it lives. A command confined
+//!   anywhere more than the server (a sandbox, see [When a command runs
+//!   in-process](#when-a-command-runs-in-process)) starts no template: it runs in-process, so
+//!   that a sandboxed process cannot choose what an unconfined template loads and runs.
 //! * `run` owns the worker process: it may change the environment, exit, or exec. Install
 //!   signal handlers there, not before `Preloader::main` (a worker gets those of a fresh
 //!   `main`, but the threads or state such handlers rely on are the template's).
@@ -183,8 +257,13 @@
 //! instead) and `.log.1` (the log's previous part).
 //!
 //! The log is bounded: when it exceeds 1 MiB, its last 1 MiB moves to `.log.1` and it starts
-//! again empty. The server checks this whenever it writes a line to it and after each preload,
-//! so the log may exceed the bound while a preload runs, until that preload ends.
+//! again empty. The server checks this whenever it writes a line to it, and a template's output
+//! while it preloads goes through a pipe that the server copies into the log (and checks), so
+//! the bound holds during a preload too, however much it prints. A preloaded template writes
+//! to the log itself (it rarely writes at all).
+//!
+//! The directory's path must be absolute: a relative one would be another directory (and
+//! another server) in each working directory; the command runs in-process, saying so.
 //!
 //! ## Security
 //!
@@ -208,19 +287,22 @@
 //!   the client signals the worker's process group only through it (`pidfd_send_signal` with
 //!   `PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9; on older kernels by number, and only while the
 //!   pidfd shows the worker still running), so a recycled number is never signalled. A worker
-//!   pid of 0 or 1 ends the command with an error.
+//!   pid of 0 or 1 ends the command with an error. A client's sandbox is read from the kernel
+//!   too (see [When a command runs in-process](#when-a-command-runs-in-process)): a sandboxed
+//!   process that reaches the socket cannot have a command run outside its sandbox (for
+//!   Landlock, see there).
 //! * **Resources.** The server serves at most 64 connections at once (a thread each); more
 //!   clients wait in the socket's listen queue until one ends (a client that waits longer than
-//!   [`Options::handshake_timeout`] gets an error saying the server is wedged or busy). A failing
-//!   `accept` (out of descriptors, say) pauses new connections with a back-off of 10 ms doubling
-//!   up to 1 s, logged once until `accept` works again.
+//!   [`Options::handshake_timeout`] runs its command in-process, after a line saying the server
+//!   is wedged or busy). A failing `accept` (out of descriptors, say) pauses new connections with
+//!   a back-off of 10 ms doubling up to 1 s, logged once until `accept` works again.
 //!
 //! ## State recovery
 //!
 //! * **The server's own files.** The server watches its directory (inotify on the open
 //!   directory): when its socket or pidfile is removed or replaced, or the directory is removed,
-//!   moved, replaced or opened to others, it exits promptly with its templates (after their
-//!   running workers), and the next command starts a new server. Without inotify it checks every
+//!   moved, replaced or opened to others, it exits promptly (its templates finish their running
+//!   commands, then exit), and the next command starts a new server. Without inotify it checks every
 //!   5 s. An exiting server removes its socket and pidfile only if they are still its own (same
 //!   device and inode), and only while no client is starting a successor (the start lock); a
 //!   new server waits (up to 10 s, woken by inotify) for an exiting one to release the pidfile.
@@ -229,17 +311,19 @@
 //!   from the loaded image at no cost), or, for an executable linked without one, the identity
 //!   of the running file (device, inode, size, modification and change times). A client of
 //!   another build (say, after `cargo build` replaced the program at the same path) stops that
-//!   server and starts its own, as for another protocol version: two builds never share a
-//!   server. A template is always of its server's build: the server starts it from
+//!   server (the old build's running commands finish) and starts its own, as for another
+//!   protocol version: two builds never share a server. A template is always of its server's build: the server starts it from
 //!   `/proc/self/exe`, the very file the server runs, even once the path names a newer build.
 //! * **Idle timeout.** A server with no command starting or running for
 //!   [`Options::idle_timeout`] (default 3 hours; `0` = never; overridden by the environment
 //!   variable `FDSERVER_PRELOAD_IDLE_TIMEOUT`, in seconds or with a unit: `90s`, `30m`, `8h`,
 //!   `0`) exits with its templates. A running command keeps it alive; the timeout counts from the
-//!   end of the last command.
+//!   end of the last command. The server reads it when it starts: a different value later takes
+//!   effect after `--preloader restart` (`status` shows the one in force).
 
 mod attrs;
 mod client;
+mod context;
 mod daemon;
 mod os;
 mod template;
@@ -262,16 +346,20 @@ pub use client::{Status, TemplateState, TemplateStatus};
 ///
 /// Version 3: the template reads the working directory as a descriptor, with the process
 /// attributes and inherited descriptors, from the client (`["run", key]`); the worker sends its
-/// pidfd with its pid; the greeting carries the build identity.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/3";
+/// pidfd with its pid; the greeting carries the build identity. Version 4: the template (or
+/// the worker) may hand a command back (`["error", "confined", why]`) or ask the client to
+/// replace the server (`["error", "outranked", why]`); the worker's pid comes with its
+/// template's; `status` carries the idle timeout.
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/4";
 
-/// Set to `0` (or `off`, `false`, `no`) to run commands without the preloader.
+/// Set to `0` (or `off`, `false`, `no`, in any case) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
 /// Overrides the directory of the socket, pidfile and log.
 pub const ENV_DIR: &str = "FDSERVER_PRELOAD_DIR";
 /// Overrides [`Options::idle_timeout`]: seconds, or a number with a unit (`500ms`, `90s`, `30m`,
 /// `3h`); `0` means never. Read by the server when it starts (it inherits the environment of
-/// the client that starts it).
+/// the client that starts it): set it for the command that starts the server, or run
+/// `--preloader restart` with it.
 pub const ENV_IDLE_TIMEOUT: &str = "FDSERVER_PRELOAD_IDLE_TIMEOUT";
 /// Set (to anything but `0` or empty) to have each command say on stderr, before it runs,
 /// whether it runs preloaded and in which template (`fdserver preloader: running preloaded:
@@ -298,9 +386,10 @@ pub trait Application: Clone + Send + Sync + 'static {
         "default".to_owned()
     }
 
-    /// The expensive part: runs once per template, before any command. Its output goes to the
-    /// server's log. An error is shown to the client that triggered it, and the next command
-    /// tries again.
+    /// The expensive part: runs once per template, before any command, with the environment of
+    /// the command that started the template (one of its key). Its output goes to the server's
+    /// log. An error is shown to the client that triggered it (and to those waiting for the
+    /// same preload), and the next command tries again.
     fn preload(&mut self, key: &str) -> Result<(), BoxError>;
 
     /// Runs one command in a worker: the arguments exclude the program name; the environment,
@@ -433,10 +522,11 @@ impl<A: Application> Preloader<A> {
     ///   it / replaces it with a new one whose template is preloaded / runs a server in the
     ///   foreground, logging to the terminal.
     /// * Otherwise: runs the command through the preloader (starting the server if needed) and
-    ///   exits with the worker's exit code, or dies by the signal that killed it. When the
-    ///   preloader's directory cannot be trusted (see *Security* in the module docs), or the
-    ///   client runs under a seccomp filter its template lacks, the command runs in this process
-    ///   instead.
+    ///   exits with the worker's exit code, or dies by the signal that killed it. When a worker
+    ///   would not be what a fresh run is (a sandbox, a tracer, a background job of its
+    ///   terminal...: see *When a command runs in-process* in the module docs), or the preloader
+    ///   cannot be used (an untrusted directory, a server that does not answer), the command
+    ///   runs in this process instead.
     pub fn main(self) -> ! {
         if let Some(role) = std::env::var_os(ENV_ROLE) {
             // Single-threaded at this point of a fresh process, so changing the environment is
@@ -463,18 +553,22 @@ impl<A: Application> Preloader<A> {
             exit_flushed(code);
         }
         if preloading_disabled() {
-            self.run_in_process(args);
+            self.run_in_process(args, "FDSERVER_PRELOAD is off");
         }
         match client::run(&self) {
             Ok(client::Ran::Outcome(outcome)) => outcome.exit(),
-            Ok(client::Ran::InProcess) => self.run_in_process(args),
+            Ok(client::Ran::InProcess(why)) => self.run_in_process(args, &why),
             Err(client::Failure::Unusable(why)) => {
                 // Never fail the user's command for the preloader's own trouble: run it here.
                 eprintln!(
                     "fdserver preloader: {why}; running this command without the preloader (to \
                      use it, {FIX_DIR})"
                 );
-                self.run_in_process(args)
+                self.run_in_process(args, &why)
+            }
+            Err(client::Failure::Trouble(why)) => {
+                eprintln!("fdserver preloader: {why}; running this command without the preloader");
+                self.run_in_process(args, &why)
             }
             Err(client::Failure::Io(e)) => {
                 eprintln!("fdserver preloader: {e}");
@@ -547,9 +641,9 @@ impl<A: Application> Preloader<A> {
     }
 
     /// Preloads and runs the command in this process (`FDSERVER_PRELOAD=0`, a directory that
-    /// cannot be trusted, or a client that the preloader cannot serve faithfully), and exits
-    /// with its code.
-    fn run_in_process(&self, args: Vec<OsString>) -> ! {
+    /// cannot be trusted, a server in trouble, or a command that a worker would not run as a
+    /// fresh run would: `why`), and exits with its code.
+    fn run_in_process(&self, args: Vec<OsString>, why: &str) -> ! {
         let mut app = self.app.clone();
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let key = app.template_key(&env);
@@ -560,7 +654,8 @@ impl<A: Application> Preloader<A> {
         }
         if verbose() {
             eprintln!(
-                "fdserver preloader: running in-process, not preloaded: {key:?} preloaded in {} ms",
+                "fdserver preloader: running in-process, not preloaded ({why}): {key:?} \
+                 preloaded in {} ms",
                 started.elapsed().as_millis()
             );
         }
@@ -572,14 +667,16 @@ impl<A: Application> Preloader<A> {
         client::status(self)
     }
 
-    /// Stops the server (SIGTERM, then SIGKILL after the grace period), and its templates.
-    /// `Ok(false)` if none was running. Stale files are removed either way.
+    /// Stops the server (SIGTERM, then SIGKILL after the grace period) and its idle templates;
+    /// running commands finish in their templates, which then exit. `Ok(false)` if none was
+    /// running. Stale files are removed either way.
     pub fn stop(&self) -> io::Result<bool> {
         client::stop(self)
     }
 
-    /// Stops the server if one runs, starts a new one and preloads the template of this
-    /// process's environment, so that the next command is warm (`--preloader restart`).
+    /// Stops the server if one runs (its running commands finish), starts a new one and
+    /// preloads the template of this process's environment, so that the next command is warm
+    /// (`--preloader restart`).
     ///
     /// ```no_run
     /// # use fdserver::preload::{Application, Preloader};
@@ -621,11 +718,14 @@ fn verbose() -> bool {
     std::env::var_os(ENV_VERBOSE).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// `FDSERVER_PRELOAD` is `0`, `off`, `false` or `no` (in any case).
 fn preloading_disabled() -> bool {
-    matches!(
-        std::env::var(ENV_DISABLE).as_deref(),
-        Ok("0") | Ok("off") | Ok("false") | Ok("no")
-    )
+    std::env::var(ENV_DISABLE).is_ok_and(|v| {
+        let v = v.trim();
+        ["0", "off", "false", "no"]
+            .iter()
+            .any(|off| v.eq_ignore_ascii_case(off))
+    })
 }
 
 /// The files of one application's server.
@@ -692,6 +792,17 @@ impl Kind {
     }
 }
 
+/// What [`Dir::unlink_if`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unlinked {
+    /// It was ours: removed.
+    Removed,
+    /// Nothing there (removed by someone else).
+    Absent,
+    /// Another file is there now: left in place.
+    Other,
+}
+
 /// The private directory, opened once without following a symbolic link and checked on the open
 /// descriptor: everything in it is reached through that descriptor (`openat`, `fstatat`,
 /// `unlinkat`, and `/proc/self/fd/N/<name>` for the socket), never by a path resolved again.
@@ -711,8 +822,15 @@ impl Dir {
             Some(d) => d.to_owned(),
             None => default_dir(),
         };
-        // Absolute, so that it means the same to the server (which runs in `/`) and in messages.
-        let path = std::path::absolute(&path).unwrap_or(path);
+        // A relative path would name another directory (so another server) in every working
+        // directory.
+        if !path.is_absolute() {
+            return Err(Unusable(format!(
+                "the preloader's directory {} is not an absolute path (it would be another \
+                 directory, and another server, in each working directory)",
+                path.display()
+            )));
+        }
         let (file, owner) = open_private_dir(&path)?;
         Ok(Dir {
             file,
@@ -793,12 +911,15 @@ impl Dir {
     }
 
     /// Removes a file only if it is still the one identified by `id` (device, inode).
-    pub(crate) fn unlink_if(&self, kind: Kind, id: (u64, u64)) -> io::Result<bool> {
-        if self.stat(kind)? == Some(id) {
-            self.unlink(kind)?;
-            return Ok(true);
+    pub(crate) fn unlink_if(&self, kind: Kind, id: (u64, u64)) -> io::Result<Unlinked> {
+        match self.stat(kind)? {
+            Some(now) if now == id => {
+                self.unlink(kind)?;
+                Ok(Unlinked::Removed)
+            }
+            Some(_) => Ok(Unlinked::Other),
+            None => Ok(Unlinked::Absent),
         }
-        Ok(false)
     }
 
     /// Why the server should no longer serve from this directory, if it should not: the

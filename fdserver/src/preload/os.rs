@@ -90,6 +90,35 @@ pub(crate) fn readable_or_hung_up(
     }
 }
 
+/// Waits until the first of `fds` is readable, or the peer of one of the others (connected
+/// sockets) hangs up: data waiting on those does not count (`POLLRDHUP`).
+pub(crate) fn wait_hang_up_or_readable(fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .enumerate()
+        .map(|(i, fd)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: if i == 0 {
+                libc::POLLIN
+            } else {
+                libc::POLLRDHUP
+            },
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: a valid array of pollfd of the given length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// How a child changed state.
 pub(crate) enum ChildEvent {
     /// Exited or was killed: the raw wait status.
@@ -220,8 +249,19 @@ pub(crate) fn install_fds(
     }
 }
 
+/// The highest of the descriptor numbers in `targets` (4-byte little-endian numbers, as
+/// [`install_fds`] takes them); 0 if there is none. Async-signal-safe.
+pub(crate) fn max_target(targets: &[u8]) -> RawFd {
+    targets
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .max()
+        .unwrap_or(0)
+}
+
 /// The descriptors this process inherited besides 0, 1, 2: open and not close-on-exec (what
-/// `exec` passed on), in ascending order, at most [`MAX_EXTRA_FDS`].
+/// `exec` passed on), in ascending order. (A command forwards at most [`MAX_EXTRA_FDS`]: with
+/// more, the client runs it in-process.)
 pub(crate) fn inherited_fds() -> Vec<RawFd> {
     // The runtime's own listing (`getdents64` on `/proc/self/fd`, sorted, its directory left
     // out; a `poll` over the table where procfs is missing).
@@ -229,7 +269,6 @@ pub(crate) fn inherited_fds() -> Vec<RawFd> {
     crate::sys::list_open_fds(&mut fds);
     // SAFETY: fcntl F_GETFD only queries.
     fds.retain(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0);
-    fds.truncate(MAX_EXTRA_FDS);
     fds
 }
 

@@ -11,27 +11,40 @@
 //!   length, then that many bytes (argv with the program name, environment, process attributes,
 //!   the numbers of further descriptors: see [`Parts`]), the first byte carrying the client's
 //!   stdin, stdout, stderr and working directory as four descriptors, and the further ones. It
-//!   forks the worker and replies `["ok", pid]` at once; the worker writes `["pid", n, "fd"]`
-//!   and a pidfd of itself to the client once it leads its own process group (`["pid", n]` alone
-//!   if it could not make one), so that the client never signals a process that merely reuses
-//!   its number. When the worker stops, the template writes `["stopped", signal]` to the
-//!   client's connection; when it ends, `["exit", code]` or `["signal", n]`, and closes it.
+//!   compares the client's context with its own (`context::judge`: the client's sandbox, read
+//!   from the kernel, its loader variables, its limits): if a worker could not be what a fresh
+//!   run would be, it writes `["error", "confined", why]` (the client runs the command itself)
+//!   or `["error", "outranked", why]` (this template is the more confined one: the client
+//!   replaces the server) and replies `["ok", "0"]`. Otherwise it forks the worker and replies
+//!   `["ok", pid]` at once; the worker writes `["pid", n, "fd", template pid]` and a pidfd of
+//!   itself to the client once it leads its own process group (`["pid", n]` alone if it could
+//!   not make one), so that the client never signals a process that merely reuses its number.
+//!   A worker that then fails to take on one of the client's attributes writes `["error",
+//!   "confined", why]` and exits without running anything. When the worker stops, the
+//!   template writes `["stopped", signal]` to the client's connection; when it ends, `["exit",
+//!   code]` or `["signal", n]`, and closes it.
 //! * `["idle"]`, for the server's idle timeout: `["ok", running workers, ms since a worker last
 //!   started or ended]`.
-//! * `["shutdown"]` when the server stops: its workers get SIGTERM, and the template exits once
-//!   they have ended (as it does when the server's end of descriptor 3 closes).
+//!
+//! When the server's end of descriptor 3 closes (the server exited, or retired this template),
+//! the template stops taking commands and exits once its running workers have ended, still
+//! reporting their stops and ends and still ending the worker of a client that goes away.
+//!
+//! Its stdout and stderr are a pipe that the server copies into its log, bounded, while it
+//! preloads; then the log itself (descriptor 4, which it is given for that).
 //!
 //! After the request the client may send single bytes: `S` (the job was suspended before the
 //! worker's pid reached it: the worker waits before running) and `G` (go on).
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::attrs::{self, Attrs};
+use super::context::{self, ProcessContext, Verdict};
 use super::os::{self, ArgvArea, Handlers};
 use super::{split_nul, Application, Preloader};
 use crate::channel::Channel;
@@ -91,6 +104,8 @@ struct Own {
     attrs: Attrs,
     ignored: u64,
     caught: u64,
+    /// What a client is compared with (see `context`).
+    context: Result<ProcessContext, String>,
 }
 
 pub(crate) struct Template<A> {
@@ -105,6 +120,8 @@ pub(crate) struct Template<A> {
     preloaded: Instant,
     /// When a worker last started or ended (the server's idle timeout asks, `["idle"]`).
     last_activity: Instant,
+    /// The loader variables this template was started with (`context::loader_entries`).
+    loader: Vec<Vec<u8>>,
 }
 
 /// Entry of a template process (started by the server with the role variable): preload, say
@@ -113,6 +130,18 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
     // Before anything of ours: the handlers a fresh `main` of this program has.
     let handlers = Handlers::of_this_process();
     let key = std::env::var(ENV_KEY).unwrap_or_default();
+    let env: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_encoded_bytes());
+            kv
+        })
+        .collect();
+    let loader = context::loader_entries(env.iter().map(Vec::as_slice))
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
     // Single-threaded at this point of a fresh process, so changing the environment is sound.
     std::env::remove_var(ENV_KEY);
     let area = ArgvArea::of_this_process();
@@ -145,13 +174,17 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
         own: None,
         preloaded: Instant::now(),
         last_activity: Instant::now(),
+        loader,
     };
     // Nobody watches us while we preload but the server, which set PR_SET_PDEATHSIG: we die
     // with it. Only while preloading: a preloaded template outlives its server until its
-    // workers finish.
+    // workers finish. Then the server's death continues us instead (SIGCONT: a no-op unless
+    // we were stopped), so that a template someone stopped (SIGSTOP) sees its channel close
+    // and exits even after a server killed before it could continue us itself.
     let r = catch_unwind(AssertUnwindSafe(|| template.app.preload(&template.key)));
-    sys::set_parent_death_signal(0);
+    sys::set_parent_death_signal(libc::SIGCONT);
     let _ = std::io::stdout().flush();
+    log_directly();
     let failure = match r {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
@@ -183,6 +216,21 @@ pub(crate) fn main<A: Application>(p: &Preloader<A>) -> ! {
     };
     let _ = std::io::stdout().flush();
     sys::exit_now(code)
+}
+
+/// From now on, stdout and stderr are the server's log itself (descriptor 4), not the pipe that
+/// the server copies (bounded) while the template preloads: a preloaded template writes little,
+/// and must not depend on the server to be heard (it outlives a server that exits).
+fn log_directly() {
+    const LOG: RawFd = 4;
+    if !sys::fd_is_open(LOG) {
+        return; // started without one (an older server): stdout and stderr are the log already
+    }
+    // SAFETY: a descriptor number this process owns (given by the server for this).
+    let log = unsafe { OwnedFd::from_raw_fd(LOG) };
+    for fd in [1, 2] {
+        let _ = sys::dup2(log.as_fd(), fd);
+    }
 }
 
 impl<A: Application> Template<A> {
@@ -232,6 +280,7 @@ impl<A: Application> Template<A> {
                 attrs: Attrs::of_this_process(0),
                 ignored,
                 caught,
+                context: ProcessContext::of_this_process(),
             }
         });
         let want = parts.attrs.clone().unwrap_or_else(|| Attrs {
@@ -239,15 +288,30 @@ impl<A: Application> Template<A> {
             sig_blocked: 0,
             ..own.attrs.clone()
         });
-        if want.seccomp_filters > own.attrs.seccomp_filters {
-            // The worker could not take on the client's seccomp filter: running the command
-            // here would escape it. The client runs it in-process instead.
+        // A worker is forked from here: it cannot take on a sandbox, a tracer, namespaces... that
+        // the client has and we have not (running the command here would escape them), nor
+        // limits we are under and the client is not. The client's side is read from the kernel,
+        // not from what it says.
+        let verdict = match (&own.context, ProcessContext::of_peer(conn.as_fd())) {
+            (Ok(mine), Ok(theirs)) => context::judge(
+                mine,
+                &own.attrs,
+                &self.loader,
+                &theirs,
+                &want,
+                split_nul(&self.scratch.req[parts.env.clone()]),
+            ),
+            (Err(e), _) => context::unreadable(e),
+            (_, Err(e)) => context::unreadable(&e),
+        };
+        let refusal = match verdict {
+            Verdict::Faithful => None,
+            Verdict::InProcess(why) => Some(("confined", why)),
+            Verdict::Replace(why) => Some(("outranked", why)),
+        };
+        if let Some((kind, why)) = refusal {
             conn.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = conn.write_error(&RemoteError::new(
-                RemoteErrorKind::Other("confined".into()),
-                "the client runs under a seccomp filter that the preloader's template does not \
-                 have",
-            ));
+            let _ = conn.write_error(&RemoteError::new(RemoteErrorKind::Other(kind.into()), why));
             self.scratch.fds.clear();
             ctx.reply(["0"])?;
             return Ok(());
@@ -367,6 +431,18 @@ impl<A: Application> Template<A> {
         }
     }
 
+    /// Ends the workers whose client went away: nobody is left to read their output or their
+    /// status, so their process groups go too.
+    fn end_workers_of_gone_clients(&mut self) {
+        for w in &mut self.workers {
+            let gone = w.conn.as_ref().is_some_and(|c| os::peer_hung_up(c.as_fd()));
+            if gone {
+                kill_worker(w.pid);
+                w.conn = None;
+            }
+        }
+    }
+
     /// Tells the client its worker stopped (so that the client, the shell's job, stops too).
     fn report_stop(&mut self, pid: libc::pid_t, sig: libc::c_int) {
         if let Some(conn) = self
@@ -394,20 +470,6 @@ impl<A: Application> Server for Template<A> {
                 ctx.reply([running, ms])?;
                 Ok(())
             }
-            b"shutdown" => {
-                for w in &self.workers {
-                    // A worker that has not made its own group yet: signal it alone (it is
-                    // blocked there until its dispositions are set).
-                    if sys::kill_group(w.pid, libc::SIGTERM).is_err() {
-                        let _ = sys::kill(w.pid, libc::SIGTERM);
-                    }
-                    // A stopped worker would not act on SIGTERM until continued.
-                    let _ = sys::kill_group(w.pid, libc::SIGCONT);
-                }
-                ctx.reply::<[&str; 0], _>([])?; // ["ok"]
-                ctx.quit();
-                Ok(())
-            }
             other => Err(RemoteError::unknown_message(other)),
         }
     }
@@ -422,30 +484,63 @@ impl<A: Application> Server for Template<A> {
                     }
                 }
             }
-            Signal::SIGIO => {
-                for w in &mut self.workers {
-                    let gone = w.conn.as_ref().is_some_and(|c| os::peer_hung_up(c.as_fd()));
-                    if gone {
-                        // The client went away: nobody is left to read the worker's output or
-                        // its status, so its process group goes too.
-                        kill_worker(w.pid);
-                        w.conn = None;
-                    }
-                }
-            }
+            Signal::SIGIO => self.end_workers_of_gone_clients(),
             _ => {}
         }
     }
 
     fn finalize_server(&mut self) {
-        // Retired (watched file changed) or orphaned (server gone): let running workers finish
-        // and report each to its client as soon as it ends, in whatever order (waiting for
-        // them in start order would keep a short command's client waiting for an older one).
-        while !self.workers.is_empty() {
-            match os::reap_any_blocking() {
-                Some((pid, raw)) => self.report(pid, raw),
-                None => break, // no child left: nothing more will end
+        // Retired (watched file changed, server stopped or replaced) or orphaned (server
+        // gone): let running workers finish, and go on doing for them what the loop did: report
+        // each stop and end to its client as soon as it happens, in whatever order (waiting for
+        // them in start order would keep a short command's client waiting for an older one),
+        // and end the worker of a client that goes away.
+        let mut chld = sys::sigset(false);
+        sys::sigset_add(&mut chld, libc::SIGCHLD);
+        // SAFETY: a valid set; blocking SIGCHLD so that it queues for the signalfd below.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut()) };
+        let sigfd = match sys::signalfd(&chld) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!(
+                    "fdserver preloader: template {:?}: no signalfd ({e}): waiting for its \
+                     workers without watching their clients",
+                    self.key
+                );
+                while !self.workers.is_empty() {
+                    match os::reap_any_blocking() {
+                        Some((pid, raw)) => self.report(pid, raw),
+                        None => break,
+                    }
+                }
+                return;
             }
+        };
+        loop {
+            while let Some(ev) = os::child_event() {
+                match ev {
+                    os::ChildEvent::Ended(pid, raw) => self.report(pid, raw),
+                    os::ChildEvent::Stopped(pid, sig) => self.report_stop(pid, sig),
+                }
+            }
+            self.end_workers_of_gone_clients();
+            if self.workers.is_empty() {
+                return;
+            }
+            let mut fds = vec![sigfd.as_fd()];
+            fds.extend(
+                self.workers
+                    .iter()
+                    .filter_map(|w| w.conn.as_ref().map(|c| c.as_fd())),
+            );
+            if os::wait_hang_up_or_readable(&fds).is_err() {
+                // Cannot wait (out of memory?): reap what ends, without the rest.
+                match os::reap_any_blocking() {
+                    Some((pid, raw)) => self.report(pid, raw),
+                    None => return,
+                }
+            }
+            while let Ok(Some(_)) = sys::read_signalfd(sigfd.as_fd()) {}
         }
     }
 }
@@ -638,13 +733,17 @@ fn worker_main<A: Application>(
     unsafe { libc::setpgid(0, 0) };
     let mut digits = [0u8; 20];
     let pid = decimal(sys::getpid(), &mut digits);
+    // Our template (for the client's message should it die while we run).
+    let mut tdigits = [0u8; 20];
+    // SAFETY: getppid cannot fail.
+    let template = decimal(unsafe { libc::getppid() } as u32, &mut tdigits);
     // A pidfd of ourselves goes with the pid: the client signals us (and our group) only
     // through it, so never a process that later gets our number.
     // If the client is gone, there is nobody to run for: leave before running anything (the
     // template, seeing the hang-up, would kill us anyway).
     let pidfd = sys::pidfd_open(sys::getpid() as libc::pid_t).ok();
     let sent = match &pidfd {
-        Some(fd) => conn.write_array_with_fd([b"pid".as_slice(), pid, b"fd"], fd.as_fd()),
+        Some(fd) => conn.write_array_with_fd([b"pid".as_slice(), pid, b"fd", template], fd.as_fd()),
         None => conn.write_array([b"pid".as_slice(), pid]),
     };
     drop(pidfd);
@@ -672,6 +771,11 @@ fn worker_main<A: Application>(
         );
         sys::exit_now(126);
     }
+    // The connection is closed below (its number may be one the client's descriptors need):
+    // a copy above every such number stays, to hand the command back if need be.
+    let above = os::max_target(&job.req[job.extra.clone()]).max(2) + 1;
+    // SAFETY: fcntl on a valid descriptor; the copy is close-on-exec.
+    let report = unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above) };
     for &fd in close {
         sys::close_raw(fd);
     }
@@ -700,6 +804,10 @@ fn worker_main<A: Application>(
         area.set_args(&req[argv], &req[env]);
     }
     own.attrs.apply(want, &mut failed);
+    if !failed.names().is_empty() {
+        hand_back(report, &failed);
+    }
+    sys::close_raw(report);
     // The client's environment replaces ours in one step: `environ` points at `envp`, whose
     // entries point into the request's buffer (never freed: the process ends with the command).
     // The worker is single-threaded, so nothing reads the environment concurrently.
@@ -713,25 +821,36 @@ fn worker_main<A: Application>(
     sys::take_pending();
     sys::set_sigmask(&attrs::set_of(want.sig_blocked));
     if std::env::var_os(super::ENV_VERBOSE).is_some_and(|v| !v.is_empty() && v != "0") {
-        let mut line = format!(
+        let _ = writeln!(
+            std::io::stderr(),
             "fdserver preloader: running preloaded: template {key:?} (pid {}, preloaded {} s ago), worker pid {}",
             // SAFETY: getppid cannot fail.
             unsafe { libc::getppid() },
             preloaded.elapsed().as_secs(),
             sys::getpid()
         );
-        if !failed.names().is_empty() {
-            line.push_str(&format!(
-                "; could not take on the caller's {}",
-                failed.names().join(", ")
-            ));
-        }
-        let _ = writeln!(std::io::stderr(), "{line}");
     }
     let code = catch_unwind(AssertUnwindSafe(|| app.run(args))).unwrap_or(101);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     sys::exit_now(code)
+}
+
+/// The worker could not take on everything the client has (a hard limit it may not raise, a
+/// descriptor number the preload keeps...): it would not be what a fresh run is. Tells the client
+/// (which runs the command itself, in-process) and exits without running anything.
+/// `report` is a copy of the client's connection.
+fn hand_back(report: RawFd, failed: &attrs::Failed) -> ! {
+    if report >= 0 {
+        let why = format!(
+            "the preloader's worker could not take on its {}",
+            failed.names().join(", ")
+        );
+        // SAFETY: a descriptor this process owns (the copy made for this).
+        let mut conn = Channel::new(unsafe { OwnedFd::from_raw_fd(report) });
+        let _ = conn.write_array(["error", "confined", why.as_str()]);
+    }
+    sys::exit_now(0)
 }
 
 /// Reads the bytes the client may have sent after its request: returns once none is waiting
