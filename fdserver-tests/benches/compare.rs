@@ -26,7 +26,7 @@
 //! one row in a loop, unpinned: `compare --trace <what> <n>`, `what` one of `fd-call`,
 //! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`
 //! (and `fd-start-nowatch`, `fd-start-notombs`, `fd-start-bare`: without the hang-up watch, the
-//! tombstones, or both), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
+//! tombstones, or both; `fd-start-calling`: forked from the calling thread, row 4f's B side), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
 //! chunks), or row 5's `preload-warm`, `preload-inprocess`, `raw-spawn` (`n` client processes),
 //! `preload-protocol` (`n` warm commands sent by the bench itself, timed phase by phase).
 //! It prints page faults, context switches and CPU time per operation (`getrusage`) to stderr.
@@ -1092,6 +1092,15 @@ fn trace(args: &[String]) {
             let peer = raw::sink_child(CHUNK);
             raw::bulk(peer.fd(), &chunk, n);
             peer.finish();
+        }
+        "fd-start-calling" => {
+            // Row 4f's B side in CPU time: row 4's fdserver side forked from the calling thread.
+            for _ in 0..n {
+                fdside::start_call_stop_with(
+                    &mut server,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                );
+            }
         }
         "fd-start" | "fd-start-nowatch" | "fd-start-notombs" | "fd-start-bare" => {
             // Row 4's fdserver side; the variants turn the hang-up watch, the tombstones, or both
