@@ -24,6 +24,23 @@ pub const CLIENT_METHODS: &[&str] = &[
     "into_connection",
 ];
 
+/// Methods of the generated pools (`{Server}Pool`, `{Server}AsyncPool`: their own, those of
+/// `fdserver::Pool` / `fdserver::AsyncPool` they deref to, and `Clone`'s): a handler stub of
+/// the same name would shadow them (`pool.clone()` calling the handler).
+pub const POOL_METHODS: &[&str] = &[
+    "get",
+    "call",
+    "call_idempotent",
+    "status",
+    "size",
+    "revive",
+    "stop",
+    "start",
+    "start_with",
+    "clone",
+    "deref",
+];
+
 /// Signals a server may handle on its loop (the names of `fdserver::Signal`'s variants).
 pub const CATCHABLE: &[&str] = &[
     "SIGHUP",
@@ -93,6 +110,7 @@ fn check_start(server: &mut Server, errs: &mut Errors) {
 
 fn check_handlers(server: &mut Server, errs: &mut Errors) {
     let client = server.client.clone();
+    let pool = server.pool.clone();
     let mut seen: HashMap<String, Ident> = HashMap::new();
     for h in &mut server.handlers {
         if !h.valid {
@@ -107,6 +125,19 @@ fn check_handlers(server: &mut Server, errs: &mut Errors) {
                      `{client}::{method}` (generated client methods: {}); rename the method and \
                      keep the message name with `#[fdserver(name = \"{method}\")]`",
                     CLIENT_METHODS.join(", ")
+                ),
+            );
+            h.valid = false;
+            continue;
+        }
+        if POOL_METHODS.contains(&method.as_str()) {
+            errs.at(
+                h.ident.span(),
+                format_args!(
+                    "a handler named `{method}` would shadow the pool method `{pool}::{method}` \
+                     (methods of the generated pools: {}); rename the method and keep the \
+                     message name with `#[fdserver(name = \"{method}\")]`",
+                    POOL_METHODS.join(", ")
                 ),
             );
             h.valid = false;

@@ -347,7 +347,7 @@ fn client(server: &Server) -> TokenStream {
          a method here with the same parameters, which sends the handler's message and waits \
          for its reply. Dropping the client stops the server in the background: the drop returns at \
          once (see `fdserver::ServerHandle`).\n\n\
-         `C` is what it talks through (`fdserver::Connection`): `fdserver::ServerHandle` (the \
+         The type parameter is what it talks through (`fdserver::Connection`): `fdserver::ServerHandle` (the \
          default) for a server fdserver started (forked, or spawned with `fdserver::Spawn`), \
          or an `fdserver::Channel` to any peer that speaks the protocol: \
          `{client_name}::from(channel)`."
@@ -356,8 +356,8 @@ fn client(server: &Server) -> TokenStream {
     let stubs = server.handlers.iter().filter(|h| h.valid).map(stub);
     quote! {
         #[doc = #doc]
-        #vis struct #client<C = ::fdserver::ServerHandle> {
-            __fdserver_conn: C,
+        #vis struct #client<__FdserverC = ::fdserver::ServerHandle> {
+            __fdserver_conn: __FdserverC,
             __fdserver_state: ::fdserver::__private::ClientState,
         }
 
@@ -382,7 +382,7 @@ fn client(server: &Server) -> TokenStream {
         }
 
         #[automatically_derived]
-        impl<C: ::core::fmt::Debug> ::core::fmt::Debug for #client<C> {
+        impl<__FdserverC: ::core::fmt::Debug> ::core::fmt::Debug for #client<__FdserverC> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(#client_name_lit)
                     .field("connection", &self.__fdserver_conn)
@@ -449,7 +449,7 @@ fn client(server: &Server) -> TokenStream {
 
         #[automatically_derived]
         #[allow(dead_code)]
-        impl<C: ::fdserver::Connection> #client<C> {
+        impl<__FdserverC: ::fdserver::Connection> #client<__FdserverC> {
             /// The raw channel to the server, for messages the typed methods do not cover.
             pub fn channel(&mut self) -> &mut ::fdserver::Channel {
                 ::fdserver::Connection::channel(&mut self.__fdserver_conn)
@@ -463,7 +463,7 @@ fn client(server: &Server) -> TokenStream {
 
             /// Gives up the typed client for what it talks through (the `ServerHandle` or the
             /// `Channel`).
-            pub fn into_connection(self) -> C {
+            pub fn into_connection(self) -> __FdserverC {
                 self.__fdserver_conn
             }
 
@@ -622,7 +622,7 @@ fn asyncs(server: &Server) -> TokenStream {
          reply is read and discarded by the next call before that call sends anything, so no \
          call ever gets another's reply (the next call waits for the abandoned one to finish; \
          a pool replaces such a server instead).\n\n\
-         `C` is what it talks through (`fdserver::AsyncConnection`): \
+         The type parameter is what it talks through (`fdserver::AsyncConnection`): \
          `fdserver::AsyncServerHandle` (the default), or an `fdserver::AsyncChannel` to any \
          peer: `{client_name}::from(channel)`."
     );
@@ -668,8 +668,8 @@ fn asyncs(server: &Server) -> TokenStream {
     quote! {
         ::fdserver::__private::if_tokio! {
             #[doc = #client_doc]
-            #vis struct #client<C = ::fdserver::AsyncServerHandle> {
-                __fdserver_conn: C,
+            #vis struct #client<__FdserverC = ::fdserver::AsyncServerHandle> {
+                __fdserver_conn: __FdserverC,
                 __fdserver_state: ::fdserver::__private::ClientState,
             }
 
@@ -696,7 +696,7 @@ fn asyncs(server: &Server) -> TokenStream {
             }
 
             #[automatically_derived]
-            impl<C: ::core::fmt::Debug> ::core::fmt::Debug for #client<C> {
+            impl<__FdserverC: ::core::fmt::Debug> ::core::fmt::Debug for #client<__FdserverC> {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                     f.debug_struct(#client_name_lit)
                         .field("connection", &self.__fdserver_conn)
@@ -763,7 +763,7 @@ fn asyncs(server: &Server) -> TokenStream {
 
             #[automatically_derived]
             #[allow(dead_code)]
-            impl<C: ::fdserver::AsyncConnection> #client<C> {
+            impl<__FdserverC: ::fdserver::AsyncConnection> #client<__FdserverC> {
                 /// The raw channel to the server, for messages the typed methods do not cover.
                 pub fn channel(&mut self) -> &mut ::fdserver::AsyncChannel {
                     ::fdserver::AsyncConnection::channel(&mut self.__fdserver_conn)
@@ -775,7 +775,7 @@ fn asyncs(server: &Server) -> TokenStream {
                 }
 
                 /// Gives up the typed client for what it talks through.
-                pub fn into_connection(self) -> C {
+                pub fn into_connection(self) -> __FdserverC {
                     self.__fdserver_conn
                 }
 

@@ -6,7 +6,7 @@
 //! FDSERVER_BENCH_ROWS=1,2 FDSERVER_BENCH_PINS=cpu0 cargo bench ...        # a subset
 //! ```
 //!
-//! Rows 13a, 13p1-13p4, 13t1-13t4 and 13r (issue 13: async calls, pools, restarts) are in
+//! Rows 13a, 13p1-13p4, 13t1-13t4, 13r and 13ra (issue 13: async calls, pools, restarts) are in
 //! `compare/issue13.rs`; the async ones need `--features async`.
 //!
 //! Rows 4w, 4t and 4t100 compare fdserver with itself: row 4 with every protection on, against
@@ -165,6 +165,19 @@ fn main() {
     if args.first().map(String::as_str) == Some("--trace") {
         return trace(&args[1..]);
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        // The rows are chosen by environment variables only; a help request must not start the
+        // full run (minutes).
+        println!(
+            "compare: fdserver against raw baselines (see the source's module docs and \
+             BENCHMARKS.md)\n\n\
+             FDSERVER_BENCH_ROWS=id,id,...   the rows to run (e.g. 13a,13p2,13t2,13r,13ra)\n\
+             FDSERVER_BENCH_PINS=no,cpu0,... the placements (no, cpu0, split)\n\
+             FDSERVER_BENCH_QUICK=1          smaller sizes\n\
+             --trace <what> <n>              one side of one row in a loop (for strace/perf)"
+        );
+        return;
+    }
 
     let cfg = Cfg::from_env();
     let all = CpuSet::current();
@@ -294,7 +307,7 @@ fn main() {
             });
         }
     }
-    // 13a, 13p1-4, 13t1-4, 13r: async calls, pools and restarts (issue 13; see issue13.rs).
+    // 13a, 13p1-4, 13t1-4, 13r, 13ra: async calls, pools and restarts (issue 13; issue13.rs).
     issue13::rows(&cfg, &same_cpu, &want, &mut rows);
     // Row 5: the preloader. 5: warm command vs /bin/true, each started as a shell does (fork,
     // execve, waitpid); 5p: the same with posix_spawn; 5i: the same client binary run

@@ -22,8 +22,10 @@ impl Greeter {
         )
     }
 
-    /// How many calls this server answered, and its process id.
-    pub fn status(&self, ctx: &mut fdserver::Context<'_>) -> (u64, u32) {
+    /// How many calls this server answered, and its process id (message `status`; the method
+    /// name `status` belongs to the generated pools).
+    #[fdserver(name = "status")]
+    pub fn stats(&self, ctx: &mut fdserver::Context<'_>) -> (u64, u32) {
         (self.calls, ctx.pid())
     }
 
@@ -32,8 +34,9 @@ impl Greeter {
         c.to_string().repeat(n)
     }
 
-    /// Reads a file's metadata: the error side is an `io::Error`.
-    pub fn size(&mut self, path: &Path) -> io::Result<u64> {
+    /// Reads a file's metadata: the error side is an `io::Error` (message `size`).
+    #[fdserver(name = "size")]
+    pub fn file_size(&mut self, path: &Path) -> io::Result<u64> {
         Ok(std::fs::metadata(path)?.len())
     }
 

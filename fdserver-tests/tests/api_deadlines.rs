@@ -88,7 +88,9 @@ fn needs_restart_tells_which_errors_leave_the_server_unusable() {
 
     // A typed client: the handler's own error never asks for a restart.
     let mut g = Greeter::default().start().unwrap();
-    let e = g.size(std::path::Path::new("/nonexistent/x")).unwrap_err();
+    let e = g
+        .file_size(std::path::Path::new("/nonexistent/x"))
+        .unwrap_err();
     assert!(!e.needs_restart(), "{e}");
     let typed: CallError<String> = CallError::Handler("x".into());
     assert!(!typed.needs_restart());

@@ -143,4 +143,99 @@ mod with_tracing {
             "{text}"
         );
     }
+
+    #[derive(Default)]
+    struct Dier;
+
+    #[fdserver::fdserver]
+    impl Dier {
+        fn die(&self) {
+            std::process::exit(3);
+        }
+
+        /// Blocks until a byte can be read from `fd`.
+        fn block_on(&self, fd: i32) {
+            let mut b = [0u8];
+            // SAFETY: a read of one byte into a local buffer.
+            unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        }
+    }
+
+    /// Review of issue 13, finding 10: a call span's outcome is the error the caller gets (after
+    /// the disconnect is mapped to the server's exit), a cancelled async call's span says
+    /// `cancelled`, and a server found exited and reaped by a call (not by a stop) gets its
+    /// "server stopped" event.
+    #[cfg(feature = "async")]
+    #[test]
+    fn spans_record_the_callers_outcome_and_cancellations() {
+        let _wd = watchdog("tracing_outcomes", SECS(60));
+        let (text, code) = stderr_of(|| {
+            // Made in the child (which keeps only its standard error of what it inherits).
+            let (gate_rd, gate_wr) = pipe();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(tracing::Level::DEBUG)
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+                .with_ansi(false)
+                .finish();
+            if tracing::subscriber::set_global_default(subscriber).is_err() {
+                return 10;
+            }
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return 11;
+            };
+            rt.block_on(async {
+                let Ok(mut s) = fdserver::Builder::new()
+                    .keep_fd(&gate_rd)
+                    .start_async(&mut Dier)
+                    .await
+                    .map(DierAsyncClient::from)
+                else {
+                    return 1;
+                };
+                let pid = s.handle().pid();
+                let cut = tokio::time::timeout(
+                    std::time::Duration::ZERO,
+                    s.block_on(gate_rd.as_raw_fd()),
+                )
+                .await;
+                if cut.is_ok() {
+                    return 2;
+                }
+                fdserver_tests::write_raw(gate_wr.as_raw_fd(), b"x");
+                match s.die().await {
+                    Err(fdserver::Error::ServerExited(_)) => {}
+                    _ => return 3,
+                }
+                let _ = writeln!(std::io::stderr(), "dead server pid {pid}");
+                0
+            })
+        });
+        assert_eq!(code, Some(0), "{text}");
+        let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+        let pid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("dead server pid "))
+            .expect("pid line");
+        assert!(
+            has("call{message=\"block_on\"") || has("call{block_on"),
+            "{text}"
+        );
+        assert!(has("outcome=\"cancelled\""), "{text}");
+        assert!(has("call cancelled"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("call{die")
+                    && l.contains("outcome=server exited (exit status: 3)")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("server stopped") && l.contains(&format!("pid={pid}"))),
+            "{text}"
+        );
+    }
 }

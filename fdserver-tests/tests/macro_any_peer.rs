@@ -112,7 +112,7 @@ fn typed_client_on_a_hand_written_channel_peer() {
     assert!(big.bytes().all(|b| b == b'x'));
     assert_eq!(client.fds().unwrap(), [0, 1, 2]);
 
-    let e = client.size("/etc/shadow").unwrap_err();
+    let e = client.file_size("/etc/shadow").unwrap_err();
     assert_eq!(e.as_remote().unwrap().kind(), &RemoteErrorKind::Io);
     let e = io::Error::from(e);
     assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
@@ -120,7 +120,7 @@ fn typed_client_on_a_hand_written_channel_peer() {
 
     // A reply that does not decode as the stub expects is a protocol error, and the channel
     // stays in step.
-    let e = client.status().unwrap_err();
+    let e = client.stats().unwrap_err();
     assert!(
         matches!(&e, Error::Protocol(fdserver::ProtocolError::BadReply(m)) if m.contains("status: value 1")),
         "{e:?}"
@@ -145,7 +145,7 @@ fn typed_client_on_serve_in_a_thread() {
     let mut client = GreeterClient::from(client_end);
     client.set_timeout(Some(SECS(10)));
     assert_eq!(client.hello("Joe", "Dalton").unwrap().1, 1234);
-    let (calls, pid) = client.status().unwrap();
+    let (calls, pid) = client.stats().unwrap();
     assert_eq!((calls, pid), (1, std::process::id()));
     assert_eq!(client.big('é', 40_000).unwrap().chars().count(), 40_000);
     drop(client);
@@ -168,14 +168,14 @@ fn exec_spawned_server_is_driven_and_stopped_like_a_forked_one() {
         ("Hello Joe Dalton, how are you?".to_string(), 1234)
     );
     // It is the program we started, not a fork of us...
-    assert_eq!(client.status().unwrap(), (1, pid));
+    assert_eq!(client.stats().unwrap(), (1, pid));
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, std::path::Path::new(SERVER).canonicalize().unwrap());
     // ...and it inherited the standard streams and its socket, nothing else.
     assert_eq!(client.fds().unwrap(), expected_fds(3));
 
     assert_eq!(client.big('z', 1 << 20).unwrap().len(), 1 << 20);
-    let e = io::Error::from(client.size("/definitely/not/here").unwrap_err());
+    let e = io::Error::from(client.file_size("/definitely/not/here").unwrap_err());
     assert_eq!(
         (e.kind(), e.raw_os_error()),
         (io::ErrorKind::NotFound, Some(libc::ENOENT))

@@ -47,7 +47,8 @@ impl Store {
         self.drawings.len()
     }
 
-    fn get(&mut self, name: &str) -> Option<String> {
+    #[fdserver(name = "get")]
+    fn name_of(&mut self, name: &str) -> Option<String> {
         self.drawings.get(name).map(|d| d.name.clone())
     }
 
@@ -115,7 +116,7 @@ fn nested_structs_enums_and_maps_round_trip() {
     };
     assert_eq!(store.put(&a).unwrap(), 1);
     assert_eq!(store.put(&b).unwrap(), 2);
-    assert_eq!(store.get("alpha").unwrap().as_deref(), Some("alpha"));
+    assert_eq!(store.name_of("alpha").unwrap().as_deref(), Some("alpha"));
     assert_eq!(store.fetch("alpha").unwrap().into_inner(), Some(a.clone()));
     assert_eq!(*store.fetch("none").unwrap(), None);
     let (n, all) = store.all().unwrap();

@@ -294,7 +294,6 @@ impl ServerHandle {
             return Err(Error::ServerExited(status));
         }
         let mut buf = std::mem::take(&mut self.reply);
-        let channel = self.channel.as_mut().expect("channel present until stop");
         // The name is kept to name the call in a time-out.
         let mut request = request.into_iter();
         let name = request.next();
@@ -305,8 +304,15 @@ impl ServerHandle {
         let label = name.as_ref().map_or("", |n| {
             std::str::from_utf8(n.as_ref()).unwrap_or("<not UTF-8>")
         });
-        let r = crate::trace::call(label, Some(self.pid as u32), || {
-            channel.write_array(elements).and_then(|()| {
+        let pid = Some(self.pid as u32);
+        // The span's outcome is what the caller gets (after `exit_error`).
+        let r = crate::trace::call(label, pid, || {
+            let channel = self.channel.as_mut().expect("channel present until stop");
+            // One deadline for the whole call (request and reply), however the reply trickles.
+            let clock = crate::__private::CallClock::start(channel);
+            let r = clock.arm_or_fail(channel).and_then(|()| {
+                channel.write_array(elements)?;
+                clock.arm_or_fail(channel)?;
                 // The reply this call asked for arrives at any size (an `ok_scalar` body is
                 // not held to the limit on what arrives unasked).
                 let limit = channel.max_scalar_size();
@@ -315,14 +321,17 @@ impl ServerHandle {
                 channel.set_max_scalar_size(limit);
                 let strings = msg?.to_strings()?;
                 Ok(strings.into_iter().skip(1).collect())
-            })
+            });
+            let r = clock
+                .finish(channel, r)
+                .map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
+            if let Err(Error::TimedOut { message, .. }) = &r {
+                channel.mark_late_reply(message.clone());
+            }
+            r.map_err(|e| self.exit_error(e))
         });
         self.reply = buf;
-        let r = r.map_err(|e| e.in_call(name.as_ref().map_or(&[], AsRef::as_ref)));
-        if let Err(Error::TimedOut { message, .. }) = &r {
-            channel.mark_late_reply(message.clone());
-        }
-        r.map_err(|e| self.exit_error(e))
+        r
     }
 
     /// Sends a signal to the server (through its pidfd, or to its pid, which cannot have been
@@ -370,10 +379,24 @@ impl ServerHandle {
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         if self.status.is_none() {
             if let Some(raw) = sys::try_reap(self.pid)? {
-                self.status = Some(ExitStatus::from_raw(raw));
+                self.reaped(raw);
             }
         }
         Ok(self.status)
+    }
+
+    /// Records the status of the server, reaped here (not by a stop): traced as stopped.
+    fn reaped(&mut self, raw: i32) {
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        crate::trace::stopped(
+            self.pid as u32,
+            &Stopped {
+                status,
+                how: Shutdown::AlreadyExited,
+                grace: self.stop,
+            },
+        );
     }
 
     /// Turns a disconnect into `ServerExited` when the server is (about to be) dead.
@@ -401,7 +424,7 @@ impl ServerHandle {
         }
         if sys::wait_fd(self.watch().fd(), libc::POLLIN, deadline)? {
             let raw = sys::reap(self.pid)?;
-            self.status = Some(ExitStatus::from_raw(raw));
+            self.reaped(raw);
         }
         Ok(self.status)
     }
@@ -513,6 +536,75 @@ impl ServerHandle {
         }
         let exit = self.exit.take().expect("exit watch present until stopped");
         Ok(Err(Escalation::new(self.pid, exit, self.stop, closed_at)))
+    }
+}
+
+/// The grace periods of a server a pool retired without killing it (its connection broke, or it
+/// closed it): short, so that retired servers do not linger (each is capped by the builder's).
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_millis(250);
+
+impl ServerHandle {
+    /// A pool retires this server: hangs up, and has the reaper end it in the background, then
+    /// run `on_done` (at once if it had already exited). `kill`: SIGKILL at once (its call was
+    /// abandoned, so what it is doing is of no use to anyone); otherwise the stop schedule,
+    /// shortened to [`RETIRE_GRACE`] each.
+    pub(crate) fn retire(&mut self, kill: bool, on_done: reaper::OnDone) {
+        self.retire_then(kill, on_done, || {});
+    }
+
+    /// [`retire`](Self::retire), with `hang_up` run where the connection is closed.
+    pub(crate) fn retire_then(
+        &mut self,
+        kill: bool,
+        on_done: reaper::OnDone,
+        hang_up: impl FnOnce(),
+    ) {
+        self.stop = StopOptions {
+            after_close: self.stop.after_close.min(RETIRE_GRACE),
+            after_term: self.stop.after_term.min(RETIRE_GRACE),
+        };
+        self.stop_then(kill, on_done, hang_up);
+    }
+
+    /// Stops the server in the background (its own schedule; `kill`: SIGKILL at once), then
+    /// runs `on_done` with the outcome, on the reaper's thread (or here, if it had exited).
+    pub(crate) fn stop_then(
+        &mut self,
+        kill: bool,
+        on_done: reaper::OnDone,
+        hang_up: impl FnOnce(),
+    ) {
+        if self.exit.is_none() {
+            hang_up();
+            on_done(match self.status {
+                Some(status) => Ok(Stopped {
+                    status,
+                    how: Shutdown::AlreadyExited,
+                    grace: self.stop,
+                }),
+                None => Err(Error::Disconnected),
+            });
+            return;
+        }
+        match self.begin_stop_then(hang_up) {
+            Ok(Ok(stopped)) => on_done(Ok(stopped)),
+            Ok(Err(mut escalation)) => {
+                if kill {
+                    escalation.kill_now();
+                }
+                if let Err(returned) = reaper::stop_in_background(escalation, Some(on_done)) {
+                    let (escalation, on_done) = *returned;
+                    let r = escalation.run_blocking();
+                    if let Some(on_done) = on_done {
+                        on_done(r);
+                    }
+                }
+            }
+            Err(e) => {
+                self.hang_up();
+                on_done(Err(e));
+            }
+        }
     }
 }
 

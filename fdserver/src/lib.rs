@@ -253,9 +253,11 @@
 //! wait goes through the runtime (its I/O driver and timers), never a blocking call on a runtime
 //! thread; `MyServerAsyncPool` is the pool for tasks. The blocking client on a runtime thread
 //! would block that thread for each call's whole length: use it only inside `spawn_blocking`.
-//! Starting is a fork done inline (a few hundred microseconds, like any short system call) and
-//! an asynchronous wait for `initialize`. A call's future may be dropped at any `.await`
-//! (`tokio::time::timeout`, `select!`): its client stays usable and never hands a call
+//! Starting is a fork done inline (it blocks the calling thread for the fork: well under a
+//! millisecond for a small process, about 100 ms for one with a 1 GiB heap; see
+//! `Builder::start_async`) and an asynchronous wait for `initialize`. A call's future may be
+//! dropped at any `.await` (`tokio::time::timeout`, `select!`), raw calls
+//! (`AsyncServerHandle::call`) as typed ones: its client stays usable and never hands a call
 //! another's reply (see `MyServerAsyncClient`'s docs for the exact rules); a pool replaces a
 //! server whose call was dropped.
 //!
@@ -264,8 +266,8 @@
 //! of fdserver's own, so a server starts with none of its parent's runtime context and can build
 //! and use runtimes of its own (in `initialize_server` or in a handler; see "Fork safety" for
 //! tokio's `parking_lot` feature). Dropping any client returns at once: the stop is finished by
-//! fdserver's reaper thread. Every call has a deadline ([`DEFAULT_CALL_TIMEOUT`], 30 s) unless
-//! told otherwise, and [`Error::needs_restart`] says whether a failed call's server must be
+//! fdserver's reaper thread. Every call has a deadline for the whole call
+//! ([`DEFAULT_CALL_TIMEOUT`], 30 s) unless told otherwise, and [`Error::needs_restart`] says whether a failed call's server must be
 //! replaced.
 //!
 //! ## Fork safety
@@ -617,7 +619,7 @@ pub mod __private;
 ///         self.events = Some(events);
 ///     }
 ///
-///     fn status(&self) -> (u32, bool) {
+///     fn report(&self) -> (u32, bool) {
 ///         (self.reloads, self.initialized)
 ///     }
 ///
@@ -651,7 +653,7 @@ pub mod __private;
 /// worker.signal(Signal::SIGHUP)?;
 /// let mut line = String::new();
 /// BufReader::new(events).read_line(&mut line)?; // the handler has run
-/// assert_eq!(worker.status()?, (1, true));
+/// assert_eq!(worker.report()?, (1, true));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///

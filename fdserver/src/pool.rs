@@ -52,17 +52,60 @@ impl Client for ServerHandle {
 pub trait CallFailure: From<Error> {
     /// See [`Error::needs_restart`].
     fn needs_restart(&self) -> bool;
+
+    /// The fdserver error inside, if any (what a pool records when it retires the server).
+    #[doc(hidden)]
+    fn __as_error(&self) -> Option<&Error> {
+        None
+    }
 }
 
 impl CallFailure for Error {
     fn needs_restart(&self) -> bool {
         Error::needs_restart(self)
     }
+
+    fn __as_error(&self) -> Option<&Error> {
+        Some(self)
+    }
 }
 
 impl<E> CallFailure for CallError<E> {
     fn needs_restart(&self) -> bool {
         CallError::needs_restart(self)
+    }
+
+    fn __as_error(&self) -> Option<&Error> {
+        match self {
+            CallError::Fdserver(e) => Some(e),
+            CallError::Handler(_) => None,
+        }
+    }
+}
+
+/// Why a checked-out server is replaced instead of given back, and how it is stopped.
+#[derive(Debug, Clone)]
+pub(crate) struct Retirement {
+    /// What the pool's status shows as its last error.
+    pub(crate) why: String,
+    /// SIGKILL at once: its call was abandoned (timed out or cancelled) while it worked on it,
+    /// so nothing it does from here is of use; else the short retirement schedule.
+    pub(crate) kill: bool,
+}
+
+impl Retirement {
+    /// The retirement after a call failed with `e`.
+    pub(crate) fn after<E: CallFailure>(e: &E) -> Retirement {
+        match e.__as_error() {
+            Some(e) => Retirement {
+                why: e.to_string(),
+                kill: matches!(e, Error::TimedOut { .. } | Error::Broken { .. }),
+            },
+            None => Retirement {
+                why: "retired after a call failed".into(),
+                kill: false,
+            },
+        }
     }
 }
 
@@ -89,6 +132,8 @@ pub enum PoolError {
         /// The last failure.
         last_error: String,
     },
+    /// The pool was stopped ([`Pool::stop`], `AsyncPool::stop`).
+    Stopped,
 }
 
 impl fmt::Display for PoolError {
@@ -107,6 +152,9 @@ impl fmt::Display for PoolError {
                 f,
                 "pool: server {index} failed {failures} times in a row, so the pool stopped \
                  restarting it (last failure: {last_error}); Pool::revive tries again"
+            ),
+            PoolError::Stopped => f.write_str(
+                "pool: stopped (its stop() was called), so it has no servers; start a new pool",
             ),
         }
     }
@@ -200,7 +248,12 @@ impl PoolOptions {
     }
 
     /// How long a call waits for a free server before failing with [`PoolError::Timeout`]
-    /// (`None`: as long as it takes).
+    /// (`None`: as long as it takes). It also bounds a restart: a call that restarts a dead
+    /// server waits for the new server's `initialize` until this deadline (or the builder's
+    /// [`start_timeout`](crate::Builder::start_timeout), if shorter), then fails with
+    /// [`Error::TimedOut`] (operation `Start`) and the server goes down for its back-off. With
+    /// neither set, a pool's start waits up to [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT):
+    /// a pool's start is never unbounded.
     pub fn checkout_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.checkout_timeout = timeout;
         self
@@ -306,6 +359,12 @@ struct Slot<C> {
 pub(crate) struct Core<C> {
     slots: Vec<Slot<C>>,
     restart: RestartPolicy,
+    /// Retired servers not yet reaped. While there are as many as the pool has places, no
+    /// replacement is started (callers wait for a retiree to end): a pool of `n` never runs
+    /// more than `2n` processes, however fast its calls are cancelled or time out.
+    retiring: usize,
+    /// Stopped: checkouts fail, servers given back are retired.
+    closed: bool,
 }
 
 impl<C> Core<C> {
@@ -325,7 +384,56 @@ impl<C> Core<C> {
                 })
                 .collect(),
             restart,
+            retiring: 0,
+            closed: false,
         }
+    }
+
+    /// Closes the pool (its `stop`): checkouts fail from now on.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether the pool was stopped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a server is checked out or starting.
+    pub(crate) fn any_busy(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Busy | SlotState::Starting))
+    }
+
+    /// Takes every idle server out (for `stop`), in pool order; their slots go down.
+    pub(crate) fn take_idle(&mut self) -> Vec<C> {
+        let now = Instant::now();
+        self.slots
+            .iter_mut()
+            .filter_map(|s| {
+                match std::mem::replace(&mut s.state, SlotState::Down { retry_at: now }) {
+                    SlotState::Idle(c) => {
+                        s.pid = None;
+                        Some(c)
+                    }
+                    other => {
+                        s.state = other;
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// A retired server was handed to the reaper (counted until it is reaped).
+    pub(crate) fn retiree_started(&mut self) {
+        self.retiring += 1;
+    }
+
+    /// A retired server was reaped.
+    pub(crate) fn retiree_gone(&mut self) {
+        self.retiring = self.retiring.saturating_sub(1);
     }
 
     pub(crate) fn size(&self) -> usize {
@@ -334,6 +442,9 @@ impl<C> Core<C> {
 
     /// The next step of a checkout at `now`.
     pub(crate) fn checkout(&mut self, now: Instant) -> Step<C> {
+        if self.closed {
+            return Step::Fail(Error::Pool(PoolError::Stopped));
+        }
         if let Some(i) = self
             .slots
             .iter()
@@ -345,27 +456,39 @@ impl<C> Core<C> {
             };
             return Step::Take(i, c);
         }
-        if let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| matches!(s.state, SlotState::Down { retry_at } if retry_at <= now))
-        {
-            self.slots[i].state = SlotState::Starting;
-            return Step::Start(i);
+        // Too many retired servers still running: wait for one to end before starting more.
+        let held_back = self.retiring >= self.slots.len();
+        if !held_back {
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| matches!(s.state, SlotState::Down { retry_at } if retry_at <= now))
+            {
+                self.slots[i].state = SlotState::Starting;
+                return Step::Start(i);
+            }
         }
-        let busy = self
-            .slots
-            .iter()
-            .any(|s| matches!(s.state, SlotState::Busy | SlotState::Starting));
+        let busy = self.retiring > 0
+            || self
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, SlotState::Busy | SlotState::Starting));
         let next_retry = self
             .slots
             .iter()
             .filter_map(|s| match s.state {
+                // Due but held back: woken when a retiree ends, not by the clock.
+                SlotState::Down { retry_at } if held_back && retry_at <= now => None,
                 SlotState::Down { retry_at } => Some(retry_at),
                 _ => None,
             })
             .min();
-        if !busy && next_retry.is_none() {
+        let waiting_for_retirees = held_back
+            && self
+                .slots
+                .iter()
+                .any(|s| matches!(s.state, SlotState::Down { .. }));
+        if !busy && next_retry.is_none() && !waiting_for_retirees {
             // Every server is given up on.
             let (index, slot) = self
                 .slots
@@ -516,8 +639,13 @@ pub(crate) fn still_alive<C: Client>(client: &mut C) -> Result<(), String> {
     }
 }
 
-/// Starts servers for a pool.
-pub(crate) type Starter<C> = Box<dyn FnMut() -> Result<C, Error> + Send>;
+/// Forks servers for a pool (the wait for `initialize` is the caller's, outside the starter's
+/// lock), each start bounded by the given deadline (see `Builder::bounded_start`).
+pub(crate) type Starter =
+    Box<dyn FnMut(Option<Instant>) -> Result<crate::start::Forked, Error> + Send>;
+
+/// Called (on the reaper thread, or at once) when a retired server has been reaped.
+pub(crate) type RetireeGone = Arc<dyn Fn() + Send + Sync>;
 
 /// A pool of servers that callers on many threads share: each call goes to an idle server,
 /// waits (up to a deadline) when all are busy, and a server that died, timed out or broke its
@@ -572,8 +700,9 @@ struct Shared<C> {
     /// Callers waiting on `changed` (so that giving a server back wakes nobody, with no system
     /// call, when nobody waits).
     waiting: std::sync::atomic::AtomicUsize,
-    starter: Mutex<Starter<C>>,
+    starter: Mutex<Starter>,
     checkout_timeout: Option<Duration>,
+    retiree_gone: RetireeGone,
 }
 
 impl<C> Shared<C> {
@@ -610,7 +739,12 @@ impl<C: Client + Send + 'static> Pool<C> {
         let builder = options.builder.clone();
         Self::with_starter(
             options,
-            Box::new(move || builder.clone().start(&mut server)),
+            Box::new(move |deadline| {
+                builder
+                    .clone()
+                    .bounded_start(deadline)
+                    .fork_server(&mut server)
+            }),
         )
     }
 
@@ -624,26 +758,45 @@ impl<C: Client + Send + 'static> Pool<C> {
         let builder = options.builder.clone();
         Self::with_starter(
             options,
-            Box::new(move || builder.clone().start(&mut factory())),
+            Box::new(move |deadline| {
+                builder
+                    .clone()
+                    .bounded_start(deadline)
+                    .fork_server(&mut factory())
+            }),
         )
     }
 
-    fn with_starter(options: PoolOptions, mut starter: Starter<C>) -> Result<Pool<C>, Error> {
+    fn with_starter(options: PoolOptions, mut starter: Starter) -> Result<Pool<C>, Error> {
         let now = Instant::now();
         let mut core = Core::new(options.size, options.restart);
         for i in 0..options.size {
             core.begin_start(i);
-            let client = starter()?;
+            let client = C::from(starter(None)?.ready()?);
             core.started(i, Ok(client.handle().pid()), now);
             core.checkin(i, Ok(client), false, now);
         }
         Ok(Pool {
-            shared: Arc::new(Shared {
-                core: Mutex::new(core),
-                changed: Condvar::new(),
-                waiting: std::sync::atomic::AtomicUsize::new(0),
-                starter: Mutex::new(starter),
-                checkout_timeout: options.checkout_timeout,
+            shared: Arc::new_cyclic(|weak: &std::sync::Weak<Shared<C>>| {
+                let weak = weak.clone();
+                Shared {
+                    core: Mutex::new(core),
+                    changed: Condvar::new(),
+                    waiting: std::sync::atomic::AtomicUsize::new(0),
+                    starter: Mutex::new(starter),
+                    checkout_timeout: options.checkout_timeout,
+                    retiree_gone: Arc::new(move || {
+                        if let Some(shared) = weak.upgrade() {
+                            // Under the lock, so a caller about to wait sees it or is woken.
+                            shared
+                                .core
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retiree_gone();
+                            shared.wake();
+                        }
+                    }),
+                }
             }),
         })
     }
@@ -670,19 +823,27 @@ impl<C: Client + Send + 'static> Pool<C> {
                     match still_alive(&mut client) {
                         Ok(()) => return Ok(self.guard(i, client)),
                         Err(why) => {
-                            self.lock().checkin(i, Err(why), false, Instant::now());
-                            drop(client);
+                            let mut core = self.lock();
+                            core.checkin(i, Err(why), false, Instant::now());
+                            core.retiree_started();
+                            drop(core);
+                            retire(&self.shared, client, false);
                             self.shared.wake();
                         }
                     }
                 }
                 Step::Start(i) => {
                     drop(core);
-                    let r = (self
-                        .shared
-                        .starter
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()))();
+                    // Only the fork holds the starter's lock (it needs the server value); the
+                    // wait for `initialize` does not, so servers restart side by side. The
+                    // wait ends with the checkout's deadline (see `PoolOptions`).
+                    let forked =
+                        (self
+                            .shared
+                            .starter
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()))(deadline);
+                    let r = forked.and_then(|f| f.ready()).map(C::from);
                     self.lock()
                         .started(i, r.as_ref().map(|c| c.handle().pid()), Instant::now());
                     self.shared.wake();
@@ -761,7 +922,7 @@ impl<C: Client + Send + 'static> Pool<C> {
             let r = f(&mut guard);
             match &r {
                 Err(e) if e.needs_restart() => {
-                    guard.retire();
+                    guard.retired = Some(Retirement::after(e));
                     drop(guard);
                     if idempotent && !retried {
                         retried = true;
@@ -791,6 +952,79 @@ impl<C: Client + Send + 'static> Pool<C> {
         self.shared.wake();
     }
 
+    /// Stops every server of the pool and waits until each has exited and been reaped: waits
+    /// (up to the checkout deadline, as a call would) for busy servers to be given back, then
+    /// stops the idle ones (each with [`ServerHandle::stop`]'s schedule, all at once: their
+    /// connections are closed together, so they run `finalize_server` side by side). Returns
+    /// each server's outcome, in pool order (servers that were down have none). The pool is
+    /// closed afterwards: calls on its clones fail with [`PoolError::Stopped`].
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, Pool, PoolOptions, RemoteError, Server, ServerHandle, Shutdown};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let pool = Pool::start(PoolOptions::new(2), Echo)?;
+    /// assert_eq!(pool.call(|s| s.call(["echo", "hi"]))?, ["hi"]);
+    /// let stopped = pool.stop();
+    /// assert_eq!(stopped.len(), 2);
+    /// assert!(stopped.iter().all(|s| s.as_ref().unwrap().how == Shutdown::Graceful));
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn stop(&self) -> Vec<Result<crate::Stopped, Error>> {
+        let start = Instant::now();
+        let deadline = self.shared.checkout_timeout.map(|t| start + t);
+        let mut core = self.lock();
+        core.close();
+        // Busy servers come back (or their callers' deadlines pass).
+        while core.any_busy() {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            self.shared
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            core = match deadline {
+                None => self
+                    .shared
+                    .changed
+                    .wait(core)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    self.shared
+                        .changed
+                        .wait_timeout(core, d.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            self.shared
+                .waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let idle = core.take_idle();
+        drop(core);
+        self.shared.wake();
+        // Every connection is closed first, then each stop is waited for.
+        let escalations: Vec<_> = idle
+            .into_iter()
+            .map(|mut c| c.handle_mut().begin_stop())
+            .collect();
+        escalations
+            .into_iter()
+            .map(|e| match e {
+                Ok(Ok(stopped)) => Ok(stopped),
+                Ok(Err(escalation)) => escalation.run_blocking(),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Core<C>> {
         self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -812,16 +1046,26 @@ pub struct Pooled<C: Client> {
     shared: Arc<Shared<C>>,
     index: usize,
     client: Option<C>,
-    retired: Option<String>,
+    retired: Option<Retirement>,
 }
 
 impl<C: Client> Pooled<C> {
     /// Has the server replaced instead of given back: after a call failed with an error that
     /// [needs a restart](Error::needs_restart) (not every such error breaks the connection, so
-    /// the pool could not tell).
+    /// the pool could not tell). Prefer [`retire_after`](Self::retire_after), which records
+    /// the error.
     pub fn retire(&mut self) {
-        self.retired
-            .get_or_insert_with(|| "retired after a call failed".to_string());
+        self.retired.get_or_insert_with(|| Retirement {
+            why: "retired by its caller".to_string(),
+            kill: false,
+        });
+    }
+
+    /// [`retire`](Self::retire) after `error`: the pool's [`ServerStatus::last_error`] shows
+    /// it, and a server whose call timed out is killed at once (it may still be working on a
+    /// reply nobody will read) instead of being given the stop schedule.
+    pub fn retire_after(&mut self, error: &Error) {
+        self.retired = Some(Retirement::after(error));
     }
 
     /// Its place in the pool ([`ServerStatus::index`]).
@@ -846,26 +1090,39 @@ impl<C: Client> DerefMut for Pooled<C> {
 impl<C: Client> Drop for Pooled<C> {
     fn drop(&mut self) {
         let client = self.client.take().expect("present until dropped");
-        let verdict = match self.retired.take() {
-            Some(why) => Err(why),
-            None => still_usable(&client),
-        };
         let mut core = self.shared.core.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = match self.retired.take() {
+            Some(r) => Err(r),
+            None if core.is_closed() => Err(Retirement {
+                why: "the pool was stopped".into(),
+                kill: false,
+            }),
+            None => still_usable(&client).map_err(|why| Retirement { why, kill: false }),
+        };
         let dead = match verdict {
             Ok(()) => {
                 core.checkin(self.index, Ok(client), true, Instant::now());
                 None
             }
-            Err(why) => {
-                core.checkin(self.index, Err(why), true, Instant::now());
-                Some(client)
+            Err(r) => {
+                core.checkin(self.index, Err(r.why), true, Instant::now());
+                core.retiree_started();
+                Some((client, r.kill))
             }
         };
         drop(core);
-        // Stopped in the background (`ServerHandle`'s drop returns at once).
-        drop(dead);
+        if let Some((client, kill)) = dead {
+            retire(&self.shared, client, kill);
+        }
         self.shared.wake();
     }
+}
+
+/// Hands a retired server (counted by `retiree_started`) to the reaper, which ends it and then
+/// uncounts it (at once if it had already exited).
+fn retire<C: Client>(shared: &Shared<C>, mut client: C, kill: bool) {
+    let gone = Arc::clone(&shared.retiree_gone);
+    client.handle_mut().retire(kill, Box::new(move |_| gone()));
 }
 
 impl<C: Client + fmt::Debug> fmt::Debug for Pooled<C> {

@@ -211,6 +211,7 @@ impl<'m> Decoder<'m> {
             forms,
             &mut store.0,
             None,
+            None,
         )
     }
 
@@ -221,6 +222,7 @@ impl<'m> Decoder<'m> {
         forms: &[Form],
         store: &'m mut Store,
         mut prefetched_fd: Option<OwnedFd>,
+        clock: Option<&CallClock>,
     ) -> Self {
         let mut inline_mask = 0;
         let mut inline_count = 0;
@@ -238,6 +240,13 @@ impl<'m> Decoder<'m> {
                 }
                 Form::Fd if prefetched_fd.is_some() => Slot::Fd(prefetched_fd.take()),
                 _ if !receiving => Slot::Missing,
+                _ if clock.is_some_and(|c| !c.arm(channel)) => Self::lost(
+                    &mut failure,
+                    &mut receiving,
+                    index,
+                    channel,
+                    clock.expect("checked").expired(),
+                ),
                 Form::Scalar => {
                     let mut buf = store.buffer();
                     match channel.read_scalar_into(&mut buf) {
@@ -767,23 +776,110 @@ pub fn call<V: FromValues, const N: usize>(
     let pid = connection.__pid();
     crate::trace::call(message, pid, || {
         connection.with_channel(|channel| {
-            let inline = arguments.iter().filter_map(|a| match a {
-                Encoded::Element(e) => Some(e.as_bytes()),
-                _ => None,
-            });
-            channel
-                .write_array(iter::once(message.as_bytes()).chain(inline))
-                .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
-            // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a descriptor)
-            // leaves the server waiting for this value, so it breaks the channel (later calls fail
-            // with `Error::Broken` instead of feeding the server the next request as this value).
-            for argument in arguments {
-                send_after_first_byte(channel, argument)
-                    .map_err(|e| e.in_call(message.as_bytes()))?;
-            }
-            read_reply_values(channel, state, message).map_err(|e| e.in_call(message.as_bytes()))
+            let clock = CallClock::start(channel);
+            let r = (|| {
+                let inline = arguments.iter().filter_map(|a| match a {
+                    Encoded::Element(e) => Some(e.as_bytes()),
+                    _ => None,
+                });
+                clock.arm_or_fail(channel)?;
+                channel
+                    .write_array(iter::once(message.as_bytes()).chain(inline))
+                    .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
+                // The request is on the wire: a failure now (e.g. `ETOOMANYREFS` for a
+                // descriptor) leaves the server waiting for this value, so it breaks the
+                // channel (later calls fail with `Error::Broken` instead of feeding the server
+                // the next request as this value).
+                for argument in arguments {
+                    if !clock.arm(channel) {
+                        channel.mark_broken();
+                        return Err(clock.expired());
+                    }
+                    send_after_first_byte(channel, argument)?;
+                }
+                clock.arm_or_fail(channel)?;
+                read_reply_values(channel, state, message, &clock)
+            })();
+            clock
+                .finish(channel, r)
+                .map_err(|e| e.in_call(message.as_bytes()))
         })
     })
+}
+
+/// One deadline for a whole blocking call (request, reply, and every value after it), however
+/// its bytes trickle: the channel's per-operation deadlines are set, before each operation, to
+/// what is left of the call's, and put back after it.
+pub(crate) struct CallClock {
+    deadline: Option<std::time::Instant>,
+    /// The call's whole deadline (for the error), and the channel's own timeouts.
+    full: Option<std::time::Duration>,
+    saved: (Option<std::time::Duration>, Option<std::time::Duration>),
+}
+
+impl CallClock {
+    /// The clock of a call starting now on `channel` (whose timeouts give its length).
+    pub(crate) fn start(channel: &Channel) -> CallClock {
+        let saved = (channel.read_timeout(), channel.write_timeout());
+        let full = match saved {
+            (Some(r), Some(w)) => Some(r.max(w)),
+            (r, w) => r.or(w),
+        };
+        CallClock {
+            deadline: full.map(|t| std::time::Instant::now() + t),
+            full,
+            saved,
+        }
+    }
+
+    /// Sets the channel's deadlines to what is left of the call's; `false` if nothing is.
+    pub(crate) fn arm(&self, channel: &mut Channel) -> bool {
+        let Some(deadline) = self.deadline else {
+            return true;
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        channel.set_read_timeout(self.saved.0.map(|_| left));
+        channel.set_write_timeout(self.saved.1.map(|_| left));
+        true
+    }
+
+    /// [`arm`](Self::arm), failing with the time-out when the call's time is up.
+    pub(crate) fn arm_or_fail(&self, channel: &mut Channel) -> Result<(), Error> {
+        if self.arm(channel) {
+            Ok(())
+        } else {
+            Err(self.expired())
+        }
+    }
+
+    /// The error of a call whose time is up before its next operation.
+    pub(crate) fn expired(&self) -> Error {
+        Error::timed_out(
+            crate::error::Operation::ReadReply,
+            self.full.unwrap_or_default(),
+        )
+    }
+
+    /// Puts the channel's deadlines back; a time-out reports the call's whole deadline.
+    pub(crate) fn finish<T>(&self, channel: &mut Channel, r: Result<T, Error>) -> Result<T, Error> {
+        channel.set_read_timeout(self.saved.0);
+        channel.set_write_timeout(self.saved.1);
+        r.map_err(|e| match e {
+            Error::TimedOut {
+                operation,
+                message,
+                timeout: _,
+            } if self.full.is_some() => Error::TimedOut {
+                operation,
+                message,
+                timeout: self.full.unwrap_or_default(),
+            },
+            e => e,
+        })
+    }
 }
 
 /// The async client's call (feature `tokio`): [`call`]'s checks, then the request and the reply
@@ -811,25 +907,30 @@ pub async fn call_async<V: FromValues, const N: usize>(
         }
     }
     let pid = connection.__pid();
-    let r = crate::trace::call_async(message, pid, async {
-        let channel = connection.channel();
-        channel.settle().await?;
-        channel
-            .send_request(message, &arguments, V::__FORMS)
-            .await
-            .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
-        let ClientState { reply, store } = state;
-        channel.receive_reply(reply, store).await?;
-        let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
-        let values = V::__decode(&mut decoder);
-        decoder.finish_reply()?;
-        values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+    // The span's outcome is what the caller gets: the error after `call_failed` maps it.
+    crate::trace::call_async(message, pid, async {
+        let r = async {
+            let channel = connection.channel();
+            channel.begin_call();
+            channel.settle().await?;
+            channel
+                .send_request(message, &arguments, V::__FORMS)
+                .await
+                .map_err(|e| name_inline_argument(e, message, params, &arguments))?;
+            let ClientState { reply, store } = state;
+            channel.receive_reply(reply, store).await?;
+            let mut decoder = Decoder::prefilled(reply.message(), message, V::__FORMS, store);
+            let values = V::__decode(&mut decoder);
+            decoder.finish_reply()?;
+            values.ok_or_else(|| bad_reply(format_args!("{message}: reply values missing")))
+        }
+        .await;
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(connection.call_failed(e.in_call(message.as_bytes())).await),
+        }
     })
-    .await;
-    match r {
-        Ok(v) => Ok(v),
-        Err(e) => Err(connection.call_failed(e.in_call(message.as_bytes())).await),
-    }
+    .await
 }
 
 /// [`call_async`] for a `typed_errors` handler.
@@ -885,10 +986,11 @@ fn read_reply_values<V: FromValues>(
     channel: &mut Channel,
     state: &mut ClientState,
     message: &'static str,
+    clock: &CallClock,
 ) -> Result<V, Error> {
     let limit = channel.max_scalar_size();
     channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
-    let r = decode_reply_values(channel, state, message);
+    let r = decode_reply_values(channel, state, message, clock);
     channel.set_max_scalar_size(limit);
     r
 }
@@ -897,6 +999,7 @@ fn decode_reply_values<V: FromValues>(
     channel: &mut Channel,
     state: &mut ClientState,
     message: &'static str,
+    clock: &CallClock,
 ) -> Result<V, Error> {
     let ClientState { reply, store } = state;
     let (msg, fd) = if V::__FIRST_OUT_OF_BAND_IS_FD {
@@ -912,6 +1015,7 @@ fn decode_reply_values<V: FromValues>(
         V::__FORMS,
         store,
         fd,
+        Some(clock),
     );
     let values = V::__decode(&mut decoder);
     decoder.finish_reply()?;

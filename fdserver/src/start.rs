@@ -48,10 +48,11 @@ pub struct Builder {
     sandbox: Option<crate::sandbox::Sandbox>,
 }
 
-/// The deadline every call of a started server gets unless told otherwise (30 s): each wait of
-/// a call (writing the request, reading the reply and each scalar or descriptor after it) gives
-/// up after this long with [`Error::TimedOut`], and the client is then broken
-/// ([`Error::needs_restart`]). Set with [`Builder::timeout`] or [`Spawn::timeout`]
+/// The deadline every call of a started server gets unless told otherwise (30 s): a call as a
+/// whole (writing the request, reading the reply and each scalar or descriptor after it,
+/// however slowly the bytes come) gives up after this long with [`Error::TimedOut`], and the
+/// client is then broken ([`Error::needs_restart`]). The same for the blocking and the async
+/// clients, typed or raw ([`ServerHandle::call`](crate::ServerHandle::call)). Set with [`Builder::timeout`] or [`Spawn::timeout`]
 /// (`None` disables it), or per client with `set_timeout`.
 ///
 /// [`Spawn::timeout`]: crate::Spawn::timeout
@@ -108,8 +109,8 @@ impl Builder {
         self
     }
 
-    /// A deadline for each read and write on the client's channel: each wait of a call
-    /// (default [`DEFAULT_CALL_TIMEOUT`], 30 s). `None` disables it: a call then waits for its
+    /// The deadline of each call of the client, for the whole call (default
+    /// [`DEFAULT_CALL_TIMEOUT`], 30 s); the channel's own operations get it each. `None` disables it: a call then waits for its
     /// server as long as it takes, e.g. for handlers that legitimately run for minutes, or a
     /// raw channel that waits for events. A call that times out breaks the client
     /// ([`Error::needs_restart`]): the late reply would otherwise answer the next call.
@@ -274,6 +275,18 @@ impl Builder {
         self.start_handle(server).map(S::Client::from)
     }
 
+    /// A pool's start (or restart): its wait for `initialize_server` ends by `deadline` (what
+    /// is left of the checkout of the call that restarts it) and by this builder's
+    /// `start_timeout`, and is never unbounded ([`DEFAULT_CALL_TIMEOUT`] when neither is set).
+    pub(crate) fn bounded_start(mut self, deadline: Option<std::time::Instant>) -> Self {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        self.start_timeout = match (self.start_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b).or(Some(DEFAULT_CALL_TIMEOUT)),
+        };
+        self
+    }
+
     /// Forks the server and returns the untyped handle.
     ///
     /// Fails with `InvalidInput` if this process ignores SIGCHLD (`SIG_IGN` or `SA_NOCLDWAIT`):
@@ -287,10 +300,15 @@ impl Builder {
     /// `initialize_server` has succeeded (feature `tokio`). `MyServer.start_async()` is the
     /// same for an `#[fdserver]` server and returns its async client.
     ///
-    /// The fork happens when this is called, on the calling thread (through the fork thread:
-    /// see [`fork_on_calling_thread`](Self::fork_on_calling_thread)); it takes a few hundred
-    /// microseconds (BENCHMARKS.md, row 4f), like any short system call, so it is done
-    /// inline rather than on a blocking-pool thread. The wait for `initialize_server`, which may
+    /// The fork happens when this is called, blocking the calling thread until the fork thread
+    /// has forked (see [`fork_on_calling_thread`](Self::fork_on_calling_thread)): it needs
+    /// `server`, which the returned future does not borrow. Its cost grows with the parent's
+    /// memory, as the kernel copies its page tables: the review of issue 13 measured 0.36-0.42
+    /// ms (median) for a small test process and about 100 ms for one with 1 GiB touched (see
+    /// BENCHMARKS.md for the fork's cost by heap size). For a parent that large, start from a
+    /// blocking-pool thread so the runtime thread stays free:
+    /// `tokio::task::spawn_blocking(move || builder.start_async(&mut server))` forks there, and
+    /// its join handle's output is the future to await for `initialize`. The wait for `initialize_server`, which may
     /// take as long as the server's initialisation does, is the returned future's: it waits
     /// through the runtime, with [`start_timeout`](Self::start_timeout). The future does not
     /// borrow `server` (it is `Send + 'static` whatever the server type). Call it inside a tokio
@@ -326,7 +344,7 @@ impl Builder {
     }
 
     /// Everything of a start up to the fork; the wait for `["ready"]` is the caller's.
-    fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
+    pub(crate) fn fork_server<S: Server>(mut self, server: &mut S) -> Result<Forked, Error> {
         if sys::children_autoreaped() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -467,7 +485,7 @@ impl Builder {
 }
 
 /// A server just forked, before its `["ready"]`.
-struct Forked {
+pub(crate) struct Forked {
     handle: ServerHandle,
     start_timeout: Option<Duration>,
     /// The server's type, for traces.
@@ -478,7 +496,7 @@ struct Forked {
 
 impl Forked {
     /// Waits (blocking) for `["ready"]`.
-    fn ready(self) -> Result<ServerHandle, Error> {
+    pub(crate) fn ready(self) -> Result<ServerHandle, Error> {
         let Forked {
             mut handle,
             start_timeout,

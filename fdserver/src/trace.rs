@@ -6,11 +6,11 @@
 //!
 //! | what | kind, level | fields |
 //! |---|---|---|
-//! | a client call | span `call`, DEBUG; then an event: DEBUG, or WARN when the server must be replaced | `message`, `pid` (for a started server), `outcome` (`ok` or the error), `micros` |
+//! | a client call | span `call`, DEBUG; then an event: DEBUG, or WARN when the server must be replaced | `message`, `pid` (for a started server), `outcome` (`ok`, the error the caller gets, or `cancelled` for an async call whose future was dropped), `micros` |
 //! | a handled message (in the server) | span `handle`, DEBUG; then a DEBUG event | `message`, `pid`, `outcome` (`ok`, `error`, `panicked`), `micros` |
 //! | a server started | event, DEBUG | `pid`, `server` (its type) |
 //! | a start that failed | event, WARN | `server`, `error` |
-//! | a server stopped | event, DEBUG (WARN when it had to be killed) | `pid`, `how`, `status` |
+//! | a server stopped (or found exited and reaped) | event, DEBUG (WARN when it had to be killed) | `pid`, `how`, `status` |
 //! | a pool's server restarted, or given up on | event, INFO / WARN | `index`, `pid`, `restarts`, `reason` |
 
 #[cfg(feature = "tracing")]
@@ -78,7 +78,23 @@ mod imp {
             return f.await;
         }
         let started = Instant::now();
+        // Should the call's future be dropped before it ends, its span says so.
+        struct Cancelled<'a>(Option<(&'a tracing::Span, Instant)>);
+        impl Drop for Cancelled<'_> {
+            fn drop(&mut self) {
+                if let Some((span, started)) = self.0.take() {
+                    let micros = started.elapsed().as_micros() as u64;
+                    span.record("outcome", "cancelled");
+                    span.record("micros", micros);
+                    span.in_scope(|| {
+                        tracing::debug!(target: "fdserver", micros, "call cancelled (its future was dropped)")
+                    });
+                }
+            }
+        }
+        let mut cancelled = Cancelled(Some((&span, started)));
         let r = f.instrument(span.clone()).await;
+        cancelled.0 = None;
         let micros = started.elapsed().as_micros() as u64;
         span.record("micros", micros);
         let _entered = span.enter();

@@ -2,14 +2,19 @@
 //!
 //! * `13a`: a typed call from async code (`client.hello(..).await` on a current-thread tokio
 //!   runtime) against the same typed call from a thread (feature `async`).
-//! * `13p1`, `13p2`, `13p4`: two threads calling through a pool of 1, 2 or 4 servers against
-//!   the same two threads through a pool of 1: the ratio is time per call, so the throughput
-//!   the extra servers buy is its inverse (`13p1` measures the noise).
-//! * `13t1`, `13t2`, `13t4`: the same with two tokio tasks on a two-worker runtime and the async
-//!   pool (feature `async`).
+//! * `13p1`, `13p2`, `13p4`: the throughput of N threads calling through a pool of N servers
+//!   (N = 1, 2, 4), against the same N threads calling through a pool of 1. Each sample is the
+//!   wall time of `k` calls split evenly between the N threads (each thread calls
+//!   `pool.hello(..)` in a loop, the pool picking an idle server for each call); the row's
+//!   ratio is time per call, pool of N over pool of 1, so the throughput the extra servers buy
+//!   is its inverse (`13p1` compares a pool of 1 with itself: the noise). The target,
+//!   "a pool of 2 gives at least 1.6x one server's throughput", is `13p2`, unpinned.
+//! * `13t1`, `13t2`, `13t4`: the same with N tokio tasks on an N-worker runtime (2 for N = 1)
+//!   and the async pool (feature `async`).
 //! * `13r`: a crashed pool member, from its SIGKILL to the next successful call on it (the pool
 //!   notices at the checkout, restarts it, and the call runs), against a plain start and first
-//!   call of the same server.
+//!   call of the same server. `13ra`: the same for the async pool (feature `async`), against a
+//!   plain `start_async` and first call.
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -92,6 +97,13 @@ pub fn rows(cfg: &Cfg, modes: &[Mode], want: &dyn Fn(&str) -> bool, rows: &mut V
             guarded(cfg, "13r pool restart", m, || rows.push(restart(cfg, m)));
         }
     }
+    for &m in modes {
+        if want("13ra") {
+            guarded(cfg, "13ra async pool restart", m, || {
+                rows.push(async_restart(cfg, m))
+            });
+        }
+    }
 }
 
 fn hello(c: &mut GreetClient) {
@@ -147,11 +159,19 @@ fn async_call(_: &Cfg, m: Mode) -> Row {
     )
 }
 
-/// `calls` calls split between two threads of the pool `pool`; the time they took.
-fn two_threads(pool: &GreetPool, calls: u64) -> Duration {
+/// The shares of `calls` calls for `n` callers.
+fn shares(calls: u64, n: usize) -> Vec<u64> {
+    let n = n as u64;
+    (0..n)
+        .map(|i| calls / n + u64::from(i < calls % n))
+        .collect()
+}
+
+/// `calls` calls split between `n` threads calling the pool `pool`; the time they took.
+fn threads(pool: &GreetPool, n: usize, calls: u64) -> Duration {
     let t = Instant::now();
     std::thread::scope(|s| {
-        for share in [calls / 2, calls - calls / 2] {
+        for share in shares(calls, n) {
             s.spawn(move || {
                 for _ in 0..share {
                     std::hint::black_box(pool.hello("Joe", "Dalton").expect("hello"));
@@ -169,13 +189,13 @@ fn pool_threads(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
     let p = pairs(
         cfg,
         1 << 20,
-        &mut |k| two_threads(&many, k),
-        &mut |k| two_threads(&one, k),
+        &mut |k| threads(&many, n, k),
+        &mut |k| threads(&one, n, k),
         cfg.pairs,
     );
     Row {
         id: id.into(),
-        what: format!("2 threads: pool of {n} vs pool of 1 (per call)"),
+        what: format!("{n} threads: pool of {n} vs pool of 1 (per call)"),
         pin: m.pin,
         result: Ok(p),
         target: (n == 2 && m.pin == "no").then_some((0.625, "thr>=1.6x")),
@@ -186,7 +206,7 @@ fn pool_threads(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
 #[cfg(feature = "async")]
 fn pool_tasks(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(n.max(2))
         .enable_all()
         .build()
         .expect("runtime");
@@ -197,10 +217,10 @@ fn pool_tasks(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
         .block_on(GreetAsyncPool::start(PoolOptions::new(n), Greet))
         .expect("pool");
     m.settle();
-    let two_tasks = |pool: &GreetAsyncPool, calls: u64| -> Duration {
+    let tasks = |pool: &GreetAsyncPool, calls: u64| -> Duration {
         rt.block_on(async {
             let t = Instant::now();
-            let tasks: Vec<_> = [calls / 2, calls - calls / 2]
+            let tasks: Vec<_> = shares(calls, n)
                 .into_iter()
                 .map(|share| {
                     let pool = pool.clone();
@@ -220,17 +240,20 @@ fn pool_tasks(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
     let p = pairs(
         cfg,
         1 << 20,
-        &mut |k| two_tasks(&many, k),
-        &mut |k| two_tasks(&one, k),
+        &mut |k| tasks(&many, k),
+        &mut |k| tasks(&one, k),
         cfg.pairs,
     );
     Row {
         id: id.into(),
-        what: format!("2 tasks: async pool of {n} vs of 1 (per call)"),
+        what: format!("{n} tasks: async pool of {n} vs of 1 (per call)"),
         pin: m.pin,
         result: Ok(p),
         target: (n == 2 && m.pin == "no").then_some((0.625, "thr>=1.6x")),
-        extra: "2 runtime workers; raw column = pool of 1; throughput gain = 1/ratio".into(),
+        extra: format!(
+            "{} runtime workers; raw column = pool of 1; throughput gain = 1/ratio",
+            n.max(2)
+        ),
     }
 }
 
@@ -238,7 +261,7 @@ fn pool_tasks(cfg: &Cfg, m: Mode, id: &str, n: usize) -> Row {
 fn pool_tasks(_: &Cfg, m: Mode, id: &str, n: usize) -> Row {
     super::unavailable(
         id,
-        &format!("2 tasks: async pool of {n} vs of 1 (per call)"),
+        &format!("{n} tasks: async pool of {n} vs of 1 (per call)"),
         &m,
         "run with --features async",
     )
@@ -299,4 +322,68 @@ fn restart(cfg: &Cfg, m: Mode) -> Row {
         target: None,
         extra: "A includes waiting for the death (pidfd) and the pool's waitpid".into(),
     }
+}
+
+#[cfg(feature = "async")]
+fn async_restart(cfg: &Cfg, m: Mode) -> Row {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool: GreetAsyncPool = rt
+        .block_on(GreetAsyncPool::start(PoolOptions::new(1), Greet))
+        .expect("pool");
+    m.settle();
+    let p = pairs(
+        cfg,
+        10_000,
+        &mut |k| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..k {
+                    let pid = pool.status()[0].pid.expect("running");
+                    let t = Instant::now();
+                    // SAFETY: kill with integers; `pid` is the pool's server, our unreaped child.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    wait_exited(pid);
+                    let r = pool.hello("Joe", "Dalton").await;
+                    std::hint::black_box(r.expect("hello after restart"));
+                    total += t.elapsed();
+                }
+                total
+            })
+        },
+        &mut |k| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..k {
+                    let t = Instant::now();
+                    let mut c = Greet.start_async().await.expect("start");
+                    std::hint::black_box(c.hello("Joe", "Dalton").await.expect("hello"));
+                    total += t.elapsed();
+                    c.stop().await.expect("stop");
+                }
+                total
+            })
+        },
+        cfg.pairs,
+    );
+    Row {
+        id: "13ra".into(),
+        what: "async pool: SIGKILL to next good call vs start_async+call".into(),
+        pin: m.pin,
+        result: Ok(p),
+        target: None,
+        extra: "current-thread runtime; A includes waiting for the death (pidfd)".into(),
+    }
+}
+
+#[cfg(not(feature = "async"))]
+fn async_restart(_: &Cfg, m: Mode) -> Row {
+    super::unavailable(
+        "13ra",
+        "async pool: SIGKILL to next good call vs start_async+call",
+        &m,
+        "run with --features async",
+    )
 }

@@ -70,8 +70,8 @@ pub struct AsyncChannel {
     /// Bytes sent by the write (or request) in progress; `None` between writes. A new operation
     /// that finds bytes here knows the last write was dropped part-way.
     writing: Option<usize>,
-    /// A typed call whose reply has not been read to its end (its future was dropped): the
-    /// next call reads the rest of that reply first and drops it.
+    /// A call whose reply has not been read to its end (its future was dropped): the next call
+    /// reads the rest of that reply first and drops it.
     pub(crate) pending: Option<ReplyReader>,
     /// `SOCK_SEQPACKET`: one receive takes one whole record, and writes are records of at
     /// most [`RECORD_MAX`] (see `channel::read_ahead`).
@@ -79,6 +79,9 @@ pub struct AsyncChannel {
     /// The socket came from a channel that read ahead (the pair `start` creates): given back by
     /// [`into_inner`](Self::into_inner), it reads ahead again.
     owned: bool,
+    /// When the operation (or the whole call) in progress must be over: set when a public
+    /// operation or a call begins, so that a peer that trickles its bytes cannot stretch it.
+    deadline: Option<Instant>,
 }
 
 impl fmt::Debug for AsyncChannel {
@@ -140,6 +143,7 @@ impl AsyncChannel {
             pending: None,
             records,
             owned: false,
+            deadline: None,
         })
     }
 
@@ -174,10 +178,13 @@ impl AsyncChannel {
         Ok(channel)
     }
 
-    /// Sets a deadline for each wait of a read and of a write (`None`: wait forever, the
-    /// default for a channel made here; a started server's has
-    /// [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT)). A time-out part-way through a
-    /// frame breaks the channel.
+    /// Sets the deadline of each operation (`None`: wait forever, the default for a channel
+    /// made here; a started server's has [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT)).
+    /// It bounds an operation as a whole (a read of one message, scalar or descriptor, a write
+    /// of one), however its bytes trickle in; a typed call (or
+    /// [`AsyncServerHandle::call`](crate::AsyncServerHandle::call)) gets one deadline for the
+    /// whole call: request, reply and everything after it. A time-out part-way through a frame
+    /// breaks the channel.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
         self.write_timeout = timeout;
@@ -240,13 +247,28 @@ impl AsyncChannel {
         Ok(())
     }
 
+    /// Starts the deadline of a public operation (`timeout` from now).
+    fn start_op(&mut self, timeout: Option<Duration>) {
+        self.deadline = timeout.map(|t| Instant::now() + t);
+    }
+
+    /// Starts the deadline of a call: one for its request, the abandoned reply it may have to
+    /// read first, and its reply.
+    pub(crate) fn begin_call(&mut self) {
+        let timeout = match (self.read_timeout, self.write_timeout) {
+            (Some(r), Some(w)) => Some(r.max(w)),
+            (r, w) => r.or(w),
+        };
+        self.start_op(timeout);
+    }
+
     // ----------------------------------------------------------------------------------------
     // Waiting
     // ----------------------------------------------------------------------------------------
 
     /// One receive into the buffer (waiting for the socket as needed).
     async fn receive(&mut self, op: Operation) -> Result<(), Error> {
-        let deadline = self.read_timeout.map(|t| Instant::now() + t);
+        let deadline = self.deadline.filter(|_| self.read_timeout.is_some());
         let r = receive_into(
             &self.io,
             &mut self.incoming,
@@ -304,7 +326,7 @@ impl AsyncChannel {
     ) -> Result<(), Error> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut sent = 0;
-        let deadline = self.write_timeout.map(|t| Instant::now() + t);
+        let deadline = self.deadline.filter(|_| self.write_timeout.is_some());
         while sent < total || fd.is_some() {
             // The slices not yet (wholly) sent.
             let mut skip = sent;
@@ -357,6 +379,7 @@ impl AsyncChannel {
         T: AsRef<[u8]>,
     {
         self.check()?;
+        self.start_op(self.write_timeout);
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
         let r = match wire::encode_array(&mut buf, elements) {
@@ -374,6 +397,7 @@ impl AsyncChannel {
 
     /// Reads one array message into `buf`; `Ok(false)` at end of stream at a message boundary.
     pub async fn read_array(&mut self, buf: &mut MessageBuf) -> Result<bool, Error> {
+        self.start_op(self.read_timeout);
         match self
             .read_until(Operation::ReadArray, |inc, _| {
                 inc.take_array(buf).map(|done| done.then_some(()))
@@ -392,6 +416,7 @@ impl AsyncChannel {
         let mut reader = ReplyReader::new("", &[]);
         let mut store = Store::default();
         self.check()?;
+        self.start_op(self.read_timeout);
         loop {
             match reader.advance(&mut self.incoming, buf, &mut store, self.max_scalar) {
                 Ok(Step::Done(r)) => {
@@ -427,6 +452,7 @@ impl AsyncChannel {
     /// Writes a scalar message.
     pub async fn write_scalar(&mut self, data: &[u8]) -> Result<(), Error> {
         self.check()?;
+        self.start_op(self.write_timeout);
         self.writing = Some(0);
         let r = self.send_scalar(data).await;
         self.writing = None;
@@ -454,6 +480,7 @@ impl AsyncChannel {
     /// breaks the channel.
     pub async fn read_scalar(&mut self) -> Result<Option<Vec<u8>>, Error> {
         let mut out = Vec::new();
+        self.start_op(self.read_timeout);
         match self
             .read_until(Operation::ReadScalar, |inc, max| {
                 inc.take_scalar(max, &mut out)
@@ -469,6 +496,7 @@ impl AsyncChannel {
     /// Sends a file descriptor (one `00` byte carrying it).
     pub async fn send_fd(&mut self, fd: impl AsFd) -> Result<(), Error> {
         self.check()?;
+        self.start_op(self.write_timeout);
         self.writing = Some(0);
         let r = self
             .send_all(&[&[0]], Some(fd.as_fd()), Operation::SendFd)
@@ -479,6 +507,7 @@ impl AsyncChannel {
 
     /// Receives a file descriptor; `None` at end of stream.
     pub async fn recv_fd(&mut self) -> Result<Option<OwnedFd>, Error> {
+        self.start_op(self.read_timeout);
         match self
             .read_until(Operation::ReceiveFd, |inc, _| inc.take_fd())
             .await
@@ -568,6 +597,32 @@ impl AsyncChannel {
                 Err(e)
             }
         }
+    }
+
+    /// A raw call ([`AsyncServerHandle::call`](crate::AsyncServerHandle::call)): the same
+    /// pending-reply machinery as a typed call, so a dropped raw call's reply is read and dropped
+    /// by the next call (raw or typed), and a pool sees the call in flight. The reply's array
+    /// (spilled or not) ends up in `reply`.
+    pub(crate) async fn call_raw(
+        &mut self,
+        elements: &[Vec<u8>],
+        reply: &mut MessageBuf,
+    ) -> Result<(), Error> {
+        self.begin_call();
+        self.settle().await?;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        if let Err(e) = wire::encode_array(&mut buf, elements) {
+            self.wbuf = buf;
+            return Err(e);
+        }
+        self.writing = Some(0);
+        let r = self.send_all(&[&buf], None, Operation::WriteArray).await;
+        self.writing = None;
+        self.wbuf = buf;
+        r?;
+        self.pending = Some(ReplyReader::new("", &[]));
+        self.receive_reply(reply, &mut Store::default()).await
     }
 
     /// Reads the pending reply into `reply` (the array) and `store` (its out-of-band values,

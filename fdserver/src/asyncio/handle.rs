@@ -95,7 +95,7 @@ impl AsyncServerHandle {
         self.channel.as_mut().expect("channel present until stop")
     }
 
-    /// Sets a deadline for each wait of a call (`None`: wait forever).
+    /// Sets the deadline of each call, for the whole call (`None`: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.channel().set_timeout(timeout);
     }
@@ -118,6 +118,13 @@ impl AsyncServerHandle {
 
     /// Sends `request` (`[name, args...]`) and returns the values of the `["ok", values...]`
     /// reply as strings (see [`ServerHandle::call`]).
+    ///
+    /// Like a typed call, it has one deadline for the whole call (the channel's
+    /// [timeout](Self::set_timeout)) and may be dropped at any `.await`: a call dropped after its
+    /// request went out leaves its reply due, and the next call on this handle (raw or typed)
+    /// reads that reply and drops it before its own, so no call gets another's reply; an
+    /// [`AsyncPool`](crate::AsyncPool) replaces a server whose call was dropped. A call dropped
+    /// part-way through its request breaks the connection ([`Error::Broken`]).
     pub async fn call<I, T>(&mut self, request: I) -> Result<Vec<String>, Error>
     where
         I: IntoIterator<Item = T>,
@@ -131,23 +138,23 @@ impl AsyncServerHandle {
             .map(|n| n.as_ref().to_vec())
             .chain(request.map(|e| e.as_ref().to_vec()))
             .collect();
-        let mut buf = std::mem::take(&mut self.reply);
-        let r: Result<Vec<String>, Error> = async {
-            let channel = self.channel();
-            channel.write_array(&elements).await?;
-            // The reply this call asked for arrives at any size (as `ServerHandle::call`).
-            let limit = channel.max_scalar_size();
-            channel.set_max_scalar_size(crate::channel::REPLY_MAX_SCALAR);
-            let msg = channel.read_reply(&mut buf).await;
-            channel.set_max_scalar_size(limit);
-            Ok(msg?.to_strings()?.into_iter().skip(1).collect())
-        }
-        .await;
-        self.reply = buf;
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.call_failed(e.in_call(&name_bytes)).await),
-        }
+        let label = String::from_utf8_lossy(&name_bytes).into_owned();
+        let pid = Some(self.pid());
+        crate::trace::call_async(&label, pid, async {
+            let mut buf = std::mem::take(&mut self.reply);
+            let r: Result<Vec<String>, Error> = async {
+                let channel = self.channel();
+                channel.call_raw(&elements, &mut buf).await?;
+                Ok(buf.message().to_strings()?.into_iter().skip(1).collect())
+            }
+            .await;
+            self.reply = buf;
+            match r {
+                Ok(v) => Ok(v),
+                Err(e) => Err(self.call_failed(e.in_call(&name_bytes)).await),
+            }
+        })
+        .await
     }
 
     /// Stops the server without blocking the runtime: closes the connection, then the same
@@ -183,6 +190,26 @@ impl AsyncServerHandle {
             // No reaper (no thread left): the escalation runs here, blocking this thread.
             Err(returned) => returned.0.run_blocking(),
         }
+    }
+
+    /// A pool retires this server (see `ServerHandle::retire`).
+    pub(crate) fn retire(&mut self, kill: bool, on_done: reaper::OnDone) {
+        let channel = self.channel.take();
+        self.process.retire_then(kill, on_done, || {
+            if let Some(channel) = channel {
+                sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+            }
+        });
+    }
+
+    /// Stops the server in the background on its schedule, then runs `on_done` (a pool's stop).
+    pub(crate) fn stop_then(&mut self, on_done: reaper::OnDone) {
+        let channel = self.channel.take();
+        self.process.stop_then(false, on_done, || {
+            if let Some(channel) = channel {
+                sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+            }
+        });
     }
 
     /// Shuts the connection down both ways (the server sees end of stream at once, whoever else

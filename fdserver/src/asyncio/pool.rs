@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::handle::AsyncServerHandle;
 use crate::error::Error;
-use crate::pool::{CallFailure, Core, PoolError, PoolOptions, ServerStatus, Step};
+use crate::pool::{CallFailure, Core, PoolError, PoolOptions, Retirement, ServerStatus, Step};
 use crate::server::Server;
 
 /// The client of a server fdserver started, for tokio: an [`AsyncServerHandle`], or the async
@@ -34,20 +35,26 @@ impl AsyncClient for AsyncServerHandle {
 }
 
 type StartFuture<C> = Pin<Box<dyn Future<Output = Result<C, Error>> + Send>>;
-type AsyncStarter<C> = Box<dyn FnMut() -> StartFuture<C> + Send>;
+/// Forks a server (at once) and returns the wait for its `initialize`, bounded by the deadline.
+type AsyncStarter<C> = Box<dyn FnMut(Option<Instant>) -> StartFuture<C> + Send>;
 
 /// A pool of servers that tokio tasks share: [`Pool`](crate::Pool)'s behaviour (a call gets an
 /// idle server, waits with a bound when all are busy, a failed server is replaced on the next
 /// use that needs it, under the [`RestartPolicy`](crate::RestartPolicy)), with every wait
-/// through the runtime: no blocking call on a runtime thread. Starts and restarts fork inline
-/// (a few hundred microseconds) and wait for the server's `initialize` asynchronously.
+/// through the runtime, except the fork itself: starts and restarts fork inline (see
+/// [`Builder::start_async`](crate::Builder::start_async) for what that costs) and wait for
+/// the server's `initialize` asynchronously, up to the checkout deadline (see
+/// [`PoolOptions::checkout_timeout`](crate::PoolOptions::checkout_timeout)).
 ///
 /// `Clone`, `Send` and `Sync`. `#[fdserver]` servers get a typed one, `MyServerAsyncPool`, whose
 /// methods are the handlers' (`pool.hello("Joe", "Dalton").await`). Every future here may be
 /// dropped at any `.await`: a checkout dropped while it waits takes nothing; one dropped while
 /// it starts a server leaves that server to be stopped in the background and its place to the
-/// next call; a call dropped while its server works leaves that server to finish the reply,
-/// which its next call reads first (see the async client's docs).
+/// next call; a call dropped while its server works has that server replaced: the server is
+/// killed at once (nobody will read its reply) and a new one started for the next call that
+/// needs it. Retired servers are counted until they are reaped, and while there are as many
+/// as the pool's size no replacement starts (callers wait, up to their checkout deadline), so a
+/// pool of `n` never runs more than `2n` processes however fast its calls are cancelled.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -76,8 +83,41 @@ pub struct AsyncPool<C> {
 struct Shared<C> {
     core: Mutex<Core<C>>,
     changed: Notify,
+    /// Checkouts (and stops) waiting on `changed`: a give-back with nobody waiting wakes
+    /// nobody, and takes no lock of `Notify`'s.
+    waiting: AtomicUsize,
     starter: tokio::sync::Mutex<AsyncStarter<C>>,
     checkout_timeout: Option<Duration>,
+}
+
+impl<C> Shared<C> {
+    /// Wakes the waiting checkouts, if any. (A waiter counts itself before it looks at the
+    /// state, and every change is made before this is called, so none is missed.)
+    fn wake(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core<C>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts a waiting checkout while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<C> Clone for AsyncPool<C> {
@@ -104,8 +144,11 @@ impl<C: AsyncClient> AsyncPool<C> {
         let builder = options.builder_ref().clone();
         Self::with_starter(
             options,
-            Box::new(move || {
-                let start = builder.clone().start_async(&mut server);
+            Box::new(move |deadline| {
+                let start = builder
+                    .clone()
+                    .bounded_start(deadline)
+                    .start_async(&mut server);
                 Box::pin(async move { start.await.map(C::from) })
             }),
         )
@@ -124,8 +167,11 @@ impl<C: AsyncClient> AsyncPool<C> {
         let builder = options.builder_ref().clone();
         Self::with_starter(
             options,
-            Box::new(move || {
-                let start = builder.clone().start_async(&mut factory());
+            Box::new(move |deadline| {
+                let start = builder
+                    .clone()
+                    .bounded_start(deadline)
+                    .start_async(&mut factory());
                 Box::pin(async move { start.await.map(C::from) })
             }),
         )
@@ -140,7 +186,7 @@ impl<C: AsyncClient> AsyncPool<C> {
         let now = Instant::now();
         for i in 0..options.size() {
             core.begin_start(i);
-            let client = starter().await?;
+            let client = starter(None).await?;
             core.started(i, Ok(client.handle().pid()), now);
             core.checkin(i, Ok(client), false, now);
         }
@@ -148,6 +194,7 @@ impl<C: AsyncClient> AsyncPool<C> {
             shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 changed: Notify::new(),
+                waiting: AtomicUsize::new(0),
                 starter: tokio::sync::Mutex::new(starter),
                 checkout_timeout: options.checkout_timeout_value(),
             }),
@@ -159,11 +206,8 @@ impl<C: AsyncClient> AsyncPool<C> {
     pub async fn get(&self) -> Result<AsyncPooled<C>, Error> {
         let start = Instant::now();
         let deadline = self.shared.checkout_timeout.map(|t| start + t);
+        let mut waiter: Option<(Waiting<'_>, Pin<Box<tokio::sync::futures::Notified<'_>>>)> = None;
         loop {
-            // Registered before the state is looked at, so no give-back in between is missed.
-            let notified = self.shared.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             let step = self.lock().checkout(Instant::now());
             match step {
                 Step::Take(i, mut client) => {
@@ -171,32 +215,72 @@ impl<C: AsyncClient> AsyncPool<C> {
                     match still_alive(&mut client) {
                         Ok(()) => return Ok(self.guard(i, client)),
                         Err(why) => {
-                            self.lock().checkin(i, Err(why), false, Instant::now());
-                            drop(client);
-                            self.shared.changed.notify_waiters();
+                            let mut core = self.lock();
+                            core.checkin(i, Err(why), false, Instant::now());
+                            core.retiree_started();
+                            drop(core);
+                            retire(&self.shared, client, false);
+                            self.shared.wake();
                         }
                     }
                 }
                 Step::Start(i) => {
-                    // Should this future be dropped while the server starts, the slot goes
-                    // back to the next caller (and the half-started server is stopped).
+                    // Should this future be dropped while it waits for the starter's lock, the
+                    // slot goes back to the next caller.
                     let abandon = Abandon {
                         shared: &self.shared,
                         index: Some(i),
                     };
-                    let r = {
+                    // Only the fork holds the starter's lock.
+                    let start = {
                         let mut starter = self.shared.starter.lock().await;
-                        let start = (starter)();
-                        drop(starter);
-                        start.await
+                        (starter)(deadline)
                     };
                     abandon.disarm();
-                    self.lock()
-                        .started(i, r.as_ref().map(|c| c.handle().pid()), Instant::now());
-                    self.shared.changed.notify_waiters();
-                    return r.map(|client| self.guard(i, client));
+                    // The wait for `initialize` (bounded by this checkout's deadline) runs in a
+                    // task of its own: should this future be dropped meanwhile, the start goes
+                    // on and the new server joins the pool (idle), rather than be stopped
+                    // uncounted while its replacement forks.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let shared = Arc::clone(&self.shared);
+                    tokio::spawn(async move {
+                        let r = start.await;
+                        shared.lock().started(
+                            i,
+                            r.as_ref().map(|c| c.handle().pid()),
+                            Instant::now(),
+                        );
+                        let r = r.map(|client| Handoff {
+                            shared: Arc::clone(&shared),
+                            index: i,
+                            client: Some(client),
+                        });
+                        // Dropped unread (the checkout is gone), the handoff checks the server
+                        // in.
+                        let _ = tx.send(r);
+                        shared.wake();
+                    });
+                    return match rx.await {
+                        Ok(Ok(mut handoff)) => {
+                            let client = handoff.client.take().expect("handed over once");
+                            Ok(self.guard(i, client))
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::Io(std::io::Error::other(
+                            "the task starting a pool server ended without a result (its runtime \
+                             is shutting down)",
+                        ))),
+                    };
                 }
                 Step::Wait(retry_at) => {
+                    // Counted and registered, then the state is looked at again, so no
+                    // give-back in between is missed (and one with nobody waiting wakes nobody).
+                    let Some((_, notified)) = &mut waiter else {
+                        let mut notified = Box::pin(self.shared.changed.notified());
+                        notified.as_mut().enable();
+                        waiter = Some((Waiting::new(&self.shared.waiting), notified));
+                        continue;
+                    };
                     let now = Instant::now();
                     if deadline.is_some_and(|d| now >= d) {
                         return Err(Error::Pool(PoolError::Timeout {
@@ -214,6 +298,7 @@ impl<C: AsyncClient> AsyncPool<C> {
                             let _ = tokio::time::timeout_at(until.into(), notified).await;
                         }
                     }
+                    waiter = None;
                 }
                 Step::Fail(e) => return Err(e),
             }
@@ -234,7 +319,71 @@ impl<C: AsyncClient> AsyncPool<C> {
     /// [`Pool::revive`](crate::Pool::revive)).
     pub fn revive(&self) {
         self.lock().revive(Instant::now());
-        self.shared.changed.notify_waiters();
+        self.shared.wake();
+    }
+
+    /// Stops every server of the pool and awaits their ends (see
+    /// [`Pool::stop`](crate::Pool::stop)): waits (up to the checkout deadline) for busy
+    /// servers to be given back, then stops the idle ones all at once, through the runtime
+    /// (fdserver's reaper drives each escalation; no runtime thread blocks). Returns each
+    /// server's outcome; the pool is closed afterwards ([`PoolError::Stopped`]).
+    ///
+    /// ```
+    /// # use fdserver::{AsyncPool, AsyncServerHandle, Context, Message, PoolOptions, RemoteError, Server, ServerHandle, Shutdown};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fdserver::Error> {
+    /// let pool: AsyncPool<AsyncServerHandle> = AsyncPool::start(PoolOptions::new(2), Echo).await?;
+    /// let stopped = pool.stop().await;
+    /// assert_eq!(stopped.len(), 2);
+    /// assert!(stopped.iter().all(|s| s.as_ref().unwrap().how == Shutdown::Graceful));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn stop(&self) -> Vec<Result<crate::Stopped, Error>> {
+        let start = Instant::now();
+        let deadline = self.shared.checkout_timeout.map(|t| start + t);
+        self.lock().close();
+        self.shared.wake();
+        loop {
+            let _waiting = Waiting::new(&self.shared.waiting);
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.lock().any_busy() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match deadline {
+                None => notified.await,
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), notified).await;
+                }
+            }
+        }
+        let idle = self.lock().take_idle();
+        let mut stops = Vec::with_capacity(idle.len());
+        for mut client in idle {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            client.handle_mut().stop_then(Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }));
+            stops.push(rx);
+        }
+        let mut out = Vec::with_capacity(stops.len());
+        for rx in stops {
+            out.push(rx.await.unwrap_or_else(|_| {
+                Err(Error::Io(std::io::Error::other(
+                    "fdserver's reaper thread ended before the stop",
+                )))
+            }));
+        }
+        out
     }
 
     /// For the typed pool's methods: after a call on `guard` returned `r`, whether to run it
@@ -249,7 +398,7 @@ impl<C: AsyncClient> AsyncPool<C> {
     ) -> bool {
         match r {
             Err(e) if e.needs_restart() => {
-                guard.retire();
+                guard.retired = Some(Retirement::after(e));
                 if idempotent && !*retried {
                     *retried = true;
                     return true;
@@ -261,7 +410,7 @@ impl<C: AsyncClient> AsyncPool<C> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Core<C>> {
-        self.shared.core.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     fn guard(&self, index: usize, client: C) -> AsyncPooled<C> {
@@ -289,39 +438,71 @@ impl<C> Abandon<'_, C> {
 impl<C> Drop for Abandon<'_, C> {
     fn drop(&mut self) {
         if let Some(i) = self.index {
-            self.shared
-                .core
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .start_abandoned(i, Instant::now());
-            self.shared.changed.notify_waiters();
+            self.shared.lock().start_abandoned(i, Instant::now());
+            self.shared.wake();
         }
     }
+}
+
+/// A server a start task hands to its checkout: checked in (idle) if the checkout is gone.
+struct Handoff<C> {
+    shared: Arc<Shared<C>>,
+    index: usize,
+    client: Option<C>,
+}
+
+impl<C> Drop for Handoff<C> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.shared
+                .lock()
+                .checkin(self.index, Ok(client), false, Instant::now());
+            self.shared.wake();
+        }
+    }
+}
+
+/// Hands a retired server (counted by `retiree_started`) to the reaper, which ends it and then
+/// uncounts it and wakes the waiting checkouts (at once if it had already exited).
+fn retire<C: AsyncClient>(shared: &Arc<Shared<C>>, mut client: C, kill: bool) {
+    let shared = Arc::clone(shared);
+    client.handle_mut().retire(
+        kill,
+        Box::new(move |_| {
+            shared.lock().retiree_gone();
+            shared.wake();
+        }),
+    );
 }
 
 /// Whether an idle server is still alive (one `waitpid(WNOHANG)`, no waiting).
 fn still_alive<C: AsyncClient>(client: &mut C) -> Result<(), String> {
     let h = client.handle_mut();
     match h.try_wait() {
-        Ok(None) => usable(h),
+        Ok(None) => usable(h).map_err(|r| r.why),
         Ok(Some(status)) => Err(format!("server exited ({status})")),
         Err(e) => Err(e.to_string()),
     }
 }
 
-fn usable(h: &mut AsyncServerHandle) -> Result<(), String> {
+fn usable(h: &mut AsyncServerHandle) -> Result<(), Retirement> {
     let c = h.channel();
-    if c.pending.is_some() {
+    let (why, kill) = if c.pending.is_some() {
         // A call was dropped while its server worked on it: rather than make the next caller
-        // wait for that abandoned reply, the server is replaced (as after a time-out).
-        Err("a call on it was cancelled before its reply came".into())
+        // wait for that abandoned reply, the server is replaced (as after a time-out), and
+        // killed at once: nobody will read what it is computing.
+        ("a call on it was cancelled before its reply came", true)
     } else if c.is_broken() {
-        Err("connection broken by an earlier error".into())
+        ("connection broken by an earlier error", true)
     } else if c.peer_gone() {
-        Err("the server closed the connection".into())
+        ("the server closed the connection", false)
     } else {
-        Ok(())
-    }
+        return Ok(());
+    };
+    Err(Retirement {
+        why: why.into(),
+        kill,
+    })
 }
 
 /// A server checked out of an [`AsyncPool`] (see [`AsyncPool::get`]): derefs to its client.
@@ -331,15 +512,23 @@ pub struct AsyncPooled<C: AsyncClient> {
     shared: Arc<Shared<C>>,
     index: usize,
     client: Option<C>,
-    retired: Option<String>,
+    retired: Option<Retirement>,
 }
 
 impl<C: AsyncClient> AsyncPooled<C> {
     /// Has the server replaced instead of given back (see
     /// [`Pooled::retire`](crate::Pooled::retire)).
     pub fn retire(&mut self) {
-        self.retired
-            .get_or_insert_with(|| "retired after a call failed".to_string());
+        self.retired.get_or_insert_with(|| Retirement {
+            why: "retired by its caller".into(),
+            kill: false,
+        });
+    }
+
+    /// [`retire`](Self::retire) after `error` (see
+    /// [`Pooled::retire_after`](crate::Pooled::retire_after)).
+    pub fn retire_after(&mut self, error: &Error) {
+        self.retired = Some(Retirement::after(error));
     }
 
     /// Its place in the pool.
@@ -365,23 +554,33 @@ impl<C: AsyncClient> Drop for AsyncPooled<C> {
     fn drop(&mut self) {
         let mut client = self.client.take().expect("present until dropped");
         let verdict = match self.retired.take() {
-            Some(why) => Err(why),
+            Some(r) => Err(r),
             None => usable(client.handle_mut()),
         };
-        let mut core = self.shared.core.lock().unwrap_or_else(|p| p.into_inner());
+        let mut core = self.shared.lock();
+        let verdict = match verdict {
+            Ok(()) if core.is_closed() => Err(Retirement {
+                why: "the pool was stopped".into(),
+                kill: false,
+            }),
+            v => v,
+        };
         let dead = match verdict {
             Ok(()) => {
                 core.checkin(self.index, Ok(client), true, Instant::now());
                 None
             }
-            Err(why) => {
-                core.checkin(self.index, Err(why), true, Instant::now());
-                Some(client)
+            Err(r) => {
+                core.checkin(self.index, Err(r.why), true, Instant::now());
+                core.retiree_started();
+                Some((client, r.kill))
             }
         };
         drop(core);
-        drop(dead); // stopped in the background
-        self.shared.changed.notify_waiters();
+        if let Some((client, kill)) = dead {
+            retire(&self.shared, client, kill);
+        }
+        self.shared.wake();
     }
 }
 

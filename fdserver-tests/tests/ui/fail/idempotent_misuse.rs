@@ -3,7 +3,7 @@ struct Server;
 #[fdserver::fdserver]
 impl Server {
     #[fdserver(idempotent)]
-    fn get(&self, key: String) -> String {
+    fn fetch(&self, key: String) -> String {
         key
     }
 

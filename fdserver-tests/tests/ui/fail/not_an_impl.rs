@@ -14,12 +14,12 @@ struct Generic<T>(T);
 
 #[fdserver::fdserver]
 impl<T: Copy> Generic<T> {
-    fn get(&mut self) -> u32 {
+    fn value(&mut self) -> u32 {
         0
     }
 }
 
 fn main() {
     let _ = Other.to_string();
-    let _ = Generic(1u8).get();
+    let _ = Generic(1u8).value();
 }

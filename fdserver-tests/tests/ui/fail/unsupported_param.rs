@@ -10,7 +10,7 @@ impl Server {
         values.iter().sum()
     }
 
-    fn call(&mut self, f: fn() -> u32) -> u32 {
+    fn invoke(&mut self, f: fn() -> u32) -> u32 {
         f()
     }
 
