@@ -14,6 +14,7 @@ fn color(lane: Lane) -> RGBColor {
     match lane {
         Lane::Fdserver => RGBColor(31, 90, 180),
         Lane::FdserverTyped => RGBColor(120, 165, 225),
+        Lane::FdserverStream => RGBColor(80, 130, 205),
         Lane::Raw => RGBColor(110, 110, 110),
         Lane::Ipc => RGBColor(230, 120, 20),
         Lane::IpcSpawn => RGBColor(245, 185, 120),
@@ -23,8 +24,9 @@ fn color(lane: Lane) -> RGBColor {
 }
 
 /// The lanes drawn as bars (raw is the 1.0 line).
-const BAR_LANES: [Lane; 6] = [
+const BAR_LANES: [Lane; 7] = [
     Lane::Fdserver,
+    Lane::FdserverStream,
     Lane::FdserverTyped,
     Lane::Ipc,
     Lane::IpcSpawn,

@@ -1,13 +1,13 @@
-//! The fdserver lanes. Rows 1 and 3 use the `#[fdserver]` server [`HelloServer`] and its typed
-//! client, as users write it. Rows 2 and 4 use the raw `Channel` of the hand-written
-//! [`BenchServer`] (the compare bench's server), because the typed API has no way to send a
-//! descriptor the server keeps (a handler returns an owned one: [`FdTypedServer`], lane
-//! `fdserver-typed-dup`) nor to stream scalars in one request.
+//! The fdserver lanes. Rows 1, 2 and 3 use `#[fdserver]` servers and their typed clients, as
+//! users write them: [`HelloServer`], and [`FdTypedServer`], whose handler lends the descriptor
+//! it keeps (`BorrowedFd<'_>`; lane `fdserver-typed-dup` returns an owned duplicate instead, a
+//! `dup` per call). Row 4 uses the raw `Channel` of the hand-written [`BenchServer`] (the compare
+//! bench's server): the typed API has no way to stream scalars in one request.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::hint::black_box;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use fdserver::{Context, Message, MessageBuf, RemoteError, Server, ServerHandle};
 
@@ -22,7 +22,7 @@ pub struct HelloServer;
 
 #[fdserver::fdserver]
 impl HelloServer {
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             NUMBER,
@@ -39,8 +39,14 @@ impl HelloServer {
 pub struct TypedHello(HelloServerClient);
 
 impl TypedHello {
-    pub fn start() -> TypedHello {
-        TypedHello(HelloServer.start().expect("start fdserver server"))
+    /// `seqpacket`: the default pair; else a stream one (lane `fdserver-stream`).
+    pub fn start(seqpacket: bool) -> TypedHello {
+        TypedHello(
+            fdserver::Builder::new()
+                .seqpacket(seqpacket)
+                .start(&mut HelloServer)
+                .expect("start fdserver server"),
+        )
     }
 }
 
@@ -83,7 +89,7 @@ pub struct HeapHelloServer {
 
 #[fdserver::fdserver]
 impl HeapHelloServer {
-    fn hello(&mut self, first_name: String, last_name: String) -> (String, u32) {
+    fn hello(&mut self, first_name: &str, last_name: &str) -> (String, u32) {
         (
             format!("Hello {first_name} {last_name}, how are you?"),
             NUMBER,
@@ -106,10 +112,9 @@ pub fn heap_start_call_stop(server: &mut HeapHelloServer) {
     assert!(stopped.status.success(), "server exit: {stopped}");
 }
 
-/// Rows 2 and 4: the hand-written server. Its buffers are allocated before the fork.
+/// Row 4: the hand-written server. Its buffers are allocated before the fork.
 pub struct BenchServer {
     greeting: String,
-    devnull: Option<OwnedFd>,
     sink: Vec<u8>,
 }
 
@@ -117,7 +122,6 @@ impl BenchServer {
     fn new() -> Self {
         BenchServer {
             greeting: String::with_capacity(128),
-            devnull: None,
             sink: Vec::with_capacity(CHUNK),
         }
     }
@@ -128,8 +132,6 @@ impl Server for BenchServer {
 
     fn initialize_server(&mut self) -> Result<(), fdserver::BoxError> {
         os::die_with_parent();
-        let file = File::options().read(true).write(true).open("/dev/null")?;
-        self.devnull = Some(file.into());
         Ok(())
     }
 
@@ -144,11 +146,6 @@ impl Server for BenchServer {
                     msg.str(2)?
                 );
                 ctx.reply([self.greeting.as_str(), "1234"])?;
-            }
-            // Row 2: ["fd"] → ["ok"] + one descriptor
-            b"fd" => {
-                let fd = self.devnull.as_ref().expect("opened in initialize_server");
-                ctx.channel().write_ok_with_fd([""; 0], fd.as_fd())?;
             }
             // Row 4: ["sink", n] + n scalars → ["ok"]
             b"sink" => {
@@ -178,47 +175,20 @@ fn stop_handle(handle: ServerHandle) {
     assert!(stopped.status.success(), "server exit: {stopped}");
 }
 
-/// Row 2: `["fd"]` answered by `["ok"]` + one descriptor, received and closed.
-pub struct FdCall {
-    handle: ServerHandle,
-    buf: MessageBuf,
-}
-
-impl FdCall {
-    pub fn start() -> FdCall {
-        FdCall {
-            handle: start_bench_server(),
-            buf: MessageBuf::new(),
-        }
-    }
-}
-
-impl Helper for FdCall {
-    fn pid(&self) -> i32 {
-        self.handle.pid() as i32
-    }
-
-    #[inline(never)]
-    fn op(&mut self, _warmup: bool) {
-        let ch = self.handle.channel();
-        ch.write_array(["fd"]).expect("fd request");
-        let fd = ch.read_reply_with_fd(&mut self.buf).expect("fd reply").1;
-        drop(black_box(fd));
-    }
-
-    fn stop(self: Box<Self>) {
-        stop_handle(self.handle);
-    }
-}
-
-/// Row 2 through the typed API: the handler can only return an owned descriptor, so it
-/// duplicates the one it keeps.
+/// Row 2: a typed call answered by one descriptor the server keeps; the client receives it
+/// and closes it.
 pub struct FdTypedServer {
     devnull: Option<File>,
 }
 
 #[fdserver::fdserver]
 impl FdTypedServer {
+    /// Lane `fdserver`: lends the descriptor it keeps.
+    fn fd_kept(&self) -> BorrowedFd<'_> {
+        self.devnull.as_ref().expect("opened in init").as_fd()
+    }
+
+    /// Lane `fdserver-typed-dup`: returns an owned duplicate (a `dup` per call).
     fn fd(&mut self) -> std::io::Result<File> {
         self.devnull.as_ref().expect("opened in init").try_clone()
     }
@@ -231,31 +201,41 @@ impl FdTypedServer {
     }
 }
 
-/// Lane `fdserver-typed-dup`.
-pub struct TypedFd(FdTypedServerClient);
+/// Lanes `fdserver` (`kept`) and `fdserver-typed-dup`.
+pub struct TypedFd {
+    client: FdTypedServerClient,
+    kept: bool,
+}
 
 impl TypedFd {
-    pub fn start() -> TypedFd {
-        TypedFd(
-            FdTypedServer { devnull: None }
-                .start()
+    /// `seqpacket`: the default pair; else a stream one (lane `fdserver-stream`).
+    pub fn start(kept: bool, seqpacket: bool) -> TypedFd {
+        TypedFd {
+            client: fdserver::Builder::new()
+                .seqpacket(seqpacket)
+                .start(&mut FdTypedServer { devnull: None })
                 .expect("start fdserver server"),
-        )
+            kept,
+        }
     }
 }
 
 impl Helper for TypedFd {
     fn pid(&self) -> i32 {
-        self.0.pid() as i32
+        self.client.pid() as i32
     }
 
     #[inline(never)]
     fn op(&mut self, _warmup: bool) {
-        drop(black_box(self.0.fd().expect("fd")));
+        if self.kept {
+            drop(black_box(self.client.fd_kept().expect("fd")));
+        } else {
+            drop(black_box(self.client.fd().expect("fd")));
+        }
     }
 
     fn stop(self: Box<Self>) {
-        let stopped = self.0.stop().expect("stop");
+        let stopped = self.client.stop().expect("stop");
         assert!(stopped.status.success(), "server exit: {stopped}");
     }
 }

@@ -78,8 +78,11 @@ pub const BULK_WARMUP_CHUNKS: u64 = 64;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Lane {
     /// fdserver as its users write it: the `#[fdserver]` typed client where the row allows it,
-    /// else the raw `Channel` of a hand-written `Server` (rows 2 and 4, as the compare bench).
+    /// else the raw `Channel` of a hand-written `Server` (row 4, as the compare bench).
     Fdserver,
+    /// Rows 1 and 2 of `Fdserver` on a `SOCK_STREAM` pair (`Builder::seqpacket(false)`): the
+    /// read-ahead stream channel, which a server whose socket is handed to stream readers uses.
+    FdserverStream,
     /// Row 2 through the typed API: the handler returns an owned descriptor (`io::Result<File>`),
     /// so it duplicates its descriptor on every call.
     FdserverTyped,
@@ -99,8 +102,9 @@ pub enum Lane {
 }
 
 impl Lane {
-    pub const ALL: [Lane; 7] = [
+    pub const ALL: [Lane; 8] = [
         Lane::Fdserver,
+        Lane::FdserverStream,
         Lane::FdserverTyped,
         Lane::Raw,
         Lane::Ipc,
@@ -112,6 +116,7 @@ impl Lane {
     pub fn name(self) -> &'static str {
         match self {
             Lane::Fdserver => "fdserver",
+            Lane::FdserverStream => "fdserver-stream",
             Lane::FdserverTyped => "fdserver-typed-dup",
             Lane::Raw => "raw",
             Lane::Ipc => "ipc-channel",
@@ -131,6 +136,7 @@ impl Lane {
             (self, row),
             (Lane::Fdserver | Lane::Raw | Lane::Ipc, _)
                 | (Lane::FdserverTyped, Row::Fd)
+                | (Lane::FdserverStream, Row::Call | Row::Fd)
                 | (Lane::IpcSpawn | Lane::Procspawn, Row::Start)
                 | (Lane::Tarpc, Row::Call | Row::Start)
         )
@@ -151,9 +157,11 @@ pub trait Helper {
 /// Starts `lane`'s helper for `row` (rows 1, 2, 4).
 pub fn start_helper(row: Row, lane: Lane) -> Box<dyn Helper> {
     match (row, lane) {
-        (Row::Call, Lane::Fdserver) => Box::new(fdside::TypedHello::start()),
-        (Row::Fd, Lane::Fdserver) => Box::new(fdside::FdCall::start()),
-        (Row::Fd, Lane::FdserverTyped) => Box::new(fdside::TypedFd::start()),
+        (Row::Call, Lane::Fdserver) => Box::new(fdside::TypedHello::start(true)),
+        (Row::Call, Lane::FdserverStream) => Box::new(fdside::TypedHello::start(false)),
+        (Row::Fd, Lane::Fdserver) => Box::new(fdside::TypedFd::start(true, true)),
+        (Row::Fd, Lane::FdserverStream) => Box::new(fdside::TypedFd::start(true, false)),
+        (Row::Fd, Lane::FdserverTyped) => Box::new(fdside::TypedFd::start(false, true)),
         (Row::Bulk, Lane::Fdserver) => Box::new(fdside::Bulk::start()),
         (Row::Call, Lane::Raw) => Box::new(raw::PingPong::start()),
         (Row::Fd, Lane::Raw) => Box::new(raw::FdPass::start()),
@@ -241,7 +249,7 @@ pub fn start_call_stop(lane: Lane, rt: Option<&tokio::runtime::Runtime>) -> Star
         Lane::IpcSpawn => peers::ipc_lane::start_call_stop_spawned(),
         Lane::Tarpc => peers::tarpc_lane::start_call_stop(rt.expect("tarpc runtime")),
         Lane::Procspawn => peers::procspawn_lane::start_call_stop(),
-        Lane::FdserverTyped => unreachable!("no row 3 for {lane:?}"),
+        Lane::FdserverTyped | Lane::FdserverStream => unreachable!("no row 3 for {lane:?}"),
     }
 }
 

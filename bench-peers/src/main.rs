@@ -40,7 +40,7 @@ const USAGE: &str = "usage: fdserver-bench-peers [--quick] [--out DIR] [--rounds
 [--lanes NAME,...] [--modes pinned,split,unpinned] [--no-heap] [--heap-sizes MIB,...] [--heap-rounds N]
        fdserver-bench-peers --counts [--rows ...] [--lanes ...] [--no-strace] [--out DIR]
        fdserver-bench-peers --render [--out DIR]
-lanes: fdserver fdserver-typed-dup raw ipc-channel ipc-channel-spawn tarpc procspawn";
+lanes: fdserver fdserver-stream fdserver-typed-dup raw ipc-channel ipc-channel-spawn tarpc procspawn";
 
 struct Args {
     quick: bool,

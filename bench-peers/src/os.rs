@@ -122,6 +122,20 @@ pub fn threads() -> u64 {
         .unwrap_or(0)
 }
 
+/// Threads of this process other than fdserver's own (its fork threads and its reaper, named
+/// `fdserver ...`, which park between uses and hold no lock there).
+pub fn foreign_threads() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return threads();
+    };
+    dir.filter_map(Result::ok)
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            !comm.starts_with("fdserver ")
+        })
+        .count() as u64
+}
+
 /// `getrusage(who)`.
 pub fn rusage(who: libc::c_int) -> libc::rusage {
     // SAFETY: an all-zero rusage is valid; getrusage fills it.

@@ -494,6 +494,25 @@ fn context_param(ty: &Type) -> Option<bool> {
     }
 }
 
+/// A descriptor the server keeps, returned borrowed: `BorrowedFd<'_>` (any lifetime), or a
+/// shared reference to one of the descriptor types (`&File`, `&OwnedFd`, ...). Returns what the
+/// client receives in its place: `OwnedFd`, or the referenced type.
+fn borrowed_fd_return(ty: &Type) -> Option<Type> {
+    match strip(ty) {
+        Type::Reference(r) if r.mutability.is_none() => {
+            let seg = last_segment(&r.elem)?;
+            let name = seg.ident.to_string();
+            (matches!(seg.arguments, PathArguments::None) && FD_TYPES.contains(&name.as_str()))
+                .then(|| (*r.elem).clone())
+        }
+        Type::Path(_) => {
+            let seg = last_segment(ty)?;
+            (seg.ident == "BorrowedFd").then(|| syn::parse_quote!(::std::os::fd::OwnedFd))
+        }
+        _ => None,
+    }
+}
+
 fn find_self(tokens: TokenStream) -> Option<Span> {
     for tt in tokens {
         match tt {
@@ -536,9 +555,13 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
             "a handler's return value",
             "handlers must return owned values (the reply is sent after the handler returns): \
              `String` instead of `&str`, `Vec<u8>` instead of `&[u8]`, `PathBuf` instead of \
-             `&Path`, `OsString` instead of `&OsStr`",
+             `&Path`, `OsString` instead of `&OsStr` (a descriptor the server keeps may be \
+             returned borrowed from `self`: `&File`, `&OwnedFd`, `BorrowedFd<'_>`, ...)",
         ),
     };
+    if role == Role::Return && borrowed_fd_return(ty).is_some() {
+        return Ok(());
+    }
     if let (Role::Param, Type::Reference(r)) = (role, strip(ty)) {
         if r.mutability.is_none() && borrowed_kind(&r.elem).is_some() {
             return match &r.lifetime {
@@ -620,6 +643,19 @@ fn check_type(ty: &Type, role: Role, tuple_ok: bool) -> syn::Result<()> {
             t,
             "a tuple cannot be a handler parameter: take one parameter per value",
         )),
+        Type::Reference(r)
+            if role == Role::Return
+                && r.mutability.is_some()
+                && borrowed_fd_return(&r.elem).is_none()
+                && last_segment(&r.elem)
+                    .is_some_and(|seg| FD_TYPES.contains(&seg.ident.to_string().as_str())) =>
+        {
+            Err(syn::Error::new_spanned(
+                r,
+                "a descriptor the server keeps is lent with a shared reference (`&File`) or a \
+                 `BorrowedFd<'_>`, not `&mut`",
+            ))
+        }
         Type::Reference(r) => Err(syn::Error::new_spanned(r, owned_hint)),
         Type::ImplTrait(t) => Err(syn::Error::new_spanned(
             t,
@@ -742,17 +778,32 @@ fn return_type(ret: &ReturnType) -> Type {
 }
 
 /// What the client stub returns for a handler returning `ret`: the `Ok` type of a `Result`
-/// (including aliases named `Result`, such as `io::Result<T>`), else the type itself.
+/// (including aliases named `Result`, such as `io::Result<T>`), else the type itself; with each
+/// borrowed descriptor (`BorrowedFd<'_>`, `&File`) as the owned one the client receives.
 fn client_ret(ret: &Type) -> Type {
     if let Some(seg) = last_segment(ret) {
         if seg.ident == "Result" {
             return match type_args(seg).first() {
-                Some(ok) => (*ok).clone(),
+                Some(ok) => client_value(ok),
                 None => syn::parse_quote!(<#ret as ::fdserver::args::Reply>::Ok),
             };
         }
     }
-    ret.clone()
+    client_value(ret)
+}
+
+/// The client's type for a value (or tuple of values) a handler returns.
+fn client_value(ty: &Type) -> Type {
+    if let Some(owned) = borrowed_fd_return(ty) {
+        return owned;
+    }
+    match strip(ty) {
+        Type::Tuple(t) => {
+            let elems = t.elems.iter().map(client_value);
+            syn::parse_quote!((#(#elems,)*))
+        }
+        _ => ty.clone(),
+    }
 }
 
 /// For a `typed_errors` handler: the error type of its `Result` return type, written out when

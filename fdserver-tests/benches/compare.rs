@@ -26,7 +26,7 @@
 //! one row in a loop, unpinned: `compare --trace <what> <n>`, `what` one of `fd-call`,
 //! `raw-call`, `fd-call-deadline`, `fd-fdcall`, `raw-fdcall`, `fd-bulk`, `raw-bulk`, `fd-start`
 //! (and `fd-start-nowatch`, `fd-start-notombs`, `fd-start-bare`: without the hang-up watch, the
-//! tombstones, or both), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
+//! tombstones, or both; `fd-start-calling`: forked from the calling thread, row 4f's B side), `raw-start`, `raw-start-protocol`, `fd-start-phases` (`n` operations; bulk: `n` 64 KiB
 //! chunks), or row 5's `preload-warm`, `preload-inprocess`, `raw-spawn` (`n` client processes),
 //! `preload-protocol` (`n` warm commands sent by the bench itself, timed phase by phase).
 //! It prints page faults, context switches and CPU time per operation (`getrusage`) to stderr.
@@ -309,23 +309,31 @@ fn main() {
     }
     // 13a, 13p1-4, 13t1-4, 13r, 13ra: async calls, pools and restarts (issue 13; issue13.rs).
     issue13::rows(&cfg, &same_cpu, &want, &mut rows);
-    // Row 5: the preloader. 5: warm command vs posix_spawn of /bin/true; 5i: the same client
-    // binary run in-process (FDSERVER_PRELOAD=0), which splits 5's gap into "exec of a Rust
-    // binary" and "the preloader"; 5w: the wordindex example, warm vs cold.
-    if want("5") || want("5i") {
+    // Row 5: the preloader. 5: warm command vs /bin/true, each started as a shell does (fork,
+    // execve, waitpid); 5p: the same with posix_spawn; 5i: the same client binary run
+    // in-process (FDSERVER_PRELOAD=0), which splits 5's gap into "exec of a Rust binary" and
+    // "the preloader"; 5w: the wordindex example, warm vs cold.
+    if want("5") || want("5p") || want("5i") {
         match preload::preload_app() {
             Ok(app) => {
                 for &m in &same_cpu {
                     if want("5") {
                         preload_guarded(&cfg, "5 preloader warm command", m, || {
-                            rows.push(row_preload_command(&cfg, m, &app, false))
+                            rows.push(row_preload_command(&cfg, m, &app, Launch::Fork))
+                        });
+                    }
+                }
+                for &m in &same_cpu {
+                    if want("5p") {
+                        preload_guarded(&cfg, "5p warm command, posix_spawn", m, || {
+                            rows.push(row_preload_command(&cfg, m, &app, Launch::PosixSpawn))
                         });
                     }
                 }
                 for &m in &same_cpu {
                     if want("5i") {
                         preload_guarded(&cfg, "5i client in-process", m, || {
-                            rows.push(row_preload_command(&cfg, m, &app, true))
+                            rows.push(row_preload_command(&cfg, m, &app, Launch::InProcess))
                         });
                     }
                 }
@@ -333,7 +341,7 @@ fn main() {
             Err(e) => rows.extend(
                 same_cpu
                     .iter()
-                    .map(|m| unavailable("5", "preloader warm command vs posix_spawn", m, &e)),
+                    .map(|m| unavailable("5", "preloader warm command vs fork+exec true", m, &e)),
             ),
         }
     }
@@ -344,19 +352,19 @@ fn main() {
             Ok(app) => {
                 for &m in &same_cpu {
                     preload_guarded(&cfg, "5s static client warm command", m, || {
-                        let mut row = row_preload_command(&cfg, m, &app, false);
+                        let mut row = row_preload_command(&cfg, m, &app, Launch::Fork);
                         row.id = "5s".into();
-                        row.what = "static client warm cmd vs posix_spawn true".into();
+                        row.what = "static client warm cmd vs fork+exec true".into();
                         row.extra = "preload-app (+crt-static) exit 0, server up".into();
                         rows.push(row)
                     });
                 }
             }
-            Err(e) => {
-                rows.extend(same_cpu.iter().map(|m| {
-                    unavailable("5s", "static client warm cmd vs posix_spawn true", m, &e)
-                }))
-            }
+            Err(e) => rows.extend(
+                same_cpu
+                    .iter()
+                    .map(|m| unavailable("5s", "static client warm cmd vs fork+exec true", m, &e)),
+            ),
         }
     }
     if want("5w") {
@@ -871,11 +879,23 @@ fn row_hardening(cfg: &Cfg, m: Mode, id: &str, watch: bool, tombs: bool, extra_f
     }
 }
 
-/// Row 5 (`in_process` false) and 5i (true): `preload-app exit 0` (a command that does nothing),
-/// from `posix_spawn` to `waitpid`, against a server already running with a preloaded template
-/// (5), or in-process with `FDSERVER_PRELOAD=0` (5i), vs `posix_spawn` + `waitpid` of
-/// `/bin/true`. Both sides get the same environment and inherit the same descriptors.
-fn row_preload_command(cfg: &Cfg, m: Mode, app: &Path, in_process: bool) -> Row {
+/// How row 5's variants run the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// 5: as a shell does, `fork` + `execve` + `waitpid`, against a warm server.
+    Fork,
+    /// 5p: `posix_spawn` + `waitpid`, against a warm server.
+    PosixSpawn,
+    /// 5i: `fork` + `execve` + `waitpid`, in-process (`FDSERVER_PRELOAD=0`).
+    InProcess,
+}
+
+/// Rows 5, 5p and 5i: `preload-app exit 0` (a command that does nothing), from the start of the
+/// client to `waitpid`, against a server already running with a preloaded template (5, 5p), or
+/// in-process with `FDSERVER_PRELOAD=0` (5i), vs the same for `/bin/true`. Both sides get the
+/// same environment, inherit the same descriptors and are started the same way.
+fn row_preload_command(cfg: &Cfg, m: Mode, app: &Path, launch: Launch) -> Row {
+    let in_process = launch == Launch::InProcess;
     m.settle();
     let server = preload::PreloadServer::new(app, &format!("app-{}", m.pin));
     // Starts the server and preloads the template (untimed), and checks the plumbing.
@@ -884,13 +904,17 @@ fn row_preload_command(cfg: &Cfg, m: Mode, app: &Path, in_process: bool) -> Row 
         "up\n"
     );
     let pid = server.server_pid();
-    let cmd = preload::Spawn::new(app, &["exit", "0"], server.env(in_process), false);
-    let raw = preload::Spawn::new(
+    let mut cmd = preload::Spawn::new(app, &["exit", "0"], server.env(in_process), false);
+    let mut raw = preload::Spawn::new(
         &preload::trivial_program(),
         &[],
         server.env(in_process),
         false,
     );
+    if launch == Launch::PosixSpawn {
+        cmd = cmd.posix_spawn();
+        raw = raw.posix_spawn();
+    }
     let p = pairs(
         cfg,
         10_000,
@@ -907,24 +931,31 @@ fn row_preload_command(cfg: &Cfg, m: Mode, app: &Path, in_process: bool) -> Row 
     let preloads = server.log().matches(" preloaded (pid ").count();
     assert_eq!(preloads, 1, "preloads during the row:\n{}", server.log());
     drop(server);
-    if in_process {
-        Row {
+    match launch {
+        Launch::InProcess => Row {
             id: "5i".into(),
-            what: "client in-process (PRELOAD=0) vs spawn true".into(),
+            what: "client in-process (PRELOAD=0) vs true".into(),
             pin: m.pin,
             result: Ok(p),
             target: None,
-            extra: "preload-app exit 0, no preloader: exec + Rust runtime".into(),
-        }
-    } else {
-        Row {
+            extra: "preload-app exit 0, no preloader: exec + Rust runtime; fork+exec".into(),
+        },
+        Launch::Fork => Row {
             id: "5".into(),
-            what: "preloader warm command vs posix_spawn true".into(),
+            what: "preloader warm command vs true, fork+exec".into(),
             pin: m.pin,
             result: Ok(p),
             target: Some((2.0, "<=2.00x")),
+            extra: "preload-app exit 0, server up; as a shell runs it".into(),
+        },
+        Launch::PosixSpawn => Row {
+            id: "5p".into(),
+            what: "warm command vs true, posix_spawn".into(),
+            pin: m.pin,
+            result: Ok(p),
+            target: None,
             extra: "preload-app exit 0, server up".into(),
-        }
+        },
     }
 }
 
@@ -1074,6 +1105,15 @@ fn trace(args: &[String]) {
             let peer = raw::sink_child(CHUNK);
             raw::bulk(peer.fd(), &chunk, n);
             peer.finish();
+        }
+        "fd-start-calling" => {
+            // Row 4f's B side in CPU time: row 4's fdserver side forked from the calling thread.
+            for _ in 0..n {
+                fdside::start_call_stop_with(
+                    &mut server,
+                    fdserver::Builder::new().fork_on_calling_thread(true),
+                );
+            }
         }
         "fd-start" | "fd-start-nowatch" | "fd-start-notombs" | "fd-start-bare" => {
             // Row 4's fdserver side; the variants turn the hang-up watch, the tombstones, or both

@@ -560,6 +560,12 @@ pub fn probe_handle(
             ctx.reply([""; 0])?;
             ctx.channel().send_fd(&r)?;
         }
+        b"fd_with_reply" => {
+            // The reply and its descriptor in one system call (`sendmmsg` on a stream pair).
+            let (r, w) = pipe();
+            std::fs::File::from(w).write_all(msg.get(1).unwrap_or(b""))?;
+            ctx.channel().write_ok_with_fd([""; 0], &r)?;
+        }
         b"mixed" => {
             let (r, w) = pipe();
             std::fs::File::from(w).write_all(b"fd")?;

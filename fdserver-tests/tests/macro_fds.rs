@@ -105,6 +105,23 @@ impl Files {
         Ok(line)
     }
 
+    /// The kept descriptor, lent: the client gets its own copy, the server keeps it (no `dup`).
+    fn lend(&self) -> Result<BorrowedFd<'_>, String> {
+        self.kept
+            .as_ref()
+            .map(|fd| fd.as_fd())
+            .ok_or_else(|| "nothing kept".into())
+    }
+
+    /// The kept end of `connect`'s pair, lent as a reference, between other values.
+    fn lend_peer(&mut self, tag: String) -> io::Result<(String, &UnixStream, u32)> {
+        let peer = self
+            .peer
+            .as_ref()
+            .ok_or_else(|| io::Error::other("not connected"))?;
+        Ok((tag, peer, 5))
+    }
+
     fn user_fd(&mut self, p: Pipe, text: String) -> io::Result<Pipe> {
         File::from(p.0.try_clone()?).write_all(text.as_bytes())?;
         Ok(p)
@@ -168,6 +185,40 @@ fn descriptor_results() {
     r.read_to_string(&mut got).unwrap();
     assert_eq!(got, "via the returned fd");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn borrowed_descriptor_results_lend_what_the_server_keeps() {
+    let _wd = watchdog("borrowed_descriptor_results", SECS(30));
+    let mut c = Files::default().start().unwrap();
+    let e = c.lend().unwrap_err();
+    assert!(
+        matches!(&e, Error::Remote(r) if r.message() == "nothing kept"),
+        "{e:?}"
+    );
+    let (mut r, w) = pipe();
+    c.keep(w.as_fd()).unwrap();
+    drop(w);
+    // `BorrowedFd<'_>` on the server, `OwnedFd` on the client, as often as asked: the server's
+    // own descriptor stays open (each lent copy is closed here, and the pipe only ends once the
+    // server's goes too).
+    for i in 0..3 {
+        let lent: OwnedFd = c.lend().unwrap();
+        File::from(lent)
+            .write_all(format!("{i}").as_bytes())
+            .unwrap();
+    }
+    // `&UnixStream` inside a tuple: the client gets a `UnixStream`, the server keeps its end.
+    let (_greeting, mut theirs, _, _) = c.connect("hi").unwrap();
+    let (tag, lent, n): (String, UnixStream, u32) = c.lend_peer("t").unwrap();
+    assert_eq!((tag.as_str(), n), ("t", 5));
+    drop(lent);
+    theirs.write_all(b"still connected\n").unwrap();
+    assert_eq!(c.read_peer().unwrap(), "still connected\n");
+    assert!(c.stop().unwrap().status.success());
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "012");
 }
 
 #[test]

@@ -343,6 +343,29 @@ fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
     );
 }
 
+/// Issue 16 (hand-off paths): the server reads a client's first message exactly and hands the
+/// connection on (to the template, then the worker) with the rest of the request still in it. A
+/// client that sends its whole command before reading the greeting has both writes waiting in
+/// the socket when the server reads: a server that read ahead would take the request and its
+/// descriptors with the first message, and the command would never run.
+#[test]
+fn the_connection_is_handed_on_with_the_rest_of_the_request_in_it() {
+    let _wd = wd("the_connection_is_handed_on_with_the_rest_of_the_request_in_it");
+    let pl = Pl::new("handon");
+    pl.ok(&["echo", "warm"]);
+    let (r, w) = pipe();
+    let mut ch = Channel::new(UnixStream::connect(pl.files().sock).unwrap());
+    ch.set_timeout(Some(RUN_LIMIT));
+    raw_run(&mut ch, &["echo", "whole"], &w);
+    drop(w);
+    let hello = ch.read_strings().unwrap().unwrap();
+    assert_eq!(hello[0], "fdserver-preload");
+    let msg = ch.read_strings().unwrap().unwrap();
+    assert_eq!(msg[0], "pid", "{msg:?}");
+    let out = read_to_eof(r, RUN_LIMIT).expect("the worker finishes");
+    assert_eq!(String::from_utf8_lossy(&out), "whole\n");
+}
+
 /// Clients that disconnect at every step of the handshake, or hold a half-sent request open,
 /// leave the server serving; a worker whose client vanished is killed (the output pipe it was
 /// given reaches end of stream), so nothing is orphaned.

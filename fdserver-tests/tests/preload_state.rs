@@ -209,7 +209,19 @@ fn a_rebuilt_program_restarts_the_server() {
     let _wd = wd("a_rebuilt_program_restarts_the_server");
     let pl = Pl::new("rebuild");
     let app = pl.path("app");
-    std::fs::copy(APP, &app).unwrap();
+    // Executables are written by a `cp` process, never through a descriptor of this one: a
+    // descriptor open for writing here would be inherited by whatever another test thread forks
+    // meanwhile, and until that child's exec every exec of the file fails with ETXTBSY.
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let st = std::process::Command::new("cp").arg(from).arg(to).status();
+        assert!(
+            st.unwrap().success(),
+            "cp {} {}",
+            from.display(),
+            to.display()
+        );
+    };
+    cp(std::path::Path::new(APP), &app);
     let run = |args: &[&str]| {
         let mut c = pl.command(&app);
         c.args(args);
@@ -250,8 +262,10 @@ fn a_rebuilt_program_restarts_the_server() {
         .position(|w| w == id)
         .expect("the build id in the executable");
     bytes[at] ^= 0xff;
+    let data = pl.path("app.bytes");
+    std::fs::write(&data, &bytes).unwrap();
     let new = pl.path("app.new");
-    std::fs::write(&new, &bytes).unwrap();
+    cp(&data, &new);
     std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&new, &app).unwrap();
 

@@ -935,3 +935,74 @@ fn a_panic_inside_serve_gives_the_process_back_its_loop_and_signals() {
         Ok(fdserver::LoopEnd::Disconnected)
     ));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where the server runs
+// ---------------------------------------------------------------------------------------------
+
+/// The CPUs a process or thread (`0`: the calling thread) may run on.
+fn affinity_of(pid: libc::pid_t) -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer and size describe `set`.
+    let r =
+        unsafe { libc::sched_getaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_getaffinity({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit of the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_this_thread(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET sets one bit of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(
+        r,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Issue 16 (found by the benches after issue 13's fork thread): a server is forked by a thread
+/// of fdserver's own, but runs where the thread that called `start` may run, as a server forked
+/// by that thread would: a caller pinned to one CPU gets its server on that CPU, and the next
+/// caller's pinning is followed too (the same fork thread serves both).
+#[test]
+fn a_server_runs_where_the_thread_that_started_it_may_run() {
+    let _wd = watchdog("a_server_runs_where_its_starter_may_run", SECS(30));
+    // The fork thread of this server type is created here, by an unpinned thread.
+    let first = start();
+    let cpus = affinity_of(0);
+    assert_eq!(affinity_of(first.pid() as libc::pid_t), cpus);
+    first.stop().unwrap();
+    for &cpu in [cpus[0], *cpus.last().unwrap()].iter() {
+        let server = std::thread::spawn(move || {
+            pin_this_thread(cpu);
+            start()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            affinity_of(server.pid() as libc::pid_t),
+            [cpu],
+            "a server started by a thread pinned to CPU {cpu}"
+        );
+        server.stop().unwrap();
+    }
+    // And an unpinned caller gets an unpinned server again.
+    let last = start();
+    assert_eq!(affinity_of(last.pid() as libc::pid_t), cpus);
+    last.stop().unwrap();
+}

@@ -147,6 +147,25 @@ fn the_runtime_survives_an_allow_list_that_kills() {
 }
 
 #[test]
+fn the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair() {
+    let _wd = watchdog(
+        "the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair",
+        SECS(30),
+    );
+    // On a stream pair a reply and its descriptor leave in one `sendmmsg`, which RUNTIME must
+    // allow (on the default record pair they are one `sendmsg`).
+    let mut jail = Jail::new(seccomp(
+        Seccomp::new()
+            .allow_only([libc::SYS_pipe2])
+            .on_violation(Violation::Kill),
+    ));
+    jail.stream = true;
+    let mut s = start_jail(jail).unwrap();
+    s.assert_runtime_works();
+    s.stop_cleanly();
+}
+
+#[test]
 fn kill_ends_the_server_with_sigsys_at_the_first_violation() {
     let _wd = watchdog(
         "kill_ends_the_server_with_sigsys_at_the_first_violation",
@@ -177,6 +196,7 @@ fn denying_a_call_of_the_runtime_fails_start_naming_it() {
     for (nr, name, why) in [
         (libc::SYS_tgkill, "tgkill", "hang-up watch"),
         (libc::SYS_sendmsg, "sendmsg", "writes replies"),
+        (libc::SYS_sendto, "sendto", "writes replies"),
         (libc::SYS_recvmsg, "recvmsg", "reads requests"),
         (libc::SYS_sendmmsg, "sendmmsg", "carries a descriptor"),
         #[cfg(target_arch = "x86_64")]
@@ -199,10 +219,11 @@ fn a_server_that_cannot_send_ready_fails_start_saying_why() {
         "a_server_that_cannot_send_ready_fails_start_saying_why",
         SECS(30),
     );
-    // The server's own filter, installed in initialize_server, refuses the runtime's sendmsg:
-    // "ready" cannot go, but the reason still reaches `start` (written with plain `write`).
+    // The server's own filter, installed in initialize_server, refuses the runtime's sends
+    // (`send` for a message alone, `sendmsg` with descriptors): "ready" cannot go, but the
+    // reason still reaches `start` (written with plain `write`).
     let jail = Jail {
-        deny_in_init: vec![libc::SYS_sendmsg],
+        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_sendto],
         ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
     };
     let e = start_jail(jail).err().expect("start failed");
@@ -216,7 +237,7 @@ fn a_server_that_cannot_send_ready_fails_start_saying_why() {
     // With `write` refused too, the server still fails, with a non-zero status (the reason
     // goes to its stderr). No report pipe: finalize_server writes nothing.
     let mut jail = Jail {
-        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_write],
+        deny_in_init: vec![libc::SYS_sendmsg, libc::SYS_sendto, libc::SYS_write],
         ..Jail::new(seccomp(Seccomp::new().preset(Preset::NoExec)))
     };
     match fdserver::Builder::new()
@@ -248,7 +269,9 @@ fn read_all(fd: &impl AsRawFd) -> io::Result<Vec<u8>> {
 /// A typed server whose sandbox allows fdserver's runtime calls (`Seccomp::RUNTIME`) and
 /// nothing else, and kills the server on any other call. Its handlers make no system call of
 /// their own but `read`, `write` and `close`, so whatever kills it is the runtime's: the typed
-/// reply paths with a descriptor (one `sendmmsg`), alone and with a value large enough to go
+/// reply paths with a descriptor (one `sendmsg` on the default record pair, one `sendmmsg` on a
+/// stream pair: see `the_runtime_survives_an_allow_list_that_kills_on_a_stream_pair`), alone
+/// and with a value large enough to go
 /// as `ok_scalar`; descriptors received as `File` and `OwnedFd`; large replies and arguments;
 /// lists; io errors; a declared signal; finalize.
 #[derive(Debug, Default)]
@@ -354,7 +377,7 @@ fn the_typed_api_works_under_an_allow_list_of_nothing_that_kills() {
     let pid = c.pid();
     let report_of = c.handle().sandbox().unwrap().seccomp.clone().unwrap();
     assert_eq!(report_of.violation, Violation::Kill);
-    // A descriptor as the whole result: the runtime's reply is one `sendmmsg`. The file is the
+    // A descriptor as the whole result: the runtime's reply is one system call. The file is the
     // server's own status, which shows its filter.
     let status = status_of(c.give().unwrap());
     assert!(status.contains(&format!("Pid:\t{pid}\n")), "{status}");
@@ -405,14 +428,16 @@ impl MapPair for (OwnedFd, OwnedFd) {
 }
 
 /// A typed server whose own filter (installed in `initialize_server`, outside fdserver's
-/// sandbox) refuses `sendmmsg`, which the runtime's reply with a descriptor uses.
+/// sandbox) refuses what the runtime's reply with a descriptor uses: `sendmsg` on the default
+/// `SOCK_SEQPACKET` pair (the reply and its descriptor are one record), `sendmmsg` on a stream
+/// pair. Replies without a descriptor (`send`) still go out.
 struct RefusesReplies;
 
 #[fdserver::fdserver]
 impl RefusesReplies {
     #[fdserver(initialize)]
     fn init(&mut self) -> io::Result<()> {
-        sandbox_common::deny_on_this_thread(&[libc::SYS_sendmmsg])
+        sandbox_common::deny_on_this_thread(&[libc::SYS_sendmmsg, libc::SYS_sendmsg])
     }
 
     fn give(&mut self) -> io::Result<File> {

@@ -32,6 +32,7 @@
 //! | [`Json<T>`](crate::Json) (`T: Serialize + Deserialize`, feature `serde`) | `&T` | scalar | `serde_json`'s encoding of the `T` |
 //! | `OwnedFd`, `File`, `UnixStream`, `UnixListener`, `UnixDatagram`, `TcpStream`, `TcpListener`, `UdpSocket` | `impl AsFd` | fd | one descriptor (`SCM_RIGHTS`) |
 //! | your `From<OwnedFd> + AsFd` type, after [`fd_arg!`](crate::fd_arg) | same | fd | one descriptor |
+//! | return values only: `BorrowedFd<'_>`, `&File`, `&OwnedFd`, `&UnixStream`, ... (a descriptor the server keeps, lent) | the stub returns `OwnedFd`, `File`, `UnixStream`, ... | fd | one descriptor |
 //!
 //! **Borrowed parameters** (`&str`, `&[u8]`, `&Path`, `&OsStr`, and `Option`s and lists of
 //! them) point into the received message for the duration of the call, so taking them costs no
@@ -41,6 +42,38 @@
 //!
 //! Replies use the same forms (see [`Reply`]): `()` is `["ok"]`, a value `v` is `["ok", v]`, a
 //! tuple `(a, b)` is `["ok", a, b]` with out-of-band members after the array.
+//!
+//! **A descriptor the server keeps** is returned borrowed, tied to `&self`: `BorrowedFd<'_>` or a
+//! shared reference to one of the descriptor types above (alone, in a tuple, or in `Result`). The
+//! kernel gives the client its own copy; the server's stays open, with no `dup` per call (an owned
+//! `File` would have to be a fresh copy, closed once sent). The client stub returns the owned
+//! type (`OwnedFd` for `BorrowedFd`):
+//!
+//! ```
+//! use std::fs::File;
+//! use std::io::Write;
+//! use std::os::fd::{AsFd, BorrowedFd};
+//!
+//! struct Logs { current: File }
+//!
+//! #[fdserver::fdserver]
+//! impl Logs {
+//!     fn current(&self) -> &File {
+//!         &self.current
+//!     }
+//!
+//!     fn raw(&self) -> BorrowedFd<'_> {
+//!         self.current.as_fd()
+//!     }
+//! }
+//!
+//! let mut logs = Logs { current: File::create(std::env::temp_dir().join("fdserver-logs-doc"))? };
+//! // A descriptor opened before `start` is kept in the server only if asked (see `Builder::keep_fd`).
+//! let mut client = fdserver::Builder::new().keep_fd(&logs.current).start(&mut logs)?;
+//! let mut file: File = client.current()?;
+//! file.write_all(b"appended through the server's own file\n")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! **`Option<T>`** is one element: `None` is the empty element `""`; `Some(v)` is `v`'s element,
 //! except that when that element is empty or starts with the byte `0x01`, a `0x01` byte is put
@@ -393,6 +426,43 @@ impl<'a> Element<'a> {
         }
     }
 
+    /// The decimal text of an integer (`-` and its magnitude), as `Display` writes it.
+    fn integer(negative: bool, magnitude: u128) -> Element<'static> {
+        let mut digits = [0u8; 40];
+        let mut i = digits.len();
+        if let Ok(mut v) = u64::try_from(magnitude) {
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut v = magnitude;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+        }
+        if negative {
+            i -= 1;
+            digits[i] = b'-';
+        }
+        let len = digits.len() - i;
+        let mut buf = [0u8; INLINE_CAP];
+        buf[..len].copy_from_slice(&digits[i..]);
+        Element(Repr::Inline {
+            len: len as u8,
+            buf,
+        })
+    }
+
     /// The element's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
@@ -591,25 +661,96 @@ macro_rules! display_fromstr {
 }
 
 display_fromstr! {
-    i8 i16 i32 i64 i128 isize u16 u32 u64 u128 usize f32 f64
+    f32 f64
     NonZeroI8 NonZeroI16 NonZeroI32 NonZeroI64 NonZeroI128 NonZeroIsize
     NonZeroU8 NonZeroU16 NonZeroU32 NonZeroU64 NonZeroU128 NonZeroUsize
     IpAddr Ipv4Addr Ipv6Addr SocketAddr
 }
 
-// `u8` is inline too, but not a list item: `Vec<u8>` is a byte payload.
-impl FromArg<'_> for u8 {
-    const FORM: Form = Form::Inline;
-    fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
-        arg.parse()
-    }
+/// Integers, on the hot path of every call that carries one: decimal digits written and read
+/// directly (the same text as `Display` and `FromStr`; anything but plain digits, with a `-` for
+/// a signed type, goes through `FromStr`, for its error message).
+macro_rules! integers {
+    ($($t:ty: $negative:ident, $magnitude:expr;)*) => {$(
+        impl FromArg<'_> for $t {
+            const FORM: Form = Form::Inline;
+            #[allow(irrefutable_let_patterns)] // `i128::try_from(i128)`
+            fn from_arg(arg: Received<'_>) -> Result<Self, ArgError> {
+                if let Received::Element(bytes) = &arg {
+                    let (negative, digits) = match bytes.split_first() {
+                        Some((b'-', rest)) if <$t>::MIN != 0 => (true, rest),
+                        _ => (false, &bytes[..]),
+                    };
+                    if let Some(v) = parse_digits(digits) {
+                        let v = if negative { -(v as i128) } else { v as i128 };
+                        if let Ok(v) = <$t>::try_from(v) {
+                            return Ok(v);
+                        }
+                    }
+                }
+                arg.parse()
+            }
+        }
+        impl ToArg for $t {
+            const FORM: Form = Form::Inline;
+            fn to_arg(&self) -> Encoded<'_> {
+                let v = *self;
+                Encoded::Element(Element::integer($negative(v), $magnitude(v)))
+            }
+        }
+    )*};
 }
 
-impl ToArg for u8 {
-    const FORM: Form = Form::Inline;
-    fn to_arg(&self) -> Encoded<'_> {
-        Encoded::Element(Element::display(self))
+fn below_zero<T: Default + PartialOrd>(v: T) -> bool {
+    v < T::default()
+}
+
+fn never<T>(_: T) -> bool {
+    false
+}
+
+integers! {
+    i8: below_zero, |v: i8| v.unsigned_abs() as u128;
+    i16: below_zero, |v: i16| v.unsigned_abs() as u128;
+    i32: below_zero, |v: i32| v.unsigned_abs() as u128;
+    i64: below_zero, |v: i64| v.unsigned_abs() as u128;
+    i128: below_zero, |v: i128| v.unsigned_abs();
+    isize: below_zero, |v: isize| v.unsigned_abs() as u128;
+    u8: never, u128::from;
+    u16: never, u128::from;
+    u32: never, u128::from;
+    u64: never, u128::from;
+    u128: never, |v: u128| v;
+    usize: never, |v: usize| v as u128;
+}
+
+impl ListItem for i8 {}
+impl ListItem for i16 {}
+impl ListItem for i32 {}
+impl ListItem for i64 {}
+impl ListItem for i128 {}
+impl ListItem for isize {}
+impl ListItem for u16 {}
+impl ListItem for u32 {}
+impl ListItem for u64 {}
+impl ListItem for u128 {}
+impl ListItem for usize {}
+// (`u8` is inline too, but not a list item: `Vec<u8>` is a byte payload.)
+
+/// The value of 1 to 38 ASCII decimal digits, if that is what `digits` is (38 digits always fit
+/// in an `i128` as a magnitude below 10^38).
+fn parse_digits(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 38 {
+        return None;
     }
+    let mut v: u128 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u128::from(d - b'0');
+    }
+    Some(v)
 }
 
 impl ListItem for bool {}
@@ -1334,7 +1475,7 @@ impl<T: ToValues, E: crate::WireError> TypedReply for Result<T, E> {
 /// messages. A handler takes `Json<T>` (`T: Deserialize`, so `Json<Query<'_>>` may borrow from
 /// the received scalar) and returns `Json<T>` (`T: Serialize`); the client method takes `&T`
 /// and returns `Json<T>` (which derefs to `T`; `.0` or [`into_inner`](Json::into_inner) takes
-/// it out). Why JSON and not a binary codec: see BENCHMARKS.md ("Issue 14").
+/// it out). Why JSON and not a binary codec: see BENCHMARKS.md (row 8).
 ///
 /// Why a wrapper rather than every serde type automatically: `String`, numbers and paths are
 /// serde types too, and travel as array elements a Passenger peer reads as plain text; a
@@ -1467,6 +1608,51 @@ mod tests {
 
     fn back<'a, T: FromArg<'a>>(bytes: &'a [u8]) -> Result<T, ArgError> {
         T::from_arg(Received::Element(bytes))
+    }
+
+    #[test]
+    fn integers_read_and_write_what_display_and_fromstr_do() {
+        fn check<T>(values: &[T])
+        where
+            T: ToArg + for<'a> FromArg<'a> + Display + FromStr + PartialEq + fmt::Debug + Copy,
+            T::Err: Display,
+        {
+            for &v in values {
+                assert_eq!(element(&v), v.to_string().as_bytes(), "{v}");
+                assert_eq!(back::<T>(v.to_string().as_bytes()).unwrap(), v);
+            }
+            for text in [
+                "",
+                "-",
+                "+5",
+                " 5",
+                "5 ",
+                "-0",
+                "007",
+                "1e3",
+                "0x10",
+                "99999999999999999999999",
+                "-99999999999999999999999",
+                "340282366920938463463374607431768211456",
+                "-170141183460469231731687303715884105729",
+            ] {
+                let fast = back::<T>(text.as_bytes()).map_err(|e| e.to_string());
+                let slow = text.parse::<T>().map_err(|e| e.to_string());
+                assert_eq!(fast, slow, "{text:?}");
+            }
+        }
+        check(&[0u8, 1, 9, 10, 255]);
+        check(&[0u16, 65535]);
+        check(&[0u32, 1234, u32::MAX]);
+        check(&[0u64, u64::MAX]);
+        check(&[0u128, u128::MAX, u64::MAX as u128 + 1]);
+        check(&[0usize, usize::MAX]);
+        check(&[0i8, -1, i8::MIN, i8::MAX]);
+        check(&[0i16, i16::MIN, i16::MAX]);
+        check(&[0i32, -1234, i32::MIN, i32::MAX]);
+        check(&[0i64, i64::MIN, i64::MAX]);
+        check(&[0i128, i128::MIN, i128::MAX, -(u64::MAX as i128) - 7]);
+        check(&[0isize, isize::MIN, isize::MAX]);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The client side of a forked server: [`ServerHandle`].
 
 use std::fmt;
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
@@ -443,7 +442,7 @@ impl ServerHandle {
     /// end of stream, and its hang-up watch starts its own stop schedule.
     fn hang_up(&mut self) {
         if let Some(channel) = self.channel.take() {
-            sys::shutdown(channel.as_fd(), libc::SHUT_RDWR);
+            sys::shutdown(channel.socket(), libc::SHUT_RDWR);
         }
     }
 

@@ -14,8 +14,11 @@
 //! server as `fdserver MyServ` (the kernel keeps 15 bytes of a thread name).
 //!
 //! The caller waits for the fork (its job runs on the fork thread while the caller blocks on a
-//! condition variable); the parent's side of the fork returns at once. What it costs per start
-//! is two thread wake-ups (BENCHMARKS.md, "Issue 13").
+//! condition variable); the parent's side of the fork returns at once. The fork thread takes
+//! on the caller's CPU affinity first, so that a server started from a thread pinned to a CPU
+//! runs there, as one forked by that thread would (one `sched_getaffinity` per start, and a
+//! `sched_setaffinity` when it changes). What it costs per start
+//! is two thread wake-ups (BENCHMARKS.md, row 4f).
 //!
 //! One registry per process: a server that starts servers of its own (in the child, where the
 //! parent's fork threads do not exist) gets fork threads of its own. The registry is a
@@ -63,6 +66,9 @@ struct Job {
     caller: Thread,
     /// `PENDING`, `RETURNED` or `PANICKED`.
     state: AtomicU8,
+    /// The caller's CPU affinity, which the fork thread takes on before the job: a child
+    /// inherits its forking thread's, and a caller pinned to a CPU expects its server there.
+    affinity: Option<libc::cpu_set_t>,
 }
 
 const PENDING: u8 = 0;
@@ -92,6 +98,7 @@ pub(crate) fn run_on_fork_thread(
         },
         caller: std::thread::current(),
         state: AtomicU8::new(PENDING),
+        affinity: sys::thread_affinity(),
     };
     thread
         .job
@@ -218,6 +225,8 @@ pub(crate) fn spawn_uncaptured<T: Send>(
 
 /// The fork thread's loop: run each job, report, wait for the next.
 fn serve_jobs(node_slot: &'static AtomicPtr<ForkThread>) {
+    // The affinity this thread has now (set for the last job), to skip setting it again.
+    let mut current: Option<libc::cpu_set_t> = sys::thread_affinity();
     let node = loop {
         let p = node_slot.load(Ordering::Acquire);
         if !p.is_null() {
@@ -234,6 +243,16 @@ fn serve_jobs(node_slot: &'static AtomicPtr<ForkThread>) {
         }
         // SAFETY: the caller waits until the job's state changes (see `run_on_fork_thread`).
         let job = unsafe { &*job };
+        if let Some(want) = &job.affinity {
+            // A set the kernel refuses (CPUs gone offline since) leaves the last one.
+            if current
+                .as_ref()
+                .map_or(true, |have| !cpu_sets_equal(have, want))
+                && sys::set_thread_affinity(want)
+            {
+                current = Some(*want);
+            }
+        }
         // SAFETY: as above: the closure is alive and used by no one else meanwhile.
         let returned = catch_unwind(AssertUnwindSafe(|| unsafe { (*job.run)() })).is_ok();
         // The caller may return (and the job go) as soon as the state changes: wake it through
@@ -245,6 +264,11 @@ fn serve_jobs(node_slot: &'static AtomicPtr<ForkThread>) {
         );
         caller.unpark();
     }
+}
+
+fn cpu_sets_equal(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
+    // SAFETY: CPU_EQUAL only compares the two sets' bytes.
+    unsafe { libc::CPU_EQUAL(a, b) }
 }
 
 /// `a::b::Server<c::D>` → `Server<D>`: a type name without its module paths.

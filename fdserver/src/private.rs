@@ -30,6 +30,18 @@ pub fn bench_hardening(hangup_watch: bool, tombstones: bool) {
     crate::start::set_bench_hardening(hangup_watch, tombstones);
 }
 
+/// For the test suite only: the two ends of a pair as [`Server::start`](crate::Server::start)
+/// creates it (both reading ahead; `SOCK_SEQPACKET` if `seqpacket` and the system allows it,
+/// else `SOCK_STREAM`), to exercise read-ahead in one process.
+pub fn read_ahead_pair(seqpacket: bool) -> std::io::Result<(Channel, Channel)> {
+    Channel::owned_pair(seqpacket)
+}
+
+/// For the test suite only: a channel's socket, without lending it (see `Channel::as_fd`).
+pub fn channel_socket(channel: &Channel) -> std::os::fd::BorrowedFd<'_> {
+    channel.socket()
+}
+
 /// For tests: waits until fdserver's reaper thread has finished every stop it was handed
 /// (dropped clients), or `timeout` passes; returns whether it has.
 pub fn wait_background_stops(timeout: std::time::Duration) -> bool {
@@ -609,6 +621,15 @@ fn send_values<V: ToValues>(
             }
             _ => {}
         }
+    }
+    if (0..len).all(|i| V::__form(i) == Form::Inline) {
+        // The common reply: an array message alone.
+        let inline = encoded[..len].iter().filter_map(|e| match e {
+            Some(Encoded::Element(e)) => Some(e.as_bytes()),
+            _ => None,
+        });
+        ctx.channel().write_ok(inline)?;
+        return Ok(());
     }
     // Out-of-band values apart, so the inline ones can be borrowed while these are sent.
     let mut out_of_band: [Option<Encoded<'_>>; MAX_VALUES] = std::array::from_fn(|_| None);

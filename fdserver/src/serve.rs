@@ -1,6 +1,6 @@
 //! [`serve`]: running a server loop in the current process, e.g. on an inherited socket.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::channel::Channel;
 use crate::error::{Error, RemoteError, RemoteErrorKind};
@@ -100,15 +100,15 @@ pub fn serve<S: Server>(server: &mut S, mut channel: Channel) -> Result<LoopEnd,
     // A program that `Spawn` started for one client ends with that client, as a forked server
     // does. Started now, so a long initialize_server is covered, unless a sandbox will be
     // applied: its per-thread layers need a single thread, and it starts the watch inside them.
-    let watch = sys::HangupWatch::from_env(channel.as_fd());
+    let watch = sys::HangupWatch::from_env(channel.socket());
     if !watch_inside_sandbox {
-        start_watch(watch, channel.as_fd())?;
+        start_watch(watch, channel.socket())?;
     }
     match server.initialize_server() {
         Ok(()) => {
             #[cfg(feature = "sandbox")]
             if let Some(p) = &mut sandbox {
-                let sock = channel.as_fd();
+                let sock = channel.socket();
                 p.apply(|| start_watch(watch, sock).map_err(std::io::Error::other))
                     .map_err(|f| Error::Sandbox(f.into_error()))?;
             }
@@ -132,7 +132,8 @@ fn start_watch(watch: Option<sys::HangupWatch>, sock: BorrowedFd<'_>) -> Result<
         return Ok(());
     };
     let old = sys::set_sigmask(&sys::sigset(true));
-    let r = watch.start(sock);
+    // Until the thread runs: the server may install a seccomp filter of its own next.
+    let r = watch.start(sock, true);
     sys::set_sigmask(&old);
     match r {
         Ok(()) => Ok(()),

@@ -151,7 +151,7 @@ impl<'a> Context<'a> {
 impl fmt::Debug for Context<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("channel", &self.channel.as_raw_fd())
+            .field("channel", &self.channel.socket().as_raw_fd())
             .field("quit", &self.quit)
             .finish()
     }

@@ -1,6 +1,5 @@
 //! The server loop: wait for a message or a signal, dispatch it, reply, repeat.
 
-use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::channel::Channel;
@@ -84,10 +83,14 @@ pub(crate) fn run_loop<S: Server>(
     buf: &mut MessageBuf,
     plan: &SignalPlan,
 ) -> LoopEnd {
-    sys::set_wait_socket(channel.as_fd());
+    sys::set_wait_socket(channel.socket());
     sys::set_stop_signals(plan.stop_mask());
     channel.set_stop_on_signal(true);
-    let end = serve_messages(server, channel, buf, plan);
+    let wait_in_recv = channel.can_wait_in_recv() && sys::set_idle_socket(Some(channel.socket()));
+    let end = serve_messages(server, channel, buf, plan, wait_in_recv);
+    if wait_in_recv {
+        sys::set_idle_socket(None);
+    }
     channel.set_stop_on_signal(false);
     sys::set_stop_signals(0);
     end
@@ -98,11 +101,15 @@ fn serve_messages<S: Server>(
     channel: &mut Channel,
     buf: &mut MessageBuf,
     plan: &SignalPlan,
+    wait_in_recv: bool,
 ) -> LoopEnd {
     loop {
         // Arm the wait before looking at the flags: a signal landing between the check and the
-        // wait then makes the wait return at once (see `sys::arm_wait`).
+        // wait then makes the wait return at once (see `sys::arm_wait`, `sys::arm_idle_wake`).
         sys::arm_wait();
+        if wait_in_recv {
+            sys::arm_idle_wake();
+        }
         let pending = sys::take_pending();
         if pending != 0 {
             for sig in 1..64 {
@@ -129,13 +136,27 @@ fn serve_messages<S: Server>(
             continue;
         }
 
-        match sys::wait_readable_or_signal() {
-            // A signal delivered as `poll` returned (or while the last handler ran) goes
-            // before the message waiting on the socket.
-            Ok(true) if sys::signals_pending() => continue,
-            Ok(true) => {}
-            Ok(false) => continue, // a signal: handled at the top of the loop
-            Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+        // A message the channel already read ahead (the client sent more than one) needs no
+        // wait; signals were looked at above all the same.
+        if channel.buffered() == 0 && wait_in_recv {
+            // On a record socket: inside `recvmsg` itself (see `sys::set_idle_socket`).
+            match channel.wait_in_recv() {
+                // A signal that arrived with the request goes first; the request stays buffered.
+                Ok(true) if sys::signals_pending() => continue,
+                Ok(true) => {}
+                Ok(false) => continue, // a signal: handled at the top of the loop
+                Err(e) if e.is_disconnect() => return LoopEnd::Disconnected,
+                Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+            }
+        } else if channel.buffered() == 0 {
+            match sys::wait_readable_or_signal() {
+                // A signal delivered as `poll` returned (or while the last handler ran) goes
+                // before the message waiting on the socket.
+                Ok(true) if sys::signals_pending() => continue,
+                Ok(true) => {}
+                Ok(false) => continue, // a signal: handled at the top of the loop
+                Err(e) => return LoopEnd::ChannelFailed(e.to_string()),
+            }
         }
 
         match channel.read_into(buf) {

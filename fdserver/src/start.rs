@@ -41,6 +41,8 @@ pub struct Builder {
     start_timeout: Option<Duration>,
     max_scalar: Option<u64>,
     same_process_group: bool,
+    /// `seqpacket(false)`: a `SOCK_STREAM` pair.
+    stream: bool,
     fork_on_calling_thread: bool,
     #[cfg(feature = "sandbox")]
     sandbox: Option<crate::sandbox::Sandbox>,
@@ -65,6 +67,7 @@ impl Default for Builder {
             start_timeout: None,
             max_scalar: None,
             same_process_group: false,
+            stream: false,
             fork_on_calling_thread: false,
             #[cfg(feature = "sandbox")]
             sandbox: None,
@@ -189,6 +192,39 @@ impl Builder {
         self
     }
 
+    /// Whether the server's socket is a `SOCK_SEQPACKET` pair (`true`, the default, where the
+    /// system allows it; else a `SOCK_STREAM` one) or a `SOCK_STREAM` pair (`false`).
+    ///
+    /// Either way the client and the server speak the same wire format (Passenger's
+    /// `MessageChannel`), and both read ahead (one `recvmsg` per message). A `SOCK_SEQPACKET`
+    /// socket keeps the boundary of each write, which lets a call wait in `recvmsg` without a
+    /// `poll` and pass a reply and its descriptor in one record: calls are faster (see
+    /// BENCHMARKS.md). What changes is visible only to code that takes the raw socket out of the
+    /// channel ([`Channel::as_fd`](crate::Channel::as_fd),
+    /// [`Channel::into_parts`](crate::Channel::into_parts)): a `recvmsg` on it takes one whole
+    /// record (a shorter buffer loses the rest), and a write sends one record of at most 248 KiB
+    /// (a longer one fails with `EMSGSIZE`). Choose `false` if you hand that socket to a program
+    /// that reads it as a stream.
+    ///
+    /// ```
+    /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = fdserver::Builder::new().seqpacket(false).start_handle(&mut Echo)?;
+    /// assert!(!server.channel().is_seqpacket());
+    /// assert_eq!(server.call(["echo", "hi"])?, ["hi"]);
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn seqpacket(mut self, yes: bool) -> Self {
+        self.stream = !yes;
+        self
+    }
+
     /// Forks the server from the thread that calls [`start`](Self::start) (`true`), instead of
     /// from a thread of fdserver's own (the default).
     ///
@@ -197,7 +233,7 @@ impl Builder {
     /// thread-locals. So a server started from a tokio worker, inside `block_on`, from a
     /// `spawn_blocking` task or a rayon pool starts with no runtime context of its parent's, and
     /// can build and use runtimes of its own (see the crate docs, "Threads and async"). This
-    /// costs two thread wake-ups per start (BENCHMARKS.md, "Issue 13").
+    /// costs two thread wake-ups per start (BENCHMARKS.md, row 4f).
     ///
     /// With `true` the server is a copy of the calling thread, thread-locals included. Use it
     /// only from a thread that entered no runtime or thread pool, to save those wake-ups, or to
@@ -329,7 +365,9 @@ impl Builder {
 
         // Everything the child needs is prepared here, in the parent: after the fork the child
         // must not allocate or take a lock before its loop (see the crate docs on fork safety).
-        let (child_end, parent_end) = Channel::pair()?;
+        // Both ends are ours: they read ahead (see `channel::read_ahead`); their buffers are
+        // allocated here, before the fork.
+        let (child_end, parent_end) = Channel::owned_pair(!self.stream)?;
         let mut child = child_end;
         // Enough for the "ready" message and typical replies; larger ones grow the buffer inside
         // the loop, where allocating is the user's domain (see the crate docs on fork safety).
@@ -338,7 +376,7 @@ impl Builder {
             child.set_max_scalar_size(max);
         }
         let buf = MessageBuf::with_capacity(4096);
-        self.keep_fds.push(child.as_raw_fd());
+        self.keep_fds.push(child.socket().as_raw_fd());
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
         let keep_fds = &self.keep_fds;
@@ -715,7 +753,7 @@ fn child_main<S: Server>(
     } else {
         watch
     };
-    if let Err(e) = watch_now.map_or(Ok(()), |w| w.start(channel.as_fd())) {
+    if let Err(e) = watch_now.map_or(Ok(()), |w| w.start(channel.socket(), false)) {
         let _ = channel.write_error(&RemoteError::new(
             RemoteErrorKind::Initialize,
             format!("the server cannot start its hang-up watch thread: {e}"),
@@ -736,10 +774,10 @@ fn child_main<S: Server>(
         Ok(Ok(())) => {
             // The sandbox takes effect here: after initialize_server, which could still open
             // what the server needs, and before the first message.
-            let sock = channel.as_raw_fd();
+            let sock = channel.socket().as_raw_fd();
             let start_watch = || match watch {
                 // SAFETY: `sock` is this server's socket, open until `_exit`.
-                Some(w) => w.start(unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) }),
+                Some(w) => w.start(unsafe { std::os::fd::BorrowedFd::borrow_raw(sock) }, true),
                 None => Ok(()),
             };
             if let Err(e) = apply_sandbox(sandbox, start_watch) {
@@ -753,7 +791,7 @@ fn child_main<S: Server>(
                 // Something in the server refuses the runtime its socket (a filter of its
                 // own, its sandbox): fail, saying why where `start` can read it.
                 Err(e) => {
-                    ready_unsent(channel.as_raw_fd(), &e);
+                    ready_unsent(channel.socket().as_raw_fd(), &e);
                     finish(server, 1)
                 }
             }
@@ -762,7 +800,7 @@ fn child_main<S: Server>(
             // The client sees end of stream now, but the socket stays open until `_exit`:
             // the hang-up watch still waits on it (its descriptor number must not be reused),
             // and bounds `finalize_server` once the client is gone.
-            sys::shutdown(channel.as_fd(), libc::SHUT_WR);
+            sys::shutdown(channel.socket(), libc::SHUT_WR);
             end.exit_code()
         }
         Ok(Err(e)) => {

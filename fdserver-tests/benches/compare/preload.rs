@@ -1,6 +1,7 @@
 //! Row 5: the preloader (`fdserver::preload`), measured from outside as a user sees it: whole
-//! client processes, started with `posix_spawn` and reaped with `waitpid`, exactly like the raw
-//! baseline (a `posix_spawn` of `/bin/true`).
+//! client processes, started the way a shell runs a command (`fork`, `execve` in the child,
+//! `waitpid`), exactly like the raw baseline (the same for `/bin/true`). Row 5p starts both
+//! with `posix_spawn` instead (`vfork`-like: no copy of the bench's page tables).
 //!
 //! * `preload-app` (the integration tests' application, `fdserver-tests/src/bin/preload-app.rs`;
 //!   its command `exit 0` does nothing) against a server that is already running: the warm
@@ -247,6 +248,8 @@ pub struct Spawn {
     env: Env,
     /// `Some`: stdout goes to /dev/null.
     actions: Option<Box<libc::posix_spawn_file_actions_t>>,
+    /// Started as a shell does: `fork`, then `execve` in the child (else `posix_spawn`).
+    fork_exec: bool,
     label: String,
 }
 
@@ -291,8 +294,47 @@ impl Spawn {
             argv_ptrs,
             env,
             actions,
+            fork_exec: true,
             label: format!("{} {}", path.display(), args.join(" ")),
         }
+    }
+
+    /// Started with `posix_spawn` instead of `fork` + `execve` (row 5p).
+    pub fn posix_spawn(mut self) -> Spawn {
+        self.fork_exec = false;
+        self
+    }
+
+    /// `fork`, then in the child (stdout to /dev/null if quiet) `execve`; `_exit(127)` if it
+    /// fails. The child makes only async-signal-safe calls (the bench has a watchdog thread).
+    fn fork_exec(&self) -> libc::pid_t {
+        let quiet = self.actions.is_some();
+        // SAFETY: the child only calls open, dup2, close, execve and _exit on data prepared
+        // before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above; every pointer refers to NUL-terminated strings and
+            // NULL-terminated arrays owned by `self`.
+            unsafe {
+                if quiet {
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+                    if null >= 0 && null != 1 {
+                        libc::dup2(null, 1);
+                        libc::close(null);
+                    }
+                }
+                libc::execve(
+                    self.path.as_ptr(),
+                    self.argv_ptrs.as_ptr() as *const *const libc::c_char,
+                    self.env.ptrs.as_ptr() as *const *const libc::c_char,
+                );
+                libc::_exit(127);
+            }
+        }
+        if pid < 0 {
+            panic!("fork for `{}`: {}", self.label, io::Error::last_os_error());
+        }
+        pid
     }
 
     /// Spawns, waits, and panics unless the program exited with status 0.
@@ -306,6 +348,26 @@ impl Spawn {
 
     /// Spawns and waits; returns the raw wait status.
     pub fn run_status(&self) -> libc::c_int {
+        let pid = if self.fork_exec {
+            self.fork_exec()
+        } else {
+            self.spawn()
+        };
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a valid out-pointer; `pid` is our child.
+            let w = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if w == pid {
+                return status;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                panic!("waitpid `{}`: {e}", self.label);
+            }
+        }
+    }
+
+    fn spawn(&self) -> libc::pid_t {
         let mut pid: libc::pid_t = 0;
         let fa = self.actions.as_deref().map_or(ptr::null(), |fa| {
             fa as *const libc::posix_spawn_file_actions_t
@@ -329,18 +391,7 @@ impl Spawn {
                 io::Error::from_raw_os_error(r)
             );
         }
-        let mut status = 0;
-        loop {
-            // SAFETY: `status` is a valid out-pointer; `pid` is our child.
-            let w = unsafe { libc::waitpid(pid, &mut status, 0) };
-            if w == pid {
-                return status;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                panic!("waitpid `{}`: {e}", self.label);
-            }
-        }
+        pid
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Jail {
     pub thread_in_init: bool,
     /// `initialize_server` arms this parent-death signal.
     pub death_signal: Option<i32>,
+    /// Started on a `SOCK_STREAM` pair (`Builder::seqpacket(false)`).
+    pub stream: bool,
     /// `initialize_server` installs a seccomp filter of its own that fails these system calls
     /// with `EPERM` (see [`deny_on_this_thread`]).
     pub deny_in_init: Vec<libc::c_long>,
@@ -475,6 +477,16 @@ pub fn assert_serves(server: &mut ServerHandle) {
     let mut got = String::new();
     std::fs::File::from(fd).read_to_string(&mut got).unwrap();
     assert_eq!(got, "from server");
+    // A reply and its descriptor in one write.
+    let fd = server
+        .with_channel(|ch| {
+            ch.write_array(["fd_with_reply", "with the reply"])?;
+            Ok(ch.read_reply_with_fd(&mut buf)?.1)
+        })
+        .unwrap();
+    let mut got = String::new();
+    std::fs::File::from(fd).read_to_string(&mut got).unwrap();
+    assert_eq!(got, "with the reply");
     // A descriptor to the server.
     let (rd, wr) = pipe();
     server
@@ -548,7 +560,10 @@ pub fn start(sandbox: Sandbox) -> Result<Started, Error> {
 pub fn start_jail(mut jail: Jail) -> Result<Started, Error> {
     let (rd, wr) = pipe();
     jail.state.report = Some(wr.as_raw_fd());
-    let server = fdserver::Builder::new().keep_fd(&wr).start(&mut jail)?;
+    let server = fdserver::Builder::new()
+        .keep_fd(&wr)
+        .seqpacket(!jail.stream)
+        .start(&mut jail)?;
     Ok(Started { server, report: rd })
 }
 

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::incoming::Incoming;
+use super::incoming::{Incoming, ROOM};
 use crate::__private::Store;
 use crate::args::Form;
 use crate::channel::{check_reply, Channel, DEFAULT_MAX_SCALAR};
+use crate::channel::{RECORD_BUFFER, RECORD_MAX, SCALAR_ALONE};
 use crate::error::{BrokenCause, Error, Operation, ProtocolError};
 use crate::sys;
 use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
@@ -26,6 +27,12 @@ use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
 /// descriptor anywhere but with its own `00` byte is a protocol error, as on [`Channel`]).
 /// So the socket is the channel's alone: [`into_inner`](Self::into_inner) gives it back only
 /// when nothing is buffered.
+///
+/// On a `SOCK_SEQPACKET` socket (the pair [`Builder::start_async`](crate::Builder::start_async)
+/// creates by default: see [`Builder::seqpacket`](crate::Builder::seqpacket)) every receive
+/// offers room for the longest record the peer's send buffer lets it write (a longer one, which
+/// the kernel would cut, is an error that breaks the channel), and writes are records of at most
+/// 68 KiB (a large scalar: its header, then its bytes), as on [`Channel`].
 ///
 /// **Cancellation.** Every operation may be dropped at any `.await`. A read takes nothing out of
 /// the stream until its whole frame has arrived, so a dropped read loses nothing: the next read
@@ -66,6 +73,12 @@ pub struct AsyncChannel {
     /// A call whose reply has not been read to its end (its future was dropped): the next call
     /// reads the rest of that reply first and drops it.
     pub(crate) pending: Option<ReplyReader>,
+    /// `SOCK_SEQPACKET`: one receive takes one whole record, and writes are records of at
+    /// most [`RECORD_MAX`] (see `channel::read_ahead`).
+    records: bool,
+    /// The socket came from a channel that read ahead (the pair `start` creates): given back by
+    /// [`into_inner`](Self::into_inner), it reads ahead again.
+    owned: bool,
     /// When the operation (or the whole call) in progress must be over: set when a public
     /// operation or a call begins, so that a peer that trickles its bytes cannot stretch it.
     deadline: Option<Instant>,
@@ -81,8 +94,9 @@ impl fmt::Debug for AsyncChannel {
 }
 
 impl AsyncChannel {
-    /// The channel on `channel`'s socket (its deadlines and scalar limit carry over). Fails if
-    /// `channel` is broken, or outside a tokio runtime with I/O enabled.
+    /// The channel on `channel`'s socket (its deadlines and scalar limit carry over, and so do
+    /// the bytes and descriptors it had read ahead: the next read here returns them first).
+    /// Fails if `channel` is broken, or outside a tokio runtime with I/O enabled.
     pub fn new(channel: Channel) -> Result<AsyncChannel, Error> {
         if channel.is_broken() {
             return Err(channel.broken_error());
@@ -92,15 +106,25 @@ impl AsyncChannel {
             channel.write_timeout(),
             channel.max_scalar_size(),
         );
-        let mut ch = AsyncChannel::from_fd(channel.into_fd())?;
+        let (records, owned) = (channel.is_seqpacket(), channel.has_read_ahead());
+        let (fd, buffered) = channel.into_parts();
+        let mut ch = AsyncChannel::on_socket(fd, records)?;
+        ch.owned = owned;
+        ch.incoming.seed(buffered);
         ch.read_timeout = read_timeout;
         ch.write_timeout = write_timeout;
         ch.max_scalar = max_scalar;
         Ok(ch)
     }
 
-    /// The channel on a connected UNIX stream socket.
+    /// The channel on a connected UNIX socket: a stream (`SOCK_STREAM`), or a `SOCK_SEQPACKET`
+    /// one whose records are read whole (see above).
     pub fn from_fd(fd: OwnedFd) -> Result<AsyncChannel, Error> {
+        let records = sys::is_seqpacket(fd.as_fd());
+        AsyncChannel::on_socket(fd, records)
+    }
+
+    fn on_socket(fd: OwnedFd, records: bool) -> Result<AsyncChannel, Error> {
         // SAFETY: the AsyncFd owns `fd` (an OwnedFd): it stays open, and the same descriptor,
         // for as long as it is registered.
         let io =
@@ -117,6 +141,8 @@ impl AsyncChannel {
             late_reply: None,
             writing: None,
             pending: None,
+            records,
+            owned: false,
             deadline: None,
         })
     }
@@ -129,12 +155,23 @@ impl AsyncChannel {
 
     /// Gives the socket back as a blocking [`Channel`]: `Err(self)` while the channel holds
     /// bytes or descriptors it has read ahead (which a new reader of the socket would miss).
+    /// The channel reads ahead again if this one came from a channel that did (the pair
+    /// [`Builder::start_async`](crate::Builder::start_async) creates), and reads whole records
+    /// on any `SOCK_SEQPACKET` socket; on another stream it reads exactly.
     pub fn into_inner(self) -> Result<Channel, Box<AsyncChannel>> {
         if !self.incoming.is_empty() {
             return Err(Box::new(self));
         }
         let (read, write, max) = (self.read_timeout, self.write_timeout, self.max_scalar);
-        let mut channel = Channel::new(self.io.into_inner());
+        let (records, owned) = (self.records, self.owned);
+        let fd = self.io.into_inner();
+        // A record socket is read whole records at a time whoever made it; a stream reads ahead
+        // again only if both its ends are fdserver's.
+        let mut channel = if records || owned {
+            Channel::owned(fd, records)
+        } else {
+            Channel::new(fd)
+        };
         channel.set_read_timeout(read);
         channel.set_write_timeout(write);
         channel.set_max_scalar_size(max);
@@ -235,6 +272,7 @@ impl AsyncChannel {
         let r = receive_into(
             &self.io,
             &mut self.incoming,
+            self.records,
             deadline,
             op,
             self.read_timeout,
@@ -415,13 +453,26 @@ impl AsyncChannel {
     pub async fn write_scalar(&mut self, data: &[u8]) -> Result<(), Error> {
         self.check()?;
         self.start_op(self.write_timeout);
-        let hdr = wire::scalar_header(data.len())?;
         self.writing = Some(0);
-        let r = self
-            .send_all(&[&hdr, data], None, Operation::WriteScalar)
-            .await;
+        let r = self.send_scalar(data).await;
         self.writing = None;
         r
+    }
+
+    /// Sends a scalar message: header and bytes in one send, but on a record socket a large
+    /// one goes as a header record and data records of at most [`RECORD_MAX`] (as
+    /// [`Channel::write_scalar`] sends it).
+    async fn send_scalar(&mut self, data: &[u8]) -> Result<(), Error> {
+        let hdr = wire::scalar_header(data.len())?;
+        let op = Operation::WriteScalar;
+        if !self.records || data.len() < SCALAR_ALONE {
+            return self.send_all(&[&hdr, data], None, op).await;
+        }
+        self.send_all(&[&hdr], None, op).await?;
+        for chunk in data.chunks(RECORD_MAX) {
+            self.send_all(&[chunk], None, op).await?;
+        }
+        Ok(())
     }
 
     /// Reads a scalar message; `None` at end of stream. Over the limit
@@ -526,13 +577,7 @@ impl AsyncChannel {
                 break;
             }
             r = match a {
-                Encoded::Scalar(data) => match wire::scalar_header(data.len()) {
-                    Ok(hdr) => {
-                        self.send_all(&[&hdr, data], None, Operation::WriteScalar)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                },
+                Encoded::Scalar(data) => self.send_scalar(data).await,
                 Encoded::Fd(fd) => {
                     self.send_all(&[&[0]], Some(fd.as_fd()), Operation::SendFd)
                         .await
@@ -650,18 +695,32 @@ async fn wait(
 async fn receive_into(
     io: &AsyncFd<OwnedFd>,
     incoming: &mut Incoming,
+    records: bool,
     deadline: Option<Instant>,
     op: Operation,
     timeout: Option<Duration>,
 ) -> Result<(), Error> {
     loop {
         let mut guard = wait(io, false, deadline, op, timeout).await?;
-        let spare = incoming.spare();
+        let room = if records { RECORD_BUFFER } else { ROOM };
+        let spare = incoming.spare(room);
         match guard.try_io(|io| sys::recv(io.get_ref().as_fd(), spare, true)) {
             Ok(Ok(mut r)) => {
+                if r.record_cut {
+                    drop(r); // closes what arrived
+                    return Err(Error::Io(std::io::Error::other(format!(
+                        "a record longer than the {room} bytes a read takes arrived on the \
+                         channel and the kernel cut it (its writer raised the socket's send \
+                         buffer, SO_SNDBUF, above what fdserver set): bytes were lost, so the \
+                         connection is closed"
+                    ))));
+                }
                 if r.truncated {
                     drop(r); // closes what arrived
                     return Err(Error::Protocol(ProtocolError::TooManyFds));
+                }
+                if r.n == 0 && records && !sys::peer_done_writing(io.get_ref().as_fd()) {
+                    continue; // an empty record (a raw write of nothing), not the end
                 }
                 let fds: Vec<OwnedFd> = r.fds.iter_mut().filter_map(Option::take).collect();
                 incoming.received(r.n, fds);

@@ -21,9 +21,6 @@ use crate::wire::MessageBuf;
 /// a descriptor's byte, and slack.
 pub(crate) const ROOM: usize = 68 << 10;
 
-/// A buffer larger than this is given back once empty (after a large scalar went through it).
-const KEEP: usize = 2 * ROOM;
-
 /// What was received and not yet taken.
 #[derive(Default)]
 pub(crate) struct Incoming {
@@ -50,22 +47,24 @@ impl Incoming {
         self.available() == 0 && self.fds.is_empty()
     }
 
-    /// Room for the next receive: at least [`ROOM`] bytes, after what is held. The caller
-    /// receives into it and then calls [`received`](Self::received) with the count.
-    pub(crate) fn spare(&mut self) -> &mut [u8] {
+    /// Room for the next receive: at least `room` bytes ([`ROOM`] on a stream; on a record
+    /// socket, the longest record), after what is held. The caller receives into it and then
+    /// calls [`received`](Self::received) with the count. A buffer larger than twice `room` is
+    /// given back once empty (after a large scalar went through it).
+    pub(crate) fn spare(&mut self, room: usize) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > KEEP {
+            if self.buf.len() > 2 * room {
                 self.buf = Vec::new();
             }
-        } else if self.buf.len() - self.end < ROOM && self.start > 0 {
+        } else if self.buf.len() - self.end < room && self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() - self.end < ROOM {
-            self.buf.resize(self.end + ROOM, 0);
+        if self.buf.len() - self.end < room {
+            self.buf.resize(self.end + room, 0);
         }
         &mut self.buf[self.end..]
     }
@@ -83,6 +82,22 @@ impl Incoming {
         let last = (self.pos + self.available() as u64).saturating_sub(1);
         for fd in fds {
             self.fds.push_back((last, fd));
+        }
+    }
+
+    /// Starts with what a blocking channel had read ahead (see [`Channel::into_parts`]): its
+    /// bytes, and each descriptor at the position of the byte it came with. Call on a new,
+    /// empty `Incoming`.
+    ///
+    /// [`Channel::into_parts`]: crate::Channel::into_parts
+    pub(crate) fn seed(&mut self, buffered: crate::channel::Buffered) {
+        debug_assert!(self.is_empty() && self.pos == 0);
+        let crate::channel::Buffered { bytes, fds } = buffered;
+        self.buf = bytes;
+        self.start = 0;
+        self.end = self.buf.len();
+        for (index, fd) in fds {
+            self.fds.push_back((index as u64, fd));
         }
     }
 
@@ -181,7 +196,7 @@ mod tests {
     use super::*;
 
     fn feed(inc: &mut Incoming, bytes: &[u8], fds: Vec<OwnedFd>) {
-        let room = inc.spare();
+        let room = inc.spare(ROOM);
         room[..bytes.len()].copy_from_slice(bytes);
         inc.received(bytes.len(), fds);
     }

@@ -291,7 +291,7 @@ impl Attrs {
 
 /// This process's `/proc/self/status` (empty if it cannot be read).
 pub(crate) fn proc_status() -> String {
-    std::fs::read_to_string("/proc/self/status").unwrap_or_default()
+    proc_self_status()
 }
 
 /// Names of attributes the worker could not take on (it then hands the command back to the
@@ -317,6 +317,37 @@ impl Failed {
 }
 
 /// The ignored signals, by asking `sigaction` for each (when `/proc` is not mounted).
+/// `/proc/self/status` (empty if it cannot be read), in one `read`: procfs writes the whole file
+/// into a buffer large enough (std's `read_to_string` starts with 32 bytes and doubles: nine
+/// reads).
+fn proc_self_status() -> String {
+    let Ok(mut f) = std::fs::File::open("/proc/self/status") else {
+        return String::new();
+    };
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    loop {
+        match std::io::Read::read(&mut f, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    // A short read of a seq_file: the rest, if any, comes with the next read.
+                    if n < buf.len() / 2 {
+                        break;
+                    }
+                } else {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return String::new(),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 fn ignored_by_sigaction() -> u64 {
     let mut mask = 0;
     for sig in 1..=64 {

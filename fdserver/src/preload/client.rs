@@ -630,8 +630,8 @@ impl Relay<'_> {
                     }
                 }
             }
-            // (Handling a signal may have read what was waiting: look again, never block.)
-            if ready[0] && sys::poll_now(conn.as_fd()) {
+            // (Handling a signal may have read what was waiting: then look again, never block.)
+            if ready[0] && (!ready[1] || sys::poll_now(conn.as_fd())) {
                 if let Step::Done(d) = self.on_message(conn, &mut buf)? {
                     return Ok(d);
                 }

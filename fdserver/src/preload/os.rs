@@ -263,18 +263,12 @@ pub(crate) fn max_target(targets: &[u8]) -> RawFd {
 /// `exec` passed on), in ascending order. (A command forwards at most [`MAX_EXTRA_FDS`]: with
 /// more, the client runs it in-process.)
 pub(crate) fn inherited_fds() -> Vec<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    let mut fds: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd: &RawFd| {
-            // SAFETY: fcntl F_GETFD only queries (the directory's own descriptor is
-            // close-on-exec: excluded).
-            fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0
-        })
-        .collect();
-    fds.sort_unstable();
+    // The runtime's own listing (`getdents64` on `/proc/self/fd`, sorted, its directory left
+    // out; a `poll` over the table where procfs is missing).
+    let mut fds = Vec::new();
+    crate::sys::list_open_fds(&mut fds);
+    // SAFETY: fcntl F_GETFD only queries.
+    fds.retain(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0);
     fds
 }
 

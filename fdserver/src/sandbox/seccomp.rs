@@ -448,8 +448,7 @@ fn runtime_call(nr: Syscall) -> Option<(&'static str, &'static str)> {
         ),
         libc::SYS_sendmsg => (
             "sendmsg",
-            "the server loop writes replies, and descriptors, with it (and `start` waits for \
-             the \"ready\" message it sends)",
+            "the server loop writes replies that carry descriptors, and scalars, with it",
         ),
         libc::SYS_sendmmsg => (
             "sendmmsg",
@@ -457,7 +456,12 @@ fn runtime_call(nr: Syscall) -> Option<(&'static str, &'static str)> {
              `OwnedFd`) goes out in one sendmmsg",
         ),
         libc::SYS_recvfrom => ("recvfrom", "std's socket reads use it"),
-        libc::SYS_sendto => ("sendto", "std's socket writes use it"),
+        libc::SYS_sendto => (
+            "sendto",
+            "the server loop writes replies with it (`send`: a message without descriptors), \
+             and `start` waits for the \"ready\" message it sends; std's socket writes use it \
+             too",
+        ),
         #[cfg(target_arch = "x86_64")]
         libc::SYS_poll => (
             "poll",

@@ -93,11 +93,15 @@ impl HangupWatch {
 
     /// Starts watching `sock`, whose descriptor must stay open (under the same number) for the
     /// rest of the process's life. Fails if a watch already runs in this process, or if the
-    /// thread cannot be created. Returns once the thread runs its own code: from then on it
-    /// makes no system call but `ppoll`, `clock_gettime`, `getpid` and `tgkill` (so that a
-    /// seccomp filter applied right after, to every thread, does not meet the C library's
-    /// thread start-up calls in it).
-    pub(crate) fn start(&self, sock: BorrowedFd<'_>) -> io::Result<()> {
+    /// thread cannot be created.
+    ///
+    /// With `until_running`, returns once the thread runs its own code: from then on it makes no
+    /// system call but `ppoll`, `clock_gettime`, `getpid` and `tgkill` (so that a seccomp filter
+    /// applied right after, to every thread, does not meet the C library's thread start-up calls
+    /// in it). Without, returns once the thread exists: it starts up while the caller goes on
+    /// (on another CPU, off the start's critical path), and a hang-up that comes first is seen
+    /// at its first `ppoll` all the same.
+    pub(crate) fn start(&self, sock: BorrowedFd<'_>, until_running: bool) -> io::Result<()> {
         // SAFETY: getpid cannot fail.
         let me = unsafe { libc::getpid() };
         if WATCHING_PID.swap(me, Ordering::SeqCst) == me {
@@ -115,7 +119,7 @@ impl HangupWatch {
             WATCHING_PID.store(0, Ordering::SeqCst);
             return r;
         }
-        while RUNNING.load(Ordering::SeqCst) == 0 {
+        while until_running && RUNNING.load(Ordering::SeqCst) == 0 {
             // SAFETY: FUTEX_WAIT on a static, aligned u32 while it still holds 0; no timeout.
             unsafe {
                 libc::syscall(

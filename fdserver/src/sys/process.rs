@@ -273,3 +273,18 @@ pub(crate) fn umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
+
+/// The calling thread's CPU affinity (`sched_getaffinity`), or `None` if it cannot be read.
+pub(crate) fn thread_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the pointer and size describe `set`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (r == 0).then_some(set)
+}
+
+/// Sets the calling thread's CPU affinity (`sched_setaffinity`); `false` if the kernel refused.
+pub(crate) fn set_thread_affinity(set: &libc::cpu_set_t) -> bool {
+    // SAFETY: pid 0 is the calling thread; the pointer and size describe a valid cpu_set_t.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) == 0 }
+}

@@ -5,7 +5,7 @@ use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI16, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI16, AtomicI32, AtomicU64, Ordering};
 
 use super::cvt;
 
@@ -50,6 +50,23 @@ static WAIT_FDS: [PollSlot; 2] = [
     },
 ];
 
+/// The socket a forked server's loop waits on in a blocking `recvmsg` when idle (-1: none; see
+/// [`set_idle_socket`]), its file status flags without `O_NONBLOCK`, and whether
+/// [`flag_handler`] has made it non-blocking since the loop last looked ([`arm_idle_wake`]).
+///
+/// A `recvmsg` blocked on a `SOCK_SEQPACKET` socket wakes for arriving data only (its wait
+/// filters the peer's write-space wake-ups, which a stream socket's does not), so the loop can
+/// wait for the next request inside `recvmsg` itself, one system call instead of `poll` and
+/// `recvmsg`. A caught signal must still end that wait, with no race between the loop's look at
+/// the pending signals and the call: the handler sets `O_NONBLOCK` on the socket. A `recvmsg`
+/// that has not started yet then returns `EAGAIN` at once; one already blocked is interrupted
+/// and, `SA_RESTART` restarting it, reads the flags again and returns `EAGAIN`. The loop clears
+/// the flag (only after a signal, so no system call per message) before it looks at the
+/// pending signals.
+static IDLE_SOCK: AtomicI32 = AtomicI32::new(-1);
+static IDLE_FLAGS: AtomicI32 = AtomicI32::new(0);
+static IDLE_NONBLOCK: AtomicBool = AtomicBool::new(false);
+
 /// A descriptor number no process can have open: Linux caps the descriptor table
 /// (`fs.nr_open`) at `INT_MAX` rounded down to a multiple of 64, so every open descriptor is
 /// below this one, and `poll` reports it as `POLLNVAL` without waiting.
@@ -78,6 +95,13 @@ extern "C" fn flag_handler(sig: libc::c_int) {
             PENDING.fetch_or(1u64 << sig, Ordering::SeqCst);
         }
         WAIT_FDS[1].fd.store(NEVER_OPEN_FD, Ordering::SeqCst);
+        let idle = IDLE_SOCK.load(Ordering::SeqCst);
+        if idle >= 0 {
+            IDLE_NONBLOCK.store(true, Ordering::SeqCst);
+            let flags = IDLE_FLAGS.load(Ordering::SeqCst) | libc::O_NONBLOCK;
+            // SAFETY: fcntl(F_SETFL) is async-signal-safe and takes integers.
+            unsafe { libc::fcntl(idle, libc::F_SETFL, flags) };
+        }
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -173,6 +197,40 @@ pub(crate) fn wait_loop_socket(
     };
     WAIT_FDS[0].events.store(libc::POLLIN, Ordering::SeqCst);
     wake
+}
+
+/// Makes the loop wait for requests in a blocking `recvmsg` on `sock` (`Some`), woken by caught
+/// signals through `O_NONBLOCK` (see [`IDLE_SOCK`]), or stops that (`None`, restoring the flags).
+/// Returns whether it is on: not if the socket is non-blocking already (someone else's choice)
+/// or its flags cannot be read.
+pub(crate) fn set_idle_socket(sock: Option<BorrowedFd<'_>>) -> bool {
+    let Some(sock) = sock else {
+        let fd = IDLE_SOCK.swap(-1, Ordering::SeqCst);
+        if fd >= 0 && IDLE_NONBLOCK.swap(false, Ordering::SeqCst) {
+            // SAFETY: fcntl with integer arguments on the loop's socket, still open.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, IDLE_FLAGS.load(Ordering::SeqCst)) };
+        }
+        return false;
+    };
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let flags = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 || flags & libc::O_NONBLOCK != 0 {
+        return false;
+    }
+    IDLE_FLAGS.store(flags, Ordering::SeqCst);
+    IDLE_NONBLOCK.store(false, Ordering::SeqCst);
+    IDLE_SOCK.store(sock.as_raw_fd(), Ordering::SeqCst);
+    true
+}
+
+/// Arms the loop's idle `recvmsg`: makes its socket blocking again if a signal made it
+/// non-blocking. Call before looking at [`take_pending`] (see [`IDLE_SOCK`]).
+pub(crate) fn arm_idle_wake() {
+    if IDLE_NONBLOCK.load(Ordering::SeqCst) && IDLE_NONBLOCK.swap(false, Ordering::SeqCst) {
+        let fd = IDLE_SOCK.load(Ordering::SeqCst);
+        // SAFETY: fcntl with integer arguments on the loop's socket.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, IDLE_FLAGS.load(Ordering::SeqCst)) };
+    }
 }
 
 /// Makes `sock` the descriptor the loop's waits watch (once, when a loop starts).

@@ -1,9 +1,10 @@
 //! Sockets: the socket pair, `sendmsg`/`recvmsg` with descriptors (`SCM_RIGHTS`), peer credentials.
 
 use std::io::{self, IoSlice};
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::time::Duration;
 
 use super::{cvt, cvt_size};
 
@@ -24,6 +25,81 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     })?;
     // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A connected `SOCK_SEQPACKET` UNIX socket pair, both ends close-on-exec, with a send buffer
+/// (`SO_SNDBUF`) of about `send_buffer` bytes: the kernel refuses (`EMSGSIZE`) any record longer
+/// than that buffer minus 32 bytes, whoever writes it. Returns the pair and the buffer size the
+/// kernel set (at most `send_buffer`; less where `net.core.wmem_max` caps it).
+pub(crate) fn seqpacket_pair(send_buffer: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two ints, as socketpair(2) requires.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The kernel doubles the value asked for.
+    let ask = (send_buffer / 2) as libc::c_int;
+    let mut largest = 0;
+    for sock in [&a, &b] {
+        // SAFETY: a valid int option value of the right size.
+        cvt(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&ask as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        let mut got: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid out-pointers of the right size.
+        cvt(unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        largest = largest.max(got.max(0) as usize);
+    }
+    Ok((a, b, largest))
+}
+
+/// Sends each of `records` as one record (`SOCK_SEQPACKET`) with `MSG_NOSIGNAL`, in one
+/// `sendmmsg`. Returns how many went (a record goes whole or not at all).
+pub(crate) fn send_records(
+    sock: BorrowedFd<'_>,
+    records: &[IoSlice<'_>],
+    dontwait: bool,
+) -> io::Result<usize> {
+    const MAX: usize = 8;
+    let n = records.len().min(MAX);
+    // SAFETY: all-zero mmsghdr values are valid empty messages; the fields are filled below.
+    let mut msgs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+    for (m, r) in msgs.iter_mut().zip(&records[..n]) {
+        m.msg_hdr.msg_iov = r as *const IoSlice<'_> as *mut libc::iovec; // ABI-compatible
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: msgs and the buffers they point at are live for the duration of the call.
+    let sent = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n as _, flags as _) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
 }
 
 /// Aligned storage for the control message of a send: one `SCM_RIGHTS` descriptor.
@@ -87,6 +163,18 @@ pub(crate) fn send(
     fd: Option<BorrowedFd<'_>>,
     dontwait: bool,
 ) -> io::Result<usize> {
+    let mut flags = libc::MSG_NOSIGNAL;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    if let ([one], None) = (iov, fd) {
+        // One buffer and no descriptor: `send`, which the kernel takes without a `msghdr` and an
+        // iovec array to copy in and check.
+        // SAFETY: the pointer and length describe a live buffer for the duration of the call.
+        return cvt_size(unsafe {
+            libc::send(sock.as_raw_fd(), one.as_ptr().cast(), one.len(), flags)
+        });
+    }
     let mut cmsg = CmsgBuf([0; 64]);
     // SAFETY: an all-zero msghdr is a valid "empty" value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -94,10 +182,6 @@ pub(crate) fn send(
     msg.msg_iovlen = iov.len() as _;
     if let Some(fd) = fd {
         attach_fd(&mut msg, &mut cmsg, fd);
-    }
-    let mut flags = libc::MSG_NOSIGNAL;
-    if dontwait {
-        flags |= libc::MSG_DONTWAIT;
     }
     // SAFETY: msg describes live buffers (iov, cmsg) for the duration of the call.
     cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) })
@@ -154,6 +238,9 @@ pub(crate) struct Received {
     pub fds: [Option<OwnedFd>; MAX_FDS_PER_RECV],
     /// The kernel had more descriptors than fitted (`MSG_CTRUNC`); it closed the rest.
     pub truncated: bool,
+    /// A record (`SOCK_SEQPACKET`) was longer than the buffers (`MSG_TRUNC`): the kernel dropped
+    /// the rest of it.
+    pub record_cut: bool,
 }
 
 impl Received {
@@ -167,29 +254,54 @@ impl Received {
 /// more count as truncated and are closed); a pidfd the kernel attaches because of
 /// `SO_PASSPIDFD` is closed here, and credentials and security labels are ignored.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<Received> {
+    recv2(sock, buf, &mut [], dontwait)
+}
+
+/// [`recv`] into `buf`, then, for what does not fit there, into `spare` (whose bytes the kernel
+/// writes, from its start, as many as the returned count exceeds `buf.len()`).
+pub(crate) fn recv2(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    spare: &mut [MaybeUninit<u8>],
+    dontwait: bool,
+) -> io::Result<Received> {
     // Not zeroed (512 bytes on every receive): the kernel writes the control messages it
     // returns and sets `msg_controllen` to their length, and only those bytes are read below.
-    let mut cmsg = std::mem::MaybeUninit::<RecvCmsgBuf>::uninit();
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut cmsg = MaybeUninit::<RecvCmsgBuf>::uninit();
+    let mut iov = [
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+        libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        },
+    ];
     // SAFETY: an all-zero msghdr is a valid "empty" value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    // One buffer where one will do: the kernel imports a single one faster.
+    let (first, count) = match (buf.is_empty(), spare.is_empty()) {
+        (true, false) => (1, 1),
+        (_, true) => (0, 1),
+        (false, false) => (0, 2),
+    };
+    msg.msg_iov = iov[first..].as_mut_ptr();
+    msg.msg_iovlen = count;
     msg.msg_control = cmsg.as_mut_ptr().cast();
     msg.msg_controllen = size_of::<RecvCmsgBuf>() as _;
     let mut flags = libc::MSG_CMSG_CLOEXEC;
     if dontwait {
         flags |= libc::MSG_DONTWAIT;
     }
-    // SAFETY: msg describes live, writable buffers (buf, cmsg) for the duration of the call.
+    // SAFETY: msg describes live, writable buffers (buf, spare, cmsg) for the duration of the
+    // call.
     let n = cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) })?;
     let mut out = Received {
         n,
         fds: Default::default(),
         truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        record_cut: msg.msg_flags & libc::MSG_TRUNC != 0,
     };
     let mut slot = 0;
     // SAFETY: the kernel filled msg_control/msg_controllen; the CMSG_* macros walk exactly that
@@ -224,6 +336,61 @@ pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], dontwait: bool) -> io::
         }
     }
     Ok(out)
+}
+
+/// Sets the socket's receive time-out (`SO_RCVTIMEO`; `None`: wait forever): a blocking
+/// `recvmsg` that waits that long fails with `EAGAIN`.
+pub(crate) fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<()> {
+    let t = timeout.unwrap_or_default();
+    let mut tv = libc::timeval {
+        tv_sec: t.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    if timeout.is_some_and(|t| !t.is_zero()) && tv.tv_sec == 0 && tv.tv_usec == 0 {
+        tv.tv_usec = 1; // under a microsecond: not "forever"
+    }
+    // SAFETY: a valid timeval of the size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Whether `sock` is a `SOCK_SEQPACKET` socket (`false` if it cannot be told).
+#[cfg(feature = "tokio")]
+pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && v == libc::SOCK_SEQPACKET
+}
+
+/// Whether the peer of a connected socket has shut down its writing side or closed it (`poll`
+/// reports `POLLRDHUP`), right now.
+pub(crate) fn peer_done_writing(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 /// `shutdown(2)`: ends the connection in one or both directions for every descriptor of the

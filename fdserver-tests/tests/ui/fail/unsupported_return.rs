@@ -15,6 +15,10 @@ impl Server {
     fn iter(&mut self) -> impl Iterator<Item = u32> {
         0..3
     }
+
+    fn log(&mut self) -> &mut std::fs::File {
+        unimplemented!()
+    }
 }
 
 fn main() {

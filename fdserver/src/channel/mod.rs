@@ -4,6 +4,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{BrokenCause, Error, Operation, ProtocolError, RemoteError, RemoteErrorKind};
@@ -12,6 +13,12 @@ use crate::wire::{self, Message, MessageBuf, OK_SCALAR};
 
 /// Largest write buffer a channel keeps between messages.
 const WBUF_KEEP: usize = 1 << 20;
+
+mod read_ahead;
+
+use read_ahead::ReadAhead;
+#[cfg(feature = "tokio")]
+pub(crate) use read_ahead::{RECORD_BUFFER, RECORD_MAX, SCALAR_ALONE};
 
 /// Default largest scalar [`Channel::read_scalar`] accepts: 64 MiB.
 pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
@@ -27,6 +34,9 @@ pub(crate) const REPLY_MAX_SCALAR: u64 = u32::MAX as u64;
 ///
 /// Reads never take more bytes from the socket than the message being read still lacks, so
 /// descriptors sent between messages are never swallowed, and a socket can be handed on mid-stream.
+/// (The one exception is the pair [`Server::start`](crate::Server::start) creates, whose both
+/// ends are fdserver's: those read ahead, and refuse to lend or give up their socket while they
+/// hold bytes read ahead. See [`as_fd`](Channel::as_fd) and [`into_parts`](Channel::into_parts).)
 ///
 /// ```
 /// use fdserver::Channel;
@@ -62,6 +72,37 @@ pub struct Channel {
     writes: u64,
     /// The operation in progress, named by a time-out.
     op: Operation,
+    /// Bytes and descriptors read ahead: only on the pair `start` creates (see `read_ahead`).
+    ra: Option<Box<ReadAhead>>,
+    /// The socket was lent out (`as_fd`, `as_raw_fd`): a stream channel reads exactly from
+    /// then on.
+    lent: AtomicBool,
+    /// On a `SOCK_SEQPACKET` socket: the longest record a write may send (see `read_ahead`).
+    record_max: Option<usize>,
+    /// The receive time-out set on the socket (`SO_RCVTIMEO`, nanoseconds; 0: none), with which
+    /// a record channel waits for a message inside `recvmsg` (see `read_ahead`).
+    rcvtimeo: AtomicU64,
+}
+
+/// What a channel had read from its socket ahead of the messages it returned: returned by
+/// [`Channel::into_parts`] together with the socket, so that nothing read is lost when the socket
+/// changes hands. Only the channels of the pair [`Server::start`](crate::Server::start) creates
+/// read ahead; for every other channel it is always empty.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Buffered {
+    /// The bytes, in stream order: what the socket would have returned next.
+    pub bytes: Vec<u8>,
+    /// The descriptors that arrived with them, each with the index in `bytes` of the byte it was
+    /// sent with (a descriptor's own `00` byte in the wire format).
+    pub fds: Vec<(usize, OwnedFd)>,
+}
+
+impl Buffered {
+    /// Whether nothing was buffered.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.fds.is_empty()
+    }
 }
 
 /// An element that is either a fixed prefix or one of the caller's elements.
@@ -96,6 +137,104 @@ impl Channel {
             wbuf: Vec::with_capacity(256),
             writes: 0,
             op: Operation::ReadArray,
+            ra: None,
+            lent: AtomicBool::new(false),
+            record_max: None,
+            rcvtimeo: AtomicU64::new(0),
+        }
+    }
+
+    /// The two ends of a pair whose both ends are fdserver's, reading ahead (see `read_ahead`):
+    /// `SOCK_SEQPACKET` if `records` and the system allows it, else `SOCK_STREAM`. Their buffers
+    /// are allocated here (for a server: in the parent, before the fork).
+    pub(crate) fn owned_pair(records: bool) -> io::Result<(Channel, Channel)> {
+        let seqpacket = records
+            .then(|| sys::seqpacket_pair(read_ahead::RECORD_BUFFER).ok())
+            .flatten()
+            .filter(|&(_, _, sndbuf)| sndbuf > read_ahead::RECORD_MAX + 32);
+        let (a, b, records, capacity) = match seqpacket {
+            // The kernel takes records of up to the send buffer less 32 bytes: a reader always
+            // offers that much room, and writes records of at most RECORD_MAX.
+            Some((a, b, sndbuf)) => (a, b, true, sndbuf),
+            None => {
+                let (a, b) = sys::socketpair()?;
+                (a, b, false, read_ahead::STREAM_AHEAD)
+            }
+        };
+        Ok((
+            Channel::reading_ahead(a, records, capacity),
+            Channel::reading_ahead(b, records, capacity),
+        ))
+    }
+
+    /// A channel on one end of such a pair, given back by an [`AsyncChannel`] (or on any
+    /// `SOCK_SEQPACKET` socket, whose records only a reader that takes them whole reads right).
+    ///
+    /// [`AsyncChannel`]: crate::AsyncChannel
+    #[cfg(feature = "tokio")]
+    pub(crate) fn owned(fd: OwnedFd, records: bool) -> Channel {
+        let capacity = if records {
+            read_ahead::RECORD_BUFFER
+        } else {
+            read_ahead::STREAM_AHEAD
+        };
+        Channel::reading_ahead(fd, records, capacity)
+    }
+
+    fn reading_ahead(fd: OwnedFd, records: bool, capacity: usize) -> Channel {
+        let mut c = Channel::new(fd);
+        c.ra = Some(Box::new(ReadAhead::new(records, capacity)));
+        c.record_max = records.then_some(read_ahead::RECORD_MAX);
+        c
+    }
+
+    /// Whether this channel reads ahead (one of the pair `start` creates, its socket not lent).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn has_read_ahead(&self) -> bool {
+        self.ra.is_some()
+    }
+
+    /// Whether the socket is a `SOCK_SEQPACKET` one (the pair `start` creates, where the system
+    /// allows it): see [`Builder::seqpacket`](crate::Builder::seqpacket).
+    pub fn is_seqpacket(&self) -> bool {
+        self.record_max.is_some()
+    }
+
+    /// The socket, for the runtime's own use (waits, `shutdown`): unlike [`as_fd`](Self::as_fd),
+    /// it neither refuses nor stops the read-ahead.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// How many bytes this channel has read from its socket ahead of the messages it returned,
+    /// and not yet returned (always 0 but on the channels of the pair
+    /// [`Server::start`](crate::Server::start) creates, and there too between calls unless the
+    /// peer sent more than was asked for). While it is not 0, [`as_fd`](Self::as_fd) and
+    /// [`into_fd`](Self::into_fd) refuse.
+    pub fn buffered(&self) -> usize {
+        self.ra.as_ref().map_or(0, |ra| ra.len())
+    }
+
+    /// Takes back the receive time-out the channel set on its socket (`SO_RCVTIMEO`), before
+    /// the socket is lent or given away: others' reads of it must not fail after that long.
+    fn clear_recv_timeout(&self) {
+        if self.rcvtimeo.swap(0, Ordering::Relaxed) != 0 {
+            let _ = sys::set_recv_timeout(self.fd.as_fd(), None);
+        }
+    }
+
+    /// Panics, saying what to do, if this channel holds bytes read ahead (see
+    /// [`buffered`](Self::buffered)).
+    fn refuse_if_buffered(&self, what: &str) {
+        if let Some(ra) = self.ra.as_ref().filter(|ra| ra.len() > 0) {
+            panic!(
+                "Channel::{what}: the channel holds {} byte(s) and {} descriptor(s) it read ahead \
+                 from its socket, which a reader of the socket would miss; read the messages \
+                 they belong to through the channel first (`Channel::buffered` says how much \
+                 is held), or take the socket with `Channel::into_parts`, which returns them",
+                ra.len(),
+                ra.fd_count()
+            );
         }
     }
 
@@ -232,8 +371,38 @@ impl Channel {
     }
 
     /// Gives back the socket.
+    ///
+    /// # Panics
+    /// If the channel holds bytes it read ahead (only the channels of the pair
+    /// [`Server::start`](crate::Server::start) creates do, and only when the peer sent more than
+    /// was read): they would be lost. Use [`into_parts`](Self::into_parts) to get them too.
     pub fn into_fd(self) -> OwnedFd {
+        self.refuse_if_buffered("into_fd");
+        self.clear_recv_timeout();
         self.fd
+    }
+
+    /// Gives back the socket and whatever the channel read ahead from it (empty but on the
+    /// channels of the pair [`Server::start`](crate::Server::start) creates): the bytes the
+    /// socket would have returned next, and their descriptors.
+    ///
+    /// ```
+    /// let (mut a, b) = fdserver::Channel::pair()?;
+    /// a.write_array(["hello"])?;
+    /// let (fd, buffered) = b.into_parts();
+    /// assert!(buffered.is_empty()); // a plain channel never reads ahead
+    /// let mut b = fdserver::Channel::new(fd);
+    /// assert_eq!(b.read_strings()?, Some(vec!["hello".to_string()]));
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
+    pub fn into_parts(mut self) -> (OwnedFd, Buffered) {
+        self.clear_recv_timeout();
+        let buffered = self
+            .ra
+            .take()
+            .map(|ra| ra.into_buffered())
+            .unwrap_or_default();
+        (self.fd, buffered)
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -269,8 +438,22 @@ impl Channel {
     // ----------------------------------------------------------------------------------------
 
     /// Fills `buf` completely. `Ok(false)`: clean end of stream before the first byte, allowed only
-    /// when `at_boundary` (this is the first read of a message). Never reads past `buf`.
+    /// when `at_boundary` (this is the first read of a message).
     fn fill(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+        at_boundary: bool,
+    ) -> Result<bool, Error> {
+        if self.reads_ahead() {
+            self.ra_fill(buf, deadline, at_boundary)
+        } else {
+            self.exact_fill(buf, deadline, at_boundary)
+        }
+    }
+
+    /// [`fill`](Self::fill), never reading past `buf`.
+    fn exact_fill(
         &mut self,
         buf: &mut [u8],
         deadline: Option<Instant>,
@@ -384,7 +567,26 @@ impl Channel {
         let mut iov = iov;
         let mut sent_any = false;
         while !iov.is_empty() {
-            match sys::send(self.fd.as_fd(), iov, fd, self.nonblocking(deadline)) {
+            // On a record socket, no record longer than the kernel accepts.
+            let mut part = [IoSlice::new(&[]); 4];
+            let iov_now: &[IoSlice<'_>] = match self.record_max {
+                Some(max) if iov.len() > part.len() || total_len(iov) > max => {
+                    let mut room = max;
+                    let mut k = 0;
+                    for s in iov.iter().take(part.len()) {
+                        if room == 0 {
+                            break;
+                        }
+                        let take = s.len().min(room);
+                        part[k] = IoSlice::new(&s[..take]);
+                        room -= take;
+                        k += 1;
+                    }
+                    &part[..k]
+                }
+                _ => iov,
+            };
+            match sys::send(self.fd.as_fd(), iov_now, fd, self.nonblocking(deadline)) {
                 Ok(n) => {
                     if n > 0 {
                         if !sent_any {
@@ -506,6 +708,13 @@ impl Channel {
         self.check()?;
         self.op = Operation::ReadArray;
         let deadline = self.read_deadline();
+        if self.reads_ahead() {
+            if !self.ra_read_frame(&mut buf.body, deadline)? {
+                return Ok(false);
+            }
+            buf.index()?;
+            return Ok(true);
+        }
         let mut hdr = [0u8; 2];
         if !self.fill(&mut hdr, deadline, true)? {
             return Ok(false);
@@ -572,13 +781,34 @@ impl Channel {
     }
 
     /// A frame and a descriptor in one `sendmmsg`; finishes with plain sends if the socket took
-    /// only part of it.
+    /// only part of it. On a record socket, one record: the frame and the descriptor's `00` byte,
+    /// which the descriptor comes with (as it does when sent on its own).
     fn send_frame_then_fd(
         &mut self,
         frame: &[u8],
         fd: BorrowedFd<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
+        if let Some(max) = self.record_max {
+            if frame.len() < max {
+                return self.send_all(
+                    &mut [IoSlice::new(frame), IoSlice::new(&[0])],
+                    Some(fd),
+                    deadline,
+                );
+            }
+            // A frame longer than a record (an `ok_scalar` reply): its records, then the
+            // descriptor's own.
+            self.send_all(&mut [IoSlice::new(frame)], None, deadline)?;
+            self.op = Operation::SendFd;
+            let sent_fd = self.send_all(&mut [IoSlice::new(&[0])], Some(fd), deadline);
+            if sent_fd.is_err() {
+                // The reply went out without its descriptor.
+                self.broken = true;
+                self.write_broken = true;
+            }
+            return sent_fd;
+        }
         loop {
             match sys::send_frame_then_fd(self.fd.as_fd(), frame, fd, self.nonblocking(deadline)) {
                 Ok((_, true)) => {
@@ -665,7 +895,9 @@ impl Channel {
     /// The first read asks for the five bytes of the shortest reply there is, `["ok"]`
     /// (`00 03 6F 6B 00`; an error reply is longer): such a reply arrives in one `recvmsg`, and no
     /// valid reply is ever read past. A frame shorter than that is not a reply; if bytes after
-    /// it were taken with it, the channel is broken.
+    /// it were taken with it, the channel is broken. (A channel of the pair
+    /// [`Server::start`](crate::Server::start) creates reads a whole reply in one `recvmsg`, and
+    /// keeps what follows it for the next read.)
     pub fn read_reply<'b>(&mut self, buf: &'b mut MessageBuf) -> Result<Message<'b>, Error> {
         self.read_reply_frame(buf, false)?;
         Ok(buf.message())
@@ -723,6 +955,9 @@ impl Channel {
         self.check()?;
         self.op = Operation::ReadReply;
         let deadline = self.read_deadline();
+        if self.reads_ahead() {
+            return self.ra_read_reply_frame(buf, with_fd, deadline);
+        }
         let extra = usize::from(with_fd);
         let want = SHORTEST + extra;
         let mut head = [0u8; SHORTEST + 1];
@@ -880,11 +1115,67 @@ impl Channel {
         self.op = Operation::WriteScalar;
         let hdr = wire::scalar_header(data.len())?;
         let deadline = self.write_deadline();
+        if self.record_max.is_some() && data.len() >= read_ahead::SCALAR_ALONE {
+            return self.send_scalar_records(&hdr, data, deadline);
+        }
         self.send_all(
             &mut [IoSlice::new(&hdr), IoSlice::new(data)],
             None,
             deadline,
         )
+    }
+
+    /// A large scalar on a record socket: its header as a record of its own, then the bytes in
+    /// records, all in as few `sendmmsg` as the socket takes. A reader then receives the bytes
+    /// straight into their destination (it knows their length from the header), where a header
+    /// sharing their record would land them in its read-ahead buffer first.
+    fn send_scalar_records(
+        &mut self,
+        hdr: &[u8; 4],
+        data: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let max = self.record_max.expect("a record socket");
+        let mut header_pending = true;
+        let mut at = 0;
+        let mut sent_any = false;
+        while header_pending || at < data.len() {
+            let mut records = [IoSlice::new(&[]); 8];
+            let mut n = 0;
+            if header_pending {
+                records[0] = IoSlice::new(hdr);
+                n = 1;
+            }
+            let mut next = at;
+            while n < records.len() && next < data.len() {
+                let end = data.len().min(next + max);
+                records[n] = IoSlice::new(&data[next..end]);
+                next = end;
+                n += 1;
+            }
+            match sys::send_records(self.fd.as_fd(), &records[..n], self.nonblocking(deadline)) {
+                Ok(0) => {
+                    let e = io::Error::from_raw_os_error(libc::EAGAIN);
+                    self.on_io_error(e, deadline, libc::POLLOUT, !sent_any)?;
+                }
+                Ok(k) => {
+                    if !sent_any {
+                        self.writes += 1;
+                        sent_any = true;
+                    }
+                    let had_header = header_pending;
+                    for (i, r) in records[..k].iter().enumerate() {
+                        if i == 0 && had_header {
+                            header_pending = false;
+                        } else {
+                            at += r.len();
+                        }
+                    }
+                }
+                Err(e) => self.on_io_error(e, deadline, libc::POLLOUT, !sent_any)?,
+            }
+        }
+        Ok(())
     }
 
     /// Reads a scalar message; `None` at end of stream. A length above the limit
@@ -970,6 +1261,9 @@ impl Channel {
     /// follows).
     fn recv_fd_until(&mut self, deadline: Option<Instant>) -> Result<Option<OwnedFd>, Error> {
         self.check()?;
+        if self.reads_ahead() {
+            return self.ra_recv_fd(deadline);
+        }
         loop {
             let mut byte = [0u8; 1];
             match sys::recv(self.fd.as_fd(), &mut byte, self.nonblocking(deadline)) {
@@ -997,6 +1291,10 @@ impl Channel {
     }
 }
 
+fn total_len(iov: &[IoSlice<'_>]) -> usize {
+    iov.iter().map(|s| s.len()).sum()
+}
+
 /// `Ok` for an `["ok", ...]` reply (and the `["ok_scalar"]` announcement of a large one),
 /// [`Error::Remote`] for `["error", kind, message, details...]`, a protocol error for anything
 /// else.
@@ -1018,27 +1316,44 @@ pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
     }
 }
 
+/// Lends the socket, for writes, socket options, waits, or a copy to hand on.
+///
+/// On the channels of the pair [`Server::start`](crate::Server::start) creates, which read
+/// ahead, the channel reads exactly from the first call on (what each message lacks, never
+/// more), so that the socket can be read by others between messages.
+///
+/// # Panics
+/// If the channel holds bytes it read ahead (see [`Channel::buffered`]): a reader of the socket
+/// would miss them, and `poll` would not see them. Read the messages they belong to through the
+/// channel first, or take everything with [`Channel::into_parts`].
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
+        self.refuse_if_buffered("as_fd");
+        self.lent.store(true, Ordering::Relaxed);
+        self.clear_recv_timeout();
         self.fd.as_fd()
     }
 }
 
+/// As [`AsFd`]: panics if the channel holds bytes it read ahead, and makes it read exactly from
+/// then on.
 impl AsRawFd for Channel {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
+/// As [`Channel::into_fd`]: panics if the channel holds bytes it read ahead.
 impl IntoRawFd for Channel {
     fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
+        self.into_fd().into_raw_fd()
     }
 }
 
+/// As [`Channel::into_fd`]: panics if the channel holds bytes it read ahead.
 impl From<Channel> for OwnedFd {
     fn from(c: Channel) -> OwnedFd {
-        c.fd
+        c.into_fd()
     }
 }
 
