@@ -975,6 +975,62 @@ fn pin_this_thread(cpu: usize) {
     );
 }
 
+/// A server forked by fdserver's fork thread must not escape the confinement of the thread that
+/// started it: a thread that set `no_new_privs` and a seccomp filter on itself alone (no
+/// `TSYNC`) gets a server with both, though the fork thread of its type was created by an
+/// unconfined thread (it then forks on the calling thread).
+#[test]
+fn a_server_started_by_a_confined_thread_is_as_confined() {
+    let _wd = watchdog("a_server_started_by_a_confined_thread", SECS(30));
+    fn status_of(pid: u32, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+    // The fork thread of this server type is created here, by an unconfined thread.
+    let first = start();
+    assert_eq!(status_of(first.pid(), "Seccomp:"), "0");
+    first.stop().unwrap();
+    let confined = std::thread::spawn(|| {
+        // An allow-everything filter: enough to be seen, harmless to the test process.
+        let mut allow = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }];
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: allow.as_mut_ptr(),
+        };
+        // SAFETY: prctl on this thread only; `prog` and its filter outlive the call.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog
+                ),
+                0
+            );
+        }
+        start()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(status_of(confined.pid(), "NoNewPrivs:"), "1");
+    assert_eq!(status_of(confined.pid(), "Seccomp:"), "2");
+    confined.stop().unwrap();
+    // An unconfined caller still gets an unconfined server.
+    let last = start();
+    assert_eq!(status_of(last.pid(), "Seccomp:"), "0");
+    last.stop().unwrap();
+}
+
 /// Issue 16 (found by the benches after issue 13's fork thread): a server is forked by a thread
 /// of fdserver's own, but runs where the thread that called `start` may run, as a server forked
 /// by that thread would: a caller pinned to one CPU gets its server on that CPU, and the next

@@ -20,6 +20,15 @@
 //! `sched_setaffinity` when it changes). What it costs per start
 //! is two thread wake-ups (BENCHMARKS.md, row 4f).
 //!
+//! A fork thread inherits the confinement of the thread that created it (the first to start a
+//! server of its type): its seccomp filters, Landlock domain, `no_new_privs`, nice value. A
+//! thread that confined itself alone (seccomp without `TSYNC`, Landlock's `restrict_self` on
+//! one thread) must not get a server forked from a less confined thread: when the caller's
+//! `no_new_privs` flag or seccomp mode differs from the fork thread's, `start` forks on the
+//! calling thread instead (two `prctl` per start). Differences the kernel does not show (two
+//! different filters, two Landlock domains) cannot be seen: confine the whole process before
+//! starting servers, or use `Builder::fork_on_calling_thread` (see its docs).
+//!
 //! One registry per process: a server that starts servers of its own (in the child, where the
 //! parent's fork threads do not exist) gets fork threads of its own. The registry is a
 //! lock-free list, so that a fork while another thread was looking a thread up cannot leave the
@@ -48,6 +57,8 @@ struct ForkThread {
     turn: Mutex<()>,
     /// The thread, to wake it.
     thread: Thread,
+    /// Its confinement ([`sys::thread_confinement`]), inherited from the thread that created it.
+    confinement: (i32, i32),
     /// The job in hand (null: none), on its caller's stack.
     job: AtomicPtr<Job>,
     next: *mut ForkThread,
@@ -77,8 +88,10 @@ const PANICKED: u8 = 2;
 
 static THREADS: AtomicPtr<ForkThread> = AtomicPtr::new(ptr::null_mut());
 
-/// Runs `job` on the fork thread of server type `type_name` and waits for it to return. Fails
-/// only if that thread cannot be created.
+/// Runs `job` on the fork thread of server type `type_name` and waits for it to return:
+/// `Ok(true)`. `Ok(false)` without running it when the calling thread is confined otherwise
+/// than that fork thread (the caller then forks itself). Fails only if the thread cannot be
+/// created.
 ///
 /// The job runs while this thread waits, with every signal blocked, on a thread that never ran
 /// anything but such jobs. If it forks, the child continues on that thread. The hand-off is
@@ -86,8 +99,11 @@ static THREADS: AtomicPtr<ForkThread> = AtomicPtr::new(ptr::null_mut());
 pub(crate) fn run_on_fork_thread(
     type_name: &'static str,
     run: &mut (dyn FnMut() + '_),
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let thread = fork_thread(type_name)?;
+    if sys::thread_confinement() != thread.confinement {
+        return Ok(false);
+    }
     let _turn = thread.turn.lock().unwrap_or_else(|p| p.into_inner());
     let job = Job {
         // SAFETY: the lifetime is erased so that the pointer can be handed to the fork thread;
@@ -114,7 +130,7 @@ pub(crate) fn run_on_fork_thread(
         // The job's own panic was printed on the fork thread; the caller gets one too.
         panic!("fdserver: a start job panicked on the fork thread of {type_name}");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The fork thread of `type_name` in this process, started if need be.
@@ -153,6 +169,9 @@ fn fork_thread(type_name: &'static str) -> io::Result<&'static ForkThread> {
         type_name,
         turn: Mutex::new(()),
         thread,
+        // The thread was created from this one (through a pthread of its own, which inherits
+        // the same): it has this thread's confinement.
+        confinement: sys::thread_confinement(),
         job: AtomicPtr::new(ptr::null_mut()),
         next: ptr::null_mut(),
     }));

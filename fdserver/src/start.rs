@@ -241,6 +241,13 @@ impl Builder {
     /// server (the server then owns the copy; forked from the fork thread it finds the lock
     /// held by a thread it does not have).
     ///
+    /// A server inherits the confinement of the thread it is forked from. The fork thread has
+    /// that of the thread that first started a server of its type; a caller whose
+    /// `no_new_privs` flag or seccomp mode differs from it is forked on its own thread anyway.
+    /// A thread that confined itself alone in a way the kernel does not show (a second seccomp
+    /// filter, a Landlock domain applied to one thread) should use `true`, or confine the
+    /// whole process before it starts servers.
+    ///
     /// ```
     /// # use fdserver::{Context, Message, RemoteError, Server, ServerHandle};
     /// # struct Echo;
@@ -445,11 +452,20 @@ impl Builder {
         // context). The job's parent side only forks and records the result while this thread
         // waits; its child side runs where it is the only thread, so that the values it takes
         // from this thread (the server value, the stdio guards) are used by one thread only.
+        // A caller confined otherwise than the fork thread forks itself (see `fork_thread`).
         let ran = if self.fork_on_calling_thread {
             fork_job();
             Ok(())
         } else {
-            crate::fork_thread::run_on_fork_thread(std::any::type_name::<S>(), &mut fork_job)
+            match crate::fork_thread::run_on_fork_thread(std::any::type_name::<S>(), &mut fork_job)
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    fork_job();
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         };
         let ChildArgs {
             channel: child,

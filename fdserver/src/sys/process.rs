@@ -274,6 +274,19 @@ pub(crate) fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
+/// The calling thread's visible confinement: its `no_new_privs` flag and its seccomp mode
+/// (`prctl(PR_GET_NO_NEW_PRIVS)`, `prctl(PR_GET_SECCOMP)`). Both are per thread: a thread that
+/// confined itself alone (a seccomp filter without `TSYNC`) differs here from the others.
+pub(crate) fn thread_confinement() -> (i32, i32) {
+    // SAFETY: both prctl requests take no pointer and only read the calling thread's state.
+    unsafe {
+        (
+            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+            libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0),
+        )
+    }
+}
+
 /// The calling thread's CPU affinity (`sched_getaffinity`), or `None` if it cannot be read.
 pub(crate) fn thread_affinity() -> Option<libc::cpu_set_t> {
     // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills at most its size.
