@@ -660,6 +660,9 @@ fn a_descriptor_number_the_template_keeps_is_the_callers_in_process() {
 /// server started under lower limits need an unprivileged server (root may raise any limit).
 struct Nobody {
     dir: PathBuf,
+    /// A copy of the test application that uid 65534 may execute: the build's own may sit
+    /// under a directory only root can traverse (a clone in `/root` or a `mktemp -d`).
+    app: PathBuf,
 }
 
 const NOBODY: u32 = 65534;
@@ -674,12 +677,20 @@ impl Nobody {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::chown(c.as_ptr(), NOBODY, NOBODY) }, 0);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Nobody { dir }
+        // Written by a `cp` process, never through a descriptor of this one (which another test
+        // thread's fork could inherit, making every exec of the copy fail with ETXTBSY until that
+        // child's own exec).
+        let app = pl.path("app-for-nobody");
+        let st = Command::new("cp").arg(APP).arg(&app).status().unwrap();
+        assert!(st.success(), "cp {APP} {}", app.display());
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Nobody { dir, app }
     }
 
     /// The test application as uid 65534, after `setup` (run as root: limits, nice).
     fn cmd(&self, pl: &Pl, args: &[&str], setup: fn() -> std::io::Result<()>) -> Command {
-        let mut c = pl.cmd(args);
+        let mut c = pl.command(&self.app);
+        c.args(args);
         c.env("FDSERVER_PRELOAD_DIR", &self.dir)
             .env("APP_COUNTER", self.dir.join("counter"))
             .current_dir(&self.dir);
