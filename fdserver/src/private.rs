@@ -807,9 +807,13 @@ pub fn call<V: FromValues, const N: usize>(
     })
 }
 
+/// How far past its deadline a blocking call may end (see [`CallClock::arm`]).
+const CALL_SLACK: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// One deadline for a whole blocking call (request, reply, and every value after it), however
 /// its bytes trickle: the channel's per-operation deadlines are set, before each operation, to
-/// what is left of the call's, and put back after it.
+/// what is left of the call's (once the call has run for more than [`CALL_SLACK`]), and put
+/// back after it.
 pub(crate) struct CallClock {
     deadline: Option<std::time::Instant>,
     /// The call's whole deadline (for the error), and the channel's own timeouts.
@@ -840,6 +844,19 @@ impl CallClock {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return false;
+        }
+        // Early in the call the channel keeps its own deadlines (the call's whole one): setting
+        // `left` would change the socket's receive time-out, one `setsockopt` per call, to save
+        // a few microseconds. So a call may overrun its deadline by up to `CALL_SLACK`. Once
+        // re-armed (time goes one way), it is re-armed before every later operation.
+        let whole = |t: Option<std::time::Duration>| t.is_none() || t == self.full;
+        if whole(self.saved.0)
+            && whole(self.saved.1)
+            && self
+                .full
+                .is_some_and(|full| full.saturating_sub(left) < CALL_SLACK)
+        {
+            return true;
         }
         channel.set_read_timeout(self.saved.0.map(|_| left));
         channel.set_write_timeout(self.saved.1.map(|_| left));

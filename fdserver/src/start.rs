@@ -110,7 +110,9 @@ impl Builder {
     }
 
     /// The deadline of each call of the client, for the whole call (default
-    /// [`DEFAULT_CALL_TIMEOUT`], 30 s); the channel's own operations get it each. `None` disables it: a call then waits for its
+    /// [`DEFAULT_CALL_TIMEOUT`], 30 s); the channel's own operations get it each. A blocking
+    /// call may end up to 2 ms past it (its first receive keeps the channel's deadline, so that
+    /// a fast call changes no socket time-out). `None` disables it: a call then waits for its
     /// server as long as it takes, e.g. for handlers that legitimately run for minutes, or a
     /// raw channel that waits for events. A call that times out breaks the client
     /// ([`Error::needs_restart`]): the late reply would otherwise answer the next call.
