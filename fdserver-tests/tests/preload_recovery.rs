@@ -290,13 +290,14 @@ fn template_crash_at_preload_with_large_request_does_not_hang() {
     assert_eq!(zombies_under(server), Vec::<u32>::new());
 }
 
-/// A hand-made client: connects and reads the greeting.
-fn raw_connect(pl: &Pl) -> Channel {
+/// A hand-made client: connects, reads the greeting and the proof it names (see `proof`).
+fn raw_connect(pl: &Pl) -> (Channel, Vec<u8>) {
     let mut ch = Channel::new(UnixStream::connect(pl.files().sock).unwrap());
     ch.set_timeout(Some(RUN_LIMIT));
     let hello = ch.read_strings().unwrap().unwrap();
     assert_eq!(hello[0], "fdserver-preload");
-    ch
+    let proof = proof(ch.as_fd(), &hello).expect("read the server's proof");
+    (ch, proof)
 }
 
 /// Sends a whole `run` request for `args` with stdin /dev/null, stdout/stderr `out` and working
@@ -305,8 +306,8 @@ fn raw_connect(pl: &Pl) -> Channel {
 /// attributes), the first byte carrying the four descriptors. The environment has the loader
 /// variables of the test's own (`LD_LIBRARY_PATH` from cargo), as the template has them: with
 /// others, a worker would not be what a fresh run is, and the command is handed back.
-fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
-    ch.write_array(["run", "dev"]).unwrap();
+fn raw_run((ch, proof): &mut (Channel, Vec<u8>), args: &[&str], out: &OwnedFd) {
+    ch.write_array([b"run".as_slice(), b"dev", proof]).unwrap();
     let mut argv = b"preload-app\0".to_vec();
     for a in args {
         argv.extend_from_slice(a.as_bytes());
@@ -359,24 +360,25 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
     // Leave after the greeting.
     drop(raw_connect(&pl));
     // Leave after the first message of a request.
-    let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev"]).unwrap();
+    let (mut ch, proof) = raw_connect(&pl);
+    ch.write_array([b"run".as_slice(), b"dev", &proof]).unwrap();
     drop(ch);
     // Leave halfway through the request's length.
-    let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev"]).unwrap();
+    let (mut ch, proof) = raw_connect(&pl);
+    ch.write_array([b"run".as_slice(), b"dev", &proof]).unwrap();
     ch.write_scalar(b"").unwrap(); // 4 bytes of 0: a length, without its descriptors
     drop(ch);
     // Garbage instead of a request.
-    let mut ch = raw_connect(&pl);
+    let (mut ch, _) = raw_connect(&pl);
     ch.write_array(["bogus"]).unwrap();
     let reply = ch.read_strings().unwrap();
     assert_eq!(reply.as_ref().map(|r| r[0].as_str()), Some("error"));
     drop(ch);
 
     // A half-sent request held open does not hold up other clients.
-    let mut held = raw_connect(&pl);
-    held.write_array(["run", "dev"]).unwrap();
+    let (mut held, proof) = raw_connect(&pl);
+    held.write_array([b"run".as_slice(), b"dev", &proof])
+        .unwrap();
     assert_eq!(pl.ok(&["echo", "still serving"]), "still serving\n");
 
     // Whole request, pid read, then leave while the worker runs.
@@ -384,7 +386,7 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
     let mut ch = raw_connect(&pl);
     raw_run(&mut ch, &["wait"], &w);
     drop(w);
-    let msg = ch.read_strings().unwrap().unwrap();
+    let msg = ch.0.read_strings().unwrap().unwrap();
     assert_eq!(msg[0], "pid", "{msg:?}");
     let wpid: u32 = msg[1].parse().unwrap();
     // Wait for the worker to be running its command ("ready" on its stdout) before leaving.
@@ -567,7 +569,10 @@ fn a_stalled_client_holds_its_template_only_briefly() {
     staller.set_read_timeout(Some(std::time::Duration::from_secs(30)));
     let greeting = staller.read_strings().unwrap().unwrap();
     assert_eq!(greeting[0], "fdserver-preload");
-    staller.write_array(["run", "dev"]).unwrap();
+    let proof = proof(staller.as_fd(), &greeting).unwrap();
+    staller
+        .write_array([b"run".as_slice(), b"dev", &proof])
+        .unwrap();
     // ... and nothing more: no arguments, no environment, no descriptors.
 
     // The next command of the key runs once the template has given up on the stalled one

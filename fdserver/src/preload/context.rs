@@ -82,6 +82,8 @@ pub(crate) struct ProcessContext {
     /// Inheritable, permitted, effective, bounding, ambient.
     caps: [u64; 5],
     tracer: u32,
+    /// The `Uid:` line (real, effective, saved, filesystem).
+    uids: String,
     /// The `Gid:` line (real, effective, saved, filesystem).
     gids: String,
     groups: Vec<u32>,
@@ -92,6 +94,9 @@ pub(crate) struct ProcessContext {
     ns_error: Option<String>,
     /// `/proc/<pid>/cgroup`.
     cgroup: String,
+    /// The security module's label (`/proc/<pid>/attr/current`: an AppArmor profile, an
+    /// SELinux context), or why it could not be read (`EINVAL` without such a module).
+    lsm: String,
 }
 
 impl ProcessContext {
@@ -154,8 +159,16 @@ impl ProcessContext {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => String::new(),
             Err(e) => return Err(format!("/proc/{pid}/cgroup: {e}")),
         };
+        let lsm = match read_at(dir, c"attr/current") {
+            Ok(b) => String::from_utf8_lossy(&b)
+                .trim_end_matches(['\0', '\n'])
+                .to_owned(),
+            Err(e) => format!("({})", io_errno_name(&e)),
+        };
         Ok(ProcessContext {
             pid,
+            uids: field("Uid:").unwrap_or("").to_owned(),
+            lsm,
             no_new_privs: field("NoNewPrivs:") == Some("1"),
             seccomp_filters,
             caps,
@@ -239,6 +252,22 @@ pub(crate) fn judge<'a>(
     } else if more {
         outranked.push("the preloader's template has fewer capabilities than this command".into());
     }
+    if client.uids != own.uids {
+        // The process judged is not of the server's user (on a kernel without `SO_PEERPIDFD`,
+        // the client's pid may have been recycled by another user's process).
+        confined.push(format!(
+            "its user ids ({}) are not the preloader template's ({})",
+            client.uids, own.uids
+        ));
+    }
+    let lsm_hidden = ["(EACCES)", "(EPERM)"].contains(&client.lsm.as_str());
+    if client.lsm != own.lsm && !lsm_hidden {
+        confined.push(format!(
+            "its security label ({}) is not the preloader template's ({}): a worker would run \
+             under the template's",
+            client.lsm, own.lsm
+        ));
+    }
     if client.gids != own.gids {
         confined.push(format!(
             "its group ids ({}) are not the preloader template's ({})",
@@ -261,13 +290,20 @@ pub(crate) fn judge<'a>(
             );
         }
     }
-    // Namespaces that cannot be read cannot be compared: in-process, unless the template is
-    // found more confined anyway (then it is why it may not look: a new server started by this
-    // client will).
+    // Namespaces that cannot be read cannot be compared. The client has proven that it may
+    // inspect the server (the server runs no command without that proof: see `os::Proof`), so
+    // the template that may not inspect it is the confined one (started in a Landlock domain,
+    // say): the client replaces the server with one started in its own context.
     let mut unverified = Vec::new();
     if let Some(e) = client.ns_error.as_ref().or(own.ns_error.as_ref()) {
         unverified.push(format!(
             "the preloader's template may not inspect this command's process ({e})"
+        ));
+    } else if lsm_hidden && client.lsm != own.lsm {
+        unverified.push(format!(
+            "the preloader's template may not read this command's security label \
+             (/proc/{}/attr/current: {})",
+            client.pid, client.lsm
         ));
     }
     for ((c, o), name) in client.ns.iter().zip(&own.ns).zip(NAMESPACES) {
@@ -341,7 +377,7 @@ pub(crate) fn judge<'a>(
     } else if !outranked.is_empty() {
         Verdict::Replace(outranked.join("; "))
     } else if !unverified.is_empty() {
-        Verdict::InProcess(unverified.join("; "))
+        Verdict::Replace(unverified.join("; "))
     } else {
         Verdict::Faithful
     }
@@ -937,7 +973,21 @@ mod tests {
             ..own.clone()
         };
         assert!(
-            matches!(verdict(&own, &hidden), Verdict::InProcess(w) if w.contains("may not inspect"))
+            matches!(verdict(&own, &hidden), Verdict::Replace(w) if w.contains("may not inspect"))
+        );
+        let label = ProcessContext {
+            lsm: "sandbox (enforce)".into(),
+            ..own.clone()
+        };
+        assert!(
+            matches!(verdict(&own, &label), Verdict::InProcess(w) if w.contains("security label"))
+        );
+        let other_user = ProcessContext {
+            uids: "4242\t4242\t4242\t4242".into(),
+            ..own.clone()
+        };
+        assert!(
+            matches!(verdict(&own, &other_user), Verdict::InProcess(w) if w.contains("user ids"))
         );
         let mine_nnp = ProcessContext {
             no_new_privs: true,
@@ -1001,5 +1051,16 @@ mod tests {
                 b"MALLOC_ARENA_MAX=2"
             ]
         );
+    }
+}
+
+/// The name of `e`'s error number ("EINVAL"), or its text.
+fn io_errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        _ => e.to_string(),
     }
 }

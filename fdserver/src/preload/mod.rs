@@ -349,8 +349,11 @@ pub use client::{Status, TemplateState, TemplateStatus};
 /// pidfd with its pid; the greeting carries the build identity. Version 4: the template (or
 /// the worker) may hand a command back (`["error", "confined", why]`) or ask the client to
 /// replace the server (`["error", "outranked", why]`); the worker's pid comes with its
-/// template's; `status` carries the idle timeout.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/4";
+/// template's; `status` carries the idle timeout. Version 5: the greeting names a descriptor of
+/// the server whose nonce the client reads through `/proc/<server pid>/fd/<n>` and sends back
+/// as the last element of `["run", key, nonce]`, `["preload", key, nonce]` and `["stop",
+/// nonce]`: the proof that the client may inspect the server (see *Sandboxes* below).
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/5";
 
 /// Set to `0` (or `off`, `false`, `no`, in any case) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
@@ -570,6 +573,7 @@ impl<A: Application> Preloader<A> {
                 eprintln!("fdserver preloader: {why}; running this command without the preloader");
                 self.run_in_process(args, &why)
             }
+            Err(client::Failure::InProcess(why)) => self.run_in_process(args, &why),
             Err(client::Failure::Io(e)) => {
                 eprintln!("fdserver preloader: {e}");
                 std::process::exit(1);

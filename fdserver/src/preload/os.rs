@@ -943,3 +943,91 @@ mod tests {
         assert!(build_id_note().is_some_and(|id| id.len() >= 8));
     }
 }
+
+/// A secret that only a process allowed to inspect this one (`PTRACE_MODE_READ_FSCREDS`) can
+/// read: a fresh random nonce in a memfd this process holds. A client proves it may inspect the
+/// server by opening `/proc/<server pid>/fd/<n>` (which the kernel allows only after that
+/// check) and sending the nonce back. A process in a Landlock domain the server is not in, or
+/// one a security module (AppArmor, SELinux) keeps from inspecting the server, cannot: the
+/// kernel shows such confinement nowhere in `/proc`, so the server learns of it this way, from
+/// the kernel, whatever the client runs.
+pub(crate) struct Proof {
+    fd: OwnedFd,
+    nonce: [u8; 32],
+}
+
+impl Proof {
+    /// A new nonce (16 bytes from `getrandom`, in hex) in a new memfd.
+    pub(crate) fn new() -> io::Result<Proof> {
+        let mut raw = [0u8; 16];
+        let mut got = 0;
+        while got < raw.len() {
+            // SAFETY: a valid buffer of the given length.
+            let n = unsafe { libc::getrandom(raw[got..].as_mut_ptr().cast(), raw.len() - got, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            got += n as usize;
+        }
+        let mut nonce = [0u8; 32];
+        for (i, b) in raw.iter().enumerate() {
+            nonce[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+            nonce[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        // SAFETY: a NUL-terminated name; the result is checked and owned below.
+        let fd = cvt(unsafe {
+            libc::memfd_create(c"fdserver-preload-proof".as_ptr(), libc::MFD_CLOEXEC)
+        })?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut f = File::from(fd);
+        std::io::Write::write_all(&mut f, &nonce)?;
+        Ok(Proof {
+            fd: f.into(),
+            nonce,
+        })
+    }
+
+    /// The descriptor number the client opens under `/proc/<pid>/fd/`.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether `got` is the nonce (compared in constant time).
+    pub(crate) fn matches(&self, got: &[u8]) -> bool {
+        got.len() == self.nonce.len()
+            && got
+                .iter()
+                .zip(&self.nonce)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// The client's side of [`Proof`]: reads the nonce the server `pid` holds at descriptor `fd`
+/// (`/proc/<pid>/fd/<fd>`). Fails (`EACCES`, `EPERM`) where this process may not inspect the
+/// server.
+pub(crate) fn read_proof(pid: libc::pid_t, fd: &str) -> io::Result<Vec<u8>> {
+    if pid <= 0 || fd.is_empty() || !fd.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(io::Error::other(format!(
+            "no proof to read (server pid {pid}, descriptor {fd:?})"
+        )));
+    }
+    let path = CString::new(format!("/proc/{pid}/fd/{fd}")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path; the result is checked and owned below.
+    let raw = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let mut f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut f, &mut buf)?;
+    Ok(buf[..n].to_vec())
+}
