@@ -343,22 +343,35 @@ fn failure_to_io(f: Failure) -> io::Error {
     }
 }
 
-/// `e`, from creating or opening a file of the preloader's directory (`what`, `path`) or starting
-/// the server: a directory this process may not write to (read-only, a sandbox), or no room
-/// (disk, quota, descriptors) makes the command run in-process; anything else fails it.
-fn cannot_use(e: io::Error, what: &str, path: &Path) -> Failure {
-    let why = format!("cannot use the preloader: {what} {}: {e}", path.display());
-    match e.raw_os_error() {
+/// `e`, from creating or opening a file of the preloader's directory or starting the server
+/// (`what` says which, when `e` does not): a directory this process may not write to
+/// (read-only, a sandbox), or no room (disk, quota, descriptors) makes the command run
+/// in-process; anything else fails it.
+fn cannot_use(e: io::Error, what: Option<(&str, &Path)>) -> Failure {
+    use io::ErrorKind as K;
+    let no_room = matches!(
+        e.raw_os_error(),
         Some(
             libc::EACCES
-            | libc::EPERM
-            | libc::EROFS
-            | libc::ENOSPC
-            | libc::EDQUOT
-            | libc::EMFILE
-            | libc::ENFILE,
-        ) => Failure::InProcess(why),
-        _ => Failure::Io(io::Error::new(e.kind(), why)),
+                | libc::EPERM
+                | libc::EROFS
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EMFILE
+                | libc::ENFILE
+        )
+    ) || matches!(
+        e.kind(),
+        K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded
+    );
+    let e = match what {
+        Some((what, path)) => io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())),
+        None => e,
+    };
+    if no_room {
+        Failure::InProcess(format!("cannot use the preloader: {e}"))
+    } else {
+        Failure::Io(e)
     }
 }
 
@@ -1156,13 +1169,7 @@ fn connect_or_start<A: Application>(
         }
         let lock = dir
             .open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)
-            .map_err(|e| {
-                cannot_use(
-                    e,
-                    "cannot open the preloader's start lock",
-                    &dir.display(Kind::Lock),
-                )
-            })?;
+            .map_err(|e| cannot_use(e, None))?;
         sys::flock(lock.as_fd(), true, false)?;
         if let Some((c, pid)) = connect(dir)? {
             return Ok((c, pid, false)); // another client started it while we waited for the lock
@@ -1170,8 +1177,10 @@ fn connect_or_start<A: Application>(
         clean_stale(dir).map_err(|e| {
             cannot_use(
                 e,
-                "cannot remove a stale preloader server's files",
-                &dir.display(Kind::Pid),
+                Some((
+                    "cannot remove a stale preloader server's files",
+                    &dir.display(Kind::Pid),
+                )),
             )
         })?;
         spawn_server(p, dir)?;
@@ -1228,13 +1237,7 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<(), Failu
     let (rd, wr) = sys::pipe()?;
     let log = dir
         .open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)
-        .map_err(|e| {
-            cannot_use(
-                e,
-                "cannot open the preloader's log",
-                &dir.display(Kind::Log),
-            )
-        })?;
+        .map_err(|e| cannot_use(e, None))?;
     let exe = std::env::current_exe()?;
     let (wr_raw, dir_raw) = (wr.as_raw_fd(), dir.fd().as_raw_fd());
     let mut cmd = Command::new(&exe);
@@ -1274,7 +1277,7 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<(), Failu
     }
     let mut launcher = cmd
         .spawn()
-        .map_err(|e| cannot_use(e, "cannot start the preloader server", &exe))?;
+        .map_err(|e| cannot_use(e, Some(("cannot start the preloader server", &exe))))?;
     drop(wr);
     // The launcher forks the server and exits at once; reap it.
     let status = launcher.wait()?;
