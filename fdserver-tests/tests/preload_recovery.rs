@@ -654,3 +654,62 @@ fn commands_queued_behind_a_timed_out_preload_get_its_error() {
         "one preload timed out: {log}"
     );
 }
+
+/// Re-review N5: a template that dies while idle is reaped and logged at once (the server polls
+/// its pidfd): no zombie stays under the server, `status` does not show it as running, and the
+/// next command starts a new one.
+#[test]
+fn a_template_dying_while_idle_is_reaped_and_logged_at_once() {
+    let _wd = wd("a_template_dying_while_idle_is_reaped_and_logged_at_once");
+    let pl = Pl::new("idledeath");
+    pl.ok(&["echo", "warm"]);
+    let server = pl.server().server;
+    let tpid = pl.server().template("dev").unwrap();
+    // SAFETY: kill(2) on the test's own template.
+    assert_eq!(unsafe { libc::kill(tpid as i32, libc::SIGKILL) }, 0);
+    let line = format!("template \"dev\" (pid {tpid}) died (killed by signal 9 (SIGKILL))");
+    assert!(wait_until(|| pl.log().contains(&line)), "{}", pl.log());
+    assert!(
+        wait_until(|| zombies_under(server).is_empty()),
+        "the dead template is reaped: {:?}",
+        zombies_under(server)
+    );
+    assert_eq!(pl.server().template("dev"), None, "not shown as running");
+    assert_eq!(pl.ok(&["echo", "again"]), "again\n");
+    assert_ne!(pl.server().template("dev"), Some(tpid));
+}
+
+/// Issue 11, re-review: commands racing `--preloader stop` and `restart` all succeed: a
+/// connection reset before the worker exists, and a server stopped between its "ready" and the
+/// client's connect, are retried like any other end before the command started.
+#[test]
+fn commands_racing_stop_and_restart_all_succeed() {
+    let _wd = wd("commands_racing_stop_and_restart_all_succeed");
+    let pl = Pl::new("racestop");
+    pl.ok(&["echo", "warm"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let racer = s.spawn(|| {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && rounds < 400 {
+                // Their own outcome is not the point (a restart may lose a race too).
+                let _ = pl.run(&["--preloader", "restart"]);
+                let _ = pl.run(&["--preloader", "stop"]);
+                rounds += 1;
+            }
+            rounds
+        });
+        let mut failed = Vec::new();
+        for i in 0..120 {
+            let word = format!("ok{i}");
+            let out = pl.run(&["echo", &word]);
+            if out.status.code() != Some(0) || out.stdout != format!("{word}\n") {
+                failed.push(out);
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let rounds = racer.join().unwrap();
+        assert!(rounds > 0);
+        assert!(failed.is_empty(), "{} of 120 failed: {failed:#?}", failed.len());
+    });
+}
