@@ -710,6 +710,10 @@ fn commands_racing_stop_and_restart_all_succeed() {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let rounds = racer.join().unwrap();
         assert!(rounds > 0);
-        assert!(failed.is_empty(), "{} of 120 failed: {failed:#?}", failed.len());
+        assert!(
+            failed.is_empty(),
+            "{} of 120 failed: {failed:#?}",
+            failed.len()
+        );
     });
 }

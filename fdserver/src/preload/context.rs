@@ -903,6 +903,17 @@ mod cgroup {
     }
 }
 
+/// The name of `e`'s error number ("EINVAL"), or its text.
+fn io_errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1051,16 +1062,5 @@ mod tests {
                 b"MALLOC_ARENA_MAX=2"
             ]
         );
-    }
-}
-
-/// The name of `e`'s error number ("EINVAL"), or its text.
-fn io_errno_name(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EINVAL) => "EINVAL".into(),
-        Some(libc::ENOENT) => "ENOENT".into(),
-        Some(libc::EACCES) => "EACCES".into(),
-        Some(libc::EPERM) => "EPERM".into(),
-        _ => e.to_string(),
     }
 }

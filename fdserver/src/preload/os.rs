@@ -904,46 +904,6 @@ fn find_build_id(mut notes: &[u8], align: usize) -> Option<&[u8]> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn argv_area_is_found() {
-        let area = ArgvArea::of_this_process().expect("the test binary's arguments");
-        assert!(area.argc >= 1 && area.len > 0);
-    }
-
-    #[test]
-    fn finds_the_build_id_in_notes() {
-        // A 4-byte "ABC\0" note of type 1, then the GNU build id (type 3) "\x01\x02\x03".
-        let mut notes = Vec::new();
-        for (name, kind, desc) in [
-            (&b"ABC\0"[..], 1u32, &[9u8; 5][..]),
-            (b"GNU\0", 3, &[1, 2, 3]),
-        ] {
-            notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-            notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
-            notes.extend_from_slice(&kind.to_ne_bytes());
-            notes.extend_from_slice(name);
-            notes.extend_from_slice(desc);
-            while notes.len() % 4 != 0 {
-                notes.push(0);
-            }
-        }
-        assert_eq!(find_build_id(&notes, 4), Some(&[1u8, 2, 3][..]));
-        assert_eq!(find_build_id(&notes[..20], 4), None, "truncated: nothing");
-        assert_eq!(find_build_id(&[0xff; 40], 4), None, "garbage: nothing");
-    }
-
-    #[test]
-    fn this_test_binary_has_a_build_id() {
-        // Every mainstream Linux toolchain links with --build-id; if this fails, the preloader
-        // falls back to the executable's file identity (see `super::super::build_id`).
-        assert!(build_id_note().is_some_and(|id| id.len() >= 8));
-    }
-}
-
 /// A secret that only a process allowed to inspect this one (`PTRACE_MODE_READ_FSCREDS`) can
 /// read: a fresh random nonce in a memfd this process holds. A client proves it may inspect the
 /// server by opening `/proc/<server pid>/fd/<n>` (which the kernel allows only after that
@@ -1030,4 +990,44 @@ pub(crate) fn read_proof(pid: libc::pid_t, fd: &str) -> io::Result<Vec<u8>> {
     let mut buf = [0u8; 64];
     let n = std::io::Read::read(&mut f, &mut buf)?;
     Ok(buf[..n].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_area_is_found() {
+        let area = ArgvArea::of_this_process().expect("the test binary's arguments");
+        assert!(area.argc >= 1 && area.len > 0);
+    }
+
+    #[test]
+    fn finds_the_build_id_in_notes() {
+        // A 4-byte "ABC\0" note of type 1, then the GNU build id (type 3) "\x01\x02\x03".
+        let mut notes = Vec::new();
+        for (name, kind, desc) in [
+            (&b"ABC\0"[..], 1u32, &[9u8; 5][..]),
+            (b"GNU\0", 3, &[1, 2, 3]),
+        ] {
+            notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+            notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
+            notes.extend_from_slice(&kind.to_ne_bytes());
+            notes.extend_from_slice(name);
+            notes.extend_from_slice(desc);
+            while notes.len() % 4 != 0 {
+                notes.push(0);
+            }
+        }
+        assert_eq!(find_build_id(&notes, 4), Some(&[1u8, 2, 3][..]));
+        assert_eq!(find_build_id(&notes[..20], 4), None, "truncated: nothing");
+        assert_eq!(find_build_id(&[0xff; 40], 4), None, "garbage: nothing");
+    }
+
+    #[test]
+    fn this_test_binary_has_a_build_id() {
+        // Every mainstream Linux toolchain links with --build-id; if this fails, the preloader
+        // falls back to the executable's file identity (see `super::super::build_id`).
+        assert!(build_id_note().is_some_and(|id| id.len() >= 8));
+    }
 }
