@@ -784,6 +784,7 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
     show_title(p.app.name(), state.started);
 
     let me = sys::geteuid();
+    let mut busy_dead: Vec<(String, Arc<Slot>)> = Vec::new();
     let mut accept_failures = 0u32;
     let mut backoff = Duration::ZERO;
     let mut paused_until: Option<Instant> = None;
@@ -818,6 +819,7 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
             let slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
                 .iter()
+                .filter(|(_, s)| !busy_dead.iter().any(|(_, b)| Arc::ptr_eq(s, b)))
                 .filter_map(|(k, s)| {
                     let w = s
                         .info
@@ -831,6 +833,12 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
         };
         let watch_at = fds.len();
         fds.extend(watched.iter().map(|(_, _, fd)| fd.as_fd()));
+        // Dead templates whose slot a connection thread held: looked at again shortly (their
+        // pidfds stay readable, so they are not polled meanwhile).
+        if !busy_dead.is_empty() {
+            deadline =
+                Some(deadline.map_or(now + BUSY_DEAD_RECHECK, |d| d.min(now + BUSY_DEAD_RECHECK)));
+        }
         let ready = match sys::poll_in(&fds, deadline) {
             Ok(r) => r,
             // More descriptors polled than `RLIMIT_NOFILE` allows (someone lowered it under
@@ -862,9 +870,10 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
             log("stop requested");
             break;
         }
+        busy_dead.retain(|(key, slot)| !reap_if_dead(key, slot));
         for (i, (key, slot, _)) in watched.iter().enumerate() {
-            if ready[watch_at + i] {
-                reap_if_dead(key, slot);
+            if ready[watch_at + i] && !reap_if_dead(key, slot) {
+                busy_dead.push((key.clone(), Arc::clone(slot)));
             }
         }
         let seen = events.read(events_at.is_some_and(|i| ready[i]), state.files.as_ref());
@@ -1251,6 +1260,9 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     }
 }
 
+/// How soon a dead template whose slot was busy is looked at again.
+const BUSY_DEAD_RECHECK: Duration = Duration::from_millis(100);
+
 fn set_info(slot: &Slot, pid: Option<u32>) {
     let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
     i.pid = pid;
@@ -1295,16 +1307,15 @@ fn peek_end(pidfd: BorrowedFd<'_>) -> Option<String> {
     })
 }
 
-/// A template's pidfd became readable (it ended): unless a connection thread holds it (that
-/// one finds it dead itself), reap it, log how it ended and forget it, so that it is neither a
-/// zombie nor shown as running.
-fn reap_if_dead(key: &str, slot: &Slot) {
-    slot.info.lock().unwrap_or_else(|e| e.into_inner()).watch = None;
+/// A template's pidfd became readable (it ended): reap it, log how it ended and forget it, so
+/// that it is neither a zombie nor shown as running. `false` if a connection thread holds the
+/// slot (handing a command over, preloading): the caller tries again shortly.
+fn reap_if_dead(key: &str, slot: &Slot) -> bool {
     let Some(mut t) = slot.try_lock() else {
-        return;
+        return false;
     };
     let Some((handle, _)) = &mut t.current else {
-        return;
+        return true; // already handled by a connection thread
     };
     // Logged before it is reaped: a client whose command it ran finds how it ended either in
     // `/proc` (a zombie still) or in the log (see `client::logged_end`).
@@ -1314,16 +1325,13 @@ fn reap_if_dead(key: &str, slot: &Slot) {
             handle.pid()
         ));
     }
-    let ended = handle.try_wait();
-    if matches!(ended, Ok(None)) {
-        // Not ended after all (the copy was of an older template): watch again.
-        let h = handle.pidfd().try_clone_to_owned().ok().map(Arc::new);
-        slot.info.lock().unwrap_or_else(|e| e.into_inner()).watch = h;
-        return;
+    if matches!(handle.try_wait(), Ok(None)) {
+        return true; // a newer template, running (its own copy is watched)
     }
     let (handle, _) = t.current.take().expect("checked");
     retire(handle);
     set_info(slot, None);
+    true
 }
 
 /// `["ok", server uptime ms, log, idle timeout ms (0: none), then per template: key, state,
