@@ -1183,10 +1183,18 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
         _ => false,
     };
     let unproven = |what: &str| {
-        let why = format!(
-            "it may not inspect the preloader server (pid {pid}): it is confined (a Landlock \
-             domain, a security module, another user namespace) where the server is not"
-        );
+        let why = if proof.is_some() {
+            format!(
+                "it may not inspect the preloader server (pid {pid}): it is confined (a \
+                 Landlock domain, a security module, another user namespace) where the server \
+                 is not"
+            )
+        } else {
+            format!(
+                "the preloader server (pid {pid}) could not make a proof of inspection for it \
+                 (memfd_create or getrandom failed: see its log), so it runs nothing"
+            )
+        };
         log(&format!(
             "refused {what} from a client that gave no proof of inspection ({why})"
         ));
