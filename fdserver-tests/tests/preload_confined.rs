@@ -470,3 +470,114 @@ fn a_server_started_in_a_landlock_domain_is_replaced() {
     let out = output(c, RUN_LIMIT);
     assert!(out.stderr.contains("running preloaded"), "{out:?}");
 }
+
+/// `c` (and the server it may start, and that server's templates) runs under a seccomp filter
+/// that makes `getsockopt(SO_PEERPIDFD)` fail as on a kernel before 6.5 (`ENOPROTOOPT`), with
+/// `no_new_privs` (which an unprivileged filter needs). Every process of the test gets one
+/// filter, so none is more confined than another.
+#[cfg(target_arch = "x86_64")]
+fn without_peerpidfd(c: &mut Command) {
+    #[repr(C)]
+    struct Insn {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct Prog {
+        len: u16,
+        filter: *const Insn,
+    }
+    // SAFETY: prctl with a valid program that outlives the call; async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            const LD_ABS_W: u16 = 0x20;
+            const JEQ_K: u16 = 0x15;
+            const RET_K: u16 = 0x06;
+            const SO_PEERPIDFD: u32 = 77;
+            let prog = [
+                Insn {
+                    code: LD_ABS_W,
+                    jt: 0,
+                    jf: 0,
+                    k: 4,
+                }, // arch
+                Insn {
+                    code: JEQ_K,
+                    jt: 0,
+                    jf: 5,
+                    k: 0xc000_003e,
+                }, // AUDIT_ARCH_X86_64
+                Insn {
+                    code: LD_ABS_W,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                }, // nr
+                Insn {
+                    code: JEQ_K,
+                    jt: 0,
+                    jf: 3,
+                    k: libc::SYS_getsockopt as u32,
+                },
+                Insn {
+                    code: LD_ABS_W,
+                    jt: 0,
+                    jf: 0,
+                    k: 32,
+                }, // args[2], low half
+                Insn {
+                    code: JEQ_K,
+                    jt: 0,
+                    jf: 1,
+                    k: SO_PEERPIDFD,
+                },
+                Insn {
+                    code: RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x0005_0000 | libc::ENOPROTOOPT as u32,
+                },
+                Insn {
+                    code: RET_K,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                }, // allow
+            ];
+            let fprog = Prog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, 2, &fprog as *const Prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// N4. Without `SO_PEERPIDFD` the template pins the client by the pid of `SO_PEERCRED` and
+/// checks, through the kernel's socket diagnostics, that the process it judges holds the
+/// client's end of the connection (a process whose pid was reused would not). A real client
+/// does: its commands still run preloaded on such kernels (here simulated with a seccomp
+/// filter).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn without_peerpidfd_a_client_that_holds_its_connection_runs_preloaded() {
+    let _wd = wd("without_peerpidfd_a_client_that_holds_its_connection_runs_preloaded");
+    let pl = Pl::new("nopeerpidfd");
+    for word in ["first", "second"] {
+        let mut c = pl.cmd(["echo", word]);
+        without_peerpidfd(&mut c);
+        verbose(&mut c);
+        let out = output(c, RUN_LIMIT);
+        assert_eq!(out.stdout, format!("{word}\n"), "{out:?}");
+        if word == "second" {
+            assert!(out.stderr.contains("running preloaded"), "{out:?}");
+        }
+    }
+}

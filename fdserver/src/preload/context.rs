@@ -525,11 +525,32 @@ fn peer_dir(sock: BorrowedFd<'_>) -> Result<(OwnedFd, i32), String> {
     }
     let path = CString::new(format!("/proc/{pid}")).expect("no NUL");
     let dir = open_proc(&path).map_err(|e| format!("cannot read /proc/{pid}: {e}"))?;
-    let pidfd = os::peer_pidfd(sock).map_err(|e| format!("cannot pin the client: {e}"))?;
+    let (pidfd, from_kernel) =
+        os::peer_pidfd_from(sock).map_err(|e| format!("cannot pin the client: {e}"))?;
     if crate::sys::poll_now(pidfd.as_fd()) {
         return Err("the client exited".into());
     }
+    if !from_kernel {
+        // Without `SO_PEERPIDFD` (before Linux 6.5) the pid is that of the process that
+        // connected, which may have exited, and its pid been reused, while another process
+        // holds the connection: the process judged must hold the client's end itself. Without
+        // socket diagnostics (`unix_diag`), the older check only (see the module docs).
+        if let Ok(ino) = os::unix_peer_inode(sock) {
+            if !holds(dir.as_fd(), ino) {
+                return Err(format!(
+                    "the process that connected (pid {pid}) does not hold the connection (it \
+                     was passed on, and the pid may have been reused)"
+                ));
+            }
+        }
+    }
     Ok((dir, pid))
+}
+
+/// Whether the process of `/proc` directory `dir` holds the socket of inode `ino` (unknown:
+/// no).
+fn holds(dir: BorrowedFd<'_>, ino: u64) -> bool {
+    os::holds_socket(dir, ino).unwrap_or(false)
 }
 
 /// The environment of the process at the other end of `sock` (`/proc/<pid>/environ`: what it
