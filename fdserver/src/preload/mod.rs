@@ -158,17 +158,21 @@
 //! Limits: seccomp is compared by the number of filters (two sibling sandboxes with one filter
 //! each compare equal; the server would have to have been started in one of them). On kernels
 //! without `SO_PEERPIDFD` (before Linux 6.5), the pid of `SO_PEERCRED` is the process that
-//! *connected*: if it exits while another process holds the connection (its child, or one it
-//! passed the socket to) and its pid is reused by another process of the same user, the
-//! template judges that process's namespaces, capabilities and cgroup instead. That needs pid
-//! reuse within the command's life; Landlock and security modules are still caught there (the
-//! proof is read by whoever holds the connection). Keep untrusted sandboxes away from the
-//! preloader's directory on such kernels, or set `FDSERVER_PRELOAD=0` in them. Signals are not
+//! *connected*, which may have exited, and its pid been reused, while another process holds the
+//! connection (its child, or one it passed the socket to): there the template also checks,
+//! through the kernel's socket diagnostics (`UNIX_DIAG_PEER`, the `unix_diag` module), that the
+//! process it judges holds the client's end of the connection itself (`/proc/<pid>/fd`), and
+//! runs the command in-process otherwise. Where socket diagnostics are missing too, only the
+//! older check remains (the connection was up when the pidfd was made, and the judged process
+//! has the server's uids); Landlock and security modules are caught there anyway (the proof is
+//! read by whoever holds the connection). Signals are not
 //! the server's to refuse: a same-user process can end the server with `kill` unless its
 //! sandbox scopes signals (Landlock ABI 6); the next command starts a new server.
 //!
-//! These checks cost about 20 system calls in the template and 6 to 10 in the client per
-//! command (see BENCHMARKS.md).
+//! These checks cost about 25 system calls in the template (plus a netlink query and a read of
+//! the client's `fd` directory before Linux 6.5), 4 in the server (the proof: `getrandom`,
+//! `memfd_create`, `write`, `close`) and 6 to 9 in the client (`kcmp`, the proof's `open`,
+//! `read`, `close`, up to three `ioctl`s on its terminal) per command (see BENCHMARKS.md).
 //!
 //! ### What cannot be the same, and why
 //!
