@@ -436,7 +436,8 @@ fn a_read_only_preloader_directory_runs_the_command_in_process() {
 /// N3. A server started by a command inside a Landlock domain (made without `no_new_privs`, as
 /// root may) may not inspect the user's normal commands, which used to run in-process until
 /// it exited (up to the idle timeout). A normal command proves it may inspect that server, so
-/// the server is the confined one: the command replaces it and runs preloaded.
+/// the server is the confined one: the command replaces it and runs preloaded. For a key with
+/// a template, the template finds it so; for a new key, the server does, and preloads nothing.
 #[test]
 fn a_server_started_in_a_landlock_domain_is_replaced() {
     let _wd = wd("a_server_started_in_a_landlock_domain_is_replaced");
@@ -447,28 +448,43 @@ fn a_server_started_in_a_landlock_domain_is_replaced() {
     }
     let pl = Pl::new("llserver");
     let out_dir = Outside::new(&pl);
-    let mut c = pl.cmd(["echo", "first"]);
-    landlocked(&mut c, false, Some(&pl.dir));
-    let out = output(c, RUN_LIMIT);
-    assert_eq!(out.stdout, "first\n", "{out:?}");
-    let confined = pl.server().server;
+    for key in ["dev", "other"] {
+        let mut c = pl.cmd(["echo", "first"]);
+        landlocked(&mut c, false, Some(&pl.dir));
+        let out = output(c, RUN_LIMIT);
+        assert_eq!(out.stdout, "first\n", "{out:?}");
+        let confined = pl.server().server;
 
-    let file = out_dir.0.join("made");
-    let mut c = pl.cmd(["create", file.to_str().unwrap()]);
-    verbose(&mut c);
-    let out = output(c, RUN_LIMIT);
-    assert!(out.status.success(), "{out:?}");
-    assert!(file.exists());
-    assert!(
-        out.stderr.contains("replacing the preloader server") && !out.stderr.contains("in-process"),
-        "{out:?}"
-    );
-    assert_ne!(pl.server().server, confined, "replaced");
-    assert_gone(confined, "the server started in the domain");
-    let mut c = pl.cmd(["echo", "again"]);
-    verbose(&mut c);
-    let out = output(c, RUN_LIMIT);
-    assert!(out.stderr.contains("running preloaded"), "{out:?}");
+        let file = out_dir.0.join(format!("made-{key}"));
+        let mut c = pl.cmd(["create", file.to_str().unwrap()]);
+        c.env("APP_ENV", key);
+        verbose(&mut c);
+        let out = output(c, RUN_LIMIT);
+        assert!(out.status.success(), "{key}: {out:?}");
+        assert!(file.exists(), "{key}");
+        assert!(
+            out.stderr.contains("replacing the preloader server")
+                && !out.stderr.contains("in-process"),
+            "{key}: {out:?}"
+        );
+        assert_ne!(pl.server().server, confined, "{key}: replaced");
+        assert_gone(confined, "the server started in the domain");
+        if key == "other" {
+            assert!(
+                pl.log().contains(
+                    "template \"other\" not started: this server is more confined than its client"
+                ),
+                "{}",
+                pl.log()
+            );
+        }
+        let mut c = pl.cmd(["echo", "again"]);
+        c.env("APP_ENV", key);
+        verbose(&mut c);
+        let out = output(c, RUN_LIMIT);
+        assert!(out.stderr.contains("running preloaded"), "{key}: {out:?}");
+        pl.stop();
+    }
 }
 
 /// `c` (and the server it may start, and that server's templates) runs under a seccomp filter

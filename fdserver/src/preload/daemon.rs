@@ -1525,12 +1525,25 @@ fn template_environment(
         }
         (Err(e), _) | (_, Err(e)) => unreadable(&e),
     };
-    if let Verdict::InProcess(why) = verdict {
-        log(&format!(
-            "template {key:?} not started for a confined client ({why}): it runs its command \
-             in-process"
-        ));
-        return Err(("confined", why));
+    match verdict {
+        Verdict::InProcess(why) => {
+            log(&format!(
+                "template {key:?} not started for a confined client ({why}): it runs its \
+                 command in-process"
+            ));
+            return Err(("confined", why));
+        }
+        // This server is the more confined (started inside a Landlock domain, under
+        // `no_new_privs`...): no template is preloaded here for nothing; the client replaces
+        // the server (not cached in `failed`: the `?` in `ensure_template` returns first).
+        Verdict::Replace(why) => {
+            log(&format!(
+                "template {key:?} not started: this server is more confined than its client \
+                 ({why}), which replaces it"
+            ));
+            return Err(("outranked", why));
+        }
+        Verdict::Faithful => {}
     }
     Ok(match super::context::environ_of_peer(conn) {
         Ok(env) => env,
