@@ -470,12 +470,20 @@ fn a_server_started_in_a_landlock_domain_is_replaced() {
         assert_ne!(pl.server().server, confined, "{key}: replaced");
         assert_gone(confined, "the server started in the domain");
         if key == "other" {
+            // The confined server said so, and preloaded nothing for it.
+            let log = pl.log();
             assert!(
-                pl.log().contains(
-                    "template \"other\" not started: this server is more confined than its client"
-                ),
-                "{}",
-                pl.log()
+                log.contains(&format!(
+                    "[fdserver-preload {confined}] template \"other\" not started: this server \
+                     is more confined than its client"
+                )),
+                "{log}"
+            );
+            assert!(
+                !log.contains(&format!(
+                    "[fdserver-preload {confined}] template \"other\" preloaded"
+                )),
+                "{log}"
             );
         }
         let mut c = pl.cmd(["echo", "again"]);
