@@ -15,8 +15,10 @@
 //! The security-relevant part of the client's context is read by the template from the kernel
 //! (`/proc/<pid>` of the peer of the client's socket, pinned by its pidfd), never taken from
 //! what the client says: any process of the user's uid that can reach the socket may send a
-//! command, including one in a sandbox. The rest (tracer, loader variables, terminal) is
-//! checked by the client itself, before it contacts the server.
+//! command, including one in a sandbox. What `/proc` cannot show (a Landlock domain, a security
+//! module's ptrace rule) the server checks before: the client must prove it may inspect the
+//! server (`os::Proof`). The rest (tracer, loader variables, terminal) is checked by the client
+//! itself, before it contacts the server.
 //!
 //! Cost on the warm path: in the template, one read of the client's `/proc/<pid>/status` and
 //! `cgroup` and a `readlinkat` per namespace (about 20 system calls); in the client, one `kcmp`

@@ -181,7 +181,7 @@ pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
     serve(p, &dir, &mut None)
 }
 
-/// A command for a template: the client's socket, positioned after its `["run", key]` (the
+/// A command for a template: the client's socket, positioned after its `["run", key, proof]` (the
 /// template reads the arguments, environment, attributes and descriptors, working directory
 /// included, from it).
 struct Job {
