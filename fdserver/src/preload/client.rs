@@ -485,6 +485,7 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
                 // while we were still sending: its reply, already on the socket, says why.
                 Err(e) => match refusal(&c.conn, p.options.handshake_timeout) {
                     Some((kind, text)) if kind == "confined" => End::InProcess(text),
+                    Some((kind, text)) if kind == "outranked" => End::Replace(text),
                     Some((kind, text)) if retryable(&kind) => End::Retry(explain(&kind, &text)),
                     Some((kind, text)) => return Err(other(explain(&kind, &text)).into()),
                     None => End::Retry(format!("sending the command to the server: {e}")),
