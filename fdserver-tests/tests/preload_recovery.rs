@@ -290,13 +290,14 @@ fn template_crash_at_preload_with_large_request_does_not_hang() {
     assert_eq!(zombies_under(server), Vec::<u32>::new());
 }
 
-/// A hand-made client: connects and reads the greeting.
-fn raw_connect(pl: &Pl) -> Channel {
+/// A hand-made client: connects, reads the greeting and the proof it names (see `proof`).
+fn raw_connect(pl: &Pl) -> (Channel, Vec<u8>) {
     let mut ch = Channel::new(UnixStream::connect(pl.files().sock).unwrap());
     ch.set_timeout(Some(RUN_LIMIT));
     let hello = ch.read_strings().unwrap().unwrap();
     assert_eq!(hello[0], "fdserver-preload");
-    ch
+    let proof = proof(ch.as_fd(), &hello).expect("read the server's proof");
+    (ch, proof)
 }
 
 /// Sends a whole `run` request for `args` with stdin /dev/null, stdout/stderr `out` and working
@@ -305,8 +306,8 @@ fn raw_connect(pl: &Pl) -> Channel {
 /// attributes), the first byte carrying the four descriptors. The environment has the loader
 /// variables of the test's own (`LD_LIBRARY_PATH` from cargo), as the template has them: with
 /// others, a worker would not be what a fresh run is, and the command is handed back.
-fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
-    ch.write_array(["run", "dev"]).unwrap();
+fn raw_run((ch, proof): &mut (Channel, Vec<u8>), args: &[&str], out: &OwnedFd) {
+    ch.write_array([b"run".as_slice(), b"dev", proof]).unwrap();
     let mut argv = b"preload-app\0".to_vec();
     for a in args {
         argv.extend_from_slice(a.as_bytes());
@@ -345,21 +346,26 @@ fn raw_run(ch: &mut Channel, args: &[&str], out: &OwnedFd) {
 
 /// Issue 16 (hand-off paths): the server reads a client's first message exactly and hands the
 /// connection on (to the template, then the worker) with the rest of the request still in it. A
-/// client that sends its whole command before reading the greeting has both writes waiting in
-/// the socket when the server reads: a server that read ahead would take the request and its
-/// descriptors with the first message, and the command would never run.
+/// client that sends its whole command at once (the `run` message, then the body with its
+/// descriptors, in two writes made before the server reads) has both waiting in the socket when
+/// the server reads: a server that read ahead would take the body and its descriptors with the
+/// first message, and the command would never run. The server is stopped (`SIGSTOP`) while the
+/// client writes, so that both writes are there when it reads.
 #[test]
 fn the_connection_is_handed_on_with_the_rest_of_the_request_in_it() {
     let _wd = wd("the_connection_is_handed_on_with_the_rest_of_the_request_in_it");
     let pl = Pl::new("handon");
     pl.ok(&["echo", "warm"]);
+    let server = pl.server().server as libc::pid_t;
     let (r, w) = pipe();
-    let mut ch = Channel::new(UnixStream::connect(pl.files().sock).unwrap());
-    ch.set_timeout(Some(RUN_LIMIT));
-    raw_run(&mut ch, &["echo", "whole"], &w);
+    let mut conn = raw_connect(&pl);
+    // SAFETY: signals to this test's own preloader server, a child of its own commands.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    raw_run(&mut conn, &["echo", "whole"], &w);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
     drop(w);
-    let hello = ch.read_strings().unwrap().unwrap();
-    assert_eq!(hello[0], "fdserver-preload");
+    let (ch, _) = &mut conn;
     let msg = ch.read_strings().unwrap().unwrap();
     assert_eq!(msg[0], "pid", "{msg:?}");
     let out = read_to_eof(r, RUN_LIMIT).expect("the worker finishes");
@@ -382,24 +388,25 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
     // Leave after the greeting.
     drop(raw_connect(&pl));
     // Leave after the first message of a request.
-    let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev"]).unwrap();
+    let (mut ch, proof) = raw_connect(&pl);
+    ch.write_array([b"run".as_slice(), b"dev", &proof]).unwrap();
     drop(ch);
     // Leave halfway through the request's length.
-    let mut ch = raw_connect(&pl);
-    ch.write_array(["run", "dev"]).unwrap();
+    let (mut ch, proof) = raw_connect(&pl);
+    ch.write_array([b"run".as_slice(), b"dev", &proof]).unwrap();
     ch.write_scalar(b"").unwrap(); // 4 bytes of 0: a length, without its descriptors
     drop(ch);
     // Garbage instead of a request.
-    let mut ch = raw_connect(&pl);
+    let (mut ch, _) = raw_connect(&pl);
     ch.write_array(["bogus"]).unwrap();
     let reply = ch.read_strings().unwrap();
     assert_eq!(reply.as_ref().map(|r| r[0].as_str()), Some("error"));
     drop(ch);
 
     // A half-sent request held open does not hold up other clients.
-    let mut held = raw_connect(&pl);
-    held.write_array(["run", "dev"]).unwrap();
+    let (mut held, proof) = raw_connect(&pl);
+    held.write_array([b"run".as_slice(), b"dev", &proof])
+        .unwrap();
     assert_eq!(pl.ok(&["echo", "still serving"]), "still serving\n");
 
     // Whole request, pid read, then leave while the worker runs.
@@ -407,7 +414,7 @@ fn clients_vanishing_mid_handshake_leave_the_server_serving() {
     let mut ch = raw_connect(&pl);
     raw_run(&mut ch, &["wait"], &w);
     drop(w);
-    let msg = ch.read_strings().unwrap().unwrap();
+    let msg = ch.0.read_strings().unwrap().unwrap();
     assert_eq!(msg[0], "pid", "{msg:?}");
     let wpid: u32 = msg[1].parse().unwrap();
     // Wait for the worker to be running its command ("ready" on its stdout) before leaving.
@@ -590,7 +597,10 @@ fn a_stalled_client_holds_its_template_only_briefly() {
     staller.set_read_timeout(Some(std::time::Duration::from_secs(30)));
     let greeting = staller.read_strings().unwrap().unwrap();
     assert_eq!(greeting[0], "fdserver-preload");
-    staller.write_array(["run", "dev"]).unwrap();
+    let proof = proof(staller.as_fd(), &greeting).unwrap();
+    staller
+        .write_array([b"run".as_slice(), b"dev", &proof])
+        .unwrap();
     // ... and nothing more: no arguments, no environment, no descriptors.
 
     // The next command of the key runs once the template has given up on the stalled one
@@ -671,4 +681,67 @@ fn commands_queued_behind_a_timed_out_preload_get_its_error() {
         1,
         "one preload timed out: {log}"
     );
+}
+
+/// Re-review N5: a template that dies while idle is reaped and logged at once (the server polls
+/// its pidfd): no zombie stays under the server, `status` does not show it as running, and the
+/// next command starts a new one.
+#[test]
+fn a_template_dying_while_idle_is_reaped_and_logged_at_once() {
+    let _wd = wd("a_template_dying_while_idle_is_reaped_and_logged_at_once");
+    let pl = Pl::new("idledeath");
+    pl.ok(&["echo", "warm"]);
+    let server = pl.server().server;
+    let tpid = pl.server().template("dev").unwrap();
+    // SAFETY: kill(2) on the test's own template.
+    assert_eq!(unsafe { libc::kill(tpid as i32, libc::SIGKILL) }, 0);
+    let line = format!("template \"dev\" (pid {tpid}) died (killed by signal 9 (SIGKILL))");
+    assert!(wait_until(|| pl.log().contains(&line)), "{}", pl.log());
+    assert!(
+        wait_until(|| zombies_under(server).is_empty()),
+        "the dead template is reaped: {:?}",
+        zombies_under(server)
+    );
+    assert_eq!(pl.server().template("dev"), None, "not shown as running");
+    assert_eq!(pl.ok(&["echo", "again"]), "again\n");
+    assert_ne!(pl.server().template("dev"), Some(tpid));
+}
+
+/// Issue 11, re-review: commands racing `--preloader stop` and `restart` all succeed: a
+/// connection reset before the worker exists, and a server stopped between its "ready" and the
+/// client's connect, are retried like any other end before the command started.
+#[test]
+fn commands_racing_stop_and_restart_all_succeed() {
+    let _wd = wd("commands_racing_stop_and_restart_all_succeed");
+    let pl = Pl::new("racestop");
+    pl.ok(&["echo", "warm"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let racer = s.spawn(|| {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && rounds < 400 {
+                // Their own outcome is not the point (a restart may lose a race too).
+                let _ = pl.run(&["--preloader", "restart"]);
+                let _ = pl.run(&["--preloader", "stop"]);
+                rounds += 1;
+            }
+            rounds
+        });
+        let mut failed = Vec::new();
+        for i in 0..120 {
+            let word = format!("ok{i}");
+            let out = pl.run(&["echo", &word]);
+            if out.status.code() != Some(0) || out.stdout != format!("{word}\n") {
+                failed.push(out);
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let rounds = racer.join().unwrap();
+        assert!(rounds > 0);
+        assert!(
+            failed.is_empty(),
+            "{} of 120 failed: {failed:#?}",
+            failed.len()
+        );
+    });
 }

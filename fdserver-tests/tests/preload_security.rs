@@ -315,7 +315,7 @@ fn impossible_worker_pid_is_refused() {
         "clear error: {:?}",
         out.stderr
     );
-    assert_eq!(fake.reports()[0], "msg run|dev +");
+    assert_eq!(fake.reports()[0], "msg run|dev| +"); // no proof asked, none sent
     assert!(
         alive(std::process::id()),
         "(and this test's process group was not signalled)"

@@ -1063,8 +1063,33 @@ pub fn real_greeting(pl: &Pl) -> Vec<String> {
         std::os::unix::net::UnixStream::connect(pl.files().sock).expect("connect"),
     );
     ch.set_timeout(Some(RUN_LIMIT));
-    let hello = ch.read_strings().expect("greeting").expect("greeting");
+    let mut hello = ch.read_strings().expect("greeting").expect("greeting");
     drop(ch);
     pl.stop();
+    // Without the descriptor of the (now stopped) server's proof: a fake server asks for none.
+    hello.truncate(4);
     hello
+}
+
+/// A hand-made client's proof that it may inspect the server (protocol 5): the nonce behind
+/// the descriptor the greeting `hello` names, read through `/proc/<server pid>/fd/<n>`
+/// (`Err`: this process may not, being confined where the server is not).
+pub fn proof(conn: std::os::fd::BorrowedFd<'_>, hello: &[String]) -> std::io::Result<Vec<u8>> {
+    // SAFETY: ucred is plain data; getsockopt writes at most its size.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "SO_PEERCRED: {}", std::io::Error::last_os_error());
+    let pid = cred.pid;
+    let fd = hello.get(4).expect("a greeting with a proof descriptor");
+    std::fs::read(format!("/proc/{pid}/fd/{fd}"))
 }

@@ -289,11 +289,6 @@ fn other(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }
 
-/// `e`, saying which file it was about.
-fn at(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
 /// The message for an `["error", kind, text]` from the server, with what to do.
 fn explain(kind: &str, text: &str) -> String {
     match kind {
@@ -319,6 +314,10 @@ pub(crate) enum Failure {
     /// The server is in trouble (it does not answer: wedged, or at its connection limit): the
     /// command runs in-process instead, with this line on stderr.
     Trouble(String),
+    /// The preloader cannot be used from here (its directory is read-only or full for this
+    /// process, a sandbox forbids writing there...): the command runs in-process, saying why
+    /// under `FDSERVER_PRELOAD_VERBOSE`, as for a confined client.
+    InProcess(String),
     /// Anything else: the command fails with this error.
     Io(io::Error),
 }
@@ -339,7 +338,40 @@ fn failure_to_io(f: Failure) -> io::Error {
     match f {
         Failure::Unusable(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
         Failure::Trouble(why) => io::Error::new(io::ErrorKind::TimedOut, why),
+        Failure::InProcess(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
         Failure::Io(e) => e,
+    }
+}
+
+/// `e`, from creating or opening a file of the preloader's directory or starting the server
+/// (`what` says which, when `e` does not): a directory this process may not write to
+/// (read-only, a sandbox), or no room (disk, quota, descriptors) makes the command run
+/// in-process; anything else fails it.
+fn cannot_use(e: io::Error, what: Option<(&str, &Path)>) -> Failure {
+    use io::ErrorKind as K;
+    let no_room = matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EACCES
+                | libc::EPERM
+                | libc::EROFS
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EMFILE
+                | libc::ENFILE
+        )
+    ) || matches!(
+        e.kind(),
+        K::PermissionDenied | K::ReadOnlyFilesystem | K::StorageFull | K::QuotaExceeded
+    );
+    let e = match what {
+        Some((what, path)) => io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())),
+        None => e,
+    };
+    if no_room {
+        Failure::InProcess(format!("cannot use the preloader: {e}"))
+    } else {
+        Failure::Io(e)
     }
 }
 
@@ -414,8 +446,8 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
             envb.push(0);
         }
         let request = super::template::encode_request(&argv, &envb, &attrs, &inherited);
-        let send = |conn: &mut Channel| -> Result<(), Error> {
-            conn.write_array([b"run".as_slice(), key.as_bytes()])?;
+        let send = |conn: &mut Channel, proof: &[u8]| -> Result<(), Error> {
+            conn.write_array([b"run".as_slice(), key.as_bytes(), proof])?;
             // The rest goes to the template, which reads it from our socket: one `sendmsg`
             // carrying stdin, stdout, stderr and the working directory with its first byte.
             let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
@@ -440,8 +472,14 @@ pub(crate) fn run<A: Application>(p: &Preloader<A>) -> Result<Ran, Failure> {
             if let Some(why) = context::confined_against(c.server) {
                 return Ok(Ran::InProcess(why));
             }
+            // The server runs nothing for a client that cannot prove it may inspect the server
+            // (see `os::Proof`): one that cannot knows it is confined, and runs it here.
+            let proof = match &c.proof {
+                Ok(proof) => proof.clone(),
+                Err(why) => return Ok(Ran::InProcess(why.clone())),
+            };
             relay.server = c.server;
-            let end = match send(&mut c.conn) {
+            let end = match send(&mut c.conn, &proof) {
                 Ok(()) => relay.run(&mut c.conn, &sigfd)?,
                 // The server may have refused the command (a failed preload, say) and hung up
                 // while we were still sending: its reply, already on the socket, says why.
@@ -509,7 +547,7 @@ fn replace_server<A: Application>(
 ) -> Result<(), Failure> {
     if let Some((conn, pid)) = connect(dir)? {
         if pid == old {
-            stop_server(conn, p.options.stop_grace)?;
+            stop_server(conn, p.options.stop_grace, None)?;
         }
     }
     Ok(())
@@ -718,7 +756,13 @@ impl Relay<'_> {
     /// The message for a connection that ended while the worker ran: its template died.
     fn template_died(&self, w: &Worker) -> String {
         let template = match w.template {
-            Some(t) => format!(" (pid {t}{})", how_it_ended(t, self.server)),
+            Some(t) => {
+                let mut how = how_it_ended(t, self.server);
+                if how.is_empty() {
+                    how = logged_end(self.log, self.key, t);
+                }
+                format!(" (pid {t}{how})")
+            }
             None => String::new(),
         };
         format!(
@@ -744,6 +788,15 @@ impl Relay<'_> {
                     )))),
                     Some(w) => Err(other(self.template_died(w))),
                 };
+            }
+            // A reset (the server closed with our request unread: it was stopping) before the
+            // worker exists is an end like any other: nothing ran, so the command is sent again.
+            Err(e) if self.worker.is_none() => {
+                return Ok(Step::Done(End::Retry(format!(
+                    "reading from the preloader server before the command started: {e} (it \
+                     was stopped, or it failed: see {}); run the command again",
+                    self.log.display()
+                ))));
             }
             Err(e) => {
                 end_orphan(self.worker.as_ref());
@@ -865,6 +918,30 @@ fn end_orphan(worker: Option<&Worker>) {
     w.signal(libc::SIGKILL, false); // what is left of the group
 }
 
+/// How the template `pid` of `key` ended, as the server logged it when it reaped it (it logs
+/// before it reaps: a template that is no longer a zombie has its line in the log): ", killed by
+/// signal 9 (SIGKILL)"; empty if the log's last 64 KiB do not say.
+fn logged_end(log: &Path, key: &str, pid: i32) -> String {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 << 10)));
+    let mut tail = Vec::new();
+    let _ = f.read_to_end(&mut tail);
+    let tail = String::from_utf8_lossy(&tail);
+    let needle = format!("template {key:?} (pid {pid}) died (");
+    tail.lines()
+        .rev()
+        .find_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            let end = rest.find("): ")?;
+            Some(format!(", {}", &rest[..end]))
+        })
+        .unwrap_or_default()
+}
+
 /// How the template `pid`, a child of the server `server`, ended, if it is a zombie still
 /// (`/proc/<pid>/stat`: state `Z`, parent `server`, and its wait status, field 52): ", killed
 /// by signal 9 (SIGKILL)"; empty if that cannot be told.
@@ -901,6 +978,9 @@ struct Connected {
     server: libc::pid_t,
     /// We started that server.
     started: bool,
+    /// The proof that this process may inspect the server (see `os::Proof`), or why it may
+    /// not (it is confined where the server is not).
+    proof: Result<Vec<u8>, String>,
 }
 
 /// The server's greeting.
@@ -910,6 +990,27 @@ pub(crate) struct Hello {
     /// (The pid it names is not used: who the server is comes from the kernel, `SO_PEERCRED`
     /// and `SO_PEERPIDFD`.)
     build: String,
+    /// The server's descriptor that holds this connection's nonce (see `os::Proof`); empty
+    /// from a server that asks for none.
+    proof_fd: String,
+}
+
+impl Hello {
+    /// Reads the nonce the server `pid` holds for this connection: the proof, sent back with
+    /// the request, that this process may inspect the server. `Err`: why it may not.
+    fn prove(&self, pid: libc::pid_t) -> Result<Vec<u8>, String> {
+        if self.proof_fd.is_empty() {
+            return Ok(Vec::new());
+        }
+        os::read_proof(pid, &self.proof_fd).map_err(|e| {
+            format!(
+                "it may not inspect the preloader server (pid {pid}: /proc/{pid}/fd/{}: {e}): it \
+                 is confined (a Landlock domain, a security module, another pid or user \
+                 namespace) where the server is not",
+                self.proof_fd
+            )
+        })
+    }
 }
 
 /// Connects to a server speaking our protocol version and of our build, starting one if needed.
@@ -931,10 +1032,12 @@ fn connect_checked<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<Connec
             Err(Handshake::Closed(e) | Handshake::Failed(e)) => return Err(e.into()),
         };
         if hello.version == PROTOCOL_VERSION && hello.build == build_id() {
+            let proof = hello.prove(server);
             return Ok(Connected {
                 conn,
                 server,
                 started,
+                proof,
             });
         }
         if restarted {
@@ -947,8 +1050,29 @@ fn connect_checked<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<Connec
             ))
             .into());
         }
-        stop_server(conn, p.options.stop_grace)?;
+        stop_server(conn, p.options.stop_grace, Some((&hello, server))).map_err(|e| {
+            match e.kind() {
+                io::ErrorKind::PermissionDenied => Failure::InProcess(e.to_string()),
+                _ => Failure::Io(e),
+            }
+        })?;
         restarted = true;
+    }
+}
+
+/// The greeting on a fresh connection, within `timeout`; `None` if there is none (a server that
+/// is exiting, or one that greets otherwise).
+fn read_greeting(conn: &mut Channel, timeout: Duration) -> Option<Hello> {
+    conn.set_read_timeout(Some(timeout));
+    let hello = conn.read_strings().ok().flatten()?;
+    conn.set_read_timeout(None);
+    match hello.as_slice() {
+        [magic, version, _pid, rest @ ..] if magic == "fdserver-preload" => Some(Hello {
+            version: version.clone(),
+            build: rest.first().cloned().unwrap_or_default(),
+            proof_fd: rest.get(1).cloned().unwrap_or_default(),
+        }),
+        _ => None,
     }
 }
 
@@ -996,10 +1120,12 @@ fn handshake(conn: &mut Channel, timeout: Duration, dir: &Dir) -> Result<Hello, 
         [magic, version, _pid, rest @ ..] if magic == "fdserver-preload" => Ok(Hello {
             version: version.clone(),
             build: rest.first().cloned().unwrap_or_default(),
+            proof_fd: rest.get(1).cloned().unwrap_or_default(),
         }),
         [version, ..] => Ok(Hello {
             version: version.clone(),
             build: String::new(),
+            proof_fd: String::new(),
         }),
         [] => Err(bad()),
     }
@@ -1039,24 +1165,44 @@ fn connect_or_start<A: Application>(
     p: &Preloader<A>,
     dir: &Dir,
 ) -> Result<(Channel, libc::pid_t, bool), Failure> {
-    if let Some((c, pid)) = connect(dir)? {
-        return Ok((c, pid, false));
+    let mut attempts = 0;
+    loop {
+        if let Some((c, pid)) = connect(dir)? {
+            return Ok((c, pid, false));
+        }
+        let lock = dir
+            .open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)
+            .map_err(|e| cannot_use(e, None))?;
+        sys::flock(lock.as_fd(), true, false)?;
+        if let Some((c, pid)) = connect(dir)? {
+            return Ok((c, pid, false)); // another client started it while we waited for the lock
+        }
+        clean_stale(dir).map_err(|e| {
+            cannot_use(
+                e,
+                Some((
+                    "cannot remove a stale preloader server's files",
+                    &dir.display(Kind::Pid),
+                )),
+            )
+        })?;
+        spawn_server(p, dir)?;
+        if let Some((c, pid)) = connect(dir)? {
+            drop(lock);
+            return Ok((c, pid, true));
+        }
+        // Stopped (`--preloader stop` from elsewhere) between its "ready" and our connect:
+        // start another, a few times.
+        attempts += 1;
+        if attempts > RETRIES {
+            return Err(other(format!(
+                "the preloader server reported ready but {} refuses connections ({attempts} \
+                 times: something stops each server as it starts)",
+                dir.display(Kind::Sock).display()
+            ))
+            .into());
+        }
     }
-    let lock = dir.open_file(Kind::Lock, libc::O_RDWR | libc::O_CREAT)?;
-    sys::flock(lock.as_fd(), true, false)?;
-    if let Some((c, pid)) = connect(dir)? {
-        return Ok((c, pid, false)); // another client started it while we waited for the lock
-    }
-    clean_stale(dir)?;
-    spawn_server(p, dir)?;
-    let (c, pid) = connect(dir)?.ok_or_else(|| {
-        other(format!(
-            "the preloader server reported ready but {} refuses connections",
-            dir.display(Kind::Sock).display()
-        ))
-    })?;
-    drop(lock);
-    Ok((c, pid, true))
 }
 
 /// Removes the socket and pidfile if no server holds the pidfile's lock. `Ok(false)`: one does.
@@ -1087,12 +1233,14 @@ fn clean_stale(dir: &Dir) -> io::Result<bool> {
 /// and stderr; it forks into the background (new session) and writes `ready` to descriptor 3
 /// once it listens. It starts with what it needs from us, not with what only this command was
 /// under ([`server_start_context`]).
-fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
+fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> Result<(), Failure> {
     if let Err(why) = super::idle_timeout(&p.options) {
         eprintln!("fdserver preloader: {why}");
     }
     let (rd, wr) = sys::pipe()?;
-    let log = dir.open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)?;
+    let log = dir
+        .open_file(Kind::Log, libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND)
+        .map_err(|e| cannot_use(e, None))?;
     let exe = std::env::current_exe()?;
     let (wr_raw, dir_raw) = (wr.as_raw_fd(), dir.fd().as_raw_fd());
     let mut cmd = Command::new(&exe);
@@ -1132,7 +1280,7 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
     }
     let mut launcher = cmd
         .spawn()
-        .map_err(|e| at(e, "cannot start the preloader server", &exe))?;
+        .map_err(|e| cannot_use(e, Some(("cannot start the preloader server", &exe))))?;
     drop(wr);
     // The launcher forks the server and exits at once; reap it.
     let status = launcher.wait()?;
@@ -1140,7 +1288,8 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
         return Err(other(format!(
             "the preloader server failed to launch ({status}); see {}",
             dir.display(Kind::Log).display()
-        )));
+        ))
+        .into());
     }
     let deadline = Instant::now() + p.options.boot_timeout;
     let mut rd = File::from(rd);
@@ -1152,7 +1301,8 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
                 "the preloader server did not start within {:?}; see {}",
                 p.options.boot_timeout,
                 dir.display(Kind::Log).display()
-            )));
+            ))
+            .into());
         }
         let n = rd.read(&mut chunk)?;
         if n == 0 {
@@ -1170,7 +1320,8 @@ fn spawn_server<A: Application>(p: &Preloader<A>, dir: &Dir) -> io::Result<()> {
             "the preloader server failed to start: {}; see {}",
             String::from_utf8_lossy(&got).trim(),
             dir.display(Kind::Log).display()
-        )))
+        ))
+        .into())
     }
 }
 
@@ -1249,11 +1400,12 @@ pub(crate) fn status<A: Application>(p: &Preloader<A>) -> io::Result<Option<Stat
     if reply.first().map(String::as_str) != Some("ok") || reply.len() < 3 {
         return Err(other(format!("bad status reply: {reply:?}")));
     }
-    let (idle_timeout, first) = if hello.version == PROTOCOL_VERSION {
-        (reply.get(3).map(ms).unwrap_or_default(), 4)
-    } else {
-        (Duration::ZERO, 3)
-    };
+    let (idle_timeout, first) =
+        if hello.version == PROTOCOL_VERSION || hello.version == "fdserver-preload/4" {
+            (reply.get(3).map(ms).unwrap_or_default(), 4)
+        } else {
+            (Duration::ZERO, 3)
+        };
     let templates = reply[first.min(reply.len())..]
         .chunks(6)
         .filter(|c| c.len() == 6)
@@ -1290,7 +1442,7 @@ pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
     let dir = p.dir()?;
     let stopped = match connect(&dir).map_err(failure_to_io)? {
         Some((conn, _)) => {
-            stop_server(conn, p.options.stop_grace)?;
+            stop_server(conn, p.options.stop_grace, None)?;
             true
         }
         None => {
@@ -1313,14 +1465,46 @@ pub(crate) fn stop<A: Application>(p: &Preloader<A>) -> io::Result<bool> {
     Ok(stopped)
 }
 
-/// Stops the server at the other end of `conn`: `["stop"]` (every version understands it as its
-/// first request), then SIGTERM and SIGCONT, wait up to `grace`, SIGKILL, wait. The signals go through a
-/// pidfd of the process that listens on the socket (from the kernel, not from anything the
-/// server says).
-fn stop_server(mut conn: Channel, grace: Duration) -> io::Result<()> {
+/// Stops the server at the other end of `conn`: `["stop", proof]` (`["stop"]` to a server that
+/// asks for no proof: every version understands it as its first request), then SIGTERM and
+/// SIGCONT, wait up to `grace`, SIGKILL, wait. The signals go through a pidfd of the process
+/// that listens on the socket (from the kernel, not from anything the server says).
+///
+/// `hello`: the server's greeting and pid, if already read; else it is read here. A process
+/// that cannot prove it may inspect the server (it is confined where the server is not: see
+/// `os::Proof`) stops nothing (`PermissionDenied`): a server it started again would run in its
+/// confinement, which the user's other commands cannot use.
+fn stop_server(
+    mut conn: Channel,
+    grace: Duration,
+    hello: Option<(&Hello, libc::pid_t)>,
+) -> io::Result<()> {
     let pidfd = os::peer_pidfd(conn.as_fd());
+    let read;
+    let (hello, pid) = match hello {
+        Some(h) => (Some(h.0), h.1),
+        None => {
+            let pid = os::peer_cred(conn.as_fd())?.1;
+            read = read_greeting(&mut conn, grace);
+            (read.as_ref(), pid)
+        }
+    };
+    let proof = match hello.map(|h| h.prove(pid)) {
+        Some(Err(why)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("this process may not stop the preloader server: {why}"),
+            ))
+        }
+        Some(Ok(proof)) => proof,
+        None => Vec::new(),
+    };
     conn.set_write_timeout(Some(grace));
-    let _ = conn.write_array(["stop"]);
+    if hello.is_some_and(|h| !h.proof_fd.is_empty()) {
+        let _ = conn.write_array([b"stop".as_slice(), &proof]);
+    } else {
+        let _ = conn.write_array(["stop"]);
+    }
     drop(conn);
     let pidfd = match pidfd {
         Ok(fd) => fd,
@@ -1363,8 +1547,16 @@ pub(crate) fn restart<A: Application>(p: &Preloader<A>) -> io::Result<Restarted>
     let dir = p.dir()?;
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let key = p.app.template_key(&env);
-    let Connected { mut conn, .. } = connect_checked(p, &dir).map_err(failure_to_io)?;
-    conn.write_array(["preload", key.as_str()])
+    let Connected {
+        mut conn, proof, ..
+    } = connect_checked(p, &dir).map_err(failure_to_io)?;
+    let proof = proof.map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("this process may not preload a template: {why}"),
+        )
+    })?;
+    conn.write_array([b"preload".as_slice(), key.as_bytes(), &proof])
         .map_err(io::Error::from)?;
     let mut buf = MessageBuf::new();
     let reply = conn.read_reply(&mut buf).map_err(|e| match e {

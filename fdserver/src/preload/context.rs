@@ -15,8 +15,10 @@
 //! The security-relevant part of the client's context is read by the template from the kernel
 //! (`/proc/<pid>` of the peer of the client's socket, pinned by its pidfd), never taken from
 //! what the client says: any process of the user's uid that can reach the socket may send a
-//! command, including one in a sandbox. The rest (tracer, loader variables, terminal) is
-//! checked by the client itself, before it contacts the server.
+//! command, including one in a sandbox. What `/proc` cannot show (a Landlock domain, a security
+//! module's ptrace rule) the server checks before: the client must prove it may inspect the
+//! server (`os::Proof`). The rest (tracer, loader variables, terminal) is checked by the client
+//! itself, before it contacts the server.
 //!
 //! Cost on the warm path: in the template, one read of the client's `/proc/<pid>/status` and
 //! `cgroup` and a `readlinkat` per namespace (about 20 system calls); in the client, one `kcmp`
@@ -82,6 +84,8 @@ pub(crate) struct ProcessContext {
     /// Inheritable, permitted, effective, bounding, ambient.
     caps: [u64; 5],
     tracer: u32,
+    /// The `Uid:` line (real, effective, saved, filesystem).
+    uids: String,
     /// The `Gid:` line (real, effective, saved, filesystem).
     gids: String,
     groups: Vec<u32>,
@@ -92,6 +96,9 @@ pub(crate) struct ProcessContext {
     ns_error: Option<String>,
     /// `/proc/<pid>/cgroup`.
     cgroup: String,
+    /// The security module's label (`/proc/<pid>/attr/current`: an AppArmor profile, an
+    /// SELinux context), or why it could not be read (`EINVAL` without such a module).
+    lsm: String,
 }
 
 impl ProcessContext {
@@ -154,8 +161,16 @@ impl ProcessContext {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => String::new(),
             Err(e) => return Err(format!("/proc/{pid}/cgroup: {e}")),
         };
+        let lsm = match read_at(dir, c"attr/current") {
+            Ok(b) => String::from_utf8_lossy(&b)
+                .trim_end_matches(['\0', '\n'])
+                .to_owned(),
+            Err(e) => format!("({})", io_errno_name(&e)),
+        };
         Ok(ProcessContext {
             pid,
+            uids: field("Uid:").unwrap_or("").to_owned(),
+            lsm,
             no_new_privs: field("NoNewPrivs:") == Some("1"),
             seccomp_filters,
             caps,
@@ -239,6 +254,22 @@ pub(crate) fn judge<'a>(
     } else if more {
         outranked.push("the preloader's template has fewer capabilities than this command".into());
     }
+    if client.uids != own.uids {
+        // The process judged is not of the server's user (on a kernel without `SO_PEERPIDFD`,
+        // the client's pid may have been recycled by another user's process).
+        confined.push(format!(
+            "its user ids ({}) are not the preloader template's ({})",
+            client.uids, own.uids
+        ));
+    }
+    let lsm_hidden = ["(EACCES)", "(EPERM)"].contains(&client.lsm.as_str());
+    if client.lsm != own.lsm && !lsm_hidden {
+        confined.push(format!(
+            "its security label ({}) is not the preloader template's ({}): a worker would run \
+             under the template's",
+            client.lsm, own.lsm
+        ));
+    }
     if client.gids != own.gids {
         confined.push(format!(
             "its group ids ({}) are not the preloader template's ({})",
@@ -261,13 +292,20 @@ pub(crate) fn judge<'a>(
             );
         }
     }
-    // Namespaces that cannot be read cannot be compared: in-process, unless the template is
-    // found more confined anyway (then it is why it may not look: a new server started by this
-    // client will).
+    // Namespaces that cannot be read cannot be compared. The client has proven that it may
+    // inspect the server (the server runs no command without that proof: see `os::Proof`), so
+    // the template that may not inspect it is the confined one (started in a Landlock domain,
+    // say): the client replaces the server with one started in its own context.
     let mut unverified = Vec::new();
     if let Some(e) = client.ns_error.as_ref().or(own.ns_error.as_ref()) {
         unverified.push(format!(
             "the preloader's template may not inspect this command's process ({e})"
+        ));
+    } else if lsm_hidden && client.lsm != own.lsm {
+        unverified.push(format!(
+            "the preloader's template may not read this command's security label \
+             (/proc/{}/attr/current: {})",
+            client.pid, client.lsm
         ));
     }
     for ((c, o), name) in client.ns.iter().zip(&own.ns).zip(NAMESPACES) {
@@ -341,7 +379,7 @@ pub(crate) fn judge<'a>(
     } else if !outranked.is_empty() {
         Verdict::Replace(outranked.join("; "))
     } else if !unverified.is_empty() {
-        Verdict::InProcess(unverified.join("; "))
+        Verdict::Replace(unverified.join("; "))
     } else {
         Verdict::Faithful
     }
@@ -489,11 +527,32 @@ fn peer_dir(sock: BorrowedFd<'_>) -> Result<(OwnedFd, i32), String> {
     }
     let path = CString::new(format!("/proc/{pid}")).expect("no NUL");
     let dir = open_proc(&path).map_err(|e| format!("cannot read /proc/{pid}: {e}"))?;
-    let pidfd = os::peer_pidfd(sock).map_err(|e| format!("cannot pin the client: {e}"))?;
+    let (pidfd, from_kernel) =
+        os::peer_pidfd_from(sock).map_err(|e| format!("cannot pin the client: {e}"))?;
     if crate::sys::poll_now(pidfd.as_fd()) {
         return Err("the client exited".into());
     }
+    if !from_kernel {
+        // Without `SO_PEERPIDFD` (before Linux 6.5) the pid is that of the process that
+        // connected, which may have exited, and its pid been reused, while another process
+        // holds the connection: the process judged must hold the client's end itself. Without
+        // socket diagnostics (`unix_diag`), the older check only (see the module docs).
+        if let Ok(ino) = os::unix_peer_inode(sock) {
+            if !holds(dir.as_fd(), ino) {
+                return Err(format!(
+                    "the process that connected (pid {pid}) does not hold the connection (it \
+                     was passed on, and the pid may have been reused)"
+                ));
+            }
+        }
+    }
     Ok((dir, pid))
+}
+
+/// Whether the process of `/proc` directory `dir` holds the socket of inode `ino` (unknown:
+/// no).
+fn holds(dir: BorrowedFd<'_>, ino: u64) -> bool {
+    os::holds_socket(dir, ino).unwrap_or(false)
 }
 
 /// The environment of the process at the other end of `sock` (`/proc/<pid>/environ`: what it
@@ -867,6 +926,17 @@ mod cgroup {
     }
 }
 
+/// The name of `e`'s error number ("EINVAL"), or its text.
+fn io_errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EINVAL) => "EINVAL".into(),
+        Some(libc::ENOENT) => "ENOENT".into(),
+        Some(libc::EACCES) => "EACCES".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -937,7 +1007,21 @@ mod tests {
             ..own.clone()
         };
         assert!(
-            matches!(verdict(&own, &hidden), Verdict::InProcess(w) if w.contains("may not inspect"))
+            matches!(verdict(&own, &hidden), Verdict::Replace(w) if w.contains("may not inspect"))
+        );
+        let label = ProcessContext {
+            lsm: "sandbox (enforce)".into(),
+            ..own.clone()
+        };
+        assert!(
+            matches!(verdict(&own, &label), Verdict::InProcess(w) if w.contains("security label"))
+        );
+        let other_user = ProcessContext {
+            uids: "4242\t4242\t4242\t4242".into(),
+            ..own.clone()
+        };
+        assert!(
+            matches!(verdict(&own, &other_user), Verdict::InProcess(w) if w.contains("user ids"))
         );
         let mine_nnp = ProcessContext {
             no_new_privs: true,

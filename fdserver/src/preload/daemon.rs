@@ -181,7 +181,7 @@ pub(crate) fn foreground<A: Application>(p: &Preloader<A>) -> io::Result<()> {
     serve(p, &dir, &mut None)
 }
 
-/// A command for a template: the client's socket, positioned after its `["run", key]` (the
+/// A command for a template: the client's socket, positioned after its `["run", key, proof]` (the
 /// template reads the arguments, environment, attributes and descriptors, working directory
 /// included, from it).
 struct Job {
@@ -194,6 +194,10 @@ struct TemplateInfo {
     started: Option<Instant>,
     /// A template being preloaded: since when, and its pidfd (so that a stop can end it).
     preloading: Option<(Instant, OwnedFd)>,
+    /// A copy of the running template's pidfd, which the server's loop polls: a template that
+    /// dies while idle is reaped and logged at once, and `status` tells the truth meanwhile.
+    /// Taken (`None`) once its death has been seen.
+    watch: Option<Arc<OwnedFd>>,
 }
 
 /// One template key: its status (read by `status` without waiting) and its process, owned by
@@ -780,6 +784,7 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
     show_title(p.app.name(), state.started);
 
     let me = sys::geteuid();
+    let mut busy_dead: Vec<(String, Arc<Slot>)> = Vec::new();
     let mut accept_failures = 0u32;
     let mut backoff = Duration::ZERO;
     let mut paused_until: Option<Instant> = None;
@@ -805,12 +810,44 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
             fds.push(listener.as_fd());
             fds.len() - 1
         });
+        // The running templates' pidfds: one that ends while idle is reaped at once. Not while
+        // out of descriptors: `poll` may then take no more than `RLIMIT_NOFILE` of them.
+        let paused = paused_until.is_some_and(|t| now < t);
+        let watched: Vec<(String, Arc<Slot>, Arc<OwnedFd>)> = if paused {
+            Vec::new()
+        } else {
+            let slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .filter(|(_, s)| !busy_dead.iter().any(|(_, b)| Arc::ptr_eq(s, b)))
+                .filter_map(|(k, s)| {
+                    let w = s
+                        .info
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .watch
+                        .clone()?;
+                    Some((k.clone(), Arc::clone(s), w))
+                })
+                .collect()
+        };
+        let watch_at = fds.len();
+        fds.extend(watched.iter().map(|(_, _, fd)| fd.as_fd()));
+        // Dead templates whose slot a connection thread held: looked at again shortly (their
+        // pidfds stay readable, so they are not polled meanwhile).
+        if !busy_dead.is_empty() {
+            deadline =
+                Some(deadline.map_or(now + BUSY_DEAD_RECHECK, |d| d.min(now + BUSY_DEAD_RECHECK)));
+        }
         let ready = match sys::poll_in(&fds, deadline) {
             Ok(r) => r,
             // More descriptors polled than `RLIMIT_NOFILE` allows (someone lowered it under
             // our feet): out of descriptors, as for a failing `accept`: stop polling the
             // listener for a while, rather than fail.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && listen_at.is_some() => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && (listen_at.is_some() || !watched.is_empty()) =>
+            {
                 accept_failures += 1;
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
                 paused_until = Some(Instant::now() + backoff);
@@ -832,6 +869,12 @@ fn serve<A: Application>(p: &Preloader<A>, dir: &Dir, ready: &mut Option<File>) 
         if ready[1] || state.stopping.load(Ordering::SeqCst) {
             log("stop requested");
             break;
+        }
+        busy_dead.retain(|(key, slot)| !reap_if_dead(key, slot));
+        for (i, (key, slot, _)) in watched.iter().enumerate() {
+            if ready[watch_at + i] && !reap_if_dead(key, slot) {
+                busy_dead.push((key.clone(), Arc::clone(slot)));
+            }
         }
         let seen = events.read(events_at.is_some_and(|i| ready[i]), state.files.as_ref());
         if seen.dir {
@@ -1096,12 +1139,29 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     let mut ch = Channel::from(stream);
     ch.set_timeout(Some(REQUEST_TIMEOUT));
     let pid = sys::getpid().to_string();
+    // The client proves it may inspect this server (see `os::Proof`) by sending back the nonce
+    // behind this descriptor with its request. Without a proof, nothing that acts as the user
+    // outside the client's own context (a command, a template's start, a stop) is done.
+    let proof = match super::os::Proof::new() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log(&format!(
+                "cannot make a proof of inspection for a client: {e}"
+            ));
+            None
+        }
+    };
+    let proof_fd = proof
+        .as_ref()
+        .map(|p| p.fd().to_string())
+        .unwrap_or_default();
     if ch
         .write_array([
             "fdserver-preload",
             PROTOCOL_VERSION,
             pid.as_str(),
             build_id(),
+            proof_fd.as_str(),
         ])
         .is_err()
     {
@@ -1117,13 +1177,56 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
         }
     };
     let req = buf.message();
+    // `["run", key, proof]`, `["preload", key, proof]`, `["stop", proof]`: the proof is last.
+    let proven = |at: usize| match (&proof, req.get(at)) {
+        (Some(p), Some(got)) => p.matches(got),
+        _ => false,
+    };
+    let unproven = |what: &str| {
+        let why = if proof.is_some() {
+            format!(
+                "it may not inspect the preloader server (pid {pid}): it is confined (a \
+                 Landlock domain, a security module, another user namespace) where the server \
+                 is not"
+            )
+        } else {
+            format!(
+                "the preloader server (pid {pid}) could not make a proof of inspection for it \
+                 (memfd_create or getrandom failed: see its log), so it runs nothing"
+            )
+        };
+        log(&format!(
+            "refused {what} from a client that gave no proof of inspection ({why})"
+        ));
+        why
+    };
+    drop(proof_fd);
     match req.name() {
-        b"run" if req.len() == 2 => {
+        b"run" if req.len() == 3 => {
+            if !proven(2) {
+                // The command runs in the client's own context, or not at all: the client runs
+                // it in-process. No template is started for it.
+                let why = unproven("a command");
+                let _ = ch.write_error(&RemoteError::new(
+                    RemoteErrorKind::Other("confined".into()),
+                    why,
+                ));
+                return;
+            }
+            drop(proof);
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
             let job = Job { conn: ch.into_fd() };
             run_job(state, &key, job);
         }
-        b"preload" if req.len() == 2 => {
+        b"preload" if req.len() == 3 => {
+            if !proven(2) {
+                let why = unproven("a preload");
+                let _ = ch.write_error(&RemoteError::new(
+                    RemoteErrorKind::Other("confined".into()),
+                    why,
+                ));
+                return;
+            }
             // `--preloader restart`: preload the template of this key now; `["ok", pid]`.
             let key = String::from_utf8_lossy(req.get(1).unwrap_or(b"")).into_owned();
             match preload_now(state, &key, ch.as_fd()) {
@@ -1138,6 +1241,13 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
         }
         b"status" => {
             let _ = ch.write_array(status_reply(state));
+        }
+        b"stop" if !proven(1) => {
+            let why = unproven("a stop");
+            let _ = ch.write_error(&RemoteError::new(
+                RemoteErrorKind::Other("confined".into()),
+                why,
+            ));
         }
         b"stop" => {
             state.stopping.store(true, Ordering::SeqCst);
@@ -1158,11 +1268,78 @@ fn connection<A: Application>(state: &Arc<State<A>>, stream: UnixStream) {
     }
 }
 
+/// How soon a dead template whose slot was busy is looked at again.
+const BUSY_DEAD_RECHECK: Duration = Duration::from_millis(100);
+
 fn set_info(slot: &Slot, pid: Option<u32>) {
     let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
     i.pid = pid;
     i.started = pid.map(|_| Instant::now());
     i.preloading = None;
+    i.watch = None;
+}
+
+/// The template `handle` now runs for `slot`: its status, and its pidfd for the server's loop
+/// to watch.
+fn set_running(slot: &Slot, handle: &ServerHandle) {
+    set_info(slot, Some(handle.pid()));
+    let mut i = slot.info.lock().unwrap_or_else(|e| e.into_inner());
+    i.watch = handle.pidfd().try_clone_to_owned().ok().map(Arc::new);
+}
+
+/// How the child behind `pidfd` ended, without reaping it (`waitid` with `WNOWAIT`): "killed
+/// by signal 9 (SIGKILL)", "exit status 1"; `None` if it has not ended.
+fn peek_end(pidfd: BorrowedFd<'_>) -> Option<String> {
+    const P_PIDFD: libc::idtype_t = 3;
+    // SAFETY: siginfo_t is plain data.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child's pidfd with a valid out-pointer; WNOWAIT leaves it
+    // unreaped.
+    let r = unsafe {
+        libc::waitid(
+            P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: filled by a successful waitid (si_pid 0: nothing ended).
+    if r != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let status = unsafe { info.si_status() };
+    Some(match info.si_code {
+        libc::CLD_EXITED => format!("exit status {status}"),
+        _ => format!("killed by signal {status} ({})", signal_name(status)),
+    })
+}
+
+/// A template's pidfd became readable (it ended): reap it, log how it ended and forget it, so
+/// that it is neither a zombie nor shown as running. `false` if a connection thread holds the
+/// slot (handing a command over, preloading): the caller tries again shortly.
+fn reap_if_dead(key: &str, slot: &Slot) -> bool {
+    let Some(mut t) = slot.try_lock() else {
+        return false;
+    };
+    let Some((handle, _)) = &mut t.current else {
+        return true; // already handled by a connection thread
+    };
+    // Logged before it is reaped: a client whose command it ran finds how it ended either in
+    // `/proc` (a zombie still) or in the log (see `client::logged_end`).
+    if let Some(how) = peek_end(handle.pidfd()) {
+        log(&format!(
+            "template {key:?} (pid {}) died ({how}): the next command of its key starts a new one",
+            handle.pid()
+        ));
+    }
+    if matches!(handle.try_wait(), Ok(None)) {
+        return true; // a newer template, running (its own copy is watched)
+    }
+    let (handle, _) = t.current.take().expect("checked");
+    retire(handle);
+    set_info(slot, None);
+    true
 }
 
 /// `["ok", server uptime ms, log, idle timeout ms (0: none), then per template: key, state,
@@ -1181,8 +1358,14 @@ fn status_reply<A: Application>(state: &State<A>) -> Vec<String> {
     keys.sort();
     for key in keys {
         let info = slots[key].info.lock().unwrap_or_else(|e| e.into_inner());
+        // A template whose death the loop has not handled yet is not shown as running.
+        let dead = info
+            .watch
+            .as_ref()
+            .is_some_and(|fd| sys::poll_now(fd.as_fd()));
         let (what, pid, since) = match (&info.preloading, info.pid) {
             (Some((since, _)), _) => ("preloading", None, Some(*since)),
+            (None, Some(_)) if dead => ("stopped", None, None),
             (None, Some(pid)) => ("running", Some(pid), info.started),
             (None, None) => ("stopped", None, None),
         };
@@ -1298,7 +1481,7 @@ fn ensure_template<A: Application>(
     match start_template(state, slot, key, &env, client) {
         Ok(h) => {
             log(&format!("template {key:?} preloaded (pid {})", h.pid()));
-            set_info(slot, Some(h.pid()));
+            set_running(slot, &h);
             t.current = Some((h, watched));
             t.failed = None;
             Ok(())
@@ -1342,12 +1525,25 @@ fn template_environment(
         }
         (Err(e), _) | (_, Err(e)) => unreadable(&e),
     };
-    if let Verdict::InProcess(why) = verdict {
-        log(&format!(
-            "template {key:?} not started for a confined client ({why}): it runs its command \
-             in-process"
-        ));
-        return Err(("confined", why));
+    match verdict {
+        Verdict::InProcess(why) => {
+            log(&format!(
+                "template {key:?} not started for a confined client ({why}): it runs its \
+                 command in-process"
+            ));
+            return Err(("confined", why));
+        }
+        // This server is the more confined (started inside a Landlock domain, under
+        // `no_new_privs`...): no template is preloaded here for nothing; the client replaces
+        // the server (not cached in `failed`: the `?` in `ensure_template` returns first).
+        Verdict::Replace(why) => {
+            log(&format!(
+                "template {key:?} not started: this server is more confined than its client \
+                 ({why}), which replaces it"
+            ));
+            return Err(("outranked", why));
+        }
+        Verdict::Faithful => {}
     }
     Ok(match super::context::environ_of_peer(conn) {
         Ok(env) => env,

@@ -101,11 +101,13 @@
 //!   since the server started), another namespace (cgroup, ipc, mnt, net, pid, time, user,
 //!   uts: `unshare`, bwrap, firejail, a container), a cgroup that limits it where the
 //!   template's does not (`memory`, `pids`, `cpu`, `io`, `cpuset`, `devices` limits between
-//!   its cgroup and the common ancestor; another terminal's unlimited scope is fine), or a
-//!   confinement that keeps it from inspecting the server (a Landlock domain, a security
-//!   module: the client checks with `kcmp`).
-//! * **A tracer** (`strace`, `gdb`, `perf`, `valgrind`'s ptrace... : `TracerPid`): the tracer
-//!   would not see the worker. No server is started under a tracer either.
+//!   its cgroup and the common ancestor; another terminal's unlimited scope is fine), another
+//!   security label (`/proc/<pid>/attr/current`: an AppArmor profile, an SELinux context), or
+//!   a confinement that keeps it from inspecting the server (a Landlock domain, a security
+//!   module's ptrace rule: see the proof of inspection below).
+//! * **A ptrace tracer** (`strace`, `ltrace`, `gdb`, `valgrind`... : `TracerPid`): the tracer
+//!   would not see the worker. No server is started under a tracer either. Tools that do not
+//!   ptrace the command are **not** detected (see *What cannot be the same*).
 //! * **Loader variables**: `LD_PRELOAD` or `LD_AUDIT` set (the server and templates never load
 //!   them), or another value than the template's of a variable read at start (`LD_*`,
 //!   `GLIBC_TUNABLES`, `MALLOC_*`).
@@ -127,18 +129,50 @@
 //! Besides, a command runs in-process, after one line on stderr saying why, when the
 //! preloader cannot be used: an unusable directory (see [Security](#security)), or a server
 //! that does not answer within [`Options::handshake_timeout`] (wedged, or at its connection
-//! limit).
+//! limit). A directory this process may not write to with no server running (a read-only
+//! bind mount, a sandbox that allows writing elsewhere only, a full disk, no descriptors
+//! left: the start lock, log or pidfile cannot be created) runs the command in-process too,
+//! saying why under `FDSERVER_PRELOAD_VERBOSE` only, as for a sandbox.
 //!
-//! The sandbox is read by the template from the kernel, not taken from what the client says:
-//! `/proc/<pid>/status` (capabilities, `no_new_privs`, seccomp, groups, tracer), `ns/*` and
-//! `cgroup` of the process at the other end of the client's socket (`SO_PEERCRED`, pinned by
-//! its pidfd), so any process of the user that can reach the socket, sandboxed or not, gets
-//! its command run in its own confinement or not at all. A Landlock domain cannot be read from
-//! outside: an unprivileged process needs `no_new_privs` for it, which is seen; a privileged
-//! one that sets up Landlock without `no_new_privs` is seen only by a client that checks itself
-//! (this one does): keep the preloader's directory out of such sandboxes. These checks cost
-//! about 20 system calls in the template and 3 to 6 in the client per command (see
-//! BENCHMARKS.md).
+//! The sandbox is decided by the server and the template from the kernel, not taken from what
+//! the client says, so any process of the user that can reach the socket, sandboxed or not and
+//! whatever program it runs, gets its command run in its own confinement or not at all:
+//!
+//! * **Proof of inspection.** A Landlock domain shows nowhere in `/proc`. So for each
+//!   connection the server writes a fresh random nonce (16 bytes from `getrandom`) into a
+//!   memfd it holds, names its descriptor in the greeting, and requires it back with `run`,
+//!   `preload` and `stop`. The client reads it through `/proc/<server pid>/fd/<n>`, which the
+//!   kernel opens only after a `PTRACE_MODE_READ_FSCREDS` check: a process in a Landlock
+//!   domain the server is not in, one a security module's ptrace rule confines (AppArmor,
+//!   SELinux), one with fewer capabilities, another user or user namespace, or a pid namespace
+//!   that does not show the server, cannot. Without the proof the server runs no command
+//!   (`["error", "confined", why]`: the real client runs it in-process), starts no template
+//!   (none preloads with a sandboxed process's environment) and does not stop. The real client
+//!   finds out first and does not ask.
+//! * **The template compares** `/proc/<pid>/status` (uids, capabilities, `no_new_privs`,
+//!   seccomp, groups, tracer), `attr/current`, `ns/*` and `cgroup` of the process at the
+//!   other end of the client's socket (`SO_PEERCRED`, pinned by its pidfd) with its own. A
+//!   template that may not read the client's (it is itself in a Landlock domain, started by a
+//!   command inside one) is the confined one: the proven client replaces the server.
+//!
+//! Limits: seccomp is compared by the number of filters (two sibling sandboxes with one filter
+//! each compare equal; the server would have to have been started in one of them). On kernels
+//! without `SO_PEERPIDFD` (before Linux 6.5), the pid of `SO_PEERCRED` is the process that
+//! *connected*, which may have exited, and its pid been reused, while another process holds the
+//! connection (its child, or one it passed the socket to): there the template also checks,
+//! through the kernel's socket diagnostics (`UNIX_DIAG_PEER`, the `unix_diag` module), that the
+//! process it judges holds the client's end of the connection itself (`/proc/<pid>/fd`), and
+//! runs the command in-process otherwise. Where socket diagnostics are missing too, only the
+//! older check remains (the connection was up when the pidfd was made, and the judged process
+//! has the server's uids); Landlock and security modules are caught there anyway (the proof is
+//! read by whoever holds the connection). Signals are not
+//! the server's to refuse: a same-user process can end the server with `kill` unless its
+//! sandbox scopes signals (Landlock ABI 6); the next command starts a new server.
+//!
+//! These checks cost about 25 system calls in the template (plus a netlink query and a read of
+//! the client's `fd` directory before Linux 6.5), 4 in the server (the proof: `getrandom`,
+//! `memfd_create`, `write`, `close`) and 6 to 9 in the client (`kcmp`, the proof's `open`,
+//! `read`, `close`, up to three `ioctl`s on its terminal) per command (see BENCHMARKS.md).
 //!
 //! ### What cannot be the same, and why
 //!
@@ -165,6 +199,15 @@
 //! * **Exit**: the worker ends with `_exit`: `atexit` handlers registered during the preload
 //!   belong to the template and do not run.
 //! * In `preload`, `std::env::args` is the template's title, not a command's arguments.
+//! * **Profilers and tracers that do not ptrace** (`perf record`, `perf stat`, `perf trace`,
+//!   bpftrace or uprobes attached by pid, other eBPF tools) see the client only: the command
+//!   runs in the worker, which they do not follow, and the client cannot tell they are there.
+//!   Run the command with `FDSERVER_PRELOAD=0` under them.
+//! * **A server started in another context** than the user's usual one (from `unshare`, `ip
+//!   netns exec`, bwrap or firejail, another set of supplementary groups) serves only
+//!   commands of that context: the others run in-process until it exits (idle timeout), or
+//!   until `--preloader restart` from a normal shell. `FDSERVER_PRELOAD_VERBOSE=1` says so.
+//!   One started inside a Landlock domain is replaced by the next normal command (above).
 //!
 //! ## Tooling
 //!
@@ -183,7 +226,13 @@
 //!   someone stopped (SIGSTOP) is continued, so that it sees the stop (`stop` continues a
 //!   stopped server too, and a template whose server was killed is continued by the kernel:
 //!   its parent-death signal is SIGCONT). A command that was waiting for the server (for a
-//!   preload, say) starts the next one.
+//!   preload, say), or that was refused by a server as it stopped, starts the next one.
+//!   `stop` and `restart` from a process confined where the server is not (one that cannot
+//!   give the proof of inspection) are refused (exit 1): a server it started would run in its
+//!   sandbox.
+//! * A template that dies while idle is reaped and logged at once (`template "<key>" (pid n)
+//!   died (killed by signal 9 (SIGKILL))`), and `status` shows it not running; the next
+//!   command of its key starts a new one.
 //! * `--preloader serve`: the server in the foreground of this terminal, its log (and its
 //!   templates' output) on the terminal, until Ctrl-C or `--preloader stop`.
 //! * Process titles in `ps`: `<app>: preloader server | started 3 min ago`, `<app>: template
@@ -349,8 +398,11 @@ pub use client::{Status, TemplateState, TemplateStatus};
 /// pidfd with its pid; the greeting carries the build identity. Version 4: the template (or
 /// the worker) may hand a command back (`["error", "confined", why]`) or ask the client to
 /// replace the server (`["error", "outranked", why]`); the worker's pid comes with its
-/// template's; `status` carries the idle timeout.
-pub const PROTOCOL_VERSION: &str = "fdserver-preload/4";
+/// template's; `status` carries the idle timeout. Version 5: the greeting names a descriptor of
+/// the server whose nonce the client reads through `/proc/<server pid>/fd/<n>` and sends back
+/// as the last element of `["run", key, nonce]`, `["preload", key, nonce]` and `["stop",
+/// nonce]`: the proof that the client may inspect the server (see *Sandboxes* below).
+pub const PROTOCOL_VERSION: &str = "fdserver-preload/5";
 
 /// Set to `0` (or `off`, `false`, `no`, in any case) to run commands without the preloader.
 pub const ENV_DISABLE: &str = "FDSERVER_PRELOAD";
@@ -570,6 +622,7 @@ impl<A: Application> Preloader<A> {
                 eprintln!("fdserver preloader: {why}; running this command without the preloader");
                 self.run_in_process(args, &why)
             }
+            Err(client::Failure::InProcess(why)) => self.run_in_process(args, &why),
             Err(client::Failure::Io(e)) => {
                 eprintln!("fdserver preloader: {e}");
                 std::process::exit(1);

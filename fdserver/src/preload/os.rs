@@ -769,6 +769,13 @@ pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, libc::pid_t)> 
 /// connection is still up once the pidfd exists (that process holds the other end, so it was
 /// alive, and its pid not recycled, when the pidfd was made).
 pub(crate) fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    peer_pidfd_from(sock).map(|(fd, _)| fd)
+}
+
+/// [`peer_pidfd`], and whether the kernel gave it (`SO_PEERPIDFD`: the very process that
+/// connected) rather than `pidfd_open` of the pid of `SO_PEERCRED` (a process that had that
+/// pid while the connection was up).
+pub(crate) fn peer_pidfd_from(sock: BorrowedFd<'_>) -> io::Result<(OwnedFd, bool)> {
     if let Some(opt) = SO_PEERPIDFD {
         let mut fd: libc::c_int = -1;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -784,7 +791,7 @@ pub(crate) fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         };
         if r == 0 && fd >= 0 {
             // SAFETY: the kernel returned a fresh (close-on-exec) pidfd that nothing else owns.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, true));
         }
     }
     let (_, pid) = peer_cred(sock)?;
@@ -804,7 +811,131 @@ pub(crate) fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             "the peer closed the connection: its pid may have been recycled",
         ));
     }
-    Ok(pidfd)
+    Ok((pidfd, false))
+}
+
+/// The inode of the socket at the other end of the connected UNIX socket `sock`, from the
+/// kernel's socket diagnostics (`NETLINK_SOCK_DIAG`, `UNIX_DIAG_PEER`; the `unix_diag` module,
+/// which the kernel loads on demand).
+pub(crate) fn unix_peer_inode(sock: BorrowedFd<'_>) -> io::Result<u64> {
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UNIX_DIAG_PEER: u16 = 2;
+    #[repr(C)]
+    struct Req {
+        len: u32,
+        kind: u16,
+        flags: u16,
+        seq: u32,
+        pid: u32,
+        family: u8,
+        protocol: u8,
+        pad: u16,
+        states: u32,
+        ino: u32,
+        show: u32,
+        cookie: [u32; 2],
+    }
+    // SAFETY: an all-zero stat is a valid out-value; fstat on a live descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fstat(sock.as_raw_fd(), &mut st) })?;
+    // SAFETY: plain socket creation; the result is checked and owned below.
+    let nl = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let nl = unsafe { OwnedFd::from_raw_fd(nl) };
+    let req = Req {
+        len: std::mem::size_of::<Req>() as u32,
+        kind: SOCK_DIAG_BY_FAMILY,
+        flags: libc::NLM_F_REQUEST as u16,
+        seq: 1,
+        pid: 0,
+        family: libc::AF_UNIX as u8,
+        protocol: 0,
+        pad: 0,
+        states: u32::MAX,
+        ino: st.st_ino as u32,
+        show: UDIAG_SHOW_PEER,
+        cookie: [u32::MAX; 2],
+    };
+    // SAFETY: `req` is plain data of the given size; the address is the kernel's (zeroed).
+    let sent = unsafe {
+        let mut to: libc::sockaddr_nl = std::mem::zeroed();
+        to.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            nl.as_raw_fd(),
+            (&req as *const Req).cast(),
+            std::mem::size_of::<Req>(),
+            0,
+            (&to as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: a valid buffer of its size.
+    let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let b = &buf[..n as usize];
+    let u16_at = |i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at = |i: usize| {
+        b.get(i..i + 4)
+            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
+    };
+    let bad = || io::Error::other("unexpected answer from the kernel's socket diagnostics");
+    let len = u32_at(0).ok_or_else(bad)? as usize;
+    match u16_at(4).ok_or_else(bad)? {
+        t if t == libc::NLMSG_ERROR as u16 => {
+            let code = u32_at(16).ok_or_else(bad)? as i32;
+            return Err(io::Error::from_raw_os_error(-code));
+        }
+        t if t == SOCK_DIAG_BY_FAMILY => {}
+        _ => return Err(bad()),
+    }
+    // After the 16-byte header and the 16-byte `unix_diag_msg`: attributes (length, type,
+    // data), each aligned to 4 bytes.
+    let mut at = 32;
+    while at + 4 <= len.min(b.len()) {
+        let (alen, atype) = (
+            u16_at(at).ok_or_else(bad)? as usize,
+            u16_at(at + 2).ok_or_else(bad)?,
+        );
+        if alen < 4 {
+            break;
+        }
+        if atype == UNIX_DIAG_PEER {
+            return u32_at(at + 4).map(u64::from).ok_or_else(bad);
+        }
+        at += (alen + 3) & !3;
+    }
+    Err(io::Error::other("the socket has no peer"))
+}
+
+/// Whether the process whose `/proc/<pid>` directory is `dir` holds a descriptor of the socket
+/// of inode `ino` (`fd/*` read as `socket:[<ino>]`).
+pub(crate) fn holds_socket(dir: BorrowedFd<'_>, ino: u64) -> io::Result<bool> {
+    let want = format!("socket:[{ino}]");
+    let fds = std::fs::read_dir(format!("/proc/self/fd/{}/fd", dir.as_raw_fd()))?;
+    for entry in fds {
+        let entry = entry?;
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            if target.as_os_str().as_bytes() == want.as_bytes() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Sends `sig` to the process group whose leader `pidfd` refers to, by the kernel's identity of
@@ -898,8 +1029,116 @@ fn find_build_id(mut notes: &[u8], align: usize) -> Option<&[u8]> {
     None
 }
 
+/// A secret that only a process allowed to inspect this one (`PTRACE_MODE_READ_FSCREDS`) can
+/// read: a fresh random nonce in a memfd this process holds. A client proves it may inspect the
+/// server by opening `/proc/<server pid>/fd/<n>` (which the kernel allows only after that
+/// check) and sending the nonce back. A process in a Landlock domain the server is not in, or
+/// one a security module (AppArmor, SELinux) keeps from inspecting the server, cannot: the
+/// kernel shows such confinement nowhere in `/proc`, so the server learns of it this way, from
+/// the kernel, whatever the client runs.
+pub(crate) struct Proof {
+    fd: OwnedFd,
+    nonce: [u8; 32],
+}
+
+impl Proof {
+    /// A new nonce (16 bytes from `getrandom`, in hex) in a new memfd.
+    pub(crate) fn new() -> io::Result<Proof> {
+        let mut raw = [0u8; 16];
+        let mut got = 0;
+        while got < raw.len() {
+            // SAFETY: a valid buffer of the given length.
+            let n = unsafe { libc::getrandom(raw[got..].as_mut_ptr().cast(), raw.len() - got, 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            got += n as usize;
+        }
+        let mut nonce = [0u8; 32];
+        for (i, b) in raw.iter().enumerate() {
+            nonce[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
+            nonce[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
+        }
+        // SAFETY: a NUL-terminated name; the result is checked and owned below.
+        let fd = cvt(unsafe {
+            libc::memfd_create(c"fdserver-preload-proof".as_ptr(), libc::MFD_CLOEXEC)
+        })?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut f = File::from(fd);
+        std::io::Write::write_all(&mut f, &nonce)?;
+        Ok(Proof {
+            fd: f.into(),
+            nonce,
+        })
+    }
+
+    /// The descriptor number the client opens under `/proc/<pid>/fd/`.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether `got` is the nonce (compared in constant time).
+    pub(crate) fn matches(&self, got: &[u8]) -> bool {
+        got.len() == self.nonce.len()
+            && got
+                .iter()
+                .zip(&self.nonce)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+/// The client's side of [`Proof`]: reads the nonce the server `pid` holds at descriptor `fd`
+/// (`/proc/<pid>/fd/<fd>`). Fails (`EACCES`, `EPERM`) where this process may not inspect the
+/// server.
+pub(crate) fn read_proof(pid: libc::pid_t, fd: &str) -> io::Result<Vec<u8>> {
+    if pid <= 0 || fd.is_empty() || !fd.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(io::Error::other(format!(
+            "no proof to read (server pid {pid}, descriptor {fd:?})"
+        )));
+    }
+    let path = CString::new(format!("/proc/{pid}/fd/{fd}")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path; the result is checked and owned below.
+    let raw = cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let mut f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut f, &mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_peer_of_a_socket_and_who_holds_it() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let b_ino = std::fs::File::from(b.as_fd().try_clone_to_owned().unwrap())
+            .metadata()
+            .unwrap()
+            .ino();
+        match super::unix_peer_inode(a.as_fd()) {
+            Ok(peer) => assert_eq!(peer, b_ino),
+            // A kernel without unix_diag: the fallback path keeps its older check.
+            Err(e) => eprintln!("no socket diagnostics here: {e}"),
+        }
+        let me = std::fs::File::open("/proc/self").unwrap();
+        assert!(super::holds_socket(me.as_fd(), b_ino).unwrap());
+        drop(b);
+        assert!(!super::holds_socket(me.as_fd(), b_ino).unwrap());
+    }
+
     use super::*;
 
     #[test]
