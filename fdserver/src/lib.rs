@@ -99,10 +99,9 @@
 //!
 //! ## Wire format
 //!
-//! Byte-for-byte Passenger's `MessageChannel`, on a UNIX socket: `SOCK_STREAM` for every channel
-//! built from a descriptor (what Passenger and any other peer use), `SOCK_SEQPACKET` by default
-//! for the pair [`Server::start`] creates, whose both ends are fdserver's (see
-//! [`Builder::seqpacket`]):
+//! Byte-for-byte Passenger's `MessageChannel`, on a UNIX socket: `SOCK_STREAM` for the channels
+//! Passenger and any other peer use, `SOCK_SEQPACKET` by default for the pair [`Server::start`]
+//! creates, whose both ends are fdserver's (see [`Builder::seqpacket`]):
 //!
 //! * **Array message**: `u16` big-endian body length, then every element followed by a NUL
 //!   byte: `["hello", "world !!"]` is `00 0F 68 65 6C 6C 6F 00 77 6F 72 6C 64 20 21 21 00`.
@@ -116,13 +115,15 @@
 //!   control message holding one descriptor.
 //! * **End of stream** at a message boundary reads as "no message" (`None` / `Ok(false)`); in the
 //!   middle of a message it is [`ProtocolError::UnexpectedEof`].
-//! * **Reading**: a channel built from a descriptor takes exactly the bytes a message still
-//!   lacks, never more, so descriptors sent between messages are never swallowed and the socket
-//!   can be handed on between messages. The two ends of a started server's pair read ahead (one
-//!   `recvmsg` per message; on `SOCK_SEQPACKET` one record per `recvmsg`, which the writer keeps
-//!   under 68 KiB), keep each descriptor with the byte it came with, and refuse to lend or give
-//!   up their socket while they hold something read ahead (`Channel::as_fd`,
-//!   [`Channel::into_parts`]).
+//! * **Reading**: a channel built from a stream descriptor takes exactly the bytes a message
+//!   still lacks, never more, so descriptors sent between messages are never swallowed and the
+//!   socket can be handed on between messages. The two ends of a started server's pair read
+//!   ahead (one `recvmsg` per message; on `SOCK_SEQPACKET` one record per `recvmsg`, which the
+//!   writer keeps under 68 KiB), keep each descriptor with the byte it came with, and refuse to
+//!   lend or give up their socket while they hold something read ahead (`Channel::as_fd`,
+//!   [`Channel::into_parts`]). The socket of a started server's pair is `SOCK_SEQPACKET` unless
+//!   [`Builder::seqpacket(false)`](Builder::seqpacket): hand it only to a reader that takes whole
+//!   records ([`Channel::new`] on a `SOCK_SEQPACKET` socket is one).
 //!
 //! ## Replies and errors
 //!
