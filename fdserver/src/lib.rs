@@ -709,7 +709,11 @@ pub mod __private;
 /// reported by the compiler with a note on what is supported); two handlers with the same
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
-/// `from`, `into_connection`) or a method named `start`; invalid, uncatchable or duplicate signals;
+/// `from`, `into_connection`), or with a method of the generated pools (`get`, `call`,
+/// `call_idempotent`, `call_retrying`, `status`, `size`, `revive`, `stop`, `start`,
+/// `start_with`, `clone`, `deref`; the error says how to keep the message name with
+/// `#[fdserver(name = "...")]`), or a method named `start` (or `start_async`); invalid,
+/// uncatchable or duplicate signals;
 /// hooks with parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks
 /// of one kind; generic or trait impl blocks.
 ///
