@@ -27,7 +27,7 @@ use crate::wire::MessageBuf;
 /// #     }
 /// # }
 /// let server = fdserver::Builder::new()
-///     .timeout(Some(Duration::from_secs(5)))               // per read/write on the client side
+///     .timeout(Some(Duration::from_secs(5)))               // each call, as a whole
 ///     .stop_timeouts(Duration::from_secs(1), Duration::from_secs(1))
 ///     .start(&mut Echo)?;
 /// assert!(server.pid() > 0);
