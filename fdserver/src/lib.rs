@@ -93,9 +93,35 @@
 //! | `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`: the [`preload`] client signals a worker's process group | Linux 6.9 | `kill(-pid)`, only while the worker's pidfd shows it running |
 //! | `close_range` with `CLOSE_RANGE_CLOEXEC`: the [`preload`] server and templates keep nothing their first client inherited | Linux 5.11 | not done: such descriptors stay open in the server |
 //!
-//! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, `signalfd` flags,
-//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH` and `dup3`) is
-//! older than Linux 3.2.
+//! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, the preloader's
+//! `signalfd` flags, `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH`
+//! and `dup3`) is older than Linux 3.2.
+//!
+//! ## Cargo features
+//!
+//! All off by default; the default build brings no dependency beyond `libc`, `inotify` and the
+//! macros (`fdserver-macros`).
+//!
+//! * `sandbox`: the `fdserver::sandbox` module (identity, capabilities, limits, namespaces,
+//!   Landlock, seccomp; see "Sandboxing" below); brings `landlock` and `seccompiler`.
+//! * `serde`: [`Json<T>`](Json) parameters and results (any serde type, as JSON in a scalar
+//!   message); brings `serde` and `serde_json`.
+//! * `tokio`: the async clients and pools (`AsyncChannel`, `AsyncServerHandle`, `AsyncPool`,
+//!   the generated `MyServerAsyncClient` and `MyServerAsyncPool`, `Builder::start_async`; see
+//!   "Threads and async"); brings `tokio` without starting a runtime (the program brings its
+//!   own).
+//! * `tracing`: spans and events through `tracing`, under the target `fdserver`:
+//!
+//! | what | kind, level | fields |
+//! |---|---|---|
+//! | a client call | span `call`, DEBUG; then an event: DEBUG, or WARN when the server must be replaced | `message`, `pid` (for a started server), `outcome` (`ok`, the error the caller gets, or `cancelled` for an async call whose future was dropped), `micros` |
+//! | a handled message (in the server) | span `handle`, DEBUG; then a DEBUG event | `message`, `pid`, `outcome` (`ok`, `error`, `panicked`), `micros` |
+//! | a server started | event, DEBUG | `pid`, `server` (its type) |
+//! | a start that failed | event, WARN | `server`, `error` |
+//! | a server stopped (or found exited and reaped) | event, DEBUG (WARN when it had to be killed) | `pid`, `how`, `status` |
+//! | a pool's server restarted, or given up on | event, INFO / WARN | `index`, `pid`, `restarts`, `reason` |
+//!
+//! Without `tracing`, nothing of it is compiled, and calls cost nothing more.
 //!
 //! ## Wire format
 //!
