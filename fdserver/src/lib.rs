@@ -79,8 +79,8 @@
 //! ## Platforms
 //!
 //! Linux only. fdserver is built on Linux system calls (`pidfd_open`, `close_range`,
-//! `signalfd`, `SO_PEERCRED`, `MSG_CMSG_CLOEXEC`...); on any other target the crate does not
-//! build, with one `compile_error!` that says so. It runs on every kernel Rust's standard
+//! `SO_PEERCRED`, `MSG_CMSG_CLOEXEC`, the preloader's `signalfd`...); on any other target the
+//! crate does not build, with one `compile_error!` that says so. It runs on every kernel Rust's standard
 //! library supports (Linux 3.2 and later, glibc 2.17 or later, or musl), and uses newer kernel
 //! features where the running kernel has them:
 //!
@@ -233,7 +233,7 @@
 //! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
 //! missing); descriptors other threads open after that cannot belong to the server value (which
 //! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
-//! This costs about 30 µs of CPU time per start, plus about 0.8 µs per inherited descriptor (see
+//! This costs about 30 µs of CPU time per start, plus about 0.5 µs per inherited descriptor (see
 //! BENCHMARKS.md, rows 4t, 4t100).
 //!
 //! ## A server ends with its client
@@ -267,8 +267,8 @@
 //! | `AsyncPool`, `MyServerAsyncPool` (feature `tokio`) | yes | yes | any number of tasks at once |
 //! | [`Builder`], [`PoolOptions`], [`Error`], [`CallError`] | yes | yes | |
 //!
-//! (`tests/api_threads.rs` checks each line at compile time; the async futures are `Send`, and
-//! `start_async`'s is `'static`: spawn them on any runtime.)
+//! (`fdserver-tests/tests/api_threads.rs` checks each line at compile time; the async futures
+//! are `Send`, and `start_async`'s is `'static`: spawn them on any runtime.)
 //!
 //! **From threads**: one client per thread, or a [`Pool`] that all threads share: a call goes to
 //! an idle server, waits (with a bound) when all are busy, and a server that died, timed out or
@@ -302,13 +302,14 @@
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
 //! only the forking thread exists in the child, and whatever locks other threads held at that
 //! moment stay locked forever there. `start` forks from a thread of fdserver's own, a *fork
-//! thread* (one per server type, see "Threads and async"), so that the server starts with fresh
-//! thread-locals, not a copy of the calling thread's (an async runtime's context among them);
-//! [`Builder::fork_on_calling_thread`] forks from the calling thread instead. fdserver's own
-//! path from `fork` to your `initialize_server` makes only async-signal-safe system calls
-//! (everything it needs, buffers, descriptor lists, signal sets, the watch thread's stack, is
-//! prepared in the parent, and all signals are blocked across the `fork`), with two exceptions,
-//! both safe in the child: it releases std's stdout and stderr locks, which the calling thread
+//! thread* (one per server type, started on first use; a caller whose `no_new_privs` or seccomp
+//! mode differs from it is forked on its own thread: see [`Builder::fork_on_calling_thread`]), so
+//! that the server starts with fresh thread-locals, not a copy of the calling thread's (an async
+//! runtime's context among them); [`Builder::fork_on_calling_thread`] forks from the calling
+//! thread instead. fdserver's own path from `fork` to your `initialize_server` makes only
+//! async-signal-safe system calls (everything it needs, buffers, descriptor lists, signal sets,
+//! the watch thread's stack, is prepared in the parent, and all signals are blocked across the
+//! `fork`), with two exceptions, both safe in the child: it releases std's stdout and stderr locks, which the calling thread
 //! took for the fork (below), and it starts one thread of its own, the hang-up watch, with
 //! `pthread_create` (glibc resets its own locks at `fork`, as it must for the threads you start
 //! in `initialize_server`). That thread takes no lock and allocates nothing, so a server may
@@ -323,6 +324,11 @@
 //!
 //! * In the server, `println!`, `eprintln!` and panic messages work from every thread (the loop's
 //!   and the ones you start), and the server's stdout is flushed when it exits.
+//! * Not covered: std's panic hook takes a process-wide lock of its own while it prints. A server
+//!   forked while another thread of the parent is printing a panic inherits that lock held, and
+//!   its own first panic then blocks for good (the hang-up watch still ends the server once its
+//!   client goes). Do not start servers while other threads may be panicking, or install a panic
+//!   hook that takes no lock (`std::panic::set_hook`).
 //! * Output the parent had buffered but not flushed (a partial line) is written once, by the
 //!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
 //!   not block it.
@@ -391,7 +397,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "fdserver supports Linux only: it is built on Linux system calls (pidfd_open, close_range, \
-     signalfd, SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate docs."
+     SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate docs."
 );
 
 // Every item is for Linux only, so that another target fails with the one `compile_error!`
