@@ -31,6 +31,7 @@ pub const POOL_METHODS: &[&str] = &[
     "get",
     "call",
     "call_idempotent",
+    "call_retrying",
     "status",
     "size",
     "revive",

@@ -455,7 +455,7 @@ fn client(server: &Server) -> TokenStream {
                 ::fdserver::Connection::channel(&mut self.__fdserver_conn)
             }
 
-            /// Sets a deadline for each read and write of every call (`None`: wait forever).
+            /// Sets the deadline of each call, for the whole call (`None`: wait forever).
             /// A call that times out breaks the connection (see `fdserver::ServerHandle::set_timeout`).
             pub fn set_timeout(&mut self, timeout: ::core::option::Option<::std::time::Duration>) {
                 ::fdserver::Connection::channel(&mut self.__fdserver_conn).set_timeout(timeout)
@@ -769,7 +769,7 @@ fn asyncs(server: &Server) -> TokenStream {
                     ::fdserver::AsyncConnection::channel(&mut self.__fdserver_conn)
                 }
 
-                /// Sets a deadline for each wait of every call (`None`: wait forever).
+                /// Sets the deadline of each call, for the whole call (`None`: wait forever).
                 pub fn set_timeout(&mut self, timeout: ::core::option::Option<::std::time::Duration>) {
                     ::fdserver::AsyncConnection::channel(&mut self.__fdserver_conn).set_timeout(timeout)
                 }

@@ -80,7 +80,33 @@ fn every_error_prints_each_cause_once() {
             },
             "element 1 is not valid UTF-8: invalid utf-8 sequence of 1 bytes from index 0",
         ),
-        (Error::Disconnected, "the peer closed the connection"),
+        (
+            Error::Disconnected,
+            "the peer closed the connection (it exited or dropped its end)",
+        ),
+        (
+            Error::ServerExited(std::os::unix::process::ExitStatusExt::from_raw(101 << 8)),
+            "server exited (exit status: 101); if it failed, its stderr says why (a panic prints \
+             its message there); start a new server (a Pool replaces it by itself)",
+        ),
+        (
+            Error::ScalarTooLarge {
+                len: 1 << 33,
+                max: u32::MAX.into(),
+            },
+            "scalar of 8589934592 bytes exceeds the limit of 4294967295 bytes (the wire format's \
+             largest; send the data in several scalars)",
+        ),
+        (
+            Error::ScalarTooLarge { len: 100, max: 16 },
+            "scalar of 100 bytes exceeds the limit of 16 bytes (raise it with \
+             Builder::max_scalar_size or Channel::set_max_scalar_size)",
+        ),
+        (
+            Error::MissingElement { index: 2, len: 1 },
+            "element 2 is missing from a message of 1 element: the peer sent fewer values than \
+             expected",
+        ),
     ];
     for (error, expected) in cases {
         assert_eq!(print_chain(&error), expected, "{error:?}");
@@ -145,7 +171,9 @@ fn a_timed_out_call_names_the_message_and_the_deadline() {
     }
     assert_eq!(
         print_chain(&err),
-        "call \"slow\": read of a reply timed out after 100ms"
+        "call \"slow\": read of a reply timed out after 100ms (the call's deadline: \
+         Builder::timeout or set_timeout, None to wait without one); the late reply breaks this \
+         connection: start a new server (a Pool replaces it by itself)"
     );
     assert_eq!(io::Error::from(err).kind(), io::ErrorKind::TimedOut);
     server.stop().unwrap();
@@ -159,22 +187,27 @@ fn a_timed_out_call_names_the_message_and_the_deadline() {
     let err = handle.call(["slow"]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "call \"slow\": read of a reply timed out after 100ms"
+        "call \"slow\": read of a reply timed out after 100ms (the call's deadline: \
+         Builder::timeout or set_timeout, None to wait without one); the late reply breaks this \
+         connection: start a new server (a Pool replaces it by itself)"
     );
     // A raw channel operation names the operation.
     let (mut a, _b) = fdserver::Channel::pair().unwrap();
     a.set_read_timeout(Some(Duration::from_millis(20)));
     assert_eq!(
         a.read_array().unwrap_err().to_string(),
-        "read of an array message timed out after 20ms"
+        "read of an array message timed out after 20ms (the channel's deadline: Channel::set_timeout, None \
+         to wait without one)"
     );
     assert_eq!(
         a.read_scalar().unwrap_err().to_string(),
-        "read of a scalar message timed out after 20ms"
+        "read of a scalar message timed out after 20ms (the channel's deadline: Channel::set_timeout, None \
+         to wait without one)"
     );
     assert_eq!(
         a.recv_fd().unwrap_err().to_string(),
-        "receive of a file descriptor timed out after 20ms"
+        "receive of a file descriptor timed out after 20ms (the channel's deadline: Channel::set_timeout, None \
+         to wait without one)"
     );
     handle.stop().unwrap();
 }
@@ -220,7 +253,8 @@ fn a_start_time_out_says_so() {
     );
     assert_eq!(
         err.to_string(),
-        "start of the server (waiting for its initialize_server) timed out after 100ms"
+        "start of the server (waiting for its initialize_server) timed out after 100ms (the \
+         start deadline: Builder::start_timeout, None to wait as long as initialize_server takes)"
     );
     drop(mine);
 }

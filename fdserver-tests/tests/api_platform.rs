@@ -47,8 +47,8 @@ fn another_target_fails_with_one_clear_error() {
         errors,
         [
             "error: fdserver supports Linux only: it is built on Linux system calls (pidfd_open, \
-          close_range, signalfd, SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the \
-          crate docs."
+          close_range, SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate \
+          docs."
         ],
         "{stderr}"
     );

@@ -556,6 +556,61 @@ fn a_client_lends_its_socket_only_once_the_reply_is_read_whole() {
     }
 }
 
+/// A started server's socket taken out of its channel (`into_parts`) and wrapped again with
+/// `Channel::new`, `From<OwnedFd>` or `From<UnixStream>` (the `into_parts` example): on a
+/// `SOCK_SEQPACKET` pair the new channel reads whole records, so a call through it is answered.
+/// Before the constructors checked the socket's type, they read it exactly: a 2-byte header read
+/// threw away the rest of the record, and the call timed out.
+#[test]
+fn a_started_servers_socket_wrapped_again_is_read_as_the_server_writes_it() {
+    let _wd = watchdog("read_ahead_socket_wrapped_again", SECS(60));
+    let _serial = fdserver_tests::serial(); // see `refuses`
+    type Wrap = fn(OwnedFd) -> Channel;
+    let wraps: [(Wrap, &str); 3] = [
+        (Channel::new, "Channel::new"),
+        (Channel::from, "From<OwnedFd>"),
+        (
+            |fd| Channel::from(std::os::unix::net::UnixStream::from(fd)),
+            "From<UnixStream>",
+        ),
+    ];
+    for seqpacket in [true, false] {
+        for (wrap, how) in wraps {
+            let mut s = start(seqpacket);
+            assert_eq!(s.call(["echo", "before"]).unwrap(), ["before"]);
+            let taken = std::mem::replace(s.channel(), Channel::pair().unwrap().0);
+            let (fd, buffered) = taken.into_parts();
+            assert!(buffered.is_empty(), "{how}, {seqpacket}");
+            let mut c = wrap(fd);
+            assert_eq!(c.is_seqpacket(), seqpacket, "{how}");
+            c.set_timeout(Some(SECS(5)));
+            for _ in 0..3 {
+                c.write_array(["echo", "hello", "world"]).unwrap();
+                let reply = c.read_strings();
+                assert!(
+                    matches!(&reply, Ok(Some(v)) if v == &["ok", "hello", "world"]),
+                    "{how}, seqpacket {seqpacket}: {reply:?}"
+                );
+            }
+            // A descriptor after its request.
+            c.write_array(["fd"]).unwrap();
+            c.send_fd(labelled("through the new channel")).unwrap();
+            assert_eq!(
+                c.read_strings().unwrap().unwrap(),
+                ["ok", "through the new channel"],
+                "{how}"
+            );
+            // Two requests before either reply: the second reply may wait in the buffer.
+            c.write_array(["echo", "one"]).unwrap();
+            c.write_array(["echo", "two"]).unwrap();
+            assert_eq!(c.read_strings().unwrap().unwrap(), ["ok", "one"], "{how}");
+            assert_eq!(c.read_strings().unwrap().unwrap(), ["ok", "two"], "{how}");
+            drop(c);
+            assert!(s.stop().unwrap().status.success(), "{how}, {seqpacket}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The async channel (feature `tokio`) on the same pairs
 // ---------------------------------------------------------------------------------------------

@@ -114,8 +114,8 @@
 //! that may get large ones adds one line:
 //! `reply = channel.read_scalar.split("\0", -1)[0...-1] if reply == ["ok_scalar"]`.
 //! (Making every `String` result a scalar would have cost every call a second read and changed
-//! the seed's `["ok", "Hello ...", "1234"]`; refusing large results at compile time would have
-//! ruled out `String` results.)
+//! the plain `["ok", "Hello ...", "1234"]` reply Passenger peers read; refusing large results at
+//! compile time would have ruled out `String` results.)
 //!
 //! ## Errors
 //!

@@ -236,7 +236,8 @@ impl ServerHandle {
         self.channel.as_mut().expect("channel present until stop")
     }
 
-    /// Sets a deadline for each read and write on the channel (`None`: wait forever).
+    /// Sets the deadline of each call, for the whole call (request, reply and whatever follows
+    /// it); raw operations on [`channel`](Self::channel) get it each. `None`: wait forever.
     /// A call that times out waiting for its reply leaves the reply in flight, so the channel is
     /// then marked broken: stop the server and start a new one.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {

@@ -41,10 +41,14 @@ pub enum Error {
     ServerExited(ExitStatus),
     /// The bytes on the wire do not follow the MessageChannel format.
     Protocol(ProtocolError),
-    /// A deadline passed: a read or write deadline ([`Channel::set_timeout`]), or the start
-    /// deadline ([`Builder::start_timeout`]). Its message names what was waiting and how long:
-    /// `call "hello": read of a reply timed out after 250ms`.
+    /// A deadline passed: a call's deadline ([`Builder::timeout`], 30 s by default), a raw
+    /// channel operation's ([`Channel::set_timeout`]), or the start deadline
+    /// ([`Builder::start_timeout`]). Its message names what was waiting, how long, and which
+    /// setting gave the deadline: `call "hello": read of a reply timed out after 250ms (the
+    /// call's deadline: Builder::timeout or set_timeout, None to wait without one); the late
+    /// reply breaks this connection: start a new server (a Pool replaces it by itself)`.
     ///
+    /// [`Builder::timeout`]: crate::Builder::timeout
     /// [`Channel::set_timeout`]: crate::Channel::set_timeout
     /// [`Builder::start_timeout`]: crate::Builder::start_timeout
     #[non_exhaustive]
@@ -218,8 +222,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
-            Error::Disconnected => f.write_str("the peer closed the connection"),
-            Error::ServerExited(s) => write!(f, "server exited ({s})"),
+            Error::Disconnected => {
+                f.write_str("the peer closed the connection (it exited or dropped its end)")
+            }
+            Error::ServerExited(s) => write!(
+                f,
+                "server exited ({s}); if it failed, its stderr says why (a panic prints its \
+                 message there); start a new server (a Pool replaces it by itself)"
+            ),
             Error::Protocol(p) => write!(f, "protocol error: {p}"),
             Error::TimedOut {
                 operation,
@@ -229,7 +239,21 @@ impl fmt::Display for Error {
                 if let Some(message) = message {
                     write!(f, "call {message:?}: ")?;
                 }
-                write!(f, "{operation} timed out after {timeout:?}")
+                write!(f, "{operation} timed out after {timeout:?}")?;
+                match (operation, message) {
+                    (Operation::Start, _) => f.write_str(
+                        " (the start deadline: Builder::start_timeout, None to wait as long as \
+                         initialize_server takes)",
+                    ),
+                    (_, Some(_)) => f.write_str(
+                        " (the call's deadline: Builder::timeout or set_timeout, None to wait \
+                         without one); the late reply breaks this connection: start a new \
+                         server (a Pool replaces it by itself)",
+                    ),
+                    (_, None) => f.write_str(
+                        " (the channel's deadline: Channel::set_timeout, None to wait without one)",
+                    ),
+                }
             }
             Error::Broken { cause } => write!(
                 f,
@@ -243,11 +267,24 @@ impl fmt::Display for Error {
                 f,
                 "message body of {len} bytes exceeds the 65535-byte limit (send large data as a scalar)"
             ),
-            Error::ScalarTooLarge { len, max } => {
-                write!(f, "scalar of {len} bytes exceeds the limit of {max} bytes")
-            }
+            // The wire format's own limit (a `u32` length) is met only by a write.
+            Error::ScalarTooLarge { len, max } if *max >= u64::from(u32::MAX) => write!(
+                f,
+                "scalar of {len} bytes exceeds the limit of {max} bytes (the wire format's \
+                 largest; send the data in several scalars)"
+            ),
+            Error::ScalarTooLarge { len, max } => write!(
+                f,
+                "scalar of {len} bytes exceeds the limit of {max} bytes (raise it with \
+                 Builder::max_scalar_size or Channel::set_max_scalar_size)"
+            ),
             Error::MissingElement { index, len } => {
-                write!(f, "element {index} is missing (the message has {len})")
+                write!(
+                    f,
+                    "element {index} is missing from a message of {len} element{}: the peer \
+                     sent fewer values than expected",
+                    if *len == 1 { "" } else { "s" }
+                )
             }
             Error::InvalidUtf8 { index, error } => {
                 write!(f, "element {index} is not valid UTF-8: {error}")

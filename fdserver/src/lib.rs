@@ -79,8 +79,8 @@
 //! ## Platforms
 //!
 //! Linux only. fdserver is built on Linux system calls (`pidfd_open`, `close_range`,
-//! `signalfd`, `SO_PEERCRED`, `MSG_CMSG_CLOEXEC`...); on any other target the crate does not
-//! build, with one `compile_error!` that says so. It runs on every kernel Rust's standard
+//! `SO_PEERCRED`, `MSG_CMSG_CLOEXEC`, the preloader's `signalfd`...); on any other target the
+//! crate does not build, with one `compile_error!` that says so. It runs on every kernel Rust's standard
 //! library supports (Linux 3.2 and later, glibc 2.17 or later, or musl), and uses newer kernel
 //! features where the running kernel has them:
 //!
@@ -93,16 +93,41 @@
 //! | `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP`: the [`preload`] client signals a worker's process group | Linux 6.9 | `kill(-pid)`, only while the worker's pidfd shows it running |
 //! | `close_range` with `CLOSE_RANGE_CLOEXEC`: the [`preload`] server and templates keep nothing their first client inherited | Linux 5.11 | not done: such descriptors stay open in the server |
 //!
-//! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, `signalfd` flags,
-//! `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH` and `dup3`) is
-//! older than Linux 3.2.
+//! Everything else it uses (`SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`, `pipe2`, the preloader's
+//! `signalfd` flags, `sendmmsg`, `PR_SET_PDEATHSIG`, `SO_PEERCRED`, and for tombstones `O_PATH`
+//! and `dup3`) is older than Linux 3.2.
+//!
+//! ## Cargo features
+//!
+//! All off by default; the default build brings no dependency beyond `libc`, `inotify` and the
+//! macros (`fdserver-macros`).
+//!
+//! * `sandbox`: the `fdserver::sandbox` module (identity, capabilities, limits, namespaces,
+//!   Landlock, seccomp; see "Sandboxing" below); brings `landlock` and `seccompiler`.
+//! * `serde`: [`Json<T>`](Json) parameters and results (any serde type, as JSON in a scalar
+//!   message); brings `serde` and `serde_json`.
+//! * `tokio`: the async clients and pools (`AsyncChannel`, `AsyncServerHandle`, `AsyncPool`,
+//!   the generated `MyServerAsyncClient` and `MyServerAsyncPool`, `Builder::start_async`; see
+//!   "Threads and async"); brings `tokio` without starting a runtime (the program brings its
+//!   own).
+//! * `tracing`: spans and events through `tracing`, under the target `fdserver`:
+//!
+//! | what | kind, level | fields |
+//! |---|---|---|
+//! | a client call | span `call`, DEBUG; then an event: DEBUG, or WARN when the server must be replaced | `message`, `pid` (for a started server), `outcome` (`ok`, the error the caller gets, or `cancelled` for an async call whose future was dropped), `micros` |
+//! | a handled message (in the server) | span `handle`, DEBUG; then a DEBUG event | `message`, `pid`, `outcome` (`ok`, `error`, `panicked`), `micros` |
+//! | a server started | event, DEBUG | `pid`, `server` (its type) |
+//! | a start that failed | event, WARN | `server`, `error` |
+//! | a server stopped (or found exited and reaped) | event, DEBUG (WARN when it had to be killed) | `pid`, `how`, `status` |
+//! | a pool's server restarted, or given up on | event, INFO / WARN | `index`, `pid`, `restarts`, `reason` |
+//!
+//! Without `tracing`, nothing of it is compiled, and calls cost nothing more.
 //!
 //! ## Wire format
 //!
-//! Byte-for-byte Passenger's `MessageChannel`, on a UNIX socket: `SOCK_STREAM` for every channel
-//! built from a descriptor (what Passenger and any other peer use), `SOCK_SEQPACKET` by default
-//! for the pair [`Server::start`] creates, whose both ends are fdserver's (see
-//! [`Builder::seqpacket`]):
+//! Byte-for-byte Passenger's `MessageChannel`, on a UNIX socket: `SOCK_STREAM` for the channels
+//! Passenger and any other peer use, `SOCK_SEQPACKET` by default for the pair [`Server::start`]
+//! creates, whose both ends are fdserver's (see [`Builder::seqpacket`]):
 //!
 //! * **Array message**: `u16` big-endian body length, then every element followed by a NUL
 //!   byte: `["hello", "world !!"]` is `00 0F 68 65 6C 6C 6F 00 77 6F 72 6C 64 20 21 21 00`.
@@ -116,13 +141,15 @@
 //!   control message holding one descriptor.
 //! * **End of stream** at a message boundary reads as "no message" (`None` / `Ok(false)`); in the
 //!   middle of a message it is [`ProtocolError::UnexpectedEof`].
-//! * **Reading**: a channel built from a descriptor takes exactly the bytes a message still
-//!   lacks, never more, so descriptors sent between messages are never swallowed and the socket
-//!   can be handed on between messages. The two ends of a started server's pair read ahead (one
-//!   `recvmsg` per message; on `SOCK_SEQPACKET` one record per `recvmsg`, which the writer keeps
-//!   under 68 KiB), keep each descriptor with the byte it came with, and refuse to lend or give
-//!   up their socket while they hold something read ahead (`Channel::as_fd`,
-//!   [`Channel::into_parts`]).
+//! * **Reading**: a channel built from a stream descriptor takes exactly the bytes a message
+//!   still lacks, never more, so descriptors sent between messages are never swallowed and the
+//!   socket can be handed on between messages. The two ends of a started server's pair read
+//!   ahead (one `recvmsg` per message; on `SOCK_SEQPACKET` one record per `recvmsg`, which the
+//!   writer keeps under 68 KiB), keep each descriptor with the byte it came with, and refuse to
+//!   lend or give up their socket while they hold something read ahead (`Channel::as_fd`,
+//!   [`Channel::into_parts`]). The socket of a started server's pair is `SOCK_SEQPACKET` unless
+//!   [`Builder::seqpacket(false)`](Builder::seqpacket): hand it only to a reader that takes whole
+//!   records ([`Channel::new`] on a `SOCK_SEQPACKET` socket is one).
 //!
 //! ## Replies and errors
 //!
@@ -206,7 +233,7 @@
 //! descriptors in `/proc/self/fd` (one `poll` over the descriptor table where procfs is
 //! missing); descriptors other threads open after that cannot belong to the server value (which
 //! `start` borrows) and are simply closed. Without `/dev/null` (an unusual chroot) the server falls back to closing them.
-//! This costs about 30 µs of CPU time per start, plus about 0.8 µs per inherited descriptor (see
+//! This costs about 30 µs of CPU time per start, plus about 0.5 µs per inherited descriptor (see
 //! BENCHMARKS.md, rows 4t, 4t100).
 //!
 //! ## A server ends with its client
@@ -240,8 +267,8 @@
 //! | `AsyncPool`, `MyServerAsyncPool` (feature `tokio`) | yes | yes | any number of tasks at once |
 //! | [`Builder`], [`PoolOptions`], [`Error`], [`CallError`] | yes | yes | |
 //!
-//! (`tests/api_threads.rs` checks each line at compile time; the async futures are `Send`, and
-//! `start_async`'s is `'static`: spawn them on any runtime.)
+//! (`fdserver-tests/tests/api_threads.rs` checks each line at compile time; the async futures
+//! are `Send`, and `start_async`'s is `'static`: spawn them on any runtime.)
 //!
 //! **From threads**: one client per thread, or a [`Pool`] that all threads share: a call goes to
 //! an idle server, waits (with a bound) when all are busy, and a server that died, timed out or
@@ -275,13 +302,14 @@
 //! [`Server::start`] calls `fork`. In a multi-threaded process (every `cargo test` binary is one)
 //! only the forking thread exists in the child, and whatever locks other threads held at that
 //! moment stay locked forever there. `start` forks from a thread of fdserver's own, a *fork
-//! thread* (one per server type, see "Threads and async"), so that the server starts with fresh
-//! thread-locals, not a copy of the calling thread's (an async runtime's context among them);
-//! [`Builder::fork_on_calling_thread`] forks from the calling thread instead. fdserver's own
-//! path from `fork` to your `initialize_server` makes only async-signal-safe system calls
-//! (everything it needs, buffers, descriptor lists, signal sets, the watch thread's stack, is
-//! prepared in the parent, and all signals are blocked across the `fork`), with two exceptions,
-//! both safe in the child: it releases std's stdout and stderr locks, which the calling thread
+//! thread* (one per server type, started on first use; a caller whose `no_new_privs` or seccomp
+//! mode differs from it is forked on its own thread: see [`Builder::fork_on_calling_thread`]), so
+//! that the server starts with fresh thread-locals, not a copy of the calling thread's (an async
+//! runtime's context among them); [`Builder::fork_on_calling_thread`] forks from the calling
+//! thread instead. fdserver's own path from `fork` to your `initialize_server` makes only
+//! async-signal-safe system calls (everything it needs, buffers, descriptor lists, signal sets,
+//! the watch thread's stack, is prepared in the parent, and all signals are blocked across the
+//! `fork`), with two exceptions, both safe in the child: it releases std's stdout and stderr locks, which the calling thread
 //! took for the fork (below), and it starts one thread of its own, the hang-up watch, with
 //! `pthread_create` (glibc resets its own locks at `fork`, as it must for the threads you start
 //! in `initialize_server`). That thread takes no lock and allocates nothing, so a server may
@@ -296,6 +324,11 @@
 //!
 //! * In the server, `println!`, `eprintln!` and panic messages work from every thread (the loop's
 //!   and the ones you start), and the server's stdout is flushed when it exits.
+//! * Not covered: std's panic hook takes a process-wide lock of its own while it prints. A server
+//!   forked while another thread of the parent is printing a panic inherits that lock held, and
+//!   its own first panic then blocks for good (the hang-up watch still ends the server once its
+//!   client goes). Do not start servers while other threads may be panicking, or install a panic
+//!   hook that takes no lock (`std::panic::set_hook`).
 //! * Output the parent had buffered but not flushed (a partial line) is written once, by the
 //!   parent: the server drops its copy. `start` does not flush stdout, so a full stdout pipe does
 //!   not block it.
@@ -364,7 +397,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "fdserver supports Linux only: it is built on Linux system calls (pidfd_open, close_range, \
-     signalfd, SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate docs."
+     SO_PEERCRED, MSG_CMSG_CLOEXEC...). See \"Platforms\" in the crate docs."
 );
 
 // Every item is for Linux only, so that another target fails with the one `compile_error!`
@@ -708,7 +741,11 @@ pub mod __private;
 /// reported by the compiler with a note on what is supported); two handlers with the same
 /// message name; a handler whose name collides with a client method (`pid`, `stop`,
 /// `stop_with`, `channel`, `handle`, `handle_mut`, `into_handle`, `set_timeout`, `signal`,
-/// `from`, `into_connection`) or a method named `start`; invalid, uncatchable or duplicate signals;
+/// `from`, `into_connection`), or with a method of the generated pools (`get`, `call`,
+/// `call_idempotent`, `call_retrying`, `status`, `size`, `revive`, `stop`, `start`,
+/// `start_with`, `clone`, `deref`; the error says how to keep the message name with
+/// `#[fdserver(name = "...")]`), or a method named `start` (or `start_async`); invalid,
+/// uncatchable or duplicate signals;
 /// hooks with parameters or the wrong return type; a `sandbox` hook taking `&mut self`; two hooks
 /// of one kind; generic or trait impl blocks.
 ///

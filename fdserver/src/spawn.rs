@@ -95,7 +95,7 @@ impl Spawn {
         self
     }
 
-    /// A deadline for each read and write on the client's channel (default
+    /// The deadline of each call, for the whole call (default
     /// [`DEFAULT_CALL_TIMEOUT`](crate::DEFAULT_CALL_TIMEOUT), 30 s; `None` disables it): see
     /// [`Builder::timeout`](crate::Builder::timeout).
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {

@@ -27,7 +27,7 @@ use crate::wire::MessageBuf;
 /// #     }
 /// # }
 /// let server = fdserver::Builder::new()
-///     .timeout(Some(Duration::from_secs(5)))               // per read/write on the client side
+///     .timeout(Some(Duration::from_secs(5)))               // each call, as a whole
 ///     .stop_timeouts(Duration::from_secs(1), Duration::from_secs(1))
 ///     .start(&mut Echo)?;
 /// assert!(server.pid() > 0);
@@ -312,9 +312,9 @@ impl Builder {
     /// The fork happens when this is called, blocking the calling thread until the fork thread
     /// has forked (see [`fork_on_calling_thread`](Self::fork_on_calling_thread)): it needs
     /// `server`, which the returned future does not borrow. Its cost grows with the parent's
-    /// memory, as the kernel copies its page tables: the review of issue 13 measured 0.36-0.42
-    /// ms (median) for a small test process and about 100 ms for one with 1 GiB touched (see
-    /// BENCHMARKS.md for the fork's cost by heap size). For a parent that large, start from a
+    /// memory, as the kernel copies its page tables: it takes about 0.4 ms for a small process
+    /// and about 100 ms for one with 1 GiB of touched memory on the machine in BENCHMARKS.md
+    /// (see its "Start cost against heap size"). For a parent that large, start from a
     /// blocking-pool thread so the runtime thread stays free:
     /// `tokio::task::spawn_blocking(move || builder.start_async(&mut server))` forks there, and
     /// its join handle's output is the future to await for `initialize`. The wait for `initialize_server`, which may

@@ -2,7 +2,8 @@
 //! message in the server, events when servers start, stop and are restarted. Without the
 //! feature every function here is empty and compiles away.
 //!
-//! Everything is emitted under the target `fdserver`:
+//! Everything is emitted under the target `fdserver` (the crate docs' "Cargo features" show the
+//! same table to users; keep both in step):
 //!
 //! | what | kind, level | fields |
 //! |---|---|---|

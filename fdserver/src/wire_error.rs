@@ -141,7 +141,10 @@ impl WireError for io::Error {
 /// let e: CallError<String> = CallError::Handler("disk full".into());
 /// assert_eq!(e.to_string(), "server error: disk full");
 /// let e: CallError<String> = CallError::Fdserver(Error::Disconnected);
-/// assert_eq!(e.to_string(), "the peer closed the connection");
+/// assert_eq!(
+///     e.to_string(),
+///     "the peer closed the connection (it exited or dropped its end)"
+/// );
 /// ```
 #[derive(Debug)]
 pub enum CallError<E> {

@@ -170,7 +170,7 @@ impl AsyncChannel {
         let mut channel = if records || owned {
             Channel::owned(fd, records)
         } else {
-            Channel::new(fd)
+            Channel::exact(fd)
         };
         channel.set_read_timeout(read);
         channel.set_write_timeout(write);

@@ -1,5 +1,6 @@
-//! [`Channel`]: array messages, scalar messages and file descriptors over one UNIX stream socket,
-//! byte-compatible with Phusion Passenger's `MessageChannel`.
+//! [`Channel`]: array messages, scalar messages and file descriptors over one connected UNIX
+//! socket (`SOCK_STREAM`, or the `SOCK_SEQPACKET` pair `start` creates), byte-compatible with
+//! Phusion Passenger's `MessageChannel`.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -29,14 +30,18 @@ pub const DEFAULT_MAX_SCALAR: u64 = 64 << 20;
 /// [`args`](crate::args#large-results)).
 pub(crate) const REPLY_MAX_SCALAR: u64 = u32::MAX as u64;
 
-/// One end of a MessageChannel: a connected `SOCK_STREAM` UNIX socket that carries
-/// array messages, scalar messages and file descriptors, in any order both sides agree on.
+/// One end of a MessageChannel: a connected UNIX socket (`SOCK_STREAM`; the pair
+/// [`Server::start`](crate::Server::start) creates is `SOCK_SEQPACKET` by default, see
+/// [`Builder::seqpacket`](crate::Builder::seqpacket)) that carries array messages, scalar
+/// messages and file descriptors, in any order both sides agree on.
 ///
-/// Reads never take more bytes from the socket than the message being read still lacks, so
-/// descriptors sent between messages are never swallowed, and a socket can be handed on mid-stream.
-/// (The one exception is the pair [`Server::start`](crate::Server::start) creates, whose both
-/// ends are fdserver's: those read ahead, and refuse to lend or give up their socket while they
-/// hold bytes read ahead. See [`as_fd`](Channel::as_fd) and [`into_parts`](Channel::into_parts).)
+/// On a stream socket, reads never take more bytes from the socket than the message being read
+/// still lacks, so descriptors sent between messages are never swallowed, and a socket can be
+/// handed on mid-stream. The exceptions read ahead, and refuse to lend or give up their socket
+/// while they hold bytes read ahead (see [`as_fd`](Channel::as_fd) and
+/// [`into_parts`](Channel::into_parts)): the pair [`Server::start`](crate::Server::start)
+/// creates, whose both ends are fdserver's, and any channel on a `SOCK_SEQPACKET` socket, whose
+/// records can only be read whole.
 ///
 /// ```
 /// use fdserver::Channel;
@@ -87,7 +92,8 @@ pub struct Channel {
 /// What a channel had read from its socket ahead of the messages it returned: returned by
 /// [`Channel::into_parts`] together with the socket, so that nothing read is lost when the socket
 /// changes hands. Only the channels of the pair [`Server::start`](crate::Server::start) creates
-/// read ahead; for every other channel it is always empty.
+/// and channels on a `SOCK_SEQPACKET` socket read ahead; for every other channel it is always
+/// empty.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Buffered {
@@ -121,11 +127,50 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Elem<'_, T> {
 }
 
 impl Channel {
-    /// Wraps a connected UNIX stream socket. Blocking and non-blocking (`O_NONBLOCK`) sockets both
-    /// work: a non-blocking one is waited on with `poll` instead of busy-looping.
+    /// Wraps a connected UNIX socket. On a stream (`SOCK_STREAM`) the channel reads exactly what
+    /// each message lacks, never more. On a `SOCK_SEQPACKET` socket, such as the one
+    /// [`into_parts`](Self::into_parts) returns from a started server's channel, it reads whole
+    /// records, as the channels of the pair [`Server::start`](crate::Server::start) creates do
+    /// (see [`is_seqpacket`](Self::is_seqpacket)): a shorter read would lose the rest of a record.
+    /// Blocking and non-blocking (`O_NONBLOCK`) sockets both work: a non-blocking one is waited
+    /// on with `poll` instead of busy-looping.
+    ///
+    /// ```
+    /// use fdserver::{Channel, Server};
+    /// # use fdserver::{Context, Message, RemoteError, ServerHandle};
+    /// # struct Echo;
+    /// # impl Server for Echo {
+    /// #     type Client = ServerHandle;
+    /// #     fn handle(&mut self, ctx: &mut Context<'_>, msg: Message<'_>) -> Result<(), RemoteError> {
+    /// #         ctx.reply(msg.args())?; Ok(())
+    /// #     }
+    /// # }
+    /// let mut server = Echo.start()?;
+    /// // Take the (SOCK_SEQPACKET) socket out of the server's channel, and wrap it again.
+    /// let taken = std::mem::replace(server.channel(), Channel::pair()?.0);
+    /// let (fd, buffered) = taken.into_parts();
+    /// assert!(buffered.is_empty());
+    /// let mut channel = Channel::new(fd);
+    /// assert!(channel.is_seqpacket());
+    /// channel.write_array(["echo", "hello"])?;
+    /// assert_eq!(channel.read_strings()?, Some(vec!["ok".to_string(), "hello".to_string()]));
+    /// # drop(channel);
+    /// # server.stop()?;
+    /// # Ok::<(), fdserver::Error>(())
+    /// ```
     pub fn new(fd: impl Into<OwnedFd>) -> Channel {
+        let fd = fd.into();
+        if sys::is_seqpacket(fd.as_fd()) {
+            Channel::owned(fd, true)
+        } else {
+            Channel::exact(fd)
+        }
+    }
+
+    /// A channel that reads exactly what each message lacks (on a stream socket).
+    pub(crate) fn exact(fd: OwnedFd) -> Channel {
         Channel {
-            fd: fd.into(),
+            fd,
             read_timeout: None,
             write_timeout: None,
             max_scalar: DEFAULT_MAX_SCALAR,
@@ -167,11 +212,8 @@ impl Channel {
         ))
     }
 
-    /// A channel on one end of such a pair, given back by an [`AsyncChannel`] (or on any
-    /// `SOCK_SEQPACKET` socket, whose records only a reader that takes them whole reads right).
-    ///
-    /// [`AsyncChannel`]: crate::AsyncChannel
-    #[cfg(feature = "tokio")]
+    /// A channel on one end of such a pair, given back by an `AsyncChannel`, or on any
+    /// `SOCK_SEQPACKET` socket, whose records only a reader that takes them whole reads right.
     pub(crate) fn owned(fd: OwnedFd, records: bool) -> Channel {
         let capacity = if records {
             read_ahead::RECORD_BUFFER
@@ -182,7 +224,7 @@ impl Channel {
     }
 
     fn reading_ahead(fd: OwnedFd, records: bool, capacity: usize) -> Channel {
-        let mut c = Channel::new(fd);
+        let mut c = Channel::exact(fd);
         c.ra = Some(Box::new(ReadAhead::new(records, capacity)));
         c.record_max = records.then_some(read_ahead::RECORD_MAX);
         c
@@ -195,7 +237,8 @@ impl Channel {
     }
 
     /// Whether the socket is a `SOCK_SEQPACKET` one (the pair `start` creates, where the system
-    /// allows it): see [`Builder::seqpacket`](crate::Builder::seqpacket).
+    /// allows it, or a socket of that type given to [`new`](Self::new)): see
+    /// [`Builder::seqpacket`](crate::Builder::seqpacket).
     pub fn is_seqpacket(&self) -> bool {
         self.record_max.is_some()
     }
@@ -208,8 +251,8 @@ impl Channel {
 
     /// How many bytes this channel has read from its socket ahead of the messages it returned,
     /// and not yet returned (always 0 but on the channels of the pair
-    /// [`Server::start`](crate::Server::start) creates, and there too between calls unless the
-    /// peer sent more than was asked for). While it is not 0, [`as_fd`](Self::as_fd) and
+    /// [`Server::start`](crate::Server::start) creates and on `SOCK_SEQPACKET` sockets, and there
+    /// too between calls unless the peer sent more than was asked for). While it is not 0, [`as_fd`](Self::as_fd) and
     /// [`into_fd`](Self::into_fd) refuse.
     pub fn buffered(&self) -> usize {
         self.ra.as_ref().map_or(0, |ra| ra.len())
@@ -241,7 +284,7 @@ impl Channel {
     /// A connected pair of channels (close-on-exec), e.g. to hand one end to another process.
     pub fn pair() -> io::Result<(Channel, Channel)> {
         let (a, b) = sys::socketpair()?;
-        Ok((Channel::new(a), Channel::new(b)))
+        Ok((Channel::exact(a), Channel::exact(b)))
     }
 
     /// Takes ownership of a descriptor inherited from the parent process (for example fd 3 given
@@ -374,8 +417,8 @@ impl Channel {
     ///
     /// # Panics
     /// If the channel holds bytes it read ahead (only the channels of the pair
-    /// [`Server::start`](crate::Server::start) creates do, and only when the peer sent more than
-    /// was read): they would be lost. Use [`into_parts`](Self::into_parts) to get them too.
+    /// [`Server::start`](crate::Server::start) creates and those on a `SOCK_SEQPACKET` socket do,
+    /// and only when the peer sent more than was read): they would be lost. Use [`into_parts`](Self::into_parts) to get them too.
     pub fn into_fd(self) -> OwnedFd {
         self.refuse_if_buffered("into_fd");
         self.clear_recv_timeout();
@@ -383,8 +426,11 @@ impl Channel {
     }
 
     /// Gives back the socket and whatever the channel read ahead from it (empty but on the
-    /// channels of the pair [`Server::start`](crate::Server::start) creates): the bytes the
-    /// socket would have returned next, and their descriptors.
+    /// channels of the pair [`Server::start`](crate::Server::start) creates and on
+    /// `SOCK_SEQPACKET` sockets): the bytes the socket would have returned next, and their
+    /// descriptors. [`Channel::new`] on the socket reads it as this channel did (whole records
+    /// on a `SOCK_SEQPACKET` socket); hand a `SOCK_SEQPACKET` socket only to a reader that
+    /// takes whole records.
     ///
     /// ```
     /// let (mut a, b) = fdserver::Channel::pair()?;
@@ -1318,9 +1364,11 @@ pub(crate) fn check_reply(msg: Message<'_>) -> Result<(), Error> {
 
 /// Lends the socket, for writes, socket options, waits, or a copy to hand on.
 ///
-/// On the channels of the pair [`Server::start`](crate::Server::start) creates, which read
-/// ahead, the channel reads exactly from the first call on (what each message lacks, never
-/// more), so that the socket can be read by others between messages.
+/// On a `SOCK_STREAM` channel of the pair [`Server::start`](crate::Server::start) creates
+/// ([`Builder::seqpacket(false)`](crate::Builder::seqpacket)), which reads ahead, the channel
+/// reads exactly from the first call on (what each message lacks, never more), so that the
+/// socket can be read by others between messages. A `SOCK_SEQPACKET` channel keeps reading whole
+/// records: another reader of its socket must take whole records too.
 ///
 /// # Panics
 /// If the channel holds bytes it read ahead (see [`Channel::buffered`]): a reader of the socket

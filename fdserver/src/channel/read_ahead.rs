@@ -1,5 +1,6 @@
 //! Read-ahead, on the channels whose both ends fdserver owns: the pair
-//! [`Builder::start`](crate::Builder::start) creates. Every other channel (built from a
+//! [`Builder::start`](crate::Builder::start) creates, and on every channel on a `SOCK_SEQPACKET`
+//! socket (whose records a reader must take whole). Every other channel (built from a stream
 //! descriptor: [`Channel::new`], [`Channel::from_inherited_fd`], [`Channel::pair`]) reads exactly
 //! what each message lacks, whatever its peer, as Passenger's readers expect of a stream they may
 //! hand on.

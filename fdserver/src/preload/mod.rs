@@ -262,7 +262,8 @@
 //!   `128 + n` and the signal); exit codes are passed through unchanged.
 //! * Descriptors: every process closes its copy of the client's descriptors as soon as it has
 //!   handed them on, so `cmd | head -1` terminates; a worker never holds another client's
-//!   socket; the server keeps nothing its first client inherited.
+//!   socket; the server keeps nothing its first client inherited (Linux 5.11 and later; see
+//!   "Platforms" in the crate docs).
 //! * Both ends check each other's uid (`SO_PEERCRED`), and everything lives in a `0700`
 //!   directory that is never reached through a path resolved twice (see
 //!   [Security](#security)).

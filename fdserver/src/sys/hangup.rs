@@ -18,7 +18,8 @@
 //! about a client that closed the connection but lives on.
 //!
 //! One watch per process (a forked server serves one client); the forked server starts it before
-//! `initialize_server`, so a long initialisation is covered too. A program started by
+//! `initialize_server`, so a long initialisation is covered too, except in a sandboxed server,
+//! which starts it inside its sandbox after `initialize_server`. A program started by
 //! [`Spawn`](crate::Spawn) runs one too: `Spawn` names the socket it hands over in an
 //! environment variable ([`SPAWN_WATCH_ENV`]), and `serve` on that socket starts the watch (the
 //! program serves that one client, as a forked server does); `serve` on any other socket does

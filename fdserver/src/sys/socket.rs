@@ -363,7 +363,6 @@ pub(crate) fn set_recv_timeout(sock: BorrowedFd<'_>, timeout: Option<Duration>) 
 }
 
 /// Whether `sock` is a `SOCK_SEQPACKET` socket (`false` if it cannot be told).
-#[cfg(feature = "tokio")]
 pub(crate) fn is_seqpacket(sock: BorrowedFd<'_>) -> bool {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;

@@ -10,6 +10,10 @@ impl Store {
         6
     }
 
+    fn call_retrying(&mut self) -> u32 {
+        8
+    }
+
     #[fdserver(name = "get")]
     fn lookup(&mut self) -> u32 {
         7
