@@ -322,6 +322,10 @@ fn malformed_request_is_a_protocol_error_reply_and_the_server_keeps_serving() {
 
 #[test]
 fn handler_error_and_panic_are_typed_errors_and_the_server_keeps_serving() {
+    // A server of this test panics: std's panic hook holds a process-wide lock while it prints,
+    // and a server forked while a test of this process panics in-process (those hold the same
+    // lock) would inherit it held and hang at its own panic.
+    let _s = fdserver_tests::serial();
     let _wd = watchdog("handler_error_and_panic", SECS(30));
     let mut s = start();
     let err = s.call(["fail", "disk full"]).unwrap_err();
@@ -345,6 +349,10 @@ fn handler_error_and_panic_are_typed_errors_and_the_server_keeps_serving() {
 
 #[test]
 fn panic_after_a_partial_reply_ends_the_server_with_101() {
+    // A server of this test panics: std's panic hook holds a process-wide lock while it prints,
+    // and a server forked while a test of this process panics in-process (those hold the same
+    // lock) would inherit it held and hang at its own panic.
+    let _s = fdserver_tests::serial();
     let _wd = watchdog("panic_after_a_partial_reply", SECS(30));
     let mut s = start();
     // The reply had already been written when the handler panicked: the client got it, and
@@ -382,6 +390,10 @@ fn an_error_after_a_partial_reply_closes_the_connection_instead_of_a_second_repl
 /// type and pid. Before the fix it was printed nowhere: the client only learns "exit status: 1".
 #[test]
 fn a_failure_after_a_partial_reply_is_written_to_the_servers_stderr() {
+    // A server of this test panics: std's panic hook holds a process-wide lock while it prints,
+    // and a server forked while a test of this process panics in-process (those hold the same
+    // lock) would inherit it held and hang at its own panic.
+    let _s = fdserver_tests::serial();
     let _wd = watchdog("failure_after_partial_reply_stderr", SECS(30));
     let (r, w) = pipe();
     let w_raw = w.as_raw_fd();
@@ -461,6 +473,10 @@ fn serve_ends_with_channel_failed_when_a_handler_fails_after_replying() {
 
 #[test]
 fn initialize_server_error_is_returned_by_start() {
+    // A server of this test panics: std's panic hook holds a process-wide lock while it prints,
+    // and a server forked while a test of this process panics in-process (those hold the same
+    // lock) would inherit it held and hang at its own panic.
+    let _s = fdserver_tests::serial();
     let _wd = watchdog("initialize_server_error", SECS(30));
     let mut p = Probe(ProbeState {
         fail_init: Some("no database"),
